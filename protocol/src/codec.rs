@@ -1,0 +1,187 @@
+//! Encoding and decoding of frames with msgpack, with limits enforced.
+//!
+//! Decoding runs in four steps, cheapest first, each refusing with its own
+//! [`DecodeError`]: the frame's size; a walk over the raw msgpack that
+//! enforces the batch, string and nesting limits before anything is
+//! allocated ([`crate::precheck`]); the typed decode; and checks on the decoded
+//! frame that the types cannot express (no empty names).
+//!
+//! What is *not* checked here: that `status_json` is a JSON object (the hub
+//! parses it), and whether a frame is allowed in the session's current state
+//! (the session's job).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::frame::{AgentFrame, Delta, ErrorCode, HubFrame};
+use crate::limits::Limits;
+use crate::precheck;
+
+/// Why a frame could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding frame as msgpack: {0}")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+}
+
+/// Why received bytes are not an acceptable frame.
+///
+/// [`DecodeError::kind`] gives a stable label for metrics,
+/// [`DecodeError::error_code`] the code the hub answers with, and
+/// [`DecodeError::close_code`] the WebSocket close code that follows.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: u32 },
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    #[error("batch of {len} deltas exceeds the limit of {max} deltas")]
+    TooManyDeltas { len: u64, max: u32 },
+    #[error("string `{field}` of {len} bytes exceeds the limit of {max} bytes")]
+    StringTooLong { field: String, len: u64, max: u32 },
+    #[error("status `{field}` of {len} bytes exceeds the limit of {max} bytes")]
+    StatusTooLarge { field: String, len: u64, max: u32 },
+    #[error("`{field}` nests deeper than {max} levels")]
+    NestingTooDeep { field: String, max: usize },
+    #[error("malformed frame: byte 0xc1 at offset {offset} is not a msgpack marker")]
+    InvalidMarker { offset: usize },
+    #[error(
+        "malformed frame: truncated at offset {offset}: {needed} more bytes announced, {remaining} left"
+    )]
+    Truncated {
+        offset: usize,
+        needed: u64,
+        remaining: usize,
+    },
+    #[error("{trailing} bytes follow the frame's {frame_len} bytes")]
+    TrailingBytes { frame_len: usize, trailing: usize },
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: String, reason: &'static str },
+}
+
+impl DecodeError {
+    /// A short, stable label for metrics and logs: `frame_too_large`,
+    /// `too_many_deltas`, `string_too_long`, `status_too_large`, `too_deep`,
+    /// `trailing_bytes`, `malformed` or `invalid`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::FrameTooLarge { .. } => "frame_too_large",
+            DecodeError::TooManyDeltas { .. } => "too_many_deltas",
+            DecodeError::StringTooLong { .. } => "string_too_long",
+            DecodeError::StatusTooLarge { .. } => "status_too_large",
+            DecodeError::NestingTooDeep { .. } => "too_deep",
+            DecodeError::TrailingBytes { .. } => "trailing_bytes",
+            DecodeError::Malformed(_)
+            | DecodeError::InvalidMarker { .. }
+            | DecodeError::Truncated { .. } => "malformed",
+            DecodeError::Invalid { .. } => "invalid",
+        }
+    }
+
+    /// The code of the [`crate::ErrorFrame`] the hub answers this error with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. }
+            | DecodeError::TooManyDeltas { .. }
+            | DecodeError::StringTooLong { .. }
+            | DecodeError::StatusTooLarge { .. } => ErrorCode::LimitExceeded,
+            DecodeError::Malformed(_)
+            | DecodeError::NestingTooDeep { .. }
+            | DecodeError::InvalidMarker { .. }
+            | DecodeError::Truncated { .. }
+            | DecodeError::TrailingBytes { .. }
+            | DecodeError::Invalid { .. } => ErrorCode::Malformed,
+        }
+    }
+
+    /// The WebSocket close code that follows the error frame (see
+    /// [`crate::close`]).
+    pub fn close_code(&self) -> u16 {
+        self.error_code().close_code()
+    }
+}
+
+/// Encodes a frame as msgpack with named fields.
+pub fn encode<F: Serialize>(frame: &F) -> Result<Vec<u8>, EncodeError> {
+    Ok(rmp_serde::to_vec_named(frame)?)
+}
+
+/// Decodes and validates a frame sent by an agent.
+pub fn decode_agent_frame(bytes: &[u8], limits: &Limits) -> Result<AgentFrame, DecodeError> {
+    let frame: AgentFrame = decode(bytes, limits)?;
+    validate_agent_frame(&frame, limits)?;
+    Ok(frame)
+}
+
+/// Decodes and validates a frame sent by the hub.
+pub fn decode_hub_frame(bytes: &[u8], limits: &Limits) -> Result<HubFrame, DecodeError> {
+    let frame: HubFrame = decode(bytes, limits)?;
+    validate_hub_frame(&frame)?;
+    Ok(frame)
+}
+
+fn decode<F: DeserializeOwned>(bytes: &[u8], limits: &Limits) -> Result<F, DecodeError> {
+    check_size(bytes, limits)?;
+    precheck::check(bytes, limits)?;
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+fn check_size(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+    if bytes.len() > limits.max_frame_bytes as usize {
+        return Err(DecodeError::FrameTooLarge {
+            len: bytes.len(),
+            max: limits.max_frame_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// What the types cannot say about an agent's frame.
+fn validate_agent_frame(frame: &AgentFrame, limits: &Limits) -> Result<(), DecodeError> {
+    match frame {
+        AgentFrame::Hello(hello) if hello.cluster.is_empty() => Err(DecodeError::Invalid {
+            field: "Hello.cluster".to_owned(),
+            reason: "must not be empty",
+        }),
+        AgentFrame::Deltas(batch) => validate_deltas("Deltas", &batch.deltas, limits),
+        AgentFrame::SnapshotChunk(chunk) => validate_deltas("SnapshotChunk", &chunk.deltas, limits),
+        _ => Ok(()),
+    }
+}
+
+fn validate_deltas(frame: &str, deltas: &[Delta], limits: &Limits) -> Result<(), DecodeError> {
+    // The precheck bounds batches in the canonical encoding before they are
+    // built; this catches a batch sent with structs as arrays.
+    if deltas.len() as u64 > u64::from(limits.max_deltas_per_batch) {
+        return Err(DecodeError::TooManyDeltas {
+            len: deltas.len() as u64,
+            max: limits.max_deltas_per_batch,
+        });
+    }
+    match deltas.iter().position(|delta| delta.object.name.is_empty()) {
+        Some(index) => Err(DecodeError::Invalid {
+            field: format!("{frame}.deltas[{index}].object.name"),
+            reason: "must not be empty",
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What the types cannot say about the hub's frame.
+fn validate_hub_frame(frame: &HubFrame) -> Result<(), DecodeError> {
+    match frame {
+        HubFrame::Welcome(welcome) if welcome.heartbeat_interval_ms == 0 => {
+            Err(DecodeError::Invalid {
+                field: "Welcome.heartbeat_interval_ms".to_owned(),
+                reason: "must be positive",
+            })
+        }
+        HubFrame::Welcome(welcome) if welcome.limits.max_deltas_per_batch == 0 => {
+            Err(DecodeError::Invalid {
+                field: "Welcome.limits.max_deltas_per_batch".to_owned(),
+                reason: "must be positive",
+            })
+        }
+        _ => Ok(()),
+    }
+}

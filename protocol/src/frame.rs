@@ -1,0 +1,444 @@
+//! The frames of protocol v1: what travels in each binary WebSocket message.
+//!
+//! Every WebSocket binary message carries exactly one frame, encoded with
+//! msgpack as a map with named fields (`rmp_serde::to_vec_named`), so fields
+//! can be added later without breaking older peers: a receiver ignores fields
+//! it does not know and fills the ones it misses with their defaults.
+//!
+//! An enum is encoded externally tagged: a map of one entry whose key is the
+//! variant name (`{"Hello": {...}}`); a variant without data is just its name
+//! as a string (`"Deleted"`).
+//!
+//! Adding a field with `#[serde(default)]` is a compatible change. Removing or
+//! renaming a field, changing its type, or adding an enum variant needs a new
+//! [`PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+/// Version numbers this implementation speaks. The agent lists its versions in
+/// [`Hello::protocol_versions`]; the hub picks the highest one it also speaks
+/// and names it in [`Welcome::protocol_version`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Every protocol version this implementation speaks, [`PROTOCOL_VERSION`]
+/// being the newest. What an agent puts in [`Hello::protocol_versions`].
+pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION];
+
+/// The highest version both this implementation and the peer speak, or `None`
+/// when there is none (the hub then answers [`ErrorCode::UnsupportedVersion`]).
+///
+/// `offered` is the peer's list in any order; duplicates and unknown versions
+/// are fine.
+pub fn negotiate_version(offered: &[u16]) -> Option<u16> {
+    offered
+        .iter()
+        .copied()
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .max()
+}
+
+/// The WebSocket subprotocol both sides must negotiate (`Sec-WebSocket-Protocol`).
+pub const SUBPROTOCOL: &str = "uplink.v1";
+
+/// The HTTP path of the tunnel endpoint on the hub.
+pub const TUNNEL_PATH: &str = "/v1/tunnel";
+
+/// A frame sent by an agent to the hub.
+///
+/// The first frame of a connection is always [`Hello`]; everything else is
+/// only valid after the hub's [`Welcome`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentFrame {
+    Hello(Hello),
+    Deltas(DeltaBatch),
+    SnapshotBegin(SnapshotBegin),
+    SnapshotChunk(SnapshotChunk),
+    SnapshotEnd(SnapshotEnd),
+    Heartbeat(Heartbeat),
+    Bye(Bye),
+}
+
+/// A frame sent by the hub to an agent.
+///
+/// The first frame is [`Welcome`] or, when the hub refuses the agent,
+/// [`ErrorFrame`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HubFrame {
+    Welcome(Welcome),
+    Ack(Ack),
+    HeartbeatAck(HeartbeatAck),
+    Throttle(Throttle),
+    Error(ErrorFrame),
+    Bye(Bye),
+}
+
+/// Agent → hub, first frame on every connection.
+///
+/// Sent once, right after the WebSocket handshake. The hub checks that
+/// `cluster` is the identity its TLS client certificate (or bearer token)
+/// proves, picks a version from `protocol_versions`, and answers with
+/// [`Welcome`] or, when it refuses, with [`ErrorFrame`] and a close.
+///
+/// `session_id`, `last_hub_epoch` and `last_ack` let the hub decide between
+/// resuming the agent's stream and asking for a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the agent speaks, in any order.
+    pub protocol_versions: Vec<u16>,
+    /// The cluster this agent reports for. Must match the authenticated identity.
+    pub cluster: String,
+    /// Free-form agent build identifier, for logs only.
+    #[serde(default)]
+    pub agent_version: String,
+    /// Chosen by the agent when it starts; stable across its reconnects, new
+    /// after a restart (a restarted agent has lost its outbox and must snapshot).
+    pub session_id: String,
+    /// The hub epoch from the last [`Welcome`] this agent process received, if any.
+    #[serde(default)]
+    pub last_hub_epoch: Option<u64>,
+    /// The highest sequence number the hub has acknowledged to this session.
+    #[serde(default)]
+    pub last_ack: u64,
+}
+
+/// Hub → agent, answer to an accepted [`Hello`]; sent once per connection.
+///
+/// After it, the agent either resumes sending its unacknowledged outbox
+/// entries ([`SessionMode::Resume`]) or sends a full snapshot
+/// ([`SessionMode::Snapshot`]), and heartbeats every `heartbeat_interval_ms`.
+/// The agent remembers `hub_epoch` for its next [`Hello`] and sizes its
+/// batches and frames to fit `limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides speak from now on.
+    pub protocol_version: u16,
+    /// Random per hub process start. A different epoch than the agent last saw
+    /// means the hub may have lost state: the agent must snapshot.
+    pub hub_epoch: u64,
+    /// Whether the agent resumes or snapshots.
+    pub mode: SessionMode,
+    /// How often the agent sends [`Heartbeat`]s. Three intervals without any
+    /// frame means the connection is dead, on both sides.
+    pub heartbeat_interval_ms: u64,
+    /// The limits the hub enforces on this connection.
+    pub limits: Limits,
+}
+
+/// How a session continues after [`Welcome`].
+///
+/// On the wire: `{"Resume": {"acked": 42}}` or `"Snapshot"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionMode {
+    /// The hub holds everything up to and including `acked`; the agent resends
+    /// only entries with a higher sequence number.
+    Resume { acked: u64 },
+    /// The hub holds nothing it can trust for this cluster; the agent sends a
+    /// snapshot of every object it watches.
+    Snapshot,
+}
+
+/// Names one object: its type, where it lives upstream (KCP workspace and
+/// namespace), its name and its downstream uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// API group, empty for the core group.
+    pub group: String,
+    pub version: String,
+    /// Plural resource name, e.g. `deployments`.
+    pub resource: String,
+    pub kind: String,
+    /// The KCP workspace (logical cluster), e.g. `root:org:team-a`; empty when
+    /// the upstream is a plain Kubernetes cluster without workspaces.
+    pub workspace: String,
+    /// The upstream namespace; `None` for cluster-scoped objects.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The object's name; never empty (the decoder refuses it).
+    pub name: String,
+    /// The downstream object's uid.
+    #[serde(default)]
+    pub uid: String,
+}
+
+/// One status change of one object, inside a [`DeltaBatch`] or a
+/// [`SnapshotChunk`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The agent's sequence number for this entry. Strictly increasing within a
+    /// session; acknowledgements are cumulative over it.
+    pub seq: u64,
+    pub object: ObjectRef,
+    /// `metadata.generation` of the downstream object.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// `status.observedGeneration`, when the kind has one.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// When the agent observed this state, in milliseconds since the Unix
+    /// epoch, on the agent's clock (the hub corrects it by the estimated skew).
+    pub observed_at_ms: i64,
+    pub change: Change,
+}
+
+/// What happened to the object.
+///
+/// On the wire: `{"Upsert": {"status_json": "{...}"}}` or `"Deleted"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// The object exists; `status_json` is its `.status` as JSON text, at most
+    /// [`Limits::max_status_bytes`] long. The codec does not parse it: the hub
+    /// does, and refuses a delta whose status is not a JSON object.
+    Upsert { status_json: String },
+    /// The object no longer exists downstream.
+    Deleted,
+}
+
+/// Agent → hub, a batch of status changes in increasing `seq` order, sent
+/// whenever the outbox has entries the hub has not seen and the agent is not
+/// throttled.
+///
+/// At most [`Limits::max_deltas_per_batch`] deltas. The hub stores every
+/// delta, then acknowledges with [`Ack`] carrying the highest `seq` of the
+/// batch. Deltas the hub already holds (replays after a resume) are harmless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaBatch {
+    pub deltas: Vec<Delta>,
+}
+
+/// Agent → hub, starts a snapshot after a [`Welcome`] that asked for one.
+///
+/// The hub collects the [`SnapshotChunk`]s that follow and applies them all at
+/// once on [`SnapshotEnd`]; until then it keeps serving the cluster's old
+/// entries. The agent sends no [`DeltaBatch`] between begin and end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBegin {
+    /// How many objects the snapshot will contain.
+    pub objects: u64,
+}
+
+/// Agent → hub, part of a snapshot, between [`SnapshotBegin`] and
+/// [`SnapshotEnd`]. Every delta in it is an `Upsert`; at most
+/// [`Limits::max_deltas_per_batch`] deltas per chunk.
+///
+/// The hub buffers the deltas (counting them against
+/// [`Limits::max_objects_per_cluster`]) and does not acknowledge chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub deltas: Vec<Delta>,
+}
+
+/// Agent → hub, ends a snapshot.
+///
+/// The hub replaces every entry it holds for this cluster with the snapshot's
+/// objects (objects missing from it are deleted, so deletes during an outage
+/// are not lost), then acknowledges `seq` with an [`Ack`]. Afterwards the
+/// agent continues with [`DeltaBatch`]es above `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// The agent's sequence number at the moment the snapshot was taken.
+    pub seq: u64,
+}
+
+/// Agent → hub, every heartbeat interval.
+///
+/// Proves the connection and the agent are alive, carries the agent's clock
+/// (the hub estimates the skew from it) and the cluster's summary: always in
+/// the first heartbeat of a connection (the hub may have restarted), then
+/// when it changed. The hub keeps the latest summary and answers with
+/// [`HeartbeatAck`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The agent's clock when it sent this frame, in ms since the Unix epoch.
+    pub agent_time_ms: i64,
+    /// The cluster summary: in a connection's first heartbeat, then when it
+    /// changed since the last one.
+    #[serde(default)]
+    pub summary: Option<ClusterSummary>,
+}
+
+/// Hub → agent, answer to every [`Heartbeat`].
+///
+/// The agent uses it to see that the hub is alive and to measure the round
+/// trip; it is not an [`Ack`] of any delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Echo of [`Heartbeat::agent_time_ms`].
+    pub agent_time_ms: i64,
+    /// The hub's clock when it received the heartbeat.
+    pub hub_time_ms: i64,
+}
+
+/// What the agent knows about its cluster, sent with heartbeats. The hub keeps
+/// the latest one per cluster for health, capacity totals and reports.
+///
+/// Build it with `..Default::default()` so fields added later (always with a
+/// default) do not break the build.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// One entry per configured resource type.
+    #[serde(default)]
+    pub watches: Vec<WatchHealth>,
+    /// Nodes in the cluster, and how many are `Ready`.
+    #[serde(default)]
+    pub nodes: NodeCounts,
+    /// Sum of the nodes' `status.capacity`.
+    #[serde(default)]
+    pub capacity: ResourceAmounts,
+    /// Sum of the nodes' `status.allocatable`.
+    #[serde(default)]
+    pub allocatable: ResourceAmounts,
+    /// Sum of the resource requests of pods that are not terminated
+    /// (`pods` counts those pods).
+    #[serde(default)]
+    pub requests: ResourceAmounts,
+    /// Current usage from `metrics.k8s.io`; `None` when that API does not
+    /// answer (`pods` is 0).
+    #[serde(default)]
+    pub usage: Option<ResourceAmounts>,
+    /// Pods by `status.phase`.
+    #[serde(default)]
+    pub pods: PodPhaseCounts,
+}
+
+/// How many nodes a cluster has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    #[serde(default)]
+    pub total: u32,
+    /// Nodes whose `Ready` condition is `True`.
+    #[serde(default)]
+    pub ready: u32,
+}
+
+/// Amounts of the resources Uplink accounts for, in fixed units so the hub can
+/// add them up without parsing Kubernetes quantities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAmounts {
+    /// CPU in millicores (`1500` is `1.5` cores).
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub ephemeral_storage_bytes: u64,
+    /// A number of pods.
+    #[serde(default)]
+    pub pods: u64,
+}
+
+/// Pods counted by phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPhaseCounts {
+    #[serde(default)]
+    pub pending: u64,
+    #[serde(default)]
+    pub running: u64,
+    #[serde(default)]
+    pub succeeded: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub unknown: u64,
+}
+
+/// The health of one of the agent's watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchHealth {
+    /// The resource, as `resource.version.group`.
+    pub resource: String,
+    /// True once the initial list completed and the watch is running.
+    pub ready: bool,
+    /// How many objects the watch currently holds.
+    pub objects: u64,
+    /// The last error, if the watch is failing. Cut to fit
+    /// [`Limits::max_string_bytes`] (see [`crate::limits::truncate_utf8`]).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Hub → agent, cumulative acknowledgement: every entry with a sequence
+/// number up to and including `seq` is stored and may be dropped from the
+/// agent's outbox.
+///
+/// Sent after each stored [`DeltaBatch`] and after an applied
+/// [`SnapshotEnd`]; the hub may coalesce several into one. An `Ack` lower
+/// than one already received is stale and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+}
+
+/// Hub → agent, slow down: the hub's KCP writer is behind.
+///
+/// The agent sends no [`DeltaBatch`] for `pause_ms`, then at most
+/// `max_deltas_per_s` until another Throttle arrives (0 lifts the limit).
+/// Heartbeats continue. A snapshot in progress is paused the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub pause_ms: u64,
+    #[serde(default)]
+    pub max_deltas_per_s: u32,
+}
+
+/// Hub → agent, a refusal; the hub closes the connection right after it with
+/// the WebSocket close code [`ErrorCode::close_code`] names.
+///
+/// The agent logs it, counts it, and reconnects with backoff (an
+/// [`ErrorCode::IdentityMismatch`] or [`ErrorCode::UnsupportedVersion`] will
+/// not fix itself, but the operator may fix the hub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    /// For people; the agent does not parse it.
+    pub message: String,
+}
+
+impl ErrorFrame {
+    /// Longest message [`ErrorFrame::new`] keeps, well under the default
+    /// [`Limits::max_string_bytes`] so the agent never refuses the frame that
+    /// explains why it is being closed.
+    pub const MAX_MESSAGE_BYTES: usize = 512;
+
+    /// An error frame whose message is cut, at a character boundary, to
+    /// [`ErrorFrame::MAX_MESSAGE_BYTES`].
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        crate::limits::truncate_utf8(&mut message, Self::MAX_MESSAGE_BYTES);
+        Self { code, message }
+    }
+}
+
+/// Why the hub refused or ended a session. Each code has its WebSocket close
+/// code: [`ErrorCode::close_code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// The Hello names a cluster the credentials do not prove.
+    IdentityMismatch,
+    /// The frame could not be decoded.
+    Malformed,
+    /// A limit was exceeded (frame size, batch size, string length, objects).
+    LimitExceeded,
+    /// A frame arrived that is not allowed in the session's current state.
+    UnexpectedFrame,
+    /// Another connection for the same cluster replaced this one.
+    Superseded,
+    /// The hub failed; the agent should reconnect later.
+    Internal,
+}
+
+/// Either side, a polite goodbye before closing: the hub is shutting down, or
+/// the agent is. The receiver reconnects (agent) or marks the cluster
+/// disconnected (hub) without waiting for a timeout. The sender closes the
+/// WebSocket with [`crate::close::GOING_AWAY`] right after it.
+///
+/// Nothing in flight is lost: unacknowledged deltas stay in the agent's
+/// outbox for the next connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bye {
+    /// For people, e.g. `"shutting down"`.
+    pub reason: String,
+}

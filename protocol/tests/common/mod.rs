@@ -1,0 +1,255 @@
+//! Proptest strategies for every frame, shared by the test files.
+
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use uplink_protocol::*;
+
+/// Any string, unicode included, up to 24 characters (≤ 96 bytes, within the
+/// default string limit).
+pub fn text() -> impl Strategy<Value = String> {
+    vec(any::<char>(), 0..24).prop_map(String::from_iter)
+}
+
+/// Like [`text`], but never empty (names the decoder requires).
+pub fn name() -> impl Strategy<Value = String> {
+    vec(any::<char>(), 1..24).prop_map(String::from_iter)
+}
+
+/// KCP workspace names as they occur (`root:org:team-a`), empty (plain
+/// Kubernetes upstream), or anything.
+pub fn workspace() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "root(:[a-z][a-z0-9-]{0,12}){0,4}",
+        Just(String::new()),
+        Just("root:org:team-a".to_owned()),
+        text(),
+    ]
+}
+
+pub fn object_ref() -> impl Strategy<Value = ObjectRef> {
+    (
+        prop_oneof![Just(String::new()), Just("apps".to_owned()), text()],
+        text(),
+        text(),
+        text(),
+        workspace(),
+        option::of(text()),
+        name(),
+        text(),
+    )
+        .prop_map(
+            |(group, version, resource, kind, workspace, namespace, name, uid)| ObjectRef {
+                group,
+                version,
+                resource,
+                kind,
+                workspace,
+                namespace,
+                name,
+                uid,
+            },
+        )
+}
+
+pub fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        vec(any::<char>(), 0..200).prop_map(|chars| Change::Upsert {
+            status_json: String::from_iter(chars)
+        }),
+        Just(Change::Upsert {
+            status_json: r#"{"replicas":3,"conditions":[{"type":"Available"}]}"#.to_owned()
+        }),
+        Just(Change::Deleted),
+    ]
+}
+
+pub fn delta() -> impl Strategy<Value = Delta> {
+    (
+        any::<u64>(),
+        object_ref(),
+        option::of(any::<i64>()),
+        option::of(any::<i64>()),
+        any::<i64>(),
+        change(),
+    )
+        .prop_map(
+            |(seq, object, generation, observed_generation, observed_at_ms, change)| Delta {
+                seq,
+                object,
+                generation,
+                observed_generation,
+                observed_at_ms,
+                change,
+            },
+        )
+}
+
+pub fn deltas() -> impl Strategy<Value = Vec<Delta>> {
+    vec(delta(), 0..6)
+}
+
+pub fn hello() -> impl Strategy<Value = Hello> {
+    (
+        vec(any::<u16>(), 0..4),
+        name(),
+        text(),
+        text(),
+        option::of(any::<u64>()),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(protocol_versions, cluster, agent_version, session_id, last_hub_epoch, last_ack)| {
+                Hello {
+                    protocol_versions,
+                    cluster,
+                    agent_version,
+                    session_id,
+                    last_hub_epoch,
+                    last_ack,
+                }
+            },
+        )
+}
+
+pub fn resources() -> impl Strategy<Value = ResourceAmounts> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(cpu_millis, memory_bytes, ephemeral_storage_bytes, pods)| ResourceAmounts {
+            cpu_millis,
+            memory_bytes,
+            ephemeral_storage_bytes,
+            pods,
+        },
+    )
+}
+
+pub fn summary() -> impl Strategy<Value = ClusterSummary> {
+    let watch = (text(), any::<bool>(), any::<u64>(), option::of(text())).prop_map(
+        |(resource, ready, objects, error)| WatchHealth {
+            resource,
+            ready,
+            objects,
+            error,
+        },
+    );
+    (
+        vec(watch, 0..4),
+        (any::<u32>(), any::<u32>()),
+        resources(),
+        resources(),
+        resources(),
+        option::of(resources()),
+        any::<[u64; 5]>(),
+    )
+        .prop_map(
+            |(watches, (total, ready), capacity, allocatable, requests, usage, phases)| {
+                ClusterSummary {
+                    watches,
+                    nodes: NodeCounts { total, ready },
+                    capacity,
+                    allocatable,
+                    requests,
+                    usage,
+                    pods: PodPhaseCounts {
+                        pending: phases[0],
+                        running: phases[1],
+                        succeeded: phases[2],
+                        failed: phases[3],
+                        unknown: phases[4],
+                    },
+                }
+            },
+        )
+}
+
+pub fn agent_frame() -> impl Strategy<Value = AgentFrame> {
+    prop_oneof![
+        hello().prop_map(AgentFrame::Hello),
+        deltas().prop_map(|deltas| AgentFrame::Deltas(DeltaBatch { deltas })),
+        any::<u64>().prop_map(|objects| AgentFrame::SnapshotBegin(SnapshotBegin { objects })),
+        deltas().prop_map(|deltas| AgentFrame::SnapshotChunk(SnapshotChunk { deltas })),
+        any::<u64>().prop_map(|seq| AgentFrame::SnapshotEnd(SnapshotEnd { seq })),
+        (any::<i64>(), option::of(summary())).prop_map(|(agent_time_ms, summary)| {
+            AgentFrame::Heartbeat(Heartbeat {
+                agent_time_ms,
+                summary,
+            })
+        }),
+        text().prop_map(|reason| AgentFrame::Bye(Bye { reason })),
+    ]
+}
+
+pub fn limits() -> impl Strategy<Value = Limits> {
+    (
+        any::<u32>(),
+        1..=u32::MAX,
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                max_frame_bytes,
+                max_deltas_per_batch,
+                max_string_bytes,
+                max_status_bytes,
+                max_objects_per_cluster,
+            )| Limits {
+                max_frame_bytes,
+                max_deltas_per_batch,
+                max_string_bytes,
+                max_status_bytes,
+                max_objects_per_cluster,
+            },
+        )
+}
+
+pub fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::UnsupportedVersion),
+        Just(ErrorCode::IdentityMismatch),
+        Just(ErrorCode::Malformed),
+        Just(ErrorCode::LimitExceeded),
+        Just(ErrorCode::UnexpectedFrame),
+        Just(ErrorCode::Superseded),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
+    let mode = prop_oneof![
+        any::<u64>().prop_map(|acked| SessionMode::Resume { acked }),
+        Just(SessionMode::Snapshot),
+    ];
+    prop_oneof![
+        (any::<u16>(), any::<u64>(), mode, 1..=u64::MAX, limits()).prop_map(
+            |(protocol_version, hub_epoch, mode, heartbeat_interval_ms, limits)| {
+                HubFrame::Welcome(Welcome {
+                    protocol_version,
+                    hub_epoch,
+                    mode,
+                    heartbeat_interval_ms,
+                    limits,
+                })
+            }
+        ),
+        any::<u64>().prop_map(|seq| HubFrame::Ack(Ack { seq })),
+        (any::<i64>(), any::<i64>()).prop_map(|(agent_time_ms, hub_time_ms)| {
+            HubFrame::HeartbeatAck(HeartbeatAck {
+                agent_time_ms,
+                hub_time_ms,
+            })
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(pause_ms, max_deltas_per_s)| {
+            HubFrame::Throttle(Throttle {
+                pause_ms,
+                max_deltas_per_s,
+            })
+        }),
+        (error_code(), text())
+            .prop_map(|(code, message)| HubFrame::Error(ErrorFrame { code, message })),
+        text().prop_map(|reason| HubFrame::Bye(Bye { reason })),
+    ]
+}
