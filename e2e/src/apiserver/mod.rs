@@ -1,0 +1,336 @@
+//! A Kubernetes-compatible API server for tests, benchmarks and the demo.
+//!
+//! One instance plays a physical cluster (requests without a prefix) and, at
+//! the same time, KCP (requests under `/clusters/<workspace>/...`, each
+//! workspace with its own objects). It stores objects as JSON of any schema and
+//! behaves like kube-apiserver (1.31+) wherever Uplink's clients (`kube` and
+//! `kubectl`) rely on it: discovery, CRUD with optimistic concurrency, the
+//! `/status` subresource, patches (merge, JSON, strategic, server-side apply),
+//! watches with resume, bookmarks and 410 Expired, selectors, finalizers,
+//! dry runs, `Status` errors, CRDs. Faults (latency, error responses, short
+//! watches) can be injected at run time through [`Faults`].
+//!
+//! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
+//! description), `handler` (authentication, faults, routing, verbs over
+//! HTTP), `registry` (what each verb does to an object), `store` (objects,
+//! resource versions, history, watch fan-out), `watch` (streaming),
+//! `resources` (resource table, CRDs), `discovery`, `openapi` (the minimum
+//! kubectl needs), `table` (server-side printing), `selector`, `patch`,
+//! `apply` (server-side apply ownership), `schema` (CRD pruning,
+//! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
+//! `status` (errors), [`faults`], [`cli`].
+//!
+//! Known simplifications (each documented where it lives): namespaces and
+//! CRDs are deleted at once with their contents (no Terminating phase);
+//! `propagationPolicy`/owner references are not acted on (no garbage
+//! collector) and pods are deleted without a grace period; lists ignore
+//! `resourceVersionMatch` (a list is served from the current state, except
+//! continued pages, which are served from the first page's snapshot);
+//! built-in kinds get no defaulting or schema validation (CRs are pruned by
+//! their schema); strategic merge uses a fixed table of merge keys;
+//! server-side apply tracks ownership for appliers only.
+
+mod apply;
+pub mod cli;
+mod discovery;
+mod faults;
+mod handler;
+mod object;
+mod openapi;
+mod patch;
+mod path;
+mod protobuf;
+mod registry;
+mod resources;
+mod scale;
+mod schema;
+mod selector;
+mod status;
+mod store;
+mod table;
+mod tls;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use faults::Faults;
+
+/// How to run one API server.
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The bearer token clients must present; `None` generates a random one.
+    pub token: Option<String>,
+    /// KCP workspaces created at start (e.g. `root:demo:a`). Others are
+    /// created on first use.
+    pub workspaces: Vec<String>,
+    /// Events kept per resource (per workspace) for watches that resume from
+    /// a resource version; older ones get 410 Expired.
+    pub watch_history: usize,
+    /// Largest accepted request body (kube-apiserver: 3 MiB).
+    pub max_body_bytes: usize,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+    /// Events a watcher may have queued before it counts as too slow and its
+    /// watch is ended (writers never wait for watchers).
+    pub watcher_buffer: usize,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+            workspaces: Vec::new(),
+            watch_history: 10_000,
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: Duration::from_secs(5),
+            watcher_buffer: 1024,
+        }
+    }
+}
+
+/// What can go wrong while starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("failed to bind the API server to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed to generate the serving certificate: {0}")]
+    Certificate(#[source] rcgen::Error),
+    #[error("failed to build the TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("invalid workspace name {name:?}: {reason}")]
+    Workspace { name: String, reason: String },
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: ApiServerConfig,
+    pub token: String,
+    pub store: store::Store,
+    pub faults: Faults,
+    pub shutdown: CancellationToken,
+}
+
+/// A running API server. Dropping it (or [`ApiServer::shutdown`]) stops it.
+#[derive(Debug)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    token: String,
+    ca_pem: String,
+    faults: Faults,
+    shutdown: CancellationToken,
+    shared: Arc<Shared>,
+    /// Every server task holds a clone of the sender; when all are gone the
+    /// receiver yields `None` (the shutdown pattern of tokio's mini-redis).
+    tasks_done: mpsc::Receiver<()>,
+}
+
+impl ApiServer {
+    /// Binds, generates the serving certificate, pre-creates workspaces and
+    /// starts serving in the background.
+    pub async fn start(config: ApiServerConfig) -> Result<ApiServer, ApiServerError> {
+        for ws in &config.workspaces {
+            path::validate_workspace(ws).map_err(|reason| ApiServerError::Workspace {
+                name: ws.clone(),
+                reason,
+            })?;
+        }
+        let cert = tls::ServingCert::generate()?;
+        let acceptor = TlsAcceptor::from(cert.server_config()?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ApiServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ApiServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let token = config.token.clone().unwrap_or_else(tls::random_token);
+        let shutdown = CancellationToken::new();
+        let faults = Faults::default();
+        let store = store::Store::new(config.watch_history, config.watcher_buffer);
+        for ws in &config.workspaces {
+            store.ensure_space(ws);
+        }
+        let shared = Arc::new(Shared {
+            config,
+            token: token.clone(),
+            store,
+            faults: faults.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let (task_guard, tasks_done) = mpsc::channel(1);
+        tokio::spawn(accept_loop(listener, acceptor, shared.clone(), task_guard));
+        tracing::info!(%addr, "API server listening");
+        Ok(ApiServer {
+            addr,
+            token,
+            ca_pem: cert.cert_pem,
+            faults,
+            shutdown,
+            shared,
+            tasks_done,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The bearer token clients must present.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The self-signed serving certificate (PEM); trust it as the CA.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A kubeconfig for this server; with a workspace, the server URL ends
+    /// in `/clusters/<workspace>` as KCP's do.
+    pub fn kubeconfig_yaml(&self, workspace: Option<&str>) -> String {
+        let server = match workspace {
+            Some(ws) => format!("{}/clusters/{ws}", self.url()),
+            None => self.url(),
+        };
+        tls::kubeconfig_yaml(&server, &self.ca_pem, &self.token)
+    }
+
+    /// Writes [`ApiServer::kubeconfig_yaml`] to `path` (creating parent directories).
+    pub fn write_kubeconfig(&self, path: &Path, workspace: Option<&str>) -> std::io::Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, self.kubeconfig_yaml(workspace))
+    }
+
+    /// The fault injection handle.
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Stops accepting, ends watches and in-flight connections, and returns
+    /// once they are gone (or after a few seconds, whichever is first).
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.shared.store.end_all_watches();
+        let all_ended = self.tasks_done.recv();
+        if tokio::time::timeout(Duration::from_secs(5), all_ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!(addr = %self.addr, "API server connections did not end within 5s");
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.shared.store.end_all_watches();
+    }
+}
+
+/// Accepts TCP connections until shutdown; each connection gets its own task.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    task_guard: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(error) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "API server failed to accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let guard = task_guard.clone();
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        tokio::spawn(async move {
+            serve_connection(tcp, peer, acceptor, shared).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Runs TLS and HTTP/1.1 on one connection until it closes or the server shuts down.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+    let tls = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        tls = handshake => match tls {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| handler::handle(service_shared.clone(), req));
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(tls), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        }
+        () = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

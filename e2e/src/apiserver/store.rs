@@ -1,0 +1,961 @@
+//! The object store: every workspace's objects, the one resource-version
+//! counter, the bounded per-resource event history that watches resume from,
+//! and the fan-out of events to watchers.
+//!
+//! One mutex guards everything; it is never held across an await. Writers
+//! never wait for watchers: each watcher has a bounded channel and is dropped
+//! (its watch ends, as kube-apiserver ends slow watchers) when it is full.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::object::{self, meta_str};
+use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef, ResourceKey};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+
+/// The kind of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// A change to one object, as recorded in the history.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub rv: u64,
+    pub kind: EventType,
+    /// The new state (for a delete: the last state, with the delete's resourceVersion).
+    pub object: Arc<Value>,
+    /// The state before a modification, to turn it into ADDED/DELETED for
+    /// watchers whose selector it enters or leaves.
+    pub prev: Option<Arc<Value>>,
+    json: OnceLock<Bytes>,
+}
+
+impl Event {
+    fn new(rv: u64, kind: EventType, object: Arc<Value>, prev: Option<Arc<Value>>) -> Arc<Event> {
+        Arc::new(Event {
+            rv,
+            kind,
+            object,
+            prev,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The object serialised once, shared by every watcher.
+    pub fn object_json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+    }
+}
+
+/// An event as one watcher sees it (the type depends on its selector).
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub kind: EventType,
+    pub event: Arc<Event>,
+}
+
+/// Which objects a list or watch is about.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn matches(&self, object: &Value) -> bool {
+        if let Some(ns) = &self.namespace
+            && meta_str(object, "namespace").unwrap_or_default() != ns
+        {
+            return false;
+        }
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// How an event looks to a watcher with this filter, if it sees it at all.
+    fn view(&self, event: &Event) -> Option<EventType> {
+        let now = self.matches(&event.object);
+        match event.kind {
+            EventType::Added | EventType::Deleted => now.then_some(event.kind),
+            EventType::Modified => {
+                let before = event.prev.as_deref().is_some_and(|p| self.matches(p));
+                match (before, now) {
+                    (true, true) => Some(EventType::Modified),
+                    (false, true) => Some(EventType::Added),
+                    (true, false) => Some(EventType::Deleted),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+/// Where a new watch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchStart {
+    /// Synthetic ADDED events for the current state, then live events.
+    CurrentState,
+    /// Only events from now on.
+    Now,
+    /// Every event after this resource version (410 Expired if it is no longer kept).
+    After(u64),
+}
+
+/// What a writer decided, given the current object.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Store this object (create or replace); it gets a new resourceVersion.
+    Put(Value),
+    /// Remove the object; the value is its last state.
+    Remove(Value),
+    /// Change nothing; answer with the current object.
+    Keep,
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub object: Arc<Value>,
+}
+
+/// How a write names its object.
+#[derive(Debug, Clone)]
+pub(crate) enum NameChoice {
+    Exact(String),
+    /// `metadata.generateName`: the prefix plus a random unused suffix.
+    Generate(String),
+}
+
+/// Read-only access to a workspace while a write decides.
+#[derive(Debug)]
+pub(crate) struct SpaceView<'a> {
+    space: &'a Space,
+}
+
+impl SpaceView<'_> {
+    pub fn namespace(&self, name: &str) -> Option<&Arc<Value>> {
+        self.space
+            .collections
+            .get(&namespaces_key())
+            .and_then(|c| c.objects.get(&(String::new(), name.to_string())))
+    }
+}
+
+/// A registered watcher: initial events to send first, then live ones.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub initial: Vec<Delivery>,
+    pub live: mpsc::Receiver<Delivery>,
+    /// The store's resourceVersion when the watch started.
+    pub start_rv: u64,
+    registration: Registration,
+}
+
+/// Removes the watcher from its collection when the watch ends.
+#[derive(Debug)]
+struct Registration {
+    inner: Arc<Mutex<Inner>>,
+    workspace: String,
+    key: ResourceKey,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.inner);
+        if let Some(c) = inner
+            .spaces
+            .get_mut(&self.workspace)
+            .and_then(|s| s.collections.get_mut(&self.key))
+        {
+            c.watchers.retain(|w| w.id != self.id);
+        }
+    }
+}
+
+impl Subscription {
+    /// The current resourceVersion of the whole store (for bookmarks).
+    pub fn store_rv(&self) -> u64 {
+        lock(&self.registration.inner).rv
+    }
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub(crate) struct ListPage {
+    pub items: Vec<Arc<Value>>,
+    pub rv: u64,
+    /// The key to continue after, when more items match.
+    pub next: Option<(String, String)>,
+    pub remaining: usize,
+}
+
+#[derive(Debug)]
+struct WatcherSlot {
+    id: u64,
+    filter: Arc<Filter>,
+    tx: mpsc::Sender<Delivery>,
+}
+
+#[derive(Debug, Default)]
+struct Collection {
+    objects: BTreeMap<(String, String), Arc<Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// kube's `oldest - 1`: a watch from below this is 410 Expired.
+    floor: u64,
+    watchers: Vec<WatcherSlot>,
+}
+
+impl Collection {
+    /// Records an event and hands it to every interested watcher, dropping
+    /// watchers that cannot keep up.
+    fn publish(&mut self, event: Arc<Event>, capacity: usize) {
+        self.history.push_back(event.clone());
+        while self.history.len() > capacity {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = self
+                    .history
+                    .front()
+                    .map_or(old.rv, |e| e.rv.saturating_sub(1));
+            }
+        }
+        self.watchers.retain(|w| match w.filter.view(&event) {
+            None => !w.tx.is_closed(),
+            Some(kind) => match w.tx.try_send(Delivery {
+                kind,
+                event: event.clone(),
+            }) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(watcher = w.id, "ending a watch that fell too far behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        });
+    }
+}
+
+impl Collection {
+    /// The objects as they were at resourceVersion `at`, rebuilt by undoing
+    /// later events; `None` when the history no longer reaches back that far.
+    fn snapshot_at(&self, at: u64) -> Option<BTreeMap<(String, String), Arc<Value>>> {
+        if at < self.floor {
+            return None;
+        }
+        let mut objects = self.objects.clone();
+        for event in self.history.iter().rev().take_while(|e| e.rv > at) {
+            let key = (
+                meta_str(&event.object, "namespace")
+                    .unwrap_or_default()
+                    .to_string(),
+                meta_str(&event.object, "name")
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            match (&event.kind, &event.prev) {
+                (EventType::Added, _) => {
+                    objects.remove(&key);
+                }
+                (EventType::Modified | EventType::Deleted, Some(prev)) => {
+                    objects.insert(key, prev.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        Some(objects)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Space {
+    custom: HashMap<ResourceKey, Arc<ResourceDef>>,
+    collections: HashMap<ResourceKey, Collection>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rv: u64,
+    next_watcher_id: u64,
+    spaces: HashMap<String, Space>,
+}
+
+/// All objects of one server.
+#[derive(Debug)]
+pub(crate) struct Store {
+    inner: Arc<Mutex<Inner>>,
+    builtins: Vec<Arc<ResourceDef>>,
+    history: usize,
+    watcher_buffer: usize,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Nothing under the lock panics; if something ever did, the data is still
+    // consistent per write (each write is applied in one step), so keep serving.
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn namespaces_key() -> ResourceKey {
+    (String::new(), "namespaces".to_string())
+}
+
+fn crd_key() -> ResourceKey {
+    (CRD_GROUP.to_string(), CRD_PLURAL.to_string())
+}
+
+impl Store {
+    pub fn new(history: usize, watcher_buffer: usize) -> Store {
+        Store {
+            inner: Arc::new(Mutex::new(Inner {
+                rv: 0,
+                next_watcher_id: 0,
+                spaces: HashMap::new(),
+            })),
+            builtins: resources::builtins(),
+            history,
+            watcher_buffer: watcher_buffer.max(1),
+        }
+    }
+
+    /// Creates a workspace ("" is the cluster itself) with its initial
+    /// namespaces, if it does not exist yet.
+    pub fn ensure_space(&self, workspace: &str) {
+        let mut inner = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *inner;
+        space_mut(spaces, rv, workspace);
+    }
+}
+
+/// A workspace's space, created with its initial namespaces on first use.
+fn space_mut<'a>(
+    spaces: &'a mut HashMap<String, Space>,
+    rv: &mut u64,
+    workspace: &str,
+) -> &'a mut Space {
+    if !spaces.contains_key(workspace) {
+        let mut space = Space::default();
+        let initial: &[&str] = if workspace.is_empty() {
+            &["default", "kube-system", "kube-public", "kube-node-lease"]
+        } else {
+            &["default"]
+        };
+        let namespaces = space.collections.entry(namespaces_key()).or_default();
+        for name in initial {
+            *rv += 1;
+            let ns = json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": name,
+                    "uid": uuid::Uuid::new_v4().to_string(),
+                    "resourceVersion": rv.to_string(),
+                    "creationTimestamp": object::now_rfc3339(),
+                    "labels": { "kubernetes.io/metadata.name": name },
+                },
+                "spec": { "finalizers": ["kubernetes"] },
+                "status": { "phase": "Active" },
+            });
+            namespaces
+                .objects
+                .insert((String::new(), (*name).to_string()), Arc::new(ns));
+        }
+        namespaces.floor = *rv;
+        spaces.insert(workspace.to_string(), space);
+    }
+    match spaces.get_mut(workspace) {
+        Some(space) => space,
+        None => unreachable!("inserted above"),
+    }
+}
+
+impl Store {
+    /// The resource served at group/version/plural in a workspace.
+    pub fn resolve(
+        &self,
+        workspace: &str,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceDef>> {
+        let mut inner = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *inner;
+        let space = space_mut(spaces, rv, workspace);
+        let key = (group.to_string(), plural.to_string());
+        let def = self
+            .builtins
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .or_else(|| space.custom.get(&key))?;
+        def.version(version).is_some().then(|| def.clone())
+    }
+
+    /// Every resource a workspace serves, built-ins first.
+    pub fn resources(&self, workspace: &str) -> Vec<Arc<ResourceDef>> {
+        let mut inner = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *inner;
+        let space = space_mut(spaces, rv, workspace);
+        let mut custom: Vec<Arc<ResourceDef>> = space.custom.values().cloned().collect();
+        custom.sort_by(|a, b| (&a.group, &a.plural).cmp(&(&b.group, &b.plural)));
+        self.builtins.iter().cloned().chain(custom).collect()
+    }
+
+    /// The current resourceVersion of the whole store.
+    pub fn current_rv(&self) -> u64 {
+        lock(&self.inner).rv
+    }
+
+    pub fn get(
+        &self,
+        workspace: &str,
+        key: &ResourceKey,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
+        let mut inner = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *inner;
+        let space = space_mut(spaces, rv, workspace);
+        space
+            .collections
+            .get(key)?
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Up to `limit` matching objects after `after`, in (namespace, name)
+    /// order, as they were at resourceVersion `at` (a continued list is one
+    /// consistent snapshot, as etcd serves it) or now. A snapshot older than
+    /// the kept history is 410 Expired, as a compacted continue token is.
+    pub fn list(
+        &self,
+        workspace: &str,
+        key: &ResourceKey,
+        filter: &Filter,
+        after: Option<(String, String)>,
+        limit: Option<usize>,
+        at: Option<u64>,
+    ) -> Result<ListPage, ApiError> {
+        let mut inner = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *inner;
+        let current = *rv;
+        let space = space_mut(spaces, rv, workspace);
+        let mut page = ListPage {
+            items: Vec::new(),
+            rv: at.unwrap_or(current),
+            next: None,
+            remaining: 0,
+        };
+        let Some(collection) = space.collections.get(key) else {
+            return Ok(page);
+        };
+        let snapshot;
+        let objects = match at {
+            Some(at) if at < current => {
+                snapshot = collection.snapshot_at(at).ok_or_else(|| {
+                    ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. \
+                         You can start a new list without the continue parameter.",
+                    )
+                })?;
+                &snapshot
+            }
+            _ => &collection.objects,
+        };
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut last_key = None;
+        for (k, obj) in objects.range((lower, Bound::Unbounded)) {
+            if !filter.matches(obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| page.items.len() >= l) {
+                page.remaining += 1;
+                continue;
+            }
+            page.items.push(obj.clone());
+            last_key = Some(k);
+        }
+        if page.remaining > 0 {
+            page.next = last_key.cloned();
+        }
+        Ok(page)
+    }
+
+    /// Decides and applies one write atomically. `decide` sees the workspace,
+    /// the chosen name and the current object; with `dry_run` nothing is
+    /// stored, no resourceVersion is used and no event is sent.
+    pub fn write<F>(
+        &self,
+        workspace: &str,
+        key: &ResourceKey,
+        namespace: &str,
+        name: NameChoice,
+        dry_run: bool,
+        decide: F,
+    ) -> Result<Written, ApiError>
+    where
+        F: FnOnce(&SpaceView<'_>, &str, Option<&Arc<Value>>) -> Result<Decision, ApiError>,
+    {
+        let mut guard = lock(&self.inner);
+        let Inner { rv, spaces, .. } = &mut *guard;
+        let space = space_mut(spaces, rv, workspace);
+        let existing = space.collections.get(key);
+        let name = match name {
+            NameChoice::Exact(n) => n,
+            NameChoice::Generate(prefix) => loop {
+                let candidate = format!("{prefix}{}", object::random_suffix());
+                let taken = existing.is_some_and(|c| {
+                    c.objects
+                        .contains_key(&(namespace.to_string(), candidate.clone()))
+                });
+                if !taken {
+                    break candidate;
+                }
+            },
+        };
+        let obj_key = (namespace.to_string(), name.clone());
+        let current = existing.and_then(|c| c.objects.get(&obj_key)).cloned();
+        let decision = decide(&SpaceView { space }, &name, current.as_ref())?;
+        if dry_run {
+            return Ok(match decision {
+                Decision::Put(v) => Written {
+                    object: Arc::new(v),
+                },
+                Decision::Remove(v) => Written {
+                    object: Arc::new(v),
+                },
+                Decision::Keep => Written {
+                    object: current.unwrap_or_else(|| Arc::new(Value::Null)),
+                },
+            });
+        }
+        let capacity = self.history;
+        match decision {
+            Decision::Keep => Ok(Written {
+                object: current.unwrap_or_else(|| Arc::new(Value::Null)),
+            }),
+            Decision::Put(mut value) => {
+                *rv += 1;
+                let rv = *rv;
+                object::set_meta(&mut value, "resourceVersion", Some(json!(rv.to_string())));
+                let value = Arc::new(value);
+                let kind = if current.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
+                let collection = space.collections.entry(key.clone()).or_default();
+                collection.objects.insert(obj_key, value.clone());
+                collection.publish(
+                    Event::new(rv, kind, value.clone(), current.clone()),
+                    capacity,
+                );
+                if *key == crd_key() {
+                    register_crd(space, &value);
+                }
+                Ok(Written { object: value })
+            }
+            Decision::Remove(last) => {
+                let last = Arc::new(last);
+                remove_object(rv, space, key, &obj_key, last.clone(), capacity);
+                if *key == crd_key() {
+                    unregister_crd(rv, space, &last, capacity);
+                }
+                if *key == namespaces_key() {
+                    empty_namespace(rv, space, &name, capacity);
+                }
+                Ok(Written { object: last })
+            }
+        }
+    }
+
+    /// Registers a watcher and returns its initial events, atomically with
+    /// respect to writes (nothing is missed or sent twice).
+    pub fn watch(
+        &self,
+        workspace: &str,
+        key: &ResourceKey,
+        filter: Filter,
+        start: WatchStart,
+    ) -> Result<Subscription, ApiError> {
+        let mut guard = lock(&self.inner);
+        let Inner {
+            rv,
+            spaces,
+            next_watcher_id,
+        } = &mut *guard;
+        *next_watcher_id += 1;
+        let id = *next_watcher_id;
+        let space = space_mut(spaces, rv, workspace);
+        let rv = *rv;
+        let collection = space.collections.entry(key.clone()).or_default();
+        let initial = match start {
+            WatchStart::Now => Vec::new(),
+            WatchStart::CurrentState => collection
+                .objects
+                .values()
+                .filter(|o| filter.matches(o))
+                .map(|o| Delivery {
+                    kind: EventType::Added,
+                    event: Event::new(rv, EventType::Added, o.clone(), None),
+                })
+                .collect(),
+            WatchStart::After(since) => {
+                if since < collection.floor {
+                    return Err(ApiError::expired(format!(
+                        "too old resource version: {since} ({})",
+                        collection.floor
+                    )));
+                }
+                collection
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > since)
+                    .filter_map(|e| {
+                        filter.view(e).map(|kind| Delivery {
+                            kind,
+                            event: e.clone(),
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let (tx, live) = mpsc::channel(self.watcher_buffer);
+        collection.watchers.push(WatcherSlot {
+            id,
+            filter: Arc::new(filter),
+            tx,
+        });
+        Ok(Subscription {
+            initial,
+            live,
+            start_rv: rv,
+            registration: Registration {
+                inner: self.inner.clone(),
+                workspace: workspace.to_string(),
+                key: key.clone(),
+                id,
+            },
+        })
+    }
+
+    /// Ends every watch (server shutdown).
+    pub fn end_all_watches(&self) {
+        let mut inner = lock(&self.inner);
+        for space in inner.spaces.values_mut() {
+            for c in space.collections.values_mut() {
+                c.watchers.clear();
+            }
+        }
+    }
+}
+
+/// Removes one object with a DELETED event carrying the delete's resourceVersion.
+fn remove_object(
+    rv: &mut u64,
+    space: &mut Space,
+    key: &ResourceKey,
+    obj_key: &(String, String),
+    last: Arc<Value>,
+    capacity: usize,
+) {
+    let Some(collection) = space.collections.get_mut(key) else {
+        return;
+    };
+    let Some(stored) = collection.objects.remove(obj_key) else {
+        return;
+    };
+    *rv += 1;
+    let mut tombstone = (*last).clone();
+    object::set_meta(
+        &mut tombstone,
+        "resourceVersion",
+        Some(json!(rv.to_string())),
+    );
+    collection.publish(
+        Event::new(*rv, EventType::Deleted, Arc::new(tombstone), Some(stored)),
+        capacity,
+    );
+}
+
+/// Makes a CRD's resource servable (or updates it).
+fn register_crd(space: &mut Space, crd: &Value) {
+    match ResourceDef::from_crd(crd) {
+        Ok(def) => {
+            space.custom.insert(def.key(), Arc::new(def));
+        }
+        Err(reason) => {
+            tracing::warn!(crd = meta_str(crd, "name").unwrap_or_default(), %reason, "CRD defines no resource");
+        }
+    }
+}
+
+/// Removes a CRD's resource: its objects are deleted (with events) and its watches end.
+fn unregister_crd(rv: &mut u64, space: &mut Space, crd: &Value, capacity: usize) {
+    let Ok(def) = ResourceDef::from_crd(crd) else {
+        return;
+    };
+    let key = def.key();
+    space.custom.remove(&key);
+    let keys: Vec<(String, String)> = space
+        .collections
+        .get(&key)
+        .map(|c| c.objects.keys().cloned().collect())
+        .unwrap_or_default();
+    for k in keys {
+        let last = space
+            .collections
+            .get(&key)
+            .and_then(|c| c.objects.get(&k))
+            .cloned();
+        if let Some(last) = last {
+            remove_object(rv, space, &key, &k, last, capacity);
+        }
+    }
+    space.collections.remove(&key);
+}
+
+/// Deletes everything in a namespace that is being removed.
+fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: usize) {
+    let keys: Vec<ResourceKey> = space.collections.keys().cloned().collect();
+    for key in keys {
+        let victims: Vec<((String, String), Arc<Value>)> = space
+            .collections
+            .get(&key)
+            .map(|c| {
+                c.objects
+                    .iter()
+                    .filter(|((ns, _), _)| ns == namespace)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, last) in victims {
+            remove_object(rv, space, &key, &k, last, capacity);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ResourceKey {
+        ("".into(), "configmaps".into())
+    }
+
+    fn put(store: &Store, name: &str, data: &str) -> Arc<Value> {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"}, "data": {"k": data}});
+        store
+            .write(
+                "",
+                &key(),
+                "default",
+                NameChoice::Exact(name.into()),
+                false,
+                |_, _, _| Ok(Decision::Put(obj)),
+            )
+            .map(|w| w.object)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn rv_of(v: &Value) -> u64 {
+        meta_str(v, "resourceVersion")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn resource_versions_increase_across_workspaces() {
+        let store = Store::new(100, 10);
+        let a = rv_of(&put(&store, "a", "1"));
+        store.ensure_space("root:x");
+        let b = rv_of(&put(&store, "b", "1"));
+        assert!(
+            b > a + 1,
+            "creating a workspace uses resource versions for its namespaces"
+        );
+    }
+
+    #[test]
+    fn watch_resumes_from_history_and_expires_beyond_it() {
+        let store = Store::new(3, 100);
+        let first = rv_of(&put(&store, "a", "1"));
+        for i in 0..5 {
+            put(&store, "a", &i.to_string());
+        }
+        let err = store
+            .watch("", &key(), Filter::default(), WatchStart::After(first))
+            .err()
+            .unwrap_or_else(|| panic!("expected 410"));
+        assert_eq!((err.code, err.reason), (410, "Expired"));
+        assert!(
+            err.message
+                .starts_with(&format!("too old resource version: {first} ("))
+        );
+        let now = store.current_rv();
+        let sub = store
+            .watch("", &key(), Filter::default(), WatchStart::After(now - 2))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let rvs: Vec<u64> = sub.initial.iter().map(|d| d.event.rv).collect();
+        assert_eq!(rvs, [now - 1, now]);
+    }
+
+    #[test]
+    fn slow_watchers_are_dropped_without_blocking_writers() {
+        let store = Store::new(100, 2);
+        let mut sub = store
+            .watch("", &key(), Filter::default(), WatchStart::Now)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        for i in 0..5 {
+            put(&store, "a", &i.to_string());
+        }
+        let mut received = 0;
+        while sub.live.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, 2);
+        assert!(sub.live.is_closed());
+    }
+
+    #[test]
+    fn selector_transitions_become_added_and_deleted() {
+        let store = Store::new(100, 100);
+        let filter = Filter {
+            labels: LabelSelector::parse("app=web").unwrap_or_default(),
+            ..Filter::default()
+        };
+        let mut sub = store
+            .watch("", &key(), filter, WatchStart::Now)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let write = |labels: Value| {
+            let obj = json!({"metadata": {"name": "a", "namespace": "default", "labels": labels}});
+            store
+                .write(
+                    "",
+                    &key(),
+                    "default",
+                    NameChoice::Exact("a".into()),
+                    false,
+                    |_, _, _| Ok(Decision::Put(obj)),
+                )
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        };
+        write(json!({"app": "db"}));
+        write(json!({"app": "web"}));
+        write(json!({"app": "web", "x": "y"}));
+        write(json!({"app": "db"}));
+        let mut kinds = Vec::new();
+        while let Ok(d) = sub.live.try_recv() {
+            kinds.push(d.kind);
+        }
+        assert_eq!(
+            kinds,
+            [EventType::Added, EventType::Modified, EventType::Deleted]
+        );
+    }
+
+    #[test]
+    fn dry_run_stores_nothing() {
+        let store = Store::new(100, 100);
+        store.ensure_space("");
+        let before = store.current_rv();
+        let obj = json!({"metadata": {"name": "a", "namespace": "default"}});
+        let w = store
+            .write(
+                "",
+                &key(),
+                "default",
+                NameChoice::Exact("a".into()),
+                true,
+                |_, _, _| Ok(Decision::Put(obj)),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(w.object.is_object());
+        assert_eq!(store.current_rv(), before);
+        assert!(store.get("", &key(), "default", "a").is_none());
+    }
+
+    #[test]
+    fn workspaces_are_separate() {
+        let store = Store::new(100, 100);
+        put(&store, "a", "1");
+        assert!(store.get("root:b", &key(), "default", "a").is_none());
+        assert!(store.get("", &key(), "default", "a").is_some());
+    }
+
+    #[test]
+    fn deleting_a_namespace_deletes_its_objects() {
+        let store = Store::new(100, 100);
+        put(&store, "a", "1");
+        let ns_key = namespaces_key();
+        store
+            .write(
+                "",
+                &ns_key,
+                "",
+                NameChoice::Exact("default".into()),
+                false,
+                |view, _, cur| {
+                    assert!(view.namespace("default").is_some());
+                    Ok(Decision::Remove(
+                        cur.map(|c| (**c).clone()).unwrap_or_default(),
+                    ))
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(store.get("", &key(), "default", "a").is_none());
+    }
+
+    #[test]
+    fn pages_continue_after_the_last_key() {
+        let store = Store::new(100, 100);
+        for n in ["a", "b", "c"] {
+            put(&store, n, "1");
+        }
+        let p1 = store
+            .list("", &key(), &Filter::default(), None, Some(2), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((p1.items.len(), p1.remaining), (2, 1));
+        // Later writes do not show in a continued list.
+        put(&store, "d", "1");
+        put(&store, "c", "2");
+        let p2 = store
+            .list(
+                "",
+                &key(),
+                &Filter::default(),
+                p1.next,
+                Some(2),
+                Some(p1.rv),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((p2.items.len(), p2.remaining, p2.next), (1, 0, None));
+        assert_eq!(p2.items[0]["data"]["k"], "1");
+        assert_eq!(p2.rv, p1.rv);
+    }
+}
