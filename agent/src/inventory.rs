@@ -1,0 +1,581 @@
+//! The pipeline between the watches and the outbox: what the agent knows
+//! about the cluster, and what each watch event changes upstream.
+//!
+//! For every namespaced object of a watched type it keeps the extracted
+//! status and where the object maps upstream; for every namespace, its
+//! locator. Both halves are needed because a locator can change after the
+//! objects arrived: then every object in the namespace is deleted under its
+//! old upstream coordinates and sent under its new ones. Memory is bounded by
+//! the number of watched objects.
+//!
+//! Order of one event: [`crate::watch`] → [`crate::extract`] →
+//! [`crate::mapping`] → [`crate::outbox`].
+
+use std::collections::HashMap;
+
+use futures::{FutureExt, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use uplink_protocol::ObjectRef;
+
+use crate::clock::AgentClock;
+use crate::config::ResourceSpec;
+use crate::extract::{ExtractedStatus, extract};
+use crate::health::AgentHealth;
+use crate::mapping::{DownstreamRef, Locator, to_upstream};
+use crate::metrics::Metrics;
+use crate::outbox::SharedOutbox;
+use crate::watch::{ObservedNamespace, ObservedObject, WatchEvent, WatchId};
+
+/// One object known downstream.
+#[derive(Debug)]
+struct Tracked {
+    downstream: DownstreamRef,
+    status: ExtractedStatus,
+    /// Where it was last reported upstream, if its namespace has a locator.
+    upstream: Option<ObjectRef>,
+    /// The list epoch of its watch when it was last seen.
+    epoch: u64,
+}
+
+/// One namespace known downstream.
+#[derive(Debug)]
+struct NamespaceEntry {
+    /// The raw annotation, to log a malformed one only when it changes.
+    raw: Option<String>,
+    locator: Option<Locator>,
+    epoch: u64,
+}
+
+/// Object key inside one namespace.
+type ObjectKey = (ResourceSpec, String);
+
+/// What the agent knows about the cluster; applies watch events to the outbox.
+#[derive(Debug)]
+pub struct Inventory {
+    namespaces: HashMap<String, NamespaceEntry>,
+    /// namespace → objects in it.
+    objects: HashMap<String, HashMap<ObjectKey, Tracked>>,
+    /// Current list epoch per watch (bumped on every restart).
+    epochs: HashMap<WatchId, u64>,
+    counts: HashMap<ResourceSpec, u64>,
+    outbox: SharedOutbox,
+    metrics: Metrics,
+    health: AgentHealth,
+    clock: AgentClock,
+}
+
+impl Inventory {
+    pub fn new(
+        outbox: SharedOutbox,
+        metrics: Metrics,
+        health: AgentHealth,
+        clock: AgentClock,
+    ) -> Self {
+        Self {
+            namespaces: HashMap::new(),
+            objects: HashMap::new(),
+            epochs: HashMap::new(),
+            counts: HashMap::new(),
+            outbox,
+            metrics,
+            health,
+            clock,
+        }
+    }
+
+    /// Applies one event; wakes the session when the outbox changed.
+    pub fn apply(&mut self, event: WatchEvent) {
+        let queued = match event {
+            WatchEvent::Restarted(watch) => {
+                *self.epochs.entry(watch).or_default() += 1;
+                false
+            }
+            WatchEvent::Listed(watch) => self.listed(watch),
+            WatchEvent::Applied(object) => self.object_applied(object),
+            WatchEvent::Deleted(object) => self.object_deleted(&object),
+            WatchEvent::NamespaceApplied(ns) => self.namespace_applied(ns),
+            WatchEvent::NamespaceDeleted(name) => self.namespace_deleted(&name),
+            WatchEvent::Failed { watch, error } => {
+                self.metrics
+                    .watch_errors
+                    .with_label_values(&[&watch.to_string()])
+                    .inc();
+                self.health.update(&watch, |h| h.error = Some(error));
+                false
+            }
+        };
+        if queued {
+            self.outbox.notify();
+        }
+    }
+
+    fn epoch(&self, watch: &WatchId) -> u64 {
+        self.epochs.get(watch).copied().unwrap_or_default()
+    }
+
+    fn object_applied(&mut self, object: ObservedObject) -> bool {
+        let spec = object.resource.spec.clone();
+        let watch = WatchId::Resource(spec.clone());
+        self.metrics
+            .watch_events
+            .with_label_values(&[&watch.to_string()])
+            .inc();
+        self.health.update(&watch, |h| h.error = None);
+        // Only namespaced objects can carry a locator; others are not synced.
+        let Some(namespace) = object.namespace.clone() else {
+            return false;
+        };
+        let epoch = self.epoch(&watch);
+        let status = extract(&object);
+        let downstream = DownstreamRef {
+            resource: spec.clone(),
+            kind: object.resource.kind.clone(),
+            namespace: namespace.clone(),
+            name: object.name,
+            uid: object.uid,
+        };
+        let locator = self
+            .namespaces
+            .get(&namespace)
+            .and_then(|ns| ns.locator.clone());
+        let upstream = locator.map(|l| to_upstream(&downstream, &l));
+        let key = (spec.clone(), downstream.name.clone());
+        let tracked = Tracked {
+            downstream,
+            status: status.clone(),
+            upstream: upstream.clone(),
+            epoch,
+        };
+        let previous = self
+            .objects
+            .entry(namespace)
+            .or_default()
+            .insert(key, tracked);
+        if previous.is_none() {
+            self.count(&spec, 1);
+        }
+        match upstream {
+            Some(upstream) => self
+                .outbox
+                .lock()
+                .upsert(upstream, status, self.clock.now_ms())
+                .is_some(),
+            None => false,
+        }
+    }
+
+    fn object_deleted(&mut self, object: &ObservedObject) -> bool {
+        let spec = object.resource.spec.clone();
+        self.metrics
+            .watch_events
+            .with_label_values(&[&WatchId::Resource(spec.clone()).to_string()])
+            .inc();
+        let Some(namespace) = &object.namespace else {
+            return false;
+        };
+        let removed = self
+            .objects
+            .get_mut(namespace)
+            .and_then(|objects| objects.remove(&(spec.clone(), object.name.clone())));
+        let Some(tracked) = removed else {
+            return false;
+        };
+        self.count(&spec, -1);
+        self.forget_namespace_if_empty(namespace);
+        self.unpublish(&tracked)
+    }
+
+    fn listed(&mut self, watch: WatchId) -> bool {
+        let epoch = self.epoch(&watch);
+        let queued = match &watch {
+            WatchId::Namespaces => {
+                let gone: Vec<String> = self
+                    .namespaces
+                    .iter()
+                    .filter(|(_, ns)| ns.epoch < epoch)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let mut queued = false;
+                for name in gone {
+                    queued |= self.namespace_deleted(&name);
+                }
+                queued
+            }
+            WatchId::Resource(spec) => {
+                let mut gone = Vec::new();
+                for objects in self.objects.values_mut() {
+                    let keys: Vec<ObjectKey> = objects
+                        .iter()
+                        .filter(|((s, _), t)| s == spec && t.epoch < epoch)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    gone.extend(keys.into_iter().filter_map(|k| objects.remove(&k)));
+                }
+                let mut queued = false;
+                for tracked in &gone {
+                    self.count(spec, -1);
+                    queued |= self.unpublish(tracked);
+                }
+                self.objects.retain(|_, objects| !objects.is_empty());
+                queued
+            }
+        };
+        self.health.update(&watch, |h| {
+            h.ready = true;
+            h.error = None;
+        });
+        self.metrics
+            .watch_ready
+            .with_label_values(&[&watch.to_string()])
+            .set(1);
+        queued
+    }
+
+    fn namespace_applied(&mut self, ns: ObservedNamespace) -> bool {
+        self.metrics
+            .watch_events
+            .with_label_values(&[&WatchId::Namespaces.to_string()])
+            .inc();
+        self.health.update(&WatchId::Namespaces, |h| h.error = None);
+        let epoch = self.epoch(&WatchId::Namespaces);
+        let unchanged = self
+            .namespaces
+            .get(&ns.name)
+            .is_some_and(|e| e.raw == ns.locator);
+        if unchanged {
+            if let Some(entry) = self.namespaces.get_mut(&ns.name) {
+                entry.epoch = epoch;
+            }
+            return false;
+        }
+        let locator = match ns.locator.as_deref().map(Locator::parse) {
+            None => None,
+            Some(Ok(locator)) => Some(locator),
+            Some(Err(e)) => {
+                self.metrics.locator_errors.inc();
+                tracing::warn!(namespace = %ns.name, error = %e, "namespace locator unusable; its objects are not synced");
+                None
+            }
+        };
+        let queued = self.relocate(&ns.name, locator.as_ref());
+        self.namespaces.insert(
+            ns.name,
+            NamespaceEntry {
+                raw: ns.locator,
+                locator,
+                epoch,
+            },
+        );
+        self.set_namespace_count();
+        queued
+    }
+
+    fn namespace_deleted(&mut self, name: &str) -> bool {
+        self.metrics
+            .watch_events
+            .with_label_values(&[&WatchId::Namespaces.to_string()])
+            .inc();
+        let queued = self.relocate(name, None);
+        self.namespaces.remove(name);
+        self.set_namespace_count();
+        queued
+    }
+
+    /// The namespace's locator is now `locator`: moves its objects upstream.
+    fn relocate(&mut self, namespace: &str, locator: Option<&Locator>) -> bool {
+        let old = self
+            .namespaces
+            .get(namespace)
+            .and_then(|e| e.locator.as_ref());
+        if old == locator {
+            return false;
+        }
+        if let Some(locator) = locator {
+            tracing::info!(%namespace, workspace = %locator.workspace, upstream_namespace = %locator.namespace, "namespace mapped upstream");
+        } else if old.is_some() {
+            tracing::info!(%namespace, "namespace no longer mapped upstream");
+        }
+        let Some(objects) = self.objects.get_mut(namespace) else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let mut outbox = self.outbox.lock();
+        let mut queued = false;
+        for tracked in objects.values_mut() {
+            if let Some(old) = tracked.upstream.take() {
+                queued |= outbox.delete(&old, now).is_some();
+            }
+            if let Some(locator) = locator {
+                let upstream = to_upstream(&tracked.downstream, locator);
+                queued |= outbox
+                    .upsert(upstream.clone(), tracked.status.clone(), now)
+                    .is_some();
+                tracked.upstream = Some(upstream);
+            }
+        }
+        queued
+    }
+
+    /// Deletes `tracked` upstream, if it was reported there.
+    fn unpublish(&self, tracked: &Tracked) -> bool {
+        match &tracked.upstream {
+            Some(upstream) => self
+                .outbox
+                .lock()
+                .delete(upstream, self.clock.now_ms())
+                .is_some(),
+            None => false,
+        }
+    }
+
+    fn forget_namespace_if_empty(&mut self, namespace: &str) {
+        if self.objects.get(namespace).is_some_and(HashMap::is_empty) {
+            self.objects.remove(namespace);
+        }
+    }
+
+    fn count(&mut self, spec: &ResourceSpec, delta: i64) {
+        let count = self.counts.entry(spec.clone()).or_default();
+        *count = count.saturating_add_signed(delta);
+        let objects = *count;
+        self.health
+            .update(&WatchId::Resource(spec.clone()), |h| h.objects = objects);
+    }
+
+    fn set_namespace_count(&self) {
+        let n = self.namespaces.len() as u64;
+        self.health.update(&WatchId::Namespaces, |h| h.objects = n);
+    }
+}
+
+/// Feeds `events` into `inventory` until the stream ends or `stop` is
+/// cancelled; on stop, events already waiting are still applied, so nothing
+/// the watches saw is lost before the session's final flush.
+pub async fn run(
+    mut inventory: Inventory,
+    events: impl Stream<Item = WatchEvent>,
+    stop: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        tokio::select! {
+            biased;
+            event = events.next() => match event {
+                Some(event) => inventory.apply(event),
+                None => return,
+            },
+            () = stop.cancelled() => break,
+        }
+    }
+    while let Some(Some(event)) = events.next().now_or_never() {
+        inventory.apply(event);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use uplink_protocol::{Change, Delta};
+
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::watch::WatchedResource;
+
+    struct Fixture {
+        inventory: Inventory,
+        outbox: SharedOutbox,
+        metrics: Metrics,
+        health: AgentHealth,
+    }
+
+    fn fixture() -> Fixture {
+        let metrics = Metrics::new();
+        let outbox = SharedOutbox::new(Outbox::new(1000, metrics.clone()));
+        let health = AgentHealth::new(&[ResourceSpec::deployments()]);
+        let inventory = Inventory::new(
+            outbox.clone(),
+            metrics.clone(),
+            health.clone(),
+            AgentClock::default(),
+        );
+        Fixture {
+            inventory,
+            outbox,
+            metrics,
+            health,
+        }
+    }
+
+    fn deployment(namespace: &str, name: &str, ready: i64) -> ObservedObject {
+        ObservedObject {
+            resource: Arc::new(WatchedResource {
+                spec: ResourceSpec::deployments(),
+                kind: "Deployment".into(),
+                namespaced: true,
+            }),
+            namespace: Some(namespace.into()),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation: Some(1),
+            status: json!({"readyReplicas": ready}),
+        }
+    }
+
+    fn namespace(name: &str, workspace: Option<&str>) -> WatchEvent {
+        WatchEvent::NamespaceApplied(ObservedNamespace {
+            name: name.into(),
+            locator: workspace.map(|ws| {
+                Locator {
+                    workspace: ws.into(),
+                    namespace: format!("up-{name}"),
+                }
+                .to_annotation()
+            }),
+        })
+    }
+
+    impl Fixture {
+        fn drain(&self) -> Vec<Delta> {
+            let mut outbox = self.outbox.lock();
+            let unsent = outbox.unsent(1000);
+            if let Some(last) = unsent.last() {
+                outbox.mark_sent(last.seq);
+            }
+            unsent
+        }
+    }
+
+    fn summary(deltas: &[Delta]) -> Vec<(String, String, bool)> {
+        deltas
+            .iter()
+            .map(|d| {
+                (
+                    d.object.workspace.clone(),
+                    d.object.name.clone(),
+                    matches!(d.change, Change::Upsert { .. }),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn objects_are_sent_once_their_namespace_has_a_locator() {
+        let mut f = fixture();
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        assert!(f.drain().is_empty());
+        f.inventory.apply(namespace("ns1", Some("root:org:team-a")));
+        let sent = f.drain();
+        assert_eq!(
+            summary(&sent),
+            [("root:org:team-a".into(), "web".into(), true)]
+        );
+        assert_eq!(sent[0].object.namespace.as_deref(), Some("up-ns1"));
+        // A new status is sent, the same status is not.
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 2)));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 2)));
+        assert_eq!(f.drain().len(), 1);
+    }
+
+    #[test]
+    fn locator_change_moves_objects_and_removal_deletes_them() {
+        let mut f = fixture();
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        f.drain();
+        f.inventory.apply(namespace("ns1", Some("root:b-c")));
+        assert_eq!(
+            summary(&f.drain()),
+            [
+                ("root:a".into(), "web".into(), false),
+                ("root:b-c".into(), "web".into(), true)
+            ]
+        );
+        f.inventory.apply(namespace("ns1", None));
+        assert_eq!(
+            summary(&f.drain()),
+            [("root:b-c".into(), "web".into(), false)]
+        );
+        // Namespace deletion too.
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        f.drain();
+        f.inventory
+            .apply(WatchEvent::NamespaceDeleted("ns1".into()));
+        assert_eq!(
+            summary(&f.drain()),
+            [("root:a".into(), "web".into(), false)]
+        );
+    }
+
+    #[test]
+    fn malformed_locator_is_counted_and_not_synced() {
+        let mut f = fixture();
+        f.inventory
+            .apply(WatchEvent::NamespaceApplied(ObservedNamespace {
+                name: "ns1".into(),
+                locator: Some("{not json".into()),
+            }));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        assert!(f.drain().is_empty());
+        assert_eq!(f.metrics.locator_errors.get(), 1);
+        // The same bad annotation seen again (e.g. a re-list) is not re-counted.
+        f.inventory
+            .apply(WatchEvent::NamespaceApplied(ObservedNamespace {
+                name: "ns1".into(),
+                locator: Some("{not json".into()),
+            }));
+        assert_eq!(f.metrics.locator_errors.get(), 1);
+    }
+
+    #[test]
+    fn relist_deletes_objects_that_were_not_listed_again() {
+        let mut f = fixture();
+        let watch = WatchId::Resource(ResourceSpec::deployments());
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        f.inventory.apply(WatchEvent::Restarted(watch.clone()));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "api", 1)));
+        assert_eq!(
+            f.health.watches_not_ready(),
+            ["namespaces.v1", "deployments.v1.apps"]
+        );
+        f.inventory.apply(WatchEvent::Listed(watch.clone()));
+        assert_eq!(f.health.watches_not_ready(), ["namespaces.v1"]);
+        assert_eq!(f.health.summary().watches[0].objects, 2);
+        f.drain();
+        // 410 Gone: the watcher re-lists; "api" was deleted meanwhile.
+        f.inventory.apply(WatchEvent::Restarted(watch.clone()));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        f.inventory.apply(WatchEvent::Listed(watch));
+        assert_eq!(
+            summary(&f.drain()),
+            [("root:a".into(), "api".into(), false)]
+        );
+        assert_eq!(f.health.summary().watches[0].objects, 1);
+    }
+
+    #[test]
+    fn deleted_objects_are_deleted_upstream() {
+        let mut f = fixture();
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        f.inventory
+            .apply(WatchEvent::Deleted(deployment("ns1", "web", 1)));
+        // Coalesced in the outbox before being sent: only the deletion.
+        assert_eq!(
+            summary(&f.drain()),
+            [("root:a".into(), "web".into(), false)]
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Watches the objects KCP placed on one physical cluster and streams their
+//! status to the Uplink hub.
+//!
+//! One status change travels through these modules, in order:
+//!
+//! 1. [`watch`]: kube watchers (resource types resolved by discovery, plus
+//!    namespaces) → plain [`watch::WatchEvent`]s;
+//! 2. [`inventory`]: applies each event, using
+//! 3. [`extract`]: the status that travels, per kind, and
+//! 4. [`mapping`]: downstream → upstream coordinates (namespace locator);
+//! 5. [`outbox`]: latest state per object, sequence numbers, acks;
+//! 6. [`session`]: one TLS WebSocket connection to the hub, kept up by
+//!    [`reconnect`] (with [`backoff`]).
+//!
+//! Around them: [`config`], [`tls`], [`metrics`], [`health`], [`http`]
+//! (`/metrics`, `/healthz`, `/readyz`), [`clock`].
+//!
+//! Shutdown order, on one [`CancellationToken`]: stop the watches → apply the
+//! events already received → flush the outbox, `Bye` and close the session →
+//! stop the HTTP server.
+
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod extract;
+pub mod health;
+pub mod http;
+pub mod inventory;
+pub mod mapping;
+pub mod metrics;
+pub mod outbox;
+pub mod reconnect;
+pub mod session;
+pub mod tls;
+pub mod watch;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::AgentClock;
+pub use crate::config::{AgentConfig, ReconnectSettings, ResourceSpec};
+use crate::health::AgentHealth;
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, SharedOutbox};
+use crate::session::{HubEndpoint, SessionContext};
+use crate::watch::WatchEvent;
+
+/// Watch events queued between the watches and the pipeline.
+const WATCH_QUEUE: usize = 1024;
+
+/// Why the agent could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{flag}: {reason}")]
+    Config { flag: &'static str, reason: String },
+    #[error(transparent)]
+    HubUrl(#[from] session::HubUrlError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("--kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no --kubeconfig given and none could be inferred (in-cluster or KUBECONFIG): {0}")]
+    InferKubeconfig(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
+    #[error("--http-listen {addr}: cannot listen: {source}")]
+    HttpListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent task {task} stopped unexpectedly: {reason}")]
+    Task { task: &'static str, reason: String },
+}
+
+/// Where watch events come from.
+enum EventSource {
+    /// Watches against a cluster.
+    Kube(kube::Client),
+    /// Events supplied by the caller (tests, or an embedding program).
+    Stream(Pin<Box<dyn Stream<Item = WatchEvent> + Send>>),
+}
+
+/// An agent that has checked its configuration, loaded its credentials and
+/// bound its HTTP port, ready to [`Agent::run`].
+pub struct Agent {
+    config: AgentConfig,
+    source: EventSource,
+    tls: Arc<rustls::ClientConfig>,
+    hub: HubEndpoint,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    metrics: Metrics,
+    health: AgentHealth,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("cluster", &self.config.cluster)
+            .field("hub", &self.hub.url)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Checks `config`, loads the TLS material, builds the Kubernetes client
+    /// (from `kubeconfig`, else inferred) and binds the HTTP listener.
+    pub async fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
+        let kube_config = match &config.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    AgentError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                kube::Config::from_custom_kubeconfig(
+                    kubeconfig,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|source| AgentError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(AgentError::InferKubeconfig)?,
+        };
+        let client = kube::Client::try_from(kube_config).map_err(AgentError::KubeClient)?;
+        Self::bind_with_source(config, EventSource::Kube(client)).await
+    }
+
+    /// Like [`Agent::bind`], but the watch events come from `events` instead
+    /// of a cluster (no Kubernetes client is built). The stream should report
+    /// [`WatchEvent::Listed`] for the namespace watch and every configured
+    /// resource, as real watches do, for `/readyz` to turn ready.
+    pub async fn bind_with_events(
+        config: AgentConfig,
+        events: impl Stream<Item = WatchEvent> + Send + 'static,
+    ) -> Result<Agent, AgentError> {
+        Self::bind_with_source(config, EventSource::Stream(Box::pin(events))).await
+    }
+
+    async fn bind_with_source(
+        config: AgentConfig,
+        source: EventSource,
+    ) -> Result<Agent, AgentError> {
+        if config.cluster.trim().is_empty() {
+            return Err(AgentError::Config {
+                flag: "--cluster",
+                reason: "must name this cluster".into(),
+            });
+        }
+        if config.resources.is_empty() {
+            return Err(AgentError::Config {
+                flag: "--resources",
+                reason: "must list at least one resource type".into(),
+            });
+        }
+        if config.heartbeat_interval.is_zero() {
+            return Err(AgentError::Config {
+                flag: "--heartbeat-interval",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let hub = HubEndpoint::parse(&config.hub_url)?;
+        let tls = tls::client_config(&config.tls_cert, &config.tls_key, &config.hub_ca)?;
+        let listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| AgentError::HttpListen {
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| AgentError::HttpListen {
+                addr: config.http_listen,
+                source,
+            })?;
+        let health = AgentHealth::new(&config.resources);
+        Ok(Agent {
+            config,
+            source,
+            tls,
+            hub,
+            listener,
+            http_addr,
+            metrics: Metrics::new(),
+            health,
+        })
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// This agent's metrics (the same registry `/metrics` serves).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// This agent's health (the source of `/readyz`).
+    pub fn health(&self) -> &AgentHealth {
+        &self.health
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops in order: watches,
+    /// pipeline, session (flush, `Bye`, close), HTTP server.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let Agent {
+            config,
+            source,
+            tls,
+            hub,
+            listener,
+            http_addr,
+            metrics,
+            health,
+        } = self;
+        let clock = AgentClock::new(config.clock_offset);
+        let outbox = SharedOutbox::new(Outbox::new(config.outbox_limit, metrics.clone()));
+        let session_id = uuid::Uuid::new_v4().to_string();
+        tracing::info!(cluster = %config.cluster, hub = %hub.url, %http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
+
+        let watch_stop = CancellationToken::new();
+        let session_stop = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+
+        let (events, mut watches): (Pin<Box<dyn Stream<Item = WatchEvent> + Send>>, _) =
+            match source {
+                EventSource::Kube(client) => {
+                    let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+                    let tasks =
+                        watch::spawn_watches(client, &config.resources, tx, watch_stop.clone());
+                    (Box::pin(queue_stream(rx, metrics.clone())), tasks)
+                }
+                EventSource::Stream(events) => (events, tokio::task::JoinSet::new()),
+            };
+        let inventory = Inventory::new(outbox.clone(), metrics.clone(), health.clone(), clock);
+        let pipeline = tokio::spawn(inventory::run(inventory, events, watch_stop.clone()));
+
+        let ctx = SessionContext {
+            cluster: config.cluster.clone(),
+            session_id,
+            hub,
+            tls,
+            heartbeat_interval: config.heartbeat_interval,
+            outbox,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            clock,
+        };
+        let mut session = tokio::spawn(reconnect::run(ctx, config.reconnect, session_stop.clone()));
+        let mut http = tokio::spawn(http::serve(listener, metrics, health, http_stop.clone()));
+
+        let failure = tokio::select! {
+            () = shutdown.cancelled() => None,
+            ended = &mut session => Some(("session", ended)),
+            ended = &mut http => Some(("http", ended)),
+        };
+        tracing::info!("agent shutting down");
+
+        watch_stop.cancel();
+        while watches.join_next().await.is_some() {}
+        if let Err(e) = pipeline.await {
+            tracing::error!(error = %e, "pipeline task failed");
+        }
+        session_stop.cancel();
+        if failure.as_ref().is_none_or(|(task, _)| *task != "session")
+            && let Err(e) = (&mut session).await
+        {
+            tracing::error!(error = %e, "session task failed");
+        }
+        http_stop.cancel();
+        if failure.as_ref().is_none_or(|(task, _)| *task != "http")
+            && let Err(e) = (&mut http).await
+        {
+            tracing::error!(error = %e, "http task failed");
+        }
+        tracing::info!("agent stopped");
+
+        match failure {
+            None => Ok(()),
+            Some((task, ended)) => Err(AgentError::Task {
+                task,
+                reason: match ended {
+                    Ok(()) => "ended before shutdown".into(),
+                    Err(e) => e.to_string(),
+                },
+            }),
+        }
+    }
+}
+
+/// The watch queue as a stream, keeping its depth metric current.
+fn queue_stream(
+    mut rx: mpsc::Receiver<WatchEvent>,
+    metrics: Metrics,
+) -> impl Stream<Item = WatchEvent> + Send {
+    futures::stream::poll_fn(move |cx| {
+        let next = rx.poll_recv(cx);
+        metrics
+            .watch_queue
+            .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+        next
+    })
+}
+
+/// Binds and runs an agent until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    Agent::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,185 @@
+//! `uplink-agent`: parses flags, sets up logging and signals, and runs the
+//! library's agent until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use jiff::SignedDuration;
+use tokio_util::sync::CancellationToken;
+use uplink_agent::config::{parse_duration, parse_signed_duration};
+use uplink_agent::{AgentConfig, ReconnectSettings, ResourceSpec};
+
+/// Watches the objects KCP placed on this cluster and streams their status to
+/// the Uplink hub over a mutually authenticated TLS WebSocket.
+///
+/// An object is synced when its namespace carries the annotation
+/// `kcp.io/namespace-locator` (JSON with `cluster`: the KCP workspace, and
+/// `namespace`: the upstream namespace). Every flag can also be set through
+/// the environment variable shown with it.
+#[derive(Debug, Parser)]
+#[command(name = "uplink-agent", version)]
+struct Args {
+    /// Name of this cluster, as the hub knows it. Must match the identity in
+    /// the client certificate.
+    #[arg(long, env = "UPLINK_AGENT_CLUSTER")]
+    cluster: String,
+
+    /// Kubeconfig of the cluster to watch. Without it: in-cluster
+    /// configuration, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "UPLINK_AGENT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The hub's tunnel endpoint, wss://HOST:PORT (path defaults to /v1/tunnel).
+    #[arg(long, env = "UPLINK_AGENT_HUB_URL")]
+    hub_url: String,
+
+    /// PEM client certificate (chain) presented to the hub.
+    #[arg(long, env = "UPLINK_AGENT_TLS_CERT")]
+    tls_cert: PathBuf,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "UPLINK_AGENT_TLS_KEY")]
+    tls_key: PathBuf,
+
+    /// PEM CA certificate the hub's serving certificate must chain to; the
+    /// only trusted root.
+    #[arg(long, env = "UPLINK_AGENT_HUB_CA")]
+    hub_ca: PathBuf,
+
+    /// Resource types to watch, comma-separated, as resource.version.group
+    /// (deployments.v1.apps; core group: pods.v1). Resolved through
+    /// discovery, so CRDs work.
+    #[arg(
+        long,
+        env = "UPLINK_AGENT_RESOURCES",
+        value_delimiter = ',',
+        default_value = "deployments.v1.apps"
+    )]
+    resources: Vec<ResourceSpec>,
+
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "UPLINK_AGENT_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    http_listen: SocketAddr,
+
+    /// How often to send heartbeats (the shorter of this and the hub's
+    /// interval is used). A connection silent for 3 intervals is dead.
+    #[arg(long, env = "UPLINK_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// Unacknowledged outbox entries above which the agent reports an overflow
+    /// (uplink_agent_outbox_overflow_total). Entries are still kept: at most
+    /// one per watched object.
+    #[arg(long, env = "UPLINK_AGENT_OUTBOX_LIMIT", default_value_t = 100_000)]
+    outbox_limit: usize,
+
+    /// Upper bound of the first reconnect delay (full jitter: the delay is
+    /// drawn uniformly below the bound, which doubles per failed attempt).
+    #[arg(long, env = "UPLINK_AGENT_RECONNECT_INITIAL", default_value = "500ms", value_parser = parse_duration)]
+    reconnect_initial: Duration,
+
+    /// Cap of the reconnect delay bound.
+    #[arg(long, env = "UPLINK_AGENT_RECONNECT_MAX", default_value = "30s", value_parser = parse_duration)]
+    reconnect_max: Duration,
+
+    /// Log format.
+    #[arg(long, env = "UPLINK_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// For tests of clock skew only: a signed duration (e.g. -2s, 500ms) added
+    /// to every timestamp the agent sends.
+    #[arg(
+        long,
+        env = "UPLINK_AGENT_CLOCK_OFFSET",
+        default_value = "0s",
+        value_parser = parse_signed_duration,
+        allow_hyphen_values = true
+    )]
+    clock_offset: SignedDuration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    fn into_config(self) -> AgentConfig {
+        AgentConfig {
+            cluster: self.cluster,
+            kubeconfig: self.kubeconfig,
+            hub_url: self.hub_url,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            hub_ca: self.hub_ca,
+            resources: self.resources,
+            http_listen: self.http_listen,
+            heartbeat_interval: self.heartbeat_interval,
+            outbox_limit: self.outbox_limit,
+            clock_offset: self.clock_offset,
+            reconnect: ReconnectSettings {
+                initial: self.reconnect_initial,
+                max: self.reconnect_max,
+                ..ReconnectSettings::default()
+            },
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("Ctrl-C received"); }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        tracing::info!("Ctrl-C received");
+    }
+    token.cancel();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    // The one process-wide TLS provider (kube's client uses it too).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = uplink_agent::run(args.into_config(), shutdown).await;
+    signals.abort();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "agent failed");
+    }
+    result.context("uplink-agent")
+}

@@ -1,0 +1,248 @@
+//! Downstream → upstream coordinates: which KCP workspace and namespace a
+//! downstream object belongs to. This is the only place that converts between
+//! the two.
+//!
+//! The rule is kcp's syncer convention: an object is synced when its
+//! downstream NAMESPACE carries the annotation `kcp.io/namespace-locator`, a
+//! JSON object whose `cluster` field names the KCP workspace and whose
+//! `namespace` field names the upstream namespace (other fields such as
+//! `syncTarget` are ignored). The upstream object has the same name, group,
+//! version and resource. Workspace names are taken whole: they may contain
+//! dashes and colons (`root:org:team-a`) and are never split or rebuilt.
+//!
+//! Objects without a locator (no annotation, a malformed one, cluster-scoped
+//! objects) are not synced. No downstream labels or annotations are carried
+//! upstream (only status travels), so there is nothing to strip.
+
+use serde::Serialize;
+use uplink_protocol::ObjectRef;
+
+use crate::config::ResourceSpec;
+
+/// The namespace annotation that names an object's upstream coordinates.
+pub const NAMESPACE_LOCATOR: &str = "kcp.io/namespace-locator";
+
+/// Where a downstream namespace's objects live upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Locator {
+    /// The KCP workspace (logical cluster), e.g. `root:org:team-a`.
+    pub workspace: String,
+    /// The namespace in that workspace.
+    pub namespace: String,
+}
+
+/// Why a namespace's locator annotation cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocatorError {
+    #[error("annotation {NAMESPACE_LOCATOR} is not a JSON object: {0}")]
+    InvalidJson(String),
+    #[error("annotation {NAMESPACE_LOCATOR} has no {0:?} field")]
+    MissingField(&'static str),
+    #[error("annotation {NAMESPACE_LOCATOR} field {field:?} = {value:?} {reason}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// The annotation's JSON shape, for writing it; when reading, fields other
+/// than these two (`syncTarget`, ...) are ignored.
+#[derive(Serialize)]
+struct LocatorJson<'a> {
+    cluster: &'a str,
+    namespace: &'a str,
+}
+
+impl Locator {
+    /// Parses the value of the `kcp.io/namespace-locator` annotation.
+    pub fn parse(annotation: &str) -> Result<Self, LocatorError> {
+        let json: serde_json::Value = serde_json::from_str(annotation)
+            .map_err(|e| LocatorError::InvalidJson(e.to_string()))?;
+        let serde_json::Value::Object(fields) = json else {
+            return Err(LocatorError::InvalidJson("not a JSON object".into()));
+        };
+        let field = |name: &'static str| -> Result<String, LocatorError> {
+            match fields.get(name) {
+                None | Some(serde_json::Value::Null) => Err(LocatorError::MissingField(name)),
+                Some(serde_json::Value::String(value)) => {
+                    check_field(name, value)?;
+                    Ok(value.clone())
+                }
+                Some(other) => Err(LocatorError::InvalidField {
+                    field: name,
+                    value: other.to_string(),
+                    reason: "is not a string",
+                }),
+            }
+        };
+        Ok(Self {
+            workspace: field("cluster")?,
+            namespace: field("namespace")?,
+        })
+    }
+
+    /// The annotation value naming this locator (the inverse of [`Self::parse`]).
+    pub fn to_annotation(&self) -> String {
+        let json = LocatorJson {
+            cluster: &self.workspace,
+            namespace: &self.namespace,
+        };
+        // Serializing a struct of two strings cannot fail.
+        serde_json::to_string(&json).unwrap_or_default()
+    }
+
+    /// The locator an upstream object was mapped with.
+    pub fn of_upstream(object: &ObjectRef) -> Option<Self> {
+        Some(Self {
+            workspace: object.workspace.clone(),
+            namespace: object.namespace.clone()?,
+        })
+    }
+}
+
+fn check_field(field: &'static str, value: &str) -> Result<(), LocatorError> {
+    let fail = |reason| {
+        Err(LocatorError::InvalidField {
+            field,
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return fail("is empty");
+    }
+    // Both end up in URL paths upstream (`/clusters/<ws>/.../namespaces/<ns>`).
+    if value.contains('/') || value.chars().any(char::is_whitespace) {
+        return fail("contains '/' or whitespace");
+    }
+    Ok(())
+}
+
+/// A namespaced object in downstream coordinates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DownstreamRef {
+    pub resource: ResourceSpec,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The upstream coordinates of `object`, whose namespace has `locator`.
+pub fn to_upstream(object: &DownstreamRef, locator: &Locator) -> ObjectRef {
+    ObjectRef {
+        group: object.resource.group.clone(),
+        version: object.resource.version.clone(),
+        resource: object.resource.resource.clone(),
+        kind: object.kind.clone(),
+        workspace: locator.workspace.clone(),
+        namespace: Some(locator.namespace.clone()),
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+    }
+}
+
+/// The downstream coordinates of `object`, given the downstream namespace
+/// whose locator points at the object's workspace and namespace (the inverse
+/// of [`to_upstream`]).
+pub fn to_downstream(object: &ObjectRef, downstream_namespace: &str) -> DownstreamRef {
+    DownstreamRef {
+        resource: ResourceSpec {
+            resource: object.resource.clone(),
+            version: object.version.clone(),
+            group: object.group.clone(),
+        },
+        kind: object.kind.clone(),
+        namespace: downstream_namespace.to_owned(),
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn downstream(namespace: &str, name: &str) -> DownstreamRef {
+        DownstreamRef {
+            resource: ResourceSpec::deployments(),
+            kind: "Deployment".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: "3f1c-uid".into(),
+        }
+    }
+
+    #[test]
+    fn parses_kcp_syncer_annotation_and_ignores_other_fields() {
+        let annotation = r#"{"syncTarget":{"cluster":"root:compute","name":"east","uid":"u"},"cluster":"root:org:team-a","namespace":"default"}"#;
+        let locator = Locator::parse(annotation).unwrap();
+        assert_eq!(locator.workspace, "root:org:team-a");
+        assert_eq!(locator.namespace, "default");
+    }
+
+    #[test]
+    fn round_trip_keeps_dashes_and_colons() {
+        for (workspace, namespace, name) in [
+            ("root:org:team-a", "my-app", "web-frontend-v2"),
+            ("root", "default", "a"),
+            (
+                "root:a-b-c:d--e:f-",
+                "ns-with-many-dashes",
+                "name:with:colons",
+            ),
+        ] {
+            let locator = Locator {
+                workspace: workspace.into(),
+                namespace: namespace.into(),
+            };
+            // Through the annotation text and back.
+            assert_eq!(Locator::parse(&locator.to_annotation()).unwrap(), locator);
+            // Downstream → upstream → downstream.
+            let down = downstream("kcp-2x8f1-downstream", name);
+            let up = to_upstream(&down, &locator);
+            assert_eq!(up.workspace, workspace);
+            assert_eq!(up.namespace.as_deref(), Some(namespace));
+            assert_eq!(up.name, name);
+            assert_eq!(
+                (up.group.as_str(), up.version.as_str(), up.resource.as_str()),
+                ("apps", "v1", "deployments")
+            );
+            assert_eq!(Locator::of_upstream(&up), Some(locator));
+            assert_eq!(to_downstream(&up, &down.namespace), down);
+        }
+    }
+
+    #[test]
+    fn malformed_locators_are_clear_errors() {
+        assert!(matches!(
+            Locator::parse("not json"),
+            Err(LocatorError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Locator::parse(r#"["root"]"#),
+            Err(LocatorError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Locator::parse(r#"{"cluster": 5, "namespace": "x"}"#),
+            Err(LocatorError::InvalidField {
+                field: "cluster",
+                ..
+            })
+        ));
+        assert_eq!(
+            Locator::parse(r#"{"namespace": "x"}"#),
+            Err(LocatorError::MissingField("cluster"))
+        );
+        assert_eq!(
+            Locator::parse(r#"{"cluster": "root"}"#),
+            Err(LocatorError::MissingField("namespace"))
+        );
+        let err = Locator::parse(r#"{"cluster": "", "namespace": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("\"cluster\""), "{err}");
+        assert!(Locator::parse(r#"{"cluster": "root/evil", "namespace": "x"}"#).is_err());
+        assert!(Locator::parse(r#"{"cluster": "root", "namespace": "a b"}"#).is_err());
+    }
+}

@@ -1,0 +1,598 @@
+//! The agent against a tiny fake hub (tokio-rustls + tokio-tungstenite) that
+//! speaks just enough of protocol v1, with watch events from a fake source:
+//! session setup, snapshot, deltas, acks, resume after a lost connection,
+//! refusal, dead-connection detection, heartbeats, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::{SinkExt, StreamExt};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_util::sync::CancellationToken;
+use uplink_agent::config::ReconnectSettings;
+use uplink_agent::mapping::Locator;
+use uplink_agent::watch::{
+    ObservedNamespace, ObservedObject, WatchEvent, WatchId, WatchedResource,
+};
+use uplink_agent::{Agent, AgentConfig, AgentError, ResourceSpec};
+use uplink_protocol::{
+    Ack, AgentFrame, Change, ErrorCode, ErrorFrame, HubFrame, Limits, SessionMode, Welcome,
+    decode_agent_frame, encode,
+};
+
+/// Generous deadline for anything the agent should do promptly.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------- PKI
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "uplink test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["east".to_owned()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "east");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca = write("ca.pem", ca_cert.pem());
+    let client_cert = write("east.pem", client_cert.pem());
+    let client_key = write("east-key.pem", client_key.serialize_pem());
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    Pki {
+        _dir: dir,
+        ca,
+        client_cert,
+        client_key,
+        server: Arc::new(server),
+    }
+}
+
+// ---------------------------------------------------------------- fake hub
+
+/// Accepts agents; every accepted connection is handed to the test.
+struct FakeHub {
+    addr: SocketAddr,
+    conns: mpsc::UnboundedReceiver<HubConn>,
+}
+
+struct HubConn {
+    ws: WebSocketStream<TlsStream<TcpStream>>,
+    /// The client certificate the agent presented.
+    peer_certs: usize,
+}
+
+impl FakeHub {
+    async fn start(tls: Arc<rustls::ServerConfig>) -> FakeHub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, conns) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let acceptor = TlsAcceptor::from(tls);
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let peer_certs = tls.get_ref().1.peer_certificates().map_or(0, <[_]>::len);
+                    let callback = |req: &Request, mut resp: Response| {
+                        assert_eq!(req.uri().path(), "/v1/tunnel");
+                        let offered = req.headers().get("sec-websocket-protocol").unwrap();
+                        assert_eq!(offered, "uplink.v1");
+                        resp.headers_mut()
+                            .insert("sec-websocket-protocol", "uplink.v1".parse().unwrap());
+                        Ok(resp)
+                    };
+                    if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tls, callback).await {
+                        let _ = tx.send(HubConn { ws, peer_certs });
+                    }
+                });
+            }
+        });
+        FakeHub { addr, conns }
+    }
+
+    async fn next_conn(&mut self) -> HubConn {
+        tokio::time::timeout(DEADLINE, self.conns.recv())
+            .await
+            .expect("the agent did not connect in time")
+            .unwrap()
+    }
+}
+
+impl HubConn {
+    /// The next agent frame, heartbeats included.
+    async fn recv_any(&mut self) -> AgentFrame {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("no frame from the agent in time")
+                .expect("connection ended")
+                .unwrap();
+            match message {
+                Message::Binary(bytes) => {
+                    return decode_agent_frame(&bytes, &Limits::default()).unwrap();
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// The next agent frame that is not a heartbeat.
+    async fn recv(&mut self) -> AgentFrame {
+        loop {
+            match self.recv_any().await {
+                AgentFrame::Heartbeat(_) => {}
+                frame => return frame,
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: HubFrame) {
+        self.ws
+            .send(Message::Binary(encode(&frame).unwrap().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn welcome(&mut self, epoch: u64, mode: SessionMode, heartbeat_ms: u64) {
+        self.send(HubFrame::Welcome(Welcome {
+            protocol_version: 1,
+            hub_epoch: epoch,
+            mode,
+            heartbeat_interval_ms: heartbeat_ms,
+            limits: Limits::default(),
+        }))
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------- agent side
+
+fn config(pki: &Pki, hub: SocketAddr) -> AgentConfig {
+    AgentConfig {
+        cluster: "east".into(),
+        hub_url: format!("wss://{hub}"),
+        tls_cert: pki.client_cert.clone(),
+        tls_key: pki.client_key.clone(),
+        hub_ca: pki.ca.clone(),
+        resources: vec![ResourceSpec::deployments()],
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval: Duration::from_secs(1),
+        reconnect: ReconnectSettings {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            ..ReconnectSettings::default()
+        },
+        ..AgentConfig::default()
+    }
+}
+
+fn deployments() -> WatchId {
+    WatchId::Resource(ResourceSpec::deployments())
+}
+
+fn deployment(name: &str, ready: i64) -> WatchEvent {
+    WatchEvent::Applied(ObservedObject {
+        resource: Arc::new(WatchedResource {
+            spec: ResourceSpec::deployments(),
+            kind: "Deployment".into(),
+            namespaced: true,
+        }),
+        namespace: Some("ns1".into()),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        generation: Some(2),
+        status: json!({"readyReplicas": ready, "observedGeneration": 2}),
+    })
+}
+
+fn namespace(locator: Option<Locator>) -> WatchEvent {
+    WatchEvent::NamespaceApplied(ObservedNamespace {
+        name: "ns1".into(),
+        locator: locator.map(|l| l.to_annotation()),
+    })
+}
+
+fn team_a() -> Locator {
+    Locator {
+        workspace: "root:org:team-a".into(),
+        namespace: "up-ns".into(),
+    }
+}
+
+/// The initial lists of a cluster with one mapped namespace and one deployment.
+fn initial_lists(events: &UnboundedSender<WatchEvent>) {
+    for event in [
+        WatchEvent::Restarted(WatchId::Namespaces),
+        namespace(Some(team_a())),
+        WatchEvent::Listed(WatchId::Namespaces),
+        WatchEvent::Restarted(deployments()),
+        deployment("web", 1),
+        WatchEvent::Listed(deployments()),
+    ] {
+        events.unbounded_send(event).unwrap();
+    }
+}
+
+async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn snapshot_deltas_resume_locator_change_and_goodbye() {
+    let pki = pki();
+    let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
+    let (events, source) = unbounded();
+    initial_lists(&events);
+    let agent = Agent::bind_with_events(config(&pki, hub.addr), source)
+        .await
+        .unwrap();
+    let http = agent.http_addr();
+    let health = agent.health().clone();
+    let metrics = agent.metrics().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+
+    // Not ready before a session exists.
+    poll_until("initial lists applied", || {
+        health.watches_not_ready().is_empty()
+    })
+    .await;
+    let (status, body) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not connected to the hub"), "{body}");
+
+    // First connection: Hello, then a snapshot because the hub asks for one.
+    let mut conn = hub.next_conn().await;
+    assert_eq!(
+        conn.peer_certs, 1,
+        "the agent presents its client certificate"
+    );
+    let AgentFrame::Hello(hello) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    assert_eq!(hello.cluster, "east");
+    assert_eq!(hello.protocol_versions, [1]);
+    assert_eq!((hello.last_hub_epoch, hello.last_ack), (None, 0));
+    let session_id = hello.session_id.clone();
+    assert!(uuid::Uuid::parse_str(&session_id).is_ok(), "{session_id}");
+    conn.welcome(7, SessionMode::Snapshot, 60_000).await;
+
+    let AgentFrame::SnapshotBegin(begin) = conn.recv().await else {
+        panic!("expected SnapshotBegin")
+    };
+    assert_eq!(begin.objects, 1);
+    let AgentFrame::SnapshotChunk(chunk) = conn.recv().await else {
+        panic!("expected SnapshotChunk")
+    };
+    let delta = &chunk.deltas[0];
+    assert_eq!(delta.object.workspace, "root:org:team-a");
+    assert_eq!(delta.object.namespace.as_deref(), Some("up-ns"));
+    assert_eq!(
+        (delta.object.name.as_str(), delta.object.kind.as_str()),
+        ("web", "Deployment")
+    );
+    assert_eq!(
+        (delta.generation, delta.observed_generation),
+        (Some(2), Some(2))
+    );
+    let Change::Upsert { status_json } = &delta.change else {
+        panic!("expected Upsert")
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(status_json).unwrap(),
+        json!({"readyReplicas": 1, "observedGeneration": 2})
+    );
+    let AgentFrame::SnapshotEnd(end) = conn.recv().await else {
+        panic!("expected SnapshotEnd")
+    };
+    assert_eq!(end.seq, 1);
+    conn.send(HubFrame::Ack(Ack { seq: 1 })).await;
+
+    poll_until("ready", || health.not_ready_reason().is_none()).await;
+    assert_eq!(http_get(http, "/readyz").await.0, 200);
+
+    // A status change travels as a delta; the hub does not ack it.
+    events.unbounded_send(deployment("web", 2)).unwrap();
+    let AgentFrame::Deltas(batch) = conn.recv().await else {
+        panic!("expected Deltas")
+    };
+    assert_eq!(batch.deltas.len(), 1);
+    assert_eq!(batch.deltas[0].seq, 2);
+
+    // The connection drops; the agent comes back with the same session and
+    // resends what the hub did not acknowledge.
+    drop(conn);
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(hello) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    assert_eq!(hello.session_id, session_id);
+    assert_eq!((hello.last_hub_epoch, hello.last_ack), (Some(7), 1));
+    conn.welcome(7, SessionMode::Resume { acked: 1 }, 60_000)
+        .await;
+    let AgentFrame::Deltas(batch) = conn.recv().await else {
+        panic!("expected resent Deltas")
+    };
+    assert_eq!(batch.deltas.iter().map(|d| d.seq).collect::<Vec<_>>(), [2]);
+    let Change::Upsert { status_json } = &batch.deltas[0].change else {
+        panic!("expected Upsert")
+    };
+    assert!(status_json.contains("\"readyReplicas\":2"), "{status_json}");
+    conn.send(HubFrame::Ack(Ack { seq: 2 })).await;
+
+    // The namespace loses its locator: the object is deleted upstream.
+    events.unbounded_send(namespace(None)).unwrap();
+    let AgentFrame::Deltas(batch) = conn.recv().await else {
+        panic!("expected Deltas")
+    };
+    assert_eq!(batch.deltas[0].change, Change::Deleted);
+    assert_eq!(batch.deltas[0].object.workspace, "root:org:team-a");
+    conn.send(HubFrame::Ack(Ack {
+        seq: batch.deltas[0].seq,
+    }))
+    .await;
+
+    poll_until("acks applied", || metrics.outbox_entries.get() == 0).await;
+    let (status, text) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "uplink_agent_connected"), 1.0);
+    assert_eq!(metric(&text, "uplink_agent_outbox_entries"), 0.0);
+    assert_eq!(
+        metric(&text, "uplink_agent_sessions_total{mode=\"snapshot\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "uplink_agent_sessions_total{mode=\"resume\"}"),
+        1.0
+    );
+    assert!(metric(&text, "uplink_agent_reconnects_total") >= 1.0);
+    assert_eq!(metric(&text, "uplink_agent_deltas_sent_total"), 3.0);
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+
+    // Shutdown: an unsent change is flushed, then Bye and close.
+    events.unbounded_send(namespace(Some(team_a()))).unwrap();
+    poll_until("change queued", || metrics.outbox_entries.get() == 1).await;
+    shutdown.cancel();
+    let mut flushed = false;
+    loop {
+        match conn.recv().await {
+            AgentFrame::Deltas(_) => flushed = true,
+            AgentFrame::Bye(bye) => {
+                assert!(bye.reason.contains("shutting down"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(flushed, "the queued change is sent before Bye");
+    // Let the close handshake finish from our side.
+    while let Some(Ok(_)) = conn.ws.next().await {}
+    drop(conn);
+    let result = tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(metrics.connected.get(), 0);
+}
+
+#[tokio::test]
+async fn refused_then_silent_hub_then_heartbeats() {
+    let pki = pki();
+    let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
+    let (events, source) = unbounded();
+    initial_lists(&events);
+    let mut config = config(&pki, hub.addr);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.clock_offset = jiff::SignedDuration::from_hours(1);
+    let agent = Agent::bind_with_events(config, source).await.unwrap();
+    let metrics = agent.metrics().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+
+    // The hub refuses: the agent counts it and tries again.
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(_) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    conn.send(HubFrame::Error(ErrorFrame {
+        code: ErrorCode::IdentityMismatch,
+        message: "certificate says west".into(),
+    }))
+    .await;
+    let mut conn = hub.next_conn().await;
+    assert_eq!(
+        metrics
+            .hub_errors
+            .with_label_values(&["IdentityMismatch"])
+            .get(),
+        1
+    );
+
+    // Welcomed: heartbeats flow (clock offset applied, summary on the
+    // first). Then the hub goes silent, and after 3 intervals without anything
+    // from it the agent gives up on the connection and reconnects.
+    let AgentFrame::Hello(_) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    conn.welcome(1, SessionMode::Snapshot, 100_000).await;
+    let mut heartbeats = Vec::new();
+    while heartbeats.len() < 2 {
+        if let AgentFrame::Heartbeat(hb) = conn.recv_any().await {
+            heartbeats.push(hb);
+        }
+    }
+    // From here on the hub reads nothing, so it answers no pings either.
+    assert!(heartbeats.len() >= 2, "{heartbeats:?}");
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let skew = heartbeats[0].agent_time_ms - now_ms;
+    assert!(
+        (3_500_000..3_700_000).contains(&skew),
+        "clock offset not applied: {skew}"
+    );
+    let summary = heartbeats[0]
+        .summary
+        .as_ref()
+        .expect("first heartbeat carries the summary");
+    assert_eq!(summary.watches.len(), 1);
+    assert_eq!(summary.watches[0].resource, "deployments.v1.apps");
+    assert!(summary.watches[0].ready);
+    assert_eq!(summary.watches[0].objects, 1);
+    assert!(
+        heartbeats[1].summary.is_none(),
+        "unchanged summary is not resent"
+    );
+
+    let _next = hub.next_conn().await;
+    assert!(metrics.reconnects.get() >= 2);
+    drop(conn);
+    shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn bind_errors_name_the_flag_and_file() {
+    let pki = pki();
+    let hub: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let bind = |config: AgentConfig| async move {
+        let (_events, source) = unbounded::<WatchEvent>();
+        Agent::bind_with_events(config, source)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+    };
+
+    let mut missing_cert = config(&pki, hub);
+    missing_cert.tls_cert = PathBuf::from("/nonexistent/east.pem");
+    let err = bind(missing_cert).await;
+    assert!(matches!(err, AgentError::Tls(_)));
+    let text = err.to_string();
+    assert!(
+        text.contains("--tls-cert") && text.contains("/nonexistent/east.pem"),
+        "{text}"
+    );
+
+    let mut key_as_ca = config(&pki, hub);
+    key_as_ca.hub_ca = pki.client_key.clone();
+    assert!(bind(key_as_ca).await.to_string().contains("--hub-ca"));
+
+    let mut plain_ws = config(&pki, hub);
+    plain_ws.hub_url = format!("ws://{hub}");
+    assert!(bind(plain_ws).await.to_string().contains("--hub-url"));
+
+    let mut no_cluster = config(&pki, hub);
+    no_cluster.cluster = String::new();
+    assert!(bind(no_cluster).await.to_string().contains("--cluster"));
+
+    // The certificate files are read through rustls-pki-types.
+    assert!(CertificateDer::pem_file_iter(&pki.client_cert).is_ok());
+}
