@@ -1,0 +1,40 @@
+//! `uplink-e2e`: Uplink's test bed on the command line.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "uplink-e2e",
+    version,
+    about = "Uplink's test bed: API servers, development PKI, demo and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one Kubernetes-compatible API server (with KCP-style workspaces) until Ctrl-C.
+    Apiserver(uplink_e2e::apiserver::cli::ApiserverArgs),
+    /// Write a development PKI: a CA, the hub's serving certificate and one client certificate per cluster.
+    Certs(uplink_e2e::pki::CertsArgs),
+    /// Run KCP, clusters, the hub and one agent per cluster, and show KCP's view next to each cluster's truth.
+    Demo(uplink_e2e::demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process; installing it twice is the only failure.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Apiserver(args) => uplink_e2e::apiserver::cli::run(args).await,
+            Command::Certs(args) => uplink_e2e::pki::run_certs(args),
+            Command::Demo(args) => uplink_e2e::demo::run(args).await,
+        }
+    })
+}
