@@ -1,0 +1,171 @@
+//! The hub's record of conflicts: which are present on each object now
+//! (open or resolved by the strategy), since when, and a bounded history of
+//! those that ended. Feeds the hub API and the conflict metrics.
+//!
+//! A conflict is identified by object, type and subject: the same dispute
+//! with a changed message is the same conflict. Metrics:
+//! `uplink_hub_conflicts{type,strategy}` (present now) and
+//! `uplink_hub_conflicts_total{type,strategy}` (ever appeared).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::{Conflict, Merged, Strategy};
+use crate::metrics::Metrics;
+use crate::store::ObjectKey;
+
+/// Ended conflicts kept for one object in API answers.
+pub const HISTORY_PER_OBJECT: usize = 20;
+/// Ended conflicts kept in all.
+pub const HISTORY_TOTAL: usize = 1000;
+
+/// A conflict present on an object now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PresentConflict {
+    #[serde(flatten)]
+    pub conflict: Conflict,
+    pub strategy: Strategy,
+    /// When the hub first saw it (RFC 3339, hub clock).
+    pub since: String,
+}
+
+/// A conflict that is gone: the clusters agree again, or the object is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndedConflict {
+    pub object: ObjectKey,
+    #[serde(flatten)]
+    pub conflict: Conflict,
+    pub strategy: Strategy,
+    pub since: String,
+    pub ended: String,
+}
+
+/// Present conflicts per object and the history of ended ones.
+#[derive(Debug)]
+pub struct ConflictLedger {
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    present: HashMap<ObjectKey, Vec<PresentConflict>>,
+    /// Oldest first; at most [`HISTORY_TOTAL`].
+    history: VecDeque<EndedConflict>,
+}
+
+impl ConflictLedger {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Updates are plain collection edits; a poisoned lock holds valid data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `merged.conflicts` the present conflicts of `key` at `now`.
+    pub fn record(&self, key: &ObjectKey, merged: &Merged, now: SystemTime) {
+        let stamp = rfc3339(now);
+        let mut inner = self.lock();
+        let previous = inner.present.remove(key).unwrap_or_default();
+        let mut present = Vec::with_capacity(merged.conflicts.len());
+        for conflict in &merged.conflicts {
+            let same = previous.iter().find(|p| {
+                p.conflict.kind == conflict.kind
+                    && p.conflict.subject == conflict.subject
+                    && p.strategy == merged.strategy
+            });
+            let since = match same {
+                Some(p) => p.since.clone(),
+                None => {
+                    let labels = [conflict.kind.as_str(), merged.strategy.as_str()];
+                    self.metrics.conflicts.with_label_values(&labels).inc();
+                    self.metrics
+                        .conflicts_total
+                        .with_label_values(&labels)
+                        .inc();
+                    tracing::info!(object = %key, conflict = conflict.kind.as_str(), subject = %conflict.subject, clusters = ?conflict.clusters, open = conflict.is_open(), "conflict appeared");
+                    stamp.clone()
+                }
+            };
+            present.push(PresentConflict {
+                conflict: conflict.clone(),
+                strategy: merged.strategy,
+                since,
+            });
+        }
+        for old in previous {
+            let still = present.iter().any(|p| {
+                p.conflict.kind == old.conflict.kind
+                    && p.conflict.subject == old.conflict.subject
+                    && p.strategy == old.strategy
+            });
+            if still {
+                continue;
+            }
+            self.metrics
+                .conflicts
+                .with_label_values(&[old.conflict.kind.as_str(), old.strategy.as_str()])
+                .dec();
+            tracing::info!(object = %key, conflict = old.conflict.kind.as_str(), subject = %old.conflict.subject, "conflict ended");
+            if inner.history.len() >= HISTORY_TOTAL {
+                inner.history.pop_front();
+            }
+            inner.history.push_back(EndedConflict {
+                object: key.clone(),
+                conflict: old.conflict,
+                strategy: old.strategy,
+                since: old.since,
+                ended: stamp.clone(),
+            });
+        }
+        if !present.is_empty() {
+            inner.present.insert(key.clone(), present);
+        }
+    }
+
+    /// The conflicts present on `key`.
+    pub fn present(&self, key: &ObjectKey) -> Vec<PresentConflict> {
+        self.lock().present.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Every object with conflicts, sorted by object.
+    pub fn all_present(&self) -> Vec<(ObjectKey, Vec<PresentConflict>)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .present
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Ended conflicts, newest first: of `key` (at most
+    /// [`HISTORY_PER_OBJECT`]) or of every object.
+    pub fn history(&self, key: Option<&ObjectKey>) -> Vec<EndedConflict> {
+        let inner = self.lock();
+        let ended = inner.history.iter().rev();
+        match key {
+            Some(key) => ended
+                .filter(|e| &e.object == key)
+                .take(HISTORY_PER_OBJECT)
+                .cloned()
+                .collect(),
+            None => ended.cloned().collect(),
+        }
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,106 @@
+//! What a hub needs to know to run: addresses, credentials, the upstream and
+//! the knobs of each stage. Built by `main.rs` from flags; tests build it
+//! directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use uplink_protocol::Limits;
+
+use crate::aggregate::{FeatureGates, MergePolicy};
+
+/// The hub's configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Where the agents' TLS WebSocket tunnel listens.
+    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz`, `/readyz` and the hub API listen.
+    pub http_listen: SocketAddr,
+    /// The hub's serving certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// The private key of the serving certificate (PEM).
+    pub tls_key: PathBuf,
+    /// The CA that signs the agents' client certificates (PEM).
+    pub client_ca: PathBuf,
+    /// Kubeconfig of the upstream (KCP); `None` infers it (in-cluster or `~/.kube/config`).
+    pub kcp_kubeconfig: Option<PathBuf>,
+    /// Whether workspaces are URL prefixes (`kcp`) or ignored (`kubernetes`).
+    pub upstream: UpstreamMode,
+    /// How often agents send heartbeats; three silent intervals end a session.
+    pub heartbeat_interval: Duration,
+    /// The limits announced to and enforced on every agent.
+    pub limits: Limits,
+    /// Sustained upstream writes per second (token bucket rate).
+    pub write_qps: f64,
+    /// Upstream writes allowed in a burst (token bucket size).
+    pub write_burst: u32,
+    /// Upstream writes in flight at once.
+    pub write_concurrency: usize,
+    /// Send every write with `dryRun=All`.
+    pub dry_run: bool,
+    /// Longest time from TCP accept to a received `Hello`.
+    pub handshake_timeout: Duration,
+    /// TLS and WebSocket handshakes running at once; more connections wait.
+    pub max_concurrent_handshakes: usize,
+    /// How long shutdown waits for pending upstream writes.
+    pub shutdown_flush_timeout: Duration,
+    /// How long a cluster may stay without heartbeats before it is Offline
+    /// (and the merge policy's `offlinePolicy` applies to its reports).
+    pub offline_grace: Duration,
+    /// How clusters' reports are merged and conflicts resolved (`--config`).
+    pub merge_policy: MergePolicy,
+    /// `--feature-gates`.
+    pub feature_gates: FeatureGates,
+    /// The KCP workspace that holds one `SyncTarget` per cluster; `None`
+    /// writes no SyncTargets.
+    pub synctarget_workspace: Option<String>,
+    /// Longest time a SyncTarget's `lastSyncerHeartbeatTime` may lag behind
+    /// the cluster's last heartbeat (state changes are written at once).
+    pub synctarget_heartbeat_period: Duration,
+    /// KCP writes waiting in the writer's queue at which agents are told to
+    /// slow down (`Throttle`); below half of it they are released.
+    pub throttle_queue_depth: usize,
+    /// How long a throttled agent pauses its deltas.
+    pub throttle_pause: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_cert: PathBuf::from("certs/hub.pem"),
+            tls_key: PathBuf::from("certs/hub-key.pem"),
+            client_ca: PathBuf::from("certs/ca.pem"),
+            kcp_kubeconfig: None,
+            upstream: UpstreamMode::Kcp,
+            heartbeat_interval: Duration::from_secs(10),
+            limits: Limits::default(),
+            write_qps: 50.0,
+            write_burst: 100,
+            write_concurrency: 4,
+            dry_run: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: 64,
+            shutdown_flush_timeout: Duration::from_secs(10),
+            offline_grace: Duration::from_secs(300),
+            merge_policy: MergePolicy::default(),
+            feature_gates: FeatureGates::default(),
+            synctarget_workspace: Some("root".to_owned()),
+            synctarget_heartbeat_period: Duration::from_secs(30),
+            throttle_queue_depth: 10_000,
+            throttle_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What kind of API server the hub writes to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamMode {
+    /// KCP: each object lives under `/clusters/<workspace>`.
+    #[default]
+    Kcp,
+    /// Plain Kubernetes: no workspace prefix; the workspace is ignored.
+    Kubernetes,
+}

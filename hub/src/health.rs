@@ -1,0 +1,253 @@
+//! What the hub knows about each cluster's link: connected or not, its agent
+//! session, its last heartbeat and how far its clock is from the hub's.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use uplink_protocol::ClusterSummary;
+
+use crate::metrics::Metrics;
+use crate::store::ClusterName;
+
+/// Weight of a new sample in the clock skew estimate.
+const SKEW_SMOOTHING: f64 = 0.2;
+
+/// One cluster's link to the hub.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterRecord {
+    /// Whether an agent session is established now.
+    pub connected: bool,
+    /// The hub's id of the current connection (ends only its own record).
+    #[serde(skip)]
+    pub connection: Option<u64>,
+    /// The agent's session id, from its last `Hello`.
+    pub session_id: Option<String>,
+    pub agent_version: Option<String>,
+    /// When the current (or last) session started, on the hub clock.
+    #[serde(skip)]
+    pub connected_at: Option<SystemTime>,
+    /// When the last heartbeat arrived, on the hub clock.
+    #[serde(skip)]
+    pub last_heartbeat: Option<SystemTime>,
+    /// Estimated `hub clock - agent clock`, in ms (includes half a round trip).
+    pub clock_skew_ms: Option<i64>,
+    /// The latest cluster summary the agent sent.
+    pub summary: Option<ClusterSummary>,
+}
+
+/// How a cluster's link looks from the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ClusterState {
+    /// Heartbeats arrive.
+    Ready,
+    /// No heartbeat for three intervals.
+    Stale,
+    /// No heartbeat for longer than the offline grace, or never.
+    Offline,
+}
+
+/// The records of every cluster that ever connected.
+#[derive(Debug)]
+pub struct Health {
+    records: Mutex<BTreeMap<ClusterName, ClusterRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            records: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<ClusterName, ClusterRecord>> {
+        // Each update is a few field assignments; a poisoned lock holds valid data.
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An agent session for `cluster` began on connection `connection`.
+    pub fn session_started(
+        &self,
+        cluster: &str,
+        connection: u64,
+        session_id: &str,
+        agent_version: &str,
+    ) {
+        let mut records = self.lock();
+        let record = records.entry(cluster.to_owned()).or_default();
+        record.connected = true;
+        record.connection = Some(connection);
+        record.session_id = Some(session_id.to_owned());
+        record.agent_version = Some(agent_version.to_owned());
+        record.connected_at = Some(SystemTime::now());
+    }
+
+    /// Connection `connection` of `cluster` ended. A connection that was
+    /// superseded by a newer one changes nothing.
+    pub fn session_ended(&self, cluster: &str, connection: u64) {
+        let mut records = self.lock();
+        if let Some(record) = records.get_mut(cluster)
+            && record.connection == Some(connection)
+        {
+            record.connected = false;
+            record.connection = None;
+        }
+    }
+
+    /// A heartbeat sent at `agent_time_ms` (agent clock) arrived at `received`.
+    pub fn heartbeat(&self, cluster: &str, agent_time_ms: i64, received: SystemTime) {
+        let hub_ms = unix_ms(received);
+        let sample = hub_ms.saturating_sub(agent_time_ms);
+        {
+            let mut records = self.lock();
+            let record = records.entry(cluster.to_owned()).or_default();
+            record.last_heartbeat = Some(received);
+            record.clock_skew_ms = Some(match record.clock_skew_ms {
+                None => sample,
+                Some(old) => {
+                    let old = old as f64;
+                    (old + SKEW_SMOOTHING * (sample as f64 - old)).round() as i64
+                }
+            });
+        }
+        self.metrics.heartbeats.with_label_values(&[cluster]).inc();
+        self.metrics
+            .last_heartbeat
+            .with_label_values(&[cluster])
+            .set(hub_ms as f64 / 1000.0);
+    }
+
+    /// Keeps the latest summary `cluster` sent with a heartbeat.
+    pub fn summary(&self, cluster: &str, summary: ClusterSummary) {
+        self.lock().entry(cluster.to_owned()).or_default().summary = Some(summary);
+    }
+
+    /// The estimated clock skew of `cluster` (hub minus agent), in ms.
+    pub fn clock_skew_ms(&self, cluster: &str) -> Option<i64> {
+        self.lock().get(cluster).and_then(|r| r.clock_skew_ms)
+    }
+
+    /// Every cluster's state at `now` and clock skew, without the summaries
+    /// (cheap enough for every merge).
+    pub fn link_states(
+        &self,
+        now: SystemTime,
+        interval: Duration,
+        grace: Duration,
+    ) -> Vec<(ClusterName, ClusterState, Option<i64>)> {
+        self.lock()
+            .iter()
+            .map(|(name, record)| {
+                let state = cluster_state(record, now, interval, grace);
+                (name.clone(), state, record.clock_skew_ms)
+            })
+            .collect()
+    }
+
+    pub fn record(&self, cluster: &str) -> Option<ClusterRecord> {
+        self.lock().get(cluster).cloned()
+    }
+
+    /// Every cluster's record, by name.
+    pub fn records(&self) -> Vec<(ClusterName, ClusterRecord)> {
+        self.lock()
+            .iter()
+            .map(|(name, record)| (name.clone(), record.clone()))
+            .collect()
+    }
+}
+
+/// The state of a cluster whose last heartbeat is `record.last_heartbeat`,
+/// at `now`, with heartbeats every `interval` and an Offline grace `grace`.
+pub fn cluster_state(
+    record: &ClusterRecord,
+    now: SystemTime,
+    interval: Duration,
+    grace: Duration,
+) -> ClusterState {
+    let Some(last) = record.last_heartbeat.or(record.connected_at) else {
+        return ClusterState::Offline;
+    };
+    let silent = now.duration_since(last).unwrap_or_default();
+    if silent > grace {
+        ClusterState::Offline
+    } else if silent > interval * 3 {
+        ClusterState::Stale
+    } else {
+        ClusterState::Ready
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        Health::new(Arc::new(
+            Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")),
+        ))
+    }
+
+    #[test]
+    fn superseded_connection_does_not_mark_the_cluster_offline() {
+        let health = health();
+        health.session_started("c1", 1, "s", "v");
+        health.session_started("c1", 2, "s", "v");
+        health.session_ended("c1", 1);
+        assert!(health.record("c1").is_some_and(|r| r.connected));
+        health.session_ended("c1", 2);
+        assert!(health.record("c1").is_some_and(|r| !r.connected));
+    }
+
+    #[test]
+    fn skew_is_smoothed_and_heartbeats_counted() {
+        let health = health();
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        health.heartbeat("c1", 1_000_000 - 500, now); // agent 500 ms behind
+        assert_eq!(health.clock_skew_ms("c1"), Some(500));
+        health.heartbeat("c1", 1_000_000, now); // one sample of 0 moves it a little
+        assert_eq!(health.clock_skew_ms("c1"), Some(400));
+        assert_eq!(
+            health.metrics.heartbeats.with_label_values(&["c1"]).get(),
+            2
+        );
+        assert_eq!(
+            health
+                .metrics
+                .last_heartbeat
+                .with_label_values(&["c1"])
+                .get(),
+            1000.0
+        );
+    }
+
+    #[test]
+    fn states_follow_heartbeat_age() {
+        let h = Duration::from_secs(10);
+        let grace = Duration::from_secs(300);
+        let last = UNIX_EPOCH + Duration::from_secs(1000);
+        let record = ClusterRecord {
+            last_heartbeat: Some(last),
+            ..ClusterRecord::default()
+        };
+        let at = |s| cluster_state(&record, last + Duration::from_secs(s), h, grace);
+        assert_eq!(at(29), ClusterState::Ready);
+        assert_eq!(at(31), ClusterState::Stale);
+        assert_eq!(at(301), ClusterState::Offline);
+        assert_eq!(
+            cluster_state(&ClusterRecord::default(), last, h, grace),
+            ClusterState::Offline
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Accepts every Uplink agent, merges what clusters report and writes the
+//! status into KCP.
+//!
+//! Follow one status change by opening the modules in order:
+//! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`store`] (latest
+//! entry per object and cluster) → [`aggregate`] (desired status) →
+//! [`writer`] (rate-limited merge patches of `/status`). Beside them:
+//! [`health`] (cluster records), [`http`] (`/metrics`, `/healthz`, `/readyz`,
+//! hub API), [`metrics`], [`config`], [`tls`].
+//!
+//! Shutdown order, driven by one token: stop accepting agents → `Bye` to
+//! every agent and close their sessions → flush pending KCP writes within
+//! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
+
+pub mod aggregate;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tls;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{HubConfig, UpstreamMode};
+pub use metrics::Metrics;
+pub use writer::{KubeUpstream, StatusUpstream, UpstreamError};
+
+use crate::aggregate::Aggregator;
+use crate::health::Health;
+use crate::session::{Connections, SessionShared};
+use crate::store::Store;
+use crate::writer::{
+    SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer, WriterSettings,
+};
+
+/// Why the hub could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("TLS configuration (--tls-cert, --tls-key, --client-ca): {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("upstream client (--kcp-kubeconfig): {0}")]
+    Upstream(#[from] UpstreamConfigError),
+    #[error("binding {flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("the {0} task failed: {1}")]
+    Task(&'static str, tokio::task::JoinError),
+}
+
+/// A hub with its listeners bound, ready to [`Hub::run`].
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    tls: Arc<rustls::ServerConfig>,
+    tunnel: TcpListener,
+    http: TcpListener,
+    tunnel_addr: SocketAddr,
+    http_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    queue: Arc<WriteQueue>,
+    health: Arc<Health>,
+    aggregator: Arc<Aggregator>,
+    upstream: Arc<dyn StatusUpstream>,
+}
+
+impl Hub {
+    /// Loads the TLS material, builds the upstream client from the
+    /// kubeconfig and binds both listeners.
+    pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
+        // TLS first: a wrong file name is the likelier mistake, and cheap to find.
+        let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
+        let upstream =
+            KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?;
+        Self::bind_parts(config, tls, Arc::new(upstream)).await
+    }
+
+    /// Like [`Hub::bind`], writing to `upstream` instead of a kube client
+    /// (tests, or an embedding that brings its own).
+    pub async fn bind_with_upstream(
+        config: HubConfig,
+        upstream: Arc<dyn StatusUpstream>,
+    ) -> Result<Hub, HubError> {
+        let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
+        Self::bind_parts(config, tls, upstream).await
+    }
+
+    async fn bind_parts(
+        config: HubConfig,
+        tls: Arc<rustls::ServerConfig>,
+        upstream: Arc<dyn StatusUpstream>,
+    ) -> Result<Hub, HubError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let queue = Arc::new(WriteQueue::new(metrics.clone()));
+        let store = Arc::new(Store::new(
+            queue.clone(),
+            metrics.clone(),
+            config.limits.max_objects_per_cluster,
+        ));
+        let health = Arc::new(Health::new(metrics.clone()));
+        let aggregator = Arc::new(Aggregator::new(
+            config.merge_policy.clone(),
+            config.feature_gates,
+            health.clone(),
+            config.heartbeat_interval,
+            config.offline_grace,
+            metrics.clone(),
+        ));
+        tracing::info!(gates = %config.feature_gates, "feature gates");
+
+        let tunnel = bind("--listen", config.listen).await?;
+        let http = bind("--http-listen", config.http_listen).await?;
+        let tunnel_addr = local_addr("--listen", &tunnel, config.listen)?;
+        let http_addr = local_addr("--http-listen", &http, config.http_listen)?;
+        tracing::info!(addr = %tunnel_addr, "tunnel listening");
+        tracing::info!(addr = %http_addr, "HTTP (metrics, health, API) listening");
+
+        Ok(Hub {
+            config,
+            tls,
+            tunnel,
+            http,
+            tunnel_addr,
+            http_addr,
+            metrics,
+            store,
+            queue,
+            health,
+            aggregator,
+            upstream,
+        })
+    }
+
+    /// Where agents connect (the bound address, so port 0 works).
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// Where `/metrics`, `/healthz`, `/readyz` and the API are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// This hub's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// This hub's store of cluster reports.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// This hub's cluster records.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// This hub's merge of cluster reports and its conflict ledger.
+    pub fn aggregator(&self) -> Arc<Aggregator> {
+        self.aggregator.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then shuts down in order.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), HubError> {
+        let Hub {
+            config,
+            tls,
+            tunnel,
+            http,
+            metrics,
+            store,
+            queue,
+            health,
+            aggregator,
+            upstream,
+            ..
+        } = self;
+
+        // Cluster states (metric) and SyncTargets in KCP.
+        let synctargets = SyncTargets::new(
+            upstream.clone(),
+            health.clone(),
+            metrics.clone(),
+            SyncTargetSettings {
+                workspace: config.synctarget_workspace.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+                offline_grace: config.offline_grace,
+                heartbeat_period: config.synctarget_heartbeat_period,
+            },
+        );
+
+        let writer = Arc::new(Writer::new(
+            queue.clone(),
+            store.clone(),
+            aggregator.clone(),
+            upstream,
+            metrics.clone(),
+            WriterSettings {
+                qps: config.write_qps,
+                burst: config.write_burst,
+                concurrency: config.write_concurrency,
+                dry_run: config.dry_run,
+            },
+        ));
+        let writer_stop = CancellationToken::new();
+        let writer_task = tokio::spawn(
+            writer
+                .clone()
+                .run(writer_stop.clone(), config.shutdown_flush_timeout),
+        );
+
+        let synctargets_task = tokio::spawn(synctargets.run(writer_stop.clone()));
+
+        // Re-merges a cluster's objects when it turns Stale or Offline (or back).
+        let states_task = tokio::spawn(aggregate::watch_cluster_states(
+            aggregator.clone(),
+            store.clone(),
+            queue.clone(),
+            (config.heartbeat_interval / 2).min(std::time::Duration::from_secs(5)),
+            writer_stop.clone(),
+        ));
+
+        let http_state = Arc::new(http::HttpState {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            health: health.clone(),
+            aggregator,
+            heartbeat_interval: config.heartbeat_interval,
+            offline_grace: config.offline_grace,
+            ready: false.into(),
+            shutdown: shutdown.clone(),
+        });
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(http, http_state.clone(), http_stop.clone()));
+
+        let shared = Arc::new(SessionShared {
+            store,
+            health,
+            metrics,
+            connections: Connections::default(),
+            limits: config.limits,
+            heartbeat_interval: config.heartbeat_interval,
+            hello_timeout: config.handshake_timeout,
+            hub_epoch: rand::random(),
+            require_workspace: config.upstream == UpstreamMode::Kcp,
+            write_queue: queue,
+            throttle: session::ThrottleSettings {
+                queue_depth: config.throttle_queue_depth,
+                pause: config.throttle_pause,
+                max_deltas_per_s: throttle_rate(config.write_qps),
+            },
+        });
+        http_state.ready.store(true, Ordering::Release);
+        tracing::info!(epoch = shared.hub_epoch, "hub running");
+
+        // Returns once shutdown began and every session has said goodbye.
+        server::serve(
+            tunnel,
+            TlsAcceptor::from(tls),
+            shared,
+            server::ListenerSettings {
+                handshake_timeout: config.handshake_timeout,
+                max_concurrent_handshakes: config.max_concurrent_handshakes,
+            },
+            shutdown,
+        )
+        .await;
+
+        writer_stop.cancel();
+        let writer_result = writer_task.await;
+        let states_result = states_task.await;
+        let synctargets_result = synctargets_task.await;
+        http_stop.cancel();
+        let http_result = http_task.await;
+        tracing::info!("hub stopped");
+        writer_result.map_err(|e| HubError::Task("writer", e))?;
+        states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
+        synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
+        http_result.map_err(|e| HubError::Task("http", e))?;
+        Ok(())
+    }
+}
+
+/// Binds the hub from `config` and runs it until `shutdown`.
+pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {
+    Hub::bind(config).await?.run(shutdown).await
+}
+
+/// The delta rate a throttled agent is held to: what the writer can write
+/// per second (0, unlimited, when the writer is unlimited).
+fn throttle_rate(write_qps: f64) -> u32 {
+    if write_qps > 0.0 && write_qps.is_finite() {
+        // Saturating float-to-int cast; at least one delta per second.
+        (write_qps.ceil() as u32).max(1)
+    } else {
+        0
+    }
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, HubError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HubError::Bind { flag, addr, source })
+}
+
+fn local_addr(
+    flag: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, HubError> {
+    listener
+        .local_addr()
+        .map_err(|source| HubError::Bind { flag, addr, source })
+}

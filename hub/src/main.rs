@@ -1,0 +1,262 @@
+//! `uplink-hub`: flags → [`HubConfig`], logging, signals, then
+//! [`uplink_hub::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use uplink_hub::aggregate::{FeatureGates, MergePolicy};
+use uplink_hub::{HubConfig, UpstreamMode};
+use uplink_protocol::Limits;
+
+/// Accepts Uplink agents over mutual-TLS WebSockets, keeps the latest status
+/// each cluster reports, and writes it into the objects' status in KCP.
+#[derive(Debug, Parser)]
+#[command(name = "uplink-hub", version)]
+struct Args {
+    /// Address of the agents' TLS WebSocket tunnel (path /v1/tunnel).
+    #[arg(long, env = "UPLINK_HUB_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+
+    /// Address of the plain-HTTP endpoint: /metrics, /healthz, /readyz and
+    /// the hub API (/api/v1/clusters, /api/v1/objects).
+    #[arg(long, env = "UPLINK_HUB_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
+
+    /// PEM file with the hub's serving certificate (chain) for the tunnel.
+    #[arg(long, env = "UPLINK_HUB_TLS_CERT")]
+    tls_cert: PathBuf,
+
+    /// PEM file with the private key of --tls-cert.
+    #[arg(long, env = "UPLINK_HUB_TLS_KEY")]
+    tls_key: PathBuf,
+
+    /// PEM file with the CA that signs agents' client certificates. A
+    /// certificate proves the cluster named by its URI SAN
+    /// `uplink://cluster/<name>` (else its subject CN).
+    #[arg(long, env = "UPLINK_HUB_CLIENT_CA")]
+    client_ca: PathBuf,
+
+    /// Kubeconfig of the upstream (KCP). Without it the configuration is
+    /// inferred: in-cluster service account, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "UPLINK_HUB_KCP_KUBECONFIG")]
+    kcp_kubeconfig: Option<PathBuf>,
+
+    /// The upstream's kind: `kcp` addresses each object under
+    /// /clusters/<workspace>; `kubernetes` has no workspaces.
+    #[arg(long, env = "UPLINK_HUB_UPSTREAM", value_enum, default_value = "kcp")]
+    upstream: UpstreamMode,
+
+    /// How often agents send heartbeats (e.g. 10s, 500ms, 1m). A connection
+    /// silent for three intervals is dropped.
+    #[arg(long, env = "UPLINK_HUB_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// Log format: `text` for people, `json` for log pipelines. The level
+    /// comes from RUST_LOG (default `info`).
+    #[arg(
+        long,
+        env = "UPLINK_HUB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    /// Sustained upstream status writes per second (token bucket rate; 0
+    /// means unlimited).
+    #[arg(long, env = "UPLINK_HUB_WRITE_QPS", default_value_t = 50.0)]
+    write_qps: f64,
+
+    /// Upstream status writes allowed in a burst (token bucket size).
+    #[arg(long, env = "UPLINK_HUB_WRITE_BURST", default_value_t = 100)]
+    write_burst: u32,
+
+    /// Upstream status writes in flight at once.
+    #[arg(long, env = "UPLINK_HUB_WRITE_CONCURRENCY", default_value_t = 4)]
+    write_concurrency: usize,
+
+    /// Send every upstream write with dryRun=All: the server validates it
+    /// and changes nothing.
+    #[arg(long, env = "UPLINK_HUB_DRY_RUN")]
+    dry_run: bool,
+
+    /// Longest time from an agent's TCP connect to its Hello.
+    #[arg(long, env = "UPLINK_HUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// TLS/WebSocket handshakes in progress at once; more connections wait.
+    #[arg(
+        long,
+        env = "UPLINK_HUB_MAX_CONCURRENT_HANDSHAKES",
+        default_value_t = 64
+    )]
+    max_concurrent_handshakes: usize,
+
+    /// How long shutdown waits for pending upstream writes.
+    #[arg(long, env = "UPLINK_HUB_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Largest frame an agent may send, in bytes.
+    #[arg(long, env = "UPLINK_HUB_MAX_FRAME_BYTES", default_value_t = Limits::default().max_frame_bytes)]
+    max_frame_bytes: u32,
+
+    /// Most objects the hub keeps for one cluster.
+    #[arg(long, env = "UPLINK_HUB_MAX_OBJECTS_PER_CLUSTER", default_value_t = Limits::default().max_objects_per_cluster)]
+    max_objects_per_cluster: u64,
+
+    /// YAML merge policy: strategy per resource type, field rules, cluster
+    /// priority and labels, offline policy. Without it: Newest with the
+    /// built-in kind merges, Offline clusters excluded.
+    #[arg(long, env = "UPLINK_HUB_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Feature gates, Kubernetes syntax: UpstreamSync=true,
+    /// UpstreamSyncAggregation=false, UpstreamSyncConflictResolution=true
+    /// (all default to true).
+    #[arg(long, env = "UPLINK_HUB_FEATURE_GATES", default_value = "", value_parser = parse_gates)]
+    feature_gates: FeatureGates,
+
+    /// Silence after which a cluster is Offline (its reports then follow the
+    /// policy's offlinePolicy).
+    #[arg(long, env = "UPLINK_HUB_OFFLINE_GRACE", default_value = "5m", value_parser = parse_duration)]
+    offline_grace: Duration,
+
+    /// KCP workspace that holds one SyncTarget (workload.kcp.io/v1alpha1)
+    /// per cluster, with its heartbeat time and Ready condition. Empty:
+    /// write no SyncTargets.
+    #[arg(long, env = "UPLINK_HUB_SYNCTARGET_WORKSPACE", default_value = "root")]
+    synctarget_workspace: String,
+
+    /// Longest time a SyncTarget's lastSyncerHeartbeatTime may lag behind
+    /// the cluster's last heartbeat (state changes are written at once).
+    #[arg(long, env = "UPLINK_HUB_SYNCTARGET_HEARTBEAT_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    synctarget_heartbeat_period: Duration,
+
+    /// KCP writes queued at which agents are told to slow down (Throttle);
+    /// below half of it they are released. 0 never throttles.
+    #[arg(long, env = "UPLINK_HUB_THROTTLE_QUEUE_DEPTH", default_value_t = 10_000)]
+    throttle_queue_depth: usize,
+
+    /// How long a throttled agent pauses its deltas.
+    #[arg(long, env = "UPLINK_HUB_THROTTLE_PAUSE", default_value = "1s", value_parser = parse_duration)]
+    throttle_pause: Duration,
+}
+
+fn parse_gates(text: &str) -> Result<FeatureGates, String> {
+    text.parse()
+        .map_err(|e: uplink_hub::aggregate::GateError| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 10s, 500ms or 1m: {e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("{text:?} is negative"))
+}
+
+impl Args {
+    fn config(self) -> anyhow::Result<HubConfig> {
+        let defaults = HubConfig::default();
+        let merge_policy = match &self.config {
+            Some(path) => MergePolicy::load(path)?,
+            None => MergePolicy::default(),
+        };
+        Ok(HubConfig {
+            listen: self.listen,
+            http_listen: self.http_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            client_ca: self.client_ca,
+            kcp_kubeconfig: self.kcp_kubeconfig,
+            upstream: self.upstream,
+            heartbeat_interval: self.heartbeat_interval,
+            limits: Limits {
+                max_frame_bytes: self.max_frame_bytes,
+                max_objects_per_cluster: self.max_objects_per_cluster,
+                ..defaults.limits
+            },
+            write_qps: self.write_qps,
+            write_burst: self.write_burst,
+            write_concurrency: self.write_concurrency,
+            dry_run: self.dry_run,
+            handshake_timeout: self.handshake_timeout,
+            max_concurrent_handshakes: self.max_concurrent_handshakes,
+            shutdown_flush_timeout: self.shutdown_timeout,
+            offline_grace: self.offline_grace,
+            merge_policy,
+            feature_gates: self.feature_gates,
+            synctarget_workspace: Some(self.synctarget_workspace).filter(|ws| !ws.is_empty()),
+            synctarget_heartbeat_period: self.synctarget_heartbeat_period,
+            throttle_queue_depth: self.throttle_queue_depth,
+            throttle_pause: self.throttle_pause,
+        })
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received; shutting down"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    let shutdown = CancellationToken::new();
+    if let Err(error) = cancel_on_signal(shutdown.clone()) {
+        tracing::error!(error = format!("{error:#}"), "uplink-hub cannot start");
+        return ExitCode::FAILURE;
+    }
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(error) => {
+            // The message names the file and the bad line.
+            tracing::error!(error = format!("{error:#}"), "uplink-hub cannot start");
+            eprintln!("uplink-hub: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Each error's message already names its cause, so one line says it all.
+    match uplink_hub::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "uplink-hub failed");
+            ExitCode::FAILURE
+        }
+    }
+}

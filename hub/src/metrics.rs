@@ -1,0 +1,224 @@
+//! The hub's Prometheus metrics, registered in a registry owned by one hub
+//! instance (several hubs may run in one test process).
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the hub exports, and the registry that holds them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Agents with an established session (after `Welcome`).
+    pub agents_connected: IntGauge,
+    /// Heartbeats received, by cluster.
+    pub heartbeats: IntCounterVec,
+    /// When the last heartbeat of a cluster arrived (hub clock, Unix seconds).
+    pub last_heartbeat: GaugeVec,
+    /// Deltas received (in batches and snapshots), by cluster.
+    pub deltas_received: IntCounterVec,
+    /// KCP status writes, by result.
+    pub kcp_writes: IntCounterVec,
+    /// How long one KCP status write took.
+    pub kcp_write_duration: Histogram,
+    /// Connections that never became a session, by reason.
+    pub handshake_failures: IntCounterVec,
+    /// Objects in the store (any number of clusters reporting them).
+    pub store_objects: IntGauge,
+    /// Objects waiting for the writer (ready or waiting for a retry).
+    pub write_queue_depth: IntGauge,
+    /// Frames refused during a session, by cluster and reason.
+    pub frames_rejected: IntCounterVec,
+    /// Conflicts present on objects now, by type and strategy.
+    pub conflicts: IntGaugeVec,
+    /// Conflicts that appeared, by type and strategy.
+    pub conflicts_total: IntCounterVec,
+    /// 1 for each cluster's current state (`Ready`, `Stale`, `Offline`), 0
+    /// for the others.
+    pub cluster_state: IntGaugeVec,
+    /// `Throttle` frames sent, by cluster.
+    pub throttles: IntCounterVec,
+    /// SyncTarget writes to KCP, by result.
+    pub synctarget_writes: IntCounterVec,
+}
+
+/// Labels of `uplink_hub_kcp_writes_total{result}`.
+pub mod write_result {
+    pub const SUCCESS: &str = "success";
+    pub const CONFLICT: &str = "conflict";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const THROTTLED: &str = "throttled";
+    pub const ERROR: &str = "error";
+    pub const DRY_RUN: &str = "dry_run";
+}
+
+/// Labels of `uplink_hub_handshake_failures_total{reason}`.
+pub mod handshake_reason {
+    pub const TLS: &str = "tls";
+    pub const WEBSOCKET: &str = "websocket";
+    pub const TIMEOUT: &str = "timeout";
+    pub const NO_IDENTITY: &str = "no_identity";
+    pub const HELLO_TIMEOUT: &str = "hello_timeout";
+    pub const MALFORMED: &str = "malformed";
+    pub const UNEXPECTED_FRAME: &str = "unexpected_frame";
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    pub const IDENTITY_MISMATCH: &str = "identity_mismatch";
+    pub const CLOSED: &str = "closed";
+}
+
+impl Metrics {
+    /// Creates the metrics in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let agents_connected = IntGauge::new(
+            "uplink_hub_agents_connected",
+            "Agents with an established session.",
+        )?;
+        let heartbeats = IntCounterVec::new(
+            Opts::new("uplink_hub_heartbeats_total", "Heartbeats received."),
+            &["cluster"],
+        )?;
+        let last_heartbeat = GaugeVec::new(
+            Opts::new(
+                "uplink_hub_last_heartbeat_timestamp_seconds",
+                "When the cluster's last heartbeat arrived, in Unix seconds (hub clock).",
+            ),
+            &["cluster"],
+        )?;
+        let deltas_received = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_deltas_received_total",
+                "Status deltas received, in batches and snapshots.",
+            ),
+            &["cluster"],
+        )?;
+        let kcp_writes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_kcp_writes_total",
+                "KCP status writes, by result.",
+            ),
+            &["result"],
+        )?;
+        let kcp_write_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "uplink_hub_kcp_write_duration_seconds",
+                "Duration of one KCP status write.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_handshake_failures_total",
+                "Connections refused before a session was established, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let store_objects = IntGauge::new(
+            "uplink_hub_store_objects",
+            "Objects in the hub's store, whatever the number of clusters reporting them.",
+        )?;
+        let write_queue_depth = IntGauge::new(
+            "uplink_hub_kcp_write_queue_depth",
+            "Objects waiting to be written to KCP (ready or waiting for a retry).",
+        )?;
+        let frames_rejected = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_frames_rejected_total",
+                "Frames refused during a session, by cluster and reason.",
+            ),
+            &["cluster", "reason"],
+        )?;
+
+        let conflicts = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_conflicts",
+                "Conflicts present on objects now (open or resolved by the strategy), by type and strategy.",
+            ),
+            &["type", "strategy"],
+        )?;
+        let conflicts_total = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_conflicts_total",
+                "Conflicts that appeared on objects, by type and strategy.",
+            ),
+            &["type", "strategy"],
+        )?;
+
+        let cluster_state = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_cluster_state",
+                "1 for the cluster's current state (Ready, Stale, Offline), 0 for the others.",
+            ),
+            &["cluster", "state"],
+        )?;
+        let throttles = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_throttles_total",
+                "Throttle frames sent to agents because the KCP writer fell behind.",
+            ),
+            &["cluster"],
+        )?;
+        let synctarget_writes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_synctarget_writes_total",
+                "SyncTarget status writes to KCP, by result.",
+            ),
+            &["result"],
+        )?;
+
+        registry.register(Box::new(agents_connected.clone()))?;
+        registry.register(Box::new(cluster_state.clone()))?;
+        registry.register(Box::new(throttles.clone()))?;
+        registry.register(Box::new(synctarget_writes.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(conflicts_total.clone()))?;
+        registry.register(Box::new(heartbeats.clone()))?;
+        registry.register(Box::new(last_heartbeat.clone()))?;
+        registry.register(Box::new(deltas_received.clone()))?;
+        registry.register(Box::new(kcp_writes.clone()))?;
+        registry.register(Box::new(kcp_write_duration.clone()))?;
+        registry.register(Box::new(handshake_failures.clone()))?;
+        registry.register(Box::new(store_objects.clone()))?;
+        registry.register(Box::new(write_queue_depth.clone()))?;
+        registry.register(Box::new(frames_rejected.clone()))?;
+
+        Ok(Self {
+            registry,
+            agents_connected,
+            heartbeats,
+            last_heartbeat,
+            deltas_received,
+            kcp_writes,
+            kcp_write_duration,
+            handshake_failures,
+            store_objects,
+            write_queue_depth,
+            frames_rejected,
+            conflicts,
+            conflicts_total,
+            cluster_state,
+            throttles,
+            synctarget_writes,
+        })
+    }
+
+    /// The registry holding every metric of this hub.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a failure would mean an
+        // invalid metric family, which `register` already refused. Render
+        // what we can rather than nothing.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(%error, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

@@ -1,0 +1,548 @@
+//! The hub's memory of what clusters report: for every upstream object, the
+//! latest entry from each cluster that reports it.
+//!
+//! Sequence numbers make replays harmless: within one agent session they
+//! strictly increase, so the store keeps, per cluster, the highest sequence it
+//! has stored (its cumulative ack) and ignores anything at or below it. A new
+//! session starts a new sequence space; its snapshot replaces everything the
+//! cluster reported before.
+//!
+//! Every change that can alter an object's desired upstream status marks the
+//! object dirty in the writer's queue; the writer reads the store back when it
+//! writes (level-triggered), so the store never has to remember a history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use serde_json::Value;
+use uplink_protocol::ObjectRef;
+
+use crate::aggregate;
+use crate::metrics::Metrics;
+use crate::writer::WriteQueue;
+
+/// A cluster's name, as its certificate proves it.
+pub type ClusterName = String;
+
+/// Names one upstream object: where it lives in KCP and what it is. The
+/// downstream uid is not part of it (each cluster has its own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
+    pub workspace: String,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl From<&ObjectRef> for ObjectKey {
+    fn from(object: &ObjectRef) -> Self {
+        Self {
+            workspace: object.workspace.clone(),
+            group: object.group.clone(),
+            version: object.version.clone(),
+            resource: object.resource.clone(),
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(f, "{}:{}/{}/", self.workspace, group, self.resource)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, "{ns}/")?;
+        }
+        f.write_str(&self.name)
+    }
+}
+
+/// What one cluster last reported about one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The object's `.status`, always a JSON object.
+    pub status: Arc<Value>,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    /// When the agent observed it (agent clock, ms since the Unix epoch).
+    pub observed_at_ms: i64,
+    /// The agent's sequence number of this report.
+    pub seq: u64,
+    /// The downstream object's uid.
+    pub uid: String,
+}
+
+/// One change reported by a cluster: the object and its new entry, or `None`
+/// when the object was deleted downstream.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub key: ObjectKey,
+    pub seq: u64,
+    pub entry: Option<Entry>,
+}
+
+/// Where a cluster's stream stands: the agent session the store's entries
+/// come from and the highest sequence number stored from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub session: Arc<str>,
+    pub seq: u64,
+}
+
+/// Why the store refused a change; nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("cluster {cluster} would report {objects} objects, more than the limit of {max}")]
+    TooManyObjects {
+        cluster: ClusterName,
+        objects: u64,
+        max: u64,
+    },
+}
+
+/// The latest entry per object and cluster.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<Inner>,
+    queue: Arc<WriteQueue>,
+    metrics: Arc<Metrics>,
+    max_objects_per_cluster: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    objects: HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
+    clusters: HashMap<ClusterName, ClusterEntries>,
+}
+
+#[derive(Debug)]
+struct ClusterEntries {
+    position: Position,
+    keys: HashSet<ObjectKey>,
+}
+
+impl Store {
+    pub fn new(
+        queue: Arc<WriteQueue>,
+        metrics: Arc<Metrics>,
+        max_objects_per_cluster: u64,
+    ) -> Self {
+        Self {
+            inner: Mutex::default(),
+            queue,
+            metrics,
+            max_objects_per_cluster,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The lock is never held across a panic-prone call that leaves the
+        // maps half-updated, so a poisoned lock still guards consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a batch of changes from `cluster`'s agent session `session`
+    /// and returns the cluster's cumulative ack: the highest sequence number
+    /// stored from this session.
+    ///
+    /// Changes at or below the stored sequence are replays and are ignored.
+    /// When the batch would take the cluster over its object limit, nothing is
+    /// applied.
+    pub fn apply(
+        &self,
+        cluster: &str,
+        session: &str,
+        updates: Vec<Update>,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let Inner { objects, clusters } = &mut *inner;
+        let state = clusters
+            .entry(cluster.to_owned())
+            .or_insert_with(|| ClusterEntries {
+                position: Position {
+                    session: Arc::from(session),
+                    seq: 0,
+                },
+                keys: HashSet::new(),
+            });
+        if &*state.position.session != session {
+            state.position = Position {
+                session: Arc::from(session),
+                seq: 0,
+            };
+        }
+        let floor = state.position.seq;
+
+        let new_keys: HashSet<&ObjectKey> = updates
+            .iter()
+            .filter(|u| u.seq > floor && u.entry.is_some() && !state.keys.contains(&u.key))
+            .map(|u| &u.key)
+            .collect();
+        let total = state.keys.len() as u64 + new_keys.len() as u64;
+        if total > self.max_objects_per_cluster {
+            return Err(StoreError::TooManyObjects {
+                cluster: cluster.to_owned(),
+                objects: total,
+                max: self.max_objects_per_cluster,
+            });
+        }
+
+        for update in updates {
+            if update.seq <= state.position.seq {
+                continue; // replayed or reordered: something newer is stored
+            }
+            state.position.seq = update.seq;
+            let changed = match update.entry {
+                Some(entry) => {
+                    state.keys.insert(update.key.clone());
+                    let status = entry.status.clone();
+                    let per_cluster = objects.entry(update.key.clone()).or_default();
+                    let old = per_cluster.insert(cluster.to_owned(), entry);
+                    old.map(|o| o.status) != Some(status)
+                }
+                None => {
+                    state.keys.remove(&update.key);
+                    remove_entry(objects, &update.key, cluster)
+                }
+            };
+            if changed {
+                self.queue.push(update.key);
+            }
+        }
+        let acked = state.position.seq;
+        self.metrics.store_objects.set(objects.len() as i64);
+        Ok(acked)
+    }
+
+    /// Replaces everything `cluster` reported with a snapshot taken at `seq`
+    /// in agent session `session`: objects missing from it are dropped. All
+    /// or nothing.
+    pub fn replace_cluster(
+        &self,
+        cluster: &str,
+        session: &str,
+        entries: HashMap<ObjectKey, Entry>,
+        seq: u64,
+    ) -> Result<u64, StoreError> {
+        if entries.len() as u64 > self.max_objects_per_cluster {
+            return Err(StoreError::TooManyObjects {
+                cluster: cluster.to_owned(),
+                objects: entries.len() as u64,
+                max: self.max_objects_per_cluster,
+            });
+        }
+        let mut inner = self.lock();
+        let Inner { objects, clusters } = &mut *inner;
+        let highest = entries.values().map(|e| e.seq).fold(seq, u64::max);
+        let old_keys = clusters
+            .remove(cluster)
+            .map(|state| state.keys)
+            .unwrap_or_default();
+
+        for gone in old_keys.iter().filter(|k| !entries.contains_key(*k)) {
+            if remove_entry(objects, gone, cluster) {
+                self.queue.push(gone.clone());
+            }
+        }
+        let mut keys = HashSet::with_capacity(entries.len());
+        for (key, entry) in entries {
+            let per_cluster = objects.entry(key.clone()).or_default();
+            let status = entry.status.clone();
+            let old = per_cluster.insert(cluster.to_owned(), entry);
+            if old.map(|o| o.status) != Some(status) {
+                self.queue.push(key.clone());
+            }
+            keys.insert(key);
+        }
+        clusters.insert(
+            cluster.to_owned(),
+            ClusterEntries {
+                position: Position {
+                    session: Arc::from(session),
+                    seq: highest,
+                },
+                keys,
+            },
+        );
+        self.metrics.store_objects.set(objects.len() as i64);
+        Ok(highest)
+    }
+
+    /// Where `cluster`'s stream stands, if the store holds anything from it.
+    pub fn position(&self, cluster: &str) -> Option<Position> {
+        self.lock()
+            .clusters
+            .get(cluster)
+            .map(|state| state.position.clone())
+    }
+
+    /// Every cluster's entry for one object.
+    pub fn entries(&self, key: &ObjectKey) -> BTreeMap<ClusterName, Entry> {
+        self.lock().objects.get(key).cloned().unwrap_or_default()
+    }
+
+    /// The status the object would have upstream under the default merge
+    /// policy with every cluster Ready (the writer merges with the
+    /// configured policy and the clusters' real states: see
+    /// [`aggregate::Aggregator`]).
+    pub fn desired_status(&self, key: &ObjectKey) -> Option<Value> {
+        let entries = self.entries(key);
+        aggregate::merge(
+            key,
+            &entries,
+            &aggregate::ClusterView::default(),
+            &aggregate::MergePolicy::default(),
+            &aggregate::FeatureGates::default(),
+        )
+        .status
+    }
+
+    /// The objects `cluster` reports, sorted.
+    pub fn cluster_keys(&self, cluster: &str) -> Vec<ObjectKey> {
+        let mut keys: Vec<ObjectKey> = self
+            .lock()
+            .clusters
+            .get(cluster)
+            .map(|state| state.keys.iter().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    /// How many objects `cluster` reports.
+    pub fn cluster_objects(&self, cluster: &str) -> usize {
+        self.lock()
+            .clusters
+            .get(cluster)
+            .map_or(0, |state| state.keys.len())
+    }
+
+    /// How many objects the store holds.
+    pub fn len(&self) -> usize {
+        self.lock().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every object with its entries, sorted by key.
+    pub fn objects(&self) -> Vec<(ObjectKey, BTreeMap<ClusterName, Entry>)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .objects
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Removes `cluster`'s entry for `key`; true when there was one.
+fn remove_entry(
+    objects: &mut HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
+    key: &ObjectKey,
+    cluster: &str,
+) -> bool {
+    let Some(per_cluster) = objects.get_mut(key) else {
+        return false;
+    };
+    let removed = per_cluster.remove(cluster).is_some();
+    if per_cluster.is_empty() {
+        objects.remove(key);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            workspace: "root:org:team-a".into(),
+            group: "apps".into(),
+            version: "v1".into(),
+            resource: "deployments".into(),
+            kind: "Deployment".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        }
+    }
+
+    fn upsert(name: &str, seq: u64, status: Value) -> Update {
+        Update {
+            key: key(name),
+            seq,
+            entry: Some(entry(seq, status)),
+        }
+    }
+
+    fn entry(seq: u64, status: Value) -> Entry {
+        Entry {
+            status: Arc::new(status),
+            generation: Some(1),
+            observed_generation: Some(1),
+            observed_at_ms: 0,
+            seq,
+            uid: "uid".into(),
+        }
+    }
+
+    fn deleted(name: &str, seq: u64) -> Update {
+        Update {
+            key: key(name),
+            seq,
+            entry: None,
+        }
+    }
+
+    fn store(max: u64) -> (Store, Arc<WriteQueue>) {
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+        let queue = Arc::new(WriteQueue::new(metrics.clone()));
+        (Store::new(queue.clone(), metrics, max), queue)
+    }
+
+    #[test]
+    fn replayed_batch_changes_nothing() {
+        let (store, queue) = store(100);
+        let batch = vec![
+            upsert("a", 1, json!({"replicas": 1})),
+            upsert("a", 2, json!({"replicas": 2})),
+        ];
+        assert_eq!(store.apply("c1", "s1", batch.clone()), Ok(2));
+        assert_eq!(queue.drain_ready(), vec![key("a")]);
+        assert_eq!(store.apply("c1", "s1", batch), Ok(2));
+        assert!(
+            queue.drain_ready().is_empty(),
+            "a replay marks nothing dirty"
+        );
+        assert_eq!(
+            store.desired_status(&key("a")),
+            Some(json!({"replicas": 2}))
+        );
+    }
+
+    #[test]
+    fn older_delta_after_newer_is_ignored() {
+        let (store, _queue) = store(100);
+        store
+            .apply("c1", "s1", vec![upsert("a", 5, json!({"v": "new"}))])
+            .ok();
+        store
+            .apply("c1", "s1", vec![upsert("a", 3, json!({"v": "old"}))])
+            .ok();
+        assert_eq!(store.desired_status(&key("a")), Some(json!({"v": "new"})));
+        // A replayed upsert older than a delete does not resurrect the object.
+        store.apply("c1", "s1", vec![deleted("a", 6)]).ok();
+        store
+            .apply("c1", "s1", vec![upsert("a", 4, json!({"v": "old"}))])
+            .ok();
+        assert_eq!(store.desired_status(&key("a")), None);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn new_session_restarts_the_sequence() {
+        let (store, _queue) = store(100);
+        store
+            .apply("c1", "s1", vec![upsert("a", 50, json!({"v": 1}))])
+            .ok();
+        assert_eq!(
+            store.apply("c1", "s2", vec![upsert("a", 1, json!({"v": 2}))]),
+            Ok(1)
+        );
+        assert_eq!(store.desired_status(&key("a")), Some(json!({"v": 2})));
+        assert_eq!(store.position("c1").map(|p| p.seq), Some(1));
+    }
+
+    #[test]
+    fn clusters_do_not_touch_each_other() {
+        let (store, _queue) = store(100);
+        store
+            .apply("c1", "s1", vec![upsert("a", 1, json!({"from": "c1"}))])
+            .ok();
+        store
+            .apply("c2", "s9", vec![upsert("a", 1, json!({"from": "c2"}))])
+            .ok();
+        store.apply("c2", "s9", vec![deleted("a", 2)]).ok();
+        let entries = store.entries(&key("a"));
+        assert_eq!(entries.keys().collect::<Vec<_>>(), vec!["c1"]);
+    }
+
+    #[test]
+    fn snapshot_drops_missing_objects_and_marks_them_dirty() {
+        let (store, queue) = store(100);
+        store
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))],
+            )
+            .ok();
+        queue.drain_ready();
+        let snapshot = HashMap::from([
+            (key("b"), entry(1, json!({}))),
+            (key("c"), entry(2, json!({"x": 1}))),
+        ]);
+        assert_eq!(store.replace_cluster("c1", "s2", snapshot, 7), Ok(7));
+        let mut dirty = queue.drain_ready();
+        dirty.sort();
+        assert_eq!(dirty, vec![key("a"), key("c")], "b is unchanged");
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.entries(&key("a")).len(), 0);
+        assert_eq!(
+            store.position("c1"),
+            Some(Position {
+                session: Arc::from("s2"),
+                seq: 7
+            })
+        );
+    }
+
+    #[test]
+    fn object_limit_applies_all_or_nothing() {
+        let (store, _queue) = store(2);
+        assert!(
+            store
+                .apply(
+                    "c1",
+                    "s1",
+                    vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))]
+                )
+                .is_ok()
+        );
+        let err = store.apply(
+            "c1",
+            "s1",
+            vec![upsert("a", 3, json!({"v": 1})), upsert("c", 4, json!({}))],
+        );
+        assert!(matches!(
+            err,
+            Err(StoreError::TooManyObjects { max: 2, .. })
+        ));
+        assert_eq!(
+            store.desired_status(&key("a")),
+            Some(json!({})),
+            "nothing applied"
+        );
+        // Another cluster has its own budget.
+        assert!(
+            store
+                .apply("c2", "s1", vec![upsert("c", 1, json!({}))])
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The tunnel's TLS: a TLS 1.3 server that requires a client certificate
+//! signed by the configured CA, and the cluster identity such a certificate
+//! proves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::extensions::GeneralName;
+
+/// The URI SAN prefix that names a cluster in a client certificate.
+pub const CLUSTER_URI_PREFIX: &str = "uplink://cluster/";
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificates from {path}: {source}")]
+    ReadCertificates {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path} contains no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("reading private key from {path}: {source}")]
+    ReadKey {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("adding client CA certificate from {path}: {source}")]
+    AddClientCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("building the client certificate verifier for {path}: {source}")]
+    ClientVerifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("serving certificate {cert} with key {key}: {source}")]
+    ServingCertificate {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("selecting TLS 1.3: {0}")]
+    ProtocolVersions(rustls::Error),
+}
+
+/// Builds the tunnel's TLS server configuration.
+///
+/// Only TLS 1.3, only the ring provider (not relying on a process-wide
+/// default), a client certificate signed by `client_ca` required, ALPN
+/// `http/1.1` (the WebSocket upgrade is HTTP/1.1).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    let chain = read_certificates(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
+        path: key.to_owned(),
+        source,
+    })?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certificates(client_ca)? {
+        roots.add(ca).map_err(|source| TlsError::AddClientCa {
+            path: client_ca.to_owned(),
+            source,
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|source| TlsError::ClientVerifier {
+            path: client_ca.to_owned(),
+            source,
+        })?;
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::ProtocolVersions)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|source| TlsError::ServingCertificate {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::ReadCertificates {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Why a verified client certificate names no cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("parsing the client certificate: {0}")]
+    Parse(String),
+    #[error(
+        "the client certificate has neither a `{CLUSTER_URI_PREFIX}<name>` URI SAN nor a subject CN"
+    )]
+    NoName,
+}
+
+/// The cluster a (verified) client certificate proves: the name in its URI
+/// SAN `uplink://cluster/<name>`, else its subject common name.
+pub fn cluster_identity(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityError::Parse(e.to_string()))?;
+
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::Parse(e.to_string()))?;
+    if let Some(san) = san {
+        let from_uri = san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::URI(uri) => uri
+                .strip_prefix(CLUSTER_URI_PREFIX)
+                .filter(|name| !name.is_empty()),
+            _ => None,
+        });
+        if let Some(name) = from_uri {
+            return Ok(name.to_owned());
+        }
+    }
+
+    parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .map(str::to_owned)
+        .ok_or(IdentityError::NoName)
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    use super::*;
+
+    fn cert(cn: &str, sans: Vec<SanType>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        params
+            .self_signed(&key)
+            .unwrap_or_else(|e| panic!("cert: {e}"))
+            .der()
+            .clone()
+    }
+
+    fn uri(text: &str) -> SanType {
+        SanType::URI(text.try_into().unwrap_or_else(|e| panic!("uri: {e}")))
+    }
+
+    #[test]
+    fn the_uri_san_wins_over_the_common_name() {
+        let der = cert(
+            "not-this",
+            vec![uri("spiffe://elsewhere/x"), uri("uplink://cluster/edge-1")],
+        );
+        assert_eq!(cluster_identity(&der).ok().as_deref(), Some("edge-1"));
+    }
+
+    #[test]
+    fn the_common_name_is_the_fallback() {
+        let der = cert(
+            "edge-2",
+            vec![SanType::DnsName(
+                "edge-2.example"
+                    .try_into()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )],
+        );
+        assert_eq!(cluster_identity(&der).ok().as_deref(), Some("edge-2"));
+    }
+
+    #[test]
+    fn no_name_is_an_error() {
+        let der = cert("", vec![]);
+        assert!(matches!(cluster_identity(&der), Err(IdentityError::NoName)));
+    }
+}

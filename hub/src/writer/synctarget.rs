@@ -1,0 +1,480 @@
+//! Each cluster's record in KCP: one `SyncTarget`
+//! (`workload.kcp.io/v1alpha1`, cluster-scoped) per cluster in the configured
+//! workspace, carrying `lastSyncerHeartbeatTime`, a `Ready` condition
+//! (`True` when the cluster is Ready, `False` with reason `Stale` or
+//! `Offline`), and the capacity the agent last reported.
+//!
+//! Level-triggered like the status writer: every tick compares each
+//! cluster's state in [`Health`] with what was last written, and writes when
+//! the state changed, or when the heartbeat time moved and the last write is
+//! older than the heartbeat period (so heartbeats do not turn into a write
+//! each). A SyncTarget that does not exist is created, then its status
+//! patched. Failures wait with exponential backoff and are retried; the
+//! latest state is what lands, never a history.
+//!
+//! The same tick publishes `uplink_hub_cluster_state{cluster,state}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uplink_protocol::ResourceAmounts;
+
+use super::{StatusUpstream, UpstreamError, is_path_segment};
+use crate::health::{ClusterRecord, ClusterState, Health, cluster_state};
+use crate::metrics::{Metrics, write_result};
+use crate::store::ObjectKey;
+
+/// First retry delay after a failed write; doubles per failure.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How SyncTargets are written.
+#[derive(Debug, Clone)]
+pub struct SyncTargetSettings {
+    /// The workspace holding the SyncTargets; `None` writes none (the state
+    /// metric is still published).
+    pub workspace: Option<String>,
+    /// The agents' heartbeat interval (Stale after three).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a cluster is Offline.
+    pub offline_grace: Duration,
+    /// Longest lag of `lastSyncerHeartbeatTime` behind the last heartbeat.
+    pub heartbeat_period: Duration,
+}
+
+/// What was last written for one cluster, and when to try again.
+#[derive(Debug, Clone)]
+struct Written {
+    /// The state last written successfully; `None` until the first success.
+    state: Option<ClusterState>,
+    /// The heartbeat time last written.
+    heartbeat: Option<SystemTime>,
+    /// When the last successful write happened.
+    at: Instant,
+    /// When the state last changed (the condition's `lastTransitionTime`).
+    transition: SystemTime,
+    /// The state the transition time belongs to.
+    transition_state: ClusterState,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Writes the clusters' SyncTargets; see the module documentation.
+#[derive(Debug)]
+pub struct SyncTargets {
+    upstream: Arc<dyn StatusUpstream>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    settings: SyncTargetSettings,
+    written: HashMap<String, Written>,
+}
+
+impl SyncTargets {
+    pub fn new(
+        upstream: Arc<dyn StatusUpstream>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        settings: SyncTargetSettings,
+    ) -> Self {
+        Self {
+            upstream,
+            health,
+            metrics,
+            settings,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Publishes states and writes SyncTargets every tick until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let every = (self.settings.heartbeat_interval / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.tick(SystemTime::now()) => {}
+            }
+        }
+    }
+
+    /// One round: every cluster's state metric, then the writes that are due.
+    pub async fn tick(&mut self, now: SystemTime) {
+        let records = self.health.records();
+        let states: Vec<(String, ClusterState, ClusterRecord)> = records
+            .into_iter()
+            .map(|(name, record)| {
+                let state = cluster_state(
+                    &record,
+                    now,
+                    self.settings.heartbeat_interval,
+                    self.settings.offline_grace,
+                );
+                (name, state, record)
+            })
+            .collect();
+        for (name, state, _) in &states {
+            for candidate in [ClusterState::Ready, ClusterState::Stale, ClusterState::Offline] {
+                self.metrics
+                    .cluster_state
+                    .with_label_values(&[name.as_str(), state_name(candidate)])
+                    .set(i64::from(candidate == *state));
+            }
+        }
+        let Some(workspace) = self.settings.workspace.clone() else {
+            return;
+        };
+        for (name, state, record) in states {
+            if !is_path_segment(&name) {
+                continue; // cannot be a SyncTarget name; the identity check should prevent it
+            }
+            if self.due(&name, state, &record, now) {
+                self.write(&workspace, &name, state, &record, now).await;
+            }
+        }
+    }
+
+    fn due(&mut self, name: &str, state: ClusterState, record: &ClusterRecord, now: SystemTime) -> bool {
+        let written = self.written.entry(name.to_owned()).or_insert_with(|| Written {
+            state: None,
+            heartbeat: None,
+            at: Instant::now(),
+            transition: now,
+            transition_state: state,
+            failures: 0,
+            retry_at: None,
+        });
+        if written.transition_state != state {
+            written.transition_state = state;
+            written.transition = now;
+        }
+        if written.retry_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        written.state != Some(state)
+            || (written.heartbeat != record.last_heartbeat
+                && written.at.elapsed() >= self.settings.heartbeat_period)
+    }
+
+    async fn write(
+        &mut self,
+        workspace: &str,
+        name: &str,
+        state: ClusterState,
+        record: &ClusterRecord,
+        now: SystemTime,
+    ) {
+        let key = synctarget_key(workspace, name);
+        let transition = self.written.get(name).map_or(now, |w| w.transition);
+        let patch = status_patch(state, record, transition);
+        let mut result = self.upstream.patch_status(&key, &patch, false).await;
+        if result == Err(UpstreamError::NotFound) {
+            result = match self.upstream.create(&key, &manifest(name)).await {
+                Ok(()) => self.upstream.patch_status(&key, &patch, false).await,
+                Err(error) => Err(error),
+            };
+        }
+        let Some(written) = self.written.get_mut(name) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .synctarget_writes
+                    .with_label_values(&[write_result::SUCCESS])
+                    .inc();
+                if written.state != Some(state) {
+                    tracing::info!(cluster = %name, %workspace, state = state_name(state), "SyncTarget updated");
+                }
+                written.state = Some(state);
+                written.heartbeat = record.last_heartbeat;
+                written.at = Instant::now();
+                written.failures = 0;
+                written.retry_at = None;
+            }
+            Err(error) => {
+                self.metrics
+                    .synctarget_writes
+                    .with_label_values(&[write_result::ERROR])
+                    .inc();
+                written.failures = written.failures.saturating_add(1);
+                let exp = written.failures.saturating_sub(1).min(16);
+                let delay = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_MAX);
+                written.retry_at = Some(Instant::now() + delay);
+                if written.failures == 1 {
+                    tracing::warn!(cluster = %name, %workspace, %error, retry_in = ?delay, "writing the SyncTarget failed");
+                } else {
+                    tracing::debug!(cluster = %name, %workspace, %error, failures = written.failures, retry_in = ?delay, "writing the SyncTarget failed again");
+                }
+            }
+        }
+    }
+}
+
+/// Where cluster `name`'s SyncTarget lives.
+pub fn synctarget_key(workspace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        workspace: workspace.to_owned(),
+        group: "workload.kcp.io".to_owned(),
+        version: "v1alpha1".to_owned(),
+        resource: "synctargets".to_owned(),
+        kind: "SyncTarget".to_owned(),
+        namespace: None,
+        name: name.to_owned(),
+    }
+}
+
+/// The SyncTarget the hub creates for cluster `name` (status comes after).
+fn manifest(name: &str) -> Value {
+    json!({
+        "apiVersion": "workload.kcp.io/v1alpha1",
+        "kind": "SyncTarget",
+        "metadata": {
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": "uplink-hub" },
+        },
+        "spec": {},
+    })
+}
+
+/// The merge patch of a SyncTarget's status for a cluster in `state`.
+pub fn status_patch(state: ClusterState, record: &ClusterRecord, transition: SystemTime) -> Value {
+    let (status, reason, message) = match state {
+        ClusterState::Ready => ("True", "Ready", "the cluster's agent sends heartbeats"),
+        ClusterState::Stale => (
+            "False",
+            "Stale",
+            "no heartbeat from the cluster's agent for three heartbeat intervals",
+        ),
+        ClusterState::Offline => (
+            "False",
+            "Offline",
+            "no heartbeat from the cluster's agent for longer than the offline grace",
+        ),
+    };
+    let mut patch = json!({
+        "status": {
+            "lastSyncerHeartbeatTime": record.last_heartbeat.and_then(rfc3339),
+            "conditions": [{
+                "type": "Ready",
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": rfc3339(transition),
+            }],
+        }
+    });
+    if let Some(summary) = &record.summary
+        && let Some(status) = patch.get_mut("status").and_then(Value::as_object_mut)
+    {
+        status.insert("capacity".into(), quantities(&summary.capacity));
+        status.insert("allocatable".into(), quantities(&summary.allocatable));
+    }
+    patch
+}
+
+/// Amounts as Kubernetes quantities.
+fn quantities(amounts: &ResourceAmounts) -> Value {
+    json!({
+        "cpu": format!("{}m", amounts.cpu_millis),
+        "memory": amounts.memory_bytes.to_string(),
+        "ephemeral-storage": amounts.ephemeral_storage_bytes.to_string(),
+        "pods": amounts.pods.to_string(),
+    })
+}
+
+/// The label value of a state in `uplink_hub_cluster_state`.
+pub fn state_name(state: ClusterState) -> &'static str {
+    match state {
+        ClusterState::Ready => "Ready",
+        ClusterState::Stale => "Stale",
+        ClusterState::Offline => "Offline",
+    }
+}
+
+/// RFC 3339 in whole seconds, as Kubernetes times are.
+fn rfc3339(time: SystemTime) -> Option<String> {
+    let ts = jiff::Timestamp::try_from(time).ok()?;
+    let secs = jiff::Timestamp::from_second(ts.as_second()).ok()?;
+    Some(secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+
+    /// Upstream that knows which SyncTargets exist and records what was sent.
+    #[derive(Debug, Default)]
+    struct FakeKcp {
+        existing: Mutex<HashMap<String, Value>>,
+        calls: Mutex<Vec<String>>,
+        fail: Mutex<u32>,
+    }
+
+    impl FakeKcp {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+        fn status(&self, name: &str) -> Option<Value> {
+            self.existing.lock().ok()?.get(name).cloned()
+        }
+    }
+
+    impl StatusUpstream for FakeKcp {
+        fn patch_status<'a>(
+            &'a self,
+            key: &'a ObjectKey,
+            patch: &'a Value,
+            _dry_run: bool,
+        ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+            Box::pin(async move {
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.push(format!("patch {}", key.name));
+                }
+                if let Ok(mut fail) = self.fail.lock()
+                    && *fail > 0
+                {
+                    *fail -= 1;
+                    return Err(UpstreamError::Server {
+                        status: 500,
+                        message: "down".into(),
+                    });
+                }
+                let mut existing = self.existing.lock().map_err(|_| UpstreamError::NotFound)?;
+                match existing.get_mut(&key.name) {
+                    Some(status) => {
+                        *status = patch["status"].clone();
+                        Ok(())
+                    }
+                    None => Err(UpstreamError::NotFound),
+                }
+            })
+        }
+
+        fn get_status<'a>(
+            &'a self,
+            _key: &'a ObjectKey,
+        ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn create<'a>(
+            &'a self,
+            key: &'a ObjectKey,
+            _object: &'a Value,
+        ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+            Box::pin(async move {
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.push(format!("create {}", key.name));
+                }
+                if let Ok(mut existing) = self.existing.lock() {
+                    existing.entry(key.name.clone()).or_insert(Value::Null);
+                }
+                Ok(())
+            })
+        }
+    }
+
+    fn fixture(period: Duration) -> (SyncTargets, Arc<FakeKcp>, Arc<Health>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+        let health = Arc::new(Health::new(metrics.clone()));
+        let kcp = Arc::new(FakeKcp::default());
+        let targets = SyncTargets::new(
+            kcp.clone(),
+            health.clone(),
+            metrics.clone(),
+            SyncTargetSettings {
+                workspace: Some("root".into()),
+                heartbeat_interval: Duration::from_secs(1),
+                offline_grace: Duration::from_secs(10),
+                heartbeat_period: period,
+            },
+        );
+        (targets, kcp, health, metrics)
+    }
+
+    fn ready_reason(kcp: &FakeKcp, name: &str) -> Option<(String, String)> {
+        let status = kcp.status(name)?;
+        let condition = &status["conditions"][0];
+        Some((
+            condition["status"].as_str()?.to_owned(),
+            condition["reason"].as_str()?.to_owned(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn creates_then_follows_state_changes_and_rate_limits_heartbeats() {
+        let (mut targets, kcp, health, metrics) = fixture(Duration::from_secs(30));
+        let t0 = SystemTime::now();
+        health.session_started("c1", 1, "s", "v");
+        health.heartbeat("c1", 0, t0);
+        targets.tick(t0).await;
+        assert_eq!(kcp.calls(), ["patch c1", "create c1", "patch c1"]);
+        assert_eq!(ready_reason(&kcp, "c1"), Some(("True".into(), "Ready".into())));
+        let state = |s: &str| metrics.cluster_state.with_label_values(&["c1", s]).get();
+        assert_eq!((state("Ready"), state("Stale"), state("Offline")), (1, 0, 0));
+
+        // A newer heartbeat alone is not written before the period passes.
+        let t1 = t0 + Duration::from_secs(1);
+        health.heartbeat("c1", 0, t1);
+        targets.tick(t1).await;
+        assert_eq!(kcp.calls().len(), 3);
+
+        // Silence: Stale after three intervals, then Offline after the grace.
+        targets.tick(t1 + Duration::from_secs(4)).await;
+        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Stale".into())));
+        assert_eq!((state("Ready"), state("Stale"), state("Offline")), (0, 1, 0));
+        targets.tick(t1 + Duration::from_secs(11)).await;
+        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Offline".into())));
+        assert_eq!(state("Offline"), 1);
+
+        // Back: Ready at once, with the new heartbeat time.
+        let t2 = t1 + Duration::from_secs(12);
+        health.heartbeat("c1", 0, t2);
+        targets.tick(t2).await;
+        assert_eq!(ready_reason(&kcp, "c1"), Some(("True".into(), "Ready".into())));
+        assert_eq!(
+            kcp.status("c1").map(|s| s["lastSyncerHeartbeatTime"].clone()),
+            Some(json!(rfc3339(t2)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_the_latest_state_lands() {
+        let (mut targets, kcp, health, metrics) = fixture(Duration::from_secs(30));
+        if let Ok(mut fail) = kcp.fail.lock() {
+            *fail = 2;
+        }
+        let t0 = SystemTime::now();
+        health.heartbeat("c1", 0, t0);
+        targets.tick(t0).await; // fails
+        targets.tick(t0).await; // backing off: no call
+        assert_eq!(kcp.calls().len(), 1);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        targets.tick(t0 + Duration::from_secs(5)).await; // fails again, now Stale
+        tokio::time::advance(Duration::from_millis(600)).await;
+        targets.tick(t0 + Duration::from_secs(5)).await;
+        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Stale".into())));
+        assert_eq!(
+            metrics
+                .synctarget_writes
+                .with_label_values(&[write_result::ERROR])
+                .get(),
+            2
+        );
+    }
+}

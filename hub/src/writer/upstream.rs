@@ -1,0 +1,410 @@
+//! The upstream API server as the writer sees it: patch an object's status,
+//! read it back. [`KubeUpstream`] talks to KCP (or plain Kubernetes); tests
+//! substitute a fake.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Limited};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, Resource};
+use serde_json::Value;
+
+use crate::config::UpstreamMode;
+use crate::store::ObjectKey;
+
+/// Longest time one upstream request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of an error response body kept for the log.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
+
+/// Writes object status upstream.
+pub trait StatusUpstream: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies a JSON merge patch (`{"status": ...}`) to the object's
+    /// `/status` subresource; with `dry_run`, the server validates only.
+    fn patch_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        patch: &'a Value,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>>;
+
+    /// Reads the object's current `.status` (`None` when it has none).
+    fn get_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>>;
+
+    /// Creates the object `key` names from `object` (a whole manifest); an
+    /// object that already exists is success. Only objects the hub owns
+    /// (SyncTargets) are created. The default does nothing, for upstreams
+    /// that only take status writes.
+    fn create<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        let _ = (key, object);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// How an upstream request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("throttled (retry after {retry_after:?})")]
+    Throttled { retry_after: Option<Duration> },
+    #[error("server error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("refused with {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot address {key}: {reason}")]
+    BadObject { key: String, reason: String },
+}
+
+/// Why the upstream client could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamConfigError {
+    #[error("reading kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("using kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("inferring the upstream configuration (no --kcp-kubeconfig given): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("upstream server URL {url}: {reason}")]
+    ServerUrl { url: String, reason: String },
+    #[error("building the upstream client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// KCP or Kubernetes, through kube-rs clients.
+///
+/// With KCP, a workspace is a URL path prefix: each workspace gets its own
+/// client whose base URL is `<server>/clusters/<workspace>` (kube-client's
+/// base-URI middleware keeps a base path and appends request paths to it).
+/// Clients are cached per workspace.
+pub struct KubeUpstream {
+    /// The configuration with the server's URL stripped of any `/clusters/…`.
+    base: Config,
+    mode: UpstreamMode,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl std::fmt::Debug for KubeUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeUpstream")
+            .field("server", &self.base.cluster_url)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeUpstream {
+    /// Loads `kubeconfig`, or infers the configuration when `None`.
+    pub async fn load(
+        kubeconfig: Option<&Path>,
+        mode: UpstreamMode,
+    ) -> Result<Self, UpstreamConfigError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|source| {
+                    UpstreamConfigError::ReadKubeconfig {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+                Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| UpstreamConfigError::Kubeconfig {
+                        path: path.to_owned(),
+                        source,
+                    })?
+            }
+            None => Config::infer().await?,
+        };
+        Self::new(config, mode)
+    }
+
+    /// Uses `config` as the upstream; with KCP, a `/clusters/<ws>` suffix of
+    /// its server URL is dropped (workspaces come from the objects).
+    pub fn new(mut config: Config, mode: UpstreamMode) -> Result<Self, UpstreamConfigError> {
+        // The writer retries by itself, level-triggered (429 honoring
+        // Retry-After, 5xx with backoff); kube's own retry layer would hold a
+        // write slot for up to 15 attempts and hide the outcome from it.
+        config.default_retry = false;
+        if mode == UpstreamMode::Kcp {
+            let url = config.cluster_url.to_string();
+            let path = config.cluster_url.path();
+            let base_path = match path.find("/clusters/") {
+                Some(at) => &path[..at],
+                None => path.trim_end_matches('/'),
+            };
+            config.cluster_url = with_path(&config.cluster_url, base_path)
+                .map_err(|reason| UpstreamConfigError::ServerUrl { url, reason })?;
+        }
+        let upstream = Self {
+            base: config,
+            mode,
+            clients: Mutex::default(),
+        };
+        // Build one client now, so a broken configuration fails at startup.
+        upstream.build_client("")?;
+        Ok(upstream)
+    }
+
+    fn build_client(&self, workspace: &str) -> Result<Client, kube::Error> {
+        let mut config = self.base.clone();
+        if self.mode == UpstreamMode::Kcp && !workspace.is_empty() {
+            let path = format!(
+                "{}/clusters/{workspace}",
+                config.cluster_url.path().trim_end_matches('/')
+            );
+            config.cluster_url = with_path(&config.cluster_url, &path).map_err(|reason| {
+                kube::Error::Service(format!("workspace {workspace:?}: {reason}").into())
+            })?;
+        }
+        Client::try_from(config)
+    }
+
+    fn client(&self, key: &ObjectKey) -> Result<Client, UpstreamError> {
+        let workspace = match self.mode {
+            UpstreamMode::Kcp => {
+                if !is_path_segment(&key.workspace) {
+                    return Err(UpstreamError::BadObject {
+                        key: key.to_string(),
+                        reason: "the workspace is not a valid path segment".into(),
+                    });
+                }
+                key.workspace.as_str()
+            }
+            UpstreamMode::Kubernetes => "",
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(workspace) {
+            return Ok(client.clone());
+        }
+        let client = self
+            .build_client(workspace)
+            .map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        clients.insert(workspace.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    async fn send(
+        &self,
+        key: &ObjectKey,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let client = self.client(key)?;
+        let request = request.map(kube::client::Body::from);
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, client.send(request))
+            .await
+            .map_err(|_| UpstreamError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Limited::new(response.into_body(), 8 * 1024 * 1024).collect(),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(REQUEST_TIMEOUT))?
+        .map_err(|e| UpstreamError::Transport(format!("reading the response: {e}")))?
+        .to_bytes();
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let message = error_message(&body);
+        Err(match status.as_u16() {
+            404 => UpstreamError::NotFound,
+            409 => UpstreamError::Conflict(message),
+            429 => UpstreamError::Throttled { retry_after },
+            code @ 500..=599 => UpstreamError::Server {
+                status: code,
+                message,
+            },
+            code => UpstreamError::Refused {
+                status: code,
+                message,
+            },
+        })
+    }
+
+    fn request(key: &ObjectKey) -> Result<kube::core::Request, UpstreamError> {
+        for (what, value) in [
+            ("group", key.group.as_str()),
+            ("version", key.version.as_str()),
+            ("resource", key.resource.as_str()),
+            ("name", key.name.as_str()),
+            ("namespace", key.namespace.as_deref().unwrap_or("x")),
+        ] {
+            let optional_group = what == "group" && value.is_empty();
+            if !optional_group && !is_path_segment(value) {
+                return Err(UpstreamError::BadObject {
+                    key: key.to_string(),
+                    reason: format!("the {what} {value:?} is not a valid path segment"),
+                });
+            }
+        }
+        let api_resource = ApiResource {
+            group: key.group.clone(),
+            version: key.version.clone(),
+            api_version: if key.group.is_empty() {
+                key.version.clone()
+            } else {
+                format!("{}/{}", key.group, key.version)
+            },
+            kind: key.kind.clone(),
+            plural: key.resource.clone(),
+        };
+        let url = DynamicObject::url_path(&api_resource, key.namespace.as_deref());
+        Ok(kube::core::Request::new(url))
+    }
+}
+
+impl StatusUpstream for KubeUpstream {
+    fn patch_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        patch: &'a Value,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let params = PatchParams {
+                dry_run,
+                ..PatchParams::default()
+            };
+            let request = Self::request(key)?
+                .patch_subresource("status", &key.name, &params, &Patch::Merge(patch))
+                .map_err(|e| UpstreamError::BadObject {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            self.send(key, request).await.map(drop)
+        })
+    }
+
+    fn get_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
+        Box::pin(async move {
+            let request = Self::request(key)?
+                .get_subresource("status", &key.name)
+                .map_err(|e| UpstreamError::BadObject {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let body = self.send(key, request).await?;
+            let object: Value = serde_json::from_slice(&body)
+                .map_err(|e| UpstreamError::Transport(format!("decoding the object: {e}")))?;
+            Ok(object.get("status").filter(|s| !s.is_null()).cloned())
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(object).map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: format!("encoding the object: {e}"),
+            })?;
+            let request = Self::request(key)?
+                .create(&kube::api::PostParams::default(), body)
+                .map_err(|e| UpstreamError::BadObject {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            match self.send(key, request).await {
+                // 409 on create: it already exists, which is what we want.
+                Ok(_) | Err(UpstreamError::Conflict(_)) => Ok(()),
+                Err(error) => Err(error),
+            }
+        })
+    }
+}
+
+/// True when `value` can be used as one segment of a URL path as it is.
+pub fn is_path_segment(value: &str) -> bool {
+    !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '~'))
+}
+
+fn with_path(url: &http::Uri, path: &str) -> Result<http::Uri, String> {
+    let mut parts = url.clone().into_parts();
+    let path = if path.is_empty() { "/" } else { path };
+    parts.path_and_query = Some(path.parse().map_err(|e| format!("path {path:?}: {e}"))?);
+    http::Uri::from_parts(parts).map_err(|e| e.to_string())
+}
+
+fn error_message(body: &[u8]) -> String {
+    let body = &body[..body.len().min(ERROR_BODY_LIMIT)];
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kcp_base_url_drops_a_workspace_suffix() {
+        let mut config = Config::new(
+            "https://kcp.example:6443/clusters/root"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        config.default_namespace = "default".into();
+        let upstream =
+            KubeUpstream::new(config, UpstreamMode::Kcp).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            upstream.base.cluster_url.to_string(),
+            "https://kcp.example:6443/"
+        );
+    }
+
+    #[test]
+    fn path_segments() {
+        assert!(is_path_segment("root:org:team-a"));
+        assert!(is_path_segment("my-app.v2"));
+        assert!(!is_path_segment("a/b"));
+        assert!(!is_path_segment(".."));
+        assert!(!is_path_segment("a b"));
+        assert!(!is_path_segment(""));
+    }
+}

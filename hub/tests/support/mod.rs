@@ -1,0 +1,443 @@
+//! Fixtures for the hub's tunnel tests: a throwaway PKI, a hub on loopback
+//! with a fake upstream, and an agent-side test client speaking protocol v1.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+use uplink_hub::store::ObjectKey;
+use uplink_hub::{Hub, HubConfig, Metrics, StatusUpstream, UpstreamError};
+use uplink_protocol::{
+    AgentFrame, Change, Delta, Hello, HubFrame, Limits, ObjectRef, PROTOCOL_VERSION,
+    decode_hub_frame, encode,
+};
+
+/// Polls `check` until it is true or `limit` passes.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A CA with the files a hub and its agents need, in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    pub ca_pem: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("ca.pem"), cert.pem())?;
+        Ok(Self {
+            dir,
+            ca_pem: cert.pem(),
+            ca_params: params,
+            ca_key: key,
+        })
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Issues a certificate; returns (cert PEM, key PEM).
+    fn issue(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<(String, String)> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Writes `hub.pem` / `hub-key.pem` for `localhost` and 127.0.0.1.
+    pub fn issue_server(&self) -> Result<()> {
+        let (cert, key) = self.issue(
+            "uplink-hub",
+            vec![
+                SanType::DnsName("localhost".try_into()?),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        std::fs::write(self.path("hub.pem"), cert)?;
+        std::fs::write(self.path("hub-key.pem"), key)?;
+        Ok(())
+    }
+
+    /// A client identity for `cluster` as the dev PKI issues it: URI SAN
+    /// `uplink://cluster/<name>` and CN `<name>`.
+    pub fn client(&self, cluster: &str) -> Result<ClientIdentity> {
+        let uri = format!("uplink://cluster/{cluster}");
+        let (cert, key) = self.issue(
+            cluster,
+            vec![SanType::URI(uri.as_str().try_into()?)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        ClientIdentity::from_pem(&cert, &key)
+    }
+}
+
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    fn from_pem(cert: &str, key: &str) -> Result<Self> {
+        Ok(Self {
+            chain: CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?,
+            key: PrivateKeyDer::from_pem_slice(key.as_bytes())?,
+        })
+    }
+}
+
+/// Records every status patch; answers success.
+#[derive(Debug, Default)]
+pub struct FakeUpstream {
+    pub patches: Mutex<Vec<(ObjectKey, Value)>>,
+}
+
+impl FakeUpstream {
+    pub fn patches(&self) -> Vec<(ObjectKey, Value)> {
+        self.patches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl StatusUpstream for FakeUpstream {
+    fn patch_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        patch: &'a Value,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.patches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((key.clone(), patch.clone()));
+            Ok(())
+        })
+    }
+
+    fn get_status<'a>(
+        &'a self,
+        _key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A hub running on loopback with a fake upstream.
+pub struct TestHub {
+    pub pki: Pki,
+    pub tunnel: SocketAddr,
+    pub http: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Arc<FakeUpstream>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), uplink_hub::HubError>>,
+}
+
+impl TestHub {
+    pub async fn start(limits: Limits) -> Result<Self> {
+        Self::start_with(|config| config.limits = limits).await
+    }
+
+    /// A hub whose configuration `adjust` may change.
+    pub async fn start_with(adjust: impl FnOnce(&mut HubConfig)) -> Result<Self> {
+        let pki = Pki::new("uplink test CA")?;
+        pki.issue_server()?;
+        let mut config = HubConfig {
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
+            tls_cert: pki.path("hub.pem"),
+            tls_key: pki.path("hub-key.pem"),
+            client_ca: pki.path("ca.pem"),
+            heartbeat_interval: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            write_qps: 0.0,
+            ..HubConfig::default()
+        };
+        adjust(&mut config);
+        let upstream = Arc::new(FakeUpstream::default());
+        let hub = Hub::bind_with_upstream(config, upstream.clone()).await?;
+        let shutdown = CancellationToken::new();
+        let (tunnel, http, metrics) = (hub.tunnel_addr(), hub.http_addr(), hub.metrics());
+        let task = tokio::spawn(hub.run(shutdown.clone()));
+        Ok(Self {
+            pki,
+            tunnel,
+            http,
+            metrics,
+            upstream,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn connector(&self) -> TestAgentConnector {
+        TestAgentConnector::new(&self.pki, self.tunnel)
+    }
+
+    /// Connects with `identity`, trusting this hub's CA.
+    pub async fn connect(&self, identity: &ClientIdentity) -> Result<Agent> {
+        self.connector().connect(identity).await
+    }
+
+    pub async fn connect_to(
+        &self,
+        identity: &ClientIdentity,
+        path: &str,
+        subprotocol: Option<&str>,
+    ) -> Result<Agent> {
+        self.connector()
+            .connect_to(identity, path, subprotocol)
+            .await
+    }
+
+    pub async fn tls(&self, identity: &ClientIdentity) -> Result<TlsStream<TcpStream>> {
+        self.connector().tls(identity).await
+    }
+
+    /// `GET path` on the HTTP endpoint; returns (status, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut tcp = TcpStream::connect(self.http).await?;
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .context("no status line")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await???;
+        Ok(())
+    }
+}
+
+/// Opens agent connections to a hub's tunnel, trusting the test CA.
+pub struct TestAgentConnector {
+    ca_pem: String,
+    tunnel: SocketAddr,
+}
+
+impl TestAgentConnector {
+    pub fn new(pki: &Pki, tunnel: SocketAddr) -> Self {
+        Self {
+            ca_pem: pki.ca_pem.clone(),
+            tunnel,
+        }
+    }
+
+    /// Connects with `identity`, trusting this hub's CA.
+    pub async fn connect(&self, identity: &ClientIdentity) -> Result<Agent> {
+        self.connect_to(identity, "/v1/tunnel", Some("uplink.v1"))
+            .await
+    }
+
+    pub async fn connect_to(
+        &self,
+        identity: &ClientIdentity,
+        path: &str,
+        subprotocol: Option<&str>,
+    ) -> Result<Agent> {
+        let tls = self.tls(identity).await?;
+        let mut request = format!("wss://localhost{path}").into_client_request()?;
+        if let Some(subprotocol) = subprotocol {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(subprotocol)?,
+            );
+        }
+        let (ws, _response) = tokio_tungstenite::client_async(request, tls).await?;
+        Ok(Agent { ws })
+    }
+
+    /// The TLS part only.
+    pub async fn tls(&self, identity: &ClientIdentity) -> Result<TlsStream<TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
+        let tcp = TcpStream::connect(self.tunnel).await?;
+        let connector = TlsConnector::from(Arc::new(config));
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        // TLS 1.3: the server checks the client certificate after the client
+        // considers the handshake done; a refusal arrives on the first read.
+        tls.flush().await?;
+        Ok(tls)
+    }
+}
+
+/// The agent side of one tunnel connection.
+pub struct Agent {
+    pub ws: WebSocketStream<TlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the agent sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Closed(Option<u16>),
+    Eof,
+}
+
+impl Agent {
+    pub async fn send(&mut self, frame: &AgentFrame) -> Result<()> {
+        self.ws.send(Message::Binary(encode(frame)?.into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.ws.send(Message::Binary(bytes.into())).await?;
+        Ok(())
+    }
+
+    /// The next hub frame.
+    pub async fn recv(&mut self) -> Result<HubFrame> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .context("no frame from the hub within 10 s")?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            match message {
+                Message::Binary(bytes) => return Ok(decode_hub_frame(&bytes, &Limits::default())?),
+                Message::Close(frame) => bail!("closed by the hub: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until the hub closes; returns the close code.
+    pub async fn end(&mut self) -> Result<End> {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .context("the hub did not close within 10 s")?;
+            match next {
+                None | Some(Err(_)) => return Ok(End::Eof),
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(End::Closed(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Hello for `cluster` with a fresh session; returns the Welcome.
+    pub async fn hello(
+        &mut self,
+        cluster: &str,
+        session: &str,
+        epoch: Option<u64>,
+        last_ack: u64,
+    ) -> Result<HubFrame> {
+        self.send(&AgentFrame::Hello(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            cluster: cluster.into(),
+            agent_version: "test".into(),
+            session_id: session.into(),
+            last_hub_epoch: epoch,
+            last_ack,
+        }))
+        .await?;
+        self.recv().await
+    }
+}
+
+pub fn object(name: &str) -> ObjectRef {
+    ObjectRef {
+        group: "apps".into(),
+        version: "v1".into(),
+        resource: "deployments".into(),
+        kind: "Deployment".into(),
+        workspace: "root:org:team-a".into(),
+        namespace: Some("default".into()),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+    }
+}
+
+pub fn upsert(seq: u64, name: &str, status: Value) -> Delta {
+    Delta {
+        seq,
+        object: object(name),
+        generation: Some(1),
+        observed_generation: Some(1),
+        observed_at_ms: 1_700_000_000_000,
+        change: Change::Upsert {
+            status_json: status.to_string(),
+        },
+    }
+}

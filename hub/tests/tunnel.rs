@@ -1,0 +1,333 @@
+//! The hub's tunnel end to end on loopback: mutual TLS, the WebSocket
+//! upgrade, protocol v1 sessions, refusals, and the writes they cause.
+
+mod support;
+
+use anyhow::{Result, bail};
+use serde_json::json;
+use support::{End, TestHub, eventually, upsert};
+use uplink_protocol::{
+    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, SessionMode, SnapshotBegin,
+    SnapshotChunk, SnapshotEnd, close,
+};
+
+fn welcome(frame: HubFrame) -> Result<uplink_protocol::Welcome> {
+    match frame {
+        HubFrame::Welcome(welcome) => Ok(welcome),
+        other => bail!("expected Welcome, got {other:?}"),
+    }
+}
+
+fn error_code(frame: HubFrame) -> Result<ErrorCode> {
+    match frame {
+        HubFrame::Error(error) => Ok(error.code),
+        other => bail!("expected Error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    let identity = hub.pki.client("edge-1")?;
+    let mut agent = hub.connect(&identity).await?;
+
+    let hello = welcome(agent.hello("edge-1", "session-a", None, 0).await?)?;
+    assert_eq!(hello.mode, SessionMode::Snapshot);
+    assert_eq!(hello.protocol_version, 1);
+
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
+            deltas: vec![upsert(3, "web", json!({"replicas": 1}))],
+        }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 5 }))
+        .await?;
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 5 }));
+
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![
+                upsert(6, "web", json!({"replicas": 2})),
+                upsert(7, "api", json!({"replicas": 3})),
+            ],
+        }))
+        .await?;
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 7 }));
+
+    let upstream = hub.upstream.clone();
+    eventually("patches of both objects' latest status", || {
+        let patches = upstream.patches();
+        let last = |name: &str| {
+            patches
+                .iter()
+                .rev()
+                .find(|(key, _)| key.name == name)
+                .map(|(_, patch)| patch.clone())
+        };
+        last("web") == Some(json!({"status": {"replicas": 2}}))
+            && last("api") == Some(json!({"status": {"replicas": 3}}))
+    })
+    .await?;
+    let patched = upstream.patches();
+    assert_eq!(patched[0].0.workspace, "root:org:team-a");
+    assert_eq!(
+        hub.metrics
+            .deltas_received
+            .with_label_values(&["edge-1"])
+            .get(),
+        3
+    );
+    assert_eq!(hub.metrics.agents_connected.get(), 1);
+
+    // The same agent process reconnects: same session and epoch → resume.
+    drop(agent);
+    let mut agent = hub.connect(&identity).await?;
+    let resumed = welcome(
+        agent
+            .hello("edge-1", "session-a", Some(hello.hub_epoch), 7)
+            .await?,
+    )?;
+    assert_eq!(resumed.mode, SessionMode::Resume { acked: 7 });
+    // A restarted agent (new session) must snapshot.
+    let mut restarted = hub.connect(&identity).await?;
+    let fresh = welcome(
+        restarted
+            .hello("edge-1", "session-b", Some(hello.hub_epoch), 0)
+            .await?,
+    )?;
+    assert_eq!(fresh.mode, SessionMode::Snapshot);
+    // ...and it replaced the previous connection.
+    assert_eq!(error_code(agent.recv().await?)?, ErrorCode::Superseded);
+    assert_eq!(
+        agent.end().await?,
+        End::Closed(Some(close::POLICY_VIOLATION))
+    );
+
+    let (status, body) = hub.get("/api/v1/clusters").await?;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(clusters[0]["name"], "edge-1");
+    assert_eq!(clusters[0]["connected"], true);
+    assert_eq!(clusters[0]["objects"], 2);
+
+    drop((agent, restarted));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn hello_claiming_another_cluster_is_refused() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    match agent.hello("edge-2", "s", None, 0).await? {
+        HubFrame::Error(error) => {
+            assert_eq!(error.code, ErrorCode::IdentityMismatch);
+            assert!(error.message.contains("edge-1") && error.message.contains("edge-2"));
+        }
+        other => bail!("expected Error, got {other:?}"),
+    }
+    assert_eq!(
+        agent.end().await?,
+        End::Closed(Some(close::POLICY_VIOLATION))
+    );
+    assert_eq!(
+        hub.metrics
+            .handshake_failures
+            .with_label_values(&["identity_mismatch"])
+            .get(),
+        1
+    );
+    // Another agent is unaffected.
+    let mut other = hub.connect(&hub.pki.client("edge-2")?).await?;
+    welcome(other.hello("edge-2", "s", None, 0).await?)?;
+    drop((agent, other));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_fails_the_tls_handshake() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    let stranger = support::Pki::new("another CA")?.client("edge-1")?;
+    let refused = match hub.tls(&stranger).await {
+        Err(_) => true,
+        // TLS 1.3: the refusal may only show on the first read.
+        Ok(mut tls) => {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 1];
+            !matches!(tls.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
+    assert!(refused, "the hub accepted a certificate from another CA");
+    let metrics = hub.metrics.clone();
+    eventually("the TLS failure to be counted", || {
+        metrics.handshake_failures.with_label_values(&["tls"]).get() == 1
+    })
+    .await?;
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn wrong_path_and_missing_subprotocol_are_refused() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    let identity = hub.pki.client("edge-1")?;
+    let err = hub
+        .connect_to(&identity, "/elsewhere", Some("uplink.v1"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("404"), "{err}");
+    let err = hub
+        .connect_to(&identity, "/v1/tunnel", Some("other.v9"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("400"), "{err}");
+    assert_eq!(
+        hub.metrics
+            .handshake_failures
+            .with_label_values(&["websocket"])
+            .get(),
+        2
+    );
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn bad_frames_end_only_their_own_session() -> Result<()> {
+    let limits = Limits {
+        max_frame_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let hub = TestHub::start(limits).await?;
+    let mut good = hub.connect(&hub.pki.client("good")?).await?;
+    welcome(good.hello("good", "s", None, 0).await?)?;
+    good.send(&AgentFrame::Deltas(DeltaBatch {
+        deltas: vec![upsert(1, "web", json!({"ok": true}))],
+    }))
+    .await?;
+    assert_eq!(good.recv().await?, HubFrame::Ack(Ack { seq: 1 }));
+
+    // Garbage instead of msgpack.
+    let mut garbage = hub.connect(&hub.pki.client("garbage")?).await?;
+    welcome(garbage.hello("garbage", "s", None, 0).await?)?;
+    garbage.send_raw(vec![0xc1, 0xff, 0x00]).await?;
+    assert_eq!(error_code(garbage.recv().await?)?, ErrorCode::Malformed);
+    assert_eq!(
+        garbage.end().await?,
+        End::Closed(Some(close::PROTOCOL_ERROR))
+    );
+
+    // A message over the frame limit.
+    let mut big = hub.connect(&hub.pki.client("big")?).await?;
+    welcome(big.hello("big", "s", None, 0).await?)?;
+    big.send_raw(vec![0u8; 64 * 1024]).await?;
+    assert_eq!(error_code(big.recv().await?)?, ErrorCode::LimitExceeded);
+    assert_eq!(big.end().await?, End::Closed(Some(close::POLICY_VIOLATION)));
+
+    // A status that is not a JSON object.
+    let mut odd = hub.connect(&hub.pki.client("odd")?).await?;
+    welcome(odd.hello("odd", "s", None, 0).await?)?;
+    odd.send(&AgentFrame::Deltas(DeltaBatch {
+        deltas: vec![upsert(1, "web", json!([1, 2]))],
+    }))
+    .await?;
+    assert_eq!(error_code(odd.recv().await?)?, ErrorCode::Malformed);
+
+    let rejected = |cluster: &str, reason: &str| {
+        hub.metrics
+            .frames_rejected
+            .with_label_values(&[cluster, reason])
+            .get()
+    };
+    assert_eq!(rejected("garbage", "malformed"), 1);
+    assert_eq!(rejected("big", "frame_too_large"), 1);
+    assert_eq!(rejected("odd", "status_not_object"), 1);
+
+    // The good session still works, and its object is intact.
+    good.send(&AgentFrame::Deltas(DeltaBatch {
+        deltas: vec![upsert(2, "web", json!({"ok": "still"}))],
+    }))
+    .await?;
+    assert_eq!(good.recv().await?, HubFrame::Ack(Ack { seq: 2 }));
+    let (_, objects) = hub.get("/api/v1/objects").await?;
+    let objects: serde_json::Value = serde_json::from_str(&objects)?;
+    assert_eq!(objects.as_array().map(Vec::len), Some(1));
+    assert_eq!(objects[0]["desired_status"], json!({"ok": "still"}));
+    drop((good, garbage, big, odd));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn frames_before_hello_are_refused() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch { deltas: vec![] }))
+        .await?;
+    assert_eq!(error_code(agent.recv().await?)?, ErrorCode::UnexpectedFrame);
+    assert_eq!(agent.end().await?, End::Closed(Some(close::PROTOCOL_ERROR)));
+    drop(agent);
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_says_bye_and_http_reports_it() -> Result<()> {
+    let hub = TestHub::start(Limits::default()).await?;
+    assert_eq!(hub.get("/healthz").await?.0, 200);
+    assert_eq!(hub.get("/readyz").await?.0, 200);
+    let (status, metrics) = hub.get("/metrics").await?;
+    assert_eq!(status, 200);
+    for name in [
+        "uplink_hub_agents_connected",
+        "uplink_hub_kcp_write_duration_seconds",
+        "uplink_hub_store_objects",
+        "uplink_hub_kcp_write_queue_depth",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    welcome(agent.hello("edge-1", "s", None, 0).await?)?;
+    agent
+        .send(&AgentFrame::Heartbeat(uplink_protocol::Heartbeat {
+            agent_time_ms: 1,
+            summary: None,
+        }))
+        .await?;
+    assert!(matches!(agent.recv().await?, HubFrame::HeartbeatAck(_)));
+    assert_eq!(
+        hub.metrics.heartbeats.with_label_values(&["edge-1"]).get(),
+        1
+    );
+
+    hub.shutdown.cancel();
+    assert!(matches!(agent.recv().await?, HubFrame::Bye(_)));
+    assert_eq!(agent.end().await?, End::Closed(Some(close::GOING_AWAY)));
+    drop(agent);
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_dropped_after_three_intervals() -> Result<()> {
+    let hub = TestHub::start_with(|config| {
+        config.heartbeat_interval = std::time::Duration::from_millis(100);
+    })
+    .await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    welcome(agent.hello("edge-1", "s", None, 0).await?)?;
+    let started = std::time::Instant::now();
+    assert_eq!(agent.end().await?, End::Closed(Some(close::GOING_AWAY)));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    drop(agent);
+    let metrics = hub.metrics.clone();
+    eventually("the agent to count as disconnected", || {
+        metrics.agents_connected.get() == 0
+    })
+    .await?;
+    hub.stop().await
+}

@@ -1,0 +1,40 @@
+//! Waiting for the system to reach a state: poll with a deadline, never
+//! sleep a fixed time, and when the deadline passes, say what was seen last.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{Result, anyhow};
+
+/// Pause between two checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `check` until it succeeds and returns its value. An `Err` means "not
+/// yet": its message should say what was observed (`readyReplicas is 0`), so
+/// that when `within` has passed the failure reads "gave up after 10s waiting
+/// for <what>; last observed: <message>".
+pub async fn eventually<T, F>(within: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: AsyncFnMut() -> Result<T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let error = match check().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "gave up after {within:?} waiting for {what}; last observed: {error:#}"
+            ));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Runs `body`, failing if it takes longer than `limit`: every scenario is
+/// bounded, so a hang fails the test instead of the CI job.
+pub async fn bounded<T>(limit: Duration, body: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, body)
+        .await
+        .map_err(|_| anyhow!("the scenario did not finish within {limit:?}"))?
+}

@@ -1,0 +1,291 @@
+//! The real `uplink-hub` and `uplink-agent` binaries as child processes, for
+//! scenarios a library cannot play: a process killed with SIGKILL.
+//!
+//! They use the fleet's API servers, PKI and kubeconfigs. Every process has
+//! fixed ports (picked free on loopback before the first start), so a
+//! restarted hub is found again at the URL its agents were given. Output goes
+//! to a log file in the fleet's directory; [`Process::log_tail`] shows it
+//! when a scenario fails. Children are killed when dropped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::process::{Child, Command};
+use uplink_e2e::binaries::{self, Profile};
+
+use super::{Fleet, Scrape, cluster_kubeconfig, eventually, http_get};
+
+/// How long a process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Paths of the two binaries, built once per test process.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub hub: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Locates (building them if cargo is at hand) `uplink-hub` and `uplink-agent`.
+pub async fn binaries() -> Result<Binaries> {
+    static FOUND: OnceLock<Binaries> = OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
+    let paths = tokio::task::spawn_blocking(|| {
+        binaries::locate_all(&["uplink-hub", "uplink-agent"], Profile::current())
+    })
+    .await
+    .context("locating the binaries")??;
+    let found = Binaries {
+        hub: paths[0].clone(),
+        agent: paths[1].clone(),
+    };
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    listener.local_addr().context("finding a free port")
+}
+
+/// One child process that can be killed and started again with the same
+/// command line.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    /// Where it serves `/metrics`.
+    pub http_addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Process {
+    fn new(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+        http_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            program,
+            args,
+            log,
+            http_addr,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Starts the process (appending to its log).
+    pub fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, then waits for the process to be gone.
+    pub async fn kill(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        child
+            .start_kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .map_err(|_| anyhow!("{} did not die within 10s of SIGKILL", self.name))??;
+        Ok(())
+    }
+
+    /// Fails if the process exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited ({status}); log:\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// Its `/metrics`.
+    pub async fn metrics(&self) -> Result<Scrape> {
+        http_get(self.http_addr, "/metrics").await.map(Scrape::new)
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// How many times it was started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+}
+
+/// `uplink-hub` as a process, against the fleet's KCP and PKI.
+#[derive(Debug)]
+pub struct HubProcess {
+    pub process: Process,
+    tunnel: SocketAddr,
+}
+
+impl HubProcess {
+    /// Starts a hub on free loopback ports with the fleet's heartbeat,
+    /// unlimited KCP writes and `extra` flags, and waits for `/readyz`.
+    pub async fn start(fleet: &Fleet, extra: &[&str]) -> Result<HubProcess> {
+        let binaries = binaries().await?;
+        let tunnel = free_addr()?;
+        let http = free_addr()?;
+        let pki = fleet.dir().join("pki");
+        let mut args: Vec<String> = vec![
+            format!("--listen={tunnel}"),
+            format!("--http-listen={http}"),
+            format!("--tls-cert={}", pki.join("hub.crt").display()),
+            format!("--tls-key={}", pki.join("hub.key").display()),
+            format!("--client-ca={}", pki.join("ca.crt").display()),
+            format!(
+                "--kcp-kubeconfig={}",
+                fleet.dir().join("kcp.kubeconfig").display()
+            ),
+            format!("--heartbeat-interval={}ms", fleet.heartbeat().as_millis()),
+            "--write-qps=0".into(),
+            "--shutdown-timeout=2s".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = fleet.dir().join("hub-process.log");
+        let mut hub = HubProcess {
+            process: Process::new("uplink-hub", binaries.hub, args, log, http),
+            tunnel,
+        };
+        hub.process.spawn()?;
+        hub.wait_ready().await?;
+        Ok(hub)
+    }
+
+    /// `wss://<tunnel>`, the same across restarts.
+    pub fn url(&self) -> String {
+        format!("wss://{}", self.tunnel)
+    }
+
+    /// Starts the hub again on the same ports and waits for `/readyz`.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.spawn()?;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let http = self.process.http_addr;
+        let process = &mut self.process;
+        eventually(READY_TIMEOUT, "uplink-hub to be ready", async || {
+            process.check_running()?;
+            http_get(http, "/readyz").await.map(drop)
+        })
+        .await
+    }
+}
+
+/// `uplink-agent` as a process, watching one of the fleet's clusters.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub process: Process,
+}
+
+impl AgentProcess {
+    /// Starts cluster `cluster`'s agent against `hub_url` with the fleet's
+    /// heartbeat and quick reconnects, and waits until it has a session.
+    pub async fn start(fleet: &Fleet, cluster: &str, hub_url: &str) -> Result<AgentProcess> {
+        let binaries = binaries().await?;
+        let http = free_addr()?;
+        let pki = fleet.dir().join("pki");
+        let args = vec![
+            format!("--cluster={cluster}"),
+            format!(
+                "--kubeconfig={}",
+                cluster_kubeconfig(fleet.dir(), cluster).display()
+            ),
+            format!("--hub-url={hub_url}"),
+            format!(
+                "--tls-cert={}",
+                pki.join(format!("{cluster}.crt")).display()
+            ),
+            format!("--tls-key={}", pki.join(format!("{cluster}.key")).display()),
+            format!("--hub-ca={}", pki.join("ca.crt").display()),
+            format!("--http-listen={http}"),
+            format!("--heartbeat-interval={}ms", fleet.heartbeat().as_millis()),
+            "--reconnect-initial=100ms".into(),
+            "--reconnect-max=1s".into(),
+        ];
+        let log = fleet.dir().join(format!("agent-{cluster}-process.log"));
+        let mut agent = AgentProcess {
+            process: Process::new(
+                &format!("uplink-agent {cluster}"),
+                binaries.agent,
+                args,
+                log,
+                http,
+            ),
+        };
+        agent.process.spawn()?;
+        agent.wait_connected().await?;
+        Ok(agent)
+    }
+
+    /// Starts the agent again (a new process: a new session id) and waits
+    /// until it has a session.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.spawn()?;
+        self.wait_connected().await
+    }
+
+    /// Waits until `uplink_agent_connected` is 1.
+    pub async fn wait_connected(&mut self) -> Result<()> {
+        let process = &mut self.process;
+        eventually(READY_TIMEOUT, "the agent process to connect", async || {
+            process.check_running()?;
+            let connected = process.metrics().await?.require("uplink_agent_connected")?;
+            if connected == 1.0 {
+                Ok(())
+            } else {
+                bail!("uplink_agent_connected {connected}")
+            }
+        })
+        .await
+    }
+}

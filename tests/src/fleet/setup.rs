@@ -1,0 +1,132 @@
+//! Fleet options for fault and health scenarios: hub settings (heartbeats,
+//! offline grace, SyncTargets, throttling) and the SyncTarget CRD in KCP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::core::GroupVersionKind;
+use serde_json::Value;
+use uplink_e2e::apiserver::ApiServer;
+use uplink_hub::HubConfig;
+
+use super::{Fleet, FleetBuilder};
+use crate::apiserver::client_for;
+
+/// The SyncTarget CRD Uplink ships.
+const SYNCTARGET_CRD: &str = include_str!("../../../deploy/crds/synctargets.workload.kcp.io.yaml");
+
+/// A change to the hub's configuration before it starts.
+#[derive(Clone)]
+pub struct HubTweak(Arc<dyn Fn(&mut HubConfig) + Send + Sync>);
+
+impl HubTweak {
+    pub fn new(f: impl Fn(&mut HubConfig) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn apply(&self, config: &mut HubConfig) {
+        (self.0)(config);
+    }
+}
+
+impl fmt::Debug for HubTweak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HubTweak(..)")
+    }
+}
+
+impl FleetBuilder {
+    /// Changes the hub's configuration (after the fleet's own settings).
+    pub fn hub_config(mut self, f: impl Fn(&mut HubConfig) + Send + Sync + 'static) -> Self {
+        self.hub_tweaks.push(HubTweak::new(f));
+        self
+    }
+
+    /// Silence after which the hub calls a cluster Offline.
+    pub fn offline_grace(self, grace: Duration) -> Self {
+        self.hub_config(move |c| c.offline_grace = grace)
+    }
+
+    /// Installs the SyncTarget CRD in KCP workspace `workspace` before the
+    /// hub starts, and has the hub write its SyncTargets there, refreshing
+    /// `lastSyncerHeartbeatTime` at least every `heartbeat_period`.
+    pub fn synctargets(mut self, workspace: &str, heartbeat_period: Duration) -> Self {
+        self.synctarget_crd = Some(workspace.to_owned());
+        let workspace = workspace.to_owned();
+        self.hub_config(move |c| {
+            c.synctarget_workspace = Some(workspace.clone());
+            c.synctarget_heartbeat_period = heartbeat_period;
+        })
+    }
+}
+
+/// Creates the SyncTarget CRD in `workspace` of `kcp`.
+pub async fn install_synctarget_crd(kcp: &ApiServer, workspace: &str) -> Result<()> {
+    let crd: Value =
+        serde_saphyr::from_str(SYNCTARGET_CRD).context("parsing the SyncTarget CRD")?;
+    let client = client_for(kcp, Some(workspace)).await?;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let crd: DynamicObject = serde_json::from_value(crd).context("the SyncTarget CRD")?;
+    Api::<DynamicObject>::all_with(client, &resource)
+        .create(&PostParams::default(), &crd)
+        .await
+        .with_context(|| format!("creating the SyncTarget CRD in KCP workspace {workspace}"))?;
+    Ok(())
+}
+
+impl Fleet {
+    /// Cluster `cluster`'s SyncTarget in KCP workspace `workspace`, `None`
+    /// while it does not exist.
+    pub async fn synctarget(&self, workspace: &str, cluster: &str) -> Result<Option<Value>> {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
+            "synctargets",
+        );
+        let api = Api::<DynamicObject>::all_with(self.kcp(workspace).await?, &resource);
+        let object = api
+            .get_opt(cluster)
+            .await
+            .with_context(|| format!("reading SyncTarget {cluster} in {workspace}"))?;
+        object
+            .map(|o| serde_json::to_value(o).map_err(|e| anyhow!("encoding SyncTarget: {e}")))
+            .transpose()
+    }
+
+    /// The hub's view of cluster `cluster` in `GET /api/v1/clusters`.
+    pub async fn hub_cluster(&self, cluster: &str) -> Result<Value> {
+        let clusters = self.hub_api("/api/v1/clusters").await?;
+        clusters
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["name"] == cluster))
+            .cloned()
+            .ok_or_else(|| anyhow!("cluster {cluster} is not in /api/v1/clusters: {clusters}"))
+    }
+}
+
+/// `(status, reason)` of the `Ready` condition of a SyncTarget.
+pub fn ready_condition(synctarget: &Value) -> Option<(String, String)> {
+    synctarget["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+impl Fleet {
+    /// The hub's tunnel address (to put a [`super::proxy::TcpProxy`] in front of it).
+    pub fn hub_tunnel_addr(&self) -> std::net::SocketAddr {
+        self.hub.tunnel_addr
+    }
+}

@@ -1,0 +1,8 @@
+//! Shared fixtures for the scenario tests in `tests/tests/`.
+//!
+//! Each part of the system under test gets its own module, so the fixtures
+//! for one part can grow without tangling with another's.
+
+pub mod apiserver;
+pub mod fleet;
+pub mod kubectl;
