@@ -28,7 +28,9 @@
 //! continued pages, which are served from the first page's snapshot);
 //! built-in kinds get no defaulting or schema validation (CRs are pruned by
 //! their schema); strategic merge uses a fixed table of merge keys;
-//! server-side apply tracks ownership for appliers only.
+//! server-side apply tracks ownership for appliers only; protobuf request
+//! bodies are decoded for namespaces, configmaps, secrets and service
+//! accounts only (others get 415: send JSON or YAML).
 
 mod apply;
 pub mod cli;
