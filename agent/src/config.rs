@@ -46,6 +46,9 @@ pub struct AgentConfig {
     pub clock_offset: SignedDuration,
     /// How the agent waits between connection attempts.
     pub reconnect: ReconnectSettings,
+    /// Watch nodes and pods for the capacity summary (see
+    /// [`crate::capacity`]); `--capacity=false` turns it off.
+    pub capacity: bool,
 }
 
 impl Default for AgentConfig {
@@ -63,6 +66,7 @@ impl Default for AgentConfig {
             outbox_limit: 100_000,
             clock_offset: SignedDuration::ZERO,
             reconnect: ReconnectSettings::default(),
+            capacity: true,
         }
     }
 }

@@ -103,7 +103,16 @@ fn allowed_fields(group: &str, kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// Extracts the travelling status of `object`.
+/// Whether `object`'s `.status` can travel at all: the hub takes a JSON
+/// object (no status travels as `{}`) and refuses anything else, so an object
+/// whose `.status` is a string, number or list (a CRD can do that) is not
+/// sent; see [`crate::inventory`].
+pub fn status_is_sendable(object: &ObservedObject) -> bool {
+    matches!(object.status, Value::Object(_) | Value::Null)
+}
+
+/// Extracts the travelling status of `object` (check
+/// [`status_is_sendable`] first).
 pub fn extract(object: &ObservedObject) -> ExtractedStatus {
     let status = match (
         &object.status,
@@ -155,6 +164,20 @@ mod tests {
 
     fn parsed(e: &ExtractedStatus) -> Value {
         serde_json::from_str(&e.status_json).unwrap()
+    }
+
+    #[test]
+    fn only_object_statuses_are_sendable() {
+        for (status, sendable) in [
+            (json!({"phase": "Running"}), true),
+            (Value::Null, true),
+            (json!("Running"), false),
+            (json!([1, 2]), false),
+            (json!(3), false),
+        ] {
+            let object = observed("widgets.v1.example.com", "Widget", status.clone());
+            assert_eq!(status_is_sendable(&object), sendable, "{status}");
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use uplink_protocol::{ClusterSummary, WatchHealth};
 
+use crate::capacity::{SharedCollector, collector};
 use crate::config::ResourceSpec;
 use crate::watch::WatchId;
 
@@ -16,6 +17,8 @@ use crate::watch::WatchId;
 pub struct AgentHealth {
     watches: Arc<Mutex<BTreeMap<WatchId, WatchHealth>>>,
     hub_connected: Arc<AtomicBool>,
+    /// The capacity collector, once attached: the summary's capacity part.
+    capacity: Arc<OnceLock<SharedCollector>>,
 }
 
 impl AgentHealth {
@@ -87,9 +90,16 @@ impl AgentHealth {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
-    /// The heartbeat summary: one entry per configured resource type.
+    /// Makes `collector` the source of the summary's capacity part (nodes,
+    /// resources, pods, the node and pod watches). Only the first one counts.
+    pub fn attach_capacity(&self, collector: SharedCollector) {
+        let _ = self.capacity.set(collector);
+    }
+
+    /// The heartbeat summary: one entry per configured resource type, and
+    /// the capacity part when a collector is attached.
     pub fn summary(&self) -> ClusterSummary {
-        ClusterSummary {
+        let mut summary = ClusterSummary {
             watches: self
                 .lock()
                 .iter()
@@ -97,6 +107,10 @@ impl AgentHealth {
                 .map(|(_, w)| w.clone())
                 .collect(),
             ..ClusterSummary::default()
+        };
+        if let Some(collector) = self.capacity.get() {
+            collector::lock(collector).fill(&mut summary);
         }
+        summary
     }
 }

@@ -10,8 +10,16 @@
 //!
 //! Order of one event: [`crate::watch`] → [`crate::extract`] →
 //! [`crate::mapping`] → [`crate::outbox`].
+//!
+//! It also says when the cluster is **synced** ([`Inventory::synced`]): every
+//! watch has completed its initial list (a resource type discovery cannot
+//! resolve counts as listed and empty). Before that the outbox holds only
+//! part of the cluster, and a snapshot of it would make the hub drop (and
+//! then re-add) every object not listed yet, so the session does not start
+//! until then. Once synced it stays synced: a later re-list keeps the
+//! previous objects until it completes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +27,7 @@ use uplink_protocol::ObjectRef;
 
 use crate::clock::AgentClock;
 use crate::config::ResourceSpec;
-use crate::extract::{ExtractedStatus, extract};
+use crate::extract::{ExtractedStatus, extract, status_is_sendable};
 use crate::health::AgentHealth;
 use crate::mapping::{DownstreamRef, Locator, to_upstream};
 use crate::metrics::Metrics;
@@ -58,6 +66,11 @@ pub struct Inventory {
     /// Current list epoch per watch (bumped on every restart).
     epochs: HashMap<WatchId, u64>,
     counts: HashMap<ResourceSpec, u64>,
+    /// Resource watches discovery could not resolve (as `WatchId` text, the
+    /// names [`AgentHealth::watches_not_ready`] reports).
+    unavailable: HashSet<String>,
+    /// Whether every watch completed its initial list (or is unavailable).
+    synced: tokio::sync::watch::Sender<bool>,
     outbox: SharedOutbox,
     metrics: Metrics,
     health: AgentHealth,
@@ -76,10 +89,30 @@ impl Inventory {
             objects: HashMap::new(),
             epochs: HashMap::new(),
             counts: HashMap::new(),
+            unavailable: HashSet::new(),
+            synced: tokio::sync::watch::Sender::new(false),
             outbox,
             metrics,
             health,
             clock,
+        }
+    }
+
+    /// Turns `true` once every watch completed its initial list, a resource
+    /// type discovery cannot resolve counting as listed and empty; never
+    /// turns back. Until then a snapshot would be incomplete.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    fn update_synced(&self) {
+        if *self.synced.borrow() {
+            return;
+        }
+        let pending = self.health.watches_not_ready();
+        if pending.iter().all(|w| self.unavailable.contains(w)) {
+            tracing::info!(unavailable = ?self.unavailable, "initial lists complete; the cluster is synced");
+            self.synced.send_replace(true);
         }
     }
 
@@ -90,7 +123,11 @@ impl Inventory {
                 *self.epochs.entry(watch).or_default() += 1;
                 false
             }
-            WatchEvent::Listed(watch) => self.listed(watch),
+            WatchEvent::Listed(watch) => {
+                let queued = self.listed(watch);
+                self.update_synced();
+                queued
+            }
             WatchEvent::Applied(object) => self.object_applied(object),
             WatchEvent::Deleted(object) => self.object_deleted(&object),
             WatchEvent::NamespaceApplied(ns) => self.namespace_applied(ns),
@@ -101,6 +138,16 @@ impl Inventory {
                     .with_label_values(&[&watch.to_string()])
                     .inc();
                 self.health.update(&watch, |h| h.error = Some(error));
+                false
+            }
+            WatchEvent::Unavailable { watch, error } => {
+                self.metrics
+                    .watch_errors
+                    .with_label_values(&[&watch.to_string()])
+                    .inc();
+                self.health.update(&watch, |h| h.error = Some(error));
+                self.unavailable.insert(watch.to_string());
+                self.update_synced();
                 false
             }
         };
@@ -125,6 +172,18 @@ impl Inventory {
         let Some(namespace) = object.namespace.clone() else {
             return false;
         };
+        if !status_is_sendable(&object) {
+            // The hub would refuse it; the last sendable state (if any) stays.
+            let dropped = self
+                .metrics
+                .deltas_dropped
+                .with_label_values(&["status_not_object"]);
+            dropped.inc();
+            if dropped.get() <= 10 || dropped.get().is_power_of_two() {
+                tracing::warn!(%namespace, name = %object.name, resource = %spec, "status is not a JSON object; not sent");
+            }
+            return false;
+        }
         let epoch = self.epoch(&watch);
         let status = extract(&object);
         let downstream = DownstreamRef {
@@ -577,5 +636,75 @@ mod tests {
             summary(&f.drain()),
             [("root:a".into(), "web".into(), false)]
         );
+    }
+
+    #[test]
+    fn a_status_that_is_not_an_object_is_not_sent() {
+        let mut f = fixture();
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        let mut odd = deployment("ns1", "odd", 1);
+        odd.status = json!(["not", "an", "object"]);
+        f.inventory.apply(WatchEvent::Applied(odd));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        assert_eq!(summary(&f.drain()), [("root:a".into(), "web".into(), true)]);
+        assert_eq!(
+            f.metrics
+                .deltas_dropped
+                .with_label_values(&["status_not_object"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn synced_only_once_every_watch_completed_its_initial_list() {
+        let mut f = fixture();
+        let synced = f.inventory.synced();
+        let deployments = WatchId::Resource(ResourceSpec::deployments());
+        f.inventory
+            .apply(WatchEvent::Restarted(WatchId::Namespaces));
+        f.inventory.apply(namespace("ns1", Some("root:a")));
+        f.inventory.apply(WatchEvent::Listed(WatchId::Namespaces));
+        f.inventory
+            .apply(WatchEvent::Restarted(deployments.clone()));
+        f.inventory
+            .apply(WatchEvent::Applied(deployment("ns1", "web", 1)));
+        assert!(!*synced.borrow(), "deployments are still listing");
+        f.inventory.apply(WatchEvent::Failed {
+            watch: deployments.clone(),
+            error: "list failed".into(),
+        });
+        assert!(!*synced.borrow(), "a failed list is not a complete one");
+        f.inventory.apply(WatchEvent::Listed(deployments.clone()));
+        assert!(*synced.borrow());
+        // A later re-list keeps the previous objects meanwhile: still synced.
+        f.inventory.apply(WatchEvent::Restarted(deployments));
+        assert!(*synced.borrow());
+    }
+
+    #[test]
+    fn an_unresolvable_resource_type_counts_as_listed_and_empty() {
+        let metrics = Metrics::new();
+        let outbox = SharedOutbox::new(Outbox::new(1000, metrics.clone()));
+        let widgets: ResourceSpec = "widgets.v1.example.com".parse().unwrap();
+        let health = AgentHealth::new(&[ResourceSpec::deployments(), widgets.clone()]);
+        let mut inventory = Inventory::new(outbox, metrics, health.clone(), AgentClock::default());
+        let synced = inventory.synced();
+        inventory.apply(WatchEvent::Listed(WatchId::Namespaces));
+        inventory.apply(WatchEvent::Listed(WatchId::Resource(
+            ResourceSpec::deployments(),
+        )));
+        assert!(!*synced.borrow());
+        inventory.apply(WatchEvent::Unavailable {
+            watch: WatchId::Resource(widgets),
+            error: "the API server does not serve widgets.v1.example.com".into(),
+        });
+        assert!(
+            *synced.borrow(),
+            "one missing CRD must not hold back the cluster"
+        );
+        // Not ready for `/readyz`, though: the type is not watched.
+        assert_eq!(health.watches_not_ready(), ["widgets.v1.example.com"]);
     }
 }

@@ -13,13 +13,18 @@
 //!    [`reconnect`] (with [`backoff`]).
 //!
 //! Around them: [`config`], [`tls`], [`metrics`], [`health`], [`http`]
-//! (`/metrics`, `/healthz`, `/readyz`), [`clock`].
+//! (`/metrics`, `/healthz`, `/readyz`), [`clock`], and [`capacity`] (nodes
+//! and pods → the heartbeat's capacity summary).
+//!
+//! The session connects only once every watch completed its initial list
+//! ([`inventory::Inventory::synced`]), so its first snapshot is complete.
 //!
 //! Shutdown order, on one [`CancellationToken`]: stop the watches → apply the
 //! events already received → flush the outbox, `Bye` and close the session →
 //! stop the HTTP server.
 
 pub mod backoff;
+pub mod capacity;
 pub mod clock;
 pub mod config;
 pub mod extract;
@@ -56,6 +61,8 @@ use crate::watch::WatchEvent;
 
 /// Watch events queued between the watches and the pipeline.
 const WATCH_QUEUE: usize = 1024;
+/// How long shutdown waits for the session (flush, `Bye`, close) at most.
+const SESSION_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the agent could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -248,13 +255,29 @@ impl Agent {
             match source {
                 EventSource::Kube(client) => {
                     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-                    let tasks =
-                        watch::spawn_watches(client, &config.resources, tx, watch_stop.clone());
+                    let mut tasks = watch::spawn_watches(
+                        client.clone(),
+                        &config.resources,
+                        tx,
+                        watch_stop.clone(),
+                    );
+                    if config.capacity {
+                        let collector = capacity::Collector::new().shared();
+                        health.attach_capacity(collector.clone());
+                        capacity::watch::spawn(
+                            client,
+                            collector,
+                            metrics.clone(),
+                            &mut tasks,
+                            watch_stop.clone(),
+                        );
+                    }
                     (Box::pin(queue_stream(rx, metrics.clone())), tasks)
                 }
                 EventSource::Stream(events) => (events, tokio::task::JoinSet::new()),
             };
         let inventory = Inventory::new(outbox.clone(), metrics.clone(), health.clone(), clock);
+        let synced = inventory.synced();
         let pipeline = tokio::spawn(inventory::run(inventory, events, watch_stop.clone()));
 
         let ctx = SessionContext {
@@ -268,7 +291,12 @@ impl Agent {
             health: health.clone(),
             clock,
         };
-        let mut session = tokio::spawn(reconnect::run(ctx, config.reconnect, session_stop.clone()));
+        let mut session = tokio::spawn(connect_when_synced(
+            ctx,
+            config.reconnect,
+            synced,
+            session_stop.clone(),
+        ));
         let mut http = tokio::spawn(http::serve(listener, metrics, health, http_stop.clone()));
 
         let failure = tokio::select! {
@@ -284,10 +312,17 @@ impl Agent {
             tracing::error!(error = %e, "pipeline task failed");
         }
         session_stop.cancel();
-        if failure.as_ref().is_none_or(|(task, _)| *task != "session")
-            && let Err(e) = (&mut session).await
-        {
-            tracing::error!(error = %e, "session task failed");
+        if failure.as_ref().is_none_or(|(task, _)| *task != "session") {
+            // The session's goodbye has its own grace period and abandons a
+            // blocked send on stop; this bound is only a backstop.
+            match tokio::time::timeout(SESSION_STOP_GRACE, &mut session).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "session task failed"),
+                Err(_) => {
+                    tracing::warn!(grace = ?SESSION_STOP_GRACE, "session did not stop in time; abandoning it");
+                    session.abort();
+                }
+            }
         }
         http_stop.cancel();
         if failure.as_ref().is_none_or(|(task, _)| *task != "http")
@@ -322,6 +357,35 @@ fn queue_stream(
             .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
         next
     })
+}
+
+/// Keeps the hub session up, but connects only once the inventory is synced
+/// (every watch completed its initial list, see [`Inventory::synced`]): the
+/// first thing a hub may ask for is a snapshot, and a snapshot of a partly
+/// listed cluster would make the hub drop every object not listed yet, clear
+/// their status in KCP and write it back moments later. Until then the hub
+/// sees no connection (no heartbeats either) and `/readyz` names the pending
+/// lists.
+async fn connect_when_synced(
+    ctx: SessionContext,
+    settings: ReconnectSettings,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    let synced = tokio::select! {
+        () = stop.cancelled() => return,
+        ready = synced.wait_for(|synced| *synced) => ready.is_ok(),
+    };
+    if !synced {
+        // The pipeline ended before the lists completed: nothing complete to
+        // report; wait for the shutdown.
+        tracing::warn!(
+            "watch pipeline ended before its initial lists completed; not connecting to the hub"
+        );
+        stop.cancelled().await;
+        return;
+    }
+    reconnect::run(ctx, settings, stop).await;
 }
 
 /// Binds and runs an agent until `shutdown` is cancelled.

@@ -98,6 +98,11 @@ struct Args {
         allow_hyphen_values = true
     )]
     clock_offset: SignedDuration,
+
+    /// Watch nodes and pods and send the cluster's capacity (nodes, capacity,
+    /// allocatable, requests, usage, pods by phase) with heartbeats.
+    #[arg(long, env = "UPLINK_AGENT_CAPACITY", default_value_t = true, action = clap::ArgAction::Set)]
+    capacity: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +132,7 @@ impl Args {
                 max: self.reconnect_max,
                 ..ReconnectSettings::default()
             },
+            capacity: self.capacity,
         }
     }
 }

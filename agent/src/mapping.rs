@@ -16,6 +16,7 @@
 
 use serde::Serialize;
 use uplink_protocol::ObjectRef;
+use uplink_protocol::names::is_valid_path_segment;
 
 use crate::config::ResourceSpec;
 
@@ -112,9 +113,10 @@ fn check_field(field: &'static str, value: &str) -> Result<(), LocatorError> {
     if value.is_empty() {
         return fail("is empty");
     }
-    // Both end up in URL paths upstream (`/clusters/<ws>/.../namespaces/<ns>`).
-    if value.contains('/') || value.chars().any(char::is_whitespace) {
-        return fail("contains '/' or whitespace");
+    // Both end up in URL paths upstream (`/clusters/<ws>/.../namespaces/<ns>`):
+    // the hub refuses anything else, by the same rule.
+    if !is_valid_path_segment(value) {
+        return fail("is not a valid name (ASCII letters, digits and -._:~ only)");
     }
     Ok(())
 }
@@ -244,5 +246,10 @@ mod tests {
         assert!(err.to_string().contains("\"cluster\""), "{err}");
         assert!(Locator::parse(r#"{"cluster": "root/evil", "namespace": "x"}"#).is_err());
         assert!(Locator::parse(r#"{"cluster": "root", "namespace": "a b"}"#).is_err());
+        // The hub's rule for path segments, not a weaker one.
+        for bad in ["a?b", "a#b", "..", "é", "a%2Fb"] {
+            let annotation = format!(r#"{{"cluster": "root", "namespace": "{bad}"}}"#);
+            assert!(Locator::parse(&annotation).is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! needs, and dropping it would lose a status change), which keeps memory
 //! bounded anyway: there is at most one entry per watched object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -49,6 +49,10 @@ impl From<&ObjectRef> for ObjectKey {
     }
 }
 
+/// Acknowledged deletions remembered for the next snapshot (the oldest are
+/// forgotten first).
+const RECENT_DELETIONS: usize = 10_000;
+
 /// The latest known state of objects, with unacknowledged entries numbered.
 #[derive(Debug)]
 pub struct Outbox {
@@ -64,12 +68,20 @@ pub struct Outbox {
     limit: usize,
     overflowing: bool,
     metrics: Metrics,
+    /// The last [`RECENT_DELETIONS`] acknowledged deletions. A hub acks a
+    /// deletion once it is in its store, before it reaches KCP; a hub that
+    /// dies in between and restarts learns of it only from the next
+    /// snapshot, which therefore carries these too.
+    recent_deletions: VecDeque<Delta>,
 }
 
 /// A complete picture of the synced objects, for a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    /// Every existing object (all `Upsert`), in sequence order.
+    /// Every existing object (`Upsert`), and every deletion the hub has not
+    /// acknowledged (`Deleted`), in sequence order. The deletions matter to
+    /// a hub that restarted meanwhile: it holds nothing for those objects
+    /// and would not know to clear them upstream.
     pub deltas: Vec<Delta>,
     /// The sequence number the snapshot is complete up to.
     pub seq: u64,
@@ -86,6 +98,7 @@ impl Outbox {
             limit,
             overflowing: false,
             metrics,
+            recent_deletions: VecDeque::new(),
         }
     }
 
@@ -178,8 +191,12 @@ impl Outbox {
             if let Some(d) = self.objects.get(&key)
                 && d.seq == entry_seq
                 && d.change == Change::Deleted
+                && let Some(deleted) = self.objects.remove(&key)
             {
-                self.objects.remove(&key);
+                if self.recent_deletions.len() >= RECENT_DELETIONS {
+                    self.recent_deletions.pop_front();
+                }
+                self.recent_deletions.push_back(deleted);
             }
         }
         if self.overflowing && self.pending.len() < self.limit {
@@ -196,15 +213,19 @@ impl Outbox {
         self.sent = self.acked;
     }
 
-    /// Takes a snapshot of every existing object; everything queued so far
-    /// counts as sent (the snapshot carries it).
+    /// Takes a snapshot of every existing object and every unacknowledged
+    /// deletion (a deleted object stays in `objects` only until its deletion
+    /// is acknowledged); everything queued so far counts as sent (the
+    /// snapshot carries it).
     pub fn snapshot(&mut self) -> Snapshot {
-        let mut deltas: Vec<Delta> = self
-            .objects
-            .values()
-            .filter(|d| matches!(d.change, Change::Upsert { .. }))
-            .cloned()
-            .collect();
+        let mut deltas: Vec<Delta> = self.objects.values().cloned().collect();
+        // Recent acknowledged deletions too, unless the object is back.
+        deltas.extend(
+            self.recent_deletions
+                .iter()
+                .filter(|d| !self.objects.contains_key(&ObjectKey::from(&d.object)))
+                .cloned(),
+        );
         deltas.sort_by_key(|d| d.seq);
         self.sent = self.last_seq;
         Snapshot {
@@ -450,9 +471,10 @@ mod tests {
         assert_eq!(
             snap.deltas
                 .iter()
-                .map(|d| d.object.name.as_str())
+                .map(|d| (d.object.name.as_str(), d.change == Change::Deleted))
                 .collect::<Vec<_>>(),
-            ["b"]
+            [("b", false), ("a", true)],
+            "existing objects, then the unacknowledged deletion"
         );
         assert!(!o.has_unsent());
         // Changes after the snapshot are sent as deltas.
@@ -461,6 +483,27 @@ mod tests {
         // The ack of the snapshot's seq settles the deletion.
         o.ack(3);
         assert_eq!(o.objects_len(), 2);
+        // The next snapshot still names the acknowledged deletion (for a hub
+        // that restarted before writing it), unless the object came back.
+        let names = |snap: Snapshot| -> Vec<(String, bool)> {
+            snap.deltas
+                .iter()
+                .map(|d| (d.object.name.clone(), d.change == Change::Deleted))
+                .collect()
+        };
+        assert_eq!(
+            names(o.snapshot()),
+            [("b".into(), false), ("a".into(), true), ("c".into(), false)]
+        );
+        o.upsert(object("a"), status("{}", 2), 0);
+        assert_eq!(
+            names(o.snapshot()),
+            [
+                ("b".into(), false),
+                ("c".into(), false),
+                ("a".into(), false)
+            ]
+        );
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! (resend unacknowledged entries) or snapshot (every object) → the steady
 //! state: deltas as the outbox fills, heartbeats every interval, acks and
 //! throttles from the hub. A connection that delivers nothing for three
-//! heartbeat intervals is dead. On shutdown the session flushes what the
-//! outbox still holds, says `Bye` and closes.
+//! heartbeat intervals is dead, even in the middle of a send: every send has
+//! that deadline and gives way to the stop signal (a hub that stopped
+//! reading would otherwise block it until TCP gives up). On shutdown the
+//! session flushes what the outbox still holds, says `Bye` and closes, within
+//! a grace period.
 //!
 //! Reconnecting is not this module's business: [`crate::reconnect`] calls
 //! [`run`] again.
@@ -46,6 +49,8 @@ type Ws = WebSocketStream<TlsStream<TcpStream>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shutdown flush, `Bye` and close may take.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest time between two heartbeats carrying the summary, changed or not.
+const FULL_SUMMARY_EVERY: Duration = Duration::from_secs(120);
 
 /// Where the hub is, parsed once from `--hub-url`.
 #[derive(Debug, Clone)]
@@ -171,6 +176,9 @@ pub enum SessionError {
     WebSocket(#[from] tungstenite::Error),
     #[error("the hub closed the connection")]
     Closed,
+    /// The agent is stopping; a send in progress was abandoned.
+    #[error("stopped while sending to the hub")]
+    Stopped,
 }
 
 /// How one session went: the outcome, and how long it was established.
@@ -205,6 +213,10 @@ pub async fn run(
             Ok(ws) => converse(ctx, resumption, stop, ws, &mut established_at).await,
             Err(e) => Err(e),
         },
+    };
+    let outcome = match outcome {
+        Err(SessionError::Stopped) => Ok(SessionEnd::Shutdown),
+        other => other,
     };
     SessionReport {
         established_for: established_at.map(|at: Instant| at.elapsed()),
@@ -261,9 +273,20 @@ async fn connect(ctx: &SessionContext) -> Result<Ws, SessionError> {
 }
 
 /// The sending half of a connection.
+///
+/// Every send has a deadline and gives way to the stop signal: a hub that
+/// stopped reading (its node died with our send buffer full) would otherwise
+/// block a send until TCP gives up, many minutes later, and hold up
+/// shutdown just as long.
 struct Sender {
     sink: SplitSink<Ws, Message>,
     metrics: Metrics,
+    /// When a send in progress gives up: in the steady state, three heartbeat
+    /// intervals after the hub was last heard from.
+    deadline: Instant,
+    /// Abandons a send in progress; `None` while shutting down (the goodbye
+    /// has its own time limit).
+    stop: Option<CancellationToken>,
 }
 
 impl Sender {
@@ -273,8 +296,27 @@ impl Sender {
     }
 
     async fn bytes(&mut self, bytes: Vec<u8>) -> Result<(), SessionError> {
-        self.sink.send(Message::Binary(bytes.into())).await?;
-        Ok(())
+        self.message(Message::Binary(bytes.into())).await
+    }
+
+    async fn message(&mut self, message: Message) -> Result<(), SessionError> {
+        let send = tokio::time::timeout_at(self.deadline, self.sink.send(message));
+        let stopped = async {
+            match &self.stop {
+                Some(stop) => stop.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = stopped => Err(SessionError::Stopped),
+            sent = send => match sent {
+                Ok(sent) => Ok(sent?),
+                Err(_) => Err(SessionError::Timeout(
+                    "sending to the hub (3 heartbeat intervals without anything from it)",
+                )),
+            },
+        }
     }
 }
 
@@ -290,6 +332,8 @@ async fn converse(
     let mut tx = Sender {
         sink,
         metrics: ctx.metrics.clone(),
+        deadline: Instant::now() + ctx.heartbeat_interval * 3,
+        stop: Some(stop.clone()),
     };
     let recv_limits = Limits::default();
 
@@ -352,6 +396,7 @@ async fn converse(
         max_deltas_per_s: 0,
         next_send_at: Instant::now(),
         last_summary: None,
+        last_summary_sent: Instant::now(),
     };
     steady.run(&mut tx, &mut stream, stop).await
 }
@@ -446,13 +491,19 @@ async fn send_snapshot(
     // count (objects the hub would refuse are left out).
     let framed = frame_deltas(snapshot.deltas, limits, BatchKind::SnapshotChunk)?;
     report_dropped(ctx, &framed.dropped);
+    // Each frame of a snapshot (sent before anything is read back) may take
+    // three heartbeat intervals.
+    let per_frame = ctx.heartbeat_interval * 3;
+    tx.deadline = Instant::now() + per_frame;
     tx.frame(&AgentFrame::SnapshotBegin(SnapshotBegin {
         objects: framed.deltas,
     }))
     .await?;
     for frame in framed.frames {
+        tx.deadline = Instant::now() + per_frame;
         tx.bytes(frame.bytes).await?;
     }
+    tx.deadline = Instant::now() + per_frame;
     tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: snapshot.seq }))
         .await?;
     ctx.metrics.snapshot_objects.inc_by(framed.deltas);
@@ -579,6 +630,8 @@ struct Steady<'a> {
     max_deltas_per_s: u32,
     next_send_at: Instant,
     last_summary: Option<uplink_protocol::ClusterSummary>,
+    /// When a heartbeat last carried the summary.
+    last_summary_sent: Instant,
 }
 
 impl Steady<'_> {
@@ -594,28 +647,42 @@ impl Steady<'_> {
         loop {
             let has_unsent = self.ctx.outbox.lock().has_unsent();
             let send_at = self.send_at();
-            tokio::select! {
+            tx.deadline = self.last_received + dead_after;
+            let sent = tokio::select! {
                 biased;
-                () = stop.cancelled() => {
-                    self.shut_down(tx, stream).await;
-                    return Ok(SessionEnd::Shutdown);
-                }
+                () = stop.cancelled() => Err(SessionError::Stopped),
                 message = stream.next() => {
                     self.last_received = Instant::now();
                     if let Some(end) = self.received(message)? {
                         return Ok(end);
                     }
+                    Ok(())
+                }
+                // Dead exactly three intervals after the last message, not
+                // at the next tick after that.
+                () = tokio::time::sleep_until(self.last_received + dead_after) => {
+                    return Err(SessionError::Timeout("waiting for anything from the hub (3 heartbeat intervals)"));
                 }
                 _ = ticker.tick() => {
                     if self.last_received.elapsed() > dead_after {
                         return Err(SessionError::Timeout("waiting for anything from the hub (3 heartbeat intervals)"));
                     }
-                    self.send_heartbeat(tx).await?;
+                    self.send_heartbeat(tx).await
                 }
                 () = tokio::time::sleep_until(send_at), if has_unsent => {
-                    self.send_deltas(tx).await?;
+                    self.send_deltas(tx).await
                 }
-                () = self.ctx.outbox.changed(), if !has_unsent => {}
+                () = self.ctx.outbox.changed(), if !has_unsent => Ok(()),
+            };
+            match sent {
+                Ok(()) => {}
+                // Stopping, possibly in the middle of a send: say goodbye
+                // (bounded by its own grace period).
+                Err(SessionError::Stopped) => {
+                    self.shut_down(tx, stream).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -690,14 +757,18 @@ impl Steady<'_> {
                 truncate_utf8(error, self.limits.max_string_bytes as usize);
             }
         }
-        let changed = self.last_summary.as_ref() != Some(&summary);
+        let changed = self.last_summary.as_ref() != Some(&summary)
+            || self.last_summary_sent.elapsed() >= FULL_SUMMARY_EVERY;
+        if changed {
+            self.last_summary_sent = Instant::now();
+        }
         let heartbeat = Heartbeat {
             agent_time_ms: self.ctx.clock.now_ms(),
             summary: changed.then(|| summary.clone()),
         };
         tx.frame(&AgentFrame::Heartbeat(heartbeat)).await?;
         // A WebSocket ping as well, for proxies that watch control frames.
-        tx.sink.send(Message::Ping(bytes::Bytes::new())).await?;
+        tx.message(Message::Ping(bytes::Bytes::new())).await?;
         self.last_summary = Some(summary);
         tx.metrics.heartbeats_sent.inc();
         Ok(())
@@ -732,6 +803,8 @@ impl Steady<'_> {
     /// Best effort, bounded by [`SHUTDOWN_GRACE`]: flush what is unsent, say
     /// `Bye`, close, and wait for the hub's close (acks on the way count).
     async fn shut_down(&mut self, tx: &mut Sender, stream: &mut SplitStream<Ws>) {
+        tx.stop = None;
+        tx.deadline = Instant::now() + SHUTDOWN_GRACE;
         let goodbye = async {
             while self.ctx.outbox.lock().has_unsent() {
                 self.send_deltas(tx).await?;

@@ -96,6 +96,11 @@ pub enum WatchEvent {
     NamespaceDeleted(String),
     /// The watch failed; it retries by itself.
     Failed { watch: WatchId, error: String },
+    /// Discovery cannot resolve the resource type (e.g. its CRD is not
+    /// installed); retried by itself. Until it resolves, the cluster has no
+    /// objects of this type: the pipeline counts it as listed and empty, so
+    /// one missing type does not hold back the cluster's snapshot.
+    Unavailable { watch: WatchId, error: String },
 }
 
 /// Why a resource type cannot be watched.
@@ -187,7 +192,7 @@ async fn watch_resource(
             Err(e) => {
                 let delay = retry.next_delay();
                 tracing::warn!(resource = %spec, error = %e, retry_in = ?delay, "cannot watch resource yet");
-                let failed = WatchEvent::Failed {
+                let failed = WatchEvent::Unavailable {
                     watch: id.clone(),
                     error: e.to_string(),
                 };

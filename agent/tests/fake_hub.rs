@@ -482,6 +482,68 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
 }
 
 #[tokio::test]
+async fn no_connection_before_the_initial_lists_complete() {
+    let pki = pki();
+    let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
+    let (events, source) = unbounded();
+    // Namespaces listed; deployments seen so far: "web", the list goes on.
+    for event in [
+        WatchEvent::Restarted(WatchId::Namespaces),
+        namespace(Some(team_a())),
+        WatchEvent::Listed(WatchId::Namespaces),
+        WatchEvent::Restarted(deployments()),
+        deployment("web", 1),
+    ] {
+        events.unbounded_send(event).unwrap();
+    }
+    let agent = Agent::bind_with_events(config(&pki, hub.addr), source)
+        .await
+        .unwrap();
+    let http = agent.http_addr();
+    let health = agent.health().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    poll_until("the partial list applied", || {
+        health.watches_not_ready() == ["deployments.v1.apps"]
+            && health.summary().watches[0].objects == 1
+    })
+    .await;
+
+    // A snapshot now would lack "api": the hub would drop it, then get it
+    // back. So the agent does not connect (it would within milliseconds).
+    let early = tokio::time::timeout(Duration::from_millis(500), hub.conns.recv()).await;
+    assert!(
+        early.is_err(),
+        "the agent connected before its initial lists completed"
+    );
+    let (status, body) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("deployments.v1.apps"), "{body}");
+
+    events.unbounded_send(deployment("api", 1)).unwrap();
+    events
+        .unbounded_send(WatchEvent::Listed(deployments()))
+        .unwrap();
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(_) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    conn.welcome(1, SessionMode::Snapshot, 60_000).await;
+    let AgentFrame::SnapshotBegin(begin) = conn.recv().await else {
+        panic!("expected SnapshotBegin")
+    };
+    assert_eq!(begin.objects, 2, "the snapshot holds the whole list");
+
+    drop(conn);
+    shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
 async fn refused_then_silent_hub_then_heartbeats() {
     let pki = pki();
     let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
@@ -595,4 +657,75 @@ async fn bind_errors_name_the_flag_and_file() {
 
     // The certificate files are read through rustls-pki-types.
     assert!(CertificateDer::pem_file_iter(&pki.client_cert).is_ok());
+}
+
+#[tokio::test]
+async fn a_hub_that_stops_reading_is_declared_dead_and_shutdown_does_not_hang() {
+    let pki = pki();
+    let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
+    let (events, source) = unbounded();
+    initial_lists(&events);
+    // Far more than the socket buffers on both ends hold: sends block once
+    // the hub stops reading.
+    let message = "x".repeat(1000);
+    for i in 0..150 {
+        let mut event = deployment(&format!("big-{i}"), 1);
+        if let WatchEvent::Applied(object) = &mut event {
+            let conditions: Vec<_> = (0..200)
+                .map(|n| json!({"type": format!("C{n}"), "status": "True", "message": message}))
+                .collect();
+            object.status = json!({"readyReplicas": 1, "conditions": conditions});
+        }
+        events.unbounded_send(event).unwrap();
+    }
+    let mut config = config(&pki, hub.addr);
+    config.heartbeat_interval = Duration::from_millis(200);
+    let agent = Agent::bind_with_events(config, source).await.unwrap();
+    let metrics = agent.metrics().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+
+    // Welcomed, then the hub reads nothing more (its node died, say): the
+    // agent's sends block on a full buffer. Still, three intervals without
+    // anything from the hub end the connection, and the agent reconnects.
+    let mut stalled = hub.next_conn().await;
+    let AgentFrame::Hello(_) = stalled.recv().await else {
+        panic!("expected Hello")
+    };
+    stalled
+        .welcome(3, SessionMode::Resume { acked: 0 }, 200)
+        .await;
+    let started = tokio::time::Instant::now();
+    let mut again = hub.next_conn().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "declared dead after {:?}",
+        started.elapsed()
+    );
+    assert!(metrics.reconnects.get() >= 1);
+
+    // The same again, and now the agent stops while a send is blocked.
+    let AgentFrame::Hello(_) = again.recv().await else {
+        panic!("expected Hello")
+    };
+    again
+        .welcome(3, SessionMode::Resume { acked: 0 }, 200)
+        .await;
+    let AgentFrame::Deltas(_) = again.recv().await else {
+        panic!("expected Deltas")
+    };
+    // The rest of the batch does not fit into the buffers.
+    shutdown.cancel();
+    let stopping = tokio::time::Instant::now();
+    let result = tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("shutdown hung on a blocked send")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+    drop((stalled, again));
 }

@@ -63,6 +63,8 @@ pub struct HubConfig {
     pub throttle_queue_depth: usize,
     /// How long a throttled agent pauses its deltas.
     pub throttle_pause: Duration,
+    /// Capacity history sampling and retention.
+    pub capacity: crate::capacity::CapacitySettings,
 }
 
 impl Default for HubConfig {
@@ -91,6 +93,7 @@ impl Default for HubConfig {
             synctarget_heartbeat_period: Duration::from_secs(30),
             throttle_queue_depth: 10_000,
             throttle_pause: Duration::from_secs(1),
+            capacity: crate::capacity::CapacitySettings::default(),
         }
     }
 }

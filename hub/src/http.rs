@@ -10,6 +10,7 @@
 //!   resolved) and the last ended ones.
 //! - `GET /api/v1/conflicts`: every object's present conflicts and the
 //!   history of ended ones (bounded).
+//! - `GET /api/v1/capacity[/history]`: see [`crate::capacity::api`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -46,6 +47,8 @@ pub struct HttpState {
     pub store: Arc<Store>,
     pub health: Arc<Health>,
     pub aggregator: Arc<Aggregator>,
+    /// Capacity records, totals, history and reports.
+    pub capacity: Arc<crate::capacity::Capacity>,
     pub heartbeat_interval: Duration,
     /// Silence after which a cluster is Offline.
     pub offline_grace: Duration,
@@ -103,6 +106,11 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
 fn route(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+    }
+    if let Some(response) =
+        crate::capacity::api::route(&state.capacity, request.uri().path(), request.uri().query())
+    {
+        return response;
     }
     match request.uri().path() {
         "/metrics" => {

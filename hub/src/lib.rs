@@ -5,7 +5,9 @@
 //! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`store`] (latest
 //! entry per object and cluster) → [`aggregate`] (desired status) →
 //! [`writer`] (rate-limited merge patches of `/status`). Beside them:
-//! [`health`] (cluster records), [`http`] (`/metrics`, `/healthz`, `/readyz`,
+//! [`health`] (cluster records; their states reach KCP as SyncTargets
+//! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
+//! history, trends, reports), [`http`] (`/metrics`, `/healthz`, `/readyz`,
 //! hub API), [`metrics`], [`config`], [`tls`].
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
@@ -13,6 +15,7 @@
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 
 pub mod aggregate;
+pub mod capacity;
 pub mod config;
 pub mod health;
 pub mod http;
@@ -77,6 +80,7 @@ pub struct Hub {
     health: Arc<Health>,
     aggregator: Arc<Aggregator>,
     upstream: Arc<dyn StatusUpstream>,
+    capacity: Arc<capacity::Capacity>,
 }
 
 impl Hub {
@@ -122,6 +126,13 @@ impl Hub {
             metrics.clone(),
         ));
         tracing::info!(gates = %config.feature_gates, "feature gates");
+        let capacity = Arc::new(capacity::Capacity::new(
+            health.clone(),
+            config.heartbeat_interval,
+            config.offline_grace,
+            config.capacity,
+            metrics.registry(),
+        )?);
 
         let tunnel = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
@@ -143,6 +154,7 @@ impl Hub {
             health,
             aggregator,
             upstream,
+            capacity,
         })
     }
 
@@ -176,6 +188,11 @@ impl Hub {
         self.aggregator.clone()
     }
 
+    /// This hub's capacity records, totals, history and reports.
+    pub fn capacity(&self) -> Arc<capacity::Capacity> {
+        self.capacity.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then shuts down in order.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), HubError> {
         let Hub {
@@ -189,6 +206,7 @@ impl Hub {
             health,
             aggregator,
             upstream,
+            capacity,
             ..
         } = self;
 
@@ -226,6 +244,7 @@ impl Hub {
         );
 
         let synctargets_task = tokio::spawn(synctargets.run(writer_stop.clone()));
+        let capacity_task = tokio::spawn(capacity.clone().run(writer_stop.clone()));
 
         // Re-merges a cluster's objects when it turns Stale or Offline (or back).
         let states_task = tokio::spawn(aggregate::watch_cluster_states(
@@ -241,6 +260,7 @@ impl Hub {
             store: store.clone(),
             health: health.clone(),
             aggregator,
+            capacity,
             heartbeat_interval: config.heartbeat_interval,
             offline_grace: config.offline_grace,
             ready: false.into(),
@@ -286,12 +306,14 @@ impl Hub {
         let writer_result = writer_task.await;
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
+        let capacity_result = capacity_task.await;
         http_stop.cancel();
         let http_result = http_task.await;
         tracing::info!("hub stopped");
         writer_result.map_err(|e| HubError::Task("writer", e))?;
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
+        capacity_result.map_err(|e| HubError::Task("capacity", e))?;
         http_result.map_err(|e| HubError::Task("http", e))?;
         Ok(())
     }

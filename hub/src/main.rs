@@ -16,8 +16,17 @@ use uplink_protocol::Limits;
 /// Accepts Uplink agents over mutual-TLS WebSockets, keeps the latest status
 /// each cluster reports, and writes it into the objects' status in KCP.
 #[derive(Debug, Parser)]
-#[command(name = "uplink-hub", version)]
+#[command(
+    name = "uplink-hub",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    /// Without a command the hub serves; `report` asks a running hub.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address of the agents' TLS WebSocket tunnel (path /v1/tunnel).
     #[arg(long, env = "UPLINK_HUB_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
@@ -28,18 +37,18 @@ struct Args {
     http_listen: SocketAddr,
 
     /// PEM file with the hub's serving certificate (chain) for the tunnel.
-    #[arg(long, env = "UPLINK_HUB_TLS_CERT")]
-    tls_cert: PathBuf,
+    #[arg(long, env = "UPLINK_HUB_TLS_CERT", required = true)]
+    tls_cert: Option<PathBuf>,
 
     /// PEM file with the private key of --tls-cert.
-    #[arg(long, env = "UPLINK_HUB_TLS_KEY")]
-    tls_key: PathBuf,
+    #[arg(long, env = "UPLINK_HUB_TLS_KEY", required = true)]
+    tls_key: Option<PathBuf>,
 
     /// PEM file with the CA that signs agents' client certificates. A
     /// certificate proves the cluster named by its URI SAN
     /// `uplink://cluster/<name>` (else its subject CN).
-    #[arg(long, env = "UPLINK_HUB_CLIENT_CA")]
-    client_ca: PathBuf,
+    #[arg(long, env = "UPLINK_HUB_CLIENT_CA", required = true)]
+    client_ca: Option<PathBuf>,
 
     /// Kubeconfig of the upstream (KCP). Without it the configuration is
     /// inferred: in-cluster service account, else $KUBECONFIG or ~/.kube/config.
@@ -138,12 +147,48 @@ struct Args {
 
     /// KCP writes queued at which agents are told to slow down (Throttle);
     /// below half of it they are released. 0 never throttles.
-    #[arg(long, env = "UPLINK_HUB_THROTTLE_QUEUE_DEPTH", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "UPLINK_HUB_THROTTLE_QUEUE_DEPTH",
+        default_value_t = 10_000
+    )]
     throttle_queue_depth: usize,
 
     /// How long a throttled agent pauses its deltas.
     #[arg(long, env = "UPLINK_HUB_THROTTLE_PAUSE", default_value = "1s", value_parser = parse_duration)]
     throttle_pause: Duration,
+
+    /// How often a capacity history point is recorded per cluster and for
+    /// the fleet.
+    #[arg(long, env = "UPLINK_HUB_CAPACITY_SAMPLE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    capacity_sample_interval: Duration,
+
+    /// How long capacity history is kept.
+    #[arg(long, env = "UPLINK_HUB_CAPACITY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    capacity_retention: Duration,
+
+    /// Most capacity history points per series; older points are merged
+    /// (downsampled) to stay under it.
+    #[arg(long, env = "UPLINK_HUB_CAPACITY_MAX_POINTS", default_value_t = 2880)]
+    capacity_max_points: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints the capacity report of a running hub (GET /api/v1/capacity).
+    Report {
+        /// The hub's HTTP endpoint (its --http-listen), e.g. http://hub:8080.
+        #[arg(long, env = "UPLINK_HUB_HTTP")]
+        hub_http: String,
+        /// json, csv or table.
+        #[arg(
+            long,
+            env = "UPLINK_HUB_REPORT_FORMAT",
+            value_enum,
+            default_value = "table"
+        )]
+        format: uplink_hub::capacity::Format,
+    },
 }
 
 fn parse_gates(text: &str) -> Result<FeatureGates, String> {
@@ -174,9 +219,11 @@ impl Args {
         Ok(HubConfig {
             listen: self.listen,
             http_listen: self.http_listen,
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-            client_ca: self.client_ca,
+            // Required by clap unless a command is given, and a command
+            // never reaches here.
+            tls_cert: self.tls_cert.context("--tls-cert is required")?,
+            tls_key: self.tls_key.context("--tls-key is required")?,
+            client_ca: self.client_ca.context("--client-ca is required")?,
             kcp_kubeconfig: self.kcp_kubeconfig,
             upstream: self.upstream,
             heartbeat_interval: self.heartbeat_interval,
@@ -199,6 +246,14 @@ impl Args {
             synctarget_heartbeat_period: self.synctarget_heartbeat_period,
             throttle_queue_depth: self.throttle_queue_depth,
             throttle_pause: self.throttle_pause,
+            capacity: uplink_hub::capacity::CapacitySettings {
+                sample_interval: self.capacity_sample_interval,
+                history: uplink_hub::capacity::HistorySettings {
+                    retention: self.capacity_retention,
+                    max_points: self.capacity_max_points,
+                },
+                ..defaults.capacity
+            },
         })
     }
 }
@@ -230,6 +285,18 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Report { hub_http, format }) = &args.command {
+        return match uplink_hub::capacity::api::fetch_report(hub_http, *format).await {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("uplink-hub report: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(args.log_format);
     if rustls::crypto::ring::default_provider()
         .install_default()

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub write_queue_depth: IntGauge,
     /// Frames refused during a session, by cluster and reason.
     pub frames_rejected: IntCounterVec,
+    /// Deltas skipped (not stored, but acked) because the hub cannot use
+    /// them, by cluster and reason; the rest of their frame is stored.
+    pub deltas_rejected: IntCounterVec,
     /// Conflicts present on objects now, by type and strategy.
     pub conflicts: IntGaugeVec,
     /// Conflicts that appeared, by type and strategy.
@@ -131,6 +134,13 @@ impl Metrics {
             ),
             &["cluster", "reason"],
         )?;
+        let deltas_rejected = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_deltas_rejected_total",
+                "Deltas skipped (not stored, but acked) because the hub cannot use them, by cluster and reason.",
+            ),
+            &["cluster", "reason"],
+        )?;
 
         let conflicts = IntGaugeVec::new(
             Opts::new(
@@ -184,6 +194,7 @@ impl Metrics {
         registry.register(Box::new(store_objects.clone()))?;
         registry.register(Box::new(write_queue_depth.clone()))?;
         registry.register(Box::new(frames_rejected.clone()))?;
+        registry.register(Box::new(deltas_rejected.clone()))?;
 
         Ok(Self {
             registry,
@@ -197,6 +208,7 @@ impl Metrics {
             store_objects,
             write_queue_depth,
             frames_rejected,
+            deltas_rejected,
             conflicts,
             conflicts_total,
             cluster_state,

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
+use uplink_protocol::names::invalid_name;
 use uplink_protocol::{
     Ack, AgentFrame, Bye, Change, DecodeError, Delta, ErrorCode, ErrorFrame, Heartbeat,
     HeartbeatAck, Hello, HubFrame, Limits, SessionMode, Throttle, Welcome, close,
@@ -30,7 +31,7 @@ use uplink_protocol::{
 use crate::health::{Health, unix_ms};
 use crate::metrics::{Metrics, handshake_reason};
 use crate::store::{Entry, ObjectKey, Store, StoreError, Update};
-use crate::writer::{WriteQueue, is_path_segment};
+use crate::writer::WriteQueue;
 
 /// Longest a close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -211,6 +212,12 @@ struct Connection<S> {
 /// A snapshot being received.
 struct SnapshotBuffer {
     entries: HashMap<ObjectKey, Entry>,
+    /// Objects the agent saw deleted recently (acknowledged or not). A hub
+    /// that restarted, possibly before writing an acknowledged deletion to
+    /// KCP, holds nothing for them, so replacing the cluster's entries would
+    /// not notice they are gone: they are re-evaluated (and cleared upstream
+    /// when no cluster reports them) explicitly.
+    tombstones: Vec<ObjectKey>,
 }
 
 impl<S> Connection<S>
@@ -415,16 +422,19 @@ where
                     return Err(Violation::unexpected("Deltas during a snapshot"));
                 }
                 self.count_deltas(batch.deltas.len());
-                let updates = batch
+                let highest = batch.deltas.iter().map(|d| d.seq).max().unwrap_or(0);
+                let updates: Vec<Update> = batch
                     .deltas
                     .into_iter()
-                    .map(|delta| self.update(delta))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let acked = self
-                    .shared
+                    .filter_map(|delta| self.accept(delta))
+                    .collect();
+                self.shared
                     .store
                     .apply(&self.cluster, session, updates)
                     .map_err(store_violation)?;
+                // Skipped deltas are acked too: the agent would resend them
+                // on every reconnect, and they would never get better.
+                let acked = self.shared.store.advance(&self.cluster, session, highest);
                 self.send_or_end(&HubFrame::Ack(Ack { seq: acked })).await?;
             }
             AgentFrame::SnapshotBegin(begin) => {
@@ -445,6 +455,7 @@ where
                 tracing::debug!(cluster = %self.cluster, objects = begin.objects, "snapshot begins");
                 *snapshot = Some(SnapshotBuffer {
                     entries: HashMap::new(),
+                    tombstones: Vec::new(),
                 });
             }
             AgentFrame::SnapshotChunk(chunk) => {
@@ -453,13 +464,20 @@ where
                 };
                 self.count_deltas(chunk.deltas.len());
                 for delta in chunk.deltas {
-                    let update = self.update(delta)?;
-                    // Every delta of a snapshot is an Upsert; a Deleted one
-                    // simply means the object is not part of it.
-                    match update.entry {
-                        Some(entry) => buffer.entries.insert(update.key, entry),
-                        None => buffer.entries.remove(&update.key),
+                    let Some(update) = self.accept(delta) else {
+                        continue;
                     };
+                    // An Upsert is part of the snapshot; a Deleted one is not,
+                    // and is re-evaluated once the snapshot is applied.
+                    match update.entry {
+                        Some(entry) => {
+                            buffer.entries.insert(update.key, entry);
+                        }
+                        None => {
+                            buffer.entries.remove(&update.key);
+                            buffer.tombstones.push(update.key);
+                        }
+                    }
                 }
                 let max = self.shared.limits.max_objects_per_cluster;
                 if buffer.entries.len() as u64 > max {
@@ -475,11 +493,19 @@ where
                     return Err(Violation::unexpected("SnapshotEnd outside a snapshot"));
                 };
                 let objects = buffer.entries.len();
+                let deleted: Vec<ObjectKey> = buffer
+                    .tombstones
+                    .into_iter()
+                    .filter(|key| !buffer.entries.contains_key(key))
+                    .collect();
                 let acked = self
                     .shared
                     .store
                     .replace_cluster(&self.cluster, session, buffer.entries, end.seq)
                     .map_err(store_violation)?;
+                for key in deleted {
+                    self.shared.write_queue.push(key);
+                }
                 tracing::info!(cluster = %self.cluster, objects, seq = acked, "snapshot applied");
                 self.send_or_end(&HubFrame::Ack(Ack { seq: acked })).await?;
             }
@@ -557,44 +583,49 @@ where
             .inc_by(n as u64);
     }
 
-    /// Checks one delta and turns it into a store update.
-    fn update(&self, delta: Delta) -> Result<Update, Violation> {
+    /// The store update for one delta, or `None` for a delta the hub cannot
+    /// use: skipped, counted and logged, never the end of the session (one
+    /// bad object must not block its cluster: the agent would resend it
+    /// after every reconnect). Logged at `warn` for a cluster's first ten
+    /// per reason, then at every power of two, `debug` otherwise.
+    fn accept(&self, delta: Delta) -> Option<Update> {
         let object = &delta.object;
-        let invalid = |what: &str, value: &str| {
-            Violation::new(
+        match self.update(&delta) {
+            Ok(update) => Some(update),
+            Err(refusal) => {
+                let counter = self
+                    .shared
+                    .metrics
+                    .deltas_rejected
+                    .with_label_values(&[&self.cluster, refusal.reason]);
+                counter.inc();
+                let rejected = counter.get();
+                if rejected <= 10 || rejected.is_power_of_two() {
+                    tracing::warn!(cluster = %self.cluster, workspace = %object.workspace, namespace = object.namespace.as_deref().unwrap_or_default(), name = %object.name, resource = %object.resource, reason = refusal.reason, rejected, error = %refusal.message, "skipping a delta the hub cannot use");
+                } else {
+                    tracing::debug!(cluster = %self.cluster, workspace = %object.workspace, name = %object.name, reason = refusal.reason, error = %refusal.message, "skipping a delta the hub cannot use");
+                }
+                None
+            }
+        }
+    }
+
+    /// Checks one delta and turns it into a store update.
+    fn update(&self, delta: &Delta) -> Result<Update, Violation> {
+        let object = &delta.object;
+        if let Some((what, value)) = invalid_name(object, self.shared.require_workspace) {
+            return Err(Violation::new(
                 "invalid_object",
                 ErrorCode::Malformed,
                 format!("delta {}: {what} {value:?} is not a valid name", delta.seq),
-            )
-        };
-        if !object.group.is_empty() && !is_path_segment(&object.group) {
-            return Err(invalid("group", &object.group));
-        }
-        for (what, value) in [
-            ("version", &object.version),
-            ("resource", &object.resource),
-            ("name", &object.name),
-        ] {
-            if !is_path_segment(value) {
-                return Err(invalid(what, value));
-            }
-        }
-        if let Some(ns) = &object.namespace
-            && !is_path_segment(ns)
-        {
-            return Err(invalid("namespace", ns));
-        }
-        if (self.shared.require_workspace || !object.workspace.is_empty())
-            && !is_path_segment(&object.workspace)
-        {
-            return Err(invalid("workspace", &object.workspace));
+            ));
         }
 
         let key = ObjectKey::from(object);
-        let entry = match delta.change {
+        let entry = match &delta.change {
             Change::Deleted => None,
             Change::Upsert { status_json } => {
-                let status: Value = serde_json::from_str(&status_json).map_err(|e| {
+                let status: Value = serde_json::from_str(status_json).map_err(|e| {
                     Violation::new(
                         "status_not_object",
                         ErrorCode::Malformed,
@@ -614,7 +645,7 @@ where
                     observed_generation: delta.observed_generation,
                     observed_at_ms: delta.observed_at_ms,
                     seq: delta.seq,
-                    uid: delta.object.uid,
+                    uid: delta.object.uid.clone(),
                 })
             }
         };

@@ -278,6 +278,22 @@ impl Store {
         Ok(highest)
     }
 
+    /// Moves `cluster`'s position in agent session `session` up to `seq`
+    /// without storing anything: deltas the hub refused count as delivered,
+    /// so a resume continues after them instead of asking for them again.
+    /// Returns the position (the cumulative ack); `seq` itself when the store
+    /// holds no position for that session.
+    pub fn advance(&self, cluster: &str, session: &str, seq: u64) -> u64 {
+        let mut inner = self.lock();
+        match inner.clusters.get_mut(cluster) {
+            Some(state) if &*state.position.session == session => {
+                state.position.seq = state.position.seq.max(seq);
+                state.position.seq
+            }
+            _ => seq,
+        }
+    }
+
     /// Where `cluster`'s stream stands, if the store holds anything from it.
     pub fn position(&self, cluster: &str) -> Option<Position> {
         self.lock()

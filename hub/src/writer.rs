@@ -7,7 +7,10 @@
 //! level-triggered: it always writes the latest state, never a history),
 //! skips it when it equals what was last written successfully, and otherwise
 //! sends a JSON merge patch of `/status` built from the last written status
-//! to the desired one (fields that disappeared become `null`). Fields whose
+//! to the desired one (fields that disappeared become `null`). When the hub
+//! has not written the object yet (first write, or after a restart) it reads
+//! the status KCP holds first and diffs against that, so fields an earlier
+//! hub wrote and no cluster reports any more are removed too. Fields whose
 //! dispute is open keep whatever KCP holds: the patch never touches them.
 //! With the `UpstreamSync` gate off nothing is written (conflicts are still
 //! recorded).
@@ -178,7 +181,35 @@ impl Writer {
         if !self.aggregator.gates().upstream_sync {
             return Outcome::Done;
         }
-        let known = self.memory().get(key).and_then(|m| m.written.clone());
+        let mut known = self.memory().get(key).and_then(|m| m.written.clone());
+        if known.is_none() && merged.status.is_some() {
+            // The first write since the hub started: KCP may hold a status an
+            // earlier hub wrote, so diff against it, or fields no cluster
+            // reports any more would linger there.
+            match self.upstream.get_status(key).await {
+                Ok(current) => {
+                    if let Some(current) = &current {
+                        self.memory().entry(key.clone()).or_default().written =
+                            Some(current.clone());
+                    }
+                    known = current;
+                }
+                Err(UpstreamError::NotFound) => {
+                    self.count(write_result::NOT_FOUND);
+                    self.memory().remove(key);
+                    tracing::info!(object = %key, "object not found upstream; forgetting it");
+                    return Outcome::Done;
+                }
+                // Writing blind would leave behind whatever KCP holds that no
+                // cluster reports: retry the read.
+                Err(error) => {
+                    self.count(write_result::ERROR);
+                    let delay = self.failed(key);
+                    tracing::warn!(object = %key, %error, retry_in = ?delay, "reading the status before the first write failed");
+                    return Outcome::RetryAfter(delay);
+                }
+            }
+        }
         let desired = merged
             .status
             .map(|status| keep_disputed(status, known.as_ref(), &merged.disputed));
@@ -353,6 +384,8 @@ mod tests {
         answers: Mutex<VecDeque<Result<(), UpstreamError>>>,
         current: Mutex<Option<Value>>,
         gets: AtomicUsize,
+        /// Reads that fail before they succeed.
+        failing_gets: AtomicUsize,
     }
 
     impl FakeUpstream {
@@ -398,6 +431,12 @@ mod tests {
         ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
             Box::pin(async move {
                 self.gets.fetch_add(1, Ordering::SeqCst);
+                let failing =
+                    self.failing_gets
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if failing.is_ok() {
+                    return Err(UpstreamError::Transport("connection refused".into()));
+                }
                 Ok(self
                     .current
                     .lock()
@@ -598,11 +637,12 @@ mod tests {
             .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
             .ok();
         settle(&f).await;
-        assert_eq!(f.upstream.gets.load(Ordering::SeqCst), 1);
+        // Read before the first write, and again after the conflict.
+        assert_eq!(f.upstream.gets.load(Ordering::SeqCst), 2);
         assert_eq!(
             f.upstream.patches(),
             vec![
-                json!({"status": {"a": 1}}),
+                json!({"status": {"stale": null}}),
                 json!({"status": {"stale": null}})
             ]
         );
@@ -625,6 +665,41 @@ mod tests {
         assert_eq!(f.upstream.patches().len(), 4);
         // 200 ms + 400 ms + 800 ms at least.
         assert!(start.elapsed() >= Duration::from_millis(1400));
+        assert!(f.queue.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_write_diffs_against_what_an_earlier_hub_left() {
+        let f = fixture();
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(json!({"a": 1, "gone": true}));
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"a": 2}))])
+            .ok();
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.patches(),
+            vec![json!({"status": {"a": 2, "gone": null}})]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_write_waits_until_it_can_read_what_kcp_holds() {
+        let f = fixture();
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(json!({"a": 1, "b": 2}));
+        f.upstream.failing_gets.store(2, Ordering::SeqCst);
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
+            .ok();
+        settle(&f).await;
+        // No blind write of `{"a": 1}` (which would leave `b` behind).
+        assert_eq!(f.upstream.gets.load(Ordering::SeqCst), 3);
+        assert_eq!(f.upstream.patches(), vec![json!({"status": {"b": null}})]);
         assert!(f.queue.is_idle());
     }
 

@@ -133,3 +133,81 @@ async fn status_lands_in_the_objects_workspace() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+/// KCP holds a status no hub of this process wrote (an earlier hub did, or
+/// someone else): the first write diffs against it, so fields no cluster
+/// reports are removed rather than left behind.
+#[tokio::test]
+async fn the_first_write_removes_fields_kcp_holds_but_no_cluster_reports() -> Result<()> {
+    let server = ApiServer::start(ApiServerConfig {
+        workspaces: vec![WORKSPACE.into()],
+        ..ApiServerConfig::default()
+    })
+    .await?;
+    let pki = Pki::new("uplink test CA")?;
+    pki.issue_server()?;
+    let kubeconfig = pki.path("kcp.kubeconfig");
+    server.write_kubeconfig(&kubeconfig, Some("root"))?;
+    let workspace_kubeconfig = pki.path("ws.kubeconfig");
+    server.write_kubeconfig(&workspace_kubeconfig, Some(WORKSPACE))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&workspace_kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    deployments
+        .create(&PostParams::default(), &deployment("web")?)
+        .await?;
+    // What an earlier hub left in KCP.
+    deployments
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"replicas": 1, "readyReplicas": 2}})),
+        )
+        .await?;
+
+    let hub = Hub::bind(HubConfig {
+        listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        tls_cert: pki.path("hub.pem"),
+        tls_key: pki.path("hub-key.pem"),
+        client_ca: pki.path("ca.pem"),
+        kcp_kubeconfig: Some(kubeconfig),
+        write_qps: 0.0,
+        ..HubConfig::default()
+    })
+    .await?;
+    let connector = TestAgentConnector::new(&pki, hub.tunnel_addr());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hub.run(shutdown.clone()));
+
+    let mut agent = connector.connect(&pki.client("edge-1")?).await?;
+    agent.hello("edge-1", "s", None, 0).await?;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsert(1, "web", json!({"replicas": 1}))],
+        }))
+        .await?;
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 1 }));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = serde_json::to_value(deployments.get_status("web").await?.status)?;
+        if status == json!({"replicas": 1}) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("readyReplicas, which no cluster reports, was never removed; last seen {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    drop(agent);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task).await???;
+    server.shutdown().await;
+    Ok(())
+}

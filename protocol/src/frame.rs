@@ -13,6 +13,8 @@
 //! renaming a field, changing its type, or adding an enum variant needs a new
 //! [`PROTOCOL_VERSION`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
@@ -300,6 +302,32 @@ pub struct ClusterSummary {
     /// Pods by `status.phase`.
     #[serde(default)]
     pub pods: PodPhaseCounts,
+    /// Sum of `status.allocatable` of the nodes that are `Ready` and not
+    /// cordoned: where the scheduler can still place pods.
+    #[serde(default)]
+    pub schedulable: ResourceAmounts,
+    /// Extended resources (`nvidia.com/gpu`, `hugepages-2Mi`, ...) by name,
+    /// in whole units as the scheduler counts them (quantities rounded up).
+    #[serde(default)]
+    pub extended: BTreeMap<String, ExtendedAmounts>,
+    /// Requests of the pods counted in `requests`, by the KCP workspace their
+    /// namespace is mapped to (pods of unmapped namespaces are not listed).
+    #[serde(default)]
+    pub workspaces: BTreeMap<String, ResourceAmounts>,
+}
+
+/// One extended resource of a cluster, in whole units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtendedAmounts {
+    /// Sum of the nodes' `status.capacity`.
+    #[serde(default)]
+    pub capacity: u64,
+    /// Sum of the nodes' `status.allocatable`.
+    #[serde(default)]
+    pub allocatable: u64,
+    /// Sum of the requests of scheduled pods that are not terminated.
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// How many nodes a cluster has.
@@ -310,6 +338,10 @@ pub struct NodeCounts {
     /// Nodes whose `Ready` condition is `True`.
     #[serde(default)]
     pub ready: u32,
+    /// Nodes marked unschedulable (`spec.unschedulable`, `kubectl cordon`),
+    /// Ready or not; they still count in `total` and `ready`.
+    #[serde(default)]
+    pub cordoned: u32,
 }
 
 /// Amounts of the resources Uplink accounts for, in fixed units so the hub can

@@ -9,6 +9,7 @@ pub mod close;
 pub mod codec;
 pub mod frame;
 pub mod limits;
+pub mod names;
 pub mod precheck;
 
 pub use codec::{DecodeError, EncodeError, decode_agent_frame, decode_hub_frame, encode};

@@ -27,6 +27,7 @@
 //! (foreign certificates, false names) spawned next to the regular ones
 //! ([`Fleet::spawn_agent`]).
 
+pub mod capacity;
 pub mod convergence;
 mod poll;
 pub mod processes;

@@ -68,6 +68,17 @@ pub async fn start_hub(
     files: &Files,
     heartbeat_interval: Duration,
 ) -> Result<(ChildProcess, HubAddrs), LaunchError> {
+    start_hub_with(binary, files, heartbeat_interval, &[]).await
+}
+
+/// [`start_hub`] with `extra` flags appended to the command line (the
+/// benchmarks raise the KCP write rate limit, for example).
+pub async fn start_hub_with(
+    binary: &Path,
+    files: &Files,
+    heartbeat_interval: Duration,
+    extra: &[String],
+) -> Result<(ChildProcess, HubAddrs), LaunchError> {
     let mut command = Command::new(binary);
     command
         .arg("--listen")
@@ -85,7 +96,8 @@ pub async fn start_hub(
         .arg("--heartbeat-interval")
         .arg(duration_flag(heartbeat_interval))
         .arg("--log-format")
-        .arg("json");
+        .arg("json")
+        .args(extra);
     let mut hub = ChildProcess::spawn("uplink-hub", command, &files.logs.join("hub.log"))?;
     let addrs = wait_for_addrs(&mut hub).await?;
     Ok((hub, addrs))
@@ -99,6 +111,27 @@ pub fn start_agent(
     cluster_kubeconfig: &Path,
     hub_tunnel: SocketAddr,
     heartbeat_interval: Duration,
+) -> Result<ChildProcess, LaunchError> {
+    start_agent_with(
+        binary,
+        files,
+        cluster,
+        cluster_kubeconfig,
+        hub_tunnel,
+        heartbeat_interval,
+        &[],
+    )
+}
+
+/// [`start_agent`] with `extra` flags appended to the command line.
+pub fn start_agent_with(
+    binary: &Path,
+    files: &Files,
+    cluster: &str,
+    cluster_kubeconfig: &Path,
+    hub_tunnel: SocketAddr,
+    heartbeat_interval: Duration,
+    extra: &[String],
 ) -> Result<ChildProcess, LaunchError> {
     let mut command = Command::new(binary);
     command
@@ -119,7 +152,8 @@ pub fn start_agent(
         .arg("--http-listen")
         .arg("127.0.0.1:0")
         .arg("--heartbeat-interval")
-        .arg(duration_flag(heartbeat_interval));
+        .arg(duration_flag(heartbeat_interval))
+        .args(extra);
     // The log is a file: no colour codes in it.
     command.env("NO_COLOR", "1");
     let name = format!("uplink-agent {cluster}");

@@ -140,6 +140,11 @@ impl Observer {
         }
     }
 
+    /// The hub's HTTP address, if it runs.
+    pub fn hub_http(&self) -> Option<SocketAddr> {
+        self.hub
+    }
+
     /// Reads everything once; failures show up in the result, they are not errors.
     pub async fn observe(&self) -> Observation {
         let objects = futures::future::join_all(self.objects.iter().enumerate().map(

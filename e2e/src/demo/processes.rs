@@ -96,6 +96,11 @@ impl ChildProcess {
         &self.log_path
     }
 
+    /// The operating system's id of the child, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The exit status, if the child has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()

@@ -12,6 +12,11 @@
 //! patched. Failures wait with exponential backoff and are retried; the
 //! latest state is what lands, never a history.
 //!
+//! Capacity ([`crate::capacity::record`]): `capacity` and `allocatable`
+//! include extended resources, and a `Healthy` condition carries the
+//! cluster's health (Healthy / Degraded / Unhealthy / Unknown); a change of
+//! health is written at once, like a change of state.
+//!
 //! The same tick publishes `uplink_hub_cluster_state{cluster,state}`.
 
 use std::collections::HashMap;
@@ -24,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uplink_protocol::ResourceAmounts;
 
 use super::{StatusUpstream, UpstreamError, is_path_segment};
+use crate::capacity::record::{CapacityRecord, ClusterHealth, apply_to_synctarget_patch};
 use crate::health::{ClusterRecord, ClusterState, Health, cluster_state};
 use crate::metrics::{Metrics, write_result};
 use crate::store::ObjectKey;
@@ -62,6 +68,11 @@ struct Written {
     transition_state: ClusterState,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The capacity health last written successfully.
+    health: Option<ClusterHealth>,
+    /// The present health and since when (the `Healthy` condition's
+    /// `lastTransitionTime`).
+    health_since: Option<(ClusterHealth, SystemTime)>,
 }
 
 /// Writes the clusters' SyncTargets; see the module documentation.
@@ -124,7 +135,11 @@ impl SyncTargets {
             })
             .collect();
         for (name, state, _) in &states {
-            for candidate in [ClusterState::Ready, ClusterState::Stale, ClusterState::Offline] {
+            for candidate in [
+                ClusterState::Ready,
+                ClusterState::Stale,
+                ClusterState::Offline,
+            ] {
                 self.metrics
                     .cluster_state
                     .with_label_values(&[name.as_str(), state_name(candidate)])
@@ -144,16 +159,31 @@ impl SyncTargets {
         }
     }
 
-    fn due(&mut self, name: &str, state: ClusterState, record: &ClusterRecord, now: SystemTime) -> bool {
-        let written = self.written.entry(name.to_owned()).or_insert_with(|| Written {
-            state: None,
-            heartbeat: None,
-            at: Instant::now(),
-            transition: now,
-            transition_state: state,
-            failures: 0,
-            retry_at: None,
-        });
+    fn due(
+        &mut self,
+        name: &str,
+        state: ClusterState,
+        record: &ClusterRecord,
+        now: SystemTime,
+    ) -> bool {
+        let written = self
+            .written
+            .entry(name.to_owned())
+            .or_insert_with(|| Written {
+                state: None,
+                heartbeat: None,
+                at: Instant::now(),
+                transition: now,
+                transition_state: state,
+                failures: 0,
+                retry_at: None,
+                health: None,
+                health_since: None,
+            });
+        let health = CapacityRecord::new(name, record, state).health;
+        if written.health_since.is_none_or(|(h, _)| h != health) {
+            written.health_since = Some((health, now));
+        }
         if written.transition_state != state {
             written.transition_state = state;
             written.transition = now;
@@ -162,6 +192,7 @@ impl SyncTargets {
             return false;
         }
         written.state != Some(state)
+            || written.health != Some(health)
             || (written.heartbeat != record.last_heartbeat
                 && written.at.elapsed() >= self.settings.heartbeat_period)
     }
@@ -176,7 +207,14 @@ impl SyncTargets {
     ) {
         let key = synctarget_key(workspace, name);
         let transition = self.written.get(name).map_or(now, |w| w.transition);
-        let patch = status_patch(state, record, transition);
+        let mut patch = status_patch(state, record, transition);
+        let capacity = CapacityRecord::new(name, record, state);
+        let health_since = self
+            .written
+            .get(name)
+            .and_then(|w| w.health_since)
+            .map_or(now, |(_, since)| since);
+        apply_to_synctarget_patch(&mut patch, &capacity, health_since);
         let mut result = self.upstream.patch_status(&key, &patch, false).await;
         if result == Err(UpstreamError::NotFound) {
             result = match self.upstream.create(&key, &manifest(name)).await {
@@ -197,6 +235,7 @@ impl SyncTargets {
                     tracing::info!(cluster = %name, %workspace, state = state_name(state), "SyncTarget updated");
                 }
                 written.state = Some(state);
+                written.health = Some(capacity.health);
                 written.heartbeat = record.last_heartbeat;
                 written.at = Instant::now();
                 written.failures = 0;
@@ -424,9 +463,15 @@ mod tests {
         health.heartbeat("c1", 0, t0);
         targets.tick(t0).await;
         assert_eq!(kcp.calls(), ["patch c1", "create c1", "patch c1"]);
-        assert_eq!(ready_reason(&kcp, "c1"), Some(("True".into(), "Ready".into())));
+        assert_eq!(
+            ready_reason(&kcp, "c1"),
+            Some(("True".into(), "Ready".into()))
+        );
         let state = |s: &str| metrics.cluster_state.with_label_values(&["c1", s]).get();
-        assert_eq!((state("Ready"), state("Stale"), state("Offline")), (1, 0, 0));
+        assert_eq!(
+            (state("Ready"), state("Stale"), state("Offline")),
+            (1, 0, 0)
+        );
 
         // A newer heartbeat alone is not written before the period passes.
         let t1 = t0 + Duration::from_secs(1);
@@ -436,19 +481,32 @@ mod tests {
 
         // Silence: Stale after three intervals, then Offline after the grace.
         targets.tick(t1 + Duration::from_secs(4)).await;
-        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Stale".into())));
-        assert_eq!((state("Ready"), state("Stale"), state("Offline")), (0, 1, 0));
+        assert_eq!(
+            ready_reason(&kcp, "c1"),
+            Some(("False".into(), "Stale".into()))
+        );
+        assert_eq!(
+            (state("Ready"), state("Stale"), state("Offline")),
+            (0, 1, 0)
+        );
         targets.tick(t1 + Duration::from_secs(11)).await;
-        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Offline".into())));
+        assert_eq!(
+            ready_reason(&kcp, "c1"),
+            Some(("False".into(), "Offline".into()))
+        );
         assert_eq!(state("Offline"), 1);
 
         // Back: Ready at once, with the new heartbeat time.
         let t2 = t1 + Duration::from_secs(12);
         health.heartbeat("c1", 0, t2);
         targets.tick(t2).await;
-        assert_eq!(ready_reason(&kcp, "c1"), Some(("True".into(), "Ready".into())));
         assert_eq!(
-            kcp.status("c1").map(|s| s["lastSyncerHeartbeatTime"].clone()),
+            ready_reason(&kcp, "c1"),
+            Some(("True".into(), "Ready".into()))
+        );
+        assert_eq!(
+            kcp.status("c1")
+                .map(|s| s["lastSyncerHeartbeatTime"].clone()),
             Some(json!(rfc3339(t2)))
         );
     }
@@ -468,7 +526,10 @@ mod tests {
         targets.tick(t0 + Duration::from_secs(5)).await; // fails again, now Stale
         tokio::time::advance(Duration::from_millis(600)).await;
         targets.tick(t0 + Duration::from_secs(5)).await;
-        assert_eq!(ready_reason(&kcp, "c1"), Some(("False".into(), "Stale".into())));
+        assert_eq!(
+            ready_reason(&kcp, "c1"),
+            Some(("False".into(), "Stale".into()))
+        );
         assert_eq!(
             metrics
                 .synctarget_writes

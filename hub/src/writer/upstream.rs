@@ -353,14 +353,10 @@ impl StatusUpstream for KubeUpstream {
     }
 }
 
-/// True when `value` can be used as one segment of a URL path as it is.
+/// True when `value` can be used as one segment of a URL path as it is (the
+/// protocol's rule, which the agent checks too before sending).
 pub fn is_path_segment(value: &str) -> bool {
-    !value.is_empty()
-        && value != "."
-        && value != ".."
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '~'))
+    uplink_protocol::names::is_valid_path_segment(value)
 }
 
 fn with_path(url: &http::Uri, path: &str) -> Result<http::Uri, String> {

@@ -147,7 +147,11 @@ pub fn summary() -> impl Strategy<Value = ClusterSummary> {
             |(watches, (total, ready), capacity, allocatable, requests, usage, phases)| {
                 ClusterSummary {
                     watches,
-                    nodes: NodeCounts { total, ready },
+                    nodes: NodeCounts {
+                        total,
+                        ready,
+                        cordoned: 0,
+                    },
                     capacity,
                     allocatable,
                     requests,
@@ -159,6 +163,7 @@ pub fn summary() -> impl Strategy<Value = ClusterSummary> {
                         failed: phases[3],
                         unknown: phases[4],
                     },
+                    ..ClusterSummary::default()
                 }
             },
         )

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use tokio::process::{Child, Command};
 use uplink_e2e::binaries::{self, Profile};
 
@@ -125,6 +125,36 @@ impl Process {
         Ok(())
     }
 
+    /// SIGTERM, then waits (at most `within`) for the process to exit and
+    /// returns how it exited.
+    pub async fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("{} has no process id", self.name))?;
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .context("running kill -TERM")?;
+        ensure!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                let _ = child.start_kill();
+                bail!(
+                    "{} did not exit within {within:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                )
+            }
+        }
+    }
+
     /// Fails if the process exited.
     pub fn check_running(&mut self) -> Result<()> {
         let child = self
@@ -185,9 +215,14 @@ impl HubProcess {
                 fleet.dir().join("kcp.kubeconfig").display()
             ),
             format!("--heartbeat-interval={}ms", fleet.heartbeat().as_millis()),
-            "--write-qps=0".into(),
-            "--shutdown-timeout=2s".into(),
         ];
+        // Defaults unless `extra` sets them (a flag may be given only once).
+        for default in ["--write-qps=0", "--shutdown-timeout=2s"] {
+            let flag = default.split('=').next().unwrap_or(default);
+            if !extra.iter().any(|e| e.starts_with(flag)) {
+                args.push(default.to_owned());
+            }
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let log = fleet.dir().join("hub-process.log");
         let mut hub = HubProcess {
