@@ -16,6 +16,7 @@
 //! servers, so nothing writes to a server that is already gone.
 
 mod args;
+pub mod capacity;
 pub mod connections;
 pub mod driver;
 pub mod launch;
@@ -269,6 +270,9 @@ impl Demo {
         seed::seed(&topology, &connections)
             .await
             .context("creating the demo's workloads")?;
+        capacity::seed(&topology, &connections)
+            .await
+            .context("creating the demo's nodes and pods")?;
         println!(
             "created {} Deployments in KCP and their copies in the clusters",
             topology.objects.len()
@@ -430,7 +434,12 @@ impl Demo {
                 );
                 // A terminal's screen is redrawn, so the notes go with every
                 // table; a log gets them at the start and the end only.
-                let text = table::render(&title, &observation, if tty { notes } else { &[] });
+                let mut text = table::render(&title, &observation, if tty { notes } else { &[] });
+                if let Some(hub) = observer.hub_http() {
+                    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+                    let fleet = capacity::fleet_table(hub).await;
+                    text = capacity::beside(&text, &fleet, 4, width.unwrap_or(160));
+                }
                 print_table(&text, tty);
                 last_print = Some(now);
             }
