@@ -438,6 +438,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_policy_is_valid() {
+        let sample = include_str!("../../../deploy/hub/merge-policy.yaml");
+        let policy = MergePolicy::parse(sample).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(policy.resource("", "pods").strategy, Strategy::Priority);
+        assert_eq!(
+            policy.resource("example.com", "widgets").strategy,
+            Strategy::Manual
+        );
+    }
+
+    #[test]
     fn reads_a_full_policy() {
         let policy = MergePolicy::parse(
             "defaultStrategy: Oldest\n\
