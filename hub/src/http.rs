@@ -264,7 +264,7 @@ fn object(state: &HttpState, path: &str) -> Option<ObjectDetail> {
     } else {
         Some(*namespace)
     };
-    let (key, entries) = state.store.objects().into_iter().find(|(k, _)| {
+    let (key, entries) = state.store.find(|k| {
         k.workspace == *workspace
             && k.group == group
             && k.resource == *resource

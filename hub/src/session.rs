@@ -6,7 +6,7 @@
 //! refusal is an `Error` frame with the code the violation calls for, a close
 //! with the matching close code, a metric and one log line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -217,7 +217,7 @@ struct SnapshotBuffer {
     /// KCP, holds nothing for them, so replacing the cluster's entries would
     /// not notice they are gone: they are re-evaluated (and cleared upstream
     /// when no cluster reports them) explicitly.
-    tombstones: Vec<ObjectKey>,
+    tombstones: HashSet<ObjectKey>,
 }
 
 impl<S> Connection<S>
@@ -455,7 +455,7 @@ where
                 tracing::debug!(cluster = %self.cluster, objects = begin.objects, "snapshot begins");
                 *snapshot = Some(SnapshotBuffer {
                     entries: HashMap::new(),
-                    tombstones: Vec::new(),
+                    tombstones: HashSet::new(),
                 });
             }
             AgentFrame::SnapshotChunk(chunk) => {
@@ -475,12 +475,14 @@ where
                         }
                         None => {
                             buffer.entries.remove(&update.key);
-                            buffer.tombstones.push(update.key);
+                            buffer.tombstones.insert(update.key);
                         }
                     }
                 }
+                // Deletions count too: a snapshot that names more objects
+                // than a cluster may hold is refused whatever they are.
                 let max = self.shared.limits.max_objects_per_cluster;
-                if buffer.entries.len() as u64 > max {
+                if buffer.entries.len() as u64 > max || buffer.tombstones.len() as u64 > max {
                     return Err(Violation::new(
                         "too_many_objects",
                         ErrorCode::LimitExceeded,

@@ -352,6 +352,19 @@ impl Store {
         self.len() == 0
     }
 
+    /// The first object (in no particular order) for which `matches` holds,
+    /// with its entries. Looks up one object without copying the store.
+    pub fn find(
+        &self,
+        matches: impl Fn(&ObjectKey) -> bool,
+    ) -> Option<(ObjectKey, BTreeMap<ClusterName, Entry>)> {
+        self.lock()
+            .objects
+            .iter()
+            .find(|(key, _)| matches(key))
+            .map(|(key, entries)| (key.clone(), entries.clone()))
+    }
+
     /// Every object with its entries, sorted by key.
     pub fn objects(&self) -> Vec<(ObjectKey, BTreeMap<ClusterName, Entry>)> {
         let mut all: Vec<_> = self

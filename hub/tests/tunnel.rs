@@ -406,3 +406,38 @@ async fn a_silent_agent_is_dropped_after_three_intervals() -> Result<()> {
     .await?;
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_snapshot_naming_more_deletions_than_a_cluster_may_hold_is_refused() -> Result<()> {
+    let limits = Limits {
+        max_objects_per_cluster: 3,
+        ..Limits::default()
+    };
+    let hub = TestHub::start(limits).await?;
+    let identity = hub.pki.client("edge-1")?;
+    let mut agent = hub.connect(&identity).await?;
+    welcome(agent.hello("edge-1", "session-a", None, 0).await?)?;
+
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .await?;
+    let deleted = |seq: u64| uplink_protocol::Delta {
+        change: uplink_protocol::Change::Deleted,
+        ..upsert(seq, &format!("gone-{seq}"), json!({}))
+    };
+    // Each chunk is within the batch limit; together they name four
+    // deletions where the cluster may hold three objects.
+    for seq in [1, 3] {
+        agent
+            .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
+                deltas: vec![deleted(seq), deleted(seq + 1)],
+            }))
+            .await?;
+    }
+    assert_eq!(error_code(agent.recv().await?)?, ErrorCode::LimitExceeded);
+    assert_eq!(
+        agent.end().await?,
+        End::Closed(Some(close::POLICY_VIOLATION))
+    );
+    hub.stop().await
+}
