@@ -5,6 +5,7 @@
 //! without Kubernetes. Nothing here is shipped to operators.
 
 pub mod apiserver;
+pub mod bench;
 pub mod binaries;
 pub mod demo;
 pub mod pki;

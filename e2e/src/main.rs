@@ -21,6 +21,8 @@ enum Command {
     Certs(uplink_e2e::pki::CertsArgs),
     /// Run KCP, clusters, the hub and one agent per cluster, and show KCP's view next to each cluster's truth.
     Demo(uplink_e2e::demo::DemoArgs),
+    /// Measure Uplink: real hub and agent processes over mutual TLS on loopback, figures beside goals and baselines.
+    Bench(uplink_e2e::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
             Command::Apiserver(args) => uplink_e2e::apiserver::cli::run(args).await,
             Command::Certs(args) => uplink_e2e::pki::run_certs(args),
             Command::Demo(args) => uplink_e2e::demo::run(args).await,
+            Command::Bench(args) => uplink_e2e::bench::run(args).await,
         }
     })
 }

@@ -1,0 +1,215 @@
+//! Watches KCP for the counters a benchmark writes downstream and times how
+//! long each write took to show up there.
+//!
+//! A write of counter `c` to an object counts as shown once KCP's watch
+//! delivers a value `>= c` for that object: Uplink coalesces, so KCP may skip
+//! straight to a later value, and that later value carries every earlier one.
+//! Writes never shown are lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::fleet::counter_of;
+
+/// The KCP side of a benchmark; aborts its watch when dropped.
+#[derive(Debug)]
+pub struct KcpWatch {
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: HashMap<String, usize>,
+    /// The highest counter KCP showed per object.
+    shown: Vec<Option<i64>>,
+    /// Writes not shown yet, per object, oldest first: (counter, written at).
+    pending: Vec<VecDeque<(i64, Instant)>>,
+    /// Write-to-KCP times of the writes shown so far.
+    latencies: Vec<Duration>,
+    /// Changes KCP's watch delivered after the first list.
+    events: u64,
+    listed: bool,
+}
+
+impl State {
+    fn observe(&mut self, deployment: &Deployment, now: Instant) {
+        let Some(index) = deployment
+            .metadata
+            .name
+            .as_ref()
+            .and_then(|name| self.index.get(name))
+            .copied()
+        else {
+            return;
+        };
+        let Some(value) = counter_of(deployment) else {
+            return;
+        };
+        if let Some(shown) = self.shown.get_mut(index) {
+            *shown = Some(shown.map_or(value, |old| old.max(value)));
+        }
+        if let Some(pending) = self.pending.get_mut(index) {
+            while pending.front().is_some_and(|(c, _)| *c <= value) {
+                if let Some((_, at)) = pending.pop_front() {
+                    self.latencies.push(now.saturating_duration_since(at));
+                }
+            }
+        }
+    }
+}
+
+impl KcpWatch {
+    /// Starts watching `api` for the objects `names` (indexed in that
+    /// order) and returns once the first list is in.
+    pub async fn start(api: Api<Deployment>, names: &[String]) -> anyhow::Result<KcpWatch> {
+        let state = Arc::new(Mutex::new(State {
+            index: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect(),
+            shown: vec![None; names.len()],
+            pending: vec![VecDeque::new(); names.len()],
+            ..State::default()
+        }));
+        let changed = Arc::new(Notify::new());
+        let task = tokio::spawn({
+            let (state, changed) = (state.clone(), changed.clone());
+            async move {
+                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                while let Some(event) = events.next().await {
+                    let now = Instant::now();
+                    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    match event {
+                        Ok(watcher::Event::Apply(d)) => {
+                            state.events += 1;
+                            state.observe(&d, now);
+                        }
+                        Ok(watcher::Event::InitApply(d)) => state.observe(&d, now),
+                        Ok(watcher::Event::InitDone) => state.listed = true,
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "KCP watch failed; it retries"),
+                    }
+                    drop(state);
+                    changed.notify_waiters();
+                }
+            }
+        });
+        let watch = KcpWatch {
+            state,
+            changed,
+            task,
+        };
+        watch
+            .wait_until(Instant::now() + Duration::from_secs(30), |s| s.listed)
+            .await
+            .then_some(())
+            .ok_or_else(|| anyhow::anyhow!("KCP's first list did not arrive within 30s"))?;
+        Ok(watch)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that counter `value` is about to be written to object `index`.
+    pub fn expect(&self, index: usize, value: i64, at: Instant) {
+        if let Some(pending) = self.lock().pending.get_mut(index) {
+            pending.push_back((value, at));
+        }
+    }
+
+    /// Takes back an expectation whose write failed.
+    pub fn forget(&self, index: usize, value: i64) {
+        if let Some(pending) = self.lock().pending.get_mut(index) {
+            pending.retain(|(c, _)| *c != value);
+        }
+    }
+
+    /// Writes not shown in KCP yet.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.iter().map(VecDeque::len).sum()
+    }
+
+    /// The highest counter KCP showed for object `index`.
+    pub fn shown(&self, index: usize) -> Option<i64> {
+        self.lock().shown.get(index).copied().flatten()
+    }
+
+    /// Changes to the watched objects KCP reported since the first list:
+    /// every write that changed an object is one.
+    pub fn events(&self) -> u64 {
+        self.lock().events
+    }
+
+    /// The write-to-KCP times collected since the last call.
+    pub fn take_latencies(&self) -> Vec<Duration> {
+        std::mem::take(&mut self.lock().latencies)
+    }
+
+    /// Waits until every expected write is shown; false at `deadline`.
+    pub async fn wait_all_shown(&self, deadline: Instant) -> bool {
+        self.wait_until(deadline, |s| s.pending.iter().all(VecDeque::is_empty))
+            .await
+    }
+
+    async fn wait_until(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            if done(&self.lock()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // Also wake now and then: `notify_waiters` only reaches waiters
+            // registered before it fired.
+            let _ = tokio::time::timeout_at(
+                deadline.min(Instant::now() + Duration::from_millis(100)),
+                notified,
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for KcpWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `q` quantile (0..=1) of `sorted` (nearest rank), zero when empty.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(quantile(&sorted, 0.5), ms(50));
+        assert_eq!(quantile(&sorted, 0.99), ms(99));
+        assert_eq!(quantile(&sorted, 1.0), ms(100));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+}

@@ -1,0 +1,151 @@
+//! `latency`: status changes written into the clusters' API servers at a
+//! fixed rate; the time from each write until KCP's watch shows it.
+//!
+//! One task per object writes its counter at `rate / objects` per second, so
+//! the writes to one object are ordered. Lost writes are those KCP never
+//! showed (a later value counts, see [`super::kcpwatch`]).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+use super::fleet::{Binaries, Fleet, FleetSize, counter_of, write_counter};
+use super::kcpwatch::{KcpWatch, quantile};
+
+/// How long KCP gets to show the first statuses and, after the load, the last.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much load.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencySettings {
+    pub clusters: usize,
+    pub objects: usize,
+    /// Status changes per second, over all objects.
+    pub rate: u32,
+    pub duration: Duration,
+}
+
+/// What was measured.
+#[derive(Debug, Clone)]
+pub struct LatencyReport {
+    /// Writes per second actually achieved.
+    pub rate_per_s: f64,
+    pub writes: u64,
+    pub write_errors: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// Writes KCP never showed.
+    pub lost: u64,
+    /// After the run, KCP held the last written counter of every object.
+    pub final_statuses_match: bool,
+}
+
+/// Runs the scenario on a fleet of its own.
+pub async fn run(binaries: &Binaries, settings: LatencySettings) -> anyhow::Result<LatencyReport> {
+    let fleet = Fleet::start(
+        binaries,
+        FleetSize {
+            clusters: settings.clusters,
+            objects: settings.objects,
+        },
+    )
+    .await?;
+    let outcome = measure(&fleet, settings).await;
+    fleet.stop(outcome.is_err()).await;
+    outcome
+}
+
+async fn measure(fleet: &Fleet, settings: LatencySettings) -> anyhow::Result<LatencyReport> {
+    let names: Vec<String> = fleet.objects.iter().map(|o| o.name.clone()).collect();
+    let watch = KcpWatch::start(fleet.upstream()?, &names).await?;
+    let downstream = fleet
+        .objects
+        .iter()
+        .map(|o| fleet.downstream(o))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // Warm up: every object gets counter 0 and KCP shows it.
+    for (index, (api, name)) in downstream.iter().zip(&names).enumerate() {
+        watch.expect(index, 0, Instant::now());
+        write_counter(api, name, 0)
+            .await
+            .with_context(|| format!("writing the first status of {name}"))?;
+    }
+    anyhow::ensure!(
+        watch.wait_all_shown(Instant::now() + SETTLE_TIMEOUT).await,
+        "KCP did not show the first statuses within {SETTLE_TIMEOUT:?}; logs in {}",
+        fleet.dir().display()
+    );
+    watch.take_latencies();
+
+    let period = Duration::from_secs_f64(names.len() as f64 / f64::from(settings.rate.max(1)));
+    let started = Instant::now();
+    let end = started + settings.duration;
+    let count = names.len() as f64;
+    let writers = downstream
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(index, (api, name))| {
+            let watch = &watch;
+            async move {
+                // Spread the objects over one period so the load is even.
+                let offset = period.mul_f64(index as f64 / count);
+                let mut ticks = tokio::time::interval_at(started + offset, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let (mut written, mut errors, mut value) = (0u64, 0u64, 0i64);
+                loop {
+                    ticks.tick().await;
+                    if Instant::now() >= end {
+                        return (written, errors, value);
+                    }
+                    let next = value + 1;
+                    watch.expect(index, next, Instant::now());
+                    match write_counter(api, name, next).await {
+                        Ok(()) => {
+                            value = next;
+                            written += 1;
+                        }
+                        Err(error) => {
+                            watch.forget(index, next);
+                            errors += 1;
+                            tracing::warn!(%error, object = %name, "benchmark write failed");
+                        }
+                    }
+                }
+            }
+        });
+    let results = futures::future::join_all(writers).await;
+    let elapsed = started.elapsed();
+    let writes: u64 = results.iter().map(|r| r.0).sum();
+    let write_errors: u64 = results.iter().map(|r| r.1).sum();
+
+    watch.wait_all_shown(Instant::now() + SETTLE_TIMEOUT).await;
+    let lost = watch.pending() as u64;
+    let mut latencies = watch.take_latencies();
+    latencies.sort();
+
+    // KCP itself, read directly, must hold every object's last counter.
+    let upstream = fleet.upstream()?;
+    let mut final_statuses_match = true;
+    for (name, result) in names.iter().zip(&results) {
+        let object = upstream
+            .get(name)
+            .await
+            .with_context(|| format!("reading {name} in KCP"))?;
+        final_statuses_match &= counter_of(&object) == Some(result.2);
+    }
+
+    Ok(LatencyReport {
+        rate_per_s: writes as f64 / elapsed.as_secs_f64(),
+        writes,
+        write_errors,
+        p50: quantile(&latencies, 0.50),
+        p99: quantile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        lost,
+        final_statuses_match,
+    })
+}

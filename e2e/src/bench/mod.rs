@@ -1,0 +1,588 @@
+//! `uplink-e2e bench`: Uplink measured as it runs, real processes over real
+//! mutual-TLS WebSockets on loopback, each figure printed beside its goal and,
+//! where a scenario has one, a baseline measured in the same run.
+//!
+//! The scenarios ([`Scenario`]) each start a fleet of their own
+//! ([`fleet::Fleet`]): KCP and the clusters as embedded API servers, the real
+//! `uplink-hub` and `uplink-agent` binaries as child processes. A scenario
+//! that is not built yet says so in the table and is left out of the JSON;
+//! it never prints a number it did not measure.
+
+pub mod agent;
+pub mod coalesce;
+pub mod connections;
+pub mod fleet;
+pub mod kcpwatch;
+pub mod latency;
+pub mod procstat;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::binaries::{self, Profile};
+use crate::demo::parse_duration;
+use agent::{AgentReport, AgentSettings};
+use coalesce::{CoalesceReport, CoalesceSettings};
+use connections::{ConnectionsReport, ConnectionsSettings};
+use fleet::Binaries;
+use latency::{LatencyReport, LatencySettings};
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scenario {
+    /// Deltas acked per second, hub CPU and memory, against a bare TLS WebSocket server.
+    Ingest,
+    /// Time from a status write in a cluster to KCP's watch showing it.
+    Latency,
+    /// Many idle agents: hub memory per agent, time to connect, idle CPU.
+    Connections,
+    /// The hub killed and restarted under many agents.
+    Storm,
+    /// KCP writes for bursts of changes, against one write per watch event.
+    Coalesce,
+    /// One real agent watching many objects: memory and CPU.
+    Agent,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Ingest,
+        Scenario::Latency,
+        Scenario::Connections,
+        Scenario::Storm,
+        Scenario::Coalesce,
+        Scenario::Agent,
+    ];
+
+    /// The name in the command line, the table and the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Ingest => "ingest",
+            Scenario::Latency => "latency",
+            Scenario::Connections => "connections",
+            Scenario::Storm => "storm",
+            Scenario::Coalesce => "coalesce",
+            Scenario::Agent => "agent",
+        }
+    }
+}
+
+/// `uplink-e2e bench [SCENARIO...]`: no scenario runs them all.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios to run; all when none is given.
+    #[arg(value_enum)]
+    pub scenarios: Vec<Scenario>,
+
+    /// Every scenario small, in about two minutes.
+    #[arg(long, env = "UPLINK_BENCH_QUICK")]
+    pub quick: bool,
+
+    /// Also write the figures as JSON to this file.
+    #[arg(long, env = "UPLINK_BENCH_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Simulated agents (connections, storm).
+    #[arg(long, env = "UPLINK_BENCH_AGENTS")]
+    pub agents: Option<usize>,
+
+    /// Objects the one agent watches (agent).
+    #[arg(long, env = "UPLINK_BENCH_OBJECTS")]
+    pub objects: Option<usize>,
+
+    /// Status changes per second (latency).
+    #[arg(long, env = "UPLINK_BENCH_RATE")]
+    pub rate: Option<u32>,
+
+    /// How long load runs (latency), e.g. `30s`.
+    #[arg(long, env = "UPLINK_BENCH_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// The `uplink-hub` binary; by default it is built and taken from beside this executable.
+    #[arg(long, env = "UPLINK_BENCH_HUB_BIN")]
+    pub hub_bin: Option<PathBuf>,
+
+    /// The `uplink-agent` binary; by default it is built and taken from beside this executable.
+    #[arg(long, env = "UPLINK_BENCH_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// The sizes a run uses: the full-scale defaults, `--quick`'s, and the flags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    pub clusters: usize,
+    pub latency_objects: usize,
+    pub rate: u32,
+    pub duration: Duration,
+    pub coalesce_objects: usize,
+    pub bursts: u32,
+    pub burst_len: u32,
+    pub agent_objects: usize,
+    pub agent_idle: Duration,
+    pub agents: usize,
+    pub connections_idle: Duration,
+}
+
+impl Scale {
+    pub fn of(args: &BenchArgs) -> Scale {
+        let base = if args.quick {
+            Scale {
+                clusters: 2,
+                latency_objects: 50,
+                rate: 200,
+                duration: Duration::from_secs(10),
+                coalesce_objects: 20,
+                bursts: 3,
+                burst_len: 10,
+                agent_objects: 1_000,
+                agent_idle: Duration::from_secs(5),
+                agents: 200,
+                connections_idle: Duration::from_secs(5),
+            }
+        } else {
+            Scale {
+                clusters: 4,
+                latency_objects: 200,
+                rate: 1_000,
+                duration: Duration::from_secs(30),
+                coalesce_objects: 200,
+                bursts: 5,
+                burst_len: 20,
+                agent_objects: 10_000,
+                agent_idle: Duration::from_secs(20),
+                agents: 10_000,
+                connections_idle: Duration::from_secs(30),
+            }
+        };
+        Scale {
+            agent_objects: args.objects.unwrap_or(base.agent_objects),
+            agents: args.agents.unwrap_or(base.agents),
+            rate: args.rate.unwrap_or(base.rate),
+            duration: args.duration.unwrap_or(base.duration),
+            ..base
+        }
+    }
+}
+
+/// One figure of one scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figure {
+    /// The key in the JSON.
+    pub name: &'static str,
+    pub value: f64,
+    /// What we aim for, in words (`<= 500 ms`, `0`).
+    pub goal: &'static str,
+    pub baseline: Option<f64>,
+    /// value / baseline, or the reverse where smaller is better; said by the scenario.
+    pub ratio: Option<f64>,
+}
+
+impl Figure {
+    fn new(name: &'static str, value: f64, goal: &'static str) -> Figure {
+        Figure {
+            name,
+            value,
+            goal,
+            baseline: None,
+            ratio: None,
+        }
+    }
+}
+
+/// How a scenario ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Measured(Vec<Figure>),
+    NotImplemented,
+    Failed(String),
+}
+
+/// Everything a run produced, in scenario order.
+#[derive(Debug, Clone, Default)]
+pub struct Results(pub Vec<(Scenario, Outcome)>);
+
+impl LatencyReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        vec![
+            Figure::new("rate_per_s", self.rate_per_s, "the requested rate"),
+            Figure::new("p50_ms", ms(self.p50), "-"),
+            Figure::new("p99_ms", ms(self.p99), "<= 50 at 1000/s"),
+            Figure::new("max_ms", ms(self.max), "-"),
+            Figure::new("lost", self.lost as f64, "0"),
+        ]
+    }
+}
+
+impl ConnectionsReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::new("agents", self.agents as f64, "10000 at full scale"),
+            Figure::new("hub_rss_per_agent_kib", self.hub_rss_per_agent_kib, "<= 64"),
+            Figure::new("connect_s", self.connect_s, "-"),
+            Figure::new("idle_hub_cpu_millicores", self.idle_hub_cpu_millicores, "-"),
+        ]
+    }
+}
+
+impl AgentReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::new("objects", self.objects as f64, "10000 at full scale"),
+            Figure::new("rss_mib", self.rss_mib, "<= 20"),
+            Figure::new("idle_cpu_millicores", self.idle_cpu_millicores, "<= 5"),
+            Figure::new("cpu_us_per_change", self.cpu_us_per_change, "-"),
+        ]
+    }
+}
+
+impl CoalesceReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::new("changes", self.changes as f64, "-"),
+            Figure {
+                baseline: Some(self.per_event_writes as f64),
+                ratio: Some(self.ratio()),
+                ..Figure::new("uplink_writes", self.uplink_writes as f64, "< changes")
+            },
+            Figure::new("per_event_writes", self.per_event_writes as f64, "-"),
+            Figure::new("ratio", self.ratio(), ">= 10"),
+            Figure::new("unchanged_writes", self.unchanged_writes as f64, "0"),
+        ]
+    }
+}
+
+/// Runs the chosen scenarios, prints the table and writes the JSON. Fails
+/// when a scenario failed (after printing what the others measured).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let scale = Scale::of(&args);
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        let mut chosen = args.scenarios.clone();
+        chosen.sort();
+        chosen.dedup();
+        chosen
+    };
+    let binaries = find_binaries(&args).await?;
+    let mut results = Results::default();
+    for scenario in scenarios {
+        eprintln!("== {}: running ...", scenario.name());
+        let started = std::time::Instant::now();
+        let outcome = run_scenario(scenario, &binaries, scale).await;
+        let what = match &outcome {
+            Outcome::Measured(_) => "done".to_owned(),
+            Outcome::NotImplemented => "not implemented yet".to_owned(),
+            Outcome::Failed(error) => format!("FAILED: {error}"),
+        };
+        eprintln!(
+            "== {}: {what} ({:.1}s)",
+            scenario.name(),
+            started.elapsed().as_secs_f64()
+        );
+        results.0.push((scenario, outcome));
+    }
+    println!("{}", results.table());
+    if let Some(path) = &args.json {
+        let json = results.json(machine(), commit());
+        let text = serde_json::to_string_pretty(&json)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("figures written to {}", path.display());
+    }
+    let failed: Vec<&str> = results
+        .0
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+        .map(|(s, _)| s.name())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Runs one scenario; its errors become [`Outcome::Failed`].
+pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale) -> Outcome {
+    let measured = match scenario {
+        Scenario::Latency => latency::run(
+            binaries,
+            LatencySettings {
+                clusters: scale.clusters,
+                objects: scale.latency_objects,
+                rate: scale.rate,
+                duration: scale.duration,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Coalesce => coalesce::run(
+            binaries,
+            CoalesceSettings {
+                clusters: scale.clusters,
+                objects: scale.coalesce_objects,
+                bursts: scale.bursts,
+                burst_len: scale.burst_len,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Agent => agent::run(
+            binaries,
+            AgentSettings {
+                objects: scale.agent_objects,
+                idle: scale.agent_idle,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Connections => connections::run(
+            binaries,
+            ConnectionsSettings {
+                agents: scale.agents,
+                heartbeat: Duration::from_secs(10),
+                idle: scale.connections_idle,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Ingest | Scenario::Storm => {
+            return Outcome::NotImplemented;
+        }
+    };
+    match measured {
+        Ok(figures) => Outcome::Measured(figures),
+        Err(error) => Outcome::Failed(format!("{error:#}")),
+    }
+}
+
+impl Results {
+    /// The final table: scenario, figure, value, goal, baseline, ratio.
+    pub fn table(&self) -> String {
+        let mut rows = vec![[
+            "scenario".to_owned(),
+            "figure".to_owned(),
+            "value".to_owned(),
+            "goal".to_owned(),
+            "baseline".to_owned(),
+            "ratio".to_owned(),
+        ]];
+        let dash = || "-".to_owned();
+        for (scenario, outcome) in &self.0 {
+            let name = scenario.name().to_owned();
+            match outcome {
+                Outcome::Measured(figures) => {
+                    for f in figures {
+                        rows.push([
+                            name.clone(),
+                            f.name.to_owned(),
+                            number(f.value),
+                            f.goal.to_owned(),
+                            f.baseline.map(number).unwrap_or_else(dash),
+                            f.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(dash),
+                        ]);
+                    }
+                }
+                Outcome::NotImplemented => rows.push([
+                    name,
+                    "not implemented".to_owned(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                ]),
+                Outcome::Failed(error) => rows.push([
+                    name,
+                    "FAILED".to_owned(),
+                    error.lines().next().unwrap_or_default().to_owned(),
+                    dash(),
+                    dash(),
+                    dash(),
+                ]),
+            }
+        }
+        let mut widths = [0usize; 6];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .enumerate()
+                .map(|(col, (cell, w))| {
+                    // Numbers right-aligned, words left-aligned.
+                    if col == 2 || col >= 4 {
+                        format!("{cell:>w$}")
+                    } else {
+                        format!("{cell:<w$}")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+            if i == 0 {
+                let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                let _ = writeln!(out, "{}", "-".repeat(total));
+            }
+        }
+        out
+    }
+
+    /// `{"machine": {...}, "commit": "...", "scenarios": {NAME: {FIGURE: number}}}`;
+    /// scenarios that measured nothing are left out.
+    pub fn json(&self, machine: serde_json::Value, commit: String) -> serde_json::Value {
+        let scenarios: BTreeMap<&str, BTreeMap<&str, f64>> = self
+            .0
+            .iter()
+            .filter_map(|(scenario, outcome)| match outcome {
+                Outcome::Measured(figures) => Some((
+                    scenario.name(),
+                    figures.iter().map(|f| (f.name, f.value)).collect(),
+                )),
+                _ => None,
+            })
+            .collect();
+        serde_json::json!({ "machine": machine, "commit": commit, "scenarios": scenarios })
+    }
+}
+
+/// A figure with as many decimals as it deserves.
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else if value.abs() >= 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// The machine the figures come from: CPU model and count, memory, kernel.
+pub fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory_mib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| kib / 1024);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    serde_json::json!({
+        "cpu_model": cpu_model,
+        "cpus": cpus,
+        "memory_mib": memory_mib,
+        "kernel": kernel,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "profile": Profile::current().cargo_name(),
+    })
+}
+
+/// `git rev-parse HEAD` of the working directory, or `unknown`.
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The hub and agent binaries: the overrides, or built and found beside us.
+pub async fn find_binaries(args: &BenchArgs) -> anyhow::Result<Binaries> {
+    if let (Some(hub), Some(agent)) = (&args.hub_bin, &args.agent_bin) {
+        return Ok(Binaries {
+            hub: hub.clone(),
+            agent: agent.clone(),
+        });
+    }
+    let paths = tokio::task::spawn_blocking(|| {
+        binaries::locate_all(&["uplink-hub", "uplink-agent"], Profile::current())
+    })
+    .await
+    .context("the build task failed")??;
+    let mut paths = paths.into_iter();
+    let (Some(hub), Some(agent)) = (paths.next(), paths.next()) else {
+        anyhow::bail!("the binaries were not located");
+    };
+    Ok(Binaries {
+        hub: args.hub_bin.clone().unwrap_or(hub),
+        agent: args.agent_bin.clone().unwrap_or(agent),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results() -> Results {
+        Results(vec![
+            (
+                Scenario::Latency,
+                Outcome::Measured(vec![Figure::new("p50_ms", 1.5, "<= 100")]),
+            ),
+            (Scenario::Storm, Outcome::NotImplemented),
+        ])
+    }
+
+    #[test]
+    fn the_json_holds_measured_scenarios_only() {
+        let json = results().json(serde_json::json!({"cpus": 2}), "abc".to_owned());
+        assert_eq!(json["commit"], "abc");
+        assert_eq!(json["machine"]["cpus"], 2);
+        assert_eq!(json["scenarios"]["latency"]["p50_ms"], 1.5);
+        assert!(json["scenarios"].get("storm").is_none());
+    }
+
+    #[test]
+    fn the_table_says_what_was_not_measured() {
+        let table = results().table();
+        assert!(table.contains("p50_ms"), "{table}");
+        assert!(table.contains("1.50"), "{table}");
+        let storm = table.lines().find(|l| l.starts_with("storm"));
+        assert!(
+            storm.is_some_and(|l| l.contains("not implemented")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn quick_is_smaller_and_flags_win() {
+        let full = Scale::of(&BenchArgs::default());
+        let quick = Scale::of(&BenchArgs {
+            quick: true,
+            rate: Some(7),
+            ..BenchArgs::default()
+        });
+        assert!(quick.latency_objects < full.latency_objects);
+        assert!(quick.agent_objects < full.agent_objects);
+        assert_eq!(quick.rate, 7);
+        assert_eq!(full.rate, 1_000);
+    }
+
+    #[test]
+    fn machine_info_comes_from_proc() {
+        let machine = machine();
+        assert!(machine["cpus"].as_u64().is_some_and(|n| n > 0), "{machine}");
+    }
+}

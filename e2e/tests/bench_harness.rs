@@ -1,0 +1,104 @@
+//! The benchmark harness at a tiny scale: the figures it reports must agree
+//! with what happened (nothing lost, KCP holds every final status, the hub's
+//! write counter matches the writes KCP saw). Speed is not judged here.
+
+use std::time::Duration;
+
+use uplink_e2e::bench::coalesce::{self, CoalesceSettings};
+use uplink_e2e::bench::latency::{self, LatencySettings};
+use uplink_e2e::bench::{BenchArgs, find_binaries};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_figures_match_what_happened() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = latency::run(
+        &binaries,
+        LatencySettings {
+            clusters: 1,
+            objects: 4,
+            rate: 20,
+            duration: Duration::from_secs(2),
+        },
+    )
+    .await?;
+    assert_eq!(report.write_errors, 0, "{report:?}");
+    assert!(report.writes > 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.final_statuses_match, "{report:?}");
+    assert!(
+        report.p50 <= report.p99 && report.p99 <= report.max,
+        "{report:?}"
+    );
+    assert!(report.max > Duration::ZERO, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesce_figures_match_what_happened() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let settings = CoalesceSettings {
+        clusters: 2,
+        objects: 4,
+        bursts: 2,
+        burst_len: 5,
+    };
+    let report = coalesce::run(&binaries, settings).await?;
+    let objects = settings.objects as u64;
+    assert_eq!(
+        report.changes,
+        objects * u64::from(settings.bursts * settings.burst_len)
+    );
+    // Every downstream status write is one watch event.
+    assert_eq!(report.per_event_writes, report.changes, "{report:?}");
+    // The hub's own counter agrees with the changes KCP saw.
+    assert_eq!(report.uplink_writes, report.kcp_events, "{report:?}");
+    // At least the last status of every burst of every object was written,
+    // and never more than one write per change.
+    assert!(
+        report.uplink_writes >= objects * u64::from(settings.bursts),
+        "{report:?}"
+    );
+    assert!(report.uplink_writes <= report.changes, "{report:?}");
+    assert_eq!(report.unchanged_writes, 0, "{report:?}");
+    assert!(report.final_statuses_match, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_figures_come_from_the_running_agent() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = uplink_e2e::bench::agent::run(
+        &binaries,
+        uplink_e2e::bench::agent::AgentSettings {
+            objects: 20,
+            idle: Duration::from_millis(500),
+        },
+    )
+    .await?;
+    assert_eq!(report.objects, 20, "{report:?}");
+    assert_eq!(report.changes, 20, "{report:?}");
+    // A live process has memory; an agent that synced 20 objects used CPU.
+    assert!(report.rss_mib > 1.0, "{report:?}");
+    assert!(report.cpu_us_per_change >= 0.0, "{report:?}");
+    assert!(report.idle_cpu_millicores >= 0.0, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_simulated_agent_connects_with_its_own_identity() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = uplink_e2e::bench::connections::run(
+        &binaries,
+        uplink_e2e::bench::connections::ConnectionsSettings {
+            agents: 5,
+            heartbeat: Duration::from_secs(1),
+            idle: Duration::from_millis(500),
+        },
+    )
+    .await?;
+    // The scenario only returns once the hub counts all five connected.
+    assert_eq!(report.agents, 5, "{report:?}");
+    assert!(report.connect_s > 0.0, "{report:?}");
+    assert!(report.idle_hub_cpu_millicores >= 0.0, "{report:?}");
+    Ok(())
+}
