@@ -33,8 +33,10 @@ pub struct AgentConfig {
     /// The resource types to watch.
     pub resources: Vec<ResourceSpec>,
     /// Address of the `/metrics`, `/healthz`, `/readyz` server. Port 0 picks a
-    /// free port; read it back with [`crate::Agent::http_addr`].
-    pub http_listen: SocketAddr,
+    /// free port; read it back with [`crate::Agent::http_addr`]. `None` serves
+    /// nothing: for a program that embeds many agents and reads their
+    /// [`crate::Agent::metrics`] itself.
+    pub http_listen: Option<SocketAddr>,
     /// How often to heartbeat (the agent uses the shorter of this and the
     /// hub's announced interval).
     pub heartbeat_interval: Duration,
@@ -61,7 +63,7 @@ impl Default for AgentConfig {
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),
             resources: vec![ResourceSpec::deployments()],
-            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            http_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             heartbeat_interval: Duration::from_secs(10),
             outbox_limit: 100_000,
             clock_offset: SignedDuration::ZERO,

@@ -108,8 +108,8 @@ pub struct Agent {
     source: EventSource,
     tls: Arc<rustls::ClientConfig>,
     hub: HubEndpoint,
-    listener: TcpListener,
-    http_addr: SocketAddr,
+    /// The HTTP listener and its address, unless configured off.
+    listener: Option<(TcpListener, SocketAddr)>,
     metrics: Metrics,
     health: AgentHealth,
 }
@@ -119,7 +119,7 @@ impl fmt::Debug for Agent {
         f.debug_struct("Agent")
             .field("cluster", &self.config.cluster)
             .field("hub", &self.hub.url)
-            .field("http_addr", &self.http_addr)
+            .field("http_addr", &self.http_addr())
             .finish_non_exhaustive()
     }
 }
@@ -189,18 +189,18 @@ impl Agent {
         }
         let hub = HubEndpoint::parse(&config.hub_url)?;
         let tls = tls::client_config(&config.tls_cert, &config.tls_key, &config.hub_ca)?;
-        let listener = TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|source| AgentError::HttpListen {
-                addr: config.http_listen,
-                source,
-            })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| AgentError::HttpListen {
-                addr: config.http_listen,
-                source,
-            })?;
+        let listener = match config.http_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::HttpListen { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| AgentError::HttpListen { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let health = AgentHealth::new(&config.resources);
         Ok(Agent {
             config,
@@ -208,15 +208,15 @@ impl Agent {
             tls,
             hub,
             listener,
-            http_addr,
             metrics: Metrics::new(),
             health,
         })
     }
 
-    /// The address `/metrics`, `/healthz` and `/readyz` are served on.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, unless
+    /// the configuration turned the server off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// This agent's metrics (the same registry `/metrics` serves).
@@ -238,14 +238,14 @@ impl Agent {
             tls,
             hub,
             listener,
-            http_addr,
             metrics,
             health,
         } = self;
+        let http_addr = listener.as_ref().map(|(_, addr)| *addr);
         let clock = AgentClock::new(config.clock_offset);
         let outbox = SharedOutbox::new(Outbox::new(config.outbox_limit, metrics.clone()));
         let session_id = uuid::Uuid::new_v4().to_string();
-        tracing::info!(cluster = %config.cluster, hub = %hub.url, %http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
+        tracing::info!(cluster = %config.cluster, hub = %hub.url, http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
 
         let watch_stop = CancellationToken::new();
         let session_stop = CancellationToken::new();
@@ -297,7 +297,17 @@ impl Agent {
             synced,
             session_stop.clone(),
         ));
-        let mut http = tokio::spawn(http::serve(listener, metrics, health, http_stop.clone()));
+        let mut http = match listener {
+            Some((listener, _)) => {
+                tokio::spawn(http::serve(listener, metrics, health, http_stop.clone()))
+            }
+            // Nothing to serve: a task that only waits for its stop keeps the
+            // shutdown order below the same either way.
+            None => {
+                let stop = http_stop.clone();
+                tokio::spawn(async move { stop.cancelled().await })
+            }
+        };
 
         let failure = tokio::select! {
             () = shutdown.cancelled() => None,

@@ -123,7 +123,7 @@ impl Args {
             tls_key: self.tls_key,
             hub_ca: self.hub_ca,
             resources: self.resources,
-            http_listen: self.http_listen,
+            http_listen: Some(self.http_listen),
             heartbeat_interval: self.heartbeat_interval,
             outbox_limit: self.outbox_limit,
             clock_offset: self.clock_offset,

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub outbox_overflow: IntCounter,
     /// Deltas sent in `Deltas` frames (resends included).
     pub deltas_sent: IntCounter,
+    /// `Deltas` frames sent (deltas sent / frames = the batching achieved).
+    pub delta_frames_sent: IntCounter,
     /// Objects sent in snapshots.
     pub snapshot_objects: IntCounter,
     /// Deltas never sent because they break the hub's limits, by reason.
@@ -76,6 +78,10 @@ impl Metrics {
                 "uplink_agent_deltas_sent_total",
                 "Deltas sent to the hub, resends included.",
             ),
+            delta_frames_sent: counter(
+                "uplink_agent_delta_frames_sent_total",
+                "Deltas frames sent to the hub; deltas sent divided by this is the batching achieved.",
+            ),
             snapshot_objects: counter(
                 "uplink_agent_snapshot_objects_total",
                 "Objects sent in snapshots.",
@@ -124,7 +130,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -132,6 +138,7 @@ impl Metrics {
             Box::new(self.outbox_objects.clone()),
             Box::new(self.outbox_overflow.clone()),
             Box::new(self.deltas_sent.clone()),
+            Box::new(self.delta_frames_sent.clone()),
             Box::new(self.snapshot_objects.clone()),
             Box::new(self.deltas_dropped.clone()),
             Box::new(self.heartbeats_sent.clone()),

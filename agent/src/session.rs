@@ -786,12 +786,14 @@ impl Steady<'_> {
         };
         let framed = frame_deltas(deltas, &self.limits, BatchKind::Deltas)?;
         report_dropped(self.ctx, &framed.dropped);
+        let frames = framed.frames.len() as u64;
         for frame in framed.frames {
             tx.bytes(frame.bytes).await?;
             self.ctx.outbox.lock().mark_sent(frame.last_seq);
         }
         self.ctx.outbox.lock().mark_sent(last_seq);
         tx.metrics.deltas_sent.inc_by(framed.deltas);
+        tx.metrics.delta_frames_sent.inc_by(frames);
         if self.max_deltas_per_s > 0 {
             let spacing =
                 Duration::from_secs_f64(framed.deltas as f64 / f64::from(self.max_deltas_per_s));

@@ -230,7 +230,7 @@ fn config(pki: &Pki, hub: SocketAddr) -> AgentConfig {
         tls_key: pki.client_key.clone(),
         hub_ca: pki.ca.clone(),
         resources: vec![ResourceSpec::deployments()],
-        http_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
         heartbeat_interval: Duration::from_secs(1),
         reconnect: ReconnectSettings {
             initial: Duration::from_millis(20),
@@ -331,7 +331,8 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
     let agent = Agent::bind_with_events(config(&pki, hub.addr), source)
         .await
         .unwrap();
-    let http = agent.http_addr();
+    // Configured with an HTTP address above.
+    let http = agent.http_addr().unwrap();
     let health = agent.health().clone();
     let metrics = agent.metrics().clone();
     let shutdown = CancellationToken::new();
@@ -499,7 +500,8 @@ async fn no_connection_before_the_initial_lists_complete() {
     let agent = Agent::bind_with_events(config(&pki, hub.addr), source)
         .await
         .unwrap();
-    let http = agent.http_addr();
+    // Configured with an HTTP address above.
+    let http = agent.http_addr().unwrap();
     let health = agent.health().clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(agent.run(shutdown.clone()));

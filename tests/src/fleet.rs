@@ -382,7 +382,7 @@ impl Fleet {
             tls_key: pki.join(format!("{cluster}.key")),
             hub_ca: pki.join("ca.crt"),
             resources: vec![ResourceSpec::deployments()],
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             heartbeat_interval: self.heartbeat,
             reconnect: ReconnectSettings {
                 initial: Duration::from_millis(100),
@@ -404,8 +404,11 @@ impl Fleet {
             .await
             .with_context(|| format!("binding agent {name:?}"))?;
         let stop = self.root.child_token();
+        let http_addr = agent
+            .http_addr()
+            .ok_or_else(|| anyhow!("agent {name:?} is configured without an HTTP server"))?;
         let running = RunningAgent {
-            http_addr: agent.http_addr(),
+            http_addr,
             metrics: agent.metrics().clone(),
             stop: stop.clone(),
             task: Some(tokio::spawn(agent.run(stop))),
