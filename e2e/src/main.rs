@@ -23,6 +23,9 @@ enum Command {
     Demo(uplink_e2e::demo::DemoArgs),
     /// Measure Uplink: real hub and agent processes over mutual TLS on loopback, figures beside goals and baselines.
     Bench(uplink_e2e::bench::BenchArgs),
+    /// The `ingest` benchmark's baseline: a bare TLS WebSocket server that reads and discards.
+    #[command(hide = true)]
+    BenchSink(uplink_e2e::bench::sink::SinkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             Command::Certs(args) => uplink_e2e::pki::run_certs(args),
             Command::Demo(args) => uplink_e2e::demo::run(args).await,
             Command::Bench(args) => uplink_e2e::bench::run(args).await,
+            Command::BenchSink(args) => uplink_e2e::bench::sink::serve(args).await,
         }
     })
 }

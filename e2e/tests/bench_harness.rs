@@ -102,3 +102,50 @@ async fn every_simulated_agent_connects_with_its_own_identity() -> anyhow::Resul
     assert!(report.idle_hub_cpu_millicores >= 0.0, "{report:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_measures_the_hub_and_the_raw_ceiling() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = uplink_e2e::bench::ingest::run(
+        &binaries,
+        uplink_e2e::bench::ingest::IngestSettings {
+            agents: 2,
+            objects_per_agent: 50,
+            duration: Duration::from_secs(1),
+        },
+    )
+    .await?;
+    assert_eq!(report.agents, 2, "{report:?}");
+    // Both sides moved deltas, in batches the protocol allows.
+    assert!(report.deltas_per_s > 0.0, "{report:?}");
+    assert!(report.raw_ceiling_per_s > 0.0, "{report:?}");
+    assert!(
+        (1.0..=1024.0).contains(&report.deltas_per_frame),
+        "{report:?}"
+    );
+    assert!(report.hub_rss_mib > 1.0, "{report:?}");
+    assert!(report.hub_cpu_s_per_million > 0.0, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_loses_nothing_and_every_agent_reconnects() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = uplink_e2e::bench::storm::run(
+        &binaries,
+        uplink_e2e::bench::storm::StormSettings { agents: 5 },
+    )
+    .await?;
+    assert_eq!(report.agents, 5, "{report:?}");
+    // Every change made while the hub was down reached KCP ...
+    assert_eq!(report.lost, 0, "{report:?}");
+    // ... and that took every agent coming back, each at least once.
+    assert!(report.attempts >= 5, "{report:?}");
+    assert!(
+        report.attempts_p10_s <= report.attempts_p50_s
+            && report.attempts_p50_s <= report.attempts_p90_s,
+        "{report:?}"
+    );
+    assert!(report.all_connected_s <= report.all_synced_s, "{report:?}");
+    Ok(())
+}

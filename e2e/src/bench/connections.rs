@@ -8,24 +8,23 @@
 //! agents), the time until every agent is connected, and the hub's CPU while
 //! the connected agents only heartbeat.
 //!
-//! Every in-process agent holds two descriptors here (its tunnel and its own
-//! HTTP listener), so the number of agents is capped by this process's
-//! RLIMIT_NOFILE, which is raised to its hard limit first (`prlimit`).
+//! Every in-process agent holds one descriptor here (its tunnel; they serve
+//! no HTTP, their metrics are read in-process), so the number of agents is
+//! capped by this process's RLIMIT_NOFILE, which is raised to its hard limit
+//! first (`prlimit`).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use uplink_agent::watch::{WatchEvent, WatchId};
-use uplink_agent::{Agent, AgentConfig, ResourceSpec};
+use uplink_agent::ReconnectSettings;
 
 use super::fleet::{Binaries, hub_metric, metrics_client};
 use super::procstat;
+use super::simulated::{SimulatedAgents, SimulatedSettings, write_pki};
 use crate::apiserver::{ApiServer, ApiServerConfig};
 use crate::demo::launch::{self, Files};
-use crate::pki::DevPki;
 
 /// Descriptors kept free for everything else in this process.
 const SPARE_FDS: u64 = 1_000;
@@ -61,7 +60,7 @@ pub async fn run(
     let agents = match limit {
         Some(limit) => settings
             .agents
-            .min((limit.saturating_sub(SPARE_FDS) / 2) as usize),
+            .min(limit.saturating_sub(SPARE_FDS) as usize),
         None => settings.agents,
     }
     .max(1);
@@ -95,14 +94,7 @@ async fn measure(
     };
     std::fs::create_dir_all(&files.logs)?;
     eprintln!("  issuing {agents} client certificates ...");
-    {
-        let (pki, names) = (files.pki.clone(), names.clone());
-        tokio::task::spawn_blocking(move || {
-            DevPki::new("uplink-bench-ca").and_then(|ca| ca.write_all(&pki, &names, &[]))
-        })
-        .await
-        .context("the certificate task failed")??;
-    }
+    write_pki(&files.pki, &names).await?;
     let kcp = ApiServer::start(ApiServerConfig::default())
         .await
         .context("starting KCP")?;
@@ -116,30 +108,18 @@ async fn measure(
         let before = procstat::sample(pid)?;
 
         eprintln!("  connecting {agents} agents ...");
-        let shutdown = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
         let started = Instant::now();
-        let resource: ResourceSpec = "deployments.v1.apps"
-            .parse()
-            .context("the benchmark's resource type")?;
-        for name in &names {
-            let config = AgentConfig {
-                cluster: name.clone(),
+        let simulated = SimulatedAgents::start(
+            &names,
+            &SimulatedSettings {
                 hub_url: format!("wss://{}", addrs.tunnel),
-                tls_cert: files.pki.join(format!("{name}.crt")),
-                tls_key: files.pki.join(format!("{name}.key")),
-                hub_ca: files.pki.join("ca.crt"),
-                resources: vec![resource.clone()],
-                http_listen: ([127, 0, 0, 1], 0).into(),
-                heartbeat_interval: settings.heartbeat,
-                capacity: false,
-                ..AgentConfig::default()
-            };
-            let agent = Agent::bind_with_events(config, empty_cluster(resource.clone()))
-                .await
-                .with_context(|| format!("starting agent {name}"))?;
-            tasks.spawn(agent.run(shutdown.child_token()));
-        }
+                pki: files.pki.clone(),
+                heartbeat: settings.heartbeat,
+                reconnect: ReconnectSettings::default(),
+                objects: 0,
+            },
+        )
+        .await?;
         let deadline =
             started + Duration::from_secs(60) + Duration::from_millis(agents as u64 * 20);
         loop {
@@ -164,12 +144,7 @@ async fn measure(
         let idle_to = procstat::sample(pid)?;
         let idle_cpu = idle_to.cpu.saturating_sub(idle_from.cpu);
 
-        shutdown.cancel();
-        let _ = tokio::time::timeout(STOP_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
+        simulated.stop().await;
 
         Ok(ConnectionsReport {
             agents,
@@ -187,22 +162,10 @@ async fn measure(
     outcome
 }
 
-/// The watch events of a cluster with nothing in it: every watch listed,
-/// then silence.
-fn empty_cluster(resource: ResourceSpec) -> impl futures::Stream<Item = WatchEvent> + Send {
-    let listed = [
-        WatchEvent::Restarted(WatchId::Namespaces),
-        WatchEvent::Listed(WatchId::Namespaces),
-        WatchEvent::Restarted(WatchId::Resource(resource.clone())),
-        WatchEvent::Listed(WatchId::Resource(resource)),
-    ];
-    futures::StreamExt::chain(futures::stream::iter(listed), futures::stream::pending())
-}
-
 /// Raises the soft RLIMIT_NOFILE of `pid` to its hard limit with `prlimit`
 /// (the workspace forbids the `unsafe` a direct call needs). Returns the
 /// soft limit in effect afterwards, when it can be read.
-async fn raise_fd_limit(pid: u32) -> Option<u64> {
+pub async fn raise_fd_limit(pid: u32) -> Option<u64> {
     let output = tokio::process::Command::new("prlimit")
         .args([
             "--pid",

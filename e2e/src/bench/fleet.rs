@@ -51,6 +51,8 @@ const HUB_WRITE_BURST: &str = "100000";
 pub struct Binaries {
     pub hub: PathBuf,
     pub agent: PathBuf,
+    /// `uplink-e2e` itself, for the `ingest` baseline's `bench-sink`.
+    pub e2e: PathBuf,
 }
 
 /// How big a fleet to start.
@@ -126,13 +128,7 @@ impl Fleet {
             .await
             .context("creating the benchmark's objects")?;
 
-        let hub_flags = [
-            "--write-qps",
-            HUB_WRITE_QPS,
-            "--write-burst",
-            HUB_WRITE_BURST,
-        ]
-        .map(str::to_owned);
+        let hub_flags = unlimited_writes();
         let (hub, hub_addrs) =
             launch::start_hub_with(&binaries.hub, &files, HEARTBEAT, &hub_flags).await?;
         let agent_flags = ["--capacity", "false"].map(str::to_owned);
@@ -267,6 +263,18 @@ impl Fleet {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The hub flags that lift its KCP write rate limit (see [`HUB_WRITE_QPS`]).
+pub fn unlimited_writes() -> Vec<String> {
+    [
+        "--write-qps",
+        HUB_WRITE_QPS,
+        "--write-burst",
+        HUB_WRITE_BURST,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// A plain HTTP client for the hub's `/metrics`.

@@ -5,16 +5,20 @@
 //! The scenarios ([`Scenario`]) each start a fleet of their own
 //! ([`fleet::Fleet`]): KCP and the clusters as embedded API servers, the real
 //! `uplink-hub` and `uplink-agent` binaries as child processes. A scenario
-//! that is not built yet says so in the table and is left out of the JSON;
-//! it never prints a number it did not measure.
+//! that fails says so in the table and is left out of the JSON: the run
+//! never prints a number it did not measure.
 
 pub mod agent;
 pub mod coalesce;
 pub mod connections;
 pub mod fleet;
+pub mod ingest;
 pub mod kcpwatch;
 pub mod latency;
 pub mod procstat;
+pub mod simulated;
+pub mod sink;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,7 +33,9 @@ use agent::{AgentReport, AgentSettings};
 use coalesce::{CoalesceReport, CoalesceSettings};
 use connections::{ConnectionsReport, ConnectionsSettings};
 use fleet::Binaries;
+use ingest::{IngestReport, IngestSettings};
 use latency::{LatencyReport, LatencySettings};
+use storm::{StormReport, StormSettings};
 
 /// One benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -125,6 +131,9 @@ pub struct Scale {
     pub agent_idle: Duration,
     pub agents: usize,
     pub connections_idle: Duration,
+    pub ingest_agents: usize,
+    pub ingest_objects: usize,
+    pub ingest_window: Duration,
 }
 
 impl Scale {
@@ -142,6 +151,9 @@ impl Scale {
                 agent_idle: Duration::from_secs(5),
                 agents: 200,
                 connections_idle: Duration::from_secs(5),
+                ingest_agents: 4,
+                ingest_objects: 500,
+                ingest_window: Duration::from_secs(5),
             }
         } else {
             Scale {
@@ -156,6 +168,9 @@ impl Scale {
                 agent_idle: Duration::from_secs(20),
                 agents: 10_000,
                 connections_idle: Duration::from_secs(30),
+                ingest_agents: 16,
+                ingest_objects: 2_000,
+                ingest_window: Duration::from_secs(20),
             }
         };
         Scale {
@@ -197,13 +212,45 @@ impl Figure {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Measured(Vec<Figure>),
-    NotImplemented,
     Failed(String),
 }
 
 /// Everything a run produced, in scenario order.
 #[derive(Debug, Clone, Default)]
 pub struct Results(pub Vec<(Scenario, Outcome)>);
+
+impl IngestReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure {
+                baseline: Some(self.raw_ceiling_per_s),
+                ratio: Some(self.ratio_to_raw()),
+                ..Figure::new("deltas_per_s", self.deltas_per_s, ">= 100000")
+            },
+            Figure::new("raw_ceiling_per_s", self.raw_ceiling_per_s, "-"),
+            Figure::new("ratio_to_raw", self.ratio_to_raw(), ">= 0.5"),
+            Figure::new("hub_cpu_s_per_million", self.hub_cpu_s_per_million, "-"),
+            Figure::new("hub_rss_mib", self.hub_rss_mib, "-"),
+            Figure::new("agents", self.agents as f64, "-"),
+            Figure::new("deltas_per_frame", self.deltas_per_frame, "-"),
+        ]
+    }
+}
+
+impl StormReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::new("agents", self.agents as f64, "10000 at full scale"),
+            Figure::new("all_connected_s", self.all_connected_s, "-"),
+            Figure::new("all_synced_s", self.all_synced_s, "<= 60"),
+            Figure::new("lost", self.lost as f64, "0"),
+            Figure::new("attempts", self.attempts as f64, "-"),
+            Figure::new("attempts_p10_s", self.attempts_p10_s, "spread by jitter"),
+            Figure::new("attempts_p50_s", self.attempts_p50_s, "spread by jitter"),
+            Figure::new("attempts_p90_s", self.attempts_p90_s, "spread by jitter"),
+        ]
+    }
+}
 
 impl LatencyReport {
     pub fn figures(&self) -> Vec<Figure> {
@@ -276,7 +323,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let outcome = run_scenario(scenario, &binaries, scale).await;
         let what = match &outcome {
             Outcome::Measured(_) => "done".to_owned(),
-            Outcome::NotImplemented => "not implemented yet".to_owned(),
             Outcome::Failed(error) => format!("FAILED: {error}"),
         };
         eprintln!(
@@ -347,9 +393,24 @@ pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale)
         )
         .await
         .map(|r| r.figures()),
-        Scenario::Ingest | Scenario::Storm => {
-            return Outcome::NotImplemented;
-        }
+        Scenario::Ingest => ingest::run(
+            binaries,
+            IngestSettings {
+                agents: scale.ingest_agents,
+                objects_per_agent: scale.ingest_objects,
+                duration: scale.ingest_window,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Storm => storm::run(
+            binaries,
+            StormSettings {
+                agents: scale.agents,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
     };
     match measured {
         Ok(figures) => Outcome::Measured(figures),
@@ -384,14 +445,6 @@ impl Results {
                         ]);
                     }
                 }
-                Outcome::NotImplemented => rows.push([
-                    name,
-                    "not implemented".to_owned(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                ]),
                 Outcome::Failed(error) => rows.push([
                     name,
                     "FAILED".to_owned(),
@@ -508,26 +561,25 @@ pub fn commit() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// The hub and agent binaries: the overrides, or built and found beside us.
+/// The hub and agent binaries (the overrides, or built and found beside us)
+/// and `uplink-e2e` itself.
 pub async fn find_binaries(args: &BenchArgs) -> anyhow::Result<Binaries> {
-    if let (Some(hub), Some(agent)) = (&args.hub_bin, &args.agent_bin) {
-        return Ok(Binaries {
-            hub: hub.clone(),
-            agent: agent.clone(),
-        });
-    }
     let paths = tokio::task::spawn_blocking(|| {
-        binaries::locate_all(&["uplink-hub", "uplink-agent"], Profile::current())
+        binaries::locate_all(
+            &["uplink-hub", "uplink-agent", "uplink-e2e"],
+            Profile::current(),
+        )
     })
     .await
     .context("the build task failed")??;
     let mut paths = paths.into_iter();
-    let (Some(hub), Some(agent)) = (paths.next(), paths.next()) else {
+    let (Some(hub), Some(agent), Some(e2e)) = (paths.next(), paths.next(), paths.next()) else {
         anyhow::bail!("the binaries were not located");
     };
     Ok(Binaries {
         hub: args.hub_bin.clone().unwrap_or(hub),
         agent: args.agent_bin.clone().unwrap_or(agent),
+        e2e,
     })
 }
 
@@ -541,7 +593,10 @@ mod tests {
                 Scenario::Latency,
                 Outcome::Measured(vec![Figure::new("p50_ms", 1.5, "<= 100")]),
             ),
-            (Scenario::Storm, Outcome::NotImplemented),
+            (
+                Scenario::Storm,
+                Outcome::Failed("the hub did not start".into()),
+            ),
         ])
     }
 
@@ -561,7 +616,7 @@ mod tests {
         assert!(table.contains("1.50"), "{table}");
         let storm = table.lines().find(|l| l.starts_with("storm"));
         assert!(
-            storm.is_some_and(|l| l.contains("not implemented")),
+            storm.is_some_and(|l| l.contains("FAILED") && l.contains("did not start")),
             "{table}"
         );
     }

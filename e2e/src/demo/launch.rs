@@ -79,12 +79,41 @@ pub async fn start_hub_with(
     heartbeat_interval: Duration,
     extra: &[String],
 ) -> Result<(ChildProcess, HubAddrs), LaunchError> {
+    let log = files.logs.join("hub.log");
+    spawn_hub(binary, files, heartbeat_interval, None, &log, extra).await
+}
+
+/// Starts the hub again on the addresses an earlier one chose (its agents
+/// know only those), logging to `log` so the earlier log is kept.
+pub async fn restart_hub_at(
+    binary: &Path,
+    files: &Files,
+    heartbeat_interval: Duration,
+    at: HubAddrs,
+    log: &Path,
+    extra: &[String],
+) -> Result<(ChildProcess, HubAddrs), LaunchError> {
+    spawn_hub(binary, files, heartbeat_interval, Some(at), log, extra).await
+}
+
+async fn spawn_hub(
+    binary: &Path,
+    files: &Files,
+    heartbeat_interval: Duration,
+    at: Option<HubAddrs>,
+    log: &Path,
+    extra: &[String],
+) -> Result<(ChildProcess, HubAddrs), LaunchError> {
+    let (tunnel, http) = match at {
+        Some(addrs) => (addrs.tunnel.to_string(), addrs.http.to_string()),
+        None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+    };
     let mut command = Command::new(binary);
     command
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(tunnel)
         .arg("--http-listen")
-        .arg("127.0.0.1:0")
+        .arg(http)
         .arg("--tls-cert")
         .arg(files.pki.join("hub.crt"))
         .arg("--tls-key")
@@ -98,7 +127,7 @@ pub async fn start_hub_with(
         .arg("--log-format")
         .arg("json")
         .args(extra);
-    let mut hub = ChildProcess::spawn("uplink-hub", command, &files.logs.join("hub.log"))?;
+    let mut hub = ChildProcess::spawn("uplink-hub", command, log)?;
     let addrs = wait_for_addrs(&mut hub).await?;
     Ok((hub, addrs))
 }

@@ -132,6 +132,11 @@ impl ChildProcess {
         self.kill(None).await
     }
 
+    /// SIGKILL at once: a crash, as far as its peers can tell.
+    pub async fn crash(self) -> Stopped {
+        self.kill(None).await
+    }
+
     async fn kill(mut self, error: Option<std::io::Error>) -> Stopped {
         let killed = self.child.kill().await;
         match (error, killed) {

@@ -82,7 +82,7 @@ pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), 
 }
 
 /// Creates `value`; an object that already exists counts as created.
-async fn create<K>(api: &Api<K>, value: &K, place: &str) -> Result<(), SeedError>
+pub async fn create<K>(api: &Api<K>, value: &K, place: &str) -> Result<(), SeedError>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -104,7 +104,7 @@ where
     }
 }
 
-fn namespace_object(name: &str, annotations: Option<BTreeMap<String, String>>) -> Namespace {
+pub fn namespace_object(name: &str, annotations: Option<BTreeMap<String, String>>) -> Namespace {
     Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
