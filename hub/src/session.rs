@@ -591,10 +591,10 @@ where
     /// after every reconnect). Logged at `warn` for a cluster's first ten
     /// per reason, then at every power of two, `debug` otherwise.
     fn accept(&self, delta: Delta) -> Option<Update> {
-        let object = &delta.object;
-        match self.update(&delta) {
-            Ok(update) => Some(update),
+        match self.checked_entry(&delta) {
+            Ok(entry) => Some(into_update(delta, entry)),
             Err(refusal) => {
+                let object = &delta.object;
                 let counter = self
                     .shared
                     .metrics
@@ -612,8 +612,9 @@ where
         }
     }
 
-    /// Checks one delta and turns it into a store update.
-    fn update(&self, delta: &Delta) -> Result<Update, Violation> {
+    /// Checks one delta; its store entry (`None` for a deletion) without the
+    /// uid, which [`into_update`] moves in.
+    fn checked_entry(&self, delta: &Delta) -> Result<Option<Entry>, Violation> {
         let object = &delta.object;
         if let Some((what, value)) = invalid_name(object, self.shared.require_workspace) {
             return Err(Violation::new(
@@ -623,7 +624,6 @@ where
             ));
         }
 
-        let key = ObjectKey::from(object);
         let entry = match &delta.change {
             Change::Deleted => None,
             Change::Upsert { status_json } => {
@@ -647,15 +647,11 @@ where
                     observed_generation: delta.observed_generation,
                     observed_at_ms: delta.observed_at_ms,
                     seq: delta.seq,
-                    uid: delta.object.uid.clone(),
+                    uid: String::new(),
                 })
             }
         };
-        Ok(Update {
-            key,
-            seq: delta.seq,
-            entry,
-        })
+        Ok(entry)
     }
 
     /// Reads the next agent frame, skipping pings and pongs.
@@ -800,5 +796,32 @@ fn store_violation(error: StoreError) -> Violation {
             ErrorCode::LimitExceeded,
             error.to_string(),
         ),
+    }
+}
+/// A checked delta as a store update: its strings taken over, not copied
+/// (this runs once per delta).
+fn into_update(delta: Delta, entry: Option<Entry>) -> Update {
+    let uplink_protocol::ObjectRef {
+        group,
+        version,
+        resource,
+        kind,
+        workspace,
+        namespace,
+        name,
+        uid,
+    } = delta.object;
+    Update {
+        key: ObjectKey {
+            workspace,
+            group,
+            version,
+            resource,
+            kind,
+            namespace,
+            name,
+        },
+        seq: delta.seq,
+        entry: entry.map(|entry| Entry { uid, ..entry }),
     }
 }

@@ -204,11 +204,10 @@ impl Store {
             state.position.seq = update.seq;
             let changed = match update.entry {
                 Some(entry) => {
-                    state.keys.insert(update.key.clone());
-                    let status = entry.status.clone();
-                    let per_cluster = objects.entry(update.key.clone()).or_default();
-                    let old = per_cluster.insert(cluster.to_owned(), entry);
-                    old.map(|o| o.status) != Some(status)
+                    if !state.keys.contains(&update.key) {
+                        state.keys.insert(update.key.clone());
+                    }
+                    upsert_entry(objects, &update.key, cluster, entry)
                 }
                 None => {
                     state.keys.remove(&update.key);
@@ -256,10 +255,7 @@ impl Store {
         }
         let mut keys = HashSet::with_capacity(entries.len());
         for (key, entry) in entries {
-            let per_cluster = objects.entry(key.clone()).or_default();
-            let status = entry.status.clone();
-            let old = per_cluster.insert(cluster.to_owned(), entry);
-            if old.map(|o| o.status) != Some(status) {
+            if upsert_entry(objects, &key, cluster, entry) {
                 self.queue.push(key.clone());
             }
             keys.insert(key);
@@ -379,6 +375,32 @@ impl Store {
 }
 
 /// Removes `cluster`'s entry for `key`; true when there was one.
+/// Stores `cluster`'s `entry` for `key`; whether the status changed. On the
+/// ingest path, once per delta: the key and the cluster name are cloned only
+/// the first time they are stored.
+fn upsert_entry(
+    objects: &mut HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
+    key: &ObjectKey,
+    cluster: &str,
+    entry: Entry,
+) -> bool {
+    let per_cluster = match objects.get_mut(key) {
+        Some(per_cluster) => per_cluster,
+        None => objects.entry(key.clone()).or_default(),
+    };
+    match per_cluster.get_mut(cluster) {
+        Some(stored) => {
+            let changed = stored.status != entry.status;
+            *stored = entry;
+            changed
+        }
+        None => {
+            per_cluster.insert(cluster.to_owned(), entry);
+            true
+        }
+    }
+}
+
 fn remove_entry(
     objects: &mut HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
     key: &ObjectKey,
