@@ -28,6 +28,11 @@ enum Command {
     BenchSink(uplink_e2e::bench::sink::SinkArgs),
 }
 
+/// mimalloc, as in the hub: `bench` runs thousands of simulated agents in
+/// this process, and the load they generate should cost as little as it can.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One crypto provider for the whole process; installing it twice is the only failure.

@@ -13,6 +13,13 @@ use uplink_hub::aggregate::{FeatureGates, MergePolicy};
 use uplink_hub::{HubConfig, UpstreamMode};
 use uplink_protocol::Limits;
 
+/// mimalloc instead of glibc's malloc: the ingest path allocates and frees
+/// small objects per delta on every runtime thread, where glibc spent about
+/// 40 % of the hub's CPU in a profile (see BENCHMARKS.md), and its per-thread
+/// arenas hold memory that mimalloc gives back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Accepts Uplink agents over mutual-TLS WebSockets, keeps the latest status
 /// each cluster reports, and writes it into the objects' status in KCP.
 #[derive(Debug, Parser)]
