@@ -37,6 +37,9 @@ pub struct HubConfig {
     pub write_burst: u32,
     /// Upstream writes in flight at once.
     pub write_concurrency: usize,
+    /// How long an object that changed waits before its status is written,
+    /// so a burst of changes becomes one write (zero: write at once).
+    pub write_settle: Duration,
     /// Send every write with `dryRun=All`.
     pub dry_run: bool,
     /// Longest time from TCP accept to a received `Hello`.
@@ -80,6 +83,7 @@ impl Default for HubConfig {
             heartbeat_interval: Duration::from_secs(10),
             limits: Limits::default(),
             write_qps: 50.0,
+            write_settle: Duration::from_millis(20),
             write_burst: 100,
             write_concurrency: 4,
             dry_run: false,

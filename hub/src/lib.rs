@@ -110,7 +110,10 @@ impl Hub {
         upstream: Arc<dyn StatusUpstream>,
     ) -> Result<Hub, HubError> {
         let metrics = Arc::new(Metrics::new()?);
-        let queue = Arc::new(WriteQueue::new(metrics.clone()));
+        let queue = Arc::new(WriteQueue::with_settle(
+            metrics.clone(),
+            config.write_settle,
+        ));
         let store = Arc::new(Store::new(
             queue.clone(),
             metrics.clone(),

@@ -95,6 +95,12 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_WRITE_CONCURRENCY", default_value_t = 4)]
     write_concurrency: usize,
 
+    /// How long an object that changed waits before its status is written
+    /// upstream; changes meanwhile ride along, so a burst becomes one write.
+    /// It adds at most this much to every change's latency; 0 writes at once.
+    #[arg(long, env = "UPLINK_HUB_WRITE_SETTLE", default_value = "20ms", value_parser = parse_duration)]
+    write_settle: Duration,
+
     /// Send every upstream write with dryRun=All: the server validates it
     /// and changes nothing.
     #[arg(long, env = "UPLINK_HUB_DRY_RUN")]
@@ -242,6 +248,7 @@ impl Args {
             write_qps: self.write_qps,
             write_burst: self.write_burst,
             write_concurrency: self.write_concurrency,
+            write_settle: self.write_settle,
             dry_run: self.dry_run,
             handshake_timeout: self.handshake_timeout,
             max_concurrent_handshakes: self.max_concurrent_handshakes,

@@ -6,6 +6,11 @@
 //! current write finishes (never twice at the same time). A key can wait for
 //! a retry until a deadline (after a 429 or a failure); marking it dirty
 //! meanwhile does not cut the wait short.
+//!
+//! With a settle time, a key that becomes dirty waits that long before it is
+//! due, and further changes meanwhile ride along: a burst of changes to one
+//! object becomes one write of its latest status instead of one write per
+//! change the writer happened to be idle for. It bounds the delay it adds.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::pin::pin;
@@ -24,6 +29,8 @@ pub struct WriteQueue {
     state: Mutex<State>,
     changed: Notify,
     metrics: Arc<Metrics>,
+    /// How long a newly dirty key waits before it is due.
+    settle: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -48,11 +55,18 @@ enum Queued {
 }
 
 impl WriteQueue {
+    /// A queue whose keys are due as soon as they are dirty.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self::with_settle(metrics, Duration::ZERO)
+    }
+
+    /// A queue whose newly dirty keys wait `settle` before they are due.
+    pub fn with_settle(metrics: Arc<Metrics>, settle: Duration) -> Self {
         Self {
             state: Mutex::default(),
             changed: Notify::new(),
             metrics,
+            settle,
         }
     }
 
@@ -68,8 +82,7 @@ impl WriteQueue {
             if state.in_flight.contains(&key) {
                 state.dirty_in_flight.insert(key);
             } else if !state.queued.contains_key(&key) {
-                state.queued.insert(key.clone(), Queued::Ready);
-                state.ready.push_back(key);
+                state.enqueue(key, self.settle);
             }
             self.metrics
                 .write_queue_depth
@@ -121,8 +134,7 @@ impl WriteQueue {
                     .insert((Instant::now() + delay, id, key.clone()));
                 state.queued.insert(key, Queued::Delayed);
             } else if dirty {
-                state.queued.insert(key.clone(), Queued::Ready);
-                state.ready.push_back(key);
+                state.enqueue(key, self.settle);
             }
             self.metrics
                 .write_queue_depth
@@ -170,6 +182,20 @@ impl WriteQueue {
 }
 
 impl State {
+    /// Queues a key that is not queued: ready now, or after `settle`.
+    fn enqueue(&mut self, key: ObjectKey, settle: Duration) {
+        if settle.is_zero() {
+            self.queued.insert(key.clone(), Queued::Ready);
+            self.ready.push_back(key);
+        } else {
+            self.counter += 1;
+            let id = self.counter;
+            self.delayed
+                .insert((Instant::now() + settle, id, key.clone()));
+            self.queued.insert(key, Queued::Delayed);
+        }
+    }
+
     fn pop_due(&mut self, now: Instant) -> Option<ObjectKey> {
         while let Some(first) = self.delayed.first() {
             if first.0 > now {
@@ -248,5 +274,26 @@ mod tests {
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.next().await, key("a"));
         assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_within_the_settle_time_is_one_write() {
+        let queue = WriteQueue::with_settle(
+            Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"))),
+            Duration::from_millis(20),
+        );
+        let start = Instant::now();
+        queue.push(key("a"));
+        tokio::time::advance(Duration::from_millis(15)).await;
+        queue.push(key("a")); // rides along: the window is not restarted
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+        // Dirty while in flight: written again, after its own settle time.
+        queue.push(key("a"));
+        queue.done(key("a"), None);
+        let rewritten = Instant::now();
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(rewritten.elapsed(), Duration::from_millis(20));
     }
 }
