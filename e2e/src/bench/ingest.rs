@@ -7,6 +7,12 @@
 //! default rate limit as it would in production (the store takes every
 //! delta; the writer writes the latest state at its own pace).
 //!
+//! The objects stay fewer than the hub's `--throttle-queue-depth` (10,000):
+//! with more objects dirty at once than that, the hub throttles the agents
+//! to what its KCP writer can write, by design, and the rate measured would
+//! be the writer's. `throttles` reports the Throttle frames sent while
+//! measuring; a run with any is not measuring ingest.
+//!
 //! Measured over a window after warm-up: deltas the hub received and
 //! acknowledged per second (`uplink_hub_deltas_received_total`), the hub's
 //! CPU seconds per million deltas and its resident memory (from `/proc`).
@@ -71,6 +77,8 @@ pub struct IngestReport {
     pub hub_rss_mib: f64,
     /// Deltas per `Deltas` frame the agents achieved (the baseline sends these).
     pub deltas_per_frame: f64,
+    /// Throttle frames the hub sent while measuring (0 for a valid figure).
+    pub throttles: u64,
 }
 
 impl IngestReport {
@@ -191,12 +199,15 @@ async fn measure_uplink(
             })
         };
         let received = || hub_metric(&http, addrs.http, "uplink_hub_deltas_received_total", &[]);
+        let throttles = || hub_metric(&http, addrs.http, "uplink_hub_throttles_total", &[]);
         let (deltas_from, frames_from) = frames_sent(&agents);
+        let throttles_from = throttles().await?;
         let from = (received().await?, procstat::sample(pid)?, Instant::now());
         eprintln!("  measuring for {:?} ...", settings.duration);
         tokio::time::sleep(settings.duration).await;
         let to = (received().await?, procstat::sample(pid)?, Instant::now());
         let (deltas_to, frames_to) = frames_sent(&agents);
+        let throttles_to = throttles().await?;
         stop.cancel();
         while feeders.join_next().await.is_some() {}
         if let Some(failure) = agents.failed() {
@@ -216,6 +227,7 @@ async fn measure_uplink(
             hub_rss_mib: to.1.rss_mib(),
             deltas_per_frame: (deltas_to - deltas_from) as f64
                 / (frames_to - frames_from).max(1) as f64,
+            throttles: (throttles_to - throttles_from).max(0.0) as u64,
         })
     }
     .await;

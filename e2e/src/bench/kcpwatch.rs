@@ -142,6 +142,18 @@ impl KcpWatch {
         self.lock().pending.iter().map(VecDeque::len).sum()
     }
 
+    /// Up to `limit` indexes of objects with writes not shown yet.
+    pub fn pending_objects(&self, limit: usize) -> Vec<usize> {
+        self.lock()
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(i, _)| i)
+            .take(limit)
+            .collect()
+    }
+
     /// The highest counter KCP showed for object `index`.
     pub fn shown(&self, index: usize) -> Option<i64> {
         self.lock().shown.get(index).copied().flatten()

@@ -169,7 +169,7 @@ impl Scale {
                 agents: 10_000,
                 connections_idle: Duration::from_secs(30),
                 ingest_agents: 16,
-                ingest_objects: 2_000,
+                ingest_objects: 500,
                 ingest_window: Duration::from_secs(20),
             }
         };
@@ -233,6 +233,7 @@ impl IngestReport {
             Figure::new("hub_rss_mib", self.hub_rss_mib, "-"),
             Figure::new("agents", self.agents as f64, "-"),
             Figure::new("deltas_per_frame", self.deltas_per_frame, "-"),
+            Figure::new("throttles", self.throttles as f64, "0"),
         ]
     }
 }

@@ -132,6 +132,12 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
         let upstream = kube::Api::namespaced(client, super::fleet::NAMESPACE);
         let kcp_watch = KcpWatch::start(upstream, &objects).await?;
 
+        // Expected before any agent starts: the first ones connect (and
+        // their statuses reach KCP) while the last ones are still starting.
+        let started = Instant::now();
+        for index in 0..agents {
+            kcp_watch.expect(index, 0, started);
+        }
         eprintln!("  connecting {agents} agents ...");
         let simulated = SimulatedAgents::start(
             &names,
@@ -146,10 +152,6 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
         .await?;
         let measured = async {
             // Everyone connected and KCP showing every initial status.
-            let started = Instant::now();
-            for index in 0..agents {
-                kcp_watch.expect(index, 0, started);
-            }
             let http = metrics_client();
             loop {
                 let connected = hub_metric(&http, addrs.http, "uplink_hub_agents_connected", &[])
@@ -158,11 +160,17 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
                 if connected as usize >= agents && kcp_watch.pending() == 0 {
                     break;
                 }
-                anyhow::ensure!(
-                    started.elapsed() < CONNECT_TIMEOUT,
-                    "before the kill: {connected} of {agents} agents connected, {} initial statuses not in KCP",
-                    kcp_watch.pending()
-                );
+                if started.elapsed() >= CONNECT_TIMEOUT {
+                    let missing: Vec<&String> = kcp_watch
+                        .pending_objects(5)
+                        .into_iter()
+                        .filter_map(|i| objects.get(i))
+                        .collect();
+                    anyhow::bail!(
+                        "before the kill: {connected} of {agents} agents connected, {} initial statuses not in KCP (first: {missing:?})",
+                        kcp_watch.pending()
+                    );
+                }
                 tokio::time::sleep(SAMPLE).await;
             }
             let _ = kcp_watch.take_latencies();
