@@ -56,20 +56,7 @@ pub async fn run(
     binaries: &Binaries,
     settings: ConnectionsSettings,
 ) -> anyhow::Result<ConnectionsReport> {
-    let limit = raise_fd_limit(std::process::id()).await;
-    let agents = match limit {
-        Some(limit) => settings
-            .agents
-            .min(limit.saturating_sub(SPARE_FDS) as usize),
-        None => settings.agents,
-    }
-    .max(1);
-    if agents < settings.agents {
-        eprintln!(
-            "  {agents} agents instead of {}: the descriptor limit is {limit:?}",
-            settings.agents
-        );
-    }
+    let agents = agents_within_fd_limit(settings.agents).await;
     let dir = std::env::temp_dir().join(format!("uplink-bench-conn-{}", std::process::id()));
     let result = measure(binaries, settings, agents, &dir).await;
     if result.is_ok() {
@@ -160,6 +147,22 @@ async fn measure(
     hub.stop(STOP_GRACE).await;
     kcp.shutdown().await;
     outcome
+}
+
+/// How many of `asked` in-process agents fit this process's descriptors
+/// (one each, plus [`SPARE_FDS`]), after raising the limit; says so when
+/// fewer fit.
+pub async fn agents_within_fd_limit(asked: usize) -> usize {
+    let limit = raise_fd_limit(std::process::id()).await;
+    let agents = match limit {
+        Some(limit) => asked.min(limit.saturating_sub(SPARE_FDS) as usize),
+        None => asked,
+    }
+    .max(1);
+    if agents < asked {
+        eprintln!("  {agents} agents instead of {asked}: the descriptor limit is {limit:?}");
+    }
+    agents
 }
 
 /// Raises the soft RLIMIT_NOFILE of `pid` to its hard limit with `prlimit`

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 use uplink_agent::ReconnectSettings;
 
-use super::connections::raise_fd_limit;
+use super::connections::agents_within_fd_limit;
 use super::fleet::{Binaries, WORKSPACE, hub_metric, metrics_client, unlimited_writes};
 use super::kcpwatch::KcpWatch;
 use super::simulated::{
@@ -44,8 +44,6 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Heartbeats are not what this measures.
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// Descriptors kept free for everything else in this process.
-const SPARE_FDS: u64 = 1_000;
 
 /// How much load.
 #[derive(Debug, Clone, Copy)]
@@ -74,20 +72,7 @@ pub struct StormReport {
 
 /// Runs the scenario.
 pub async fn run(binaries: &Binaries, settings: StormSettings) -> anyhow::Result<StormReport> {
-    let limit = raise_fd_limit(std::process::id()).await;
-    let agents = match limit {
-        Some(limit) => settings
-            .agents
-            .min(limit.saturating_sub(SPARE_FDS) as usize),
-        None => settings.agents,
-    }
-    .max(1);
-    if agents < settings.agents {
-        eprintln!(
-            "  {agents} agents instead of {}: the descriptor limit is {limit:?}",
-            settings.agents
-        );
-    }
+    let agents = agents_within_fd_limit(settings.agents).await;
     let dir = std::env::temp_dir().join(format!("uplink-bench-storm-{}", std::process::id()));
     let files = Files {
         pki: dir.join("pki"),
