@@ -147,6 +147,26 @@ impl Health {
             .collect()
     }
 
+    /// [`Health::link_states`] of only `clusters` (the ones a merge looks
+    /// at); unknown clusters are left out. One lock, no walk of the fleet.
+    pub fn link_states_of<'a>(
+        &self,
+        clusters: impl IntoIterator<Item = &'a str>,
+        now: SystemTime,
+        interval: Duration,
+        grace: Duration,
+    ) -> Vec<(ClusterName, ClusterState, Option<i64>)> {
+        let records = self.lock();
+        clusters
+            .into_iter()
+            .filter_map(|name| {
+                let record = records.get(name)?;
+                let state = cluster_state(record, now, interval, grace);
+                Some((name.to_owned(), state, record.clock_skew_ms))
+            })
+            .collect()
+    }
+
     pub fn record(&self, cluster: &str) -> Option<ClusterRecord> {
         self.lock().get(cluster).cloned()
     }

@@ -448,11 +448,54 @@ impl Aggregator {
 
     /// Every known cluster's state, skew and labels at `now`.
     pub fn cluster_view(&self, now: SystemTime) -> ClusterView {
+        let states = self
+            .health
+            .link_states(now, self.heartbeat_interval, self.offline_grace);
+        let mut view = self.view_of(states);
+        for (name, labels) in &self.policy.cluster_labels {
+            if !view.clusters.contains_key(name) {
+                view.insert(
+                    name.clone(),
+                    ClusterInfo {
+                        labels: labels.clone(),
+                        ..ClusterInfo::default()
+                    },
+                );
+            }
+        }
+        view
+    }
+
+    /// The view a merge of `entries` needs: only the clusters that report
+    /// the object. Merging never looks at any other, and building the whole
+    /// fleet's view per write made each write cost O(clusters).
+    fn view_for(&self, entries: &BTreeMap<ClusterName, Entry>, now: SystemTime) -> ClusterView {
+        let states = self.health.link_states_of(
+            entries.keys().map(String::as_str),
+            now,
+            self.heartbeat_interval,
+            self.offline_grace,
+        );
+        let mut view = self.view_of(states);
+        for name in entries.keys() {
+            if let Some(labels) = self.policy.cluster_labels.get(name)
+                && !view.clusters.contains_key(name)
+            {
+                view.insert(
+                    name.clone(),
+                    ClusterInfo {
+                        labels: labels.clone(),
+                        ..ClusterInfo::default()
+                    },
+                );
+            }
+        }
+        view
+    }
+
+    fn view_of(&self, states: Vec<(ClusterName, ClusterState, Option<i64>)>) -> ClusterView {
         let mut view = ClusterView::default();
-        for (name, state, skew) in
-            self.health
-                .link_states(now, self.heartbeat_interval, self.offline_grace)
-        {
+        for (name, state, skew) in states {
             let labels = self
                 .policy
                 .cluster_labels
@@ -468,23 +511,12 @@ impl Aggregator {
                 },
             );
         }
-        for (name, labels) in &self.policy.cluster_labels {
-            if !view.clusters.contains_key(name) {
-                view.insert(
-                    name.clone(),
-                    ClusterInfo {
-                        labels: labels.clone(),
-                        ..ClusterInfo::default()
-                    },
-                );
-            }
-        }
         view
     }
 
     /// The merge of `entries` now, without recording anything.
     pub fn preview(&self, key: &ObjectKey, entries: &BTreeMap<ClusterName, Entry>) -> Merged {
-        let view = self.cluster_view(SystemTime::now());
+        let view = self.view_for(entries, SystemTime::now());
         merge(key, entries, &view, &self.policy, &self.gates)
     }
 
@@ -495,7 +527,7 @@ impl Aggregator {
         let merged = merge(
             key,
             entries,
-            &self.cluster_view(now),
+            &self.view_for(entries, now),
             &self.policy,
             &self.gates,
         );
