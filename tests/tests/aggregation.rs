@@ -159,6 +159,13 @@ async fn a_generation_rolled_out_to_two_of_three_clusters_names_the_third() -> R
                     message.contains("north behind generation 2"),
                     "message {message}"
                 );
+                // east and north alone already make that conflict: wait
+                // for west's report too before judging the merge.
+                ensure!(
+                    s["readyReplicas"] == 3,
+                    "readyReplicas {} (not every cluster merged yet)",
+                    s["readyReplicas"]
+                );
                 Ok(())
             },
         )
