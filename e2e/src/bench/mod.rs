@@ -317,11 +317,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         chosen
     };
     let binaries = find_binaries(&args).await?;
+    let interrupted = tokio_util::sync::CancellationToken::new();
+    let _signals = AbortOnDrop(tokio::spawn(crate::demo::cancel_on_signal(
+        interrupted.clone(),
+    )));
     let mut results = Results::default();
     for scenario in scenarios {
         eprintln!("== {}: running ...", scenario.name());
         let started = std::time::Instant::now();
-        let outcome = run_scenario(scenario, &binaries, scale).await;
+        // Interrupted, the scenario is dropped where it stands: its child
+        // processes are killed with it (kill on drop), none is left behind.
+        let outcome = tokio::select! {
+            outcome = run_scenario(scenario, &binaries, scale) => outcome,
+            () = interrupted.cancelled() => {
+                eprintln!("== {}: interrupted; its processes are stopped", scenario.name());
+                anyhow::bail!("interrupted");
+            }
+        };
         let what = match &outcome {
             Outcome::Measured(_) => "done".to_owned(),
             Outcome::Failed(error) => format!("FAILED: {error}"),
@@ -348,6 +360,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs one scenario; its errors become [`Outcome::Failed`].

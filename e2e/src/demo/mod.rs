@@ -137,7 +137,7 @@ struct Binaries {
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(stop: CancellationToken) {
+pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
