@@ -39,11 +39,9 @@ use super::fleet::{Binaries, NAMESPACE, WORKSPACE, hub_metric, metrics_client};
 use super::procstat;
 use super::simulated::{
     DOWNSTREAM_NAMESPACE, SimulatedAgent, SimulatedAgents, SimulatedSettings, object_name,
-    seed_kcp, status, write_pki,
+    seed_kcp, start_kcp, status, write_pki,
 };
 use super::sink::{self, BlastClient};
-use crate::apiserver::{ApiServer, ApiServerConfig};
-use crate::demo::connections::Connections;
 use crate::demo::launch::{self, Files};
 use crate::demo::processes::ChildProcess;
 
@@ -132,23 +130,10 @@ async fn measure_uplink(
     names: &[String],
     files: &Files,
 ) -> anyhow::Result<IngestReport> {
-    let kcp = ApiServer::start(ApiServerConfig {
-        workspaces: vec![WORKSPACE.to_owned()],
-        ..ApiServerConfig::default()
-    })
-    .await
-    .context("starting KCP")?;
-    kcp.write_kubeconfig(&files.kcp_kubeconfig, None)?;
+    let (kcp, client) = start_kcp(&files.kcp_kubeconfig).await?;
     let (hub, addrs) =
         launch::start_hub_with(&binaries.hub, files, Duration::from_secs(5), &[]).await?;
     let outcome = async {
-        let mut connections = Connections::default();
-        connections
-            .add_workspace(WORKSPACE, &kcp.kubeconfig_yaml(Some(WORKSPACE)))
-            .await?;
-        let client = connections
-            .workspace(WORKSPACE)
-            .context("no client for KCP")?;
         let total = names.len() * settings.objects_per_agent;
         eprintln!("  seeding {total} objects in KCP ...");
         seed_kcp(client, names, settings.objects_per_agent).await?;

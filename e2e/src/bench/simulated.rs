@@ -241,6 +241,30 @@ pub async fn write_pki(dir: &Path, clusters: &[String]) -> anyhow::Result<()> {
     .context("writing the benchmark's certificates")
 }
 
+/// Starts KCP with the benchmark's workspace, writes the hub's kubeconfig
+/// to `kubeconfig`, and returns a client of that workspace.
+pub async fn start_kcp(
+    kubeconfig: &Path,
+) -> anyhow::Result<(crate::apiserver::ApiServer, kube::Client)> {
+    use crate::apiserver::{ApiServer, ApiServerConfig};
+
+    let kcp = ApiServer::start(ApiServerConfig {
+        workspaces: vec![WORKSPACE.to_owned()],
+        ..ApiServerConfig::default()
+    })
+    .await
+    .context("starting KCP")?;
+    kcp.write_kubeconfig(kubeconfig, None)?;
+    let mut connections = crate::demo::connections::Connections::default();
+    connections
+        .add_workspace(WORKSPACE, &kcp.kubeconfig_yaml(Some(WORKSPACE)))
+        .await?;
+    let client = connections
+        .workspace(WORKSPACE)
+        .context("no client for KCP")?;
+    Ok((kcp, client))
+}
+
 /// Creates, in KCP's benchmark workspace (`client`), the namespace and every
 /// simulated cluster's objects, so the hub's writes land on real objects.
 pub async fn seed_kcp(

@@ -24,13 +24,11 @@ use tokio::time::Instant;
 use uplink_agent::ReconnectSettings;
 
 use super::connections::agents_within_fd_limit;
-use super::fleet::{Binaries, WORKSPACE, hub_metric, metrics_client, unlimited_writes};
+use super::fleet::{Binaries, hub_metric, metrics_client, unlimited_writes};
 use super::kcpwatch::KcpWatch;
 use super::simulated::{
-    SimulatedAgents, SimulatedSettings, object_name, seed_kcp, status, write_pki,
+    SimulatedAgents, SimulatedSettings, object_name, seed_kcp, start_kcp, status, write_pki,
 };
-use crate::apiserver::{ApiServer, ApiServerConfig};
-use crate::demo::connections::Connections;
 use crate::demo::launch::{self, Files};
 
 /// How often the agents' attempt counters and KCP are looked at.
@@ -93,24 +91,11 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
     let names: Vec<String> = (1..=agents).map(|i| format!("storm-{i}")).collect();
     eprintln!("  issuing {agents} client certificates ...");
     write_pki(&files.pki, &names).await?;
-    let kcp = ApiServer::start(ApiServerConfig {
-        workspaces: vec![WORKSPACE.to_owned()],
-        ..ApiServerConfig::default()
-    })
-    .await
-    .context("starting KCP")?;
-    kcp.write_kubeconfig(&files.kcp_kubeconfig, None)?;
+    let (kcp, client) = start_kcp(&files.kcp_kubeconfig).await?;
     let extra = unlimited_writes();
     let (hub, addrs) = launch::start_hub_with(&binaries.hub, files, HEARTBEAT, &extra).await?;
     let mut hub = Some(hub);
     let outcome = async {
-        let mut connections = Connections::default();
-        connections
-            .add_workspace(WORKSPACE, &kcp.kubeconfig_yaml(Some(WORKSPACE)))
-            .await?;
-        let client = connections
-            .workspace(WORKSPACE)
-            .context("no client for KCP")?;
         eprintln!("  seeding {agents} objects in KCP ...");
         seed_kcp(client.clone(), &names, 1).await?;
         let objects: Vec<String> = names.iter().map(|n| object_name(n, 0)).collect();

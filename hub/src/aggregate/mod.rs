@@ -452,17 +452,7 @@ impl Aggregator {
             .health
             .link_states(now, self.heartbeat_interval, self.offline_grace);
         let mut view = self.view_of(states);
-        for (name, labels) in &self.policy.cluster_labels {
-            if !view.clusters.contains_key(name) {
-                view.insert(
-                    name.clone(),
-                    ClusterInfo {
-                        labels: labels.clone(),
-                        ..ClusterInfo::default()
-                    },
-                );
-            }
-        }
+        self.add_labelled(&mut view, self.policy.cluster_labels.keys());
         view
     }
 
@@ -477,7 +467,18 @@ impl Aggregator {
             self.offline_grace,
         );
         let mut view = self.view_of(states);
-        for name in entries.keys() {
+        self.add_labelled(&mut view, entries.keys());
+        view
+    }
+
+    /// Adds each of `names` that has configured labels but no health record
+    /// yet, with just its labels.
+    fn add_labelled<'a>(
+        &self,
+        view: &mut ClusterView,
+        names: impl IntoIterator<Item = &'a ClusterName>,
+    ) {
+        for name in names {
             if let Some(labels) = self.policy.cluster_labels.get(name)
                 && !view.clusters.contains_key(name)
             {
@@ -490,7 +491,6 @@ impl Aggregator {
                 );
             }
         }
-        view
     }
 
     fn view_of(&self, states: Vec<(ClusterName, ClusterState, Option<i64>)>) -> ClusterView {
