@@ -25,7 +25,7 @@ use super::scale;
 use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{Filter, NameChoice};
+use super::store::{Filter, ListKey, NameChoice, Scope};
 use super::table::{self, Rendering};
 use super::watch;
 
@@ -67,6 +67,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     }
     let ws = parsed.workspace.as_str();
+    let scope = if parsed.all_workspaces {
+        Scope::AllWorkspaces
+    } else {
+        Scope::Workspace(parsed.workspace.clone())
+    };
+    // Discovery of `/clusters/*` is the union of every workspace's.
+    let served = || match &scope {
+        Scope::AllWorkspaces => shared.store.resources_in_all_workspaces(),
+        Scope::Workspace(_) => shared.store.resources(ws),
+    };
     let accept = header_str(&req, header::ACCEPT).to_string();
     match parsed.target {
         PathTarget::Version => Ok(json_response(StatusCode::OK, &discovery::version())),
@@ -80,7 +90,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 return Err(ApiError::method_not_allowed(req.method().as_str()));
             }
             if let Some(v) = discovery::aggregated_version(&accept) {
-                let doc = discovery::aggregated(&shared.store.resources(ws), true, v);
+                let doc = discovery::aggregated(&served(), true, v);
                 return Ok(typed_json_response(
                     StatusCode::OK,
                     &doc,
@@ -97,7 +107,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             if req.method() != Method::GET {
                 return Err(ApiError::method_not_allowed(req.method().as_str()));
             }
-            let resources = shared.store.resources(ws);
+            let resources = served();
             if let Some(v) = discovery::aggregated_version(&accept) {
                 let doc = discovery::aggregated(&resources, false, v);
                 return Ok(typed_json_response(
@@ -111,16 +121,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 &discovery::group_list(&resources),
             ))
         }
-        PathTarget::Group(group) => discovery::group(&shared.store.resources(ws), &group)
+        PathTarget::Group(group) => discovery::group(&served(), &group)
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(ApiError::no_route),
         PathTarget::GroupVersion { group, version } => {
-            discovery::resource_list(&shared.store.resources(ws), &group, &version)
+            discovery::resource_list(&served(), &group, &version)
                 .map(|doc| json_response(StatusCode::OK, &doc))
                 .ok_or_else(ApiError::no_route)
         }
         PathTarget::OpenApi(rest) => {
-            let resources = shared.store.resources(ws);
+            let resources = served();
             let doc = if rest == "v3" {
                 Some(openapi::index(&resources))
             } else {
@@ -131,11 +141,10 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         PathTarget::Unknown => Err(ApiError::no_route()),
         PathTarget::Resource(rp) => {
-            let ws = parsed.workspace.clone();
             serve_resource(
                 shared,
                 req,
-                &ws,
+                scope,
                 rp,
                 query,
                 is_watch,
@@ -185,21 +194,54 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The verb kube's `RequestInfoFactory` (and so authorization and kcp's
+/// wildcard guard) names a resource request by.
+fn request_verb(method: &Method, rp: &ResourcePath, is_watch: bool) -> String {
+    let verb = match (method, rp.name.is_some()) {
+        _ if is_watch => "watch",
+        (&Method::GET | &Method::HEAD, true) => "get",
+        (&Method::GET | &Method::HEAD, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        (other, _) => return other.as_str().to_ascii_lowercase(),
+    };
+    verb.to_string()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_resource(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    ws: &str,
+    scope: Scope,
     rp: ResourcePath,
     query: Query,
     is_watch: bool,
     close_watch_after: Option<u64>,
     accept: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let def = shared
-        .store
-        .resolve(ws, &rp.group, &rp.version, &rp.resource)
-        .ok_or_else(ApiError::no_route)?;
+    let def = match &scope {
+        Scope::Workspace(ws) => shared
+            .store
+            .resolve(ws, &rp.group, &rp.version, &rp.resource),
+        Scope::AllWorkspaces => {
+            // kcp refuses every other verb before it looks the resource up.
+            let verb = request_verb(req.method(), &rp, is_watch);
+            if verb != "list" && verb != "watch" {
+                let subject = status::Subject {
+                    group: &rp.group,
+                    resource: &rp.resource,
+                };
+                return Err(ApiError::not_in_all_workspaces(subject, &verb));
+            }
+            shared
+                .store
+                .resolve_in_any_workspace(&rp.group, &rp.version, &rp.resource)
+        }
+    }
+    .ok_or_else(ApiError::no_route)?;
     if !def.namespaced && rp.namespace.is_some() {
         return Err(ApiError::no_route());
     }
@@ -225,20 +267,28 @@ async fn serve_resource(
         return watch::serve(
             shared.clone(),
             target,
-            ws.to_string(),
+            scope,
             &query,
             filter,
             close_watch_after,
             accept,
         );
     }
+    if method == Method::GET && rp.name.is_none() {
+        return list(shared, &scope, &target, &query, all_namespaces, accept);
+    }
+    let Scope::Workspace(ws) = &scope else {
+        return Err(ApiError::internal(
+            "only list and watch may address every workspace",
+        ));
+    };
+    let ws = ws.as_str();
     let name = rp.name.clone();
     if scale {
         let name = name.unwrap_or_default();
         return serve_scale(shared, req, ws, &target, &name, &query).await;
     }
     match (&method, name) {
-        (&Method::GET, None) => list(shared, ws, &target, &query, all_namespaces, accept),
         (&Method::GET, Some(name)) => get(shared, ws, &target, &name, &query, accept),
         (&Method::POST, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Object).await?;
@@ -499,24 +549,31 @@ fn get(
 }
 
 /// A continue token: the last key returned, opaque to clients.
-fn encode_continue(rv: u64, key: &(String, String)) -> String {
-    let raw = json!({ "v": "uplink.1", "rv": rv, "ns": key.0, "name": key.1 }).to_string();
+fn encode_continue(rv: u64, key: &ListKey) -> String {
+    let raw = json!({ "v": "uplink.1", "rv": rv, "ws": key.workspace, "ns": key.namespace, "name": key.name })
+        .to_string();
     object::base64_encode(raw.as_bytes())
 }
 
-fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+fn decode_continue(token: &str) -> Result<(u64, ListKey), ApiError> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
     let raw = object::base64_decode(token).ok_or_else(bad)?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let text = |field: &str| v[field].as_str().map(str::to_string).ok_or_else(bad);
     let rv = v["rv"].as_u64().ok_or_else(bad)?;
-    let ns = v["ns"].as_str().ok_or_else(bad)?.to_string();
-    let name = v["name"].as_str().ok_or_else(bad)?.to_string();
-    Ok((rv, (ns, name)))
+    Ok((
+        rv,
+        ListKey {
+            workspace: text("ws")?,
+            namespace: text("ns")?,
+            name: text("name")?,
+        },
+    ))
 }
 
 fn list(
     shared: &Shared,
-    ws: &str,
+    scope: &Scope,
     target: &Target,
     query: &Query,
     all_namespaces: bool,
@@ -540,7 +597,7 @@ fn list(
         Some(token) => Some(decode_continue(token)?),
     };
     let page = shared.store.list(
-        ws,
+        scope,
         &target.def.key(),
         &filter,
         after.as_ref().map(|(_, k)| k.clone()),
@@ -866,9 +923,10 @@ fn delete_collection(
     let dry = dry_run(query)? || body_dry_run(body);
     let options = DeleteOptions::from_body(body)?;
     let filter = list_filter(target, query, None, false)?;
+    let scope = Scope::Workspace(ws.to_string());
     let page = shared
         .store
-        .list(ws, &target.def.key(), &filter, None, None, None)?;
+        .list(&scope, &target.def.key(), &filter, None, None, None)?;
     let mut deleted = Vec::new();
     for item in page.items {
         let name = meta_str(&item, "name").unwrap_or_default().to_string();
@@ -953,11 +1011,13 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
-        let token = encode_continue(42, &("ns".into(), "web".into()));
-        assert_eq!(
-            decode_continue(&token).ok(),
-            Some((42, ("ns".to_string(), "web".to_string())))
-        );
+        let key = ListKey {
+            workspace: "root:a".into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let token = encode_continue(42, &key);
+        assert_eq!(decode_continue(&token).ok(), Some((42, key)));
         assert!(decode_continue("garbage!").is_err());
     }
 

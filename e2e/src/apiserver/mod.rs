@@ -10,6 +10,33 @@
 //! dry runs, `Status` errors, CRDs. Faults (latency, error responses, short
 //! watches) can be injected at run time through [`Faults`].
 //!
+//! KCP, as far as Uplink sees it:
+//! - Every object stored in a workspace carries the annotation
+//!   `kcp.io/cluster: <workspace>` in every answer (get, list, watch events,
+//!   the answers to create, update, patch and delete), as kcp's storage sets
+//!   it from the storage key on every object it returns: a value sent by a
+//!   client is replaced, and removing it changes nothing. Objects of the
+//!   physical cluster (paths without `/clusters/`) have no such annotation.
+//! - kcp's wildcard `/clusters/*`: `GET /clusters/*/api/v1/<resource>` and
+//!   `/clusters/*/apis/<group>/<version>/<resource>` (and `.../namespaces/<ns>/...`)
+//!   list and watch across every workspace (never the physical cluster),
+//!   with label selectors (`key`, `key=value`, ...), field selectors,
+//!   `limit`/`continue` (one snapshot across workspaces, ordered by
+//!   workspace, namespace, name) and watches with the same guarantees as in
+//!   one workspace: resume from a resourceVersion, bookmarks, 410 Expired
+//!   when any workspace's history no longer reaches back. This works because
+//!   one counter numbers every write of the server, so resource versions
+//!   compare across workspaces (as one etcd revision does for kcp). A
+//!   custom resource is served under `/clusters/*` when some workspace
+//!   defines it. Every other verb (get by name, create, update, patch,
+//!   delete, deletecollection) is refused as kcp's
+//!   `WithWildcardListWatchGuard` refuses it: 405 `MethodNotAllowed`,
+//!   "`<verb>` is not supported on resources of kind "<resource>" in the `*`
+//!   logical cluster". Discovery under `/clusters/*` is the union of every
+//!   workspace's, so `kubectl --server .../clusters/* get deployments -A -l
+//!   <label>` works. Unlike kcp, no permission is needed for the wildcard
+//!   (kcp allows it to privileged system users only).
+//!
 //! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
 //! description), `handler` (authentication, faults, routing, verbs over
 //! HTTP), `registry` (what each verb does to an object), `store` (objects,

@@ -111,6 +111,23 @@ impl Filter {
     }
 }
 
+/// Which workspaces a list or watch covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One workspace ("" is the physical cluster).
+    Workspace(String),
+    /// Every KCP workspace (kcp's `/clusters/*`), never the physical cluster.
+    AllWorkspaces,
+}
+
+/// Where a list page ends: the last object returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListKey {
+    pub workspace: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Where a new watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WatchStart {
@@ -176,7 +193,7 @@ pub(crate) struct Subscription {
 #[derive(Debug)]
 struct Registration {
     inner: Arc<Mutex<Inner>>,
-    workspace: String,
+    scope: Scope,
     key: ResourceKey,
     id: u64,
 }
@@ -184,12 +201,16 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut inner = lock(&self.inner);
-        if let Some(c) = inner
-            .spaces
-            .get_mut(&self.workspace)
-            .and_then(|s| s.collections.get_mut(&self.key))
-        {
-            c.watchers.retain(|w| w.id != self.id);
+        let watchers = match &self.scope {
+            Scope::Workspace(ws) => inner
+                .spaces
+                .get_mut(ws)
+                .and_then(|s| s.collections.get_mut(&self.key))
+                .map(|c| &mut c.watchers),
+            Scope::AllWorkspaces => inner.wildcard.get_mut(&self.key),
+        };
+        if let Some(watchers) = watchers {
+            watchers.retain(|w| w.id != self.id);
         }
     }
 }
@@ -207,7 +228,7 @@ pub(crate) struct ListPage {
     pub items: Vec<Arc<Value>>,
     pub rv: u64,
     /// The key to continue after, when more items match.
-    pub next: Option<(String, String)>,
+    pub next: Option<ListKey>,
     pub remaining: usize,
 }
 
@@ -240,21 +261,27 @@ impl Collection {
                     .map_or(old.rv, |e| e.rv.saturating_sub(1));
             }
         }
-        self.watchers.retain(|w| match w.filter.view(&event) {
-            None => !w.tx.is_closed(),
-            Some(kind) => match w.tx.try_send(Delivery {
-                kind,
-                event: event.clone(),
-            }) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(watcher = w.id, "ending a watch that fell too far behind");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-        });
+        fan_out(&mut self.watchers, &event);
     }
+}
+
+/// Hands an event to every watcher whose filter sees it, dropping watchers
+/// that cannot keep up (their watch ends) or are gone.
+fn fan_out(watchers: &mut Vec<WatcherSlot>, event: &Arc<Event>) {
+    watchers.retain(|w| match w.filter.view(event) {
+        None => !w.tx.is_closed(),
+        Some(kind) => match w.tx.try_send(Delivery {
+            kind,
+            event: event.clone(),
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(watcher = w.id, "ending a watch that fell too far behind");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        },
+    });
 }
 
 impl Collection {
@@ -299,6 +326,160 @@ struct Inner {
     rv: u64,
     next_watcher_id: u64,
     spaces: HashMap<String, Space>,
+    /// Watchers of `/clusters/*` (kcp's wildcard), by resource: they see
+    /// the events of every workspace, present and future.
+    wildcard: HashMap<ResourceKey, Vec<WatcherSlot>>,
+}
+
+impl Inner {
+    /// A workspace's space, created with its initial namespaces on first
+    /// use, and the journal its writes go through.
+    fn open<'a>(&'a mut self, workspace: &'a str, capacity: usize) -> (&'a mut Space, Journal<'a>) {
+        let Inner {
+            rv,
+            spaces,
+            wildcard,
+            ..
+        } = self;
+        let mut journal = Journal {
+            rv,
+            capacity,
+            // The physical cluster ("") is not a workspace: `/clusters/*` never sees it.
+            wildcard: (!workspace.is_empty()).then_some(wildcard),
+            workspace,
+        };
+        let space = spaces.entry(workspace.to_string()).or_insert_with(|| {
+            let mut space = Space::default();
+            let initial: &[&str] = if workspace.is_empty() {
+                &["default", "kube-system", "kube-public", "kube-node-lease"]
+            } else {
+                &["default"]
+            };
+            for name in initial {
+                journal.put(
+                    &mut space,
+                    &namespaces_key(),
+                    (String::new(), (*name).to_string()),
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {
+                            "name": name,
+                            "uid": uuid::Uuid::new_v4().to_string(),
+                            "creationTimestamp": object::now_rfc3339(),
+                            "labels": { "kubernetes.io/metadata.name": name },
+                        },
+                        "spec": { "finalizers": ["kubernetes"] },
+                        "status": { "phase": "Active" },
+                    }),
+                    None,
+                );
+            }
+            space
+        });
+        (space, journal)
+    }
+
+    /// The KCP workspaces (not the physical cluster), in name order.
+    fn workspaces(&self) -> Vec<(&str, &Space)> {
+        let mut all: Vec<(&str, &Space)> = self
+            .spaces
+            .iter()
+            .filter(|(ws, _)| !ws.is_empty())
+            .map(|(ws, space)| (ws.as_str(), space))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// The existing spaces a scope covers, in workspace name order.
+    fn in_scope(&self, scope: &Scope) -> Vec<(&str, &Space)> {
+        match scope {
+            Scope::Workspace(ws) => self
+                .spaces
+                .get_key_value(ws)
+                .map(|(ws, space)| (ws.as_str(), space))
+                .into_iter()
+                .collect(),
+            Scope::AllWorkspaces => self.workspaces(),
+        }
+    }
+}
+
+/// Where one workspace's writes go: the resource-version counter (one for
+/// the whole server, so versions compare across workspaces), the history
+/// bound, and, for KCP workspaces, the wildcard watchers.
+struct Journal<'a> {
+    rv: &'a mut u64,
+    capacity: usize,
+    wildcard: Option<&'a mut HashMap<ResourceKey, Vec<WatcherSlot>>>,
+    workspace: &'a str,
+}
+
+impl Journal<'_> {
+    fn next_rv(&mut self) -> u64 {
+        *self.rv += 1;
+        *self.rv
+    }
+
+    /// Records an event in its collection and hands it to the watchers of
+    /// the workspace and of `/clusters/*`.
+    fn publish(&mut self, collection: &mut Collection, key: &ResourceKey, event: Arc<Event>) {
+        if let Some(watchers) = self.wildcard.as_deref_mut().and_then(|w| w.get_mut(key)) {
+            fan_out(watchers, &event);
+        }
+        collection.publish(event, self.capacity);
+    }
+
+    /// Stores an object (created or replaced) under a new resourceVersion,
+    /// with the workspace annotation, and publishes the event.
+    fn put(
+        &mut self,
+        space: &mut Space,
+        key: &ResourceKey,
+        obj_key: (String, String),
+        mut value: Value,
+        current: Option<Arc<Value>>,
+    ) -> Arc<Value> {
+        let rv = self.next_rv();
+        object::set_meta(&mut value, "resourceVersion", Some(json!(rv.to_string())));
+        annotate_workspace(&mut value, self.workspace);
+        let value = Arc::new(value);
+        let kind = if current.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        let collection = space.collections.entry(key.clone()).or_default();
+        collection.objects.insert(obj_key, value.clone());
+        self.publish(
+            collection,
+            key,
+            Event::new(rv, kind, value.clone(), current),
+        );
+        value
+    }
+}
+
+/// kcp's annotation naming the workspace (logical cluster) an object lives in.
+pub(crate) const CLUSTER_ANNOTATION: &str = "kcp.io/cluster";
+
+/// Sets `kcp.io/cluster` on an object stored in a workspace, as kcp's
+/// storage does on every object it returns; the physical cluster has none.
+fn annotate_workspace(object: &mut Value, workspace: &str) {
+    if workspace.is_empty() {
+        return;
+    }
+    let meta = object::metadata_mut(object);
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if !annotations.is_object() {
+        *annotations = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(annotations) = annotations {
+        annotations.insert(CLUSTER_ANNOTATION.to_string(), json!(workspace));
+    }
 }
 
 /// All objects of one server.
@@ -331,6 +512,7 @@ impl Store {
                 rv: 0,
                 next_watcher_id: 0,
                 spaces: HashMap::new(),
+                wildcard: HashMap::new(),
             })),
             builtins: resources::builtins(),
             history,
@@ -341,51 +523,7 @@ impl Store {
     /// Creates a workspace ("" is the cluster itself) with its initial
     /// namespaces, if it does not exist yet.
     pub fn ensure_space(&self, workspace: &str) {
-        let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        space_mut(spaces, rv, workspace);
-    }
-}
-
-/// A workspace's space, created with its initial namespaces on first use.
-fn space_mut<'a>(
-    spaces: &'a mut HashMap<String, Space>,
-    rv: &mut u64,
-    workspace: &str,
-) -> &'a mut Space {
-    if !spaces.contains_key(workspace) {
-        let mut space = Space::default();
-        let initial: &[&str] = if workspace.is_empty() {
-            &["default", "kube-system", "kube-public", "kube-node-lease"]
-        } else {
-            &["default"]
-        };
-        let namespaces = space.collections.entry(namespaces_key()).or_default();
-        for name in initial {
-            *rv += 1;
-            let ns = json!({
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {
-                    "name": name,
-                    "uid": uuid::Uuid::new_v4().to_string(),
-                    "resourceVersion": rv.to_string(),
-                    "creationTimestamp": object::now_rfc3339(),
-                    "labels": { "kubernetes.io/metadata.name": name },
-                },
-                "spec": { "finalizers": ["kubernetes"] },
-                "status": { "phase": "Active" },
-            });
-            namespaces
-                .objects
-                .insert((String::new(), (*name).to_string()), Arc::new(ns));
-        }
-        namespaces.floor = *rv;
-        spaces.insert(workspace.to_string(), space);
-    }
-    match spaces.get_mut(workspace) {
-        Some(space) => space,
-        None => unreachable!("inserted above"),
+        lock(&self.inner).open(workspace, self.history);
     }
 }
 
@@ -399,8 +537,7 @@ impl Store {
         plural: &str,
     ) -> Option<Arc<ResourceDef>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         let key = (group.to_string(), plural.to_string());
         let def = self
             .builtins
@@ -410,14 +547,55 @@ impl Store {
         def.version(version).is_some().then(|| def.clone())
     }
 
+    /// The resource served at group/version/plural in any workspace (for
+    /// `/clusters/*`): a built-in, or the first workspace's CRD, by
+    /// workspace name, that serves the version.
+    pub fn resolve_in_any_workspace(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceDef>> {
+        let inner = lock(&self.inner);
+        let key = (group.to_string(), plural.to_string());
+        self.builtins
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .into_iter()
+            .chain(
+                inner
+                    .workspaces()
+                    .into_iter()
+                    .filter_map(|(_, space)| space.custom.get(&key)),
+            )
+            .find(|def| def.version(version).is_some())
+            .cloned()
+    }
+
     /// Every resource a workspace serves, built-ins first.
     pub fn resources(&self, workspace: &str) -> Vec<Arc<ResourceDef>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         let mut custom: Vec<Arc<ResourceDef>> = space.custom.values().cloned().collect();
         custom.sort_by(|a, b| (&a.group, &a.plural).cmp(&(&b.group, &b.plural)));
         self.builtins.iter().cloned().chain(custom).collect()
+    }
+
+    /// Every resource some workspace serves (discovery of `/clusters/*`),
+    /// built-ins first; a CRD defined in several workspaces is listed once.
+    pub fn resources_in_all_workspaces(&self) -> Vec<Arc<ResourceDef>> {
+        let inner = lock(&self.inner);
+        let mut custom: BTreeMap<ResourceKey, Arc<ResourceDef>> = BTreeMap::new();
+        for (_, space) in inner.workspaces() {
+            for (key, def) in &space.custom {
+                custom.entry(key.clone()).or_insert_with(|| def.clone());
+            }
+        }
+        self.builtins
+            .iter()
+            .cloned()
+            .chain(custom.into_values())
+            .collect()
     }
 
     /// The current resourceVersion of the whole store.
@@ -433,8 +611,7 @@ impl Store {
         name: &str,
     ) -> Option<Arc<Value>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         space
             .collections
             .get(key)?
@@ -443,63 +620,81 @@ impl Store {
             .cloned()
     }
 
-    /// Up to `limit` matching objects after `after`, in (namespace, name)
-    /// order, as they were at resourceVersion `at` (a continued list is one
-    /// consistent snapshot, as etcd serves it) or now. A snapshot older than
-    /// the kept history is 410 Expired, as a compacted continue token is.
+    /// Up to `limit` matching objects after `after`, in (workspace,
+    /// namespace, name) order, as they were at resourceVersion `at` (a
+    /// continued list is one consistent snapshot, as etcd serves it) or now.
+    /// A snapshot older than the kept history is 410 Expired, as a compacted
+    /// continue token is.
     pub fn list(
         &self,
-        workspace: &str,
+        scope: &Scope,
         key: &ResourceKey,
         filter: &Filter,
-        after: Option<(String, String)>,
+        after: Option<ListKey>,
         limit: Option<usize>,
         at: Option<u64>,
     ) -> Result<ListPage, ApiError> {
-        let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let current = *rv;
-        let space = space_mut(spaces, rv, workspace);
+        let mut guard = lock(&self.inner);
+        if let Scope::Workspace(ws) = scope {
+            guard.open(ws, self.history);
+        }
+        let inner = &*guard;
+        let current = inner.rv;
         let mut page = ListPage {
             items: Vec::new(),
             rv: at.unwrap_or(current),
             next: None,
             remaining: 0,
         };
-        let Some(collection) = space.collections.get(key) else {
-            return Ok(page);
-        };
-        let snapshot;
-        let objects = match at {
-            Some(at) if at < current => {
-                snapshot = collection.snapshot_at(at).ok_or_else(|| {
-                    ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. \
-                         You can start a new list without the continue parameter.",
-                    )
-                })?;
-                &snapshot
-            }
-            _ => &collection.objects,
-        };
-        let lower = match &after {
-            Some(k) => Bound::Excluded(k.clone()),
-            None => Bound::Unbounded,
-        };
         let mut last_key = None;
-        for (k, obj) in objects.range((lower, Bound::Unbounded)) {
-            if !filter.matches(obj) {
+        for (ws, space) in inner.in_scope(scope) {
+            let lower = match (&after, scope) {
+                (None, _) => Bound::Unbounded,
+                (Some(a), Scope::Workspace(_)) => {
+                    Bound::Excluded((a.namespace.clone(), a.name.clone()))
+                }
+                (Some(a), Scope::AllWorkspaces) => match ws.cmp(a.workspace.as_str()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => {
+                        Bound::Excluded((a.namespace.clone(), a.name.clone()))
+                    }
+                    std::cmp::Ordering::Greater => Bound::Unbounded,
+                },
+            };
+            let Some(collection) = space.collections.get(key) else {
                 continue;
+            };
+            let snapshot;
+            let objects = match at {
+                Some(at) if at < current => {
+                    snapshot = collection.snapshot_at(at).ok_or_else(|| {
+                        ApiError::expired(
+                            "The provided continue parameter is too old to display a consistent list result. \
+                             You can start a new list without the continue parameter.",
+                        )
+                    })?;
+                    &snapshot
+                }
+                _ => &collection.objects,
+            };
+            for (k, obj) in objects.range((lower, Bound::Unbounded)) {
+                if !filter.matches(obj) {
+                    continue;
+                }
+                if limit.is_some_and(|l| page.items.len() >= l) {
+                    page.remaining += 1;
+                    continue;
+                }
+                page.items.push(obj.clone());
+                last_key = Some((ws, k.clone()));
             }
-            if limit.is_some_and(|l| page.items.len() >= l) {
-                page.remaining += 1;
-                continue;
-            }
-            page.items.push(obj.clone());
-            last_key = Some(k);
         }
         if page.remaining > 0 {
-            page.next = last_key.cloned();
+            page.next = last_key.map(|(ws, (namespace, name))| ListKey {
+                workspace: ws.to_string(),
+                namespace,
+                name,
+            });
         }
         Ok(page)
     }
@@ -520,8 +715,7 @@ impl Store {
         F: FnOnce(&SpaceView<'_>, &str, Option<&Arc<Value>>) -> Result<Decision, ApiError>,
     {
         let mut guard = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *guard;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, mut journal) = guard.open(workspace, self.history);
         let existing = space.collections.get(key);
         let name = match name {
             NameChoice::Exact(n) => n,
@@ -538,41 +732,37 @@ impl Store {
         };
         let obj_key = (namespace.to_string(), name.clone());
         let current = existing.and_then(|c| c.objects.get(&obj_key)).cloned();
-        let decision = decide(&SpaceView { space }, &name, current.as_ref())?;
+        let decision = match decide(&SpaceView { space }, &name, current.as_ref())? {
+            Decision::Put(mut v) => {
+                annotate_workspace(&mut v, workspace);
+                // Dropping the workspace annotation is no change: kcp sets it anyway.
+                if current.as_deref() == Some(&v) {
+                    Decision::Keep
+                } else {
+                    Decision::Put(v)
+                }
+            }
+            Decision::Remove(mut v) => {
+                annotate_workspace(&mut v, workspace);
+                Decision::Remove(v)
+            }
+            Decision::Keep => Decision::Keep,
+        };
+        let unchanged = || current.clone().unwrap_or_else(|| Arc::new(Value::Null));
         if dry_run {
-            return Ok(match decision {
-                Decision::Put(v) => Written {
-                    object: Arc::new(v),
-                },
-                Decision::Remove(v) => Written {
-                    object: Arc::new(v),
-                },
-                Decision::Keep => Written {
-                    object: current.unwrap_or_else(|| Arc::new(Value::Null)),
+            return Ok(Written {
+                object: match decision {
+                    Decision::Put(v) | Decision::Remove(v) => Arc::new(v),
+                    Decision::Keep => unchanged(),
                 },
             });
         }
-        let capacity = self.history;
         match decision {
             Decision::Keep => Ok(Written {
-                object: current.unwrap_or_else(|| Arc::new(Value::Null)),
+                object: unchanged(),
             }),
-            Decision::Put(mut value) => {
-                *rv += 1;
-                let rv = *rv;
-                object::set_meta(&mut value, "resourceVersion", Some(json!(rv.to_string())));
-                let value = Arc::new(value);
-                let kind = if current.is_some() {
-                    EventType::Modified
-                } else {
-                    EventType::Added
-                };
-                let collection = space.collections.entry(key.clone()).or_default();
-                collection.objects.insert(obj_key, value.clone());
-                collection.publish(
-                    Event::new(rv, kind, value.clone(), current.clone()),
-                    capacity,
-                );
+            Decision::Put(value) => {
+                let value = journal.put(space, key, obj_key, value, current.clone());
                 if *key == crd_key() {
                     register_crd(space, &value);
                 }
@@ -580,12 +770,12 @@ impl Store {
             }
             Decision::Remove(last) => {
                 let last = Arc::new(last);
-                remove_object(rv, space, key, &obj_key, last.clone(), capacity);
+                remove_object(&mut journal, space, key, &obj_key, last.clone());
                 if *key == crd_key() {
-                    unregister_crd(rv, space, &last, capacity);
+                    unregister_crd(&mut journal, space, &last);
                 }
                 if *key == namespaces_key() {
-                    empty_namespace(rv, space, &name, capacity);
+                    empty_namespace(&mut journal, space, &name);
                 }
                 Ok(Written { object: last })
             }
@@ -593,30 +783,36 @@ impl Store {
     }
 
     /// Registers a watcher and returns its initial events, atomically with
-    /// respect to writes (nothing is missed or sent twice).
+    /// respect to writes (nothing is missed or sent twice). Across all
+    /// workspaces, events are merged in resourceVersion order (one counter
+    /// numbers every workspace's writes) and a resume expires when any
+    /// workspace's history no longer reaches back.
     pub fn watch(
         &self,
-        workspace: &str,
+        scope: &Scope,
         key: &ResourceKey,
         filter: Filter,
         start: WatchStart,
     ) -> Result<Subscription, ApiError> {
         let mut guard = lock(&self.inner);
-        let Inner {
-            rv,
-            spaces,
-            next_watcher_id,
-        } = &mut *guard;
-        *next_watcher_id += 1;
-        let id = *next_watcher_id;
-        let space = space_mut(spaces, rv, workspace);
-        let rv = *rv;
-        let collection = space.collections.entry(key.clone()).or_default();
+        if let Scope::Workspace(ws) = scope {
+            let (space, _) = guard.open(ws, self.history);
+            space.collections.entry(key.clone()).or_default();
+        }
+        let inner = &mut *guard;
+        inner.next_watcher_id += 1;
+        let id = inner.next_watcher_id;
+        let rv = inner.rv;
+        let collections: Vec<&Collection> = inner
+            .in_scope(scope)
+            .into_iter()
+            .filter_map(|(_, space)| space.collections.get(key))
+            .collect();
         let initial = match start {
             WatchStart::Now => Vec::new(),
-            WatchStart::CurrentState => collection
-                .objects
-                .values()
+            WatchStart::CurrentState => collections
+                .iter()
+                .flat_map(|c| c.objects.values())
                 .filter(|o| filter.matches(o))
                 .map(|o| Delivery {
                     kind: EventType::Added,
@@ -624,38 +820,51 @@ impl Store {
                 })
                 .collect(),
             WatchStart::After(since) => {
-                if since < collection.floor {
+                let floor = collections.iter().map(|c| c.floor).max().unwrap_or(0);
+                if since < floor {
                     return Err(ApiError::expired(format!(
-                        "too old resource version: {since} ({})",
-                        collection.floor
+                        "too old resource version: {since} ({floor})"
                     )));
                 }
-                collection
-                    .history
+                let mut deliveries: Vec<Delivery> = collections
                     .iter()
-                    .filter(|e| e.rv > since)
+                    .flat_map(|c| c.history.iter().filter(|e| e.rv > since))
                     .filter_map(|e| {
                         filter.view(e).map(|kind| Delivery {
                             kind,
                             event: e.clone(),
                         })
                     })
-                    .collect()
+                    .collect();
+                deliveries.sort_by_key(|d| d.event.rv);
+                deliveries
             }
         };
         let (tx, live) = mpsc::channel(self.watcher_buffer);
-        collection.watchers.push(WatcherSlot {
+        let slot = WatcherSlot {
             id,
             filter: Arc::new(filter),
             tx,
-        });
+        };
+        match scope {
+            Scope::Workspace(ws) => inner
+                .spaces
+                .entry(ws.clone())
+                .or_default()
+                .collections
+                .entry(key.clone())
+                .or_default()
+                .watchers
+                .push(slot),
+            Scope::AllWorkspaces => inner.wildcard.entry(key.clone()).or_default().push(slot),
+        }
         Ok(Subscription {
             initial,
             live,
             start_rv: rv,
             registration: Registration {
                 inner: self.inner.clone(),
-                workspace: workspace.to_string(),
+                scope: scope.clone(),
                 key: key.clone(),
                 id,
             },
@@ -670,17 +879,17 @@ impl Store {
                 c.watchers.clear();
             }
         }
+        inner.wildcard.clear();
     }
 }
 
 /// Removes one object with a DELETED event carrying the delete's resourceVersion.
 fn remove_object(
-    rv: &mut u64,
+    journal: &mut Journal<'_>,
     space: &mut Space,
     key: &ResourceKey,
     obj_key: &(String, String),
     last: Arc<Value>,
-    capacity: usize,
 ) {
     let Some(collection) = space.collections.get_mut(key) else {
         return;
@@ -688,16 +897,18 @@ fn remove_object(
     let Some(stored) = collection.objects.remove(obj_key) else {
         return;
     };
-    *rv += 1;
+    let rv = journal.next_rv();
     let mut tombstone = (*last).clone();
     object::set_meta(
         &mut tombstone,
         "resourceVersion",
         Some(json!(rv.to_string())),
     );
-    collection.publish(
-        Event::new(*rv, EventType::Deleted, Arc::new(tombstone), Some(stored)),
-        capacity,
+    annotate_workspace(&mut tombstone, journal.workspace);
+    journal.publish(
+        collection,
+        key,
+        Event::new(rv, EventType::Deleted, Arc::new(tombstone), Some(stored)),
     );
 }
 
@@ -713,33 +924,35 @@ fn register_crd(space: &mut Space, crd: &Value) {
     }
 }
 
-/// Removes a CRD's resource: its objects are deleted (with events) and its watches end.
-fn unregister_crd(rv: &mut u64, space: &mut Space, crd: &Value, capacity: usize) {
+/// Removes a CRD's resource: its objects are deleted (with events) and the
+/// workspace's watches of it end. Its history stays, so a watch that
+/// resumes from before the removal still sees the deletions.
+fn unregister_crd(journal: &mut Journal<'_>, space: &mut Space, crd: &Value) {
     let Ok(def) = ResourceDef::from_crd(crd) else {
         return;
     };
     let key = def.key();
     space.custom.remove(&key);
-    let keys: Vec<(String, String)> = space
+    let victims: Vec<((String, String), Arc<Value>)> = space
         .collections
         .get(&key)
-        .map(|c| c.objects.keys().cloned().collect())
+        .map(|c| {
+            c.objects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    for k in keys {
-        let last = space
-            .collections
-            .get(&key)
-            .and_then(|c| c.objects.get(&k))
-            .cloned();
-        if let Some(last) = last {
-            remove_object(rv, space, &key, &k, last, capacity);
-        }
+    for (k, last) in victims {
+        remove_object(journal, space, &key, &k, last);
     }
-    space.collections.remove(&key);
+    if let Some(collection) = space.collections.get_mut(&key) {
+        collection.watchers.clear();
+    }
 }
 
 /// Deletes everything in a namespace that is being removed.
-fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: usize) {
+fn empty_namespace(journal: &mut Journal<'_>, space: &mut Space, namespace: &str) {
     let keys: Vec<ResourceKey> = space.collections.keys().cloned().collect();
     for key in keys {
         let victims: Vec<((String, String), Arc<Value>)> = space
@@ -754,7 +967,7 @@ fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: u
             })
             .unwrap_or_default();
         for (k, last) in victims {
-            remove_object(rv, space, &key, &k, last, capacity);
+            remove_object(journal, space, &key, &k, last);
         }
     }
 }
@@ -762,6 +975,10 @@ fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn physical() -> Scope {
+        Scope::Workspace(String::new())
+    }
 
     fn key() -> ResourceKey {
         ("".into(), "configmaps".into())
@@ -808,7 +1025,12 @@ mod tests {
             put(&store, "a", &i.to_string());
         }
         let err = store
-            .watch("", &key(), Filter::default(), WatchStart::After(first))
+            .watch(
+                &physical(),
+                &key(),
+                Filter::default(),
+                WatchStart::After(first),
+            )
             .err()
             .unwrap_or_else(|| panic!("expected 410"));
         assert_eq!((err.code, err.reason), (410, "Expired"));
@@ -818,7 +1040,12 @@ mod tests {
         );
         let now = store.current_rv();
         let sub = store
-            .watch("", &key(), Filter::default(), WatchStart::After(now - 2))
+            .watch(
+                &physical(),
+                &key(),
+                Filter::default(),
+                WatchStart::After(now - 2),
+            )
             .unwrap_or_else(|e| panic!("{e:?}"));
         let rvs: Vec<u64> = sub.initial.iter().map(|d| d.event.rv).collect();
         assert_eq!(rvs, [now - 1, now]);
@@ -828,7 +1055,7 @@ mod tests {
     fn slow_watchers_are_dropped_without_blocking_writers() {
         let store = Store::new(100, 2);
         let mut sub = store
-            .watch("", &key(), Filter::default(), WatchStart::Now)
+            .watch(&physical(), &key(), Filter::default(), WatchStart::Now)
             .unwrap_or_else(|e| panic!("{e:?}"));
         for i in 0..5 {
             put(&store, "a", &i.to_string());
@@ -849,7 +1076,7 @@ mod tests {
             ..Filter::default()
         };
         let mut sub = store
-            .watch("", &key(), filter, WatchStart::Now)
+            .watch(&physical(), &key(), filter, WatchStart::Now)
             .unwrap_or_else(|e| panic!("{e:?}"));
         let write = |labels: Value| {
             let obj = json!({"metadata": {"name": "a", "namespace": "default", "labels": labels}});
@@ -901,6 +1128,50 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_watch_sees_every_workspace_but_not_the_physical_cluster() {
+        let store = Store::new(100, 100);
+        store.ensure_space("root:a");
+        let mut sub = store
+            .watch(
+                &Scope::AllWorkspaces,
+                &key(),
+                Filter::default(),
+                WatchStart::Now,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let write = |ws: &str, name: &str| {
+            let obj = json!({"metadata": {"name": name, "namespace": "default"}});
+            store
+                .write(
+                    ws,
+                    &key(),
+                    "default",
+                    NameChoice::Exact(name.into()),
+                    false,
+                    |_, _, _| Ok(Decision::Put(obj)),
+                )
+                .map(|w| w.object)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        write("", "physical");
+        write("root:a", "a");
+        // A workspace created after the watch started is seen too.
+        let b = write("root:b", "b");
+        assert_eq!(b["metadata"]["annotations"][CLUSTER_ANNOTATION], "root:b");
+        let mut seen = Vec::new();
+        while let Ok(d) = sub.live.try_recv() {
+            seen.push(
+                meta_str(&d.event.object, "name")
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        assert_eq!(seen, ["a", "b"]);
+        let physical = store.get("", &key(), "default", "physical");
+        assert!(physical.is_some_and(|o| o.pointer("/metadata/annotations").is_none()));
+    }
+
+    #[test]
     fn workspaces_are_separate() {
         let store = Store::new(100, 100);
         put(&store, "a", "1");
@@ -938,7 +1209,7 @@ mod tests {
             put(&store, n, "1");
         }
         let p1 = store
-            .list("", &key(), &Filter::default(), None, Some(2), None)
+            .list(&physical(), &key(), &Filter::default(), None, Some(2), None)
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((p1.items.len(), p1.remaining), (2, 1));
         // Later writes do not show in a continued list.
@@ -946,7 +1217,7 @@ mod tests {
         put(&store, "c", "2");
         let p2 = store
             .list(
-                "",
+                &physical(),
                 &key(),
                 &Filter::default(),
                 p1.next,

@@ -25,7 +25,7 @@ use super::handler::Body;
 use super::path::Query;
 use super::registry::Target;
 use super::status::{ApiError, Cause};
-use super::store::{Delivery, Filter, Subscription, WatchStart};
+use super::store::{Delivery, Filter, Scope, Subscription, WatchStart};
 use super::table::{self, Rendering};
 
 /// How a watch was asked to behave.
@@ -116,7 +116,7 @@ fn params(query: &Query, close_after: Option<u64>, accept: &str) -> Result<Watch
 pub(crate) fn serve(
     shared: Arc<Shared>,
     target: Target,
-    workspace: String,
+    scope: Scope,
     query: &Query,
     filter: Filter,
     close_after: Option<u64>,
@@ -126,7 +126,7 @@ pub(crate) fn serve(
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     match shared
         .store
-        .watch(&workspace, &target.def.key(), filter, params.start)
+        .watch(&scope, &target.def.key(), filter, params.start)
     {
         Ok(subscription) => {
             tokio::spawn(run(shared, target, subscription, params, tx));
