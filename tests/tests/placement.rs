@@ -572,3 +572,72 @@ async fn synctarget_reports() -> Result<()> {
     drop(b);
     fleet.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_synctarget_is_deleted_reports_nothing_until_it_is_back() -> Result<()> {
+    bounded(SCENARIO_TIMEOUT, synctarget_deleted()).await
+}
+
+/// The operator deletes a's SyncTarget: KCP places nothing on a any more,
+/// so a's report leaves the merge (KCP keeps the last status, marked as
+/// reported by no cluster) and a's next reports are refused. Registered
+/// again, a's reports flow again.
+async fn synctarget_deleted() -> Result<()> {
+    let fleet = Fleet::builder()
+        .clusters(["a"])
+        .workspaces([TEAM_A])
+        .start()
+        .await?;
+    fleet
+        .place(TEAM_A, "shop", &deployment("web", 3), &["a"])
+        .await?;
+    fleet
+        .set_status::<Deployment>("a", TEAM_A, "shop", "web", status(3))
+        .await?;
+    kcp_shows(&fleet, TEAM_A, "shop", "web", &status(3)).await?;
+
+    fleet.delete_synctarget("a").await?;
+    eventually(
+        STATUS_DEADLINE,
+        "web to be reported by no cluster",
+        async || {
+            let shown = fleet
+                .upstream_status::<Deployment>(TEAM_A, "shop", "web")
+                .await?
+                .unwrap_or_default();
+            ensure!(
+                uplink_tests::fleet::convergence::marked_unreported(&shown)
+                    && shown["readyReplicas"] == 3,
+                "KCP shows {shown}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    fleet
+        .set_status::<Deployment>("a", TEAM_A, "shop", "web", status(1))
+        .await?;
+    refused_on_both_sides(&fleet, "a", Rejected::NO_SYNCTARGET, 1.0).await?;
+
+    fleet.create_synctarget("a").await?;
+    eventually(
+        STATUS_DEADLINE,
+        "a's placement to be watched again",
+        async || {
+            let a = fleet.hub_cluster("a").await?;
+            ensure!(
+                a["placement"]["complete"] == true && a["placement"]["objects"] == 1,
+                "{a}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    fleet
+        .set_status::<Deployment>("a", TEAM_A, "shop", "web", status(2))
+        .await?;
+    let mut checker = Convergence::deployments();
+    checker.track(TEAM_A, "shop", "web", "a");
+    checker.converged(&fleet, STATUS_DEADLINE).await?;
+    fleet.shutdown().await
+}

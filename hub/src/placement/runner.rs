@@ -56,7 +56,15 @@ impl Runner {
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(event) = synctargets.next() => match event {
-                    Ok(event) => self.synctargets_changed(event, &workspace),
+                    Ok(event) => {
+                        // Their watches stop; a SyncTarget that came back
+                        // meanwhile gets a fresh placement below.
+                        for cluster in self.synctargets_changed(event, &workspace) {
+                            if let Some((_, token)) = clusters.remove(&cluster) {
+                                token.cancel();
+                            }
+                        }
+                    }
                     Err(error) => {
                         self.placements.metrics.placement_watch_failures.inc();
                         tracing::warn!(%workspace, %error, "watching SyncTargets failed");
@@ -118,7 +126,12 @@ impl Runner {
 
     /// Applies a change of the SyncTargets; a cluster whose SyncTarget went
     /// or changed loses its placement (and the hub every report of it).
-    fn synctargets_changed(&self, event: Event<SyncTargetObject>, workspace: &str) {
+    /// Returns those clusters.
+    fn synctargets_changed(
+        &self,
+        event: Event<SyncTargetObject>,
+        workspace: &str,
+    ) -> Vec<ClusterName> {
         let target = |object: &SyncTargetObject| SyncTargetRef {
             workspace: workspace.to_owned(),
             name: object.metadata.name.clone(),
@@ -139,10 +152,10 @@ impl Runner {
             Event::Applied(object) => view.put_synctarget(target(&object)),
             Event::Deleted(object) => view.remove_synctarget(&object.metadata.name),
         };
-        for cluster in dropped {
-            let keys = view.drop_cluster(&cluster);
+        for cluster in &dropped {
+            let keys = view.drop_cluster(cluster);
             tracing::info!(%cluster, objects = keys.len(), "the cluster's SyncTarget is gone or changed; dropping its placement");
-            self.store.unplace(&cluster, &keys);
+            self.store.unplace(cluster, &keys);
             self.placements
                 .metrics
                 .placements
@@ -152,6 +165,7 @@ impl Runner {
         self.recheck(&view, None);
         drop(view);
         self.placements.notify_changed();
+        dropped
     }
 
     /// Watches every synced type placed on `cluster` until `stop`.
