@@ -2291,6 +2291,202 @@ async fn server_side_apply_creates_updates_and_guards_ownership() -> Result<()> 
     .await
 }
 
+/// kube-apiserver checks the name of an apply's result, not of its body: an
+/// apply to an existing object may leave the name out (the live object's
+/// stays), a create by apply must name the object, and a body naming
+/// another object is refused.
+#[tokio::test]
+async fn server_side_apply_takes_the_name_of_an_existing_object() -> Result<()> {
+    in_namespace("ssaname", |client, namespace| async move {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        api.create(&PostParams::default(), &configmap("cm", &[], &[])?)
+            .await?;
+        let unnamed = json!({ "apiVersion": "v1", "kind": "ConfigMap", "data": { "k": "v" } });
+        let applied = api
+            .patch(
+                "cm",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&unnamed),
+            )
+            .await
+            .context("apply without metadata.name to an existing object")?;
+        ensure!(
+            applied.metadata.name.as_deref() == Some("cm")
+                && data_of(&applied) == pairs(&[("k", "v")]),
+            "applied {:?} {:?}",
+            applied.metadata.name,
+            applied.data
+        );
+
+        let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
+        deployments
+            .create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let status_only = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "status": status_condition_patch(TEST_CONDITION, "unnamed")["status"],
+        });
+        let applied = deployments
+            .patch_status(
+                "web",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&status_only),
+            )
+            .await
+            .context("status apply without metadata.name")?;
+        ensure!(
+            deployment_condition(&applied, TEST_CONDITION)
+                .and_then(|c| c.message.clone())
+                .as_deref()
+                == Some("unnamed"),
+            "the unnamed status apply was not applied"
+        );
+
+        expect_api_error(
+            api.patch(
+                "missing",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&unnamed),
+            )
+            .await,
+            400,
+            "BadRequest",
+        )
+        .context("a create by apply without a name")?;
+        ensure!(
+            api.get_opt("missing").await?.is_none(),
+            "an unnamed apply created an object"
+        );
+        let renamed =
+            json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "other" } });
+        expect_api_error(
+            api.patch(
+                "cm",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&renamed),
+            )
+            .await,
+            400,
+            "BadRequest",
+        )
+        .context("an apply whose body names another object")?;
+        Ok(())
+    })
+    .await
+}
+
+const PARTIAL_METADATA_ACCEPT: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// A write with an `Accept` header (e.g. as=PartialObjectMetadata).
+async fn write_with_accept(
+    client: &Client,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+    accept: &str,
+) -> Result<RawResponse> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT, accept)
+        .body(serde_json::to_vec(body)?)?;
+    send_raw(client, request).await
+}
+
+/// kube-apiserver renders the answer to every verb as the client's `Accept`
+/// asks, not only GET and LIST: writes asked for PartialObjectMetadata get
+/// just the metadata.
+#[tokio::test]
+async fn writes_answer_as_partial_object_metadata_when_asked() -> Result<()> {
+    in_namespace("asmeta", |client, namespace| async move {
+        let path = configmaps_path(&namespace);
+        let check =
+            |what: &str, response: &RawResponse, code: u16, label: Option<&str>| -> Result<()> {
+                ensure!(
+                    response.status.as_u16() == code,
+                    "{what}: HTTP {}: {}",
+                    response.status,
+                    response.text()
+                );
+                let body = response.json()?;
+                ensure!(
+                    body["kind"] == "PartialObjectMetadata"
+                        && body["apiVersion"] == "meta.k8s.io/v1",
+                    "{what} answered {body}"
+                );
+                ensure!(
+                    body["metadata"]["name"] == "cm",
+                    "{what}: metadata {}",
+                    body["metadata"]
+                );
+                ensure!(
+                    body.get("data").is_none(),
+                    "{what} answered the whole object: {body}"
+                );
+                if let Some(label) = label {
+                    ensure!(
+                        body["metadata"]["labels"]["step"] == label,
+                        "{what}: labels {}",
+                        body["metadata"]
+                    );
+                }
+                Ok(())
+            };
+        let object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "cm", "labels": { "step": "create" } },
+            "data": { "k": "v" },
+        });
+        let created = write_with_accept(
+            &client,
+            Method::POST,
+            &path,
+            "application/json",
+            &object,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("POST", &created, 201, Some("create"))?;
+        let patch = json!({ "metadata": { "labels": { "step": "patch" } } });
+        let patched = write_with_accept(
+            &client,
+            Method::PATCH,
+            &format!("{path}/cm"),
+            "application/merge-patch+json",
+            &patch,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("PATCH", &patched, 200, Some("patch"))?;
+        let mut replacement = object.clone();
+        replacement["metadata"]["labels"]["step"] = json!("update");
+        let updated = write_with_accept(
+            &client,
+            Method::PUT,
+            &format!("{path}/cm"),
+            "application/json",
+            &replacement,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("PUT", &updated, 200, Some("update"))?;
+        let stored = Api::<ConfigMap>::namespaced(client, &namespace)
+            .get("cm")
+            .await?;
+        ensure!(
+            data_of(&stored) == pairs(&[("k", "v")]),
+            "the object lost its data: {:?}",
+            stored.data
+        );
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn generate_name_makes_a_unique_name() -> Result<()> {
     in_namespace("genname", |client, namespace| async move {

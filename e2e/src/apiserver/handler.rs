@@ -288,8 +288,8 @@ async fn serve_resource(
         let name = name.unwrap_or_default();
         return serve_scale(shared, req, ws, &target, &name, &query).await;
     }
-    match (&method, name) {
-        (&Method::GET, Some(name)) => get(shared, ws, &target, &name, &query, accept),
+    let answer = match (&method, name) {
+        (&Method::GET, Some(name)) => get(shared, ws, &target, &name),
         (&Method::POST, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Object).await?;
             create(shared, ws, &target, &body, &query)
@@ -314,10 +314,59 @@ async fn serve_resource(
         }
         (&Method::DELETE, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Options).await?;
-            delete_collection(shared, ws, &target, &body, &query)
+            return delete_collection(shared, ws, &target, &body, &query);
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
+    }?;
+    Ok(respond(&target, answer, &query, accept))
+}
+
+/// What a verb on one object answers: the object (or, for some deletes, a
+/// `Status`), with its HTTP code and any warnings.
+#[derive(Debug)]
+struct Answer {
+    code: StatusCode,
+    object: Arc<Value>,
+    warnings: Vec<String>,
+}
+
+impl Answer {
+    fn ok(object: Arc<Value>) -> Answer {
+        Answer {
+            code: StatusCode::OK,
+            object,
+            warnings: Vec::new(),
+        }
     }
+}
+
+/// The answer as the client's `Accept` asks for it (the object, its
+/// PartialObjectMetadata, or a Table), for every verb alike, as kube's
+/// `transformResponseObject` does.
+fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Response<Body> {
+    let Answer {
+        code,
+        object,
+        warnings,
+    } = answer;
+    let is_status = object.get("kind").and_then(Value::as_str) == Some("Status");
+    let response = if is_status {
+        json_response(code, &object)
+    } else {
+        let object = target.present(&object);
+        match Rendering::from_accept(accept) {
+            Rendering::Object => json_response(code, &object),
+            Rendering::Metadata => json_response(code, &table::partial_metadata(&object)),
+            Rendering::Table => {
+                let rv = meta_str(&object, "resourceVersion").map(str::to_string);
+                json_response(
+                    code,
+                    &table::render(target, &[object], rv, query.get("includeObject")),
+                )
+            }
+        }
+    };
+    with_warnings(response, &warnings)
 }
 
 /// GET, PUT and PATCH of `/scale`: a Scale view over `spec.replicas`.
@@ -522,30 +571,12 @@ pub(crate) fn list_filter(
     })
 }
 
-fn get(
-    shared: &Shared,
-    ws: &str,
-    target: &Target,
-    name: &str,
-    query: &Query,
-    accept: &str,
-) -> Result<Response<Body>, ApiError> {
-    let object = shared
+fn get(shared: &Shared, ws: &str, target: &Target, name: &str) -> Result<Answer, ApiError> {
+    shared
         .store
         .get(ws, &target.def.key(), &target.namespace, name)
-        .ok_or_else(|| ApiError::not_found(target.subject(), name))?;
-    let object = target.present(&object);
-    Ok(match Rendering::from_accept(accept) {
-        Rendering::Object => json_response(StatusCode::OK, &object),
-        Rendering::Metadata => json_response(StatusCode::OK, &table::partial_metadata(&object)),
-        Rendering::Table => {
-            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
-            json_response(
-                StatusCode::OK,
-                &table::render(target, &[object], rv, query.get("includeObject")),
-            )
-        }
-    })
+        .map(Answer::ok)
+        .ok_or_else(|| ApiError::not_found(target.subject(), name))
 }
 
 /// A continue token: the last key returned, opaque to clients.
@@ -677,7 +708,7 @@ fn create(
     target: &Target,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut object = registry::decode_body(target, body)?;
@@ -692,10 +723,11 @@ fn create(
         dry,
         |view, name, current| registry::create(target, view, name, current, object),
     )?;
-    Ok(with_warnings(
-        json_response(StatusCode::CREATED, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code: StatusCode::CREATED,
+        object: written.object,
+        warnings,
+    })
 }
 
 fn update(
@@ -705,7 +737,7 @@ fn update(
     name: &str,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut object = registry::decode_body(target, body)?;
@@ -720,10 +752,11 @@ fn update(
         dry,
         |_, name, current| registry::update(target, name, current, object, registry::Writer::Other),
     )?;
-    Ok(with_warnings(
-        json_response(StatusCode::OK, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code: StatusCode::OK,
+        object: written.object,
+        warnings,
+    })
 }
 
 fn patch_failure(failure: PatchFailure) -> ApiError {
@@ -746,7 +779,7 @@ fn patch(
     patch_type: PatchType,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut warnings = Vec::new();
@@ -795,9 +828,10 @@ fn patch(
                 "invalid object type: apiVersion and kind must be set in an apply configuration",
             ));
         }
-        let value = registry::check_type(target, value)?;
-        registry::check_name(&value, name)?;
-        Some(value)
+        // No name check here: as kube-apiserver's patcher does, the name is
+        // checked on the result, so an apply to an existing object may omit
+        // it (the live object's name stays), while a create must carry it.
+        Some(registry::check_type(target, value)?)
     } else {
         if query.get("force").is_some() {
             return Err(patch_options_invalid(
@@ -830,6 +864,7 @@ fn patch(
                     Some(config) if !target.status => {
                         created = true;
                         let mut object = apply::apply(None, config, &applier)?;
+                        registry::check_name(&object, name)?;
                         registry::check_namespace(target, &mut object)?;
                         warnings = schema::prune(target, &mut object, validation)?;
                         registry::create(target, view, name, None, object)
@@ -871,10 +906,11 @@ fn patch(
     } else {
         StatusCode::OK
     };
-    Ok(with_warnings(
-        json_response(code, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code,
+        object: written.object,
+        warnings,
+    })
 }
 
 fn delete(
@@ -884,7 +920,7 @@ fn delete(
     name: &str,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)? || body_dry_run(body);
     let options = DeleteOptions::from_body(body)?;
     let written = shared.store.write(
@@ -895,10 +931,7 @@ fn delete(
         dry,
         |_, name, current| registry::delete(target, name, current, &options),
     )?;
-    Ok(json_response(
-        StatusCode::OK,
-        &target.present(&written.object),
-    ))
+    Ok(Answer::ok(written.object))
 }
 
 /// `dryRun: ["All"]` inside a DeleteOptions body.
