@@ -18,8 +18,9 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use http::{Method, Request, header};
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentCondition},
-        core::v1::ConfigMap,
+        apps::v1::{Deployment, DeploymentCondition, ReplicaSet},
+        batch::v1::Job,
+        core::v1::{ConfigMap, Node, Service},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -1028,6 +1029,131 @@ async fn field_selectors_on_list() -> Result<()> {
         .await;
         delete_namespace(&client, &other).await;
         outcome
+    })
+    .await
+}
+
+/// The names a list with `fields` returns.
+async fn names_with_fields<K>(api: &Api<K>, fields: &str) -> Result<BTreeSet<String>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let list = api
+        .list(&ListParams::default().fields(fields))
+        .await
+        .with_context(|| format!("listing with fieldSelector {fields}"))?;
+    Ok(names(&list.items))
+}
+
+/// Field selectors read unset fields as kube stores them (defaulted, or
+/// Go's zero value) and accept each built-in kind's own fields only.
+#[tokio::test]
+async fn field_selectors_match_defaults_and_each_kinds_fields() -> Result<()> {
+    in_namespace("fielddef", |client, namespace| async move {
+        // A node without spec.unschedulable is schedulable.
+        let node = unique_name("conf-node");
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": { "name": node }
+                }))?,
+            )
+            .await?;
+        let checked = async {
+            let only = set(&[node.as_str()]);
+            for (fields, expected) in [
+                ("spec.unschedulable=false", &only),
+                ("spec.unschedulable==false", &only),
+                ("spec.unschedulable!=true", &only),
+                ("spec.unschedulable=true", &BTreeSet::new()),
+            ] {
+                let got =
+                    names_with_fields(&nodes, &format!("metadata.name={node},{fields}")).await?;
+                ensure!(&got == expected, "nodes with {fields}: {got:?}");
+            }
+            expect_api_error(
+                nodes
+                    .list(&ListParams::default().fields("metadata.namespace=default"))
+                    .await,
+                400,
+                "BadRequest",
+            )
+            .context("metadata.namespace on nodes")
+        }
+        .await;
+        let _ = nodes.delete(&node, &DeleteParams::default()).await;
+        checked?;
+
+        // A service without a type is a ClusterIP service.
+        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": "svc" },
+                    "spec": { "selector": { "app": "none" }, "ports": [{ "port": 80 }] },
+                }))?,
+            )
+            .await?;
+        ensure!(
+            names_with_fields(&services, "spec.type=ClusterIP").await? == set(&["svc"]),
+            "spec.type=ClusterIP did not match a service without a type"
+        );
+        ensure!(
+            names_with_fields(&services, "spec.type=NodePort")
+                .await?
+                .is_empty(),
+            "spec.type=NodePort matched a ClusterIP service"
+        );
+
+        // A job that has run nothing has status.successful=0 (from status.succeeded).
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+        jobs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": { "name": "job" },
+                "spec": {
+                    "suspend": true,
+                    "template": { "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }],
+                    } },
+                },
+            }))?,
+        )
+        .await?;
+        ensure!(
+            names_with_fields(&jobs, "status.successful=0").await? == set(&["job"]),
+            "status.successful=0 did not match a job that has run nothing"
+        );
+        expect_api_error(
+            jobs.list(&ListParams::default().fields("status.succeeded=0"))
+                .await,
+            400,
+            "BadRequest",
+        )
+        .context("status.succeeded is no field label of jobs")?;
+
+        // apps/v1 registers no field labels beyond metadata: status.replicas is refused.
+        let replicasets: Api<ReplicaSet> = Api::namespaced(client, &namespace);
+        let refused = expect_api_error(
+            replicasets
+                .list(&ListParams::default().fields("status.replicas=0"))
+                .await,
+            400,
+            "BadRequest",
+        )
+        .context("status.replicas on apps/v1 replicasets")?;
+        ensure!(
+            refused.message.contains("status.replicas"),
+            "the refusal does not name the field: {}",
+            refused.message
+        );
+        Ok(())
     })
     .await
 }

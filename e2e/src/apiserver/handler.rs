@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::apply;
 use super::discovery;
+use super::fields;
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::{self, PatchFailure, PatchType};
@@ -549,11 +550,6 @@ pub(crate) fn list_filter(
 ) -> Result<Filter, ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
         .map_err(ApiError::bad_request)?;
-    let supported = target
-        .def
-        .version(&target.version)
-        .map(|v| v.selectable_fields.clone())
-        .unwrap_or_default();
     let mut field_text = query.get("fieldSelector").unwrap_or_default().to_string();
     if let Some(name) = name {
         if !field_text.is_empty() {
@@ -562,7 +558,10 @@ pub(crate) fn list_filter(
         field_text.push_str("metadata.name=");
         field_text.push_str(name);
     }
-    let fields = FieldSelector::parse(&field_text, &supported).map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(&field_text, |field| {
+        fields::source(&target.def, &target.version, field)
+    })
+    .map_err(ApiError::bad_request)?;
     let namespace = (target.def.namespaced && !all_namespaces).then(|| target.namespace.clone());
     Ok(Filter {
         namespace,

@@ -45,6 +45,7 @@
 //! kubectl needs), `table` (server-side printing), `selector`, `patch`,
 //! `apply` (server-side apply ownership), `schema` (CRD pruning,
 //! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
+//! `fields` (each kind's field selector fields and their defaults),
 //! `status` (errors), [`faults`], [`cli`].
 //!
 //! Known simplifications (each documented where it lives): namespaces and
@@ -54,7 +55,7 @@
 //! `resourceVersionMatch` (a list is served from the current state, except
 //! continued pages, which are served from the first page's snapshot);
 //! built-in kinds get no defaulting or schema validation (CRs are pruned by
-//! their schema); strategic merge uses a fixed table of merge keys;
+//! their schema; field selectors read unset fields as their defaults); strategic merge uses a fixed table of merge keys;
 //! server-side apply tracks ownership for appliers only; protobuf request
 //! bodies are decoded for namespaces, configmaps, secrets and service
 //! accounts only (others get 415: send JSON or YAML).
@@ -63,6 +64,7 @@ mod apply;
 pub mod cli;
 mod discovery;
 mod faults;
+mod fields;
 mod handler;
 mod object;
 mod openapi;
