@@ -20,7 +20,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentCondition, ReplicaSet},
         batch::v1::Job,
-        core::v1::{ConfigMap, Node, Service},
+        core::v1::{ConfigMap, Node, Service, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -2698,6 +2698,70 @@ async fn namespace_deletion_removes_its_objects() -> Result<()> {
                 Ok((namespace_gone && object_gone).then_some(()))
             },
         )
+        .await
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Objects every cluster has.
+
+/// Waits until `namespace` has its `default` ServiceAccount, which
+/// kube-controller-manager creates shortly after the namespace (a real
+/// server refuses pods until then); returns its uid.
+async fn default_service_account(client: &Client, namespace: &str) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        EVENT_TIMEOUT,
+        &format!("the default ServiceAccount of {namespace}"),
+        || async {
+            Ok(accounts
+                .get_opt("default")
+                .await?
+                .map(|a| a.metadata.uid.unwrap_or_default()))
+        },
+    )
+    .await
+}
+
+/// kube-apiserver keeps the `default/kubernetes` Service; every namespace
+/// gets a `default` ServiceAccount, and gets it back when it is deleted.
+#[tokio::test]
+async fn every_cluster_has_the_kubernetes_service_and_default_service_accounts() -> Result<()> {
+    in_namespace("defaults", |client, namespace| async move {
+        let service = Api::<Service>::namespaced(client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .context("the default/kubernetes Service")?;
+        let labels = service.metadata.labels.clone().unwrap_or_default();
+        ensure!(
+            labels.get("component").map(String::as_str) == Some("apiserver")
+                && labels.get("provider").map(String::as_str) == Some("kubernetes"),
+            "labels of default/kubernetes: {labels:?}"
+        );
+        let https = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("https")))
+            .context("default/kubernetes has no https port")?;
+        ensure!(
+            https.port == 443 && https.protocol.as_deref() == Some("TCP"),
+            "the https port of default/kubernetes: {https:?}"
+        );
+
+        let first = default_service_account(&client, &namespace).await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+            .delete("default", &DeleteParams::default())
+            .await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        eventually(EVENT_TIMEOUT, "a new default ServiceAccount", || async {
+            let uid = accounts
+                .get_opt("default")
+                .await?
+                .and_then(|a| a.metadata.uid);
+            Ok(uid.filter(|uid| *uid != first).map(|_| ()))
+        })
         .await
     })
     .await

@@ -46,6 +46,7 @@
 //! `apply` (server-side apply ownership), `schema` (CRD pruning,
 //! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
 //! `fields` (each kind's field selector fields and their defaults),
+//! `bootstrap` (the `default/kubernetes` Service, `default` ServiceAccounts),
 //! `status` (errors), [`faults`], [`cli`].
 //!
 //! Known simplifications (each documented where it lives): namespaces and
@@ -61,6 +62,7 @@
 //! accounts only (others get 415: send JSON or YAML).
 
 mod apply;
+mod bootstrap;
 pub mod cli;
 mod discovery;
 mod faults;
@@ -202,6 +204,8 @@ impl ApiServer {
         let shutdown = CancellationToken::new();
         let faults = Faults::default();
         let store = store::Store::new(config.watch_history, config.watcher_buffer);
+        store.set_apiserver_port(addr.port());
+        store.ensure_space("");
         for ws in &config.workspaces {
             store.ensure_space(ws);
         }

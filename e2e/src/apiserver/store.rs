@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::bootstrap;
 use super::object::{self, meta_str};
 use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef, ResourceKey};
 use super::selector::{FieldSelector, LabelSelector};
@@ -329,6 +330,8 @@ struct Inner {
     /// Watchers of `/clusters/*` (kcp's wildcard), by resource: they see
     /// the events of every workspace, present and future.
     wildcard: HashMap<ResourceKey, Vec<WatcherSlot>>,
+    /// The port the `default/kubernetes` Service points at.
+    apiserver_port: u16,
 }
 
 impl Inner {
@@ -339,6 +342,7 @@ impl Inner {
             rv,
             spaces,
             wildcard,
+            apiserver_port,
             ..
         } = self;
         let mut journal = Journal {
@@ -374,6 +378,13 @@ impl Inner {
                     }),
                     None,
                 );
+                journal.ensure_default_service_account(&mut space, name);
+            }
+            if workspace.is_empty() {
+                let service = bootstrap::kubernetes_service(*apiserver_port);
+                let key = (String::new(), "services".to_string());
+                let obj_key = ("default".to_string(), "kubernetes".to_string());
+                journal.put(&mut space, &key, obj_key, service, None);
             }
             space
         });
@@ -459,6 +470,24 @@ impl Journal<'_> {
         );
         value
     }
+
+    /// Creates the `default` ServiceAccount of `namespace` unless it exists,
+    /// as kube-controller-manager does for every namespace.
+    fn ensure_default_service_account(&mut self, space: &mut Space, namespace: &str) {
+        let key = service_accounts_key();
+        let obj_key = (
+            namespace.to_string(),
+            bootstrap::DEFAULT_SERVICE_ACCOUNT.to_string(),
+        );
+        let exists = space
+            .collections
+            .get(&key)
+            .is_some_and(|c| c.objects.contains_key(&obj_key));
+        if !exists {
+            let account = bootstrap::default_service_account(namespace);
+            self.put(space, &key, obj_key, account, None);
+        }
+    }
 }
 
 /// kcp's annotation naming the workspace (logical cluster) an object lives in.
@@ -501,6 +530,10 @@ fn namespaces_key() -> ResourceKey {
     (String::new(), "namespaces".to_string())
 }
 
+fn service_accounts_key() -> ResourceKey {
+    (String::new(), "serviceaccounts".to_string())
+}
+
 fn crd_key() -> ResourceKey {
     (CRD_GROUP.to_string(), CRD_PLURAL.to_string())
 }
@@ -513,11 +546,18 @@ impl Store {
                 next_watcher_id: 0,
                 spaces: HashMap::new(),
                 wildcard: HashMap::new(),
+                apiserver_port: 6443,
             })),
             builtins: resources::builtins(),
             history,
             watcher_buffer: watcher_buffer.max(1),
         }
+    }
+
+    /// Sets the port the `default/kubernetes` Service points at (before the
+    /// physical cluster's space is first used).
+    pub fn set_apiserver_port(&self, port: u16) {
+        lock(&self.inner).apiserver_port = port;
     }
 
     /// Creates a workspace ("" is the cluster itself) with its initial
@@ -762,9 +802,13 @@ impl Store {
                 object: unchanged(),
             }),
             Decision::Put(value) => {
+                let created = current.is_none();
                 let value = journal.put(space, key, obj_key, value, current.clone());
                 if *key == crd_key() {
                     register_crd(space, &value);
+                }
+                if *key == namespaces_key() && created {
+                    journal.ensure_default_service_account(space, &name);
                 }
                 Ok(Written { object: value })
             }
@@ -776,6 +820,16 @@ impl Store {
                 }
                 if *key == namespaces_key() {
                     empty_namespace(&mut journal, space, &name);
+                }
+                // The serviceaccounts controller puts a deleted default account back.
+                let namespace_active = SpaceView { space: &*space }
+                    .namespace(namespace)
+                    .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_none());
+                if *key == service_accounts_key()
+                    && name == bootstrap::DEFAULT_SERVICE_ACCOUNT
+                    && namespace_active
+                {
+                    journal.ensure_default_service_account(space, namespace);
                 }
                 Ok(Written { object: last })
             }
@@ -1169,6 +1223,39 @@ mod tests {
         assert_eq!(seen, ["a", "b"]);
         let physical = store.get("", &key(), "default", "physical");
         assert!(physical.is_some_and(|o| o.pointer("/metadata/annotations").is_none()));
+    }
+
+    #[test]
+    fn namespaces_get_a_default_service_account_and_the_cluster_its_service() {
+        let store = Store::new(100, 100);
+        store.ensure_space("");
+        store.ensure_space("root:a");
+        let accounts = service_accounts_key();
+        let services = (String::new(), "services".to_string());
+        for ws in ["", "root:a"] {
+            assert!(store.get(ws, &accounts, "default", "default").is_some());
+        }
+        assert!(store.get("", &services, "default", "kubernetes").is_some());
+        assert!(
+            store
+                .get("root:a", &services, "default", "kubernetes")
+                .is_none()
+        );
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}});
+        store
+            .write(
+                "root:a",
+                &namespaces_key(),
+                "",
+                NameChoice::Exact("fresh".into()),
+                false,
+                |_, _, _| Ok(Decision::Put(ns)),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let account = store.get("root:a", &accounts, "fresh", "default");
+        assert!(
+            account.is_some_and(|a| a["metadata"]["annotations"][CLUSTER_ANNOTATION] == "root:a")
+        );
     }
 
     #[test]
