@@ -2766,3 +2766,118 @@ async fn every_cluster_has_the_kubernetes_service_and_default_service_accounts()
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+/// kube-apiserver writes built-in objects in Go struct order, `kind` before
+/// `apiVersion` (some clients sniff the first bytes): single objects, the
+/// answers to writes, lists, watch events and `Status` errors alike.
+#[tokio::test]
+async fn json_bodies_begin_with_kind_then_api_version() -> Result<()> {
+    in_namespace("kindfirst", |client, namespace| async move {
+        let path = configmaps_path(&namespace);
+        let begins = |what: &str, body: &[u8], prefix: &str| -> Result<()> {
+            ensure!(
+                body.starts_with(prefix.as_bytes()),
+                "{what} begins {:?}, expected {prefix:?}",
+                String::from_utf8_lossy(&body[..body.len().min(80)])
+            );
+            Ok(())
+        };
+        let object = serde_json::to_vec(&configmap("cm", &[], &[("k", "v")])?)?;
+        let created = raw_request(
+            &client,
+            Method::POST,
+            &path,
+            Some("application/json"),
+            object,
+        )
+        .await?;
+        ensure!(created.status == 201, "create: {}", created.text());
+        begins(
+            "the create answer",
+            &created.body,
+            r#"{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        let got = raw_request(
+            &client,
+            Method::GET,
+            &format!("{path}/cm"),
+            None,
+            Vec::new(),
+        )
+        .await?;
+        begins(
+            "a GET",
+            &got.body,
+            r#"{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        let listed = raw_request(&client, Method::GET, &path, None, Vec::new()).await?;
+        begins(
+            "a list",
+            &listed.body,
+            r#"{"kind":"ConfigMapList","apiVersion":"v1""#,
+        )?;
+        let missing = raw_request(
+            &client,
+            Method::GET,
+            &format!("{path}/missing"),
+            None,
+            Vec::new(),
+        )
+        .await?;
+        ensure!(
+            missing.status == 404,
+            "GET of a missing object: {}",
+            missing.text()
+        );
+        begins(
+            "a Status",
+            &missing.body,
+            r#"{"kind":"Status","apiVersion":"v1""#,
+        )?;
+        let rv = listed.json()?["metadata"]["resourceVersion"]
+            .as_str()
+            .context("a list without a resourceVersion")?
+            .to_owned();
+        let watch_path = format!("{path}?watch=true&resourceVersion={rv}&timeoutSeconds=2");
+        let mut watch = Box::pin(raw_request(
+            &client,
+            Method::GET,
+            &watch_path,
+            None,
+            Vec::new(),
+        ));
+        // The watch ends by itself after timeoutSeconds; a change made while it runs shows up.
+        let patch = json!({ "data": { "k": "w" } });
+        let watched = loop {
+            tokio::select! {
+                response = &mut watch => break response?,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    raw_request(
+                        &client,
+                        Method::PATCH,
+                        &format!("{path}/cm"),
+                        Some("application/merge-patch+json"),
+                        serde_json::to_vec(&patch)?,
+                    )
+                    .await?;
+                }
+            }
+        };
+        let line = watched
+            .text()
+            .lines()
+            .next()
+            .map(str::to_owned)
+            .with_context(|| format!("no watch event: {}", watched.text()))?;
+        begins(
+            "a watch event",
+            line.as_bytes(),
+            r#"{"type":"MODIFIED","object":{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        Ok(())
+    })
+    .await
+}

@@ -16,7 +16,7 @@ use super::Shared;
 use super::apply;
 use super::discovery;
 use super::fields;
-use super::object::{self, meta_str};
+use super::object::{self, KeyOrder, meta_str};
 use super::openapi;
 use super::patch::{self, PatchFailure, PatchType};
 use super::path::{self, Query, ResourcePath, Target as PathTarget};
@@ -356,7 +356,14 @@ fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Resp
     } else {
         let object = target.present(&object);
         match Rendering::from_accept(accept) {
-            Rendering::Object => json_response(code, &object),
+            Rendering::Object => bytes_response(
+                code,
+                Bytes::from(object::to_json(
+                    &object,
+                    KeyOrder::for_resource(target.def.custom),
+                )),
+                "application/json",
+            ),
             Rendering::Metadata => json_response(code, &table::partial_metadata(&object)),
             Rendering::Table => {
                 let rv = meta_str(&object, "resourceVersion").map(str::to_string);
@@ -685,9 +692,13 @@ fn list(
                     out.push(b',');
                 }
                 let written = if rendering == Rendering::Metadata {
-                    serde_json::to_writer(&mut out, &table::partial_metadata(item))
+                    object::write_json(
+                        &mut out,
+                        &table::partial_metadata(item),
+                        KeyOrder::KindFirst,
+                    )
                 } else {
-                    serde_json::to_writer(&mut out, &**item)
+                    object::write_json(&mut out, item, KeyOrder::for_resource(target.def.custom))
                 };
                 written.map_err(|e| ApiError::internal(e.to_string()))?;
             }
@@ -1021,7 +1032,7 @@ pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body>
 }
 
 fn typed_json_response(status: StatusCode, value: &Value, content_type: &str) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    let body = object::to_json(value, KeyOrder::KindFirst);
     bytes_response(status, Bytes::from(body), content_type)
 }
 

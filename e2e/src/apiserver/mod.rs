@@ -7,7 +7,9 @@
 //! `kubectl`) rely on it: discovery, CRUD with optimistic concurrency, the
 //! `/status` subresource, patches (merge, JSON, strategic, server-side apply),
 //! watches with resume, bookmarks and 410 Expired, selectors, finalizers,
-//! dry runs, `Status` errors, CRDs. Faults (latency, error responses, short
+//! dry runs, `Status` errors, CRDs; built-in objects are written `kind`
+//! first, as Go's structs order them (custom resources with sorted keys, as
+//! kube's unstructured encoding does). Faults (latency, error responses, short
 //! watches) can be injected at run time through [`Faults`].
 //!
 //! KCP, as far as Uplink sees it:

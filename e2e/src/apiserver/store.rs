@@ -62,10 +62,11 @@ impl Event {
         })
     }
 
-    /// The object serialised once, shared by every watcher.
-    pub fn object_json(&self) -> &Bytes {
+    /// The object serialised once, shared by every watcher (`order` is
+    /// the resource's, the same for every watcher of it).
+    pub fn object_json(&self, order: object::KeyOrder) -> &Bytes {
         self.json
-            .get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+            .get_or_init(|| Bytes::from(object::to_json(&self.object, order)))
     }
 }
 
