@@ -2881,3 +2881,194 @@ async fn json_bodies_begin_with_kind_then_api_version() -> Result<()> {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// What DELETE answers.
+
+/// DELETE of `path/name` through `client`, its body as JSON.
+async fn delete_raw(client: &Client, path: &str, name: &str) -> Result<Value> {
+    let response = raw_request(
+        client,
+        Method::DELETE,
+        &format!("{path}/{name}"),
+        None,
+        Vec::new(),
+    )
+    .await?;
+    ensure!(
+        response.status == 200,
+        "DELETE {path}/{name}: HTTP {}: {}",
+        response.status,
+        response.text()
+    );
+    response.json()
+}
+
+/// Fails unless `answer` is the `Status` of Success kube's registry writes
+/// for an object deleted at once.
+fn expect_deleted_status(
+    answer: &Value,
+    group: &str,
+    resource: &str,
+    name: &str,
+    uid: &str,
+) -> Result<()> {
+    ensure!(
+        answer["kind"] == "Status" && answer["status"] == "Success",
+        "deleting {resource}/{name} answered {answer}"
+    );
+    let details = &answer["details"];
+    ensure!(
+        details["name"] == name && details["kind"] == resource && details["uid"] == uid,
+        "details of deleting {resource}/{name}: {details}"
+    );
+    let answered_group = details["group"].as_str().unwrap_or_default();
+    ensure!(
+        answered_group == group,
+        "deleting {resource}/{name}: details.group {answered_group:?}"
+    );
+    Ok(())
+}
+
+/// kube-apiserver answers a DELETE that removes the object at once with a
+/// `Status` of Success, except for the resources whose store returns the
+/// deleted object (pods, services, service accounts); an object that stays
+/// (here: held by a finalizer) is answered with its new state.
+#[tokio::test]
+async fn delete_answers_a_status_or_the_object_that_stays() -> Result<()> {
+    in_namespace("delanswer", |client, namespace| async move {
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+        let cm = configmaps
+            .create(&PostParams::default(), &configmap("cm", &[], &[])?)
+            .await?;
+        let answer = delete_raw(&client, &configmaps_path(&namespace), "cm").await?;
+        expect_deleted_status(
+            &answer,
+            "",
+            "configmaps",
+            "cm",
+            cm.metadata.uid.as_deref().unwrap_or_default(),
+        )?;
+
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+        let web = deployments
+            .create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/apis/apps/v1/namespaces/{namespace}/deployments"),
+            "web",
+        )
+        .await?;
+        expect_deleted_status(
+            &answer,
+            "apps",
+            "deployments",
+            "web",
+            web.metadata.uid.as_deref().unwrap_or_default(),
+        )?;
+
+        let services = Api::<Service>::namespaced(client.clone(), &namespace);
+        services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": "svc" },
+                    "spec": { "ports": [{ "port": 80 }] },
+                }))?,
+            )
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/api/v1/namespaces/{namespace}/services"),
+            "svc",
+        )
+        .await?;
+        ensure!(
+            answer["kind"] == "Service" && answer["metadata"]["name"] == "svc",
+            "deleting a service answered {answer}"
+        );
+
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &namespace);
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": { "name": "robot" }}))?,
+            )
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+            "robot",
+        )
+        .await?;
+        ensure!(
+            answer["kind"] == "ServiceAccount",
+            "deleting a service account answered {answer}"
+        );
+
+        let mut held = configmap("held", &[], &[])?;
+        held.metadata.finalizers = Some(vec!["uplink.test/hold".to_owned()]);
+        configmaps.create(&PostParams::default(), &held).await?;
+        let answer = delete_raw(&client, &configmaps_path(&namespace), "held").await?;
+        ensure!(
+            answer["kind"] == "ConfigMap" && answer["metadata"]["deletionTimestamp"].is_string(),
+            "deleting an object held by a finalizer answered {answer}"
+        );
+        configmaps
+            .patch(
+                "held",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+            )
+            .await?;
+
+        // A custom resource deleted at once: a Status too.
+        let group = format!("{}.uplink.test", unique_name("del"));
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(
+            &PostParams::default(),
+            &crd(&group, "gizmos", "Gizmo", false)?,
+        )
+        .await?;
+        let custom = async {
+            wait_established(&crds, &format!("gizmos.{group}")).await?;
+            let resource = ApiResource {
+                group: group.clone(),
+                version: "v1".to_owned(),
+                api_version: format!("{group}/v1"),
+                kind: "Gizmo".to_owned(),
+                plural: "gizmos".to_owned(),
+            };
+            let gizmos: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &resource);
+            let created = eventually(EVENT_TIMEOUT, "a custom object to be created", || async {
+                Ok(gizmos
+                    .create(&PostParams::default(), &DynamicObject::new("g", &resource))
+                    .await
+                    .ok())
+            })
+            .await?;
+            let answer = delete_raw(
+                &client,
+                &format!("/apis/{group}/v1/namespaces/{namespace}/gizmos"),
+                "g",
+            )
+            .await?;
+            expect_deleted_status(
+                &answer,
+                &group,
+                "gizmos",
+                "g",
+                created.metadata.uid.as_deref().unwrap_or_default(),
+            )
+        }
+        .await;
+        let _ = crds
+            .delete(&format!("gizmos.{group}"), &DeleteParams::default())
+            .await;
+        custom
+    })
+    .await
+}

@@ -941,6 +941,10 @@ fn delete(
         dry,
         |_, name, current| registry::delete(target, name, current, &options),
     )?;
+    if written.removed && !registry::answers_delete_with_object(&target.def) {
+        let status = registry::deleted_status(&target.def, &written.object);
+        return Ok(Answer::ok(Arc::new(status)));
+    }
     Ok(Answer::ok(written.object))
 }
 

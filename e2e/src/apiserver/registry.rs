@@ -556,6 +556,39 @@ impl DeleteOptions {
     }
 }
 
+/// Whether a DELETE that removes the object at once answers with the object
+/// (kube's `ReturnDeletedObject` stores, and namespaces and CRDs, which
+/// kube only marks for deletion) rather than a `Status` of Success. An
+/// object that stays (finalizers, graceful deletion) is always answered.
+pub(crate) fn answers_delete_with_object(def: &ResourceDef) -> bool {
+    !def.custom
+        && matches!(
+            (def.group.as_str(), def.plural.as_str()),
+            ("", "pods" | "services" | "serviceaccounts" | "namespaces")
+                | (resources::CRD_GROUP, resources::CRD_PLURAL)
+        )
+}
+
+/// The `Status` a DELETE answers with when the object went at once, as
+/// kube's `finalizeDelete` writes it (`details.kind` is the resource).
+pub(crate) fn deleted_status(def: &ResourceDef, deleted: &Value) -> Value {
+    let mut details = json!({
+        "name": meta_str(deleted, "name").unwrap_or_default(),
+        "kind": def.plural,
+        "uid": meta_str(deleted, "uid").unwrap_or_default(),
+    });
+    if !def.group.is_empty() {
+        details["group"] = json!(def.group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
 /// Delete: objects with finalizers only get a deletionTimestamp (and are
 /// removed by the update that clears the last finalizer); others go at once.
 pub(crate) fn delete(

@@ -156,6 +156,8 @@ pub(crate) enum Decision {
 #[derive(Debug)]
 pub(crate) struct Written {
     pub object: Arc<Value>,
+    /// The object is gone (or, in a dry run, would be).
+    pub removed: bool,
 }
 
 /// How a write names its object.
@@ -791,16 +793,19 @@ impl Store {
         };
         let unchanged = || current.clone().unwrap_or_else(|| Arc::new(Value::Null));
         if dry_run {
+            let removed = matches!(decision, Decision::Remove(_));
             return Ok(Written {
                 object: match decision {
                     Decision::Put(v) | Decision::Remove(v) => Arc::new(v),
                     Decision::Keep => unchanged(),
                 },
+                removed,
             });
         }
         match decision {
             Decision::Keep => Ok(Written {
                 object: unchanged(),
+                removed: false,
             }),
             Decision::Put(value) => {
                 let created = current.is_none();
@@ -811,7 +816,10 @@ impl Store {
                 if *key == namespaces_key() && created {
                     journal.ensure_default_service_account(space, &name);
                 }
-                Ok(Written { object: value })
+                Ok(Written {
+                    object: value,
+                    removed: false,
+                })
             }
             Decision::Remove(last) => {
                 let last = Arc::new(last);
@@ -832,7 +840,10 @@ impl Store {
                 {
                     journal.ensure_default_service_account(space, namespace);
                 }
-                Ok(Written { object: last })
+                Ok(Written {
+                    object: last,
+                    removed: true,
+                })
             }
         }
     }
