@@ -20,7 +20,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentCondition, ReplicaSet},
         batch::v1::Job,
-        core::v1::{ConfigMap, Node, Service, ServiceAccount},
+        core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -3069,6 +3069,233 @@ async fn delete_answers_a_status_or_the_object_that_stays() -> Result<()> {
             .delete(&format!("gizmos.{group}"), &DeleteParams::default())
             .await;
         custom
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Pods: field selectors and graceful deletion.
+
+/// A pod bound to `node` (a node that need not exist: nothing runs it), or,
+/// without one, a pod no scheduler picks up, so that it stays unbound.
+fn parked_pod(name: &str, node: Option<&str>, extra_spec: Value) -> Result<Pod> {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }] },
+    });
+    match node {
+        Some(node) => pod["spec"]["nodeName"] = json!(node),
+        None => pod["spec"]["schedulerName"] = json!("uplink-conformance-no-such-scheduler"),
+    }
+    if let (Some(spec), Value::Object(extra)) = (pod["spec"].as_object_mut(), extra_spec) {
+        spec.extend(extra);
+    }
+    Ok(serde_json::from_value(pod)?)
+}
+
+/// Pod field selectors read a pod as kube stores it: restartPolicy
+/// `Always`, schedulerName `default-scheduler`, serviceAccountName
+/// `default` and hostNetwork `false` when the manifest leaves them out.
+#[tokio::test]
+async fn pod_field_selectors_read_the_defaults() -> Result<()> {
+    in_namespace("podfields", |client, namespace| async move {
+        default_service_account(&client, &namespace).await?;
+        let node = unique_name("conf-absent-node");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &parked_pod("p", Some(&node), json!({}))?,
+        )
+        .await?;
+        let outcome = async {
+            let only = set(&["p"]);
+            for fields in [
+                "spec.restartPolicy=Always".to_owned(),
+                "spec.schedulerName=default-scheduler".to_owned(),
+                "spec.serviceAccountName=default".to_owned(),
+                "spec.hostNetwork=false".to_owned(),
+                format!("spec.nodeName={node}"),
+                format!("spec.host={node}"),
+                "status.phase=Pending".to_owned(),
+            ] {
+                let got = names_with_fields(&pods, &fields).await?;
+                ensure!(got == only, "pods with {fields}: {got:?}");
+            }
+            ensure!(
+                names_with_fields(&pods, "spec.restartPolicy=Never")
+                    .await?
+                    .is_empty(),
+                "spec.restartPolicy=Never matched a pod with the default policy"
+            );
+            Ok(())
+        }
+        .await;
+        let _ = pods
+            .delete("p", &DeleteParams::default().grace_period(0))
+            .await;
+        outcome
+    })
+    .await
+}
+
+/// A DELETE of a pod (with DeleteOptions `body`, if any), its answer as JSON.
+async fn delete_pod_raw(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+    let (content_type, body) = match body {
+        Some(options) => (Some("application/json"), serde_json::to_vec(&options)?),
+        None => (None, Vec::new()),
+    };
+    let response = raw_request(client, Method::DELETE, &path, content_type, body).await?;
+    ensure!(
+        response.status == 200,
+        "DELETE pod {name}: HTTP {}: {}",
+        response.status,
+        response.text()
+    );
+    response.json()
+}
+
+/// Whole seconds from one RFC 3339 timestamp to another.
+fn seconds_between(earlier: &Value, later: &Value) -> Result<i64> {
+    let at = |v: &Value| -> Result<i64> {
+        let time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+            serde_json::from_value(v.clone()).with_context(|| format!("the timestamp {v}"))?;
+        Ok(time.0.as_second())
+    };
+    Ok(at(later)? - at(earlier)?)
+}
+
+/// kube-apiserver deletes a pod bound to a node gracefully: the pod stays
+/// with `deletionTimestamp` (now plus the grace) and
+/// `deletionGracePeriodSeconds` (30 s by default, the pod's
+/// terminationGracePeriodSeconds, or `gracePeriodSeconds`); a later DELETE
+/// may only shorten it, and a grace of 0 removes it at once, as does
+/// deleting a pod bound to no node.
+#[tokio::test]
+async fn pods_bound_to_a_node_are_deleted_gracefully() -> Result<()> {
+    in_namespace("graceful", |client, namespace| async move {
+        default_service_account(&client, &namespace).await?;
+        let node = unique_name("conf-absent-node");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        for (name, node, spec) in [
+            ("default-grace", Some(node.as_str()), json!({})),
+            (
+                "own-grace",
+                Some(node.as_str()),
+                json!({ "terminationGracePeriodSeconds": 7 }),
+            ),
+            ("asked-grace", Some(node.as_str()), json!({})),
+            ("unbound", None, json!({})),
+        ] {
+            pods.create(&PostParams::default(), &parked_pod(name, node, spec)?)
+                .await?;
+        }
+        let outcome = async {
+            let answer = delete_pod_raw(&client, &namespace, "default-grace", None).await?;
+            let meta = &answer["metadata"];
+            ensure!(
+                answer["kind"] == "Pod",
+                "a graceful delete answered {answer}"
+            );
+            ensure!(
+                meta["deletionGracePeriodSeconds"] == 30,
+                "default grace: {meta}"
+            );
+            let ahead = seconds_between(&meta["creationTimestamp"], &meta["deletionTimestamp"])?;
+            ensure!(
+                (29..=90).contains(&ahead),
+                "deletionTimestamp is {ahead}s after creation: {meta}"
+            );
+            let still = pods
+                .get("default-grace")
+                .await
+                .context("a gracefully deleted pod vanished")?;
+            ensure!(
+                still.metadata.deletion_timestamp.is_some(),
+                "the stored pod has no deletionTimestamp"
+            );
+
+            // A second DELETE without a shorter grace changes nothing; a shorter one shortens it.
+            let again = delete_pod_raw(&client, &namespace, "default-grace", None).await?;
+            ensure!(
+                again["metadata"]["deletionGracePeriodSeconds"] == 30,
+                "a repeated delete: {}",
+                again["metadata"]
+            );
+            ensure!(
+                again["metadata"]["deletionTimestamp"] == meta["deletionTimestamp"],
+                "a repeated delete moved the deadline"
+            );
+            let shorter = delete_pod_raw(
+                &client,
+                &namespace,
+                "default-grace",
+                Some(json!({ "gracePeriodSeconds": 10 })),
+            )
+            .await?;
+            ensure!(
+                shorter["metadata"]["deletionGracePeriodSeconds"] == 10,
+                "a shorter grace: {}",
+                shorter["metadata"]
+            );
+            let moved = seconds_between(
+                &shorter["metadata"]["deletionTimestamp"],
+                &meta["deletionTimestamp"],
+            )?;
+            ensure!(
+                (19..=21).contains(&moved),
+                "shortening by 20s moved the deadline by {moved}s"
+            );
+
+            let own = delete_pod_raw(&client, &namespace, "own-grace", None).await?;
+            ensure!(
+                own["metadata"]["deletionGracePeriodSeconds"] == 7,
+                "the pod's own grace: {}",
+                own["metadata"]
+            );
+            let asked = delete_pod_raw(
+                &client,
+                &namespace,
+                "asked-grace",
+                Some(json!({ "gracePeriodSeconds": 12 })),
+            )
+            .await?;
+            ensure!(
+                asked["metadata"]["deletionGracePeriodSeconds"] == 12,
+                "gracePeriodSeconds: {}",
+                asked["metadata"]
+            );
+
+            // Grace 0 (kubectl delete --force --grace-period=0) removes it at once.
+            delete_pod_raw(
+                &client,
+                &namespace,
+                "default-grace",
+                Some(json!({ "gracePeriodSeconds": 0 })),
+            )
+            .await?;
+            expect_api_error(pods.get("default-grace").await, 404, "NotFound")
+                .context("after a delete with grace 0")?;
+            // A pod bound to no node has nothing to stop: it goes at once.
+            delete_pod_raw(&client, &namespace, "unbound", None).await?;
+            expect_api_error(pods.get("unbound").await, 404, "NotFound")
+                .context("an unbound pod after delete")?;
+            Ok(())
+        }
+        .await;
+        for name in ["default-grace", "own-grace", "asked-grace", "unbound"] {
+            let _ = pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+        outcome
     })
     .await
 }

@@ -1225,3 +1225,100 @@ async fn kubectl_lists_deployments_in_every_workspace() -> Result<()> {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// The test bed's kubelet: a gracefully deleted pod goes when its grace ends.
+
+fn bound_pod(
+    name: &str,
+    grace: i64,
+    finalizers: &[&str],
+) -> Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "finalizers": finalizers },
+        "spec": {
+            "nodeName": "node-1",
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }],
+        },
+    }))?)
+}
+
+#[tokio::test]
+async fn terminating_pods_go_when_their_grace_period_ends() -> Result<()> {
+    with_server(ApiServerConfig::default(), |server| async move {
+        let client = client_for(&server, None).await?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "default");
+        let listed = pods.list(&ListParams::default()).await?;
+        let rv = listed.metadata.resource_version.context("no list RV")?;
+        let mut events = pods
+            .watch(&WatchParams::default().timeout(30), &rv)
+            .await?
+            .boxed();
+        pods.create(&PostParams::default(), &bound_pod("short", 2, &[])?)
+            .await?;
+        pods.create(
+            &PostParams::default(),
+            &bound_pod("held", 1, &["uplink.test/hold"])?,
+        )
+        .await?;
+        let started = tokio::time::Instant::now();
+        pods.delete("short", &DeleteParams::default()).await?;
+        pods.delete("held", &DeleteParams::default()).await?;
+        let terminating = pods
+            .get("short")
+            .await
+            .context("the pod went before its grace period")?;
+        ensure!(
+            terminating.metadata.deletion_grace_period_seconds == Some(2),
+            "grace: {:?}",
+            terminating.metadata.deletion_grace_period_seconds
+        );
+
+        // ADDED, then MODIFIED (terminating), then DELETED once the grace is over.
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match next_change(&mut events, EVENT_TIMEOUT).await? {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p)
+                    if p.metadata.name.as_deref() == Some("short") =>
+                {
+                    seen.push(p.metadata.deletion_timestamp.is_some());
+                }
+                _ => {}
+            }
+        }
+        let took = started.elapsed();
+        ensure!(
+            seen == [false, true, true],
+            "deletionTimestamp along the events: {seen:?}"
+        );
+        ensure!(
+            took >= Duration::from_millis(900),
+            "the pod went {took:?} after a delete with a 2 s grace"
+        );
+        expect_api_error(pods.get("short").await, 404, "NotFound")?;
+
+        // A pod held by a finalizer waits for it after its grace, then goes.
+        let held = eventually(EVENT_TIMEOUT, "the held pod's grace to end", || async {
+            let pod = pods.get("held").await?;
+            Ok((pod.metadata.deletion_grace_period_seconds == Some(0)).then_some(pod))
+        })
+        .await?;
+        ensure!(
+            held.metadata.deletion_timestamp.is_some(),
+            "no deletionTimestamp on the held pod"
+        );
+        pods.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await?;
+        expect_api_error(pods.get("held").await, 404, "NotFound")
+            .context("the held pod after its last finalizer went")?;
+        Ok(())
+    })
+    .await
+}

@@ -932,7 +932,7 @@ fn delete(
     query: &Query,
 ) -> Result<Answer, ApiError> {
     let dry = dry_run(query)? || body_dry_run(body);
-    let options = DeleteOptions::from_body(body)?;
+    let options = DeleteOptions::from_request(body, query)?;
     let written = shared.store.write(
         ws,
         &target.def.key(),
@@ -941,6 +941,9 @@ fn delete(
         dry,
         |_, name, current| registry::delete(target, name, current, &options),
     )?;
+    if !dry && !written.removed {
+        shared.kubelet.terminating(ws, &written.object);
+    }
     if written.removed && !registry::answers_delete_with_object(&target.def) {
         let status = registry::deleted_status(&target.def, &written.object);
         return Ok(Answer::ok(Arc::new(status)));
@@ -968,7 +971,7 @@ fn delete_collection(
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     let dry = dry_run(query)? || body_dry_run(body);
-    let options = DeleteOptions::from_body(body)?;
+    let options = DeleteOptions::from_request(body, query)?;
     let filter = list_filter(target, query, None, false)?;
     let scope = Scope::Workspace(ws.to_string());
     let page = shared
@@ -986,7 +989,12 @@ fn delete_collection(
             |_, name, current| registry::delete(target, name, current, &options),
         );
         match result {
-            Ok(w) => deleted.push(target.present(&w.object)),
+            Ok(w) => {
+                if !dry && !w.removed {
+                    shared.kubelet.terminating(ws, &w.object);
+                }
+                deleted.push(target.present(&w.object));
+            }
             // Deleted concurrently: nothing left to do.
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),

@@ -49,19 +49,35 @@
 //! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
 //! `fields` (each kind's field selector fields and their defaults),
 //! `bootstrap` (the `default/kubernetes` Service, `default` ServiceAccounts),
+//! `graceful` (graceful deletion), `kubelet` (removes pods after their grace),
 //! `status` (errors), [`faults`], [`cli`].
+//!
+//! Pods bound to a node are deleted gracefully (`graceful`): a DELETE sets
+//! `deletionTimestamp` and `deletionGracePeriodSeconds` (the
+//! `gracePeriodSeconds` asked for, else the pod's
+//! `terminationGracePeriodSeconds`, else 30 s), a grace of 0 removes the pod
+//! at once, a later DELETE may only shorten the grace. What kube leaves to
+//! the kubelet, deleting the pod with grace 0 once its containers have
+//! stopped, the test bed's `kubelet` does when the grace period has passed
+//! (to the second), in every workspace, whatever node the pod names. A DELETE
+//! that removes an object at once answers a `Status` of Success, except for
+//! pods, services and service accounts, which answer the object (as do
+//! namespaces and CRDs).
 //!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
 //! `propagationPolicy`/owner references are not acted on (no garbage
-//! collector) and pods are deleted without a grace period; lists ignore
-//! `resourceVersionMatch` (a list is served from the current state, except
-//! continued pages, which are served from the first page's snapshot);
-//! built-in kinds get no defaulting or schema validation (CRs are pruned by
-//! their schema; field selectors read unset fields as their defaults); strategic merge uses a fixed table of merge keys;
-//! server-side apply tracks ownership for appliers only; protobuf request
-//! bodies are decoded for namespaces, configmaps, secrets and service
-//! accounts only (others get 415: send JSON or YAML).
+//! collector); pods run nothing: no kubelet moves their phase, and the
+//! stand-in kubelet removes terminating pods exactly when their grace ends;
+//! lists ignore `resourceVersionMatch` (a list is served from the current
+//! state, except continued pages, which are served from the first page's
+//! snapshot); built-in kinds get no defaulting or schema validation (CRs are
+//! pruned by their schema; field selectors and the pod grace period read
+//! unset fields as their defaults); strategic merge uses a fixed table of
+//! merge keys; server-side apply tracks ownership for appliers only;
+//! protobuf request bodies are decoded for namespaces, configmaps, secrets
+//! and service accounts only (others get 415: send JSON or YAML); the
+//! `default/kubernetes` Service has no Endpoints (none are served).
 
 mod apply;
 mod bootstrap;
@@ -69,7 +85,9 @@ pub mod cli;
 mod discovery;
 mod faults;
 mod fields;
+mod graceful;
 mod handler;
+mod kubelet;
 mod object;
 mod openapi;
 mod patch;
@@ -159,6 +177,8 @@ pub(crate) struct Shared {
     pub config: ApiServerConfig,
     pub token: String,
     pub store: store::Store,
+    /// Deletes gracefully deleted pods when their grace period has passed.
+    pub kubelet: kubelet::Kubelet,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -215,10 +235,17 @@ impl ApiServer {
             config,
             token: token.clone(),
             store,
+            kubelet: kubelet::Kubelet::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
         let (task_guard, tasks_done) = mpsc::channel(1);
+        let kubelet_guard = task_guard.clone();
+        let kubelet_shared = shared.clone();
+        tokio::spawn(async move {
+            kubelet::run(kubelet_shared).await;
+            drop(kubelet_guard);
+        });
         tokio::spawn(accept_loop(listener, acceptor, shared.clone(), task_guard));
         tracing::info!(%addr, "API server listening");
         Ok(ApiServer {
