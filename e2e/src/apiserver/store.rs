@@ -498,9 +498,17 @@ pub(crate) const CLUSTER_ANNOTATION: &str = "kcp.io/cluster";
 
 /// Sets `kcp.io/cluster` on an object stored in a workspace, as kcp's
 /// storage does on every object it returns; the physical cluster has none.
-fn annotate_workspace(object: &mut Value, workspace: &str) {
+/// Returns whether the object changed.
+fn annotate_workspace(object: &mut Value, workspace: &str) -> bool {
     if workspace.is_empty() {
-        return;
+        return false;
+    }
+    let current = object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(CLUSTER_ANNOTATION))
+        .and_then(Value::as_str);
+    if current == Some(workspace) {
+        return false;
     }
     let meta = object::metadata_mut(object);
     let annotations = meta
@@ -512,6 +520,7 @@ fn annotate_workspace(object: &mut Value, workspace: &str) {
     if let Value::Object(annotations) = annotations {
         annotations.insert(CLUSTER_ANNOTATION.to_string(), json!(workspace));
     }
+    true
 }
 
 /// All objects of one server.
@@ -777,9 +786,9 @@ impl Store {
         let current = existing.and_then(|c| c.objects.get(&obj_key)).cloned();
         let decision = match decide(&SpaceView { space }, &name, current.as_ref())? {
             Decision::Put(mut v) => {
-                annotate_workspace(&mut v, workspace);
-                // Dropping the workspace annotation is no change: kcp sets it anyway.
-                if current.as_deref() == Some(&v) {
+                // Dropping the workspace annotation is no change: kcp sets it
+                // anyway. (Other no-op writes are already Keep.)
+                if annotate_workspace(&mut v, workspace) && current.as_deref() == Some(&v) {
                     Decision::Keep
                 } else {
                     Decision::Put(v)
