@@ -1,0 +1,46 @@
+//! Heartbeats: each one proves the agent alive, records its clock and
+//! summary for health, is answered with `HeartbeatAck`, and brings the agent
+//! the refusals of held reports that it was not told yet.
+
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use uplink_protocol::{Ack, Heartbeat, HeartbeatAck, HubFrame};
+
+use super::Connection;
+use super::wire::Violation;
+use crate::health::unix_ms;
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Answers one heartbeat, recording what it says about the agent.
+    pub(super) async fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<(), Violation> {
+        let now = SystemTime::now();
+        self.shared
+            .health
+            .heartbeat(&self.cluster, heartbeat.agent_time_ms, now);
+        if let Some(summary) = heartbeat.summary {
+            self.shared.health.summary(&self.cluster, summary);
+        }
+        let ack = HubFrame::HeartbeatAck(HeartbeatAck {
+            agent_time_ms: heartbeat.agent_time_ms,
+            hub_time_ms: unix_ms(now),
+        });
+        self.send_or_end(&ack).await?;
+        // Held reports refused since the last Ack: the agent learns them
+        // now rather than with its next batch, which may be long away.
+        let rejected = self.shared.rejections.take(&self.cluster);
+        if !rejected.is_empty()
+            && let Some(position) = self.shared.store.position(&self.cluster)
+        {
+            let ack = HubFrame::Ack(Ack {
+                seq: position.seq,
+                rejected,
+            });
+            self.send_or_end(&ack).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! The upward lane: status reports arriving as `Deltas` or as a snapshot
+//! (`SnapshotBegin`, chunks, `SnapshotEnd`, buffered until complete), each
+//! one checked, judged against placement (taken, held, or refused), stored,
+//! and acknowledged with the refusals the agent was not told yet.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use uplink_protocol::names::invalid_name;
+use uplink_protocol::{
+    Ack, Change, Delta, DeltaBatch, ErrorCode, HubFrame, Rejected, SnapshotBegin, SnapshotChunk,
+    SnapshotEnd,
+};
+
+use super::Connection;
+use super::wire::Violation;
+use crate::placement::Verdict;
+use crate::store::{Entry, ObjectKey, StoreError, Update};
+
+/// A snapshot being received.
+pub(super) struct SnapshotBuffer {
+    entries: HashMap<ObjectKey, Entry>,
+    /// Objects the agent saw deleted recently (acknowledged or not). A hub
+    /// that restarted, possibly before writing an acknowledged deletion to
+    /// KCP, holds nothing for them, so replacing the cluster's entries would
+    /// not notice they are gone: they are re-evaluated (and cleared upstream
+    /// when no cluster reports them) explicitly.
+    tombstones: HashSet<ObjectKey>,
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// A batch of deltas: judged and stored, then acknowledged.
+    pub(super) async fn deltas(
+        &mut self,
+        session: &str,
+        batch: DeltaBatch,
+        snapshot: &Option<SnapshotBuffer>,
+    ) -> Result<(), Violation> {
+        if snapshot.is_some() {
+            return Err(Violation::unexpected("Deltas during a snapshot"));
+        }
+        self.count_deltas(batch.deltas.len());
+        let highest = batch.deltas.iter().map(|d| d.seq).max().unwrap_or(0);
+        let updates: Vec<Update> = batch
+            .deltas
+            .into_iter()
+            .filter_map(|delta| self.accept(delta))
+            .collect();
+        {
+            // Judged and stored under the placement view's read lock:
+            // an unplacement cannot slip in between.
+            let view = self.shared.placements.read();
+            let mut accepted = Vec::with_capacity(updates.len());
+            let mut held = Vec::new();
+            for update in updates {
+                match view.verdict(&self.cluster, &update.key) {
+                    Verdict::Accept => accepted.push(update),
+                    Verdict::Hold => held.push(update),
+                    Verdict::Reject(reason) => self.refuse_report(
+                        &update.key,
+                        update.seq,
+                        reason,
+                        "not authorized by placement",
+                    ),
+                }
+            }
+            self.shared
+                .store
+                .apply(&self.cluster, session, accepted, held)
+                .map_err(store_violation)?;
+        }
+        // Refused deltas are acked too: the agent would resend them
+        // on every reconnect, and they would never get better.
+        let acked = self.shared.store.advance(&self.cluster, session, highest);
+        self.send_ack(acked).await?;
+        Ok(())
+    }
+
+    /// Starts buffering a snapshot.
+    pub(super) fn snapshot_begin(
+        &self,
+        begin: &SnapshotBegin,
+        snapshot: &mut Option<SnapshotBuffer>,
+    ) -> Result<(), Violation> {
+        if snapshot.is_some() {
+            return Err(Violation::unexpected("SnapshotBegin during a snapshot"));
+        }
+        let max = self.shared.limits.max_objects_per_cluster;
+        if begin.objects > max {
+            return Err(Violation::new(
+                "too_many_objects",
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a snapshot of {} objects exceeds the limit of {max} objects per cluster",
+                    begin.objects
+                ),
+            ));
+        }
+        tracing::debug!(cluster = %self.cluster, objects = begin.objects, "snapshot begins");
+        *snapshot = Some(SnapshotBuffer {
+            entries: HashMap::new(),
+            tombstones: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    /// Adds one chunk of a snapshot to its buffer.
+    pub(super) fn snapshot_chunk(
+        &self,
+        chunk: SnapshotChunk,
+        snapshot: &mut Option<SnapshotBuffer>,
+    ) -> Result<(), Violation> {
+        let Some(buffer) = snapshot.as_mut() else {
+            return Err(Violation::unexpected("SnapshotChunk outside a snapshot"));
+        };
+        self.count_deltas(chunk.deltas.len());
+        for delta in chunk.deltas {
+            let Some(update) = self.accept(delta) else {
+                continue;
+            };
+            // An Upsert is part of the snapshot; a Deleted one is not,
+            // and is re-evaluated once the snapshot is applied.
+            match update.entry {
+                Some(entry) => {
+                    buffer.entries.insert(update.key, entry);
+                }
+                None => {
+                    buffer.entries.remove(&update.key);
+                    buffer.tombstones.insert(update.key);
+                }
+            }
+        }
+        // Deletions count too: a snapshot that names more objects
+        // than a cluster may hold is refused whatever they are.
+        let max = self.shared.limits.max_objects_per_cluster;
+        if buffer.entries.len() as u64 > max || buffer.tombstones.len() as u64 > max {
+            return Err(Violation::new(
+                "too_many_objects",
+                ErrorCode::LimitExceeded,
+                format!("the snapshot exceeds the limit of {max} objects per cluster"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Completes a snapshot: the buffered reports judged against placement
+    /// and replace the cluster's entries, then the snapshot is acknowledged.
+    pub(super) async fn snapshot_end(
+        &mut self,
+        session: &str,
+        end: &SnapshotEnd,
+        snapshot: &mut Option<SnapshotBuffer>,
+    ) -> Result<(), Violation> {
+        let Some(buffer) = snapshot.take() else {
+            return Err(Violation::unexpected("SnapshotEnd outside a snapshot"));
+        };
+        let objects = buffer.entries.len();
+        let mut accepted = HashMap::with_capacity(objects);
+        let mut held = HashMap::new();
+        let acked = {
+            let view = self.shared.placements.read();
+            for (key, entry) in buffer.entries {
+                match view.verdict(&self.cluster, &key) {
+                    Verdict::Accept => {
+                        accepted.insert(key, entry);
+                    }
+                    Verdict::Hold => {
+                        held.insert(key, entry);
+                    }
+                    Verdict::Reject(reason) => {
+                        self.refuse_report(&key, entry.seq, reason, "not authorized by placement");
+                    }
+                }
+            }
+            // Objects deleted while a restarted hub was away are
+            // merged again, but only those placed on this cluster:
+            // nothing here may touch another tenant's object.
+            let deleted: Vec<ObjectKey> = buffer
+                .tombstones
+                .into_iter()
+                .filter(|key| {
+                    !accepted.contains_key(key)
+                        && view.verdict(&self.cluster, key) == Verdict::Accept
+                })
+                .collect();
+            let acked = self
+                .shared
+                .store
+                .replace_cluster(&self.cluster, session, accepted, held, end.seq)
+                .map_err(store_violation)?;
+            for key in deleted {
+                self.shared.write_queue.push(key);
+            }
+            acked
+        };
+        tracing::info!(cluster = %self.cluster, objects, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
+        self.send_ack(acked).await?;
+        Ok(())
+    }
+
+    /// Acknowledges up to `seq`, with the refusals the agent was not told yet.
+    async fn send_ack(&mut self, seq: u64) -> Result<(), Violation> {
+        let ack = Ack {
+            seq,
+            rejected: self.shared.rejections.take(&self.cluster),
+        };
+        self.send_or_end(&HubFrame::Ack(ack)).await
+    }
+
+    /// Refuses one report: counted, logged (rate-limited) and kept for the
+    /// agent's next `Ack`.
+    fn refuse_report(&self, key: &ObjectKey, seq: u64, reason: &'static str, detail: &str) {
+        self.shared
+            .rejections
+            .reject(&self.cluster, key, seq, reason, detail);
+    }
+
+    fn count_deltas(&self, n: usize) {
+        self.shared
+            .metrics
+            .deltas_received
+            .with_label_values(&[&self.cluster])
+            .inc_by(n as u64);
+    }
+
+    /// The store update for one delta, or `None` for a delta the hub cannot
+    /// use: refused (counted, logged, told to the agent in its `Ack`), never
+    /// the end of the session (one bad object must not block its cluster:
+    /// the agent would resend it after every reconnect).
+    fn accept(&self, delta: Delta) -> Option<Update> {
+        match self.checked_entry(&delta) {
+            Ok(entry) => Some(into_update(delta, entry)),
+            Err(refusal) => {
+                let key = ObjectKey::from(&delta.object);
+                self.refuse_report(&key, delta.seq, refusal.reason, &refusal.message);
+                None
+            }
+        }
+    }
+
+    /// Checks one delta; its store entry (`None` for a deletion) without the
+    /// uid, which [`into_update`] moves in.
+    fn checked_entry(&self, delta: &Delta) -> Result<Option<Entry>, Violation> {
+        let object = &delta.object;
+        if let Some((what, value)) = invalid_name(object, self.shared.require_workspace) {
+            return Err(Violation::new(
+                Rejected::INVALID_OBJECT,
+                ErrorCode::Malformed,
+                format!("delta {}: {what} {value:?} is not a valid name", delta.seq),
+            ));
+        }
+
+        let entry = match &delta.change {
+            Change::Deleted => None,
+            Change::Upsert { status_json } => {
+                let status: Value = serde_json::from_str(status_json).map_err(|e| {
+                    Violation::new(
+                        Rejected::STATUS_NOT_OBJECT,
+                        ErrorCode::Malformed,
+                        format!("delta {}: status_json is not JSON: {e}", delta.seq),
+                    )
+                })?;
+                if !status.is_object() {
+                    return Err(Violation::new(
+                        Rejected::STATUS_NOT_OBJECT,
+                        ErrorCode::Malformed,
+                        format!("delta {}: status_json is not a JSON object", delta.seq),
+                    ));
+                }
+                Some(Entry {
+                    status: Arc::new(status),
+                    generation: delta.generation,
+                    observed_generation: delta.observed_generation,
+                    observed_at_ms: delta.observed_at_ms,
+                    seq: delta.seq,
+                    uid: String::new(),
+                })
+            }
+        };
+        Ok(entry)
+    }
+}
+
+fn store_violation(error: StoreError) -> Violation {
+    match error {
+        StoreError::TooManyObjects { .. } => Violation::new(
+            "too_many_objects",
+            ErrorCode::LimitExceeded,
+            error.to_string(),
+        ),
+    }
+}
+
+/// A checked delta as a store update: its strings taken over, not copied
+/// (this runs once per delta).
+fn into_update(delta: Delta, entry: Option<Entry>) -> Update {
+    let uplink_protocol::ObjectRef {
+        group,
+        version,
+        resource,
+        kind,
+        workspace,
+        namespace,
+        name,
+        uid,
+    } = delta.object;
+    Update {
+        key: ObjectKey {
+            workspace,
+            group,
+            version,
+            resource,
+            kind,
+            namespace,
+            name,
+        },
+        seq: delta.seq,
+        entry: entry.map(|entry| Entry { uid, ..entry }),
+    }
+}
