@@ -1,0 +1,146 @@
+//! The session's start: `Hello` → `Welcome` (within three heartbeat
+//! intervals), then resume (resend what the hub has not acknowledged) or
+//! snapshot (every object), as the hub decided, and on to the steady state.
+
+use futures::StreamExt;
+use futures::stream::SplitStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uplink_protocol::{
+    AgentFrame, Hello, HubFrame, Limits, PROTOCOL_VERSION, SessionMode, Welcome,
+};
+
+use super::dial::Ws;
+use super::heartbeat::heartbeat_interval;
+use super::upward::send_snapshot;
+use super::wire::{Sender, frame_name, next_frame, refused};
+use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
+use crate::health::AgentHealth;
+use crate::metrics::Metrics;
+
+/// Hello → Welcome → resume or snapshot → steady state.
+pub(super) async fn converse(
+    ctx: &SessionContext,
+    resumption: &mut Resumption,
+    stop: &CancellationToken,
+    ws: Ws,
+    established_at: &mut Option<Instant>,
+) -> Result<SessionEnd, SessionError> {
+    let (sink, mut stream) = ws.split();
+    let mut tx = Sender {
+        sink,
+        metrics: ctx.metrics.clone(),
+        deadline: Instant::now() + ctx.heartbeat_interval * 3,
+        stop: Some(stop.clone()),
+    };
+    let recv_limits = Limits::default();
+
+    let hello = Hello {
+        protocol_versions: vec![PROTOCOL_VERSION],
+        cluster: ctx.cluster.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        session_id: ctx.session_id.clone(),
+        last_hub_epoch: resumption.last_hub_epoch,
+        last_ack: ctx.outbox.lock().acked(),
+    };
+    tx.frame(&AgentFrame::Hello(hello)).await?;
+
+    let welcome_wait = ctx.heartbeat_interval * 3;
+    let welcome = tokio::select! {
+        () = stop.cancelled() => return Ok(SessionEnd::Shutdown),
+        welcome = tokio::time::timeout(welcome_wait, read_welcome(&mut stream, &recv_limits, &ctx.metrics)) => {
+            welcome.map_err(|_| SessionError::Timeout("waiting for Welcome"))??
+        }
+    };
+    if welcome.protocol_version != PROTOCOL_VERSION {
+        return Err(SessionError::Protocol(format!(
+            "Welcome chose protocol version {}, the agent offered only {PROTOCOL_VERSION}",
+            welcome.protocol_version
+        )));
+    }
+    resumption.last_hub_epoch = Some(welcome.hub_epoch);
+    *established_at = Some(Instant::now());
+    let _connected = ConnectedGuard::new(&ctx.metrics, &ctx.health);
+    let limits = welcome.limits;
+    let heartbeat = heartbeat_interval(ctx.heartbeat_interval, welcome.heartbeat_interval_ms);
+
+    match welcome.mode {
+        SessionMode::Resume { acked } => {
+            ctx.metrics.sessions.with_label_values(&["resume"]).inc();
+            let mut outbox = ctx.outbox.lock();
+            if acked < outbox.acked() {
+                tracing::warn!(
+                    hub_acked = acked,
+                    agent_acked = outbox.acked(),
+                    "hub resumes before our last ack; entries in between were already dropped"
+                );
+            }
+            outbox.resume(acked);
+            tracing::info!(cluster = %ctx.cluster, hub_epoch = welcome.hub_epoch, acked, pending = outbox.pending_len(), "session resumed");
+        }
+        SessionMode::Snapshot => {
+            ctx.metrics.sessions.with_label_values(&["snapshot"]).inc();
+            send_snapshot(ctx, &mut tx, &limits).await?;
+        }
+    }
+    ctx.outbox.notify();
+
+    let mut steady = Steady {
+        ctx,
+        limits,
+        heartbeat,
+        last_received: Instant::now(),
+        paused_until: None,
+        max_deltas_per_s: 0,
+        next_send_at: Instant::now(),
+        last_summary: None,
+        last_summary_sent: Instant::now(),
+    };
+    steady.run(&mut tx, &mut stream, stop).await
+}
+
+/// Reads until `Welcome`, skipping control messages; the hub's `Error`
+/// is its refusal.
+async fn read_welcome(
+    stream: &mut SplitStream<Ws>,
+    limits: &Limits,
+    metrics: &Metrics,
+) -> Result<Welcome, SessionError> {
+    loop {
+        match next_frame(stream, limits).await? {
+            None => continue,
+            Some(HubFrame::Welcome(welcome)) => return Ok(welcome),
+            Some(HubFrame::Error(e)) => return Err(refused(metrics, e.code, e.message)),
+            Some(other) => {
+                return Err(SessionError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    frame_name(&other)
+                )));
+            }
+        }
+    }
+}
+
+/// Sets the "connected" gauge and readiness for as long as it lives.
+struct ConnectedGuard {
+    metrics: Metrics,
+    health: AgentHealth,
+}
+
+impl ConnectedGuard {
+    fn new(metrics: &Metrics, health: &AgentHealth) -> Self {
+        metrics.connected.set(1);
+        health.set_hub_connected(true);
+        Self {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.metrics.connected.set(0);
+        self.health.set_hub_connected(false);
+    }
+}

@@ -1,0 +1,83 @@
+//! Heartbeats: one every interval (the shorter of the agent's and the
+//! hub's), with the cluster's summary when it changed (and at least every
+//! two minutes) and a WebSocket ping; the hub's answer gives the round trip.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use uplink_protocol::{AgentFrame, Heartbeat, HeartbeatAck, truncate_utf8};
+
+use super::wire::Sender;
+use super::{SessionError, Steady};
+
+/// Longest time between two heartbeats carrying the summary, changed or not.
+const FULL_SUMMARY_EVERY: Duration = Duration::from_secs(120);
+
+/// The heartbeat interval of a session: the shorter of the agent's and the
+/// hub's (the hub judges staleness by its own; sending more often is
+/// harmless, less often is not). A hub announcing 0 leaves the agent's.
+pub fn heartbeat_interval(agent: Duration, hub_ms: u64) -> Duration {
+    if hub_ms == 0 {
+        agent
+    } else {
+        agent.min(Duration::from_millis(hub_ms))
+    }
+}
+
+impl Steady<'_> {
+    pub(super) async fn send_heartbeat(&mut self, tx: &mut Sender) -> Result<(), SessionError> {
+        let mut summary = self.ctx.health.summary();
+        for watch in &mut summary.watches {
+            if let Some(error) = &mut watch.error {
+                truncate_utf8(error, self.limits.max_string_bytes as usize);
+            }
+        }
+        let changed = self.last_summary.as_ref() != Some(&summary)
+            || self.last_summary_sent.elapsed() >= FULL_SUMMARY_EVERY;
+        if changed {
+            self.last_summary_sent = Instant::now();
+        }
+        let heartbeat = Heartbeat {
+            agent_time_ms: self.ctx.clock.now_ms(),
+            summary: changed.then(|| summary.clone()),
+        };
+        tx.frame(&AgentFrame::Heartbeat(heartbeat)).await?;
+        // A WebSocket ping as well, for proxies that watch control frames.
+        tx.message(Message::Ping(bytes::Bytes::new())).await?;
+        self.last_summary = Some(summary);
+        tx.metrics.heartbeats_sent.inc();
+        Ok(())
+    }
+
+    /// The hub's answer to a heartbeat: logs the round trip.
+    pub(super) fn heartbeat_acked(&self, ack: &HeartbeatAck) {
+        let rtt = self.ctx.clock.now_ms().saturating_sub(ack.agent_time_ms);
+        tracing::debug!(
+            rtt_ms = rtt,
+            hub_time_ms = ack.hub_time_ms,
+            "heartbeat acknowledged"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_the_shorter_interval() {
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(10), 5000),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(1), 10000),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(7), 0),
+            Duration::from_secs(7)
+        );
+    }
+}

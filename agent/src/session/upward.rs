@@ -1,0 +1,157 @@
+//! The upward lane: the outbox's changes out to the hub, as `Deltas` batches
+//! (paced while the hub throttles) or as a snapshot of every object; the
+//! hub's `Ack` (with the reports it refused) and `Throttle` back in.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uplink_protocol::{
+    Ack, AgentFrame, Delta, Limits, Rejected, SnapshotBegin, SnapshotEnd, Throttle,
+};
+
+use super::batch::{BatchKind, frame_deltas};
+use super::wire::Sender;
+use super::{SessionContext, SessionError, Steady};
+
+/// `SnapshotBegin`, chunks with every existing object, `SnapshotEnd`.
+pub(super) async fn send_snapshot(
+    ctx: &SessionContext,
+    tx: &mut Sender,
+    limits: &Limits,
+) -> Result<(), SessionError> {
+    let snapshot = ctx.outbox.lock().snapshot();
+    // Frames are built before `SnapshotBegin` so it can announce the exact
+    // count (objects the hub would refuse are left out).
+    let framed = frame_deltas(snapshot.deltas, limits, BatchKind::SnapshotChunk)?;
+    report_dropped(ctx, &framed.dropped);
+    // Each frame of a snapshot (sent before anything is read back) may take
+    // three heartbeat intervals.
+    let per_frame = ctx.heartbeat_interval * 3;
+    tx.deadline = Instant::now() + per_frame;
+    tx.frame(&AgentFrame::SnapshotBegin(SnapshotBegin {
+        objects: framed.deltas,
+    }))
+    .await?;
+    for frame in framed.frames {
+        tx.deadline = Instant::now() + per_frame;
+        tx.bytes(frame.bytes).await?;
+    }
+    tx.deadline = Instant::now() + per_frame;
+    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: snapshot.seq }))
+        .await?;
+    ctx.metrics.snapshot_objects.inc_by(framed.deltas);
+    tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq = snapshot.seq, "snapshot sent");
+    Ok(())
+}
+
+fn report_dropped(ctx: &SessionContext, dropped: &[(Delta, &'static str, String)]) {
+    if dropped.is_empty() {
+        return;
+    }
+    let mut outbox = ctx.outbox.lock();
+    for (delta, kind, error) in dropped {
+        ctx.metrics.deltas_dropped.with_label_values(&[kind]).inc();
+        tracing::warn!(
+            workspace = %delta.object.workspace,
+            namespace = delta.object.namespace.as_deref().unwrap_or_default(),
+            name = %delta.object.name,
+            resource = %delta.object.resource,
+            error = %error,
+            "delta exceeds the hub's limits; not sent"
+        );
+        outbox.discard(delta.seq);
+    }
+}
+
+impl Steady<'_> {
+    /// When the next `Deltas` frame may go out, given throttling.
+    pub(super) fn send_at(&self) -> Instant {
+        match self.paused_until {
+            Some(until) => until.max(self.next_send_at),
+            None => self.next_send_at,
+        }
+    }
+
+    /// Takes the hub's acknowledgement: the outbox drops what it covers.
+    pub(super) fn acked(&self, ack: &Ack) {
+        let mut outbox = self.ctx.outbox.lock();
+        if ack.seq > outbox.last_seq() {
+            tracing::warn!(
+                ack = ack.seq,
+                last_seq = outbox.last_seq(),
+                "hub acknowledged a sequence never sent"
+            );
+        }
+        outbox.ack(ack.seq);
+        tracing::debug!(ack = ack.seq, pending = outbox.pending_len(), "ack");
+        drop(outbox);
+        self.count_rejected(&ack.rejected);
+    }
+
+    /// Counts the reports the hub refused and logs them: at `warn` for the
+    /// first ten of each reason and then at every power of two (a cluster
+    /// that reports what KCP did not place on it would flood otherwise),
+    /// at `debug` in between.
+    pub(super) fn count_rejected(&self, rejected: &[Rejected]) {
+        for refusal in rejected {
+            // A reason this agent does not know is counted as `other`, so a
+            // newer hub cannot grow the label set.
+            let reason = Rejected::REASONS
+                .iter()
+                .copied()
+                .find(|known| *known == refusal.reason)
+                .unwrap_or("other");
+            let counter = self
+                .ctx
+                .metrics
+                .rejected_deltas
+                .with_label_values(&[reason]);
+            counter.inc();
+            let total = counter.get();
+            if total <= 10 || total.is_power_of_two() {
+                tracing::warn!(cluster = %self.ctx.cluster, seq = refusal.seq, reason = %refusal.reason, rejected = total, "the hub refused a report");
+            } else {
+                tracing::debug!(cluster = %self.ctx.cluster, seq = refusal.seq, reason = %refusal.reason, rejected = total, "the hub refused a report");
+            }
+        }
+    }
+
+    pub(super) fn throttle(&mut self, throttle: Throttle) {
+        tracing::info!(
+            pause_ms = throttle.pause_ms,
+            max_deltas_per_s = throttle.max_deltas_per_s,
+            "hub throttles deltas"
+        );
+        self.paused_until = (throttle.pause_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(throttle.pause_ms));
+        self.max_deltas_per_s = throttle.max_deltas_per_s;
+    }
+
+    /// Sends one batch of unsent outbox entries.
+    pub(super) async fn send_deltas(&mut self, tx: &mut Sender) -> Result<(), SessionError> {
+        let mut max = (self.limits.max_deltas_per_batch as usize).max(1);
+        if self.max_deltas_per_s > 0 {
+            max = max.min(self.max_deltas_per_s as usize);
+        }
+        let deltas = self.ctx.outbox.lock().unsent(max);
+        let Some(last_seq) = deltas.last().map(|d| d.seq) else {
+            return Ok(());
+        };
+        let framed = frame_deltas(deltas, &self.limits, BatchKind::Deltas)?;
+        report_dropped(self.ctx, &framed.dropped);
+        let frames = framed.frames.len() as u64;
+        for frame in framed.frames {
+            tx.bytes(frame.bytes).await?;
+            self.ctx.outbox.lock().mark_sent(frame.last_seq);
+        }
+        self.ctx.outbox.lock().mark_sent(last_seq);
+        tx.metrics.deltas_sent.inc_by(framed.deltas);
+        tx.metrics.delta_frames_sent.inc_by(frames);
+        if self.max_deltas_per_s > 0 {
+            let spacing =
+                Duration::from_secs_f64(framed.deltas as f64 / f64::from(self.max_deltas_per_s));
+            self.next_send_at = Instant::now() + spacing;
+        }
+        Ok(())
+    }
+}
