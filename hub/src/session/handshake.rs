@@ -5,24 +5,20 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
     AgentFrame, ErrorCode, Hello, HubFrame, SessionMode, Welcome, close, negotiate_version,
 };
 
-use super::Connection;
 use super::wire::{ReadError, Violation};
+use super::{Connection, Transport};
 use crate::metrics::handshake_reason;
 
 /// Longest a connecting agent waits for its cluster's placement to be listed
 /// before its `Welcome`.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// Waits for `Hello`, checks it and answers `Welcome`. `None` when the
     /// agent was refused or went away (already counted and logged).
     pub(super) async fn handshake(

@@ -4,17 +4,13 @@
 
 use std::time::SystemTime;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use uplink_protocol::{Ack, Heartbeat, HeartbeatAck, HubFrame};
 
-use super::Connection;
 use super::wire::Violation;
+use super::{Connection, Transport};
 use crate::health::unix_ms;
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// Answers one heartbeat, recording what it says about the agent.
     pub(super) async fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<(), Violation> {
         let now = SystemTime::now();

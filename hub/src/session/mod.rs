@@ -119,6 +119,12 @@ pub async fn serve<S>(
 /// Why a session ended when the agent stopped sending frames.
 const SILENT: &str = "silent";
 
+/// The byte stream under an agent's WebSocket (`serve` takes any, the
+/// server gives it TLS); one name for the bound every lane's methods need.
+trait Transport: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+
 struct Connection<S> {
     ws: WebSocketStream<S>,
     peer: SocketAddr,
@@ -128,10 +134,7 @@ struct Connection<S> {
     throttled_until: Option<Instant>,
 }
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// The session after `Welcome`; returns why it ended.
     async fn run(
         &mut self,

@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use uplink_protocol::{HubFrame, Throttle};
 
-use super::Connection;
 use super::wire::Violation;
+use super::{Connection, Transport};
 
 /// When and how agents are slowed down because the KCP writer fell behind.
 ///
@@ -26,10 +25,7 @@ pub struct ThrottleSettings {
     pub max_deltas_per_s: u32,
 }
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// Tells the agent to pause when the KCP writer is behind (again once
     /// each pause is over, while it stays behind), and releases it once the
     /// writer caught up to half the threshold. Checked after every frame, so

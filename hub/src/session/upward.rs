@@ -7,15 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
 use uplink_protocol::names::invalid_name;
 use uplink_protocol::{
     Ack, Change, Delta, DeltaBatch, ErrorCode, HubFrame, Rejected, SnapshotBegin, SnapshotChunk,
     SnapshotEnd,
 };
 
-use super::Connection;
 use super::wire::Violation;
+use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::store::{Entry, ObjectKey, StoreError, Update};
 
@@ -30,10 +29,7 @@ pub(super) struct SnapshotBuffer {
     tombstones: HashSet<ObjectKey>,
 }
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// A batch of deltas: judged and stored, then acknowledged.
     pub(super) async fn deltas(
         &mut self,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -13,7 +13,7 @@ use uplink_protocol::{
     AgentFrame, DecodeError, ErrorCode, ErrorFrame, HubFrame, decode_agent_frame, encode,
 };
 
-use super::Connection;
+use super::{Connection, Transport};
 
 /// Longest a close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,10 +62,7 @@ pub(super) enum ReadError {
     Violation(Violation),
 }
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Connection<S> {
     /// Reads the next agent frame, skipping pings and pongs.
     pub(super) async fn read_frame(&mut self) -> Result<AgentFrame, ReadError> {
         loop {
