@@ -7,8 +7,8 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use support::{End, TestHub, eventually, upsert};
 use uplink_protocol::{
-    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, Rejected, SessionMode, SnapshotBegin,
-    SnapshotChunk, SnapshotEnd, close,
+    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, PROTOCOL_VERSION, Rejected,
+    SessionMode, SnapshotBegin, SnapshotChunk, SnapshotEnd, close,
 };
 
 fn welcome(frame: HubFrame) -> Result<uplink_protocol::Welcome> {
@@ -33,7 +33,7 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
 
     let hello = welcome(agent.hello("edge-1", "session-a", None, 0).await?)?;
     assert_eq!(hello.mode, SessionMode::Snapshot);
-    assert_eq!(hello.protocol_version, 1);
+    assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
 
     agent
         .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))

@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::frame::{AgentFrame, Delta, ErrorCode, HubFrame};
+use crate::frame::{AgentFrame, Delta, DownwardDelta, ErrorCode, HubFrame};
 use crate::limits::Limits;
 use crate::precheck;
 
@@ -41,6 +41,8 @@ pub enum DecodeError {
     StringTooLong { field: String, len: u64, max: u32 },
     #[error("status `{field}` of {len} bytes exceeds the limit of {max} bytes")]
     StatusTooLarge { field: String, len: u64, max: u32 },
+    #[error("manifest `{field}` of {len} bytes exceeds the limit of {max} bytes")]
+    ManifestTooLarge { field: String, len: u64, max: u32 },
     #[error("`{field}` nests deeper than {max} levels")]
     NestingTooDeep { field: String, max: usize },
     #[error("malformed frame: byte 0xc1 at offset {offset} is not a msgpack marker")]
@@ -69,6 +71,7 @@ impl DecodeError {
             DecodeError::TooManyDeltas { .. } => "too_many_deltas",
             DecodeError::StringTooLong { .. } => "string_too_long",
             DecodeError::StatusTooLarge { .. } => "status_too_large",
+            DecodeError::ManifestTooLarge { .. } => "manifest_too_large",
             DecodeError::NestingTooDeep { .. } => "too_deep",
             DecodeError::TrailingBytes { .. } => "trailing_bytes",
             DecodeError::Malformed(_)
@@ -84,7 +87,8 @@ impl DecodeError {
             DecodeError::FrameTooLarge { .. }
             | DecodeError::TooManyDeltas { .. }
             | DecodeError::StringTooLong { .. }
-            | DecodeError::StatusTooLarge { .. } => ErrorCode::LimitExceeded,
+            | DecodeError::StatusTooLarge { .. }
+            | DecodeError::ManifestTooLarge { .. } => ErrorCode::LimitExceeded,
             DecodeError::Malformed(_)
             | DecodeError::NestingTooDeep { .. }
             | DecodeError::InvalidMarker { .. }
@@ -116,7 +120,7 @@ pub fn decode_agent_frame(bytes: &[u8], limits: &Limits) -> Result<AgentFrame, D
 /// Decodes and validates a frame sent by the hub.
 pub fn decode_hub_frame(bytes: &[u8], limits: &Limits) -> Result<HubFrame, DecodeError> {
     let frame: HubFrame = decode(bytes, limits)?;
-    validate_hub_frame(&frame)?;
+    validate_hub_frame(&frame, limits)?;
     Ok(frame)
 }
 
@@ -149,6 +153,22 @@ fn validate_agent_frame(frame: &AgentFrame, limits: &Limits) -> Result<(), Decod
     }
 }
 
+fn validate_downward(deltas: &[DownwardDelta], limits: &Limits) -> Result<(), DecodeError> {
+    if deltas.len() as u64 > u64::from(limits.max_deltas_per_batch) {
+        return Err(DecodeError::TooManyDeltas {
+            len: deltas.len() as u64,
+            max: limits.max_deltas_per_batch,
+        });
+    }
+    match deltas.iter().position(|delta| delta.object.name.is_empty()) {
+        Some(index) => Err(DecodeError::Invalid {
+            field: format!("Downward.deltas[{index}].object.name"),
+            reason: "must not be empty",
+        }),
+        None => Ok(()),
+    }
+}
+
 fn validate_deltas(frame: &str, deltas: &[Delta], limits: &Limits) -> Result<(), DecodeError> {
     // The precheck bounds batches in the canonical encoding before they are
     // built; this catches a batch sent with structs as arrays.
@@ -168,8 +188,11 @@ fn validate_deltas(frame: &str, deltas: &[Delta], limits: &Limits) -> Result<(),
 }
 
 /// What the types cannot say about the hub's frame.
-fn validate_hub_frame(frame: &HubFrame) -> Result<(), DecodeError> {
+fn validate_hub_frame(frame: &HubFrame, limits: &Limits) -> Result<(), DecodeError> {
     match frame {
+        HubFrame::Downward(batch) | HubFrame::DownwardSnapshotChunk(batch) => {
+            validate_downward(&batch.deltas, limits)
+        }
         HubFrame::Welcome(welcome) if welcome.heartbeat_interval_ms == 0 => {
             Err(DecodeError::Invalid {
                 field: "Welcome.heartbeat_interval_ms".to_owned(),

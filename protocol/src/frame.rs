@@ -22,11 +22,19 @@ use crate::limits::Limits;
 /// Version numbers this implementation speaks. The agent lists its versions in
 /// [`Hello::protocol_versions`]; the hub picks the highest one it also speaks
 /// and names it in [`Welcome::protocol_version`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: status upward only.
+/// - 2: adds the downward lane: the hub streams the objects KCP placed on
+///   the cluster ([`HubFrame::Downward`] and the downward snapshot), the
+///   agent acknowledges what it applied ([`AgentFrame::DownwardAck`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The first version with the downward lane.
+pub const DOWNWARD_VERSION: u16 = 2;
 
 /// Every protocol version this implementation speaks, [`PROTOCOL_VERSION`]
 /// being the newest. What an agent puts in [`Hello::protocol_versions`].
-pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, PROTOCOL_VERSION];
 
 /// The highest version both this implementation and the peer speak, or `None`
 /// when there is none (the hub then answers [`ErrorCode::UnsupportedVersion`]).
@@ -42,6 +50,9 @@ pub fn negotiate_version(offered: &[u16]) -> Option<u16> {
 }
 
 /// The WebSocket subprotocol both sides must negotiate (`Sec-WebSocket-Protocol`).
+/// It names the framing (one msgpack frame per binary message), which every
+/// protocol version shares; the version of the frames is negotiated in
+/// [`Hello`] and [`Welcome`].
 pub const SUBPROTOCOL: &str = "uplink.v1";
 
 /// The HTTP path of the tunnel endpoint on the hub.
@@ -60,6 +71,8 @@ pub enum AgentFrame {
     SnapshotEnd(SnapshotEnd),
     Heartbeat(Heartbeat),
     Bye(Bye),
+    /// Version 2: the downward deltas applied so far.
+    DownwardAck(DownwardAck),
 }
 
 /// A frame sent by the hub to an agent.
@@ -74,6 +87,12 @@ pub enum HubFrame {
     Throttle(Throttle),
     Error(ErrorFrame),
     Bye(Bye),
+    /// Version 2: objects to create, update or delete in the cluster.
+    Downward(DownwardBatch),
+    /// Version 2: a full downward snapshot follows.
+    DownwardSnapshotBegin(SnapshotBegin),
+    DownwardSnapshotChunk(DownwardBatch),
+    DownwardSnapshotEnd(SnapshotEnd),
 }
 
 /// Agent → hub, first frame on every connection.
@@ -103,6 +122,12 @@ pub struct Hello {
     /// The highest sequence number the hub has acknowledged to this session.
     #[serde(default)]
     pub last_ack: u64,
+    /// Version 2: the resource types (`resource.version.group`, e.g.
+    /// `deployments.v1.apps`) the agent applies in its cluster; the hub
+    /// streams only placed objects of these types (and of the ones it
+    /// syncs). Empty: status only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downward_resources: Vec<String>,
 }
 
 /// Hub → agent, answer to an accepted [`Hello`]; sent once per connection.
@@ -535,4 +560,85 @@ pub enum ErrorCode {
 pub struct Bye {
     /// For people, e.g. `"shutting down"`.
     pub reason: String,
+}
+
+/// Hub → agent (version 2), placed objects to bring into the cluster, in
+/// increasing `seq` order: at most [`Limits::max_deltas_per_batch`].
+///
+/// As [`HubFrame::Downward`] they are changes; as
+/// [`HubFrame::DownwardSnapshotChunk`], between
+/// [`HubFrame::DownwardSnapshotBegin`] and [`HubFrame::DownwardSnapshotEnd`],
+/// they are every object placed on the cluster (all `Apply`): after the end
+/// the agent deletes the objects it applied earlier that the snapshot does
+/// not name (they were unplaced while it was away), then acknowledges the
+/// end's `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownwardBatch {
+    pub deltas: Vec<DownwardDelta>,
+}
+
+/// One placed object's change, hub → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownwardDelta {
+    /// The hub's sequence number of this cluster's downward lane: strictly
+    /// increasing within a hub epoch; [`DownwardAck`]s are cumulative over it.
+    pub seq: u64,
+    /// The object in KCP's coordinates; `uid` is the upstream uid.
+    pub object: ObjectRef,
+    pub change: DownwardChange,
+}
+
+/// What the agent is to do with the object.
+///
+/// On the wire: `{"Apply": {"manifest_json": "{...}"}}` or `"Delete"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DownwardChange {
+    /// Bring the object into the cluster as `manifest_json` says: the KCP
+    /// object as JSON text (apiVersion, kind, metadata, spec and the like;
+    /// never status), at most [`Limits::max_manifest_bytes`]. The agent
+    /// turns it into the downstream object (namespace, metadata) and applies
+    /// it.
+    Apply { manifest_json: String },
+    /// The object is no longer placed on the cluster (or gone in KCP):
+    /// delete it downstream.
+    Delete,
+}
+
+/// Agent → hub (version 2): every downward delta with a sequence number up
+/// to and including `seq` was applied (or deleted) in the cluster, except
+/// the ones listed in `failures`.
+///
+/// A deletion acknowledged here is confirmed gone downstream: the hub then
+/// lets go of the object upstream (its finalizer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownwardAck {
+    pub seq: u64,
+    /// Deltas the agent could not apply, at most [`Rejected::MAX_PER_ACK`];
+    /// they are not retried until the object changes again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ApplyFailure>,
+}
+
+/// One downward delta the agent could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyFailure {
+    pub seq: u64,
+    /// One of the constants below; a string, so newer agents may add one.
+    pub reason: String,
+    /// What the cluster said, cut to fit [`Limits::max_string_bytes`].
+    pub message: String,
+}
+
+impl ApplyFailure {
+    /// Another field manager owns fields the object sets; the agent does
+    /// not force them.
+    pub const CONFLICT: &'static str = "conflict";
+    /// The cluster refused the object (validation, admission, a missing
+    /// type).
+    pub const INVALID: &'static str = "invalid";
+    /// The agent may not write the object (RBAC), or will not (a type or
+    /// object it never syncs).
+    pub const FORBIDDEN: &'static str = "forbidden";
+    /// The manifest could not be turned into a downstream object.
+    pub const MALFORMED: &'static str = "malformed";
 }

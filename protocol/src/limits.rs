@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_status_bytes: u32,
     /// Most objects the hub keeps for one cluster.
     pub max_objects_per_cluster: u64,
+    /// Largest `manifest_json` of one downward delta, in bytes (version 2).
+    pub max_manifest_bytes: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +33,9 @@ impl Default for Limits {
             max_string_bytes: 1024,
             max_status_bytes: 256 * 1024,
             max_objects_per_cluster: 1_000_000,
+            // kube-apiserver refuses request bodies over 3 MiB and etcd
+            // values over 1.5 MiB; a placed object is at most that.
+            max_manifest_bytes: 1536 * 1024,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! the header announcing it is read, and checks that exactly one msgpack value
 //! fills the frame. It knows nothing of the frame types beyond two map keys:
 //! an array under `deltas` is a batch, a string under `status_json` is a
-//! status; every other string is held to [`Limits::max_string_bytes`].
+//! status, one under `manifest_json` a manifest; every other string is held
+//! to [`Limits::max_string_bytes`].
 //!
 //! Binary values count as strings (serde turns valid UTF-8 bytes into a
 //! `String`). Errors name the value by its path of map keys and array
@@ -147,6 +148,14 @@ impl<'a> Scan<'a> {
                     field: self.render_path(),
                     len,
                     max: self.limits.max_status_bytes,
+                });
+            }
+        } else if self.current_key() == Some("manifest_json") {
+            if len > u64::from(self.limits.max_manifest_bytes) {
+                return Err(DecodeError::ManifestTooLarge {
+                    field: self.render_path(),
+                    len,
+                    max: self.limits.max_manifest_bytes,
                 });
             }
         } else if len > u64::from(self.limits.max_string_bytes) {

@@ -25,6 +25,7 @@ fn hello_has_the_documented_shape() {
         session_id: "3f1c".into(),
         last_hub_epoch: Some(7),
         last_ack: 41,
+        downward_resources: Vec::new(),
     });
     assert_eq!(
         as_json(&hello),
@@ -131,6 +132,7 @@ fn session_modes_have_the_documented_shape() {
             "max_string_bytes": 1024,
             "max_status_bytes": 262_144,
             "max_objects_per_cluster": 1_000_000,
+            "max_manifest_bytes": 1_572_864,
         })
     );
 }
@@ -181,6 +183,7 @@ fn unknown_fields_are_ignored() {
             session_id: "s".into(),
             last_hub_epoch: None,
             last_ack: 5,
+            downward_resources: Vec::new(),
         })
     );
 
@@ -215,6 +218,7 @@ fn missing_defaulted_fields_decode() {
             session_id: "s".into(),
             last_hub_epoch: None,
             last_ack: 0,
+            downward_resources: Vec::new(),
         })
     );
 

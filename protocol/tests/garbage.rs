@@ -16,6 +16,7 @@ fn tight() -> Limits {
         max_string_bytes: 16,
         max_status_bytes: 64,
         max_objects_per_cluster: 10,
+        max_manifest_bytes: 128,
     }
 }
 

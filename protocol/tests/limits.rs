@@ -44,6 +44,7 @@ fn hello(cluster: &str) -> AgentFrame {
         session_id: "session-1".into(),
         last_hub_epoch: None,
         last_ack: 0,
+        downward_resources: Vec::new(),
     })
 }
 

@@ -80,6 +80,7 @@ impl ForgedAgent {
             session_id: uuid::Uuid::new_v4().to_string(),
             last_hub_epoch: None,
             last_ack: 0,
+            downward_resources: Vec::new(),
         }))
         .await?;
         match self.recv().await? {

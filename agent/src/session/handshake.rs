@@ -6,9 +6,7 @@ use futures::StreamExt;
 use futures::stream::SplitStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uplink_protocol::{
-    AgentFrame, Hello, HubFrame, Limits, PROTOCOL_VERSION, SessionMode, Welcome,
-};
+use uplink_protocol::{AgentFrame, Hello, HubFrame, Limits, SessionMode, Welcome};
 
 use super::dial::Ws;
 use super::heartbeat::heartbeat_interval;
@@ -17,6 +15,10 @@ use super::wire::{Sender, frame_name, next_frame, refused};
 use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
+
+/// The protocol versions this agent speaks: status only, until its
+/// downward lane (version 2) is in place.
+const OFFERED_VERSIONS: &[u16] = &[1];
 
 /// Hello → Welcome → resume or snapshot → steady state.
 pub(super) async fn converse(
@@ -36,12 +38,13 @@ pub(super) async fn converse(
     let recv_limits = Limits::default();
 
     let hello = Hello {
-        protocol_versions: vec![PROTOCOL_VERSION],
+        protocol_versions: OFFERED_VERSIONS.to_vec(),
         cluster: ctx.cluster.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         session_id: ctx.session_id.clone(),
         last_hub_epoch: resumption.last_hub_epoch,
         last_ack: ctx.outbox.lock().acked(),
+        downward_resources: Vec::new(),
     };
     tx.frame(&AgentFrame::Hello(hello)).await?;
 
@@ -52,9 +55,9 @@ pub(super) async fn converse(
             welcome.map_err(|_| SessionError::Timeout("waiting for Welcome"))??
         }
     };
-    if welcome.protocol_version != PROTOCOL_VERSION {
+    if !OFFERED_VERSIONS.contains(&welcome.protocol_version) {
         return Err(SessionError::Protocol(format!(
-            "Welcome chose protocol version {}, the agent offered only {PROTOCOL_VERSION}",
+            "Welcome chose protocol version {}, the agent offered only {OFFERED_VERSIONS:?}",
             welcome.protocol_version
         )));
     }

@@ -43,7 +43,7 @@ pub use self::dial::{HubEndpoint, HubUrlError};
 use self::dial::{Ws, connect};
 use self::handshake::converse;
 pub use self::heartbeat::heartbeat_interval;
-use self::wire::{Sender, refused};
+use self::wire::{Sender, frame_name, refused};
 use crate::clock::AgentClock;
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
@@ -240,6 +240,15 @@ impl Steady<'_> {
             HubFrame::Error(e) => return Err(refused(&self.ctx.metrics, e.code, e.message)),
             HubFrame::Bye(bye) => return Ok(Some(SessionEnd::HubBye(bye.reason))),
             HubFrame::Welcome(_) => return Err(SessionError::Protocol("second Welcome".into())),
+            frame @ (HubFrame::Downward(_)
+            | HubFrame::DownwardSnapshotBegin(_)
+            | HubFrame::DownwardSnapshotChunk(_)
+            | HubFrame::DownwardSnapshotEnd(_)) => {
+                return Err(SessionError::Protocol(format!(
+                    "{} in a status-only session",
+                    frame_name(&frame)
+                )));
+            }
         }
         Ok(None)
     }

@@ -94,5 +94,9 @@ pub(super) fn frame_name(frame: &HubFrame) -> &'static str {
         HubFrame::Throttle(_) => "Throttle",
         HubFrame::Error(_) => "Error",
         HubFrame::Bye(_) => "Bye",
+        HubFrame::Downward(_) => "Downward",
+        HubFrame::DownwardSnapshotBegin(_) => "DownwardSnapshotBegin",
+        HubFrame::DownwardSnapshotChunk(_) => "DownwardSnapshotChunk",
+        HubFrame::DownwardSnapshotEnd(_) => "DownwardSnapshotEnd",
     }
 }

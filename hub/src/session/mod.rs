@@ -228,6 +228,12 @@ impl<S: Transport> Connection<S> {
             AgentFrame::SnapshotChunk(chunk) => self.snapshot_chunk(chunk, snapshot)?,
             AgentFrame::SnapshotEnd(end) => self.snapshot_end(session, &end, snapshot).await?,
             AgentFrame::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await?,
+            // The downward lane is not served yet: nothing was sent to ack.
+            AgentFrame::DownwardAck(_) => {
+                return Err(Violation::unexpected(
+                    "DownwardAck before any downward frame",
+                ));
+            }
             AgentFrame::Bye(bye) => {
                 tracing::info!(cluster = %self.cluster, reason = %bye.reason, "agent said goodbye");
                 self.close(close::NORMAL, "bye").await;

@@ -499,6 +499,7 @@ impl Agent {
             session_id: session.into(),
             last_hub_epoch: epoch,
             last_ack,
+            downward_resources: Vec::new(),
         }))
         .await?;
         self.recv().await

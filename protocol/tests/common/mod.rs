@@ -99,9 +99,18 @@ pub fn hello() -> impl Strategy<Value = Hello> {
         text(),
         option::of(any::<u64>()),
         any::<u64>(),
+        vec(text(), 0..3),
     )
         .prop_map(
-            |(protocol_versions, cluster, agent_version, session_id, last_hub_epoch, last_ack)| {
+            |(
+                protocol_versions,
+                cluster,
+                agent_version,
+                session_id,
+                last_hub_epoch,
+                last_ack,
+                downward_resources,
+            )| {
                 Hello {
                     protocol_versions,
                     cluster,
@@ -109,6 +118,7 @@ pub fn hello() -> impl Strategy<Value = Hello> {
                     session_id,
                     last_hub_epoch,
                     last_ack,
+                    downward_resources,
                 }
             },
         )
@@ -183,7 +193,32 @@ pub fn agent_frame() -> impl Strategy<Value = AgentFrame> {
             })
         }),
         text().prop_map(|reason| AgentFrame::Bye(Bye { reason })),
+        (any::<u64>(), vec(apply_failure(), 0..3))
+            .prop_map(|(seq, failures)| AgentFrame::DownwardAck(DownwardAck { seq, failures })),
     ]
+}
+
+pub fn apply_failure() -> impl Strategy<Value = ApplyFailure> {
+    (any::<u64>(), text(), text()).prop_map(|(seq, reason, message)| ApplyFailure {
+        seq,
+        reason,
+        message,
+    })
+}
+
+pub fn downward_deltas() -> impl Strategy<Value = Vec<DownwardDelta>> {
+    let change = prop_oneof![
+        text().prop_map(|manifest_json| DownwardChange::Apply { manifest_json }),
+        Just(DownwardChange::Delete),
+    ];
+    vec(
+        (any::<u64>(), object_ref(), change).prop_map(|(seq, object, change)| DownwardDelta {
+            seq,
+            object,
+            change,
+        }),
+        0..6,
+    )
 }
 
 pub fn limits() -> impl Strategy<Value = Limits> {
@@ -193,6 +228,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
         any::<u32>(),
         any::<u32>(),
         any::<u64>(),
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -201,12 +237,14 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_string_bytes,
                 max_status_bytes,
                 max_objects_per_cluster,
+                max_manifest_bytes,
             )| Limits {
                 max_frame_bytes,
                 max_deltas_per_batch,
                 max_string_bytes,
                 max_status_bytes,
                 max_objects_per_cluster,
+                max_manifest_bytes,
             },
         )
 }
@@ -256,5 +294,10 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
         (error_code(), text())
             .prop_map(|(code, message)| HubFrame::Error(ErrorFrame { code, message })),
         text().prop_map(|reason| HubFrame::Bye(Bye { reason })),
+        downward_deltas().prop_map(|deltas| HubFrame::Downward(DownwardBatch { deltas })),
+        any::<u64>().prop_map(|objects| HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects })),
+        downward_deltas()
+            .prop_map(|deltas| HubFrame::DownwardSnapshotChunk(DownwardBatch { deltas })),
+        any::<u64>().prop_map(|seq| HubFrame::DownwardSnapshotEnd(SnapshotEnd { seq })),
     ]
 }
