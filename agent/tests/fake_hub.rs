@@ -215,6 +215,7 @@ impl HubConn {
             mode,
             heartbeat_interval_ms: heartbeat_ms,
             limits: Limits::default(),
+            sync_target: None,
         }))
         .await;
     }

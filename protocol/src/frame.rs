@@ -151,6 +151,23 @@ pub struct Welcome {
     pub heartbeat_interval_ms: u64,
     /// The limits the hub enforces on this connection.
     pub limits: Limits,
+    /// Version 2: the cluster's SyncTarget in KCP, when it has one. The
+    /// agent names downstream namespaces after it (as kcp's syncer did) and
+    /// recognises the objects it owns by its placement label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_target: Option<SyncTargetLocator>,
+}
+
+/// A cluster's SyncTarget, as the hub found it in KCP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncTargetLocator {
+    /// The KCP workspace holding the SyncTarget.
+    pub workspace: String,
+    pub name: String,
+    pub uid: String,
+    /// kcp's `ToSyncTargetKey(workspace, name)`: objects placed on the
+    /// cluster carry the label `state.workload.kcp.io/<key>`.
+    pub key: String,
 }
 
 /// How a session continues after [`Welcome`].

@@ -116,6 +116,7 @@ fn session_modes_have_the_documented_shape() {
             mode,
             heartbeat_interval_ms: 10_000,
             limits: Limits::default(),
+            sync_target: None,
         }))
     };
     assert_eq!(

@@ -359,6 +359,7 @@ fn a_welcome_that_would_stall_the_agent_is_invalid() {
                 max_deltas_per_batch,
                 ..Limits::default()
             },
+            sync_target: None,
         }))
         .unwrap()
     };

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
-    AgentFrame, ErrorCode, Hello, HubFrame, SessionMode, Welcome, close, negotiate_version,
+    AgentFrame, DOWNWARD_VERSION, ErrorCode, Hello, HubFrame, SessionMode, SyncTargetLocator,
+    Welcome, close, negotiate_version,
 };
 
 use super::wire::{ReadError, Violation};
@@ -122,6 +123,21 @@ impl<S: Transport> Connection<S> {
             }
             _ => SessionMode::Snapshot,
         };
+        let sync_target = (version >= DOWNWARD_VERSION)
+            .then(|| {
+                self.shared
+                    .placements
+                    .read()
+                    .synctarget(&self.cluster)
+                    .cloned()
+            })
+            .flatten()
+            .map(|target| SyncTargetLocator {
+                workspace: target.workspace,
+                name: target.name,
+                uid: target.uid,
+                key: target.key,
+            });
         let welcome = HubFrame::Welcome(Welcome {
             protocol_version: version,
             hub_epoch: self.shared.hub_epoch,
@@ -129,6 +145,7 @@ impl<S: Transport> Connection<S> {
             heartbeat_interval_ms: u64::try_from(self.shared.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             limits: self.shared.limits,
+            sync_target,
         });
         if let Err(error) = self.send(&welcome).await {
             self.handshake_failed(handshake_reason::WEBSOCKET, &error);

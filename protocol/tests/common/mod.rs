@@ -275,6 +275,7 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
                     mode,
                     heartbeat_interval_ms,
                     limits,
+                    sync_target: None,
                 })
             }
         ),
