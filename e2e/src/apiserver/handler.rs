@@ -14,16 +14,19 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::apply;
+use super::authn::{self, UserInfo};
 use super::discovery;
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::{self, PatchFailure, PatchType};
 use super::path::{self, Query, ResourcePath, Target as PathTarget};
 use super::protobuf;
+use super::rbac;
 use super::registry::{self, DeleteOptions, Target};
 use super::scale;
 use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
+use super::special;
 use super::status::{self, ApiError};
 use super::store::{Filter, NameChoice};
 use super::table::{self, Rendering};
@@ -53,7 +56,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let is_watch = matches!(&parsed.target, PathTarget::Resource(r)
         if req.method() == Method::GET && (r.legacy_watch || query.flag("watch")));
     let anonymous_ok = matches!(parsed.target, PathTarget::Health | PathTarget::Version);
-    authenticate(shared, &req, anonymous_ok)?;
+    let user = authenticate_and_authorize(shared, &req, &parsed, &query, anonymous_ok)?;
     let plan = shared.faults.plan(is_watch);
     if !matches!(parsed.target, PathTarget::Health) {
         if !plan.latency.is_zero() {
@@ -132,6 +135,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         PathTarget::Unknown => Err(ApiError::no_route()),
         PathTarget::Resource(rp) => {
             let ws = parsed.workspace.clone();
+            let user = user.ok_or_else(ApiError::unauthorized)?;
             serve_resource(
                 shared,
                 req,
@@ -141,6 +145,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 is_watch,
                 plan.close_watch_after,
                 &accept,
+                &user,
             )
             .await
         }
@@ -154,35 +159,26 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
         .unwrap_or_default()
 }
 
-/// Static bearer token; anonymous requests may only read `/version` and health.
-fn authenticate(
+/// Who the request acts as (after impersonation), once authorization lets
+/// it do what it asks; `None` for an anonymous read of health or version.
+fn authenticate_and_authorize(
     shared: &Shared,
     req: &Request<Incoming>,
+    parsed: &path::RequestPath,
+    query: &Query,
     anonymous_ok: bool,
-) -> Result<(), ApiError> {
-    match req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(value) => {
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-                .map(str::trim);
-            if token.is_some_and(|t| constant_time_eq(t.as_bytes(), shared.token.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::unauthorized())
-            }
-        }
-        None if anonymous_ok => Ok(()),
-        None => Err(ApiError::unauthorized()),
+) -> Result<Option<UserInfo>, ApiError> {
+    let ws = parsed.workspace.as_str();
+    let Some(user) = authn::authenticate(shared, ws, req.headers(), anonymous_ok)? else {
+        return Ok(None);
+    };
+    let user = authn::impersonate(shared, ws, user, req.headers())?;
+    let attrs = rbac::Attributes::of_request(req.method(), req.uri().path(), parsed, query);
+    let decision = rbac::authorize(&shared.store, ws, &user, &attrs);
+    if !decision.allowed {
+        return Err(rbac::forbidden(&user, &attrs, &decision.reason));
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(Some(user))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,6 +191,7 @@ async fn serve_resource(
     is_watch: bool,
     close_watch_after: Option<u64>,
     accept: &str,
+    user: &UserInfo,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared
         .store
@@ -205,6 +202,19 @@ async fn serve_resource(
     }
     if def.namespaced && rp.namespace.is_none() && rp.name.is_some() {
         return Err(ApiError::no_route());
+    }
+    special::before(shared, ws, &def);
+    if let Some(route) = special::route(&def, &rp, req.method()) {
+        if is_watch {
+            return Err(ApiError::method_not_allowed("WATCH"));
+        }
+        let target = Target {
+            def,
+            version: rp.version.clone(),
+            namespace: rp.namespace.clone().unwrap_or_default(),
+            status: false,
+        };
+        return special::serve(route, shared, req, ws, target, &rp, &query, user, accept).await;
     }
     let (status, scale) = match rp.subresource.as_deref() {
         None => (false, false),
@@ -237,7 +247,7 @@ async fn serve_resource(
         let name = name.unwrap_or_default();
         return serve_scale(shared, req, ws, &target, &name, &query).await;
     }
-    match (&method, name) {
+    let result = match (&method, name) {
         (&Method::GET, None) => list(shared, ws, &target, &query, all_namespaces, accept),
         (&Method::GET, Some(name)) => get(shared, ws, &target, &name, &query, accept),
         (&Method::POST, None) if !all_namespaces => {
@@ -267,7 +277,11 @@ async fn serve_resource(
             delete_collection(shared, ws, &target, &body, &query)
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
+    };
+    if result.is_ok() && method != Method::GET {
+        special::after_write(shared, ws, &target.def);
     }
+    result
 }
 
 /// GET, PUT and PATCH of `/scale`: a Scale view over `spec.replicas`.
@@ -352,7 +366,7 @@ async fn serve_scale(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     /// A whole object (POST/PUT): JSON or YAML.
     Object,
     /// A patch document (its type comes from the Content-Type).
@@ -363,7 +377,7 @@ enum BodyKind {
 
 /// Reads the body within `max_body_bytes`, checking the content type of objects.
 /// YAML objects are converted to JSON.
-async fn read_body(
+pub(crate) async fn read_body(
     shared: &Shared,
     req: Request<Incoming>,
     kind: BodyKind,
@@ -428,7 +442,7 @@ async fn read_body(
 }
 
 /// `dryRun=All` (any other value is rejected, as kube does).
-fn dry_run(query: &Query) -> Result<bool, ApiError> {
+pub(crate) fn dry_run(query: &Query) -> Result<bool, ApiError> {
     let mut dry = false;
     for v in query.all("dryRun") {
         if v != "All" {
@@ -669,7 +683,7 @@ fn update(
     ))
 }
 
-fn patch_failure(failure: PatchFailure) -> ApiError {
+pub(crate) fn patch_failure(failure: PatchFailure) -> ApiError {
     match failure {
         PatchFailure::Malformed(m) => ApiError::bad_request(m),
         PatchFailure::NotApplicable(m) => {
@@ -772,7 +786,8 @@ fn patch(
                 return match &applied {
                     Some(config) if !target.status => {
                         created = true;
-                        let mut object = apply::apply(None, config, &applier)?;
+                        let object = apply::apply(None, config, &applier)?;
+                        let mut object = registry::into_storage(target, object)?;
                         registry::check_namespace(target, &mut object)?;
                         warnings = schema::prune(target, &mut object, validation)?;
                         registry::create(target, view, name, None, object)
@@ -780,10 +795,12 @@ fn patch(
                     _ => Err(ApiError::not_found(target.subject(), name)),
                 };
             };
-            let mut patched = (**cur).clone();
+            // Patches apply to the object as this version shows it.
+            let shown = target.present(cur);
+            let mut patched = (*shown).clone();
             let writer = match (patch_type, &applied) {
                 (PatchType::Apply, Some(config)) => {
-                    patched = apply::apply(Some(cur), config, &applier)?;
+                    patched = apply::apply(Some(&shown), config, &applier)?;
                     registry::Writer::Apply
                 }
                 (PatchType::Apply, None) => {
@@ -802,7 +819,8 @@ fn patch(
                     registry::Writer::Other
                 }
             };
-            let mut patched = registry::check_type(target, patched)?;
+            let patched = registry::check_type(target, patched)?;
+            let mut patched = registry::into_storage(target, patched)?;
             registry::check_name(&patched, name)?;
             registry::check_namespace(target, &mut patched)?;
             warnings = schema::prune(target, &mut patched, validation)?;
@@ -897,7 +915,7 @@ fn delete_collection(
 }
 
 /// Adds `Warning: 299 - "..."` headers, as kube does for dropped fields.
-fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+pub(crate) fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
     for w in warnings {
         let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
@@ -959,12 +977,5 @@ mod tests {
             Some((42, ("ns".to_string(), "web".to_string())))
         );
         assert!(decode_continue("garbage!").is_err());
-    }
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

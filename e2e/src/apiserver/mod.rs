@@ -32,9 +32,14 @@
 //! bodies are decoded for namespaces, configmaps, secrets and service
 //! accounts only (others get 415: send JSON or YAML).
 
+mod apiservices;
 mod apply;
+mod authn;
+mod certificates;
 pub mod cli;
+mod componentstatuses;
 mod discovery;
+mod events;
 mod faults;
 mod handler;
 mod object;
@@ -42,13 +47,17 @@ mod openapi;
 mod patch;
 mod path;
 mod protobuf;
+mod rbac;
 mod registry;
 mod resources;
+mod reviews;
 mod scale;
 mod schema;
 mod selector;
+mod special;
 mod status;
 mod store;
+mod subresources;
 mod table;
 mod tls;
 mod watch;
@@ -126,6 +135,8 @@ pub(crate) struct Shared {
     pub config: ApiServerConfig,
     pub token: String,
     pub store: store::Store,
+    /// ServiceAccount tokens issued through TokenRequest.
+    pub tokens: authn::Tokens,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -176,10 +187,12 @@ impl ApiServer {
         for ws in &config.workspaces {
             store.ensure_space(ws);
         }
+        rbac::policy::bootstrap(&store);
         let shared = Arc::new(Shared {
             config,
             token: token.clone(),
             store,
+            tokens: authn::Tokens::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
