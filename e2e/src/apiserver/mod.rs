@@ -196,6 +196,7 @@ impl ApiServer {
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
+        apiservices::sync(&shared, "");
         let (task_guard, tasks_done) = mpsc::channel(1);
         tokio::spawn(accept_loop(listener, acceptor, shared.clone(), task_guard));
         tracing::info!(%addr, "API server listening");

@@ -259,11 +259,11 @@ fn token_request(
             "authentication.k8s.io",
             "TokenRequest",
             name,
-            vec![Cause::invalid(
-                "spec.expirationSeconds",
-                &seconds.to_string(),
-                detail,
-            )],
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                field: "spec.expirationSeconds".into(),
+                message: format!("Invalid value: {seconds}: {detail}"),
+            }],
         )
     };
     if seconds < MIN_TOKEN_SECONDS {
