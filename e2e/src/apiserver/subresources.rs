@@ -99,6 +99,10 @@ pub(crate) async fn serve(
         }
         other => return Err(ApiError::method_not_allowed(other.as_str())),
     };
+    if sub == "approval" {
+        // Outside the write: authorizing reads the store.
+        certificates::check_approver(shared, ws, user, &*current()?)?;
+    }
     let dry = handler::dry_run(query)?;
     let written = shared.store.write(
         ws,
@@ -116,7 +120,6 @@ pub(crate) async fn serve(
                     registry::update(target, name, Some(cur), next, Writer::Other)
                 }
                 _ => {
-                    certificates::check_approver(shared, ws, user, cur)?;
                     let next = certificates::with_approval(cur, &proposed)?;
                     let status_target = Target {
                         status: true,
