@@ -7,18 +7,28 @@
 //! `kubectl`) rely on it: discovery, CRUD with optimistic concurrency, the
 //! `/status` subresource, patches (merge, JSON, strategic, server-side apply),
 //! watches with resume, bookmarks and 410 Expired, selectors, finalizers,
-//! dry runs, `Status` errors, CRDs. Faults (latency, error responses, short
-//! watches) can be injected at run time through [`Faults`].
+//! dry runs, `Status` errors, CRDs, authentication (admin and ServiceAccount
+//! tokens, impersonation) and RBAC authorization, and the cluster APIs
+//! beside workloads (RBAC, events.k8s.io, the reviews, TokenRequest, CSRs,
+//! APIServices, component statuses, ephemeral containers). Faults
+//! (latency, error responses, short watches) can be injected at run time
+//! through [`Faults`].
 //!
 //! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
-//! description), `handler` (authentication, faults, routing, verbs over
-//! HTTP), `registry` (what each verb does to an object), `store` (objects,
-//! resource versions, history, watch fan-out), `watch` (streaming),
-//! `resources` (resource table, CRDs), `discovery`, `openapi` (the minimum
-//! kubectl needs), `table` (server-side printing), `selector`, `patch`,
-//! `apply` (server-side apply ownership), `schema` (CRD pruning,
-//! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
-//! `status` (errors), [`faults`], [`cli`].
+//! description), `handler` (faults, routing, verbs over HTTP), `authn`
+//! (bearer tokens, ServiceAccount tokens, impersonation), `rbac` (the
+//! authorizer, request attributes, the bootstrap policy and ClusterRole
+//! aggregation), `registry` (what each verb does to an object), `store`
+//! (objects, resource versions, history, watch fan-out), `watch`
+//! (streaming), `resources` (resource table, CRDs), `discovery`, `openapi`
+//! (the minimum kubectl needs), `table` (server-side printing), `selector`,
+//! `patch`, `apply` (server-side apply ownership), `schema` (CRD pruning,
+//! fieldValidation), `scale`, `protobuf` (kubectl's typed bodies), `special`
+//! (routing of what is not plain storage) with `reviews` (TokenReview and
+//! the access reviews), `subresources` (TokenRequest, ephemeral containers,
+//! CSR approval), `certificates`, `componentstatuses`, `apiservices` and
+//! `events` (events.k8s.io over core Events), `status` (errors), [`faults`],
+//! [`cli`].
 //!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
@@ -27,10 +37,24 @@
 //! `resourceVersionMatch` (a list is served from the current state, except
 //! continued pages, which are served from the first page's snapshot);
 //! built-in kinds get no defaulting or schema validation (CRs are pruned by
-//! their schema); strategic merge uses a fixed table of merge keys;
-//! server-side apply tracks ownership for appliers only; protobuf request
-//! bodies are decoded for namespaces, configmaps, secrets and service
-//! accounts only (others get 415: send JSON or YAML).
+//! their schema; events.k8s.io Events, CSRs, TokenRequests, ephemeral
+//! containers and CSR approvals are validated as kube does); strategic merge
+//! uses a fixed table of merge keys; server-side apply tracks ownership for
+//! appliers only; protobuf request bodies are decoded for the kinds kubectl's
+//! typed commands send (others, and unknown fields, get 415: send JSON).
+//! Authentication and authorization: requests without a token may read only
+//! health and `/version` (others get 401, like `--anonymous-auth` limited to
+//! those paths); RBAC objects are not validated beyond their names, a
+//! binding's roleRef may change, and writes of roles and bindings are not
+//! checked for privilege escalation (`escalate`/`bind`); issued tokens live
+//! in memory (a restarted server forgets them) and a token bound to a Pod or
+//! Secret outlives it; KCP workspaces get no stored bootstrap roles (the
+//! authorizer applies the bootstrap policy there, as kcp's does). Cluster
+//! APIs: nothing signs CSRs and a CSR's spec can be changed through the main
+//! resource; component statuses are always Healthy; APIServices are synced
+//! when read and after CRD writes (a watch sees CRD-driven changes late),
+//! and client-created ones are stored but nothing proxies to them;
+//! events.k8s.io/v1 lists take field selectors on metadata only.
 
 mod apiservices;
 mod apply;
