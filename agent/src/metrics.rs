@@ -29,6 +29,8 @@ pub struct Metrics {
     pub snapshot_objects: IntCounter,
     /// Deltas never sent because they break the hub's limits, by reason.
     pub deltas_dropped: IntCounterVec,
+    /// Reports the hub refused (it says why in its `Ack`), by reason.
+    pub rejected_deltas: IntCounterVec,
     /// Heartbeats sent.
     pub heartbeats_sent: IntCounter,
     /// `Error` frames received from the hub, by code.
@@ -91,6 +93,11 @@ impl Metrics {
                 "Deltas not sent because they exceed the hub's limits, by reason.",
                 &["reason"],
             ),
+            rejected_deltas: counter_vec(
+                "uplink_agent_rejected_deltas_total",
+                "Reports the hub refused (e.g. not_placed: KCP did not place the object on this cluster), by reason.",
+                &["reason"],
+            ),
             heartbeats_sent: counter(
                 "uplink_agent_heartbeats_sent_total",
                 "Heartbeats sent to the hub.",
@@ -130,7 +137,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -141,6 +148,7 @@ impl Metrics {
             Box::new(self.delta_frames_sent.clone()),
             Box::new(self.snapshot_objects.clone()),
             Box::new(self.deltas_dropped.clone()),
+            Box::new(self.rejected_deltas.clone()),
             Box::new(self.heartbeats_sent.clone()),
             Box::new(self.hub_errors.clone()),
             Box::new(self.locator_errors.clone()),

@@ -34,8 +34,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
     AgentFrame, Bye, Delta, DeltaBatch, ErrorCode, Heartbeat, Hello, HubFrame, Limits,
-    PROTOCOL_VERSION, SUBPROTOCOL, SessionMode, SnapshotBegin, SnapshotChunk, SnapshotEnd,
-    TUNNEL_PATH, Throttle, Welcome, decode_agent_frame, decode_hub_frame, encode, truncate_utf8,
+    PROTOCOL_VERSION, Rejected, SUBPROTOCOL, SessionMode, SnapshotBegin, SnapshotChunk,
+    SnapshotEnd, TUNNEL_PATH, Throttle, Welcome, decode_agent_frame, decode_hub_frame, encode,
+    truncate_utf8,
 };
 
 use crate::clock::AgentClock;
@@ -722,6 +723,8 @@ impl Steady<'_> {
                 }
                 outbox.ack(ack.seq);
                 tracing::debug!(ack = ack.seq, pending = outbox.pending_len(), "ack");
+                drop(outbox);
+                self.count_rejected(&ack.rejected);
             }
             HubFrame::HeartbeatAck(ack) => {
                 let rtt = self.ctx.clock.now_ms().saturating_sub(ack.agent_time_ms);
@@ -737,6 +740,34 @@ impl Steady<'_> {
             HubFrame::Welcome(_) => return Err(SessionError::Protocol("second Welcome".into())),
         }
         Ok(None)
+    }
+
+    /// Counts the reports the hub refused and logs them: at `warn` for the
+    /// first ten of each reason and then at every power of two (a cluster
+    /// that reports what KCP did not place on it would flood otherwise),
+    /// at `debug` in between.
+    fn count_rejected(&self, rejected: &[Rejected]) {
+        for refusal in rejected {
+            // A reason this agent does not know is counted as `other`, so a
+            // newer hub cannot grow the label set.
+            let reason = Rejected::REASONS
+                .iter()
+                .copied()
+                .find(|known| *known == refusal.reason)
+                .unwrap_or("other");
+            let counter = self
+                .ctx
+                .metrics
+                .rejected_deltas
+                .with_label_values(&[reason]);
+            counter.inc();
+            let total = counter.get();
+            if total <= 10 || total.is_power_of_two() {
+                tracing::warn!(cluster = %self.ctx.cluster, seq = refusal.seq, reason = %refusal.reason, rejected = total, "the hub refused a report");
+            } else {
+                tracing::debug!(cluster = %self.ctx.cluster, seq = refusal.seq, reason = %refusal.reason, rejected = total, "the hub refused a report");
+            }
+        }
     }
 
     fn throttle(&mut self, throttle: Throttle) {
@@ -828,6 +859,7 @@ impl Steady<'_> {
                         if let Ok(HubFrame::Ack(ack)) = decode_hub_frame(&bytes, &Limits::default())
                         {
                             self.ctx.outbox.lock().ack(ack.seq);
+                            self.count_rejected(&ack.rejected);
                         }
                     }
                     Message::Close(_) => break,

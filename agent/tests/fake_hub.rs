@@ -36,8 +36,8 @@ use uplink_agent::watch::{
 };
 use uplink_agent::{Agent, AgentConfig, AgentError, ResourceSpec};
 use uplink_protocol::{
-    Ack, AgentFrame, Change, ErrorCode, ErrorFrame, HubFrame, Limits, SessionMode, Welcome,
-    decode_agent_frame, encode,
+    Ack, AgentFrame, Change, ErrorCode, ErrorFrame, HubFrame, Limits, Rejected, SessionMode,
+    Welcome, decode_agent_frame, encode,
 };
 
 /// Generous deadline for anything the agent should do promptly.
@@ -392,7 +392,7 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
         panic!("expected SnapshotEnd")
     };
     assert_eq!(end.seq, 1);
-    conn.send(HubFrame::Ack(Ack { seq: 1 })).await;
+    conn.send(HubFrame::Ack(Ack::new(1))).await;
 
     poll_until("ready", || health.not_ready_reason().is_none()).await;
     assert_eq!(http_get(http, "/readyz").await.0, 200);
@@ -424,7 +424,7 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
         panic!("expected Upsert")
     };
     assert!(status_json.contains("\"readyReplicas\":2"), "{status_json}");
-    conn.send(HubFrame::Ack(Ack { seq: 2 })).await;
+    conn.send(HubFrame::Ack(Ack::new(2))).await;
 
     // The namespace loses its locator: the object is deleted upstream.
     events.unbounded_send(namespace(None)).unwrap();
@@ -433,12 +433,25 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
     };
     assert_eq!(batch.deltas[0].change, Change::Deleted);
     assert_eq!(batch.deltas[0].object.workspace, "root:org:team-a");
+    // The hub refuses it (KCP never placed it here) and says so.
     conn.send(HubFrame::Ack(Ack {
         seq: batch.deltas[0].seq,
+        rejected: vec![Rejected {
+            seq: batch.deltas[0].seq,
+            reason: Rejected::NOT_PLACED.into(),
+        }],
     }))
     .await;
 
     poll_until("acks applied", || metrics.outbox_entries.get() == 0).await;
+    poll_until("refusal counted", || {
+        metrics
+            .rejected_deltas
+            .with_label_values(&[Rejected::NOT_PLACED])
+            .get()
+            == 1
+    })
+    .await;
     let (status, text) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "uplink_agent_connected"), 1.0);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use uplink_protocol::Limits;
+use uplink_protocol::resource::ResourceSpec;
 
 use crate::aggregate::{FeatureGates, MergePolicy};
 
@@ -55,9 +56,17 @@ pub struct HubConfig {
     pub merge_policy: MergePolicy,
     /// `--feature-gates`.
     pub feature_gates: FeatureGates,
-    /// The KCP workspace that holds one `SyncTarget` per cluster; `None`
-    /// writes no SyncTargets.
-    pub synctarget_workspace: Option<String>,
+    /// The KCP workspace that holds one `SyncTarget` per cluster, named
+    /// like the cluster. The hub reads placement from them (a cluster
+    /// without one may report nothing) and writes their status; it never
+    /// creates them. Empty with a plain Kubernetes upstream.
+    pub synctarget_workspace: String,
+    /// The resource types the hub syncs: placement is watched for each,
+    /// reports of any other type are refused.
+    pub resources: Vec<ResourceSpec>,
+    /// How long a report of an object not (yet) placed on its cluster is
+    /// held, once that cluster's placement is listed, before it is refused.
+    pub placement_hold: Duration,
     /// Longest time a SyncTarget's `lastSyncerHeartbeatTime` may lag behind
     /// the cluster's last heartbeat (state changes are written at once).
     pub synctarget_heartbeat_period: Duration,
@@ -93,7 +102,9 @@ impl Default for HubConfig {
             offline_grace: Duration::from_secs(300),
             merge_policy: MergePolicy::default(),
             feature_gates: FeatureGates::default(),
-            synctarget_workspace: Some("root".to_owned()),
+            synctarget_workspace: "root".to_owned(),
+            resources: vec![ResourceSpec::deployments()],
+            placement_hold: Duration::from_secs(30),
             synctarget_heartbeat_period: Duration::from_secs(30),
             throttle_queue_depth: 10_000,
             throttle_pause: Duration::from_secs(1),

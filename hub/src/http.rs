@@ -47,6 +47,8 @@ pub struct HttpState {
     pub store: Arc<Store>,
     pub health: Arc<Health>,
     pub aggregator: Arc<Aggregator>,
+    /// What KCP placed on each cluster.
+    pub placements: Arc<crate::placement::Placements>,
     /// Capacity records, totals, history and reports.
     pub capacity: Arc<crate::capacity::Capacity>,
     pub heartbeat_interval: Duration,
@@ -155,7 +157,13 @@ struct ClusterView {
     session: Option<String>,
     agent_version: Option<String>,
     clock_skew_ms: Option<i64>,
+    /// Objects the cluster reports (stored; held reports not counted).
     objects: usize,
+    /// Reports held until placement can judge them.
+    held: usize,
+    /// What KCP placed on the cluster. Without a SyncTarget the cluster
+    /// may report nothing.
+    placement: crate::placement::PlacementSummary,
     summary: Option<uplink_protocol::ClusterSummary>,
 }
 
@@ -167,6 +175,8 @@ fn clusters(state: &HttpState) -> Vec<ClusterView> {
         .into_iter()
         .map(|(name, record)| ClusterView {
             objects: state.store.cluster_objects(&name),
+            held: state.store.held(&name),
+            placement: state.placements.summary(&name),
             state: cluster_state(&record, now, state.heartbeat_interval, state.offline_grace),
             connected: record.connected,
             last_heartbeat: record.last_heartbeat.and_then(rfc3339),

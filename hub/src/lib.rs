@@ -2,9 +2,11 @@
 //! status into KCP.
 //!
 //! Follow one status change by opening the modules in order:
-//! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`store`] (latest
-//! entry per object and cluster) → [`aggregate`] (desired status) →
-//! [`writer`] (rate-limited merge patches of `/status`). Beside them:
+//! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`placement`]
+//! (may this cluster report this object?) → [`store`] (latest entry per
+//! object and cluster) → [`aggregate`] (desired status) → [`writer`]
+//! (rate-limited merge patches of `/status`). Beside them: [`rejection`]
+//! (refused reports, told to their agents),
 //! [`health`] (cluster records; their states reach KCP as SyncTargets
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
 //! history, trends, reports), [`http`] (`/metrics`, `/healthz`, `/readyz`,
@@ -20,6 +22,9 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod placement;
+pub mod rejection;
+pub mod retry;
 pub mod server;
 pub mod session;
 pub mod store;
@@ -40,6 +45,8 @@ pub use writer::{KubeUpstream, StatusUpstream, UpstreamError};
 
 use crate::aggregate::Aggregator;
 use crate::health::Health;
+use crate::placement::{PlacementSettings, PlacementSource, Placements};
+use crate::rejection::Rejections;
 use crate::session::{Connections, SessionShared};
 use crate::store::Store;
 use crate::writer::{
@@ -80,6 +87,9 @@ pub struct Hub {
     health: Arc<Health>,
     aggregator: Arc<Aggregator>,
     upstream: Arc<dyn StatusUpstream>,
+    placement_source: Arc<dyn PlacementSource>,
+    placements: Arc<Placements>,
+    rejections: Arc<Rejections>,
     capacity: Arc<capacity::Capacity>,
 }
 
@@ -90,26 +100,39 @@ impl Hub {
         // TLS first: a wrong file name is the likelier mistake, and cheap to find.
         let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
         let upstream =
-            KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?;
-        Self::bind_parts(config, tls, Arc::new(upstream)).await
+            Arc::new(KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?);
+        Self::bind_parts(config, tls, upstream.clone(), upstream).await
     }
 
-    /// Like [`Hub::bind`], writing to `upstream` instead of a kube client
-    /// (tests, or an embedding that brings its own).
+    /// Like [`Hub::bind`], writing to `upstream` and reading placement from
+    /// `placement` instead of a kube client (tests, or an embedding that
+    /// brings its own).
     pub async fn bind_with_upstream(
         config: HubConfig,
         upstream: Arc<dyn StatusUpstream>,
+        placement: Arc<dyn PlacementSource>,
     ) -> Result<Hub, HubError> {
         let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
-        Self::bind_parts(config, tls, upstream).await
+        Self::bind_parts(config, tls, upstream, placement).await
     }
 
     async fn bind_parts(
         config: HubConfig,
         tls: Arc<rustls::ServerConfig>,
         upstream: Arc<dyn StatusUpstream>,
+        placement_source: Arc<dyn PlacementSource>,
     ) -> Result<Hub, HubError> {
         let metrics = Arc::new(Metrics::new()?);
+        let placements = Arc::new(Placements::new(
+            PlacementSettings {
+                resources: config.resources.clone(),
+                synctarget_workspace: config.synctarget_workspace.clone(),
+                hold: config.placement_hold,
+                max_per_cluster: config.limits.max_objects_per_cluster,
+            },
+            metrics.clone(),
+        ));
+        let rejections = Arc::new(Rejections::new(metrics.clone()));
         let queue = Arc::new(WriteQueue::with_settle(
             metrics.clone(),
             config.write_settle,
@@ -157,6 +180,9 @@ impl Hub {
             health,
             aggregator,
             upstream,
+            placement_source,
+            placements,
+            rejections,
             capacity,
         })
     }
@@ -191,6 +217,11 @@ impl Hub {
         self.aggregator.clone()
     }
 
+    /// What KCP placed on each cluster, as this hub sees it.
+    pub fn placements(&self) -> Arc<Placements> {
+        self.placements.clone()
+    }
+
     /// This hub's capacity records, totals, history and reports.
     pub fn capacity(&self) -> Arc<capacity::Capacity> {
         self.capacity.clone()
@@ -209,17 +240,34 @@ impl Hub {
             health,
             aggregator,
             upstream,
+            placement_source,
+            placements,
+            rejections,
             capacity,
             ..
         } = self;
+
+        // Placement: what each cluster may report. Stopped last among the
+        // background tasks (after the sessions), so no report waits on it.
+        let placement_stop = CancellationToken::new();
+        let placement_task = tokio::spawn(
+            placement::runner::Runner {
+                placements: placements.clone(),
+                source: placement_source,
+                store: store.clone(),
+                rejections: rejections.clone(),
+                mode: config.upstream,
+            }
+            .run(placement_stop.clone()),
+        );
 
         // Cluster states (metric) and SyncTargets in KCP.
         let synctargets = SyncTargets::new(
             upstream.clone(),
             health.clone(),
+            placements.clone(),
             metrics.clone(),
             SyncTargetSettings {
-                workspace: config.synctarget_workspace.clone(),
                 heartbeat_interval: config.heartbeat_interval,
                 offline_grace: config.offline_grace,
                 heartbeat_period: config.synctarget_heartbeat_period,
@@ -263,6 +311,7 @@ impl Hub {
             store: store.clone(),
             health: health.clone(),
             aggregator,
+            placements: placements.clone(),
             capacity,
             heartbeat_interval: config.heartbeat_interval,
             offline_grace: config.offline_grace,
@@ -274,6 +323,8 @@ impl Hub {
 
         let shared = Arc::new(SessionShared {
             store,
+            placements: placements.clone(),
+            rejections,
             health,
             metrics,
             connections: Connections::default(),
@@ -306,6 +357,8 @@ impl Hub {
         .await;
 
         writer_stop.cancel();
+        placement_stop.cancel();
+        let placement_result = placement_task.await;
         let writer_result = writer_task.await;
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
@@ -314,6 +367,7 @@ impl Hub {
         let http_result = http_task.await;
         tracing::info!("hub stopped");
         writer_result.map_err(|e| HubError::Task("writer", e))?;
+        placement_result.map_err(|e| HubError::Task("placement", e))?;
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
         capacity_result.map_err(|e| HubError::Task("capacity", e))?;

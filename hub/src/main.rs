@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{FeatureGates, MergePolicy};
 use uplink_hub::{HubConfig, UpstreamMode};
 use uplink_protocol::Limits;
+use uplink_protocol::resource::ResourceSpec;
 
 /// mimalloc instead of glibc's malloc: the ingest path allocates and frees
 /// small objects per delta on every runtime thread, where glibc spent about
@@ -148,10 +149,29 @@ struct Args {
     offline_grace: Duration,
 
     /// KCP workspace that holds one SyncTarget (workload.kcp.io/v1alpha1)
-    /// per cluster, with its heartbeat time and Ready condition. Empty:
-    /// write no SyncTargets.
+    /// per cluster, named like the cluster's certificate identity. KCP's
+    /// placement on it decides what the cluster may report; the hub writes
+    /// its heartbeat time, Ready condition and capacity, and never creates
+    /// it. Empty with --upstream kubernetes (no workspaces).
     #[arg(long, env = "UPLINK_HUB_SYNCTARGET_WORKSPACE", default_value = "root")]
     synctarget_workspace: String,
+
+    /// Resource types the hub syncs, as resource.version.group (pods.v1 for
+    /// the core group), comma-separated. Placement is watched for each;
+    /// reports of other types are refused.
+    #[arg(
+        long,
+        env = "UPLINK_HUB_RESOURCES",
+        value_delimiter = ',',
+        default_value = "deployments.v1.apps"
+    )]
+    resources: Vec<ResourceSpec>,
+
+    /// How long a report of an object that KCP has not (yet) placed on the
+    /// reporting cluster is held, once that cluster's placement is listed,
+    /// before it is refused.
+    #[arg(long, env = "UPLINK_HUB_PLACEMENT_HOLD", default_value = "30s", value_parser = parse_duration)]
+    placement_hold: Duration,
 
     /// Longest time a SyncTarget's lastSyncerHeartbeatTime may lag behind
     /// the cluster's last heartbeat (state changes are written at once).
@@ -229,6 +249,23 @@ impl Args {
             Some(path) => MergePolicy::load(path)?,
             None => MergePolicy::default(),
         };
+        if self.upstream == UpstreamMode::Kcp && self.synctarget_workspace.is_empty() {
+            anyhow::bail!(
+                "--synctarget-workspace must name the KCP workspace that holds the clusters' SyncTargets"
+            );
+        }
+        if self.resources.is_empty() {
+            anyhow::bail!("--resources must name at least one resource type");
+        }
+        if let Some(reserved) = self
+            .resources
+            .iter()
+            .find(|r| uplink_hub::placement::is_reserved(&r.group, &r.resource))
+        {
+            anyhow::bail!(
+                "--resources {reserved}: SyncTargets are the hub's own records, never synced from a cluster"
+            );
+        }
         Ok(HubConfig {
             listen: self.listen,
             http_listen: self.http_listen,
@@ -256,7 +293,9 @@ impl Args {
             offline_grace: self.offline_grace,
             merge_policy,
             feature_gates: self.feature_gates,
-            synctarget_workspace: Some(self.synctarget_workspace).filter(|ws| !ws.is_empty()),
+            synctarget_workspace: self.synctarget_workspace,
+            resources: self.resources,
+            placement_hold: self.placement_hold,
             synctarget_heartbeat_period: self.synctarget_heartbeat_period,
             throttle_queue_depth: self.throttle_queue_depth,
             throttle_pause: self.throttle_pause,

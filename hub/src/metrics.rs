@@ -2,8 +2,8 @@
 //! instance (several hubs may run in one test process).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the hub exports, and the registry that holds them.
@@ -30,9 +30,16 @@ pub struct Metrics {
     pub write_queue_depth: IntGauge,
     /// Frames refused during a session, by cluster and reason.
     pub frames_rejected: IntCounterVec,
-    /// Deltas skipped (not stored, but acked) because the hub cannot use
-    /// them, by cluster and reason; the rest of their frame is stored.
-    pub deltas_rejected: IntCounterVec,
+    /// Reports refused (not stored, but acked and the agent told why), by
+    /// cluster and reason (`uplink_protocol::Rejected`'s reasons); the rest
+    /// of their frame is stored.
+    pub rejected_deltas: IntCounterVec,
+    /// Objects KCP placed on each watched cluster.
+    pub placements: IntGaugeVec,
+    /// Reports kept aside until placement can judge them, all clusters.
+    pub held_reports: IntGauge,
+    /// Failed lists and watches of SyncTargets and placements (each retried).
+    pub placement_watch_failures: IntCounter,
     /// Conflicts present on objects now, by type and strategy.
     pub conflicts: IntGaugeVec,
     /// Conflicts that appeared, by type and strategy.
@@ -134,12 +141,27 @@ impl Metrics {
             ),
             &["cluster", "reason"],
         )?;
-        let deltas_rejected = IntCounterVec::new(
+        let rejected_deltas = IntCounterVec::new(
             Opts::new(
-                "uplink_hub_deltas_rejected_total",
-                "Deltas skipped (not stored, but acked) because the hub cannot use them, by cluster and reason.",
+                "uplink_hub_rejected_deltas_total",
+                "Reports refused (not stored, but acked and the agent told), by cluster and reason.",
             ),
             &["cluster", "reason"],
+        )?;
+        let placements = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_placements",
+                "Objects KCP placed on the cluster, as the hub's placement watch sees them.",
+            ),
+            &["cluster"],
+        )?;
+        let held_reports = IntGauge::new(
+            "uplink_hub_held_reports",
+            "Reports kept aside until placement can judge them (all clusters).",
+        )?;
+        let placement_watch_failures = IntCounter::new(
+            "uplink_hub_placement_watch_failures_total",
+            "Failed lists and watches of SyncTargets and placed objects in KCP (each retried).",
         )?;
 
         let conflicts = IntGaugeVec::new(
@@ -194,7 +216,10 @@ impl Metrics {
         registry.register(Box::new(store_objects.clone()))?;
         registry.register(Box::new(write_queue_depth.clone()))?;
         registry.register(Box::new(frames_rejected.clone()))?;
-        registry.register(Box::new(deltas_rejected.clone()))?;
+        registry.register(Box::new(rejected_deltas.clone()))?;
+        registry.register(Box::new(placements.clone()))?;
+        registry.register(Box::new(held_reports.clone()))?;
+        registry.register(Box::new(placement_watch_failures.clone()))?;
 
         Ok(Self {
             registry,
@@ -208,7 +233,10 @@ impl Metrics {
             store_objects,
             write_queue_depth,
             frames_rejected,
-            deltas_rejected,
+            rejected_deltas,
+            placements,
+            held_reports,
+            placement_watch_failures,
             conflicts,
             conflicts_total,
             cluster_state,

@@ -2,9 +2,12 @@
 //! deltas, snapshots and heartbeats until `Bye`, silence, a protocol
 //! violation, a newer connection for the same cluster, or hub shutdown.
 //!
-//! A session only ever changes its own cluster's entries in the store. Every
-//! refusal is an `Error` frame with the code the violation calls for, a close
-//! with the matching close code, a metric and one log line.
+//! A session only ever changes its own cluster's entries in the store, and
+//! only for objects KCP placed on that cluster: every report is judged by
+//! [`crate::placement`] first (taken, held, or refused and the agent told in
+//! its `Ack`). Every refusal of a frame is an `Error` frame with the code the
+//! violation calls for, a close with the matching close code, a metric and
+//! one log line.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -24,14 +27,20 @@ use tokio_util::sync::CancellationToken;
 use uplink_protocol::names::invalid_name;
 use uplink_protocol::{
     Ack, AgentFrame, Bye, Change, DecodeError, Delta, ErrorCode, ErrorFrame, Heartbeat,
-    HeartbeatAck, Hello, HubFrame, Limits, SessionMode, Throttle, Welcome, close,
+    HeartbeatAck, Hello, HubFrame, Limits, Rejected, SessionMode, Throttle, Welcome, close,
     decode_agent_frame, encode, negotiate_version,
 };
 
 use crate::health::{Health, unix_ms};
 use crate::metrics::{Metrics, handshake_reason};
+use crate::placement::{Placements, Verdict};
+use crate::rejection::Rejections;
 use crate::store::{Entry, ObjectKey, Store, StoreError, Update};
 use crate::writer::WriteQueue;
+
+/// Longest a connecting agent waits for its cluster's placement to be listed
+/// before its `Welcome`.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest a close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +49,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct SessionShared {
     pub store: Arc<Store>,
+    /// What KCP placed on each cluster: what a cluster may report.
+    pub placements: Arc<Placements>,
+    /// Refused reports, kept for each agent's next `Ack`.
+    pub rejections: Arc<Rejections>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub connections: Connections,
@@ -305,6 +318,14 @@ where
             return None;
         }
 
+        // Placement first, so the agent's first reports are judged at once
+        // (bounded: the agent waits three heartbeat intervals for Welcome).
+        self.shared.placements.want(&self.cluster);
+        let wait = self.shared.heartbeat_interval.min(PLACEMENT_WAIT);
+        if !self.shared.placements.wait_ready(&self.cluster, wait).await {
+            tracing::info!(cluster = %self.cluster, ?wait, "the cluster's placement is not listed yet; its reports are held until it is");
+        }
+
         let mode = match self.shared.store.position(&self.cluster) {
             Some(position)
                 if hello.last_hub_epoch == Some(self.shared.hub_epoch)
@@ -428,14 +449,33 @@ where
                     .into_iter()
                     .filter_map(|delta| self.accept(delta))
                     .collect();
-                self.shared
-                    .store
-                    .apply(&self.cluster, session, updates)
-                    .map_err(store_violation)?;
-                // Skipped deltas are acked too: the agent would resend them
+                {
+                    // Judged and stored under the placement view's read lock:
+                    // an unplacement cannot slip in between.
+                    let view = self.shared.placements.read();
+                    let mut accepted = Vec::with_capacity(updates.len());
+                    let mut held = Vec::new();
+                    for update in updates {
+                        match view.verdict(&self.cluster, &update.key) {
+                            Verdict::Accept => accepted.push(update),
+                            Verdict::Hold => held.push(update),
+                            Verdict::Reject(reason) => self.refuse_report(
+                                &update.key,
+                                update.seq,
+                                reason,
+                                "not authorized by placement",
+                            ),
+                        }
+                    }
+                    self.shared
+                        .store
+                        .apply(&self.cluster, session, accepted, held)
+                        .map_err(store_violation)?;
+                }
+                // Refused deltas are acked too: the agent would resend them
                 // on every reconnect, and they would never get better.
                 let acked = self.shared.store.advance(&self.cluster, session, highest);
-                self.send_or_end(&HubFrame::Ack(Ack { seq: acked })).await?;
+                self.send_ack(acked).await?;
             }
             AgentFrame::SnapshotBegin(begin) => {
                 if snapshot.is_some() {
@@ -495,21 +535,51 @@ where
                     return Err(Violation::unexpected("SnapshotEnd outside a snapshot"));
                 };
                 let objects = buffer.entries.len();
-                let deleted: Vec<ObjectKey> = buffer
-                    .tombstones
-                    .into_iter()
-                    .filter(|key| !buffer.entries.contains_key(key))
-                    .collect();
-                let acked = self
-                    .shared
-                    .store
-                    .replace_cluster(&self.cluster, session, buffer.entries, end.seq)
-                    .map_err(store_violation)?;
-                for key in deleted {
-                    self.shared.write_queue.push(key);
-                }
-                tracing::info!(cluster = %self.cluster, objects, seq = acked, "snapshot applied");
-                self.send_or_end(&HubFrame::Ack(Ack { seq: acked })).await?;
+                let mut accepted = HashMap::with_capacity(objects);
+                let mut held = HashMap::new();
+                let acked = {
+                    let view = self.shared.placements.read();
+                    for (key, entry) in buffer.entries {
+                        match view.verdict(&self.cluster, &key) {
+                            Verdict::Accept => {
+                                accepted.insert(key, entry);
+                            }
+                            Verdict::Hold => {
+                                held.insert(key, entry);
+                            }
+                            Verdict::Reject(reason) => {
+                                self.refuse_report(
+                                    &key,
+                                    entry.seq,
+                                    reason,
+                                    "not authorized by placement",
+                                );
+                            }
+                        }
+                    }
+                    // Objects deleted while a restarted hub was away are
+                    // merged again, but only those placed on this cluster:
+                    // nothing here may touch another tenant's object.
+                    let deleted: Vec<ObjectKey> = buffer
+                        .tombstones
+                        .into_iter()
+                        .filter(|key| {
+                            !accepted.contains_key(key)
+                                && view.verdict(&self.cluster, key) == Verdict::Accept
+                        })
+                        .collect();
+                    let acked = self
+                        .shared
+                        .store
+                        .replace_cluster(&self.cluster, session, accepted, held, end.seq)
+                        .map_err(store_violation)?;
+                    for key in deleted {
+                        self.shared.write_queue.push(key);
+                    }
+                    acked
+                };
+                tracing::info!(cluster = %self.cluster, objects, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
+                self.send_ack(acked).await?;
             }
             AgentFrame::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await?,
             AgentFrame::Bye(bye) => {
@@ -574,7 +644,37 @@ where
             agent_time_ms: heartbeat.agent_time_ms,
             hub_time_ms: unix_ms(now),
         });
-        self.send_or_end(&ack).await
+        self.send_or_end(&ack).await?;
+        // Held reports refused since the last Ack: the agent learns them
+        // now rather than with its next batch, which may be long away.
+        let rejected = self.shared.rejections.take(&self.cluster);
+        if !rejected.is_empty()
+            && let Some(position) = self.shared.store.position(&self.cluster)
+        {
+            let ack = HubFrame::Ack(Ack {
+                seq: position.seq,
+                rejected,
+            });
+            self.send_or_end(&ack).await?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges up to `seq`, with the refusals the agent was not told yet.
+    async fn send_ack(&mut self, seq: u64) -> Result<(), Violation> {
+        let ack = Ack {
+            seq,
+            rejected: self.shared.rejections.take(&self.cluster),
+        };
+        self.send_or_end(&HubFrame::Ack(ack)).await
+    }
+
+    /// Refuses one report: counted, logged (rate-limited) and kept for the
+    /// agent's next `Ack`.
+    fn refuse_report(&self, key: &ObjectKey, seq: u64, reason: &'static str, detail: &str) {
+        self.shared
+            .rejections
+            .reject(&self.cluster, key, seq, reason, detail);
     }
 
     fn count_deltas(&self, n: usize) {
@@ -586,27 +686,15 @@ where
     }
 
     /// The store update for one delta, or `None` for a delta the hub cannot
-    /// use: skipped, counted and logged, never the end of the session (one
-    /// bad object must not block its cluster: the agent would resend it
-    /// after every reconnect). Logged at `warn` for a cluster's first ten
-    /// per reason, then at every power of two, `debug` otherwise.
+    /// use: refused (counted, logged, told to the agent in its `Ack`), never
+    /// the end of the session (one bad object must not block its cluster:
+    /// the agent would resend it after every reconnect).
     fn accept(&self, delta: Delta) -> Option<Update> {
         match self.checked_entry(&delta) {
             Ok(entry) => Some(into_update(delta, entry)),
             Err(refusal) => {
-                let object = &delta.object;
-                let counter = self
-                    .shared
-                    .metrics
-                    .deltas_rejected
-                    .with_label_values(&[&self.cluster, refusal.reason]);
-                counter.inc();
-                let rejected = counter.get();
-                if rejected <= 10 || rejected.is_power_of_two() {
-                    tracing::warn!(cluster = %self.cluster, workspace = %object.workspace, namespace = object.namespace.as_deref().unwrap_or_default(), name = %object.name, resource = %object.resource, reason = refusal.reason, rejected, error = %refusal.message, "skipping a delta the hub cannot use");
-                } else {
-                    tracing::debug!(cluster = %self.cluster, workspace = %object.workspace, name = %object.name, reason = refusal.reason, error = %refusal.message, "skipping a delta the hub cannot use");
-                }
+                let key = ObjectKey::from(&delta.object);
+                self.refuse_report(&key, delta.seq, refusal.reason, &refusal.message);
                 None
             }
         }
@@ -618,7 +706,7 @@ where
         let object = &delta.object;
         if let Some((what, value)) = invalid_name(object, self.shared.require_workspace) {
             return Err(Violation::new(
-                "invalid_object",
+                Rejected::INVALID_OBJECT,
                 ErrorCode::Malformed,
                 format!("delta {}: {what} {value:?} is not a valid name", delta.seq),
             ));
@@ -629,14 +717,14 @@ where
             Change::Upsert { status_json } => {
                 let status: Value = serde_json::from_str(status_json).map_err(|e| {
                     Violation::new(
-                        "status_not_object",
+                        Rejected::STATUS_NOT_OBJECT,
                         ErrorCode::Malformed,
                         format!("delta {}: status_json is not JSON: {e}", delta.seq),
                     )
                 })?;
                 if !status.is_object() {
                     return Err(Violation::new(
-                        "status_not_object",
+                        Rejected::STATUS_NOT_OBJECT,
                         ErrorCode::Malformed,
                         format!("delta {}: status_json is not a JSON object", delta.seq),
                     ));

@@ -10,9 +10,19 @@
 //! Every change that can alter an object's desired upstream status marks the
 //! object dirty in the writer's queue; the writer reads the store back when it
 //! writes (level-triggered), so the store never has to remember a history.
+//!
+//! The store keeps only reports of objects placed on their cluster
+//! ([`crate::placement`] judges them first). A report the placement view
+//! cannot judge yet is *held*: kept aside per cluster (counting against the
+//! cluster's object limit, latest per object), never merged, until it is
+//! released into the entries or refused ([`Store::recheck_held`]). An
+//! object unplaced from a cluster loses that cluster's entry
+//! ([`Store::unplace`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -129,7 +139,49 @@ struct Inner {
 struct ClusterEntries {
     position: Position,
     keys: HashSet<ObjectKey>,
+    /// Reports not judged yet (see the module documentation).
+    held: HashMap<ObjectKey, Held>,
 }
+
+impl ClusterEntries {
+    fn new(session: &str) -> Self {
+        Self {
+            position: Position {
+                session: Arc::from(session),
+                seq: 0,
+            },
+            keys: HashSet::new(),
+            held: HashMap::new(),
+        }
+    }
+}
+
+/// A report kept aside until placement can judge it.
+#[derive(Debug)]
+struct Held {
+    /// The reported state; `None` for a deletion (kept so that it is
+    /// judged, and refused or dropped, like any report).
+    entry: Option<Entry>,
+    /// The report's sequence number.
+    seq: u64,
+    /// When the first report of the object that is still held arrived.
+    since: Instant,
+}
+
+/// What becomes of a held report when it is judged again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldVerdict {
+    /// The object is placed: the report joins the entries.
+    Release,
+    /// Still cannot tell.
+    Keep,
+    /// Refused, for this reason.
+    Reject(&'static str),
+}
+
+/// A held report that was refused: the object, the report's sequence
+/// number, the reason.
+pub type RefusedHeld = (ObjectKey, u64, &'static str);
 
 impl Store {
     pub fn new(
@@ -153,29 +205,27 @@ impl Store {
 
     /// Applies a batch of changes from `cluster`'s agent session `session`
     /// and returns the cluster's cumulative ack: the highest sequence number
-    /// stored from this session.
+    /// stored from this session. `accepted` are reports of objects placed on
+    /// the cluster; `held` those placement cannot judge yet.
     ///
     /// Changes at or below the stored sequence are replays and are ignored.
-    /// When the batch would take the cluster over its object limit, nothing is
-    /// applied.
+    /// When the batch would take the cluster over its object limit (entries
+    /// and held reports together), nothing is applied.
     pub fn apply(
         &self,
         cluster: &str,
         session: &str,
-        updates: Vec<Update>,
+        accepted: Vec<Update>,
+        held: Vec<Update>,
     ) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let Inner { objects, clusters } = &mut *inner;
         let state = clusters
             .entry(cluster.to_owned())
-            .or_insert_with(|| ClusterEntries {
-                position: Position {
-                    session: Arc::from(session),
-                    seq: 0,
-                },
-                keys: HashSet::new(),
-            });
+            .or_insert_with(|| ClusterEntries::new(session));
         if &*state.position.session != session {
+            // A new agent session without a snapshot (the hub restarted
+            // meanwhile and lost nothing it needs): its sequence starts over.
             state.position = Position {
                 session: Arc::from(session),
                 seq: 0,
@@ -183,12 +233,20 @@ impl Store {
         }
         let floor = state.position.seq;
 
-        let new_keys: HashSet<&ObjectKey> = updates
+        // Objects this batch adds to the cluster: upserts of objects it has
+        // no entry for, and any held report (deletions too) of an object
+        // not held yet.
+        let is_new = |u: &&Update| {
+            u.seq > floor && !state.keys.contains(&u.key) && !state.held.contains_key(&u.key)
+        };
+        let new_keys: HashSet<&ObjectKey> = accepted
             .iter()
-            .filter(|u| u.seq > floor && u.entry.is_some() && !state.keys.contains(&u.key))
+            .filter(|u| u.entry.is_some())
+            .filter(is_new)
+            .chain(held.iter().filter(is_new))
             .map(|u| &u.key)
             .collect();
-        let total = state.keys.len() as u64 + new_keys.len() as u64;
+        let total = (state.keys.len() + state.held.len() + new_keys.len()) as u64;
         if total > self.max_objects_per_cluster {
             return Err(StoreError::TooManyObjects {
                 cluster: cluster.to_owned(),
@@ -197,11 +255,30 @@ impl Store {
             });
         }
 
-        for update in updates {
-            if update.seq <= state.position.seq {
+        let mut highest = floor;
+        let now = Instant::now();
+        let held_before = state.held.len();
+        for update in held {
+            if update.seq <= floor {
+                continue;
+            }
+            highest = highest.max(update.seq);
+            let since = state.held.get(&update.key).map_or(now, |h| h.since);
+            state.held.insert(
+                update.key,
+                Held {
+                    entry: update.entry,
+                    seq: update.seq,
+                    since,
+                },
+            );
+        }
+        for update in accepted {
+            if update.seq <= floor {
                 continue; // replayed or reordered: something newer is stored
             }
-            state.position.seq = update.seq;
+            highest = highest.max(update.seq);
+            state.held.remove(&update.key);
             let changed = match update.entry {
                 Some(entry) => {
                     if !state.keys.contains(&update.key) {
@@ -218,34 +295,42 @@ impl Store {
                 self.queue.push(update.key);
             }
         }
-        let acked = state.position.seq;
+        state.position.seq = highest;
+        self.count_held(held_before, state.held.len());
         self.metrics.store_objects.set(objects.len() as i64);
-        Ok(acked)
+        Ok(highest)
     }
 
     /// Replaces everything `cluster` reported with a snapshot taken at `seq`
-    /// in agent session `session`: objects missing from it are dropped. All
-    /// or nothing.
+    /// in agent session `session`: `entries` of placed objects, `held`
+    /// reports placement cannot judge yet; objects missing from both are
+    /// dropped. All or nothing.
     pub fn replace_cluster(
         &self,
         cluster: &str,
         session: &str,
         entries: HashMap<ObjectKey, Entry>,
+        held: HashMap<ObjectKey, Entry>,
         seq: u64,
     ) -> Result<u64, StoreError> {
-        if entries.len() as u64 > self.max_objects_per_cluster {
+        let objects_count = (entries.len() + held.len()) as u64;
+        if objects_count > self.max_objects_per_cluster {
             return Err(StoreError::TooManyObjects {
                 cluster: cluster.to_owned(),
-                objects: entries.len() as u64,
+                objects: objects_count,
                 max: self.max_objects_per_cluster,
             });
         }
         let mut inner = self.lock();
         let Inner { objects, clusters } = &mut *inner;
-        let highest = entries.values().map(|e| e.seq).fold(seq, u64::max);
-        let old_keys = clusters
+        let highest = entries
+            .values()
+            .chain(held.values())
+            .map(|e| e.seq)
+            .fold(seq, u64::max);
+        let (old_keys, old_held) = clusters
             .remove(cluster)
-            .map(|state| state.keys)
+            .map(|state| (state.keys, state.held.len()))
             .unwrap_or_default();
 
         for gone in old_keys.iter().filter(|k| !entries.contains_key(*k)) {
@@ -253,25 +338,136 @@ impl Store {
                 self.queue.push(gone.clone());
             }
         }
-        let mut keys = HashSet::with_capacity(entries.len());
+        let mut state = ClusterEntries::new(session);
+        state.position.seq = highest;
+        state.keys.reserve(entries.len());
         for (key, entry) in entries {
             if upsert_entry(objects, &key, cluster, entry) {
                 self.queue.push(key.clone());
             }
-            keys.insert(key);
+            state.keys.insert(key);
         }
-        clusters.insert(
-            cluster.to_owned(),
-            ClusterEntries {
-                position: Position {
-                    session: Arc::from(session),
-                    seq: highest,
-                },
-                keys,
-            },
-        );
+        let now = Instant::now();
+        state.held = held
+            .into_iter()
+            .map(|(key, entry)| {
+                let seq = entry.seq;
+                let held = Held {
+                    entry: Some(entry),
+                    seq,
+                    since: now,
+                };
+                (key, held)
+            })
+            .collect();
+        self.count_held(old_held, state.held.len());
+        clusters.insert(cluster.to_owned(), state);
         self.metrics.store_objects.set(objects.len() as i64);
         Ok(highest)
+    }
+
+    /// Drops `cluster`'s entries of `keys`: those objects are no longer
+    /// placed on it. Each object is merged again from the other clusters.
+    pub fn unplace(&self, cluster: &str, keys: &[ObjectKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let Inner { objects, clusters } = &mut *inner;
+        let Some(state) = clusters.get_mut(cluster) else {
+            return;
+        };
+        for key in keys {
+            if state.keys.remove(key) && remove_entry(objects, key, cluster) {
+                self.queue.push(key.clone());
+            }
+        }
+        self.metrics.store_objects.set(objects.len() as i64);
+    }
+
+    /// Judges `cluster`'s held reports again (only the one of `only`, when
+    /// given): released ones join the entries, refused ones are dropped and
+    /// returned.
+    pub fn recheck_held(
+        &self,
+        cluster: &str,
+        only: Option<&ObjectKey>,
+        mut judge: impl FnMut(&ObjectKey, Instant) -> HeldVerdict,
+    ) -> Vec<RefusedHeld> {
+        let mut inner = self.lock();
+        let Inner { objects, clusters } = &mut *inner;
+        let Some(state) = clusters.get_mut(cluster) else {
+            return Vec::new();
+        };
+        if state.held.is_empty() {
+            return Vec::new();
+        }
+        let verdicts: Vec<(ObjectKey, HeldVerdict)> = match only {
+            Some(key) => state
+                .held
+                .get(key)
+                .map(|held| (key.clone(), judge(key, held.since)))
+                .into_iter()
+                .collect(),
+            None => state
+                .held
+                .iter()
+                .map(|(key, held)| (key.clone(), judge(key, held.since)))
+                .filter(|(_, verdict)| *verdict != HeldVerdict::Keep)
+                .collect(),
+        };
+        let held_before = state.held.len();
+        let mut refused = Vec::new();
+        for (key, verdict) in verdicts {
+            match verdict {
+                HeldVerdict::Keep => {}
+                HeldVerdict::Release => {
+                    // A released deletion is of an object the cluster has no
+                    // entry for (unplaced objects have none): nothing to do.
+                    if let Some(Held {
+                        entry: Some(entry), ..
+                    }) = state.held.remove(&key)
+                    {
+                        state.keys.insert(key.clone());
+                        if upsert_entry(objects, &key, cluster, entry) {
+                            self.queue.push(key);
+                        }
+                    }
+                }
+                HeldVerdict::Reject(reason) => {
+                    if let Some(held) = state.held.remove(&key) {
+                        refused.push((key, held.seq, reason));
+                    }
+                }
+            }
+        }
+        self.count_held(held_before, state.held.len());
+        self.metrics.store_objects.set(objects.len() as i64);
+        refused
+    }
+
+    fn count_held(&self, before: usize, after: usize) {
+        let delta =
+            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
+        self.metrics.held_reports.add(delta);
+    }
+
+    /// Clusters that have held reports.
+    pub fn clusters_with_held(&self) -> Vec<ClusterName> {
+        self.lock()
+            .clusters
+            .iter()
+            .filter(|(_, state)| !state.held.is_empty())
+            .map(|(cluster, _)| cluster.clone())
+            .collect()
+    }
+
+    /// How many reports of `cluster` are held.
+    pub fn held(&self, cluster: &str) -> usize {
+        self.lock()
+            .clusters
+            .get(cluster)
+            .map_or(0, |state| state.held.len())
     }
 
     /// Moves `cluster`'s position in agent session `session` up to `seq`
@@ -473,9 +669,9 @@ mod tests {
             upsert("a", 1, json!({"replicas": 1})),
             upsert("a", 2, json!({"replicas": 2})),
         ];
-        assert_eq!(store.apply("c1", "s1", batch.clone()), Ok(2));
+        assert_eq!(store.apply("c1", "s1", batch.clone(), vec![]), Ok(2));
         assert_eq!(queue.drain_ready(), vec![key("a")]);
-        assert_eq!(store.apply("c1", "s1", batch), Ok(2));
+        assert_eq!(store.apply("c1", "s1", batch, vec![]), Ok(2));
         assert!(
             queue.drain_ready().is_empty(),
             "a replay marks nothing dirty"
@@ -490,16 +686,31 @@ mod tests {
     fn older_delta_after_newer_is_ignored() {
         let (store, _queue) = store(100);
         store
-            .apply("c1", "s1", vec![upsert("a", 5, json!({"v": "new"}))])
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 5, json!({"v": "new"}))],
+                vec![],
+            )
             .ok();
         store
-            .apply("c1", "s1", vec![upsert("a", 3, json!({"v": "old"}))])
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 3, json!({"v": "old"}))],
+                vec![],
+            )
             .ok();
         assert_eq!(store.desired_status(&key("a")), Some(json!({"v": "new"})));
         // A replayed upsert older than a delete does not resurrect the object.
-        store.apply("c1", "s1", vec![deleted("a", 6)]).ok();
+        store.apply("c1", "s1", vec![deleted("a", 6)], vec![]).ok();
         store
-            .apply("c1", "s1", vec![upsert("a", 4, json!({"v": "old"}))])
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 4, json!({"v": "old"}))],
+                vec![],
+            )
             .ok();
         assert_eq!(store.desired_status(&key("a")), None);
         assert!(store.is_empty());
@@ -509,10 +720,10 @@ mod tests {
     fn new_session_restarts_the_sequence() {
         let (store, _queue) = store(100);
         store
-            .apply("c1", "s1", vec![upsert("a", 50, json!({"v": 1}))])
+            .apply("c1", "s1", vec![upsert("a", 50, json!({"v": 1}))], vec![])
             .ok();
         assert_eq!(
-            store.apply("c1", "s2", vec![upsert("a", 1, json!({"v": 2}))]),
+            store.apply("c1", "s2", vec![upsert("a", 1, json!({"v": 2}))], vec![]),
             Ok(1)
         );
         assert_eq!(store.desired_status(&key("a")), Some(json!({"v": 2})));
@@ -523,12 +734,22 @@ mod tests {
     fn clusters_do_not_touch_each_other() {
         let (store, _queue) = store(100);
         store
-            .apply("c1", "s1", vec![upsert("a", 1, json!({"from": "c1"}))])
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 1, json!({"from": "c1"}))],
+                vec![],
+            )
             .ok();
         store
-            .apply("c2", "s9", vec![upsert("a", 1, json!({"from": "c2"}))])
+            .apply(
+                "c2",
+                "s9",
+                vec![upsert("a", 1, json!({"from": "c2"}))],
+                vec![],
+            )
             .ok();
-        store.apply("c2", "s9", vec![deleted("a", 2)]).ok();
+        store.apply("c2", "s9", vec![deleted("a", 2)], vec![]).ok();
         let entries = store.entries(&key("a"));
         assert_eq!(entries.keys().collect::<Vec<_>>(), vec!["c1"]);
     }
@@ -541,6 +762,7 @@ mod tests {
                 "c1",
                 "s1",
                 vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))],
+                vec![],
             )
             .ok();
         queue.drain_ready();
@@ -548,7 +770,10 @@ mod tests {
             (key("b"), entry(1, json!({}))),
             (key("c"), entry(2, json!({"x": 1}))),
         ]);
-        assert_eq!(store.replace_cluster("c1", "s2", snapshot, 7), Ok(7));
+        assert_eq!(
+            store.replace_cluster("c1", "s2", snapshot, HashMap::new(), 7),
+            Ok(7)
+        );
         let mut dirty = queue.drain_ready();
         dirty.sort();
         assert_eq!(dirty, vec![key("a"), key("c")], "b is unchanged");
@@ -571,7 +796,8 @@ mod tests {
                 .apply(
                     "c1",
                     "s1",
-                    vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))]
+                    vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))],
+                    vec![]
                 )
                 .is_ok()
         );
@@ -579,6 +805,7 @@ mod tests {
             "c1",
             "s1",
             vec![upsert("a", 3, json!({"v": 1})), upsert("c", 4, json!({}))],
+            vec![],
         );
         assert!(matches!(
             err,
@@ -592,8 +819,123 @@ mod tests {
         // Another cluster has its own budget.
         assert!(
             store
-                .apply("c2", "s1", vec![upsert("c", 1, json!({}))])
+                .apply("c2", "s1", vec![upsert("c", 1, json!({}))], vec![])
                 .is_ok()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_reports_are_never_merged_until_released() {
+        let (store, queue) = store(2);
+        assert_eq!(
+            store.apply("c1", "s1", vec![], vec![upsert("a", 1, json!({"v": 1}))]),
+            Ok(1)
+        );
+        assert_eq!(store.desired_status(&key("a")), None, "held is not merged");
+        assert!(queue.drain_ready().is_empty(), "nothing to write yet");
+        assert_eq!(store.held("c1"), 1);
+        // A newer held report replaces the older one but keeps its age.
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        store
+            .apply("c1", "s1", vec![], vec![upsert("a", 2, json!({"v": 2}))])
+            .ok();
+        let mut ages = Vec::new();
+        store.recheck_held("c1", None, |_, since| {
+            ages.push(since.elapsed());
+            HeldVerdict::Keep
+        });
+        assert_eq!(ages, vec![std::time::Duration::from_secs(5)]);
+        // Held reports count against the object limit.
+        assert!(
+            store
+                .apply(
+                    "c1",
+                    "s1",
+                    vec![upsert("b", 3, json!({})), upsert("c", 4, json!({}))],
+                    vec![]
+                )
+                .is_err()
+        );
+        // Released: merged and written.
+        let refused = store.recheck_held("c1", Some(&key("a")), |_, _| HeldVerdict::Release);
+        assert!(refused.is_empty());
+        assert_eq!(store.desired_status(&key("a")), Some(json!({"v": 2})));
+        assert_eq!(queue.drain_ready(), vec![key("a")]);
+        assert_eq!(store.held("c1"), 0);
+    }
+
+    #[test]
+    fn refused_held_reports_are_dropped_and_returned() {
+        let (store, queue) = store(10);
+        store
+            .apply("c1", "s1", vec![], vec![upsert("a", 7, json!({}))])
+            .ok();
+        let refused = store.recheck_held("c1", None, |_, _| HeldVerdict::Reject("not_placed"));
+        assert_eq!(refused, vec![(key("a"), 7, "not_placed")]);
+        assert_eq!(store.held("c1"), 0);
+        assert!(store.is_empty());
+        assert!(queue.drain_ready().is_empty());
+        // A held deletion replaces the held report, and is judged (and
+        // refused) like any report.
+        store
+            .apply("c1", "s1", vec![], vec![upsert("b", 8, json!({}))])
+            .ok();
+        store.apply("c1", "s1", vec![], vec![deleted("b", 9)]).ok();
+        assert_eq!(store.held("c1"), 1);
+        assert_eq!(store.position("c1").map(|p| p.seq), Some(9));
+        let refused = store.recheck_held("c1", None, |_, _| HeldVerdict::Reject("not_placed"));
+        assert_eq!(refused, vec![(key("b"), 9, "not_placed")]);
+        // Released, a deletion of an object the cluster never reported
+        // changes nothing.
+        store.apply("c1", "s1", vec![], vec![deleted("c", 10)]).ok();
+        store.recheck_held("c1", None, |_, _| HeldVerdict::Release);
+        assert_eq!(store.held("c1"), 0);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn unplacing_drops_only_that_clusters_entry() {
+        let (store, queue) = store(10);
+        store
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 1, json!({"from": "c1"}))],
+                vec![],
+            )
+            .ok();
+        store
+            .apply(
+                "c2",
+                "s1",
+                vec![upsert("a", 1, json!({"from": "c2"}))],
+                vec![],
+            )
+            .ok();
+        queue.drain_ready();
+        store.unplace("c2", &[key("a")]);
+        assert_eq!(
+            store.entries(&key("a")).keys().collect::<Vec<_>>(),
+            vec!["c1"]
+        );
+        assert_eq!(queue.drain_ready(), vec![key("a")], "merged again");
+        assert!(store.cluster_keys("c2").is_empty());
+    }
+
+    #[test]
+    fn a_batch_may_mix_accepted_and_held_in_any_seq_order() {
+        let (store, _queue) = store(10);
+        let acked = store.apply(
+            "c1",
+            "s1",
+            vec![upsert("a", 2, json!({}))],
+            vec![upsert("b", 1, json!({})), upsert("c", 3, json!({}))],
+        );
+        assert_eq!(acked, Ok(3));
+        assert_eq!(
+            store.held("c1"),
+            2,
+            "the lower seq of b was not taken for a replay"
         );
     }
 }

@@ -7,7 +7,14 @@
 //! level-triggered: it always writes the latest state, never a history),
 //! skips it when it equals what was last written successfully, and otherwise
 //! sends a JSON merge patch of `/status` built from the last written status
-//! to the desired one (fields that disappeared become `null`). When the hub
+//! to the desired one (fields that disappeared become `null`).
+//!
+//! No cluster can make the writer wipe a status: when no cluster reports
+//! the object any more (the last one deleted it, or it was unplaced from
+//! all of them), KCP keeps the last merged status and the writer adds the
+//! condition `StatusReported=False` (reason `NoClusterReports`) to it; the
+//! next report from a cluster replaces both. `status: null` is never
+//! written. When the hub
 //! has not written the object yet (first write, or after a restart) it reads
 //! the status KCP holds first and diffs against that, so fields an earlier
 //! hub wrote and no cluster reports any more are removed too. Fields whose
@@ -182,10 +189,11 @@ impl Writer {
             return Outcome::Done;
         }
         let mut known = self.memory().get(key).and_then(|m| m.written.clone());
-        if known.is_none() && merged.status.is_some() {
+        if known.is_none() {
             // The first write since the hub started: KCP may hold a status an
             // earlier hub wrote, so diff against it, or fields no cluster
-            // reports any more would linger there.
+            // reports any more would linger there (and an object no cluster
+            // reports keeps it, marked as such).
             match self.upstream.get_status(key).await {
                 Ok(current) => {
                     if let Some(current) = &current {
@@ -210,10 +218,17 @@ impl Writer {
                 }
             }
         }
-        let desired = merged
-            .status
-            .map(|status| keep_disputed(status, known.as_ref(), &merged.disputed));
-        if known.is_some() && known == desired {
+        let reported = merged.status.is_some();
+        let desired = match merged.status {
+            Some(status) => Some(keep_disputed(status, known.as_ref(), &merged.disputed)),
+            None => known.as_ref().map(not_reported),
+        };
+        if known == desired {
+            if desired.is_some() && !reported {
+                // Marked already; nothing reports the object, so the memory
+                // of it goes (bounded by the store's objects).
+                self.memory().remove(key);
+            }
             return Outcome::Done;
         }
         let patch = status_patch(known.as_ref(), desired.as_ref());
@@ -235,18 +250,21 @@ impl Writer {
                     write_result::SUCCESS
                 };
                 self.metrics.kcp_writes.with_label_values(&[label]).inc();
-                tracing::debug!(object = %key, cleared = desired.is_none(), "status written");
+                tracing::debug!(object = %key, reported, "status written");
                 let mut memory = self.memory();
                 match desired {
                     // Nothing reports the object any more: forget it, so the
                     // writer's memory stays bounded by the store's objects.
-                    None => {
+                    Some(_) if !reported => {
                         memory.remove(key);
                     }
                     Some(status) => {
                         let entry = memory.entry(key.clone()).or_default();
                         entry.written = Some(status);
                         entry.failures = 0;
+                    }
+                    None => {
+                        memory.remove(key);
                     }
                 }
                 Outcome::Done
@@ -300,7 +318,7 @@ impl Writer {
         let mut memory = self.memory();
         let entry = memory.entry(key.clone()).or_default();
         entry.failures = entry.failures.saturating_add(1);
-        backoff(entry.failures)
+        crate::retry::delay(entry.failures, BACKOFF_BASE, BACKOFF_MAX)
     }
 }
 
@@ -318,12 +336,42 @@ fn keep_disputed(mut desired: Value, known: Option<&Value>, disputed: &[FieldPat
     desired
 }
 
-/// Exponential backoff with up to 20 % jitter.
-fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let delay = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
-    let jitter = rand::random_range(0.0..0.2);
-    delay.mul_f64(1.0 + jitter)
+/// The condition type the hub sets to `False` on an object no cluster
+/// reports any more (its status is the last one merged).
+pub const NOT_REPORTED_CONDITION: &str = "StatusReported";
+/// The reason of that condition.
+pub const NOT_REPORTED_REASON: &str = "NoClusterReports";
+
+/// `last` (the status KCP holds) marked as reported by no cluster: the same
+/// fields, with the `StatusReported=False` condition added (or kept).
+pub fn not_reported(last: &Value) -> Value {
+    let mut status = last.clone();
+    let Some(object) = status.as_object_mut() else {
+        return status;
+    };
+    let conditions = object
+        .entry("conditions")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    // A status whose conditions are not a list is left as it is.
+    let Value::Array(conditions) = conditions else {
+        return status;
+    };
+    let marked = conditions.iter().any(|c| {
+        c.get("type").and_then(Value::as_str) == Some(NOT_REPORTED_CONDITION)
+            && c.get("status").and_then(Value::as_str) == Some("False")
+    });
+    if !marked {
+        conditions
+            .retain(|c| c.get("type").and_then(Value::as_str) != Some(NOT_REPORTED_CONDITION));
+        conditions.push(serde_json::json!({
+            "type": NOT_REPORTED_CONDITION,
+            "status": "False",
+            "reason": NOT_REPORTED_REASON,
+            "message": "no cluster this object is placed on reports it any more; the status is the last one merged from their reports",
+            "lastTransitionTime": crate::capacity::rfc3339(std::time::SystemTime::now()),
+        }));
+    }
+    status
 }
 
 /// The merge patch that takes an object's status from `written` (`None`:
@@ -528,7 +576,12 @@ mod tests {
         let f = fixture();
         for seq in 1..=5 {
             f.store
-                .apply("c1", "s", vec![upsert(seq, json!({"replicas": seq}))])
+                .apply(
+                    "c1",
+                    "s",
+                    vec![upsert(seq, json!({"replicas": seq}))],
+                    vec![],
+                )
                 .ok();
         }
         settle(&f).await;
@@ -549,13 +602,13 @@ mod tests {
     async fn never_writes_the_same_status_twice() {
         let f = fixture();
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"ready": 1}))])
+            .apply("c1", "s", vec![upsert(1, json!({"ready": 1}))], vec![])
             .ok();
         settle(&f).await;
         // A new session reporting the same status: the store marks the
         // object dirty, the writer finds nothing to do.
         f.store
-            .apply("c1", "s2", vec![upsert(1, json!({"ready": 1}))])
+            .apply("c1", "s2", vec![upsert(1, json!({"ready": 1}))], vec![])
             .ok();
         f.queue.push(key());
         settle(&f).await;
@@ -563,18 +616,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn removed_fields_become_null_and_a_vanished_object_clears_status() {
+    async fn removed_fields_become_null_and_a_vanished_object_keeps_its_last_status() {
         let f = fixture();
         f.store
             .apply(
                 "c1",
                 "s",
                 vec![upsert(1, json!({"a": 1, "b": {"x": 1, "y": 2}}))],
+                vec![],
             )
             .ok();
         settle(&f).await;
         f.store
-            .apply("c1", "s", vec![upsert(2, json!({"a": 1, "b": {"x": 1}}))])
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(2, json!({"a": 1, "b": {"x": 1}}))],
+                vec![],
+            )
             .ok();
         settle(&f).await;
         f.store
@@ -586,17 +645,34 @@ mod tests {
                     seq: 3,
                     entry: None,
                 }],
+                vec![],
             )
             .ok();
         settle(&f).await;
+        let patches = f.upstream.patches();
         assert_eq!(
-            f.upstream.patches(),
-            vec![
+            patches[..2],
+            [
                 json!({"status": {"a": 1, "b": {"x": 1, "y": 2}}}),
                 json!({"status": {"b": {"y": null}}}),
-                json!({"status": null}),
             ]
         );
+        // The last cluster deleted it: never `status: null`; the fields
+        // stay, marked as reported by no cluster.
+        assert_eq!(patches.len(), 3, "{patches:?}");
+        let last = &patches[2]["status"];
+        assert_eq!(
+            last.as_object().map(|o| o.len()),
+            Some(1),
+            "only conditions change: {last}"
+        );
+        assert_eq!(last["conditions"][0]["type"], NOT_REPORTED_CONDITION);
+        assert_eq!(last["conditions"][0]["status"], "False");
+        assert_eq!(last["conditions"][0]["reason"], NOT_REPORTED_REASON);
+        // Nothing more to write, however often it is looked at again.
+        f.queue.push(key());
+        settle(&f).await;
+        assert_eq!(f.upstream.patches().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -607,7 +683,7 @@ mod tests {
         }));
         f.upstream.answer(Err(UpstreamError::NotFound));
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
+            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))], vec![])
             .ok();
         let start = Instant::now();
         settle(&f).await;
@@ -634,7 +710,7 @@ mod tests {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(json!({"stale": true, "a": 1}));
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
+            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))], vec![])
             .ok();
         settle(&f).await;
         // Read before the first write, and again after the conflict.
@@ -658,7 +734,7 @@ mod tests {
             }));
         }
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
+            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))], vec![])
             .ok();
         let start = Instant::now();
         settle(&f).await;
@@ -676,7 +752,7 @@ mod tests {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(json!({"a": 1, "gone": true}));
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"a": 2}))])
+            .apply("c1", "s", vec![upsert(1, json!({"a": 2}))], vec![])
             .ok();
         settle(&f).await;
         assert_eq!(
@@ -694,7 +770,7 @@ mod tests {
             .unwrap_or_else(PoisonError::into_inner) = Some(json!({"a": 1, "b": 2}));
         f.upstream.failing_gets.store(2, Ordering::SeqCst);
         f.store
-            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))])
+            .apply("c1", "s", vec![upsert(1, json!({"a": 1}))], vec![])
             .ok();
         settle(&f).await;
         // No blind write of `{"a": 1}` (which would leave `b` behind).

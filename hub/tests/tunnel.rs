@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use support::{End, TestHub, eventually, upsert};
 use uplink_protocol::{
-    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, SessionMode, SnapshotBegin,
+    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, Rejected, SessionMode, SnapshotBegin,
     SnapshotChunk, SnapshotEnd, close,
 };
 
@@ -46,7 +46,7 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
     agent
         .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 5 }))
         .await?;
-    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 5 }));
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(5)));
 
     agent
         .send(&AgentFrame::Deltas(DeltaBatch {
@@ -56,7 +56,7 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
             ],
         }))
         .await?;
-    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 7 }));
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(7)));
 
     let upstream = hub.upstream.clone();
     eventually("patches of both objects' latest status", || {
@@ -210,7 +210,7 @@ async fn bad_frames_end_only_their_own_session() -> Result<()> {
         deltas: vec![upsert(1, "web", json!({"ok": true}))],
     }))
     .await?;
-    assert_eq!(good.recv().await?, HubFrame::Ack(Ack { seq: 1 }));
+    assert_eq!(good.recv().await?, HubFrame::Ack(Ack::new(1)));
 
     // Garbage instead of msgpack.
     let mut garbage = hub.connect(&hub.pki.client("garbage")?).await?;
@@ -243,7 +243,7 @@ async fn bad_frames_end_only_their_own_session() -> Result<()> {
         deltas: vec![upsert(2, "web", json!({"ok": "still"}))],
     }))
     .await?;
-    assert_eq!(good.recv().await?, HubFrame::Ack(Ack { seq: 2 }));
+    assert_eq!(good.recv().await?, HubFrame::Ack(Ack::new(2)));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
     assert_eq!(objects.as_array().map(Vec::len), Some(1));
@@ -272,10 +272,26 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
             ],
         }))
         .await?;
-    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 3 }));
+    // Refused, and the agent is told which and why.
+    assert_eq!(
+        agent.recv().await?,
+        HubFrame::Ack(Ack {
+            seq: 3,
+            rejected: vec![
+                Rejected {
+                    seq: 1,
+                    reason: Rejected::STATUS_NOT_OBJECT.into()
+                },
+                Rejected {
+                    seq: 3,
+                    reason: Rejected::INVALID_OBJECT.into()
+                },
+            ],
+        })
+    );
     let rejected = |reason: &str| {
         hub.metrics
-            .deltas_rejected
+            .rejected_deltas
             .with_label_values(&["east", reason])
             .get()
     };
@@ -295,7 +311,7 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
             deltas: vec![upsert(4, "web", json!({"ok": "still"}))],
         }))
         .await?;
-    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 4 }));
+    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(4)));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
     assert_eq!(objects.as_array().map(Vec::len), Some(1), "{objects}");
@@ -311,7 +327,10 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
             deltas: vec![upsert(5, "odd", json!("text"))],
         }))
         .await?;
-    assert_eq!(agent.recv().await?, HubFrame::Ack(Ack { seq: 5 }));
+    assert!(matches!(
+        agent.recv().await?,
+        HubFrame::Ack(Ack { seq: 5, .. })
+    ));
 
     let mut fresh = hub.connect(&hub.pki.client("west")?).await?;
     welcome(fresh.hello("west", "s2", None, 0).await?)?;
@@ -329,7 +348,10 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
     fresh
         .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 2 }))
         .await?;
-    assert_eq!(fresh.recv().await?, HubFrame::Ack(Ack { seq: 2 }));
+    assert!(matches!(
+        fresh.recv().await?,
+        HubFrame::Ack(Ack { seq: 2, .. })
+    ));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
     assert_eq!(objects.as_array().map(Vec::len), Some(2), "{objects}");

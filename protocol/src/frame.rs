@@ -397,9 +397,71 @@ pub struct WatchHealth {
 /// Sent after each stored [`DeltaBatch`] and after an applied
 /// [`SnapshotEnd`]; the hub may coalesce several into one. An `Ack` lower
 /// than one already received is stale and ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub seq: u64,
+    /// Reports the hub refused (not stored, but acknowledged all the same,
+    /// since resending them would not help): at most
+    /// [`Rejected::MAX_PER_ACK`], the rest only counted by the hub. Empty
+    /// when every report was taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejected>,
+}
+
+impl Ack {
+    /// An acknowledgement up to `seq` that refused nothing.
+    pub fn new(seq: u64) -> Self {
+        Self {
+            seq,
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// One report the hub refused, in an [`Ack`]: the delta's sequence number
+/// and why. The agent counts and logs it; it does not resend it.
+///
+/// `reason` is one of the constants below. It is a string, not an enum, so a
+/// newer hub may add reasons without a new protocol version; an agent that
+/// does not know a reason counts it as `other`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub seq: u64,
+    pub reason: String,
+}
+
+impl Rejected {
+    /// Most refusals one [`Ack`] lists.
+    pub const MAX_PER_ACK: usize = 1024;
+
+    /// KCP has not placed the object on this cluster (not even after the
+    /// hub held the report for a while, in case the placement was late).
+    pub const NOT_PLACED: &'static str = "not_placed";
+    /// The cluster has no SyncTarget in KCP, so nothing is placed on it.
+    pub const NO_SYNCTARGET: &'static str = "no_synctarget";
+    /// The object is placed, but the delta names another kind or version
+    /// than the placed object has.
+    pub const KIND_MISMATCH: &'static str = "kind_mismatch";
+    /// The resource type is one of Uplink's own records (SyncTargets),
+    /// which only the hub writes.
+    pub const RESERVED_RESOURCE: &'static str = "reserved_resource";
+    /// The hub does not sync this resource type (`uplink-hub --resources`).
+    pub const RESOURCE_NOT_SYNCED: &'static str = "resource_not_synced";
+    /// A name in the object reference is not a valid path segment.
+    pub const INVALID_OBJECT: &'static str = "invalid_object";
+    /// `status_json` is not a JSON object.
+    pub const STATUS_NOT_OBJECT: &'static str = "status_not_object";
+
+    /// Every reason this version of the protocol defines.
+    pub const REASONS: &'static [&'static str] = &[
+        Self::NOT_PLACED,
+        Self::NO_SYNCTARGET,
+        Self::KIND_MISMATCH,
+        Self::RESERVED_RESOURCE,
+        Self::RESOURCE_NOT_SYNCED,
+        Self::INVALID_OBJECT,
+        Self::STATUS_NOT_OBJECT,
+    ];
 }
 
 /// Hub → agent, slow down: the hub's KCP writer is behind.

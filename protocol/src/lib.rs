@@ -11,6 +11,7 @@ pub mod frame;
 pub mod limits;
 pub mod names;
 pub mod precheck;
+pub mod resource;
 
 pub use codec::{DecodeError, EncodeError, decode_agent_frame, decode_hub_frame, encode};
 pub use frame::*;

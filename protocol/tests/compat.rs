@@ -271,3 +271,22 @@ fn missing_defaulted_fields_decode() {
         })
     );
 }
+
+#[test]
+fn acks_have_the_documented_shape() {
+    assert_eq!(
+        as_json(&HubFrame::Ack(Ack::new(41))),
+        json!({"Ack": {"seq": 41}})
+    );
+    let ack = HubFrame::Ack(Ack {
+        seq: 44,
+        rejected: vec![Rejected {
+            seq: 43,
+            reason: Rejected::NOT_PLACED.into(),
+        }],
+    });
+    assert_eq!(
+        as_json(&ack),
+        json!({"Ack": {"seq": 44, "rejected": [{"seq": 43, "reason": "not_placed"}]}})
+    );
+}

@@ -313,7 +313,7 @@ fn well_formed_msgpack_that_is_not_a_frame_is_malformed() {
         assert_eq!(err.kind(), "malformed");
     }
     // A hub frame is not an agent frame, and the other way round.
-    let ack = encode(&HubFrame::Ack(Ack { seq: 1 })).unwrap();
+    let ack = encode(&HubFrame::Ack(Ack::new(1))).unwrap();
     assert!(matches!(
         decode_agent_frame(&ack, &limits),
         Err(DecodeError::Malformed(_))

@@ -64,6 +64,7 @@ use uplink_e2e::{
     apiserver::{ApiServer, ApiServerConfig},
     pki::DevPki,
 };
+use uplink_hub::placement::key::{STATE_LABEL_PREFIX, STATE_SYNC, state_label, sync_target_key};
 use uplink_hub::{Hub, HubConfig, HubError, health::Health, store::Store};
 
 pub use poll::{bounded, eventually};
@@ -100,8 +101,11 @@ pub struct FleetBuilder {
     hub_merge: HubMergeSettings,
     /// Changes to the hub's configuration, applied in order ([`setup`]).
     hub_tweaks: Vec<HubTweak>,
-    /// Workspace to install the SyncTarget CRD in before the hub starts.
-    synctarget_crd: Option<String>,
+    /// The KCP workspace holding the clusters' SyncTargets (the hub's
+    /// `--synctarget-workspace`).
+    synctarget_workspace: String,
+    /// Clusters that get no SyncTarget (KCP places nothing on them).
+    without_synctarget: Vec<String>,
 }
 
 /// The hub's merge policy and feature gates for a fleet (aggregation
@@ -149,6 +153,13 @@ impl FleetBuilder {
     /// The heartbeat interval of the hub and of every agent.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
+        self
+    }
+
+    /// Creates no SyncTarget for `cluster`: KCP places nothing on it, so it
+    /// may report nothing.
+    pub fn without_synctarget(mut self, cluster: &str) -> Self {
+        self.without_synctarget.push(cluster.to_owned());
         self
     }
 
@@ -211,13 +222,20 @@ impl FleetBuilder {
         for tweak in &self.hub_tweaks {
             tweak.apply(&mut hub_config);
         }
-        if let Some(workspace) = &self.synctarget_crd {
-            setup::install_synctarget_crd(&kcp, workspace).await?;
+        // KCP knows every cluster by its SyncTarget, as an operator would
+        // have created them; placement is what the hub reads from them.
+        hub_config.synctarget_workspace = self.synctarget_workspace.clone();
+        setup::install_synctarget_crd(&kcp, &self.synctarget_workspace).await?;
+        for name in &self.clusters {
+            if !self.without_synctarget.contains(name) {
+                setup::create_synctarget(&kcp, &self.synctarget_workspace, name).await?;
+            }
         }
         let hub = RunningHub::start(hub_config, root.child_token()).await?;
 
         let mut fleet = Fleet {
             heartbeat: self.heartbeat,
+            synctarget_workspace: self.synctarget_workspace,
             dir,
             pki,
             kcp,
@@ -245,6 +263,8 @@ impl FleetBuilder {
 #[derive(Debug)]
 pub struct Fleet {
     heartbeat: Duration,
+    /// Where the clusters' SyncTargets live.
+    synctarget_workspace: String,
     /// Kubeconfigs and the PKI; removed when the fleet is dropped.
     dir: TempDir,
     pki: DevPki,
@@ -270,7 +290,8 @@ impl Fleet {
             agents: true,
             hub_merge: HubMergeSettings::default(),
             hub_tweaks: Vec::new(),
-            synctarget_crd: None,
+            synctarget_workspace: "root".to_owned(),
+            without_synctarget: Vec::new(),
         }
     }
 
@@ -482,11 +503,38 @@ impl Fleet {
     // ---- Workloads ----------------------------------------------------------
 
     /// Places `object` as KCP would: creates it in `namespace` of KCP
-    /// workspace `workspace` (and the namespace, if missing), and in each of
-    /// `clusters` a copy in the downstream namespace
+    /// workspace `workspace` (and the namespace, if missing) with kcp's
+    /// placement label for each of `clusters`
+    /// (`state.workload.kcp.io/<syncTargetKey>: Sync`), and in each of them
+    /// a copy in the downstream namespace
     /// [`downstream_namespace`]`(workspace, namespace)`, which carries the
     /// namespace locator. Returns the upstream object as created.
     pub async fn place<K>(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        object: &K,
+        clusters: &[&str],
+    ) -> Result<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let upstream = self
+            .create_upstream(workspace, namespace, object, clusters)
+            .await?;
+        for cluster in clusters {
+            self.create_downstream(cluster, workspace, namespace, object)
+                .await?;
+        }
+        Ok(upstream)
+    }
+
+    /// Creates `object` in KCP only, placed on `clusters` (which may be none).
+    pub async fn create_upstream<K>(
         &self,
         workspace: &str,
         namespace: &str,
@@ -507,23 +555,119 @@ impl Fleet {
             .ok_or_else(|| anyhow!("the object to place has no name"))?;
         let kcp = self.kcp(workspace).await?;
         ensure_namespace(&kcp, namespace, BTreeMap::new()).await?;
-        let upstream = Api::<K>::namespaced(kcp, namespace)
-            .create(&PostParams::default(), &fresh_copy(object, namespace))
+        let mut upstream = fresh_copy(object, namespace);
+        let labels = upstream.meta_mut().labels.get_or_insert_with(BTreeMap::new);
+        for cluster in clusters {
+            labels.insert(self.placement_label(cluster), STATE_SYNC.to_owned());
+        }
+        Api::<K>::namespaced(kcp, namespace)
+            .create(&PostParams::default(), &upstream)
             .await
-            .with_context(|| format!("creating {name} in KCP {workspace}/{namespace}"))?;
+            .with_context(|| format!("creating {name} in KCP {workspace}/{namespace}"))
+    }
 
+    /// Creates Deployments `names` in KCP (`workspace`/`namespace`), each
+    /// placed on `cluster`, many at a time: for scenarios whose downstream
+    /// side is simulated.
+    pub async fn create_upstream_deployments(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        names: impl IntoIterator<Item = String>,
+        cluster: &str,
+    ) -> Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        // One namespace first, so the concurrent creates do not race for it.
+        let kcp = self.kcp(workspace).await?;
+        ensure_namespace(&kcp, namespace, BTreeMap::new()).await?;
+        futures::stream::iter(names)
+            .map(|name| async move {
+                self.create_upstream(workspace, namespace, &deployment(&name, 1), &[cluster])
+                    .await
+                    .map(drop)
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await
+    }
+
+    /// Creates the downstream copy of `object` in `cluster`, in the
+    /// namespace a placement of KCP `workspace`/`namespace` gets there (as
+    /// KCP's syncer would, after placing it).
+    pub async fn create_downstream<K>(
+        &self,
+        cluster: &str,
+        workspace: &str,
+        namespace: &str,
+        object: &K,
+    ) -> Result<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
         let downstream_ns = downstream_namespace(workspace, namespace);
         let locator = json!({ "cluster": workspace, "namespace": namespace }).to_string();
-        for cluster in clusters {
-            let client = self.cluster(cluster).await?;
-            let annotations = BTreeMap::from([(NAMESPACE_LOCATOR.to_owned(), locator.clone())]);
-            ensure_namespace(&client, &downstream_ns, annotations).await?;
-            Api::<K>::namespaced(client, &downstream_ns)
-                .create(&PostParams::default(), &fresh_copy(object, &downstream_ns))
-                .await
-                .with_context(|| format!("creating {name} in cluster {cluster}/{downstream_ns}"))?;
+        let client = self.cluster(cluster).await?;
+        let annotations = BTreeMap::from([(NAMESPACE_LOCATOR.to_owned(), locator)]);
+        ensure_namespace(&client, &downstream_ns, annotations).await?;
+        Api::<K>::namespaced(client, &downstream_ns)
+            .create(&PostParams::default(), &fresh_copy(object, &downstream_ns))
+            .await
+            .with_context(|| format!("creating {name} in cluster {cluster}/{downstream_ns}"))
+    }
+
+    /// Places the KCP object `workspace`/`namespace`/`name` on exactly
+    /// `clusters`: kcp's placement labels of other clusters are removed
+    /// (the object is unplaced from them), those of `clusters` set.
+    pub async fn set_placement<K>(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        name: &str,
+        clusters: &[&str],
+    ) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        let api = Api::<K>::namespaced(self.kcp(workspace).await?, namespace);
+        let object = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading {name} in KCP {workspace}/{namespace}"))?;
+        let mut labels = serde_json::Map::new();
+        for key in object.meta().labels.iter().flatten().map(|(k, _)| k) {
+            if key.starts_with(STATE_LABEL_PREFIX) {
+                labels.insert(key.clone(), Value::Null);
+            }
         }
-        Ok(upstream)
+        for cluster in clusters {
+            labels.insert(self.placement_label(cluster), json!(STATE_SYNC));
+        }
+        let patch = json!({ "metadata": { "labels": labels } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| {
+                format!("placing {name} in KCP {workspace}/{namespace} on {clusters:?}")
+            })?;
+        Ok(())
+    }
+
+    /// kcp's placement label for `cluster`'s SyncTarget
+    /// (`state.workload.kcp.io/<syncTargetKey>`).
+    pub fn placement_label(&self, cluster: &str) -> String {
+        state_label(&sync_target_key(&self.synctarget_workspace, cluster))
+    }
+
+    /// The workspace holding the clusters' SyncTargets.
+    pub fn synctarget_workspace(&self) -> &str {
+        &self.synctarget_workspace
     }
 
     /// Replaces the downstream copy's `.status` in `cluster` (a merge patch of

@@ -5,4 +5,5 @@
 
 pub mod apiserver;
 pub mod fleet;
+pub mod forged;
 pub mod kubectl;

@@ -18,8 +18,9 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use http::{Method, Request, header};
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentCondition},
-        core::v1::ConfigMap,
+        apps::v1::{Deployment, DeploymentCondition, ReplicaSet},
+        batch::v1::Job,
+        core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -1031,6 +1032,131 @@ async fn field_selectors_on_list() -> Result<()> {
         .await;
         delete_namespace(&client, &other).await;
         outcome
+    })
+    .await
+}
+
+/// The names a list with `fields` returns.
+async fn names_with_fields<K>(api: &Api<K>, fields: &str) -> Result<BTreeSet<String>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let list = api
+        .list(&ListParams::default().fields(fields))
+        .await
+        .with_context(|| format!("listing with fieldSelector {fields}"))?;
+    Ok(names(&list.items))
+}
+
+/// Field selectors read unset fields as kube stores them (defaulted, or
+/// Go's zero value) and accept each built-in kind's own fields only.
+#[tokio::test]
+async fn field_selectors_match_defaults_and_each_kinds_fields() -> Result<()> {
+    in_namespace("fielddef", |client, namespace| async move {
+        // A node without spec.unschedulable is schedulable.
+        let node = unique_name("conf-node");
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": { "name": node }
+                }))?,
+            )
+            .await?;
+        let checked = async {
+            let only = set(&[node.as_str()]);
+            for (fields, expected) in [
+                ("spec.unschedulable=false", &only),
+                ("spec.unschedulable==false", &only),
+                ("spec.unschedulable!=true", &only),
+                ("spec.unschedulable=true", &BTreeSet::new()),
+            ] {
+                let got =
+                    names_with_fields(&nodes, &format!("metadata.name={node},{fields}")).await?;
+                ensure!(&got == expected, "nodes with {fields}: {got:?}");
+            }
+            expect_api_error(
+                nodes
+                    .list(&ListParams::default().fields("metadata.namespace=default"))
+                    .await,
+                400,
+                "BadRequest",
+            )
+            .context("metadata.namespace on nodes")
+        }
+        .await;
+        let _ = nodes.delete(&node, &DeleteParams::default()).await;
+        checked?;
+
+        // A service without a type is a ClusterIP service.
+        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": "svc" },
+                    "spec": { "selector": { "app": "none" }, "ports": [{ "port": 80 }] },
+                }))?,
+            )
+            .await?;
+        ensure!(
+            names_with_fields(&services, "spec.type=ClusterIP").await? == set(&["svc"]),
+            "spec.type=ClusterIP did not match a service without a type"
+        );
+        ensure!(
+            names_with_fields(&services, "spec.type=NodePort")
+                .await?
+                .is_empty(),
+            "spec.type=NodePort matched a ClusterIP service"
+        );
+
+        // A job that has run nothing has status.successful=0 (from status.succeeded).
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+        jobs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": { "name": "job" },
+                "spec": {
+                    "suspend": true,
+                    "template": { "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }],
+                    } },
+                },
+            }))?,
+        )
+        .await?;
+        ensure!(
+            names_with_fields(&jobs, "status.successful=0").await? == set(&["job"]),
+            "status.successful=0 did not match a job that has run nothing"
+        );
+        expect_api_error(
+            jobs.list(&ListParams::default().fields("status.succeeded=0"))
+                .await,
+            400,
+            "BadRequest",
+        )
+        .context("status.succeeded is no field label of jobs")?;
+
+        // apps/v1 registers no field labels beyond metadata: status.replicas is refused.
+        let replicasets: Api<ReplicaSet> = Api::namespaced(client, &namespace);
+        let refused = expect_api_error(
+            replicasets
+                .list(&ListParams::default().fields("status.replicas=0"))
+                .await,
+            400,
+            "BadRequest",
+        )
+        .context("status.replicas on apps/v1 replicasets")?;
+        ensure!(
+            refused.message.contains("status.replicas"),
+            "the refusal does not name the field: {}",
+            refused.message
+        );
+        Ok(())
     })
     .await
 }
@@ -2294,6 +2420,202 @@ async fn server_side_apply_creates_updates_and_guards_ownership() -> Result<()> 
     .await
 }
 
+/// kube-apiserver checks the name of an apply's result, not of its body: an
+/// apply to an existing object may leave the name out (the live object's
+/// stays), a create by apply must name the object, and a body naming
+/// another object is refused.
+#[tokio::test]
+async fn server_side_apply_takes_the_name_of_an_existing_object() -> Result<()> {
+    in_namespace("ssaname", |client, namespace| async move {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        api.create(&PostParams::default(), &configmap("cm", &[], &[])?)
+            .await?;
+        let unnamed = json!({ "apiVersion": "v1", "kind": "ConfigMap", "data": { "k": "v" } });
+        let applied = api
+            .patch(
+                "cm",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&unnamed),
+            )
+            .await
+            .context("apply without metadata.name to an existing object")?;
+        ensure!(
+            applied.metadata.name.as_deref() == Some("cm")
+                && data_of(&applied) == pairs(&[("k", "v")]),
+            "applied {:?} {:?}",
+            applied.metadata.name,
+            applied.data
+        );
+
+        let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
+        deployments
+            .create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let status_only = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "status": status_condition_patch(TEST_CONDITION, "unnamed")["status"],
+        });
+        let applied = deployments
+            .patch_status(
+                "web",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&status_only),
+            )
+            .await
+            .context("status apply without metadata.name")?;
+        ensure!(
+            deployment_condition(&applied, TEST_CONDITION)
+                .and_then(|c| c.message.clone())
+                .as_deref()
+                == Some("unnamed"),
+            "the unnamed status apply was not applied"
+        );
+
+        expect_api_error(
+            api.patch(
+                "missing",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&unnamed),
+            )
+            .await,
+            400,
+            "BadRequest",
+        )
+        .context("a create by apply without a name")?;
+        ensure!(
+            api.get_opt("missing").await?.is_none(),
+            "an unnamed apply created an object"
+        );
+        let renamed =
+            json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "other" } });
+        expect_api_error(
+            api.patch(
+                "cm",
+                &PatchParams::apply("conformance"),
+                &Patch::Apply(&renamed),
+            )
+            .await,
+            400,
+            "BadRequest",
+        )
+        .context("an apply whose body names another object")?;
+        Ok(())
+    })
+    .await
+}
+
+const PARTIAL_METADATA_ACCEPT: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// A write with an `Accept` header (e.g. as=PartialObjectMetadata).
+async fn write_with_accept(
+    client: &Client,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+    accept: &str,
+) -> Result<RawResponse> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT, accept)
+        .body(serde_json::to_vec(body)?)?;
+    send_raw(client, request).await
+}
+
+/// kube-apiserver renders the answer to every verb as the client's `Accept`
+/// asks, not only GET and LIST: writes asked for PartialObjectMetadata get
+/// just the metadata.
+#[tokio::test]
+async fn writes_answer_as_partial_object_metadata_when_asked() -> Result<()> {
+    in_namespace("asmeta", |client, namespace| async move {
+        let path = configmaps_path(&namespace);
+        let check =
+            |what: &str, response: &RawResponse, code: u16, label: Option<&str>| -> Result<()> {
+                ensure!(
+                    response.status.as_u16() == code,
+                    "{what}: HTTP {}: {}",
+                    response.status,
+                    response.text()
+                );
+                let body = response.json()?;
+                ensure!(
+                    body["kind"] == "PartialObjectMetadata"
+                        && body["apiVersion"] == "meta.k8s.io/v1",
+                    "{what} answered {body}"
+                );
+                ensure!(
+                    body["metadata"]["name"] == "cm",
+                    "{what}: metadata {}",
+                    body["metadata"]
+                );
+                ensure!(
+                    body.get("data").is_none(),
+                    "{what} answered the whole object: {body}"
+                );
+                if let Some(label) = label {
+                    ensure!(
+                        body["metadata"]["labels"]["step"] == label,
+                        "{what}: labels {}",
+                        body["metadata"]
+                    );
+                }
+                Ok(())
+            };
+        let object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "cm", "labels": { "step": "create" } },
+            "data": { "k": "v" },
+        });
+        let created = write_with_accept(
+            &client,
+            Method::POST,
+            &path,
+            "application/json",
+            &object,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("POST", &created, 201, Some("create"))?;
+        let patch = json!({ "metadata": { "labels": { "step": "patch" } } });
+        let patched = write_with_accept(
+            &client,
+            Method::PATCH,
+            &format!("{path}/cm"),
+            "application/merge-patch+json",
+            &patch,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("PATCH", &patched, 200, Some("patch"))?;
+        let mut replacement = object.clone();
+        replacement["metadata"]["labels"]["step"] = json!("update");
+        let updated = write_with_accept(
+            &client,
+            Method::PUT,
+            &format!("{path}/cm"),
+            "application/json",
+            &replacement,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        check("PUT", &updated, 200, Some("update"))?;
+        let stored = Api::<ConfigMap>::namespaced(client, &namespace)
+            .get("cm")
+            .await?;
+        ensure!(
+            data_of(&stored) == pairs(&[("k", "v")]),
+            "the object lost its data: {:?}",
+            stored.data
+        );
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn generate_name_makes_a_unique_name() -> Result<()> {
     in_namespace("genname", |client, namespace| async move {
@@ -2380,6 +2702,603 @@ async fn namespace_deletion_removes_its_objects() -> Result<()> {
             },
         )
         .await
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Objects every cluster has.
+
+/// Waits until `namespace` has its `default` ServiceAccount, which
+/// kube-controller-manager creates shortly after the namespace (a real
+/// server refuses pods until then); returns its uid.
+async fn default_service_account(client: &Client, namespace: &str) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        EVENT_TIMEOUT,
+        &format!("the default ServiceAccount of {namespace}"),
+        || async {
+            Ok(accounts
+                .get_opt("default")
+                .await?
+                .map(|a| a.metadata.uid.unwrap_or_default()))
+        },
+    )
+    .await
+}
+
+/// kube-apiserver keeps the `default/kubernetes` Service; every namespace
+/// gets a `default` ServiceAccount, and gets it back when it is deleted.
+#[tokio::test]
+async fn every_cluster_has_the_kubernetes_service_and_default_service_accounts() -> Result<()> {
+    in_namespace("defaults", |client, namespace| async move {
+        let service = Api::<Service>::namespaced(client.clone(), "default")
+            .get("kubernetes")
+            .await
+            .context("the default/kubernetes Service")?;
+        let labels = service.metadata.labels.clone().unwrap_or_default();
+        ensure!(
+            labels.get("component").map(String::as_str) == Some("apiserver")
+                && labels.get("provider").map(String::as_str) == Some("kubernetes"),
+            "labels of default/kubernetes: {labels:?}"
+        );
+        let https = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("https")))
+            .context("default/kubernetes has no https port")?;
+        ensure!(
+            https.port == 443 && https.protocol.as_deref() == Some("TCP"),
+            "the https port of default/kubernetes: {https:?}"
+        );
+
+        let first = default_service_account(&client, &namespace).await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+            .delete("default", &DeleteParams::default())
+            .await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        eventually(EVENT_TIMEOUT, "a new default ServiceAccount", || async {
+            let uid = accounts
+                .get_opt("default")
+                .await?
+                .and_then(|a| a.metadata.uid);
+            Ok(uid.filter(|uid| *uid != first).map(|_| ()))
+        })
+        .await
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+/// kube-apiserver writes built-in objects in Go struct order, `kind` before
+/// `apiVersion` (some clients sniff the first bytes): single objects, the
+/// answers to writes, lists, watch events and `Status` errors alike.
+#[tokio::test]
+async fn json_bodies_begin_with_kind_then_api_version() -> Result<()> {
+    in_namespace("kindfirst", |client, namespace| async move {
+        let path = configmaps_path(&namespace);
+        let begins = |what: &str, body: &[u8], prefix: &str| -> Result<()> {
+            ensure!(
+                body.starts_with(prefix.as_bytes()),
+                "{what} begins {:?}, expected {prefix:?}",
+                String::from_utf8_lossy(&body[..body.len().min(80)])
+            );
+            Ok(())
+        };
+        let object = serde_json::to_vec(&configmap("cm", &[], &[("k", "v")])?)?;
+        let created = raw_request(
+            &client,
+            Method::POST,
+            &path,
+            Some("application/json"),
+            object,
+        )
+        .await?;
+        ensure!(created.status == 201, "create: {}", created.text());
+        begins(
+            "the create answer",
+            &created.body,
+            r#"{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        let got = raw_request(
+            &client,
+            Method::GET,
+            &format!("{path}/cm"),
+            None,
+            Vec::new(),
+        )
+        .await?;
+        begins(
+            "a GET",
+            &got.body,
+            r#"{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        let listed = raw_request(&client, Method::GET, &path, None, Vec::new()).await?;
+        begins(
+            "a list",
+            &listed.body,
+            r#"{"kind":"ConfigMapList","apiVersion":"v1""#,
+        )?;
+        let missing = raw_request(
+            &client,
+            Method::GET,
+            &format!("{path}/missing"),
+            None,
+            Vec::new(),
+        )
+        .await?;
+        ensure!(
+            missing.status == 404,
+            "GET of a missing object: {}",
+            missing.text()
+        );
+        begins(
+            "a Status",
+            &missing.body,
+            r#"{"kind":"Status","apiVersion":"v1""#,
+        )?;
+        let rv = listed.json()?["metadata"]["resourceVersion"]
+            .as_str()
+            .context("a list without a resourceVersion")?
+            .to_owned();
+        let watch_path = format!("{path}?watch=true&resourceVersion={rv}&timeoutSeconds=2");
+        let mut watch = Box::pin(raw_request(
+            &client,
+            Method::GET,
+            &watch_path,
+            None,
+            Vec::new(),
+        ));
+        // The watch ends by itself after timeoutSeconds; a change made while it runs shows up.
+        let patch = json!({ "data": { "k": "w" } });
+        let watched = loop {
+            tokio::select! {
+                response = &mut watch => break response?,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    raw_request(
+                        &client,
+                        Method::PATCH,
+                        &format!("{path}/cm"),
+                        Some("application/merge-patch+json"),
+                        serde_json::to_vec(&patch)?,
+                    )
+                    .await?;
+                }
+            }
+        };
+        let line = watched
+            .text()
+            .lines()
+            .next()
+            .map(str::to_owned)
+            .with_context(|| format!("no watch event: {}", watched.text()))?;
+        begins(
+            "a watch event",
+            line.as_bytes(),
+            r#"{"type":"MODIFIED","object":{"kind":"ConfigMap","apiVersion":"v1""#,
+        )?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// What DELETE answers.
+
+/// DELETE of `path/name` through `client`, its body as JSON.
+async fn delete_raw(client: &Client, path: &str, name: &str) -> Result<Value> {
+    let response = raw_request(
+        client,
+        Method::DELETE,
+        &format!("{path}/{name}"),
+        None,
+        Vec::new(),
+    )
+    .await?;
+    ensure!(
+        response.status == 200,
+        "DELETE {path}/{name}: HTTP {}: {}",
+        response.status,
+        response.text()
+    );
+    response.json()
+}
+
+/// Fails unless `answer` is the `Status` of Success kube's registry writes
+/// for an object deleted at once.
+fn expect_deleted_status(
+    answer: &Value,
+    group: &str,
+    resource: &str,
+    name: &str,
+    uid: &str,
+) -> Result<()> {
+    ensure!(
+        answer["kind"] == "Status" && answer["status"] == "Success",
+        "deleting {resource}/{name} answered {answer}"
+    );
+    let details = &answer["details"];
+    ensure!(
+        details["name"] == name && details["kind"] == resource && details["uid"] == uid,
+        "details of deleting {resource}/{name}: {details}"
+    );
+    let answered_group = details["group"].as_str().unwrap_or_default();
+    ensure!(
+        answered_group == group,
+        "deleting {resource}/{name}: details.group {answered_group:?}"
+    );
+    Ok(())
+}
+
+/// kube-apiserver answers a DELETE that removes the object at once with a
+/// `Status` of Success, except for the resources whose store returns the
+/// deleted object (pods, services, service accounts); an object that stays
+/// (here: held by a finalizer) is answered with its new state.
+#[tokio::test]
+async fn delete_answers_a_status_or_the_object_that_stays() -> Result<()> {
+    in_namespace("delanswer", |client, namespace| async move {
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+        let cm = configmaps
+            .create(&PostParams::default(), &configmap("cm", &[], &[])?)
+            .await?;
+        let answer = delete_raw(&client, &configmaps_path(&namespace), "cm").await?;
+        expect_deleted_status(
+            &answer,
+            "",
+            "configmaps",
+            "cm",
+            cm.metadata.uid.as_deref().unwrap_or_default(),
+        )?;
+
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+        let web = deployments
+            .create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/apis/apps/v1/namespaces/{namespace}/deployments"),
+            "web",
+        )
+        .await?;
+        expect_deleted_status(
+            &answer,
+            "apps",
+            "deployments",
+            "web",
+            web.metadata.uid.as_deref().unwrap_or_default(),
+        )?;
+
+        let services = Api::<Service>::namespaced(client.clone(), &namespace);
+        services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": { "name": "svc" },
+                    "spec": { "ports": [{ "port": 80 }] },
+                }))?,
+            )
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/api/v1/namespaces/{namespace}/services"),
+            "svc",
+        )
+        .await?;
+        ensure!(
+            answer["kind"] == "Service" && answer["metadata"]["name"] == "svc",
+            "deleting a service answered {answer}"
+        );
+
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &namespace);
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": { "name": "robot" }}))?,
+            )
+            .await?;
+        let answer = delete_raw(
+            &client,
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+            "robot",
+        )
+        .await?;
+        ensure!(
+            answer["kind"] == "ServiceAccount",
+            "deleting a service account answered {answer}"
+        );
+
+        let mut held = configmap("held", &[], &[])?;
+        held.metadata.finalizers = Some(vec!["uplink.test/hold".to_owned()]);
+        configmaps.create(&PostParams::default(), &held).await?;
+        let answer = delete_raw(&client, &configmaps_path(&namespace), "held").await?;
+        ensure!(
+            answer["kind"] == "ConfigMap" && answer["metadata"]["deletionTimestamp"].is_string(),
+            "deleting an object held by a finalizer answered {answer}"
+        );
+        configmaps
+            .patch(
+                "held",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+            )
+            .await?;
+
+        // A custom resource deleted at once: a Status too.
+        let group = format!("{}.uplink.test", unique_name("del"));
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(
+            &PostParams::default(),
+            &crd(&group, "gizmos", "Gizmo", false)?,
+        )
+        .await?;
+        let custom = async {
+            wait_established(&crds, &format!("gizmos.{group}")).await?;
+            let resource = ApiResource {
+                group: group.clone(),
+                version: "v1".to_owned(),
+                api_version: format!("{group}/v1"),
+                kind: "Gizmo".to_owned(),
+                plural: "gizmos".to_owned(),
+            };
+            let gizmos: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &resource);
+            let created = eventually(EVENT_TIMEOUT, "a custom object to be created", || async {
+                Ok(gizmos
+                    .create(&PostParams::default(), &DynamicObject::new("g", &resource))
+                    .await
+                    .ok())
+            })
+            .await?;
+            let answer = delete_raw(
+                &client,
+                &format!("/apis/{group}/v1/namespaces/{namespace}/gizmos"),
+                "g",
+            )
+            .await?;
+            expect_deleted_status(
+                &answer,
+                &group,
+                "gizmos",
+                "g",
+                created.metadata.uid.as_deref().unwrap_or_default(),
+            )
+        }
+        .await;
+        let _ = crds
+            .delete(&format!("gizmos.{group}"), &DeleteParams::default())
+            .await;
+        custom
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Pods: field selectors and graceful deletion.
+
+/// A pod bound to `node` (a node that need not exist: nothing runs it), or,
+/// without one, a pod no scheduler picks up, so that it stays unbound.
+fn parked_pod(name: &str, node: Option<&str>, extra_spec: Value) -> Result<Pod> {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }] },
+    });
+    match node {
+        Some(node) => pod["spec"]["nodeName"] = json!(node),
+        None => pod["spec"]["schedulerName"] = json!("uplink-conformance-no-such-scheduler"),
+    }
+    if let (Some(spec), Value::Object(extra)) = (pod["spec"].as_object_mut(), extra_spec) {
+        spec.extend(extra);
+    }
+    Ok(serde_json::from_value(pod)?)
+}
+
+/// Pod field selectors read a pod as kube stores it: restartPolicy
+/// `Always`, schedulerName `default-scheduler`, serviceAccountName
+/// `default` and hostNetwork `false` when the manifest leaves them out.
+#[tokio::test]
+async fn pod_field_selectors_read_the_defaults() -> Result<()> {
+    in_namespace("podfields", |client, namespace| async move {
+        default_service_account(&client, &namespace).await?;
+        let node = unique_name("conf-absent-node");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.create(
+            &PostParams::default(),
+            &parked_pod("p", Some(&node), json!({}))?,
+        )
+        .await?;
+        let outcome = async {
+            let only = set(&["p"]);
+            for fields in [
+                "spec.restartPolicy=Always".to_owned(),
+                "spec.schedulerName=default-scheduler".to_owned(),
+                "spec.serviceAccountName=default".to_owned(),
+                "spec.hostNetwork=false".to_owned(),
+                format!("spec.nodeName={node}"),
+                format!("spec.host={node}"),
+                "status.phase=Pending".to_owned(),
+            ] {
+                let got = names_with_fields(&pods, &fields).await?;
+                ensure!(got == only, "pods with {fields}: {got:?}");
+            }
+            ensure!(
+                names_with_fields(&pods, "spec.restartPolicy=Never")
+                    .await?
+                    .is_empty(),
+                "spec.restartPolicy=Never matched a pod with the default policy"
+            );
+            Ok(())
+        }
+        .await;
+        let _ = pods
+            .delete("p", &DeleteParams::default().grace_period(0))
+            .await;
+        outcome
+    })
+    .await
+}
+
+/// A DELETE of a pod (with DeleteOptions `body`, if any), its answer as JSON.
+async fn delete_pod_raw(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+    let (content_type, body) = match body {
+        Some(options) => (Some("application/json"), serde_json::to_vec(&options)?),
+        None => (None, Vec::new()),
+    };
+    let response = raw_request(client, Method::DELETE, &path, content_type, body).await?;
+    ensure!(
+        response.status == 200,
+        "DELETE pod {name}: HTTP {}: {}",
+        response.status,
+        response.text()
+    );
+    response.json()
+}
+
+/// Whole seconds from one RFC 3339 timestamp to another.
+fn seconds_between(earlier: &Value, later: &Value) -> Result<i64> {
+    let at = |v: &Value| -> Result<i64> {
+        let time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+            serde_json::from_value(v.clone()).with_context(|| format!("the timestamp {v}"))?;
+        Ok(time.0.as_second())
+    };
+    Ok(at(later)? - at(earlier)?)
+}
+
+/// kube-apiserver deletes a pod bound to a node gracefully: the pod stays
+/// with `deletionTimestamp` (now plus the grace) and
+/// `deletionGracePeriodSeconds` (30 s by default, the pod's
+/// terminationGracePeriodSeconds, or `gracePeriodSeconds`); a later DELETE
+/// may only shorten it, and a grace of 0 removes it at once, as does
+/// deleting a pod bound to no node.
+#[tokio::test]
+async fn pods_bound_to_a_node_are_deleted_gracefully() -> Result<()> {
+    in_namespace("graceful", |client, namespace| async move {
+        default_service_account(&client, &namespace).await?;
+        let node = unique_name("conf-absent-node");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        for (name, node, spec) in [
+            ("default-grace", Some(node.as_str()), json!({})),
+            (
+                "own-grace",
+                Some(node.as_str()),
+                json!({ "terminationGracePeriodSeconds": 7 }),
+            ),
+            ("asked-grace", Some(node.as_str()), json!({})),
+            ("unbound", None, json!({})),
+        ] {
+            pods.create(&PostParams::default(), &parked_pod(name, node, spec)?)
+                .await?;
+        }
+        let outcome = async {
+            let answer = delete_pod_raw(&client, &namespace, "default-grace", None).await?;
+            let meta = &answer["metadata"];
+            ensure!(
+                answer["kind"] == "Pod",
+                "a graceful delete answered {answer}"
+            );
+            ensure!(
+                meta["deletionGracePeriodSeconds"] == 30,
+                "default grace: {meta}"
+            );
+            let ahead = seconds_between(&meta["creationTimestamp"], &meta["deletionTimestamp"])?;
+            ensure!(
+                (29..=90).contains(&ahead),
+                "deletionTimestamp is {ahead}s after creation: {meta}"
+            );
+            let still = pods
+                .get("default-grace")
+                .await
+                .context("a gracefully deleted pod vanished")?;
+            ensure!(
+                still.metadata.deletion_timestamp.is_some(),
+                "the stored pod has no deletionTimestamp"
+            );
+
+            // A second DELETE without a shorter grace changes nothing; a shorter one shortens it.
+            let again = delete_pod_raw(&client, &namespace, "default-grace", None).await?;
+            ensure!(
+                again["metadata"]["deletionGracePeriodSeconds"] == 30,
+                "a repeated delete: {}",
+                again["metadata"]
+            );
+            ensure!(
+                again["metadata"]["deletionTimestamp"] == meta["deletionTimestamp"],
+                "a repeated delete moved the deadline"
+            );
+            let shorter = delete_pod_raw(
+                &client,
+                &namespace,
+                "default-grace",
+                Some(json!({ "gracePeriodSeconds": 10 })),
+            )
+            .await?;
+            ensure!(
+                shorter["metadata"]["deletionGracePeriodSeconds"] == 10,
+                "a shorter grace: {}",
+                shorter["metadata"]
+            );
+            let moved = seconds_between(
+                &shorter["metadata"]["deletionTimestamp"],
+                &meta["deletionTimestamp"],
+            )?;
+            ensure!(
+                (19..=21).contains(&moved),
+                "shortening by 20s moved the deadline by {moved}s"
+            );
+
+            let own = delete_pod_raw(&client, &namespace, "own-grace", None).await?;
+            ensure!(
+                own["metadata"]["deletionGracePeriodSeconds"] == 7,
+                "the pod's own grace: {}",
+                own["metadata"]
+            );
+            let asked = delete_pod_raw(
+                &client,
+                &namespace,
+                "asked-grace",
+                Some(json!({ "gracePeriodSeconds": 12 })),
+            )
+            .await?;
+            ensure!(
+                asked["metadata"]["deletionGracePeriodSeconds"] == 12,
+                "gracePeriodSeconds: {}",
+                asked["metadata"]
+            );
+
+            // Grace 0 (kubectl delete --force --grace-period=0) removes it at once.
+            delete_pod_raw(
+                &client,
+                &namespace,
+                "default-grace",
+                Some(json!({ "gracePeriodSeconds": 0 })),
+            )
+            .await?;
+            expect_api_error(pods.get("default-grace").await, 404, "NotFound")
+                .context("after a delete with grace 0")?;
+            // A pod bound to no node has nothing to stop: it goes at once.
+            delete_pod_raw(&client, &namespace, "unbound", None).await?;
+            expect_api_error(pods.get("unbound").await, 404, "NotFound")
+                .context("an unbound pod after delete")?;
+            Ok(())
+        }
+        .await;
+        for name in ["default-grace", "own-grace", "asked-grace", "unbound"] {
+            let _ = pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+        outcome
     })
     .await
 }

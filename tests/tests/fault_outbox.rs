@@ -41,10 +41,14 @@ async fn outage() -> Result<()> {
         .clusters(["a"])
         .workspaces([TEAM])
         .heartbeat(Duration::from_millis(500))
-        // The objects exist only in this agent's imagination: no KCP writes.
+        // The objects exist downstream only in this agent's imagination, and
+        // in KCP placed on it; their status is not written (no KCP writes).
         .feature_gates("UpstreamSync=false".parse().context("feature gates")?)
         .without_agents()
         .start()
+        .await?;
+    fleet
+        .create_upstream_deployments(TEAM, "shop", (0..OBJECTS).map(|i| format!("app-{i}")), "a")
         .await?;
     // The hub is unreachable: every connection is closed at once.
     let proxy = TcpProxy::start(fleet.hub_tunnel_addr()).await?;

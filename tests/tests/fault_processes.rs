@@ -108,7 +108,7 @@ async fn killed_hub() -> Result<()> {
         .without_agents()
         .start()
         .await?;
-    let mut hub = HubProcess::start(&fleet, &["--synctarget-workspace="]).await?;
+    let mut hub = HubProcess::start(&fleet, &[]).await?;
     let mut agents = Vec::new();
     for cluster in CLUSTERS {
         agents.push(AgentProcess::start(&fleet, cluster, &hub.url()).await?);
@@ -271,11 +271,7 @@ async fn acked_not_written() -> Result<()> {
         .without_agents()
         .start()
         .await?;
-    let mut hub = HubProcess::start(
-        &fleet,
-        &["--synctarget-workspace=", "--write-concurrency=1"],
-    )
-    .await?;
+    let mut hub = HubProcess::start(&fleet, &["--write-concurrency=1"]).await?;
     let agent = AgentProcess::start(&fleet, "a", &hub.url()).await?;
     let ns = "gone";
     let mut checker = Convergence::deployments();

@@ -40,7 +40,6 @@ async fn spread() -> Result<()> {
     let fleet = Fleet::builder()
         .clusters(["a"])
         .heartbeat(Duration::from_secs(1))
-        .hub_config(|c| c.synctarget_workspace = None)
         .without_agents()
         .start()
         .await?;

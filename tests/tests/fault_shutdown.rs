@@ -33,15 +33,8 @@ async fn sigterm() -> Result<()> {
         .without_agents()
         .start()
         .await?;
-    let mut hub = HubProcess::start(
-        &fleet,
-        &[
-            "--synctarget-workspace=",
-            "--write-concurrency=1",
-            "--shutdown-timeout=20s",
-        ],
-    )
-    .await?;
+    let mut hub =
+        HubProcess::start(&fleet, &["--write-concurrency=1", "--shutdown-timeout=20s"]).await?;
     let agent = AgentProcess::start(&fleet, "a", &hub.url()).await?;
 
     let mut checker = Convergence::deployments();

@@ -27,7 +27,6 @@ async fn backpressure() -> Result<()> {
         .workspaces([TEAM])
         .heartbeat(Duration::from_millis(300))
         .hub_config(|c| {
-            c.synctarget_workspace = None;
             c.write_qps = 0.0;
             c.write_concurrency = 1;
             c.throttle_queue_depth = 4;

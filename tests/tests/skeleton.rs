@@ -125,21 +125,42 @@ async fn two_clusters_two_workspaces() -> Result<()> {
         );
     }
 
-    // Deleting the downstream object: no cluster reports it any more, so the
-    // hub clears the status upstream (a merge patch `{"status": null}`).
+    // Deleting the downstream object: no cluster reports it any more. No
+    // cluster can make the hub wipe a status: KCP keeps the last merged one,
+    // and a condition says no cluster reports it.
+    let before = fleet
+        .upstream_status::<Deployment>(TEAM_A, "shop-front", "web-frontend")
+        .await?
+        .unwrap_or_default();
     fleet
         .delete_downstream::<Deployment>("a", TEAM_A, "shop-front", "web-frontend")
         .await?;
     eventually(
         STATUS_DEADLINE,
-        "the status of web-frontend to be cleared in KCP",
+        "web-frontend's status in KCP to say no cluster reports it",
         async || {
             let status = fleet
                 .upstream_status::<Deployment>(TEAM_A, "shop-front", "web-frontend")
-                .await?;
-            // The test bed drops a null status; kube-apiserver would show `{}`.
-            let cleared = status.as_ref().is_none_or(|s| s == &json!({}));
-            ensure!(cleared, "status is {}", show(status.as_ref()));
+                .await?
+                .unwrap_or_default();
+            let reported = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "StatusReported");
+            ensure!(
+                reported
+                    .is_some_and(|c| c["status"] == "False" && c["reason"] == "NoClusterReports"),
+                "status is {status}"
+            );
+            for field in ["replicas", "readyReplicas", "observedGeneration"] {
+                ensure!(
+                    status[field] == before[field],
+                    "{field} changed from {} to {}",
+                    before[field],
+                    status[field]
+                );
+            }
             Ok(())
         },
     )

@@ -1,5 +1,6 @@
-//! What only the embedded test-bed server does: KCP-style workspaces, watch
-//! history expiry on demand, fault injection, and surviving garbage.
+//! What only the embedded test-bed server does: KCP-style workspaces (and
+//! kcp's wildcard `/clusters/*` list and watch), watch history expiry on
+//! demand, fault injection, and surviving garbage.
 //!
 //! These run against the embedded server only. The 410 test lives here
 //! because a real server's watch history (etcd compaction) cannot be forced
@@ -23,8 +24,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
 use uplink_tests::apiserver::{
     EVENT_TIMEOUT, TEST_TIMEOUT, client_for, client_from_kubeconfig_yaml, client_without_retries,
-    event_type, eventually, expect_api_error, next_change, next_event, raw_request, start_server,
-    stop_server, within,
+    event_type, eventually, expect_api_error, next_change, next_event, raw_request,
+    resource_version_number, start_server, stop_server, within,
 };
 
 const TEAM_A: &str = "root:org:team-a";
@@ -682,6 +683,641 @@ async fn wrong_token_is_unauthorized() -> Result<()> {
             .list(&ListParams::default())
             .await;
         expect_api_error(result, 401, "Unauthorized")?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// kcp's wildcard `/clusters/*`: list and watch across every workspace.
+
+/// The label kcp's TMC puts on an object placed on a SyncTarget.
+const PLACED: &str = "state.workload.kcp.io/abc123";
+const CLUSTER_ANNOTATION: &str = "kcp.io/cluster";
+
+fn labeled_configmap(name: &str, labels: serde_json::Value) -> Result<ConfigMap> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": name, "labels": labels },
+    }))?)
+}
+
+fn placed_configmap(name: &str) -> Result<ConfigMap> {
+    labeled_configmap(name, json!({ PLACED: "Sync" }))
+}
+
+fn workspace_of<K: kube::Resource>(object: &K) -> Option<String> {
+    object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(CLUSTER_ANNOTATION)
+        .cloned()
+}
+
+/// (name, workspace annotation) of each item, sorted.
+fn names_and_workspaces<K: kube::Resource>(items: &[K]) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = items
+        .iter()
+        .map(|o| (o.meta().name.clone().unwrap_or_default(), workspace_of(o)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Clients for team-a, team-b, the physical cluster and `/clusters/*`.
+async fn wildcard_clients(server: &ApiServer) -> Result<(Client, Client, Client, Client)> {
+    Ok((
+        client_for(server, Some(TEAM_A)).await?,
+        client_for(server, Some(TEAM_B)).await?,
+        client_for(server, None).await?,
+        client_for(server, Some("*")).await?,
+    ))
+}
+
+async fn create_in_default(client: &Client, cm: &ConfigMap) -> Result<ConfigMap> {
+    Ok(Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), cm)
+        .await?)
+}
+
+fn placed_in_both() -> Vec<(String, Option<String>)> {
+    vec![
+        ("placed-a".to_owned(), Some(TEAM_A.to_owned())),
+        ("placed-b".to_owned(), Some(TEAM_B.to_owned())),
+    ]
+}
+
+#[tokio::test]
+async fn wildcard_list_selects_across_workspaces() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, b, physical, star) = wildcard_clients(&server).await?;
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        create_in_default(&a, &labeled_configmap("other-a", json!({"x": "y"}))?).await?;
+        create_in_default(&b, &placed_configmap("placed-b")?).await?;
+        // The physical cluster is not a workspace: `/clusters/*` never lists it.
+        create_in_default(&physical, &placed_configmap("placed-physical")?).await?;
+        let all: Api<ConfigMap> = Api::all(star);
+
+        let exists = all.list(&ListParams::default().labels(PLACED)).await?;
+        ensure!(
+            names_and_workspaces(&exists.items) == placed_in_both(),
+            "`{PLACED}` across workspaces: {:?}",
+            names_and_workspaces(&exists.items)
+        );
+        let equals = all
+            .list(&ListParams::default().labels(&format!("{PLACED}=Sync")))
+            .await?;
+        ensure!(
+            names_and_workspaces(&equals.items) == placed_in_both(),
+            "`{PLACED}=Sync` across workspaces: {:?}",
+            names_and_workspaces(&equals.items)
+        );
+        let other_value = all
+            .list(&ListParams::default().labels(&format!("{PLACED}=Other")))
+            .await?;
+        ensure!(other_value.items.is_empty(), "`{PLACED}=Other` matched");
+        let by_field = all
+            .list(
+                &ListParams::default()
+                    .labels(PLACED)
+                    .fields("metadata.name=placed-b"),
+            )
+            .await?;
+        ensure!(
+            names_and_workspaces(&by_field.items) == placed_in_both()[1..],
+            "field selector across workspaces: {:?}",
+            names_and_workspaces(&by_field.items)
+        );
+
+        // Pages of one continue across workspaces, from one snapshot.
+        let first = all
+            .list(&ListParams::default().labels(PLACED).limit(1))
+            .await?;
+        let token = first
+            .metadata
+            .continue_
+            .clone()
+            .filter(|t| !t.is_empty())
+            .context("a page of 1 of 2 items has no continue token")?;
+        create_in_default(&b, &placed_configmap("placed-later")?).await?;
+        let second = all
+            .list(
+                &ListParams::default()
+                    .labels(PLACED)
+                    .limit(1)
+                    .continue_token(&token),
+            )
+            .await?;
+        ensure!(
+            second.metadata.continue_.as_deref().unwrap_or_default() == "",
+            "the last page has a continue token"
+        );
+        ensure!(
+            second.metadata.resource_version == first.metadata.resource_version,
+            "a continued page reports another resourceVersion"
+        );
+        let mut both = first.items;
+        both.extend(second.items);
+        ensure!(
+            names_and_workspaces(&both) == placed_in_both(),
+            "two pages across workspaces: {:?}",
+            names_and_workspaces(&both)
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wildcard_watch_resumes_across_workspaces() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, b, physical, star) = wildcard_clients(&server).await?;
+        let all: Api<ConfigMap> = Api::all(star);
+        let listed = all.list(&ListParams::default().labels(PLACED)).await?;
+        let start = listed.metadata.resource_version.context("no list RV")?;
+
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        create_in_default(&a, &labeled_configmap("other-a", json!({"x": "y"}))?).await?;
+        let b_added = create_in_default(&b, &placed_configmap("placed-b")?).await?;
+        Api::<ConfigMap>::namespaced(a.clone(), "default")
+            .patch(
+                "placed-a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "data": { "step": "2" } })),
+            )
+            .await?;
+        // Unplacing an object (removing the label) is a DELETED to the selector.
+        Api::<ConfigMap>::namespaced(b.clone(), "default")
+            .patch(
+                "placed-b",
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(json!([
+                    { "op": "remove", "path": "/metadata/labels/state.workload.kcp.io~1abc123" }
+                ]))?),
+            )
+            .await?;
+
+        let seen = |event: &WatchEvent<ConfigMap>| -> (String, String, Option<String>) {
+            let (kind, cm) = match event {
+                WatchEvent::Added(cm) => ("ADDED", Some(cm)),
+                WatchEvent::Modified(cm) => ("MODIFIED", Some(cm)),
+                WatchEvent::Deleted(cm) => ("DELETED", Some(cm)),
+                other => (event_type(other), None),
+            };
+            (
+                kind.to_owned(),
+                cm.and_then(|c| c.metadata.name.clone()).unwrap_or_default(),
+                cm.and_then(workspace_of),
+            )
+        };
+        let expected = [
+            ("ADDED", "placed-a", TEAM_A),
+            ("ADDED", "placed-b", TEAM_B),
+            ("MODIFIED", "placed-a", TEAM_A),
+            ("DELETED", "placed-b", TEAM_B),
+        ];
+        let params = WatchParams::default().labels(PLACED).timeout(30);
+        let mut stream = all.watch(&params, &start).await?.boxed();
+        for (kind, name, ws) in expected {
+            let event = next_change(&mut stream, EVENT_TIMEOUT).await?;
+            ensure!(
+                seen(&event) == (kind.to_owned(), name.to_owned(), Some(ws.to_owned())),
+                "expected {kind} {name} from {ws}, got {:?}",
+                seen(&event)
+            );
+        }
+
+        // Resuming from the second workspace's event continues after it.
+        let resume = b_added.metadata.resource_version.context("no RV")?;
+        let mut resumed = all.watch(&params, &resume).await?.boxed();
+        for (kind, name, ws) in &expected[2..] {
+            let event = next_change(&mut resumed, EVENT_TIMEOUT).await?;
+            ensure!(
+                seen(&event) == ((*kind).to_owned(), (*name).to_owned(), Some((*ws).to_owned())),
+                "resumed from {resume}: expected {kind} {name}, got {:?}",
+                seen(&event)
+            );
+        }
+
+        // `watch=1` works as `watch=true` does.
+        let path = format!(
+            "/clusters/*/api/v1/configmaps?watch=1&resourceVersion={resume}&labelSelector={PLACED}&timeoutSeconds=1"
+        );
+        let raw = raw_request(&physical, Method::GET, &path, None, Vec::new()).await?;
+        let lines: Vec<serde_json::Value> = raw
+            .text()
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("watch=1 answered {}", raw.text()))?;
+        let kinds: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+        ensure!(
+            kinds == ["MODIFIED", "DELETED"],
+            "watch=1 from {resume}: {}",
+            raw.text()
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wildcard_watch_from_an_expired_version_is_gone() -> Result<()> {
+    let config = ApiServerConfig {
+        watch_history: 10,
+        ..two_workspaces()
+    };
+    with_server(config, |server| async move {
+        let (a, b, _, star) = wildcard_clients(&server).await?;
+        let all: Api<ConfigMap> = Api::all(star);
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        let old = all
+            .list(&ListParams::default())
+            .await?
+            .metadata
+            .resource_version
+            .context("no list RV")?;
+        // Churn in one workspace only: its history no longer reaches back.
+        create_in_default(&b, &placed_configmap("churn")?).await?;
+        let churn = Api::<ConfigMap>::namespaced(b.clone(), "default");
+        for i in 0..30 {
+            churn
+                .patch(
+                    "churn",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "data": { "i": i.to_string() } })),
+                )
+                .await?;
+        }
+        let params = WatchParams::default().timeout(30);
+        let gone = match all.watch(&params, &old).await {
+            Err(error) => error_code(&error),
+            Ok(stream) => match next_event(&mut stream.boxed(), EVENT_TIMEOUT).await? {
+                WatchEvent::Error(status) => (status.code, status.reason),
+                other => bail!("expected 410 Expired, got {} {other:?}", event_type(&other)),
+            },
+        };
+        ensure!(gone.0 == 410, "watch from an expired version: {gone:?}");
+
+        // The informer's answer: relist, then watch from the new version.
+        let relisted = all.list(&ListParams::default().labels(PLACED)).await?;
+        ensure!(
+            names_and_workspaces(&relisted.items)
+                == [
+                    ("churn".to_owned(), Some(TEAM_B.to_owned())),
+                    ("placed-a".to_owned(), Some(TEAM_A.to_owned()))
+                ],
+            "relist: {:?}",
+            names_and_workspaces(&relisted.items)
+        );
+        let fresh = relisted.metadata.resource_version.context("no list RV")?;
+        let mut stream = all.watch(&params, &fresh).await?.boxed();
+        create_in_default(&a, &placed_configmap("after-relist")?).await?;
+        match next_change(&mut stream, EVENT_TIMEOUT).await? {
+            WatchEvent::Added(cm) if cm.metadata.name.as_deref() == Some("after-relist") => Ok(()),
+            other => bail!("after the relist: {} {other:?}", event_type(&other)),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wildcard_watch_sends_bookmarks() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, b, _, star) = wildcard_clients(&server).await?;
+        let all: Api<ConfigMap> = Api::all(star);
+        let start = all
+            .list(&ListParams::default().labels(PLACED))
+            .await?
+            .metadata
+            .resource_version
+            .context("no list RV")?;
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        let last = create_in_default(&b, &placed_configmap("placed-b")?).await?;
+        let last_rv = resource_version_number(last.metadata.resource_version.as_deref())?;
+        let params = WatchParams::default().labels(PLACED).timeout(30);
+        ensure!(params.bookmarks, "kube's watches ask for bookmarks");
+        let mut stream = all.watch(&params, &start).await?.boxed();
+        let mut changes = 0;
+        let bookmark = loop {
+            match next_event(&mut stream, EVENT_TIMEOUT).await? {
+                WatchEvent::Bookmark(b) => break b,
+                WatchEvent::Added(_) => changes += 1,
+                other => bail!("unexpected {} {other:?}", event_type(&other)),
+            }
+        };
+        ensure!(changes == 2, "a bookmark came after {changes} of 2 events");
+        let at = resource_version_number(Some(&bookmark.metadata.resource_version))?;
+        ensure!(
+            at >= last_rv,
+            "the bookmark ({at}) is older than the last event ({last_rv})"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn workspace_objects_carry_their_workspace() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, _, physical, _) = wildcard_clients(&server).await?;
+        let in_a: Api<ConfigMap> = Api::namespaced(a.clone(), "default");
+        let mut watch = in_a
+            .watch(&WatchParams::default().timeout(30), "0")
+            .await?
+            .boxed();
+        // A forged annotation is replaced by the real workspace.
+        let mut forged = configmap("cm", &[])?;
+        forged.metadata.annotations =
+            Some([(CLUSTER_ANNOTATION.to_owned(), "root:other".to_owned())].into());
+        let created = in_a.create(&PostParams::default(), &forged).await?;
+        let got = in_a.get("cm").await?;
+        let mut replacement = got.clone();
+        replacement.metadata.annotations = None;
+        replacement.data = Some([("k".to_owned(), "v".to_owned())].into());
+        let replaced = in_a
+            .replace("cm", &PostParams::default(), &replacement)
+            .await?;
+        let patched = in_a
+            .patch(
+                "cm",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({ "metadata": { "annotations": { CLUSTER_ANNOTATION: null } } }),
+                ),
+            )
+            .await?;
+        let listed = in_a.list(&ListParams::default()).await?;
+        for (what, object) in [
+            ("create", &created),
+            ("get", &got),
+            ("update", &replaced),
+            ("patch", &patched),
+        ] {
+            ensure!(
+                workspace_of(object).as_deref() == Some(TEAM_A),
+                "the {what} answer carries {:?}",
+                workspace_of(object)
+            );
+        }
+        ensure!(
+            patched.metadata.resource_version == replaced.metadata.resource_version,
+            "removing the workspace annotation wrote a new version"
+        );
+        ensure!(
+            listed
+                .items
+                .iter()
+                .all(|o| workspace_of(o).as_deref() == Some(TEAM_A)),
+            "a listed object lacks the annotation"
+        );
+        let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(a.clone())
+            .get("default")
+            .await?;
+        ensure!(
+            workspace_of(&namespace).as_deref() == Some(TEAM_A),
+            "the initial namespace carries {:?}",
+            workspace_of(&namespace)
+        );
+        in_a.delete("cm", &DeleteParams::default()).await?;
+        let mut events = Vec::new();
+        while events.len() < 3 {
+            let event = next_change(&mut watch, EVENT_TIMEOUT).await?;
+            match &event {
+                WatchEvent::Added(cm) | WatchEvent::Modified(cm) | WatchEvent::Deleted(cm)
+                    if cm.metadata.name.as_deref() == Some("cm") =>
+                {
+                    events.push((event_type(&event), workspace_of(cm)));
+                }
+                _ => {}
+            }
+        }
+        ensure!(
+            events
+                == [
+                    ("ADDED", Some(TEAM_A.to_owned())),
+                    ("MODIFIED", Some(TEAM_A.to_owned())),
+                    ("DELETED", Some(TEAM_A.to_owned()))
+                ],
+            "watch events: {events:?}"
+        );
+
+        // The physical cluster is no workspace: no annotation.
+        let in_physical: Api<ConfigMap> = Api::namespaced(physical, "default");
+        let plain = in_physical
+            .create(&PostParams::default(), &configmap("cm", &[])?)
+            .await?;
+        ensure!(
+            workspace_of(&plain).is_none() && workspace_of(&in_physical.get("cm").await?).is_none(),
+            "an object of the physical cluster carries {CLUSTER_ANNOTATION}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wildcard_refuses_everything_but_list_and_watch() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, _, physical, _) = wildcard_clients(&server).await?;
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        let body = serde_json::to_vec(&json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "x", "namespace": "default" }
+        }))?;
+        let json_type = Some("application/json");
+        let merge_type = Some("application/merge-patch+json");
+        let collection = "/clusters/*/api/v1/namespaces/default/configmaps";
+        let object = "/clusters/*/api/v1/namespaces/default/configmaps/placed-a";
+        for (method, path, content_type, verb) in [
+            (Method::POST, collection, json_type, "create"),
+            (Method::GET, object, None, "get"),
+            (Method::PUT, object, json_type, "update"),
+            (Method::PATCH, object, merge_type, "patch"),
+            (Method::DELETE, object, None, "delete"),
+            (Method::DELETE, collection, None, "deletecollection"),
+        ] {
+            let response = raw_request(&physical, method.clone(), path, content_type, body.clone()).await?;
+            let status = response
+                .expect_status(405, "MethodNotAllowed")
+                .with_context(|| format!("{method} {path}"))?;
+            ensure!(
+                status.message
+                    == format!("{verb} is not supported on resources of kind \"configmaps\" in the `*` logical cluster"),
+                "{method} {path}: {:?}",
+                status.message
+            );
+        }
+        ensure!(
+            Api::<ConfigMap>::namespaced(a, "default").get("placed-a").await?.metadata.annotations.is_some(),
+            "the object is gone"
+        );
+        // Listing one namespace in every workspace is a list, and allowed.
+        let listed = raw_request(&physical, Method::GET, collection, None, Vec::new()).await?;
+        ensure!(listed.status == 200, "list of {collection}: {}", listed.text());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kubectl_lists_deployments_in_every_workspace() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let Some(kubectl) = uplink_tests::kubectl::Kubectl::for_server(&server, Some("*"))? else {
+            return Ok(());
+        };
+        let (a, b, _, _) = wildcard_clients(&server).await?;
+        for (client, name, labels) in [
+            (&a, "web-a", json!({ PLACED: "Sync" })),
+            (&a, "unplaced-a", json!({ "app": "web" })),
+            (&b, "web-b", json!({ PLACED: "Sync" })),
+        ] {
+            let deployment: Deployment = serde_json::from_value(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": { "name": name, "labels": labels },
+                "spec": {
+                    "selector": { "matchLabels": { "app": name } },
+                    "template": {
+                        "metadata": { "labels": { "app": name } },
+                        "spec": { "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }] }
+                    }
+                }
+            }))?;
+            Api::<Deployment>::namespaced(client.clone(), "default")
+                .create(&PostParams::default(), &deployment)
+                .await?;
+        }
+        let out = kubectl
+            .ok(&["get", "deployments", "-A", "-l", PLACED, "-o", "json"])
+            .await?;
+        let listed: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("kubectl printed {out}"))?;
+        let mut got: Vec<(String, String)> = listed["items"]
+            .as_array()
+            .context("no items")?
+            .iter()
+            .map(|d| {
+                (
+                    d["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                    d["metadata"]["annotations"][CLUSTER_ANNOTATION]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        got.sort();
+        ensure!(
+            got == [
+                ("web-a".to_owned(), TEAM_A.to_owned()),
+                ("web-b".to_owned(), TEAM_B.to_owned())
+            ],
+            "kubectl get deployments -A -l {PLACED}: {got:?}"
+        );
+        // The table form (what an operator types) works too.
+        let table = kubectl.ok(&["get", "deployments", "-A", "-l", PLACED]).await?;
+        ensure!(
+            table.contains("web-a") && table.contains("web-b") && !table.contains("unplaced-a"),
+            "kubectl table: {table}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// The test bed's kubelet: a gracefully deleted pod goes when its grace ends.
+
+fn bound_pod(
+    name: &str,
+    grace: i64,
+    finalizers: &[&str],
+) -> Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "finalizers": finalizers },
+        "spec": {
+            "nodeName": "node-1",
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{ "name": "c", "image": "registry.k8s.io/pause:3.10" }],
+        },
+    }))?)
+}
+
+#[tokio::test]
+async fn terminating_pods_go_when_their_grace_period_ends() -> Result<()> {
+    with_server(ApiServerConfig::default(), |server| async move {
+        let client = client_for(&server, None).await?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "default");
+        let listed = pods.list(&ListParams::default()).await?;
+        let rv = listed.metadata.resource_version.context("no list RV")?;
+        let mut events = pods
+            .watch(&WatchParams::default().timeout(30), &rv)
+            .await?
+            .boxed();
+        pods.create(&PostParams::default(), &bound_pod("short", 2, &[])?)
+            .await?;
+        pods.create(
+            &PostParams::default(),
+            &bound_pod("held", 1, &["uplink.test/hold"])?,
+        )
+        .await?;
+        let started = tokio::time::Instant::now();
+        pods.delete("short", &DeleteParams::default()).await?;
+        pods.delete("held", &DeleteParams::default()).await?;
+        let terminating = pods
+            .get("short")
+            .await
+            .context("the pod went before its grace period")?;
+        ensure!(
+            terminating.metadata.deletion_grace_period_seconds == Some(2),
+            "grace: {:?}",
+            terminating.metadata.deletion_grace_period_seconds
+        );
+
+        // ADDED, then MODIFIED (terminating), then DELETED once the grace is over.
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match next_change(&mut events, EVENT_TIMEOUT).await? {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p)
+                    if p.metadata.name.as_deref() == Some("short") =>
+                {
+                    seen.push(p.metadata.deletion_timestamp.is_some());
+                }
+                _ => {}
+            }
+        }
+        let took = started.elapsed();
+        ensure!(
+            seen == [false, true, true],
+            "deletionTimestamp along the events: {seen:?}"
+        );
+        ensure!(
+            took >= Duration::from_millis(900),
+            "the pod went {took:?} after a delete with a 2 s grace"
+        );
+        expect_api_error(pods.get("short").await, 404, "NotFound")?;
+
+        // A pod held by a finalizer waits for it after its grace, then goes.
+        let held = eventually(EVENT_TIMEOUT, "the held pod's grace to end", || async {
+            let pod = pods.get("held").await?;
+            Ok((pod.metadata.deletion_grace_period_seconds == Some(0)).then_some(pod))
+        })
+        .await?;
+        ensure!(
+            held.metadata.deletion_timestamp.is_some(),
+            "no deletionTimestamp on the held pod"
+        );
+        pods.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await?;
+        expect_api_error(pods.get("held").await, 404, "NotFound")
+            .context("the held pod after its last finalizer went")?;
         Ok(())
     })
     .await

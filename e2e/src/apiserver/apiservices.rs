@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::object::{self, meta_str};
-use super::store::{Decision, Filter, NameChoice};
+use super::store::{Decision, Filter, NameChoice, Scope};
 
 pub(crate) const GROUP: &str = "apiregistration.k8s.io";
 pub(crate) const PLURAL: &str = "apiservices";
@@ -90,7 +90,14 @@ pub(crate) fn sync(shared: &Shared, ws: &str) {
     }
     let stored = shared
         .store
-        .list(ws, &key, &Filter::default(), None, None, None)
+        .list(
+            &Scope::Workspace(ws.to_string()),
+            &key,
+            &Filter::default(),
+            None,
+            None,
+            None,
+        )
         .map(|page| page.items)
         .unwrap_or_default();
     for existing in &stored {

@@ -247,8 +247,9 @@ fn conflict_error(conflicts: &[(String, String)]) -> ApiError {
     ApiError::apply_conflict(message, Value::Array(causes))
 }
 
-/// Applies `config` (apiVersion/kind/name already checked) to `live` (`None`
-/// when creating) and returns the object to write, with managedFields.
+/// Applies `config` (apiVersion and kind already checked; the caller checks
+/// the name of the result) to `live` (`None` when creating) and returns the
+/// object to write, with managedFields.
 pub(crate) fn apply(
     live: Option<&Value>,
     config: &Value,

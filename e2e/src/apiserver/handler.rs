@@ -16,7 +16,8 @@ use super::Shared;
 use super::apply;
 use super::authn::{self, UserInfo};
 use super::discovery;
-use super::object::{self, meta_str};
+use super::fields;
+use super::object::{self, KeyOrder, meta_str};
 use super::openapi;
 use super::patch::{self, PatchFailure, PatchType};
 use super::path::{self, Query, ResourcePath, Target as PathTarget};
@@ -28,7 +29,7 @@ use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
 use super::special;
 use super::status::{self, ApiError};
-use super::store::{Filter, NameChoice};
+use super::store::{Filter, ListKey, NameChoice, Scope};
 use super::table::{self, Rendering};
 use super::watch;
 
@@ -70,6 +71,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     }
     let ws = parsed.workspace.as_str();
+    let scope = if parsed.all_workspaces {
+        Scope::AllWorkspaces
+    } else {
+        Scope::Workspace(parsed.workspace.clone())
+    };
+    // Discovery of `/clusters/*` is the union of every workspace's.
+    let served = || match &scope {
+        Scope::AllWorkspaces => shared.store.resources_in_all_workspaces(),
+        Scope::Workspace(_) => shared.store.resources(ws),
+    };
     let accept = header_str(&req, header::ACCEPT).to_string();
     match parsed.target {
         PathTarget::Version => Ok(json_response(StatusCode::OK, &discovery::version())),
@@ -83,7 +94,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 return Err(ApiError::method_not_allowed(req.method().as_str()));
             }
             if let Some(v) = discovery::aggregated_version(&accept) {
-                let doc = discovery::aggregated(&shared.store.resources(ws), true, v);
+                let doc = discovery::aggregated(&served(), true, v);
                 return Ok(typed_json_response(
                     StatusCode::OK,
                     &doc,
@@ -100,7 +111,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             if req.method() != Method::GET {
                 return Err(ApiError::method_not_allowed(req.method().as_str()));
             }
-            let resources = shared.store.resources(ws);
+            let resources = served();
             if let Some(v) = discovery::aggregated_version(&accept) {
                 let doc = discovery::aggregated(&resources, false, v);
                 return Ok(typed_json_response(
@@ -114,16 +125,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 &discovery::group_list(&resources),
             ))
         }
-        PathTarget::Group(group) => discovery::group(&shared.store.resources(ws), &group)
+        PathTarget::Group(group) => discovery::group(&served(), &group)
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(ApiError::no_route),
         PathTarget::GroupVersion { group, version } => {
-            discovery::resource_list(&shared.store.resources(ws), &group, &version)
+            discovery::resource_list(&served(), &group, &version)
                 .map(|doc| json_response(StatusCode::OK, &doc))
                 .ok_or_else(ApiError::no_route)
         }
         PathTarget::OpenApi(rest) => {
-            let resources = shared.store.resources(ws);
+            let resources = served();
             let doc = if rest == "v3" {
                 Some(openapi::index(&resources))
             } else {
@@ -134,12 +145,11 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         PathTarget::Unknown => Err(ApiError::no_route()),
         PathTarget::Resource(rp) => {
-            let ws = parsed.workspace.clone();
             let user = user.ok_or_else(ApiError::unauthorized)?;
             serve_resource(
                 shared,
                 req,
-                &ws,
+                scope,
                 rp,
                 query,
                 is_watch,
@@ -181,11 +191,28 @@ fn authenticate_and_authorize(
     Ok(Some(user))
 }
 
+/// The verb kube's `RequestInfoFactory` (and so authorization and kcp's
+/// wildcard guard) names a resource request by.
+fn request_verb(method: &Method, rp: &ResourcePath, is_watch: bool) -> String {
+    let verb = match (method, rp.name.is_some()) {
+        _ if is_watch => "watch",
+        (&Method::GET | &Method::HEAD, true) => "get",
+        (&Method::GET | &Method::HEAD, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        (other, _) => return other.as_str().to_ascii_lowercase(),
+    };
+    verb.to_string()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_resource(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
-    ws: &str,
+    scope: Scope,
     rp: ResourcePath,
     query: Query,
     is_watch: bool,
@@ -193,21 +220,45 @@ async fn serve_resource(
     accept: &str,
     user: &UserInfo,
 ) -> Result<Response<Body>, ApiError> {
-    let def = shared
-        .store
-        .resolve(ws, &rp.group, &rp.version, &rp.resource)
-        .ok_or_else(ApiError::no_route)?;
+    let def = match &scope {
+        Scope::Workspace(ws) => shared
+            .store
+            .resolve(ws, &rp.group, &rp.version, &rp.resource),
+        Scope::AllWorkspaces => {
+            // kcp refuses every other verb before it looks the resource up.
+            let verb = request_verb(req.method(), &rp, is_watch);
+            if verb != "list" && verb != "watch" {
+                let subject = status::Subject {
+                    group: &rp.group,
+                    resource: &rp.resource,
+                };
+                return Err(ApiError::not_in_all_workspaces(subject, &verb));
+            }
+            shared
+                .store
+                .resolve_in_any_workspace(&rp.group, &rp.version, &rp.resource)
+        }
+    }
+    .ok_or_else(ApiError::no_route)?;
     if !def.namespaced && rp.namespace.is_some() {
         return Err(ApiError::no_route());
     }
     if def.namespaced && rp.namespace.is_none() && rp.name.is_some() {
         return Err(ApiError::no_route());
     }
-    special::before(shared, ws, &def);
+    if let Scope::Workspace(ws) = &scope {
+        special::before(shared, ws, &def);
+    }
     if let Some(route) = special::route(&def, &rp, req.method()) {
         if is_watch {
             return Err(ApiError::method_not_allowed("WATCH"));
         }
+        // Under `/clusters/*` only lists get here: of reviews (refused)
+        // and of component statuses (the same everywhere).
+        let ws = match &scope {
+            Scope::Workspace(ws) => ws.as_str(),
+            Scope::AllWorkspaces => "",
+        };
         let target = Target {
             def,
             version: rp.version.clone(),
@@ -235,21 +286,29 @@ async fn serve_resource(
         return watch::serve(
             shared.clone(),
             target,
-            ws.to_string(),
+            scope,
             &query,
             filter,
             close_watch_after,
             accept,
         );
     }
+    if method == Method::GET && rp.name.is_none() {
+        return list(shared, &scope, &target, &query, all_namespaces, accept);
+    }
+    let Scope::Workspace(ws) = &scope else {
+        return Err(ApiError::internal(
+            "only list and watch may address every workspace",
+        ));
+    };
+    let ws = ws.as_str();
     let name = rp.name.clone();
     if scale {
         let name = name.unwrap_or_default();
         return serve_scale(shared, req, ws, &target, &name, &query).await;
     }
-    let result = match (&method, name) {
-        (&Method::GET, None) => list(shared, ws, &target, &query, all_namespaces, accept),
-        (&Method::GET, Some(name)) => get(shared, ws, &target, &name, &query, accept),
+    let answer = match (&method, name) {
+        (&Method::GET, Some(name)) => get(shared, ws, &target, &name),
         (&Method::POST, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Object).await?;
             create(shared, ws, &target, &body, &query)
@@ -274,14 +333,71 @@ async fn serve_resource(
         }
         (&Method::DELETE, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Options).await?;
-            delete_collection(shared, ws, &target, &body, &query)
+            let response = delete_collection(shared, ws, &target, &body, &query)?;
+            special::after_write(shared, ws, &target.def);
+            return Ok(response);
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
-    };
-    if result.is_ok() && method != Method::GET {
+    }?;
+    if method != Method::GET {
         special::after_write(shared, ws, &target.def);
     }
-    result
+    Ok(respond(&target, answer, &query, accept))
+}
+
+/// What a verb on one object answers: the object (or, for some deletes, a
+/// `Status`), with its HTTP code and any warnings.
+#[derive(Debug)]
+struct Answer {
+    code: StatusCode,
+    object: Arc<Value>,
+    warnings: Vec<String>,
+}
+
+impl Answer {
+    fn ok(object: Arc<Value>) -> Answer {
+        Answer {
+            code: StatusCode::OK,
+            object,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// The answer as the client's `Accept` asks for it (the object, its
+/// PartialObjectMetadata, or a Table), for every verb alike, as kube's
+/// `transformResponseObject` does.
+fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Response<Body> {
+    let Answer {
+        code,
+        object,
+        warnings,
+    } = answer;
+    let is_status = object.get("kind").and_then(Value::as_str) == Some("Status");
+    let response = if is_status {
+        json_response(code, &object)
+    } else {
+        let object = target.present(&object);
+        match Rendering::from_accept(accept) {
+            Rendering::Object => bytes_response(
+                code,
+                Bytes::from(object::to_json(
+                    &object,
+                    KeyOrder::for_resource(target.def.custom),
+                )),
+                "application/json",
+            ),
+            Rendering::Metadata => json_response(code, &table::partial_metadata(&object)),
+            Rendering::Table => {
+                let rv = meta_str(&object, "resourceVersion").map(str::to_string);
+                json_response(
+                    code,
+                    &table::render(target, &[object], rv, query.get("includeObject")),
+                )
+            }
+        }
+    };
+    with_warnings(response, &warnings)
 }
 
 /// GET, PUT and PATCH of `/scale`: a Scale view over `spec.replicas`.
@@ -464,11 +580,6 @@ pub(crate) fn list_filter(
 ) -> Result<Filter, ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
         .map_err(ApiError::bad_request)?;
-    let supported = target
-        .def
-        .version(&target.version)
-        .map(|v| v.selectable_fields.clone())
-        .unwrap_or_default();
     let mut field_text = query.get("fieldSelector").unwrap_or_default().to_string();
     if let Some(name) = name {
         if !field_text.is_empty() {
@@ -477,7 +588,10 @@ pub(crate) fn list_filter(
         field_text.push_str("metadata.name=");
         field_text.push_str(name);
     }
-    let fields = FieldSelector::parse(&field_text, &supported).map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(&field_text, |field| {
+        fields::source(&target.def, &target.version, field)
+    })
+    .map_err(ApiError::bad_request)?;
     let namespace = (target.def.namespaced && !all_namespaces).then(|| target.namespace.clone());
     Ok(Filter {
         namespace,
@@ -486,51 +600,40 @@ pub(crate) fn list_filter(
     })
 }
 
-fn get(
-    shared: &Shared,
-    ws: &str,
-    target: &Target,
-    name: &str,
-    query: &Query,
-    accept: &str,
-) -> Result<Response<Body>, ApiError> {
-    let object = shared
+fn get(shared: &Shared, ws: &str, target: &Target, name: &str) -> Result<Answer, ApiError> {
+    shared
         .store
         .get(ws, &target.def.key(), &target.namespace, name)
-        .ok_or_else(|| ApiError::not_found(target.subject(), name))?;
-    let object = target.present(&object);
-    Ok(match Rendering::from_accept(accept) {
-        Rendering::Object => json_response(StatusCode::OK, &object),
-        Rendering::Metadata => json_response(StatusCode::OK, &table::partial_metadata(&object)),
-        Rendering::Table => {
-            let rv = meta_str(&object, "resourceVersion").map(str::to_string);
-            json_response(
-                StatusCode::OK,
-                &table::render(target, &[object], rv, query.get("includeObject")),
-            )
-        }
-    })
+        .map(Answer::ok)
+        .ok_or_else(|| ApiError::not_found(target.subject(), name))
 }
 
 /// A continue token: the last key returned, opaque to clients.
-fn encode_continue(rv: u64, key: &(String, String)) -> String {
-    let raw = json!({ "v": "uplink.1", "rv": rv, "ns": key.0, "name": key.1 }).to_string();
+fn encode_continue(rv: u64, key: &ListKey) -> String {
+    let raw = json!({ "v": "uplink.1", "rv": rv, "ws": key.workspace, "ns": key.namespace, "name": key.name })
+        .to_string();
     object::base64_encode(raw.as_bytes())
 }
 
-fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+fn decode_continue(token: &str) -> Result<(u64, ListKey), ApiError> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
     let raw = object::base64_decode(token).ok_or_else(bad)?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let text = |field: &str| v[field].as_str().map(str::to_string).ok_or_else(bad);
     let rv = v["rv"].as_u64().ok_or_else(bad)?;
-    let ns = v["ns"].as_str().ok_or_else(bad)?.to_string();
-    let name = v["name"].as_str().ok_or_else(bad)?.to_string();
-    Ok((rv, (ns, name)))
+    Ok((
+        rv,
+        ListKey {
+            workspace: text("ws")?,
+            namespace: text("ns")?,
+            name: text("name")?,
+        },
+    ))
 }
 
 fn list(
     shared: &Shared,
-    ws: &str,
+    scope: &Scope,
     target: &Target,
     query: &Query,
     all_namespaces: bool,
@@ -554,7 +657,7 @@ fn list(
         Some(token) => Some(decode_continue(token)?),
     };
     let page = shared.store.list(
-        ws,
+        scope,
         &target.def.key(),
         &filter,
         after.as_ref().map(|(_, k)| k.clone()),
@@ -612,9 +715,13 @@ fn list(
                     out.push(b',');
                 }
                 let written = if rendering == Rendering::Metadata {
-                    serde_json::to_writer(&mut out, &table::partial_metadata(item))
+                    object::write_json(
+                        &mut out,
+                        &table::partial_metadata(item),
+                        KeyOrder::KindFirst,
+                    )
                 } else {
-                    serde_json::to_writer(&mut out, &**item)
+                    object::write_json(&mut out, item, KeyOrder::for_resource(target.def.custom))
                 };
                 written.map_err(|e| ApiError::internal(e.to_string()))?;
             }
@@ -634,7 +741,7 @@ fn create(
     target: &Target,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut object = registry::decode_body(target, body)?;
@@ -649,10 +756,11 @@ fn create(
         dry,
         |view, name, current| registry::create(target, view, name, current, object),
     )?;
-    Ok(with_warnings(
-        json_response(StatusCode::CREATED, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code: StatusCode::CREATED,
+        object: written.object,
+        warnings,
+    })
 }
 
 fn update(
@@ -662,7 +770,7 @@ fn update(
     name: &str,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut object = registry::decode_body(target, body)?;
@@ -677,10 +785,11 @@ fn update(
         dry,
         |_, name, current| registry::update(target, name, current, object, registry::Writer::Other),
     )?;
-    Ok(with_warnings(
-        json_response(StatusCode::OK, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code: StatusCode::OK,
+        object: written.object,
+        warnings,
+    })
 }
 
 pub(crate) fn patch_failure(failure: PatchFailure) -> ApiError {
@@ -703,7 +812,7 @@ fn patch(
     patch_type: PatchType,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)?;
     let validation = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut warnings = Vec::new();
@@ -752,9 +861,10 @@ fn patch(
                 "invalid object type: apiVersion and kind must be set in an apply configuration",
             ));
         }
-        let value = registry::check_type(target, value)?;
-        registry::check_name(&value, name)?;
-        Some(value)
+        // No name check here: as kube-apiserver's patcher does, the name is
+        // checked on the result, so an apply to an existing object may omit
+        // it (the live object's name stays), while a create must carry it.
+        Some(registry::check_type(target, value)?)
     } else {
         if query.get("force").is_some() {
             return Err(patch_options_invalid(
@@ -787,6 +897,7 @@ fn patch(
                     Some(config) if !target.status => {
                         created = true;
                         let object = apply::apply(None, config, &applier)?;
+                        registry::check_name(&object, name)?;
                         let mut object = registry::into_storage(target, object)?;
                         registry::check_namespace(target, &mut object)?;
                         warnings = schema::prune(target, &mut object, validation)?;
@@ -832,10 +943,11 @@ fn patch(
     } else {
         StatusCode::OK
     };
-    Ok(with_warnings(
-        json_response(code, &target.present(&written.object)),
-        &warnings,
-    ))
+    Ok(Answer {
+        code,
+        object: written.object,
+        warnings,
+    })
 }
 
 fn delete(
@@ -845,9 +957,9 @@ fn delete(
     name: &str,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = dry_run(query)? || body_dry_run(body);
-    let options = DeleteOptions::from_body(body)?;
+    let options = DeleteOptions::from_request(body, query)?;
     let written = shared.store.write(
         ws,
         &target.def.key(),
@@ -856,10 +968,14 @@ fn delete(
         dry,
         |_, name, current| registry::delete(target, name, current, &options),
     )?;
-    Ok(json_response(
-        StatusCode::OK,
-        &target.present(&written.object),
-    ))
+    if !dry && !written.removed {
+        shared.kubelet.terminating(ws, &written.object);
+    }
+    if written.removed && !registry::answers_delete_with_object(&target.def) {
+        let status = registry::deleted_status(&target.def, &written.object);
+        return Ok(Answer::ok(Arc::new(status)));
+    }
+    Ok(Answer::ok(written.object))
 }
 
 /// `dryRun: ["All"]` inside a DeleteOptions body.
@@ -882,11 +998,12 @@ fn delete_collection(
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     let dry = dry_run(query)? || body_dry_run(body);
-    let options = DeleteOptions::from_body(body)?;
+    let options = DeleteOptions::from_request(body, query)?;
     let filter = list_filter(target, query, None, false)?;
+    let scope = Scope::Workspace(ws.to_string());
     let page = shared
         .store
-        .list(ws, &target.def.key(), &filter, None, None, None)?;
+        .list(&scope, &target.def.key(), &filter, None, None, None)?;
     let mut deleted = Vec::new();
     for item in page.items {
         let name = meta_str(&item, "name").unwrap_or_default().to_string();
@@ -899,7 +1016,12 @@ fn delete_collection(
             |_, name, current| registry::delete(target, name, current, &options),
         );
         match result {
-            Ok(w) => deleted.push(target.present(&w.object)),
+            Ok(w) => {
+                if !dry && !w.removed {
+                    shared.kubelet.terminating(ws, &w.object);
+                }
+                deleted.push(target.present(&w.object));
+            }
             // Deleted concurrently: nothing left to do.
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -949,7 +1071,7 @@ pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body>
 }
 
 fn typed_json_response(status: StatusCode, value: &Value, content_type: &str) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    let body = object::to_json(value, KeyOrder::KindFirst);
     bytes_response(status, Bytes::from(body), content_type)
 }
 
@@ -971,11 +1093,13 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
-        let token = encode_continue(42, &("ns".into(), "web".into()));
-        assert_eq!(
-            decode_continue(&token).ok(),
-            Some((42, ("ns".to_string(), "web".to_string())))
-        );
+        let key = ListKey {
+            workspace: "root:a".into(),
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let token = encode_continue(42, &key);
+        assert_eq!(decode_continue(&token).ok(), Some((42, key)));
         assert!(decode_continue("garbage!").is_err());
     }
 }

@@ -10,62 +10,113 @@
 //! dry runs, `Status` errors, CRDs, authentication (admin and ServiceAccount
 //! tokens, impersonation) and RBAC authorization, and the cluster APIs
 //! beside workloads (RBAC, events.k8s.io, the reviews, TokenRequest, CSRs,
-//! APIServices, component statuses, ephemeral containers). Faults
-//! (latency, error responses, short watches) can be injected at run time
-//! through [`Faults`].
+//! APIServices, component statuses, ephemeral containers); built-in objects
+//! are written `kind` first, as Go's structs order them (custom resources
+//! with sorted keys, as kube's unstructured encoding does). Faults (latency,
+//! error responses, short watches) can be injected at run time through
+//! [`Faults`].
+//!
+//! KCP, as far as Uplink sees it:
+//! - Every object stored in a workspace carries the annotation
+//!   `kcp.io/cluster: <workspace>` in every answer (get, list, watch events,
+//!   the answers to create, update, patch and delete), as kcp's storage sets
+//!   it from the storage key on every object it returns: a value sent by a
+//!   client is replaced, and removing it changes nothing. Objects of the
+//!   physical cluster (paths without `/clusters/`) have no such annotation.
+//! - kcp's wildcard `/clusters/*`: `GET /clusters/*/api/v1/<resource>` and
+//!   `/clusters/*/apis/<group>/<version>/<resource>` (and `.../namespaces/<ns>/...`)
+//!   list and watch across every workspace (never the physical cluster),
+//!   with label selectors (`key`, `key=value`, ...), field selectors,
+//!   `limit`/`continue` (one snapshot across workspaces, ordered by
+//!   workspace, namespace, name) and watches with the same guarantees as in
+//!   one workspace: resume from a resourceVersion, bookmarks, 410 Expired
+//!   when any workspace's history no longer reaches back. This works because
+//!   one counter numbers every write of the server, so resource versions
+//!   compare across workspaces (as one etcd revision does for kcp). A
+//!   custom resource is served under `/clusters/*` when some workspace
+//!   defines it. Every other verb (get by name, create, update, patch,
+//!   delete, deletecollection) is refused as kcp's
+//!   `WithWildcardListWatchGuard` refuses it: 405 `MethodNotAllowed`,
+//!   "`<verb>` is not supported on resources of kind "<resource>" in the `*`
+//!   logical cluster". Discovery under `/clusters/*` is the union of every
+//!   workspace's, so `kubectl --server .../clusters/* get deployments -A -l
+//!   <label>` works. Unlike kcp, no permission is needed for the wildcard
+//!   (kcp allows it to privileged system users only).
 //!
 //! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
-//! description), `handler` (faults, routing, verbs over HTTP), `authn`
-//! (bearer tokens, ServiceAccount tokens, impersonation), `rbac` (the
-//! authorizer, request attributes, the bootstrap policy and ClusterRole
-//! aggregation), `registry` (what each verb does to an object), `store`
-//! (objects, resource versions, history, watch fan-out), `watch`
-//! (streaming), `resources` (resource table, CRDs), `discovery`, `openapi`
-//! (the minimum kubectl needs), `table` (server-side printing), `selector`,
-//! `patch`, `apply` (server-side apply ownership), `schema` (CRD pruning,
-//! fieldValidation), `scale`, `protobuf` (kubectl's typed bodies), `special`
-//! (routing of what is not plain storage) with `reviews` (TokenReview and
-//! the access reviews), `subresources` (TokenRequest, ephemeral containers,
-//! CSR approval), `certificates`, `componentstatuses`, `apiservices` and
-//! `events` (events.k8s.io over core Events), `status` (errors), [`faults`],
-//! [`cli`].
+//! description), `handler` (faults, routing, verbs over HTTP, rendering
+//! answers as `Accept` asks), `authn` (bearer tokens, ServiceAccount tokens,
+//! impersonation), `rbac` (the authorizer, request attributes, the bootstrap
+//! policy and ClusterRole aggregation), `registry` (what each verb does to
+//! an object), `store` (objects, resource versions, history, watch fan-out),
+//! `watch` (streaming), `resources` (resource table, CRDs), `discovery`,
+//! `openapi` (the minimum kubectl needs), `table` (server-side printing),
+//! `selector`, `fields` (each kind's field selector fields and their
+//! defaults), `patch`, `apply` (server-side apply ownership), `schema` (CRD
+//! pruning, fieldValidation), `scale`, `protobuf` (kubectl's typed bodies),
+//! `bootstrap` (the `default/kubernetes` Service, `default`
+//! ServiceAccounts), `graceful` (graceful deletion), `kubelet` (removes pods
+//! after their grace), `special` (routing of what is not plain storage) with
+//! `reviews` (TokenReview and the access reviews), `subresources`
+//! (TokenRequest, ephemeral containers, CSR approval), `certificates`,
+//! `componentstatuses`, `apiservices` and `events` (events.k8s.io over core
+//! Events), `status` (errors), [`faults`], [`cli`].
+//!
+//! Pods bound to a node are deleted gracefully (`graceful`): a DELETE sets
+//! `deletionTimestamp` and `deletionGracePeriodSeconds` (the
+//! `gracePeriodSeconds` asked for, else the pod's
+//! `terminationGracePeriodSeconds`, else 30 s), a grace of 0 removes the pod
+//! at once, a later DELETE may only shorten the grace. What kube leaves to
+//! the kubelet, deleting the pod with grace 0 once its containers have
+//! stopped, the test bed's `kubelet` does when the grace period has passed
+//! (to the second), in every workspace, whatever node the pod names. A DELETE
+//! that removes an object at once answers a `Status` of Success, except for
+//! pods, services and service accounts, which answer the object (as do
+//! namespaces and CRDs).
 //!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
 //! `propagationPolicy`/owner references are not acted on (no garbage
-//! collector) and pods are deleted without a grace period; lists ignore
-//! `resourceVersionMatch` (a list is served from the current state, except
-//! continued pages, which are served from the first page's snapshot);
-//! built-in kinds get no defaulting or schema validation (CRs are pruned by
-//! their schema; events.k8s.io Events, CSRs, TokenRequests, ephemeral
-//! containers and CSR approvals are validated as kube does); strategic merge
-//! uses a fixed table of merge keys; server-side apply tracks ownership for
-//! appliers only; protobuf request bodies are decoded for the kinds kubectl's
-//! typed commands send (others, and unknown fields, get 415: send JSON).
-//! Authentication and authorization: requests without a token may read only
-//! health and `/version` (others get 401, like `--anonymous-auth` limited to
-//! those paths); RBAC objects are not validated beyond their names, a
-//! binding's roleRef may change, and writes of roles and bindings are not
-//! checked for privilege escalation (`escalate`/`bind`); issued tokens live
-//! in memory (a restarted server forgets them) and a token bound to a Pod or
-//! Secret outlives it; KCP workspaces get no stored bootstrap roles (the
-//! authorizer applies the bootstrap policy there, as kcp's does). Cluster
-//! APIs: nothing signs CSRs and a CSR's spec can be changed through the main
-//! resource; component statuses are always Healthy; APIServices are synced
-//! when read and after CRD writes (a watch sees CRD-driven changes late),
-//! and client-created ones are stored but nothing proxies to them;
-//! events.k8s.io/v1 lists take field selectors on metadata only.
+//! collector); pods run nothing: no kubelet moves their phase, and the
+//! stand-in kubelet removes terminating pods exactly when their grace ends;
+//! lists ignore `resourceVersionMatch` (a list is served from the current
+//! state, except continued pages, which are served from the first page's
+//! snapshot); built-in kinds get no defaulting or schema validation (CRs are
+//! pruned by their schema; field selectors and the pod grace period read
+//! unset fields as their defaults; events.k8s.io Events, CSRs,
+//! TokenRequests, ephemeral containers and CSR approvals are validated as
+//! kube does); strategic merge uses a fixed table of merge keys; server-side
+//! apply tracks ownership for appliers only; protobuf request bodies are
+//! decoded for the kinds kubectl's typed commands send (others, and unknown
+//! fields, get 415: send JSON); the `default/kubernetes` Service has no
+//! Endpoints (none are served). Authentication and authorization: requests
+//! without a token may read only health and `/version` (others get 401,
+//! like `--anonymous-auth` limited to those paths); RBAC objects are not
+//! validated beyond their names, a binding's roleRef may change, and writes
+//! of roles and bindings are not checked for privilege escalation
+//! (`escalate`/`bind`); issued tokens live in memory (a restarted server
+//! forgets them) and a token bound to a Pod or Secret outlives it; KCP
+//! workspaces get no stored bootstrap roles (the authorizer applies the
+//! bootstrap policy there, as kcp's does). Cluster APIs: nothing signs CSRs
+//! and a CSR's spec can be changed through the main resource; component
+//! statuses are always Healthy; APIServices are synced when read and after
+//! CRD writes (a watch sees CRD-driven changes late), and client-created
+//! ones are stored but nothing proxies to them.
 
 mod apiservices;
 mod apply;
 mod authn;
+mod bootstrap;
 mod certificates;
 pub mod cli;
 mod componentstatuses;
 mod discovery;
 mod events;
 mod faults;
+mod fields;
+mod graceful;
 mod handler;
+mod kubelet;
 mod object;
 mod openapi;
 mod patch;
@@ -161,6 +212,8 @@ pub(crate) struct Shared {
     pub store: store::Store,
     /// ServiceAccount tokens issued through TokenRequest.
     pub tokens: authn::Tokens,
+    /// Deletes gracefully deleted pods when their grace period has passed.
+    pub kubelet: kubelet::Kubelet,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -208,6 +261,8 @@ impl ApiServer {
         let shutdown = CancellationToken::new();
         let faults = Faults::default();
         let store = store::Store::new(config.watch_history, config.watcher_buffer);
+        store.set_apiserver_port(addr.port());
+        store.ensure_space("");
         for ws in &config.workspaces {
             store.ensure_space(ws);
         }
@@ -217,11 +272,18 @@ impl ApiServer {
             token: token.clone(),
             store,
             tokens: authn::Tokens::default(),
+            kubelet: kubelet::Kubelet::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
         apiservices::sync(&shared, "");
         let (task_guard, tasks_done) = mpsc::channel(1);
+        let kubelet_guard = task_guard.clone();
+        let kubelet_shared = shared.clone();
+        tokio::spawn(async move {
+            kubelet::run(kubelet_shared).await;
+            drop(kubelet_guard);
+        });
         tokio::spawn(accept_loop(listener, acceptor, shared.clone(), task_guard));
         tracing::info!(%addr, "API server listening");
         Ok(ApiServer {

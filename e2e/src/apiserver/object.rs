@@ -2,6 +2,66 @@
 
 use serde_json::{Map, Value};
 
+/// How the keys of a document written as JSON are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyOrder {
+    /// `kind`, `apiVersion`, `metadata`, then the rest: kube's typed objects
+    /// (built-in kinds, `Status`, lists, discovery), in Go struct order,
+    /// which some clients sniff.
+    KindFirst,
+    /// Every key sorted: kube's unstructured objects (custom resources),
+    /// which Go's encoding/json writes with sorted map keys.
+    Sorted,
+}
+
+impl KeyOrder {
+    /// The order kube writes an object of a resource in.
+    pub fn for_resource(custom: bool) -> KeyOrder {
+        if custom {
+            KeyOrder::Sorted
+        } else {
+            KeyOrder::KindFirst
+        }
+    }
+}
+
+/// Writes `value` as JSON in `order` (the order applies to the top level;
+/// nested maps are sorted).
+pub(crate) fn write_json(
+    out: &mut Vec<u8>,
+    value: &Value,
+    order: KeyOrder,
+) -> Result<(), serde_json::Error> {
+    let Value::Object(map) = value else {
+        return serde_json::to_writer(out, value);
+    };
+    if order == KeyOrder::Sorted || !map.contains_key("kind") {
+        return serde_json::to_writer(out, value);
+    }
+    const FIRST: [&str; 3] = ["kind", "apiVersion", "metadata"];
+    let leading = FIRST.iter().filter_map(|k| map.get_key_value(*k));
+    let rest = map.iter().filter(|(k, _)| !FIRST.contains(&k.as_str()));
+    out.push(b'{');
+    for (i, (key, value)) in leading.chain(rest).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// `value` as JSON in `order`.
+pub(crate) fn to_json(value: &Value, order: KeyOrder) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Writing a `Value` into a Vec cannot fail (its keys are strings).
+    let _ = write_json(&mut out, value, order);
+    out
+}
+
 /// `metadata.<field>` as a string.
 pub(crate) fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
     object.get("metadata")?.get(field)?.as_str()
@@ -173,6 +233,20 @@ mod tests {
         assert_eq!(meta_str(&v, "name"), Some("a"));
         set_meta(&mut v, "name", None);
         assert_eq!(meta_str(&v, "name"), None);
+    }
+
+    #[test]
+    fn typed_objects_begin_with_kind_and_unstructured_ones_are_sorted() {
+        let v = json!({"apiVersion": "v1", "data": {"b": "1", "a": "2"}, "kind": "ConfigMap", "metadata": {"name": "x"}});
+        assert_eq!(
+            String::from_utf8_lossy(&to_json(&v, KeyOrder::KindFirst)),
+            r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x"},"data":{"a":"2","b":"1"}}"#
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&to_json(&v, KeyOrder::Sorted)),
+            r#"{"apiVersion":"v1","data":{"a":"2","b":"1"},"kind":"ConfigMap","metadata":{"name":"x"}}"#
+        );
+        assert_eq!(to_json(&json!([1]), KeyOrder::KindFirst), b"[1]");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub(crate) struct ResourcePath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RequestPath {
     pub workspace: String,
+    /// `/clusters/*`: kcp's wildcard, every workspace at once (`workspace` is "").
+    pub all_workspaces: bool,
     pub target: Target,
 }
 
@@ -87,19 +89,27 @@ pub(crate) fn parse(path: &str) -> Result<RequestPath, String> {
         .collect::<Result<_, _>>()?;
     let mut rest: &[String] = &segments;
     let mut workspace = String::new();
+    let mut all_workspaces = false;
     if rest.first().map(String::as_str) == Some("clusters") {
         let Some(ws) = rest.get(1) else {
             return Ok(RequestPath {
                 workspace,
+                all_workspaces,
                 target: Target::Unknown,
             });
         };
-        validate_workspace(ws).map_err(|reason| format!("invalid workspace {ws:?}: {reason}"))?;
-        workspace = ws.clone();
+        if ws == "*" {
+            all_workspaces = true;
+        } else {
+            validate_workspace(ws)
+                .map_err(|reason| format!("invalid workspace {ws:?}: {reason}"))?;
+            workspace = ws.clone();
+        }
         rest = rest.get(2..).unwrap_or_default();
     }
     Ok(RequestPath {
         workspace,
+        all_workspaces,
         target: parse_target(rest),
     })
 }
@@ -295,6 +305,10 @@ mod tests {
         assert!(parse("/clusters/Root_A/api").is_err());
         assert!(parse("/api/v1/namespaces/%ZZ/configmaps").is_err());
         assert_eq!(parse("/api").map(|p| p.workspace), Ok(String::new()));
+        let p = parse("/clusters/*/apis/apps/v1/deployments").unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.all_workspaces && p.workspace.is_empty());
+        assert!(matches!(p.target, Target::Resource(ref r) if r.resource == "deployments"));
+        assert!(parse("/clusters/root:a/api").is_ok_and(|p| !p.all_workspaces));
     }
 
     #[test]

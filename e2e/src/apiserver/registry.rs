@@ -12,7 +12,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::events;
+use super::graceful::{self, Deletion};
 use super::object::{self, meta_str, set_meta};
+use super::path::Query;
 use super::resources::{self, ResourceDef, Storage};
 use super::status::{ApiError, Cause, Subject};
 use super::store::{Decision, SpaceView};
@@ -519,7 +521,15 @@ pub(crate) fn update(
     if next == **current {
         return Ok(Decision::Keep);
     }
-    if next.pointer("/metadata/deletionTimestamp").is_some() && !object::has_finalizers(&next) {
+    // Clearing the last finalizer of an object whose deletion is due
+    // removes it (kube's shouldDeleteDuringUpdate); one in a grace period
+    // stays until its grace ends.
+    let deletion_due = current.pointer("/metadata/deletionTimestamp").is_some()
+        && current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            == Some(0);
+    if deletion_due && object::has_finalizers(current) && !object::has_finalizers(&next) {
         return Ok(Decision::Remove(next));
     }
     Ok(Decision::Put(next))
@@ -545,13 +555,27 @@ fn spec_changed(target: &Target, before: &Value, after: &Value) -> bool {
 pub(crate) struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// `gracePeriodSeconds` (see [`super::graceful`]).
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl DeleteOptions {
-    /// From a `DeleteOptions` body (may be empty).
-    pub fn from_body(body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    /// From a `DeleteOptions` body, or, when the body is empty, from the
+    /// query parameters (as kube's delete handler reads them).
+    pub fn from_request(body: &[u8], query: &Query) -> Result<DeleteOptions, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(DeleteOptions::default());
+            let grace_period_seconds = match query.get("gracePeriodSeconds") {
+                None | Some("") => None,
+                Some(text) => Some(text.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "gracePeriodSeconds: Invalid value: {text:?}: must be an integer"
+                    ))
+                })?),
+            };
+            return Ok(DeleteOptions {
+                grace_period_seconds,
+                ..DeleteOptions::default()
+            });
         }
         let v: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -562,15 +586,59 @@ impl DeleteOptions {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
+        let grace_period_seconds = match v.get("gracePeriodSeconds") {
+            None | Some(Value::Null) => None,
+            Some(g) => Some(g.as_i64().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "gracePeriodSeconds: Invalid value: {g}: must be an integer"
+                ))
+            })?),
+        };
         Ok(DeleteOptions {
             uid: s("uid"),
             resource_version: s("resourceVersion"),
+            grace_period_seconds,
         })
     }
 }
 
-/// Delete: objects with finalizers only get a deletionTimestamp (and are
-/// removed by the update that clears the last finalizer); others go at once.
+/// Whether a DELETE that removes the object at once answers with the object
+/// (kube's `ReturnDeletedObject` stores, and namespaces and CRDs, which
+/// kube only marks for deletion) rather than a `Status` of Success. An
+/// object that stays (finalizers, graceful deletion) is always answered.
+pub(crate) fn answers_delete_with_object(def: &ResourceDef) -> bool {
+    !def.custom
+        && matches!(
+            (def.group.as_str(), def.plural.as_str()),
+            ("", "pods" | "services" | "serviceaccounts" | "namespaces")
+                | (resources::CRD_GROUP, resources::CRD_PLURAL)
+        )
+}
+
+/// The `Status` a DELETE answers with when the object went at once, as
+/// kube's `finalizeDelete` writes it (`details.kind` is the resource).
+pub(crate) fn deleted_status(def: &ResourceDef, deleted: &Value) -> Value {
+    let mut details = json!({
+        "name": meta_str(deleted, "name").unwrap_or_default(),
+        "kind": def.plural,
+        "uid": meta_str(deleted, "uid").unwrap_or_default(),
+    });
+    if !def.group.is_empty() {
+        details["group"] = json!(def.group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
+/// Delete: a pod bound to a node gets a grace period (see
+/// [`super::graceful`]); objects with finalizers only get a
+/// deletionTimestamp (and are removed by the update that clears the last
+/// finalizer); others go at once.
 pub(crate) fn delete(
     target: &Target,
     name: &str,
@@ -604,6 +672,14 @@ pub(crate) fn delete(
                 &why("ResourceVersion", rv, actual),
             ));
         }
+    }
+    match graceful::before_delete(&target.def, current, options.grace_period_seconds) {
+        Deletion::Pending => return Ok(Decision::Keep),
+        Deletion::Graceful(next) if graceful::goes_at_once(&next) => {
+            return Ok(Decision::Remove(next));
+        }
+        Deletion::Graceful(next) => return Ok(Decision::Put(next)),
+        Deletion::NotGraceful => {}
     }
     if !object::has_finalizers(current) {
         return Ok(Decision::Remove((**current).clone()));

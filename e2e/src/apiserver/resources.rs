@@ -348,11 +348,15 @@ pub(crate) fn builtins() -> Vec<Arc<ResourceDef>> {
                 "spec.schedulerName",
                 "spec.serviceAccountName",
                 "spec.hostNetwork",
+                "spec.host",
                 "status.phase",
                 "status.podIP",
+                "status.podIPs",
                 "status.nominatedNodeName",
             ]),
-        r("", "v1", "services", "Service", true, &["svc"], true).in_category_all(),
+        r("", "v1", "services", "Service", true, &["svc"], true)
+            .in_category_all()
+            .with_fields(&["spec.clusterIP", "spec.type"]),
         r("", "v1", "nodes", "Node", false, &["no"], true).with_fields(&["spec.unschedulable"]),
         r("", "v1", "events", "Event", true, &["ev"], false).with_fields(&[
             "involvedObject.kind",
@@ -399,8 +403,7 @@ pub(crate) fn builtins() -> Vec<Arc<ResourceDef>> {
             true,
         )
         .with_generation()
-        .in_category_all()
-        .with_fields(&["status.replicas"]),
+        .in_category_all(),
         r(
             "apps",
             "v1",

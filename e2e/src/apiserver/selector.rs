@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use super::fields::FieldSource;
+
 /// One label requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum LabelRequirement {
@@ -212,10 +214,11 @@ fn is_dns_label(s: &str) -> bool {
         && b.last().is_some_and(|c| *c != b'-')
 }
 
-/// One field requirement: `path` (e.g. `metadata.name`) equals or differs from `value`.
+/// One field requirement: the field (e.g. `metadata.name`, read through its
+/// [`FieldSource`]) equals or differs from `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FieldRequirement {
-    field: String,
+    source: FieldSource,
     value: String,
     equals: bool,
 }
@@ -227,9 +230,12 @@ pub(crate) struct FieldSelector {
 }
 
 impl FieldSelector {
-    /// Parses and checks every field against `supported` (besides
-    /// `metadata.name` and `metadata.namespace`, which every resource has).
-    pub fn parse(input: &str, supported: &[String]) -> Result<FieldSelector, String> {
+    /// Parses and resolves every field with `resolve` (the resource's
+    /// fields, see [`super::fields::source`]), whose error is the message.
+    pub fn parse(
+        input: &str,
+        resolve: impl Fn(&str) -> Result<FieldSource, String>,
+    ) -> Result<FieldSelector, String> {
         let mut requirements = Vec::new();
         for term in split_unescaped(input, ',') {
             if term.trim().is_empty() {
@@ -246,15 +252,8 @@ impl FieldSelector {
                     "invalid field selector: {term:?}: expected an operator ('=', '==' or '!=')"
                 ));
             };
-            let field = field.trim().to_string();
-            let known = field == "metadata.name"
-                || field == "metadata.namespace"
-                || supported.contains(&field);
-            if !known {
-                return Err(format!("field label not supported: {field}"));
-            }
             requirements.push(FieldRequirement {
-                field,
+                source: resolve(field.trim())?,
                 value: unescape(&value),
                 equals,
             });
@@ -263,28 +262,9 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        self.requirements.iter().all(|r| {
-            let actual = field_value(object, &r.field);
-            (actual == r.value) == r.equals
-        })
-    }
-}
-
-/// A field's value as a string, as kube's field sets expose it: strings as
-/// they are, booleans and numbers formatted, missing as "".
-fn field_value(object: &Value, field: &str) -> String {
-    let mut cur = object;
-    for part in field.split('.') {
-        match cur.get(part) {
-            Some(next) => cur = next,
-            None => return String::new(),
-        }
-    }
-    match cur {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
+        self.requirements
+            .iter()
+            .all(|r| (r.source.value(object) == r.value) == r.equals)
     }
 }
 
@@ -397,7 +377,15 @@ mod tests {
     #[test]
     fn field_selectors() {
         let o = obj(json!({}));
-        let p = |s: &str| FieldSelector::parse(s, &["status.phase".to_string()]);
+        let p = |s: &str| {
+            FieldSelector::parse(s, |field| match field {
+                "metadata.name" | "metadata.namespace" | "status.phase" => Ok(FieldSource::Path {
+                    path: field.split('.').map(str::to_string).collect(),
+                    default: "",
+                }),
+                other => Err(format!("field label not supported: {other}")),
+            })
+        };
         assert!(p("metadata.name=web").is_ok_and(|f| f.matches(&o)));
         assert!(p("metadata.name==web,metadata.namespace=ns").is_ok_and(|f| f.matches(&o)));
         assert!(p("metadata.name!=web").is_ok_and(|f| !f.matches(&o)));

@@ -199,6 +199,24 @@ impl ApiError {
         .with_details(json!({}))
     }
 
+    /// kcp's answer to anything but list and watch under `/clusters/*`
+    /// (its `WithWildcardListWatchGuard`: `NewMethodNotSupported` plus a note).
+    pub fn not_in_all_workspaces(subject: Subject<'_>, verb: &str) -> ApiError {
+        let mut details = json!({ "kind": subject.resource });
+        if !subject.group.is_empty() {
+            details["group"] = json!(subject.group);
+        }
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!(
+                "{verb} is not supported on resources of kind {:?} in the `*` logical cluster",
+                subject.qualified()
+            ),
+        )
+        .with_details(details)
+    }
+
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
         ApiError::new(
             415,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::bootstrap;
 use super::object::{self, meta_str};
 use super::resources::{self, CRD_GROUP, CRD_PLURAL, ResourceDef, ResourceKey};
 use super::selector::{FieldSelector, LabelSelector};
@@ -61,10 +62,11 @@ impl Event {
         })
     }
 
-    /// The object serialised once, shared by every watcher.
-    pub fn object_json(&self) -> &Bytes {
+    /// The object serialised once, shared by every watcher (`order` is
+    /// the resource's, the same for every watcher of it).
+    pub fn object_json(&self, order: object::KeyOrder) -> &Bytes {
         self.json
-            .get_or_init(|| Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+            .get_or_init(|| Bytes::from(object::to_json(&self.object, order)))
     }
 }
 
@@ -111,6 +113,23 @@ impl Filter {
     }
 }
 
+/// Which workspaces a list or watch covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One workspace ("" is the physical cluster).
+    Workspace(String),
+    /// Every KCP workspace (kcp's `/clusters/*`), never the physical cluster.
+    AllWorkspaces,
+}
+
+/// Where a list page ends: the last object returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListKey {
+    pub workspace: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Where a new watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WatchStart {
@@ -137,6 +156,8 @@ pub(crate) enum Decision {
 #[derive(Debug)]
 pub(crate) struct Written {
     pub object: Arc<Value>,
+    /// The object is gone (or, in a dry run, would be).
+    pub removed: bool,
 }
 
 /// How a write names its object.
@@ -176,7 +197,7 @@ pub(crate) struct Subscription {
 #[derive(Debug)]
 struct Registration {
     inner: Arc<Mutex<Inner>>,
-    workspace: String,
+    scope: Scope,
     key: ResourceKey,
     id: u64,
 }
@@ -184,12 +205,16 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut inner = lock(&self.inner);
-        if let Some(c) = inner
-            .spaces
-            .get_mut(&self.workspace)
-            .and_then(|s| s.collections.get_mut(&self.key))
-        {
-            c.watchers.retain(|w| w.id != self.id);
+        let watchers = match &self.scope {
+            Scope::Workspace(ws) => inner
+                .spaces
+                .get_mut(ws)
+                .and_then(|s| s.collections.get_mut(&self.key))
+                .map(|c| &mut c.watchers),
+            Scope::AllWorkspaces => inner.wildcard.get_mut(&self.key),
+        };
+        if let Some(watchers) = watchers {
+            watchers.retain(|w| w.id != self.id);
         }
     }
 }
@@ -207,7 +232,7 @@ pub(crate) struct ListPage {
     pub items: Vec<Arc<Value>>,
     pub rv: u64,
     /// The key to continue after, when more items match.
-    pub next: Option<(String, String)>,
+    pub next: Option<ListKey>,
     pub remaining: usize,
 }
 
@@ -240,21 +265,27 @@ impl Collection {
                     .map_or(old.rv, |e| e.rv.saturating_sub(1));
             }
         }
-        self.watchers.retain(|w| match w.filter.view(&event) {
-            None => !w.tx.is_closed(),
-            Some(kind) => match w.tx.try_send(Delivery {
-                kind,
-                event: event.clone(),
-            }) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::info!(watcher = w.id, "ending a watch that fell too far behind");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-        });
+        fan_out(&mut self.watchers, &event);
     }
+}
+
+/// Hands an event to every watcher whose filter sees it, dropping watchers
+/// that cannot keep up (their watch ends) or are gone.
+fn fan_out(watchers: &mut Vec<WatcherSlot>, event: &Arc<Event>) {
+    watchers.retain(|w| match w.filter.view(event) {
+        None => !w.tx.is_closed(),
+        Some(kind) => match w.tx.try_send(Delivery {
+            kind,
+            event: event.clone(),
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(watcher = w.id, "ending a watch that fell too far behind");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        },
+    });
 }
 
 impl Collection {
@@ -299,6 +330,197 @@ struct Inner {
     rv: u64,
     next_watcher_id: u64,
     spaces: HashMap<String, Space>,
+    /// Watchers of `/clusters/*` (kcp's wildcard), by resource: they see
+    /// the events of every workspace, present and future.
+    wildcard: HashMap<ResourceKey, Vec<WatcherSlot>>,
+    /// The port the `default/kubernetes` Service points at.
+    apiserver_port: u16,
+}
+
+impl Inner {
+    /// A workspace's space, created with its initial namespaces on first
+    /// use, and the journal its writes go through.
+    fn open<'a>(&'a mut self, workspace: &'a str, capacity: usize) -> (&'a mut Space, Journal<'a>) {
+        let Inner {
+            rv,
+            spaces,
+            wildcard,
+            apiserver_port,
+            ..
+        } = self;
+        let mut journal = Journal {
+            rv,
+            capacity,
+            // The physical cluster ("") is not a workspace: `/clusters/*` never sees it.
+            wildcard: (!workspace.is_empty()).then_some(wildcard),
+            workspace,
+        };
+        let space = spaces.entry(workspace.to_string()).or_insert_with(|| {
+            let mut space = Space::default();
+            let initial: &[&str] = if workspace.is_empty() {
+                &["default", "kube-system", "kube-public", "kube-node-lease"]
+            } else {
+                &["default"]
+            };
+            for name in initial {
+                journal.put(
+                    &mut space,
+                    &namespaces_key(),
+                    (String::new(), (*name).to_string()),
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {
+                            "name": name,
+                            "uid": uuid::Uuid::new_v4().to_string(),
+                            "creationTimestamp": object::now_rfc3339(),
+                            "labels": { "kubernetes.io/metadata.name": name },
+                        },
+                        "spec": { "finalizers": ["kubernetes"] },
+                        "status": { "phase": "Active" },
+                    }),
+                    None,
+                );
+                journal.ensure_default_service_account(&mut space, name);
+            }
+            if workspace.is_empty() {
+                let service = bootstrap::kubernetes_service(*apiserver_port);
+                let key = (String::new(), "services".to_string());
+                let obj_key = ("default".to_string(), "kubernetes".to_string());
+                journal.put(&mut space, &key, obj_key, service, None);
+            }
+            space
+        });
+        (space, journal)
+    }
+
+    /// The KCP workspaces (not the physical cluster), in name order.
+    fn workspaces(&self) -> Vec<(&str, &Space)> {
+        let mut all: Vec<(&str, &Space)> = self
+            .spaces
+            .iter()
+            .filter(|(ws, _)| !ws.is_empty())
+            .map(|(ws, space)| (ws.as_str(), space))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// The existing spaces a scope covers, in workspace name order.
+    fn in_scope(&self, scope: &Scope) -> Vec<(&str, &Space)> {
+        match scope {
+            Scope::Workspace(ws) => self
+                .spaces
+                .get_key_value(ws)
+                .map(|(ws, space)| (ws.as_str(), space))
+                .into_iter()
+                .collect(),
+            Scope::AllWorkspaces => self.workspaces(),
+        }
+    }
+}
+
+/// Where one workspace's writes go: the resource-version counter (one for
+/// the whole server, so versions compare across workspaces), the history
+/// bound, and, for KCP workspaces, the wildcard watchers.
+struct Journal<'a> {
+    rv: &'a mut u64,
+    capacity: usize,
+    wildcard: Option<&'a mut HashMap<ResourceKey, Vec<WatcherSlot>>>,
+    workspace: &'a str,
+}
+
+impl Journal<'_> {
+    fn next_rv(&mut self) -> u64 {
+        *self.rv += 1;
+        *self.rv
+    }
+
+    /// Records an event in its collection and hands it to the watchers of
+    /// the workspace and of `/clusters/*`.
+    fn publish(&mut self, collection: &mut Collection, key: &ResourceKey, event: Arc<Event>) {
+        if let Some(watchers) = self.wildcard.as_deref_mut().and_then(|w| w.get_mut(key)) {
+            fan_out(watchers, &event);
+        }
+        collection.publish(event, self.capacity);
+    }
+
+    /// Stores an object (created or replaced) under a new resourceVersion,
+    /// with the workspace annotation, and publishes the event.
+    fn put(
+        &mut self,
+        space: &mut Space,
+        key: &ResourceKey,
+        obj_key: (String, String),
+        mut value: Value,
+        current: Option<Arc<Value>>,
+    ) -> Arc<Value> {
+        let rv = self.next_rv();
+        object::set_meta(&mut value, "resourceVersion", Some(json!(rv.to_string())));
+        annotate_workspace(&mut value, self.workspace);
+        let value = Arc::new(value);
+        let kind = if current.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        let collection = space.collections.entry(key.clone()).or_default();
+        collection.objects.insert(obj_key, value.clone());
+        self.publish(
+            collection,
+            key,
+            Event::new(rv, kind, value.clone(), current),
+        );
+        value
+    }
+
+    /// Creates the `default` ServiceAccount of `namespace` unless it exists,
+    /// as kube-controller-manager does for every namespace.
+    fn ensure_default_service_account(&mut self, space: &mut Space, namespace: &str) {
+        let key = service_accounts_key();
+        let obj_key = (
+            namespace.to_string(),
+            bootstrap::DEFAULT_SERVICE_ACCOUNT.to_string(),
+        );
+        let exists = space
+            .collections
+            .get(&key)
+            .is_some_and(|c| c.objects.contains_key(&obj_key));
+        if !exists {
+            let account = bootstrap::default_service_account(namespace);
+            self.put(space, &key, obj_key, account, None);
+        }
+    }
+}
+
+/// kcp's annotation naming the workspace (logical cluster) an object lives in.
+pub(crate) const CLUSTER_ANNOTATION: &str = "kcp.io/cluster";
+
+/// Sets `kcp.io/cluster` on an object stored in a workspace, as kcp's
+/// storage does on every object it returns; the physical cluster has none.
+/// Returns whether the object changed.
+fn annotate_workspace(object: &mut Value, workspace: &str) -> bool {
+    if workspace.is_empty() {
+        return false;
+    }
+    let current = object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(CLUSTER_ANNOTATION))
+        .and_then(Value::as_str);
+    if current == Some(workspace) {
+        return false;
+    }
+    let meta = object::metadata_mut(object);
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if !annotations.is_object() {
+        *annotations = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(annotations) = annotations {
+        annotations.insert(CLUSTER_ANNOTATION.to_string(), json!(workspace));
+    }
+    true
 }
 
 /// All objects of one server.
@@ -320,6 +542,10 @@ fn namespaces_key() -> ResourceKey {
     (String::new(), "namespaces".to_string())
 }
 
+fn service_accounts_key() -> ResourceKey {
+    (String::new(), "serviceaccounts".to_string())
+}
+
 fn crd_key() -> ResourceKey {
     (CRD_GROUP.to_string(), CRD_PLURAL.to_string())
 }
@@ -331,6 +557,8 @@ impl Store {
                 rv: 0,
                 next_watcher_id: 0,
                 spaces: HashMap::new(),
+                wildcard: HashMap::new(),
+                apiserver_port: 6443,
             })),
             builtins: resources::builtins(),
             history,
@@ -338,54 +566,16 @@ impl Store {
         }
     }
 
+    /// Sets the port the `default/kubernetes` Service points at (before the
+    /// physical cluster's space is first used).
+    pub fn set_apiserver_port(&self, port: u16) {
+        lock(&self.inner).apiserver_port = port;
+    }
+
     /// Creates a workspace ("" is the cluster itself) with its initial
     /// namespaces, if it does not exist yet.
     pub fn ensure_space(&self, workspace: &str) {
-        let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        space_mut(spaces, rv, workspace);
-    }
-}
-
-/// A workspace's space, created with its initial namespaces on first use.
-fn space_mut<'a>(
-    spaces: &'a mut HashMap<String, Space>,
-    rv: &mut u64,
-    workspace: &str,
-) -> &'a mut Space {
-    if !spaces.contains_key(workspace) {
-        let mut space = Space::default();
-        let initial: &[&str] = if workspace.is_empty() {
-            &["default", "kube-system", "kube-public", "kube-node-lease"]
-        } else {
-            &["default"]
-        };
-        let namespaces = space.collections.entry(namespaces_key()).or_default();
-        for name in initial {
-            *rv += 1;
-            let ns = json!({
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {
-                    "name": name,
-                    "uid": uuid::Uuid::new_v4().to_string(),
-                    "resourceVersion": rv.to_string(),
-                    "creationTimestamp": object::now_rfc3339(),
-                    "labels": { "kubernetes.io/metadata.name": name },
-                },
-                "spec": { "finalizers": ["kubernetes"] },
-                "status": { "phase": "Active" },
-            });
-            namespaces
-                .objects
-                .insert((String::new(), (*name).to_string()), Arc::new(ns));
-        }
-        namespaces.floor = *rv;
-        spaces.insert(workspace.to_string(), space);
-    }
-    match spaces.get_mut(workspace) {
-        Some(space) => space,
-        None => unreachable!("inserted above"),
+        lock(&self.inner).open(workspace, self.history);
     }
 }
 
@@ -399,8 +589,7 @@ impl Store {
         plural: &str,
     ) -> Option<Arc<ResourceDef>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         let key = (group.to_string(), plural.to_string());
         let def = self
             .builtins
@@ -410,14 +599,55 @@ impl Store {
         def.version(version).is_some().then(|| def.clone())
     }
 
+    /// The resource served at group/version/plural in any workspace (for
+    /// `/clusters/*`): a built-in, or the first workspace's CRD, by
+    /// workspace name, that serves the version.
+    pub fn resolve_in_any_workspace(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceDef>> {
+        let inner = lock(&self.inner);
+        let key = (group.to_string(), plural.to_string());
+        self.builtins
+            .iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .into_iter()
+            .chain(
+                inner
+                    .workspaces()
+                    .into_iter()
+                    .filter_map(|(_, space)| space.custom.get(&key)),
+            )
+            .find(|def| def.version(version).is_some())
+            .cloned()
+    }
+
     /// Every resource a workspace serves, built-ins first.
     pub fn resources(&self, workspace: &str) -> Vec<Arc<ResourceDef>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         let mut custom: Vec<Arc<ResourceDef>> = space.custom.values().cloned().collect();
         custom.sort_by(|a, b| (&a.group, &a.plural).cmp(&(&b.group, &b.plural)));
         self.builtins.iter().cloned().chain(custom).collect()
+    }
+
+    /// Every resource some workspace serves (discovery of `/clusters/*`),
+    /// built-ins first; a CRD defined in several workspaces is listed once.
+    pub fn resources_in_all_workspaces(&self) -> Vec<Arc<ResourceDef>> {
+        let inner = lock(&self.inner);
+        let mut custom: BTreeMap<ResourceKey, Arc<ResourceDef>> = BTreeMap::new();
+        for (_, space) in inner.workspaces() {
+            for (key, def) in &space.custom {
+                custom.entry(key.clone()).or_insert_with(|| def.clone());
+            }
+        }
+        self.builtins
+            .iter()
+            .cloned()
+            .chain(custom.into_values())
+            .collect()
     }
 
     /// The current resourceVersion of the whole store.
@@ -433,8 +663,7 @@ impl Store {
         name: &str,
     ) -> Option<Arc<Value>> {
         let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, _) = inner.open(workspace, self.history);
         space
             .collections
             .get(key)?
@@ -443,63 +672,81 @@ impl Store {
             .cloned()
     }
 
-    /// Up to `limit` matching objects after `after`, in (namespace, name)
-    /// order, as they were at resourceVersion `at` (a continued list is one
-    /// consistent snapshot, as etcd serves it) or now. A snapshot older than
-    /// the kept history is 410 Expired, as a compacted continue token is.
+    /// Up to `limit` matching objects after `after`, in (workspace,
+    /// namespace, name) order, as they were at resourceVersion `at` (a
+    /// continued list is one consistent snapshot, as etcd serves it) or now.
+    /// A snapshot older than the kept history is 410 Expired, as a compacted
+    /// continue token is.
     pub fn list(
         &self,
-        workspace: &str,
+        scope: &Scope,
         key: &ResourceKey,
         filter: &Filter,
-        after: Option<(String, String)>,
+        after: Option<ListKey>,
         limit: Option<usize>,
         at: Option<u64>,
     ) -> Result<ListPage, ApiError> {
-        let mut inner = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *inner;
-        let current = *rv;
-        let space = space_mut(spaces, rv, workspace);
+        let mut guard = lock(&self.inner);
+        if let Scope::Workspace(ws) = scope {
+            guard.open(ws, self.history);
+        }
+        let inner = &*guard;
+        let current = inner.rv;
         let mut page = ListPage {
             items: Vec::new(),
             rv: at.unwrap_or(current),
             next: None,
             remaining: 0,
         };
-        let Some(collection) = space.collections.get(key) else {
-            return Ok(page);
-        };
-        let snapshot;
-        let objects = match at {
-            Some(at) if at < current => {
-                snapshot = collection.snapshot_at(at).ok_or_else(|| {
-                    ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. \
-                         You can start a new list without the continue parameter.",
-                    )
-                })?;
-                &snapshot
-            }
-            _ => &collection.objects,
-        };
-        let lower = match &after {
-            Some(k) => Bound::Excluded(k.clone()),
-            None => Bound::Unbounded,
-        };
         let mut last_key = None;
-        for (k, obj) in objects.range((lower, Bound::Unbounded)) {
-            if !filter.matches(obj) {
+        for (ws, space) in inner.in_scope(scope) {
+            let lower = match (&after, scope) {
+                (None, _) => Bound::Unbounded,
+                (Some(a), Scope::Workspace(_)) => {
+                    Bound::Excluded((a.namespace.clone(), a.name.clone()))
+                }
+                (Some(a), Scope::AllWorkspaces) => match ws.cmp(a.workspace.as_str()) {
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => {
+                        Bound::Excluded((a.namespace.clone(), a.name.clone()))
+                    }
+                    std::cmp::Ordering::Greater => Bound::Unbounded,
+                },
+            };
+            let Some(collection) = space.collections.get(key) else {
                 continue;
+            };
+            let snapshot;
+            let objects = match at {
+                Some(at) if at < current => {
+                    snapshot = collection.snapshot_at(at).ok_or_else(|| {
+                        ApiError::expired(
+                            "The provided continue parameter is too old to display a consistent list result. \
+                             You can start a new list without the continue parameter.",
+                        )
+                    })?;
+                    &snapshot
+                }
+                _ => &collection.objects,
+            };
+            for (k, obj) in objects.range((lower, Bound::Unbounded)) {
+                if !filter.matches(obj) {
+                    continue;
+                }
+                if limit.is_some_and(|l| page.items.len() >= l) {
+                    page.remaining += 1;
+                    continue;
+                }
+                page.items.push(obj.clone());
+                last_key = Some((ws, k.clone()));
             }
-            if limit.is_some_and(|l| page.items.len() >= l) {
-                page.remaining += 1;
-                continue;
-            }
-            page.items.push(obj.clone());
-            last_key = Some(k);
         }
         if page.remaining > 0 {
-            page.next = last_key.cloned();
+            page.next = last_key.map(|(ws, (namespace, name))| ListKey {
+                workspace: ws.to_string(),
+                namespace,
+                name,
+            });
         }
         Ok(page)
     }
@@ -520,8 +767,7 @@ impl Store {
         F: FnOnce(&SpaceView<'_>, &str, Option<&Arc<Value>>) -> Result<Decision, ApiError>,
     {
         let mut guard = lock(&self.inner);
-        let Inner { rv, spaces, .. } = &mut *guard;
-        let space = space_mut(spaces, rv, workspace);
+        let (space, mut journal) = guard.open(workspace, self.history);
         let existing = space.collections.get(key);
         let name = match name {
             NameChoice::Exact(n) => n,
@@ -538,85 +784,110 @@ impl Store {
         };
         let obj_key = (namespace.to_string(), name.clone());
         let current = existing.and_then(|c| c.objects.get(&obj_key)).cloned();
-        let decision = decide(&SpaceView { space }, &name, current.as_ref())?;
+        let decision = match decide(&SpaceView { space }, &name, current.as_ref())? {
+            Decision::Put(mut v) => {
+                // Dropping the workspace annotation is no change: kcp sets it
+                // anyway. (Other no-op writes are already Keep.)
+                if annotate_workspace(&mut v, workspace) && current.as_deref() == Some(&v) {
+                    Decision::Keep
+                } else {
+                    Decision::Put(v)
+                }
+            }
+            Decision::Remove(mut v) => {
+                annotate_workspace(&mut v, workspace);
+                Decision::Remove(v)
+            }
+            Decision::Keep => Decision::Keep,
+        };
+        let unchanged = || current.clone().unwrap_or_else(|| Arc::new(Value::Null));
         if dry_run {
-            return Ok(match decision {
-                Decision::Put(v) => Written {
-                    object: Arc::new(v),
+            let removed = matches!(decision, Decision::Remove(_));
+            return Ok(Written {
+                object: match decision {
+                    Decision::Put(v) | Decision::Remove(v) => Arc::new(v),
+                    Decision::Keep => unchanged(),
                 },
-                Decision::Remove(v) => Written {
-                    object: Arc::new(v),
-                },
-                Decision::Keep => Written {
-                    object: current.unwrap_or_else(|| Arc::new(Value::Null)),
-                },
+                removed,
             });
         }
-        let capacity = self.history;
         match decision {
             Decision::Keep => Ok(Written {
-                object: current.unwrap_or_else(|| Arc::new(Value::Null)),
+                object: unchanged(),
+                removed: false,
             }),
-            Decision::Put(mut value) => {
-                *rv += 1;
-                let rv = *rv;
-                object::set_meta(&mut value, "resourceVersion", Some(json!(rv.to_string())));
-                let value = Arc::new(value);
-                let kind = if current.is_some() {
-                    EventType::Modified
-                } else {
-                    EventType::Added
-                };
-                let collection = space.collections.entry(key.clone()).or_default();
-                collection.objects.insert(obj_key, value.clone());
-                collection.publish(
-                    Event::new(rv, kind, value.clone(), current.clone()),
-                    capacity,
-                );
+            Decision::Put(value) => {
+                let created = current.is_none();
+                let value = journal.put(space, key, obj_key, value, current.clone());
                 if *key == crd_key() {
                     register_crd(space, &value);
                 }
-                Ok(Written { object: value })
+                if *key == namespaces_key() && created {
+                    journal.ensure_default_service_account(space, &name);
+                }
+                Ok(Written {
+                    object: value,
+                    removed: false,
+                })
             }
             Decision::Remove(last) => {
                 let last = Arc::new(last);
-                remove_object(rv, space, key, &obj_key, last.clone(), capacity);
+                remove_object(&mut journal, space, key, &obj_key, last.clone());
                 if *key == crd_key() {
-                    unregister_crd(rv, space, &last, capacity);
+                    unregister_crd(&mut journal, space, &last);
                 }
                 if *key == namespaces_key() {
-                    empty_namespace(rv, space, &name, capacity);
+                    empty_namespace(&mut journal, space, &name);
                 }
-                Ok(Written { object: last })
+                // The serviceaccounts controller puts a deleted default account back.
+                let namespace_active = SpaceView { space: &*space }
+                    .namespace(namespace)
+                    .is_some_and(|ns| ns.pointer("/metadata/deletionTimestamp").is_none());
+                if *key == service_accounts_key()
+                    && name == bootstrap::DEFAULT_SERVICE_ACCOUNT
+                    && namespace_active
+                {
+                    journal.ensure_default_service_account(space, namespace);
+                }
+                Ok(Written {
+                    object: last,
+                    removed: true,
+                })
             }
         }
     }
 
     /// Registers a watcher and returns its initial events, atomically with
-    /// respect to writes (nothing is missed or sent twice).
+    /// respect to writes (nothing is missed or sent twice). Across all
+    /// workspaces, events are merged in resourceVersion order (one counter
+    /// numbers every workspace's writes) and a resume expires when any
+    /// workspace's history no longer reaches back.
     pub fn watch(
         &self,
-        workspace: &str,
+        scope: &Scope,
         key: &ResourceKey,
         filter: Filter,
         start: WatchStart,
     ) -> Result<Subscription, ApiError> {
         let mut guard = lock(&self.inner);
-        let Inner {
-            rv,
-            spaces,
-            next_watcher_id,
-        } = &mut *guard;
-        *next_watcher_id += 1;
-        let id = *next_watcher_id;
-        let space = space_mut(spaces, rv, workspace);
-        let rv = *rv;
-        let collection = space.collections.entry(key.clone()).or_default();
+        if let Scope::Workspace(ws) = scope {
+            let (space, _) = guard.open(ws, self.history);
+            space.collections.entry(key.clone()).or_default();
+        }
+        let inner = &mut *guard;
+        inner.next_watcher_id += 1;
+        let id = inner.next_watcher_id;
+        let rv = inner.rv;
+        let collections: Vec<&Collection> = inner
+            .in_scope(scope)
+            .into_iter()
+            .filter_map(|(_, space)| space.collections.get(key))
+            .collect();
         let initial = match start {
             WatchStart::Now => Vec::new(),
-            WatchStart::CurrentState => collection
-                .objects
-                .values()
+            WatchStart::CurrentState => collections
+                .iter()
+                .flat_map(|c| c.objects.values())
                 .filter(|o| filter.matches(o))
                 .map(|o| Delivery {
                     kind: EventType::Added,
@@ -624,38 +895,51 @@ impl Store {
                 })
                 .collect(),
             WatchStart::After(since) => {
-                if since < collection.floor {
+                let floor = collections.iter().map(|c| c.floor).max().unwrap_or(0);
+                if since < floor {
                     return Err(ApiError::expired(format!(
-                        "too old resource version: {since} ({})",
-                        collection.floor
+                        "too old resource version: {since} ({floor})"
                     )));
                 }
-                collection
-                    .history
+                let mut deliveries: Vec<Delivery> = collections
                     .iter()
-                    .filter(|e| e.rv > since)
+                    .flat_map(|c| c.history.iter().filter(|e| e.rv > since))
                     .filter_map(|e| {
                         filter.view(e).map(|kind| Delivery {
                             kind,
                             event: e.clone(),
                         })
                     })
-                    .collect()
+                    .collect();
+                deliveries.sort_by_key(|d| d.event.rv);
+                deliveries
             }
         };
         let (tx, live) = mpsc::channel(self.watcher_buffer);
-        collection.watchers.push(WatcherSlot {
+        let slot = WatcherSlot {
             id,
             filter: Arc::new(filter),
             tx,
-        });
+        };
+        match scope {
+            Scope::Workspace(ws) => inner
+                .spaces
+                .entry(ws.clone())
+                .or_default()
+                .collections
+                .entry(key.clone())
+                .or_default()
+                .watchers
+                .push(slot),
+            Scope::AllWorkspaces => inner.wildcard.entry(key.clone()).or_default().push(slot),
+        }
         Ok(Subscription {
             initial,
             live,
             start_rv: rv,
             registration: Registration {
                 inner: self.inner.clone(),
-                workspace: workspace.to_string(),
+                scope: scope.clone(),
                 key: key.clone(),
                 id,
             },
@@ -670,17 +954,17 @@ impl Store {
                 c.watchers.clear();
             }
         }
+        inner.wildcard.clear();
     }
 }
 
 /// Removes one object with a DELETED event carrying the delete's resourceVersion.
 fn remove_object(
-    rv: &mut u64,
+    journal: &mut Journal<'_>,
     space: &mut Space,
     key: &ResourceKey,
     obj_key: &(String, String),
     last: Arc<Value>,
-    capacity: usize,
 ) {
     let Some(collection) = space.collections.get_mut(key) else {
         return;
@@ -688,16 +972,18 @@ fn remove_object(
     let Some(stored) = collection.objects.remove(obj_key) else {
         return;
     };
-    *rv += 1;
+    let rv = journal.next_rv();
     let mut tombstone = (*last).clone();
     object::set_meta(
         &mut tombstone,
         "resourceVersion",
         Some(json!(rv.to_string())),
     );
-    collection.publish(
-        Event::new(*rv, EventType::Deleted, Arc::new(tombstone), Some(stored)),
-        capacity,
+    annotate_workspace(&mut tombstone, journal.workspace);
+    journal.publish(
+        collection,
+        key,
+        Event::new(rv, EventType::Deleted, Arc::new(tombstone), Some(stored)),
     );
 }
 
@@ -713,33 +999,35 @@ fn register_crd(space: &mut Space, crd: &Value) {
     }
 }
 
-/// Removes a CRD's resource: its objects are deleted (with events) and its watches end.
-fn unregister_crd(rv: &mut u64, space: &mut Space, crd: &Value, capacity: usize) {
+/// Removes a CRD's resource: its objects are deleted (with events) and the
+/// workspace's watches of it end. Its history stays, so a watch that
+/// resumes from before the removal still sees the deletions.
+fn unregister_crd(journal: &mut Journal<'_>, space: &mut Space, crd: &Value) {
     let Ok(def) = ResourceDef::from_crd(crd) else {
         return;
     };
     let key = def.key();
     space.custom.remove(&key);
-    let keys: Vec<(String, String)> = space
+    let victims: Vec<((String, String), Arc<Value>)> = space
         .collections
         .get(&key)
-        .map(|c| c.objects.keys().cloned().collect())
+        .map(|c| {
+            c.objects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    for k in keys {
-        let last = space
-            .collections
-            .get(&key)
-            .and_then(|c| c.objects.get(&k))
-            .cloned();
-        if let Some(last) = last {
-            remove_object(rv, space, &key, &k, last, capacity);
-        }
+    for (k, last) in victims {
+        remove_object(journal, space, &key, &k, last);
     }
-    space.collections.remove(&key);
+    if let Some(collection) = space.collections.get_mut(&key) {
+        collection.watchers.clear();
+    }
 }
 
 /// Deletes everything in a namespace that is being removed.
-fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: usize) {
+fn empty_namespace(journal: &mut Journal<'_>, space: &mut Space, namespace: &str) {
     let keys: Vec<ResourceKey> = space.collections.keys().cloned().collect();
     for key in keys {
         let victims: Vec<((String, String), Arc<Value>)> = space
@@ -754,7 +1042,7 @@ fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: u
             })
             .unwrap_or_default();
         for (k, last) in victims {
-            remove_object(rv, space, &key, &k, last, capacity);
+            remove_object(journal, space, &key, &k, last);
         }
     }
 }
@@ -762,6 +1050,10 @@ fn empty_namespace(rv: &mut u64, space: &mut Space, namespace: &str, capacity: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn physical() -> Scope {
+        Scope::Workspace(String::new())
+    }
 
     fn key() -> ResourceKey {
         ("".into(), "configmaps".into())
@@ -808,7 +1100,12 @@ mod tests {
             put(&store, "a", &i.to_string());
         }
         let err = store
-            .watch("", &key(), Filter::default(), WatchStart::After(first))
+            .watch(
+                &physical(),
+                &key(),
+                Filter::default(),
+                WatchStart::After(first),
+            )
             .err()
             .unwrap_or_else(|| panic!("expected 410"));
         assert_eq!((err.code, err.reason), (410, "Expired"));
@@ -818,7 +1115,12 @@ mod tests {
         );
         let now = store.current_rv();
         let sub = store
-            .watch("", &key(), Filter::default(), WatchStart::After(now - 2))
+            .watch(
+                &physical(),
+                &key(),
+                Filter::default(),
+                WatchStart::After(now - 2),
+            )
             .unwrap_or_else(|e| panic!("{e:?}"));
         let rvs: Vec<u64> = sub.initial.iter().map(|d| d.event.rv).collect();
         assert_eq!(rvs, [now - 1, now]);
@@ -828,7 +1130,7 @@ mod tests {
     fn slow_watchers_are_dropped_without_blocking_writers() {
         let store = Store::new(100, 2);
         let mut sub = store
-            .watch("", &key(), Filter::default(), WatchStart::Now)
+            .watch(&physical(), &key(), Filter::default(), WatchStart::Now)
             .unwrap_or_else(|e| panic!("{e:?}"));
         for i in 0..5 {
             put(&store, "a", &i.to_string());
@@ -849,7 +1151,7 @@ mod tests {
             ..Filter::default()
         };
         let mut sub = store
-            .watch("", &key(), filter, WatchStart::Now)
+            .watch(&physical(), &key(), filter, WatchStart::Now)
             .unwrap_or_else(|e| panic!("{e:?}"));
         let write = |labels: Value| {
             let obj = json!({"metadata": {"name": "a", "namespace": "default", "labels": labels}});
@@ -901,6 +1203,83 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_watch_sees_every_workspace_but_not_the_physical_cluster() {
+        let store = Store::new(100, 100);
+        store.ensure_space("root:a");
+        let mut sub = store
+            .watch(
+                &Scope::AllWorkspaces,
+                &key(),
+                Filter::default(),
+                WatchStart::Now,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let write = |ws: &str, name: &str| {
+            let obj = json!({"metadata": {"name": name, "namespace": "default"}});
+            store
+                .write(
+                    ws,
+                    &key(),
+                    "default",
+                    NameChoice::Exact(name.into()),
+                    false,
+                    |_, _, _| Ok(Decision::Put(obj)),
+                )
+                .map(|w| w.object)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        write("", "physical");
+        write("root:a", "a");
+        // A workspace created after the watch started is seen too.
+        let b = write("root:b", "b");
+        assert_eq!(b["metadata"]["annotations"][CLUSTER_ANNOTATION], "root:b");
+        let mut seen = Vec::new();
+        while let Ok(d) = sub.live.try_recv() {
+            seen.push(
+                meta_str(&d.event.object, "name")
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        assert_eq!(seen, ["a", "b"]);
+        let physical = store.get("", &key(), "default", "physical");
+        assert!(physical.is_some_and(|o| o.pointer("/metadata/annotations").is_none()));
+    }
+
+    #[test]
+    fn namespaces_get_a_default_service_account_and_the_cluster_its_service() {
+        let store = Store::new(100, 100);
+        store.ensure_space("");
+        store.ensure_space("root:a");
+        let accounts = service_accounts_key();
+        let services = (String::new(), "services".to_string());
+        for ws in ["", "root:a"] {
+            assert!(store.get(ws, &accounts, "default", "default").is_some());
+        }
+        assert!(store.get("", &services, "default", "kubernetes").is_some());
+        assert!(
+            store
+                .get("root:a", &services, "default", "kubernetes")
+                .is_none()
+        );
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}});
+        store
+            .write(
+                "root:a",
+                &namespaces_key(),
+                "",
+                NameChoice::Exact("fresh".into()),
+                false,
+                |_, _, _| Ok(Decision::Put(ns)),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let account = store.get("root:a", &accounts, "fresh", "default");
+        assert!(
+            account.is_some_and(|a| a["metadata"]["annotations"][CLUSTER_ANNOTATION] == "root:a")
+        );
+    }
+
+    #[test]
     fn workspaces_are_separate() {
         let store = Store::new(100, 100);
         put(&store, "a", "1");
@@ -938,7 +1317,7 @@ mod tests {
             put(&store, n, "1");
         }
         let p1 = store
-            .list("", &key(), &Filter::default(), None, Some(2), None)
+            .list(&physical(), &key(), &Filter::default(), None, Some(2), None)
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!((p1.items.len(), p1.remaining), (2, 1));
         // Later writes do not show in a continued list.
@@ -946,7 +1325,7 @@ mod tests {
         put(&store, "c", "2");
         let p2 = store
             .list(
-                "",
+                &physical(),
                 &key(),
                 &Filter::default(),
                 p1.next,

@@ -539,9 +539,15 @@ async fn bad_requests_are_answered_like_kube() {
         Vec::new(),
     )
     .await;
+    // ConfigMaps have kube's default field label conversion, and its words.
     assert_eq!(
         (code, body["message"].as_str()),
-        (400, Some("field label not supported: spec.x"))
+        (
+            400,
+            Some(
+                "\"spec.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+            )
+        )
     );
     let (code, _, body) = raw(
         &client,

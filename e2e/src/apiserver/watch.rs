@@ -22,10 +22,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Shared;
 use super::handler::Body;
+use super::object::{self, KeyOrder};
 use super::path::Query;
 use super::registry::Target;
 use super::status::{ApiError, Cause};
-use super::store::{Delivery, Filter, Subscription, WatchStart};
+use super::store::{Delivery, Filter, Scope, Subscription, WatchStart};
 use super::table::{self, Rendering};
 
 /// How a watch was asked to behave.
@@ -116,7 +117,7 @@ fn params(query: &Query, close_after: Option<u64>, accept: &str) -> Result<Watch
 pub(crate) fn serve(
     shared: Arc<Shared>,
     target: Target,
-    workspace: String,
+    scope: Scope,
     query: &Query,
     filter: Filter,
     close_after: Option<u64>,
@@ -126,7 +127,7 @@ pub(crate) fn serve(
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     match shared
         .store
-        .watch(&workspace, &target.def.key(), filter, params.start)
+        .watch(&scope, &target.def.key(), filter, params.start)
     {
         Ok(subscription) => {
             tokio::spawn(run(shared, target, subscription, params, tx));
@@ -134,7 +135,7 @@ pub(crate) fn serve(
         Err(e) if e.code == 410 => {
             // The watch cache answers an expired resourceVersion with an
             // ERROR event on a 200 stream, then ends it.
-            let line = event_line("ERROR", &e.to_status());
+            let line = event_line("ERROR", &e.to_status(), KeyOrder::KindFirst);
             tokio::spawn(async move {
                 let _ = tx.send(line).await;
             });
@@ -159,10 +160,18 @@ pub(crate) fn serve(
     Ok(response)
 }
 
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
-    line.push(b'\n');
+/// `{"type":...,"object":...}` and a newline, in kube's field order.
+fn event_line(kind: &str, object: &Value, order: KeyOrder) -> Bytes {
+    framed(kind, &object::to_json(object, order))
+}
+
+fn framed(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
@@ -171,21 +180,15 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 fn delivery_line(target: &Target, params: &WatchParams, d: &Delivery) -> Bytes {
     let presented = target.present(&d.event.object);
     if params.table {
-        let rv = super::object::meta_str(&presented, "resourceVersion").map(str::to_string);
+        let rv = object::meta_str(&presented, "resourceVersion").map(str::to_string);
         let t = table::render(target, &[presented], rv, params.include_object.as_deref());
-        return event_line(d.kind.as_str(), &t);
+        return event_line(d.kind.as_str(), &t, KeyOrder::KindFirst);
     }
+    let order = KeyOrder::for_resource(target.def.custom);
     if !Arc::ptr_eq(&presented, &d.event.object) {
-        return event_line(d.kind.as_str(), &presented);
+        return event_line(d.kind.as_str(), &presented, order);
     }
-    let object = d.event.object_json();
-    let mut line = Vec::with_capacity(object.len() + 32);
-    line.extend_from_slice(b"{\"type\":\"");
-    line.extend_from_slice(d.kind.as_str().as_bytes());
-    line.extend_from_slice(b"\",\"object\":");
-    line.extend_from_slice(object);
-    line.extend_from_slice(b"}\n");
-    Bytes::from(line)
+    framed(d.kind.as_str(), d.event.object_json(order))
 }
 
 fn bookmark_line(target: &Target, rv: u64, initial_events_end: bool) -> Bytes {
@@ -196,6 +199,7 @@ fn bookmark_line(target: &Target, rv: u64, initial_events_end: bool) -> Bytes {
     event_line(
         "BOOKMARK",
         &json!({ "kind": target.def.kind, "apiVersion": target.api_version(), "metadata": metadata }),
+        KeyOrder::for_resource(target.def.custom),
     )
 }
 

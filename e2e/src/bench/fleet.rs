@@ -108,6 +108,12 @@ impl Fleet {
         connections
             .add_workspace(WORKSPACE, &kcp.kubeconfig_yaml(Some(WORKSPACE)))
             .await?;
+        connections
+            .add_workspace(
+                seed::SYNCTARGET_WORKSPACE,
+                &kcp.kubeconfig_yaml(Some(seed::SYNCTARGET_WORKSPACE)),
+            )
+            .await?;
         servers.push(kcp);
         let mut kubeconfigs = Vec::new();
         for cluster in &topology.clusters {

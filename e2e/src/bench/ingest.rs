@@ -130,13 +130,13 @@ async fn measure_uplink(
     names: &[String],
     files: &Files,
 ) -> anyhow::Result<IngestReport> {
-    let (kcp, client) = start_kcp(&files.kcp_kubeconfig).await?;
+    let (kcp, clients) = start_kcp(&files.kcp_kubeconfig).await?;
     let (hub, addrs) =
         launch::start_hub_with(&binaries.hub, files, Duration::from_secs(5), &[]).await?;
     let outcome = async {
         let total = names.len() * settings.objects_per_agent;
         eprintln!("  seeding {total} objects in KCP ...");
-        seed_kcp(client, names, settings.objects_per_agent).await?;
+        seed_kcp(&clients, names, settings.objects_per_agent).await?;
 
         let pid = hub.id().context("the hub is not running")?;
         let http = metrics_client();

@@ -242,11 +242,13 @@ pub async fn write_pki(dir: &Path, clusters: &[String]) -> anyhow::Result<()> {
 }
 
 /// Starts KCP with the benchmark's workspace, writes the hub's kubeconfig
-/// to `kubeconfig`, and returns a client of that workspace.
+/// to `kubeconfig`, and returns clients of that workspace and of the
+/// workspace holding the SyncTargets.
 pub async fn start_kcp(
     kubeconfig: &Path,
-) -> anyhow::Result<(crate::apiserver::ApiServer, kube::Client)> {
+) -> anyhow::Result<(crate::apiserver::ApiServer, KcpClients)> {
     use crate::apiserver::{ApiServer, ApiServerConfig};
+    use crate::demo::seed::SYNCTARGET_WORKSPACE;
 
     let kcp = ApiServer::start(ApiServerConfig {
         workspaces: vec![WORKSPACE.to_owned()],
@@ -256,27 +258,49 @@ pub async fn start_kcp(
     .context("starting KCP")?;
     kcp.write_kubeconfig(kubeconfig, None)?;
     let mut connections = crate::demo::connections::Connections::default();
-    connections
-        .add_workspace(WORKSPACE, &kcp.kubeconfig_yaml(Some(WORKSPACE)))
-        .await?;
-    let client = connections
-        .workspace(WORKSPACE)
-        .context("no client for KCP")?;
-    Ok((kcp, client))
+    for workspace in [WORKSPACE, SYNCTARGET_WORKSPACE] {
+        connections
+            .add_workspace(workspace, &kcp.kubeconfig_yaml(Some(workspace)))
+            .await?;
+    }
+    let clients = KcpClients {
+        workspace: connections
+            .workspace(WORKSPACE)
+            .context("no client for KCP")?,
+        root: connections
+            .workspace(SYNCTARGET_WORKSPACE)
+            .context("no client for KCP")?,
+    };
+    Ok((kcp, clients))
 }
 
-/// Creates, in KCP's benchmark workspace (`client`), the namespace and every
-/// simulated cluster's objects, so the hub's writes land on real objects.
-pub async fn seed_kcp(
-    client: kube::Client,
-    clusters: &[String],
-    objects: usize,
-) -> anyhow::Result<()> {
+/// Clients of the benchmark's KCP.
+#[derive(Clone)]
+pub struct KcpClients {
+    /// The benchmark's workspace.
+    pub workspace: kube::Client,
+    /// The workspace holding the SyncTargets.
+    pub root: kube::Client,
+}
+
+impl std::fmt::Debug for KcpClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KcpClients")
+    }
+}
+
+/// Registers every simulated cluster with KCP (its SyncTarget) and creates,
+/// in the benchmark's workspace, the namespace and every cluster's objects,
+/// each placed on its cluster, so the hub accepts their reports and its
+/// writes land on real objects.
+pub async fn seed_kcp(kcp: &KcpClients, clusters: &[String], objects: usize) -> anyhow::Result<()> {
     use futures::{StreamExt as _, TryStreamExt as _};
 
-    use crate::demo::seed::{create, deployment, namespace_object};
+    use crate::demo::seed::{create, namespace_object, placed_deployment, register_clusters};
     use crate::demo::topology::DemoObject;
 
+    register_clusters(kcp.root.clone(), clusters).await?;
+    let client = kcp.workspace.clone();
     create(
         &kube::Api::all(client.clone()),
         &namespace_object(NAMESPACE, None),
@@ -296,7 +320,7 @@ pub async fn seed_kcp(
                 cluster: cluster.clone(),
             };
             let api = api.clone();
-            async move { create(&api, &deployment(&object, NAMESPACE), WORKSPACE).await }
+            async move { create(&api, &placed_deployment(&object), WORKSPACE).await }
         })
         .buffer_unordered(32)
         .try_collect::<()>()

@@ -91,15 +91,15 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
     let names: Vec<String> = (1..=agents).map(|i| format!("storm-{i}")).collect();
     eprintln!("  issuing {agents} client certificates ...");
     write_pki(&files.pki, &names).await?;
-    let (kcp, client) = start_kcp(&files.kcp_kubeconfig).await?;
+    let (kcp, clients) = start_kcp(&files.kcp_kubeconfig).await?;
     let extra = unlimited_writes();
     let (hub, addrs) = launch::start_hub_with(&binaries.hub, files, HEARTBEAT, &extra).await?;
     let mut hub = Some(hub);
     let outcome = async {
         eprintln!("  seeding {agents} objects in KCP ...");
-        seed_kcp(client.clone(), &names, 1).await?;
+        seed_kcp(&clients, &names, 1).await?;
         let objects: Vec<String> = names.iter().map(|n| object_name(n, 0)).collect();
-        let upstream = kube::Api::namespaced(client, super::fleet::NAMESPACE);
+        let upstream = kube::Api::namespaced(clients.workspace.clone(), super::fleet::NAMESPACE);
         let kcp_watch = KcpWatch::start(upstream, &objects).await?;
 
         // Expected before any agent starts: the first ones connect (and

@@ -255,7 +255,7 @@ mod against_api_servers {
     use super::*;
     use crate::apiserver::{ApiServer, ApiServerConfig};
     use crate::demo::connections::Connections;
-    use crate::demo::seed::seed;
+    use crate::demo::seed::{SYNCTARGET_WORKSPACE, seed};
     use crate::demo::topology::{Topology, WORKSPACES};
 
     async fn servers() -> (ApiServer, ApiServer, Connections) {
@@ -269,7 +269,7 @@ mod against_api_servers {
             .await
             .unwrap_or_else(|e| panic!("cluster: {e}"));
         let mut connections = Connections::default();
-        for workspace in WORKSPACES {
+        for workspace in WORKSPACES.into_iter().chain([SYNCTARGET_WORKSPACE]) {
             connections
                 .add_workspace(workspace, &kcp.kubeconfig_yaml(Some(workspace)))
                 .await

@@ -248,6 +248,13 @@ impl Demo {
                 .await?;
             workspace_kubeconfigs.push(path);
         }
+        // Where the clusters are registered (their SyncTargets).
+        connections
+            .add_workspace(
+                seed::SYNCTARGET_WORKSPACE,
+                &kcp.kubeconfig_yaml(Some(seed::SYNCTARGET_WORKSPACE)),
+            )
+            .await?;
         self.servers.push(kcp);
 
         let mut cluster_kubeconfigs = Vec::new();

@@ -18,7 +18,8 @@
 //! clusters with the combined status, `observedGeneration` the lowest. When
 //! clusters differ, the message ends with who says what, e.g.
 //! `(True: a, b; False: c; missing: d)`. Conditions are sorted by type. The
-//! hub's own `StatusConflict` is never taken from a cluster.
+//! hub's own conditions (`StatusConflict`, `StatusReported`) are never taken
+//! from a cluster.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ pub(crate) fn combine(reports: &[Report<'_>], votes: &Votes<'_>) -> Value {
             let Some(kind) = object.get("type").and_then(Value::as_str) else {
                 continue;
             };
-            if kind == CONDITION_TYPE {
+            if kind == CONDITION_TYPE || kind == crate::writer::NOT_REPORTED_CONDITION {
                 continue;
             }
             // A cluster listing a type twice: the first one counts.

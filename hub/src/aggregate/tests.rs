@@ -741,7 +741,9 @@ fn test_store() -> Store {
 fn replay(key: &ObjectKey, arrivals: &[(&str, Update)]) -> BTreeMap<ClusterName, Entry> {
     let store = test_store();
     for (cluster, update) in arrivals {
-        store.apply(cluster, "session", vec![update.clone()]).ok();
+        store
+            .apply(cluster, "session", vec![update.clone()], vec![])
+            .ok();
     }
     store.entries(key)
 }
@@ -843,7 +845,7 @@ async fn a_cluster_turning_offline_requeues_its_objects_and_is_excluded() {
             seq: 1,
             entry: Some(entry(json!({"readyReplicas": ready}), T0)),
         };
-        store.apply(cluster, "s", vec![update]).ok();
+        store.apply(cluster, "s", vec![update], vec![]).ok();
     }
     queue.drain_ready();
     let stop = CancellationToken::new();

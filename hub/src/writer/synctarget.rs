@@ -1,15 +1,20 @@
-//! Each cluster's record in KCP: one `SyncTarget`
-//! (`workload.kcp.io/v1alpha1`, cluster-scoped) per cluster in the configured
-//! workspace, carrying `lastSyncerHeartbeatTime`, a `Ready` condition
-//! (`True` when the cluster is Ready, `False` with reason `Stale` or
-//! `Offline`), and the capacity the agent last reported.
+//! Each cluster's record in KCP: the status of its `SyncTarget`
+//! (`workload.kcp.io/v1alpha1`, cluster-scoped, named like the cluster, in
+//! the configured workspace), carrying `lastSyncerHeartbeatTime`, a `Ready`
+//! condition (`True` when the cluster is Ready, `False` with reason `Stale`
+//! or `Offline`), and the capacity the agent last reported.
+//!
+//! The operator creates SyncTargets (they are what KCP places workloads
+//! on); the hub only writes the status of the ones its placement view found
+//! ([`crate::placement`]), each from its own cluster's record, so nothing a
+//! cluster sends reaches another cluster's SyncTarget. A cluster without one
+//! gets nothing written.
 //!
 //! Level-triggered like the status writer: every tick compares each
 //! cluster's state in [`Health`] with what was last written, and writes when
 //! the state changed, or when the heartbeat time moved and the last write is
 //! older than the heartbeat period (so heartbeats do not turn into a write
-//! each). A SyncTarget that does not exist is created, then its status
-//! patched. Failures wait with exponential backoff and are retried; the
+//! each). Failures wait with exponential backoff and are retried; the
 //! latest state is what lands, never a history.
 //!
 //! Capacity ([`crate::capacity::record`]): `capacity` and `allocatable`
@@ -28,10 +33,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::ResourceAmounts;
 
-use super::{StatusUpstream, UpstreamError, is_path_segment};
+use super::{StatusUpstream, is_path_segment};
 use crate::capacity::record::{CapacityRecord, ClusterHealth, apply_to_synctarget_patch};
 use crate::health::{ClusterRecord, ClusterState, Health, cluster_state};
 use crate::metrics::{Metrics, write_result};
+use crate::placement::Placements;
 use crate::store::ObjectKey;
 
 /// First retry delay after a failed write; doubles per failure.
@@ -42,9 +48,6 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How SyncTargets are written.
 #[derive(Debug, Clone)]
 pub struct SyncTargetSettings {
-    /// The workspace holding the SyncTargets; `None` writes none (the state
-    /// metric is still published).
-    pub workspace: Option<String>,
     /// The agents' heartbeat interval (Stale after three).
     pub heartbeat_interval: Duration,
     /// Silence after which a cluster is Offline.
@@ -80,6 +83,7 @@ struct Written {
 pub struct SyncTargets {
     upstream: Arc<dyn StatusUpstream>,
     health: Arc<Health>,
+    placements: Arc<Placements>,
     metrics: Arc<Metrics>,
     settings: SyncTargetSettings,
     written: HashMap<String, Written>,
@@ -89,12 +93,14 @@ impl SyncTargets {
     pub fn new(
         upstream: Arc<dyn StatusUpstream>,
         health: Arc<Health>,
+        placements: Arc<Placements>,
         metrics: Arc<Metrics>,
         settings: SyncTargetSettings,
     ) -> Self {
         Self {
             upstream,
             health,
+            placements,
             metrics,
             settings,
             written: HashMap::new(),
@@ -146,10 +152,16 @@ impl SyncTargets {
                     .set(i64::from(candidate == *state));
             }
         }
-        let Some(workspace) = self.settings.workspace.clone() else {
-            return;
-        };
         for (name, state, record) in states {
+            // Only the cluster's own SyncTarget, and only one that exists.
+            let Some(workspace) = self
+                .placements
+                .read()
+                .synctarget(&name)
+                .map(|target| target.workspace.clone())
+            else {
+                continue;
+            };
             if !is_path_segment(&name) {
                 continue; // cannot be a SyncTarget name; the identity check should prevent it
             }
@@ -215,13 +227,9 @@ impl SyncTargets {
             .and_then(|w| w.health_since)
             .map_or(now, |(_, since)| since);
         apply_to_synctarget_patch(&mut patch, &capacity, health_since);
-        let mut result = self.upstream.patch_status(&key, &patch, false).await;
-        if result == Err(UpstreamError::NotFound) {
-            result = match self.upstream.create(&key, &manifest(name)).await {
-                Ok(()) => self.upstream.patch_status(&key, &patch, false).await,
-                Err(error) => Err(error),
-            };
-        }
+        // A 404 (the SyncTarget was deleted meanwhile) is a failure like
+        // any other: retried with backoff until the placement view drops it.
+        let result = self.upstream.patch_status(&key, &patch, false).await;
         let Some(written) = self.written.get_mut(name) else {
             return;
         };
@@ -247,8 +255,7 @@ impl SyncTargets {
                     .with_label_values(&[write_result::ERROR])
                     .inc();
                 written.failures = written.failures.saturating_add(1);
-                let exp = written.failures.saturating_sub(1).min(16);
-                let delay = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_MAX);
+                let delay = crate::retry::delay(written.failures, RETRY_BASE, RETRY_MAX);
                 written.retry_at = Some(Instant::now() + delay);
                 if written.failures == 1 {
                     tracing::warn!(cluster = %name, %workspace, %error, retry_in = ?delay, "writing the SyncTarget failed");
@@ -271,19 +278,6 @@ pub fn synctarget_key(workspace: &str, name: &str) -> ObjectKey {
         namespace: None,
         name: name.to_owned(),
     }
-}
-
-/// The SyncTarget the hub creates for cluster `name` (status comes after).
-fn manifest(name: &str) -> Value {
-    json!({
-        "apiVersion": "workload.kcp.io/v1alpha1",
-        "kind": "SyncTarget",
-        "metadata": {
-            "name": name,
-            "labels": { "app.kubernetes.io/managed-by": "uplink-hub" },
-        },
-        "spec": {},
-    })
 }
 
 /// The merge patch of a SyncTarget's status for a cluster in `state`.
@@ -355,6 +349,7 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
+    use crate::writer::UpstreamError;
 
     /// Upstream that knows which SyncTargets exist and records what was sent.
     #[derive(Debug, Default)]
@@ -410,34 +405,35 @@ mod tests {
         ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
             Box::pin(async { Ok(None) })
         }
-
-        fn create<'a>(
-            &'a self,
-            key: &'a ObjectKey,
-            _object: &'a Value,
-        ) -> BoxFuture<'a, Result<(), UpstreamError>> {
-            Box::pin(async move {
-                if let Ok(mut calls) = self.calls.lock() {
-                    calls.push(format!("create {}", key.name));
-                }
-                if let Ok(mut existing) = self.existing.lock() {
-                    existing.entry(key.name.clone()).or_insert(Value::Null);
-                }
-                Ok(())
-            })
-        }
     }
 
+    /// A hub's SyncTarget writer where cluster `c1` has a SyncTarget in
+    /// `root` (in KCP and in the placement view) and `c2` has none.
     fn fixture(period: Duration) -> (SyncTargets, Arc<FakeKcp>, Arc<Health>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
         let health = Arc::new(Health::new(metrics.clone()));
         let kcp = Arc::new(FakeKcp::default());
+        if let Ok(mut existing) = kcp.existing.lock() {
+            existing.insert("c1".into(), Value::Null);
+        }
+        let placements = Arc::new(Placements::new(
+            crate::placement::PlacementSettings::default(),
+            metrics.clone(),
+        ));
+        placements
+            .write()
+            .put_synctarget(crate::placement::SyncTargetRef {
+                workspace: "root".into(),
+                name: "c1".into(),
+                uid: "uid-c1".into(),
+                key: crate::placement::key::sync_target_key("root", "c1"),
+            });
         let targets = SyncTargets::new(
             kcp.clone(),
             health.clone(),
+            placements,
             metrics.clone(),
             SyncTargetSettings {
-                workspace: Some("root".into()),
                 heartbeat_interval: Duration::from_secs(1),
                 offline_grace: Duration::from_secs(10),
                 heartbeat_period: period,
@@ -456,13 +452,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn creates_then_follows_state_changes_and_rate_limits_heartbeats() {
+    async fn follows_state_changes_and_rate_limits_heartbeats() {
         let (mut targets, kcp, health, metrics) = fixture(Duration::from_secs(30));
         let t0 = SystemTime::now();
         health.session_started("c1", 1, "s", "v");
         health.heartbeat("c1", 0, t0);
+        // c2 has no SyncTarget: nothing is written for it, nothing created.
+        health.session_started("c2", 2, "s", "v");
+        health.heartbeat("c2", 0, t0);
         targets.tick(t0).await;
-        assert_eq!(kcp.calls(), ["patch c1", "create c1", "patch c1"]);
+        assert_eq!(kcp.calls(), ["patch c1"]);
+        assert_eq!(kcp.status("c2"), None);
         assert_eq!(
             ready_reason(&kcp, "c1"),
             Some(("True".into(), "Ready".into()))
@@ -477,7 +477,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         health.heartbeat("c1", 0, t1);
         targets.tick(t1).await;
-        assert_eq!(kcp.calls().len(), 3);
+        assert_eq!(kcp.calls().len(), 1);
 
         // Silence: Stale after three intervals, then Offline after the grace.
         targets.tick(t1 + Duration::from_secs(4)).await;

@@ -38,19 +38,6 @@ pub trait StatusUpstream: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         key: &'a ObjectKey,
     ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>>;
-
-    /// Creates the object `key` names from `object` (a whole manifest); an
-    /// object that already exists is success. Only objects the hub owns
-    /// (SyncTargets) are created. The default does nothing, for upstreams
-    /// that only take status writes.
-    fn create<'a>(
-        &'a self,
-        key: &'a ObjectKey,
-        object: &'a Value,
-    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
-        let _ = (key, object);
-        Box::pin(async { Ok(()) })
-    }
 }
 
 /// How an upstream request failed.
@@ -197,18 +184,28 @@ impl KubeUpstream {
             }
             UpstreamMode::Kubernetes => "",
         };
+        self.workspace_client(workspace)
+            .map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The client whose requests go to `workspace` (`*`: every workspace,
+    /// kcp's wildcard; empty: no prefix), built once and cached.
+    pub(crate) fn workspace_client(&self, workspace: &str) -> Result<Client, kube::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(workspace) {
             return Ok(client.clone());
         }
-        let client = self
-            .build_client(workspace)
-            .map_err(|e| UpstreamError::BadObject {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
+        let client = self.build_client(workspace)?;
         clients.insert(workspace.to_owned(), client.clone());
         Ok(client)
+    }
+
+    /// Whether workspaces are URL prefixes.
+    pub fn mode(&self) -> UpstreamMode {
+        self.mode
     }
 
     async fn send(
@@ -325,30 +322,6 @@ impl StatusUpstream for KubeUpstream {
             let object: Value = serde_json::from_slice(&body)
                 .map_err(|e| UpstreamError::Transport(format!("decoding the object: {e}")))?;
             Ok(object.get("status").filter(|s| !s.is_null()).cloned())
-        })
-    }
-
-    fn create<'a>(
-        &'a self,
-        key: &'a ObjectKey,
-        object: &'a Value,
-    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(object).map_err(|e| UpstreamError::BadObject {
-                key: key.to_string(),
-                reason: format!("encoding the object: {e}"),
-            })?;
-            let request = Self::request(key)?
-                .create(&kube::api::PostParams::default(), body)
-                .map_err(|e| UpstreamError::BadObject {
-                    key: key.to_string(),
-                    reason: e.to_string(),
-                })?;
-            match self.send(key, request).await {
-                // 409 on create: it already exists, which is what we want.
-                Ok(_) | Err(UpstreamError::Conflict(_)) => Ok(()),
-                Err(error) => Err(error),
-            }
         })
     }
 }

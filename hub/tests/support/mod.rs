@@ -27,8 +27,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
+use uplink_hub::placement::source::Metadata;
+use uplink_hub::placement::watch::{Event, WatchError};
+use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
 use uplink_hub::{Hub, HubConfig, Metrics, StatusUpstream, UpstreamError};
+use uplink_protocol::resource::ResourceSpec;
 use uplink_protocol::{
     AgentFrame, Change, Delta, Hello, HubFrame, Limits, ObjectRef, PROTOCOL_VERSION,
     decode_hub_frame, encode,
@@ -179,6 +183,89 @@ impl StatusUpstream for FakeUpstream {
     }
 }
 
+/// Clusters with a SyncTarget in the fake placement, and the objects (in
+/// `root:org:team-a`, namespace `default`) placed on each of them.
+pub const CLUSTERS: &[&str] = &["edge-1", "east", "west", "good", "bad", "a", "b"];
+pub const PLACED: &[&str] = &["web", "api", "odd", "bad", "db"];
+
+/// Placement as KCP would list it: SyncTargets in `root` for
+/// [`CLUSTERS`], every object of [`PLACED`] placed on each of them. Listed
+/// once; nothing changes afterwards.
+#[derive(Debug)]
+pub struct FakePlacement {
+    pub clusters: Vec<String>,
+    pub objects: Vec<String>,
+}
+
+impl Default for FakePlacement {
+    fn default() -> Self {
+        Self {
+            clusters: CLUSTERS.iter().map(|c| (*c).to_owned()).collect(),
+            objects: PLACED.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+}
+
+fn listed_once<T: Send + 'static>(
+    kind: &str,
+    objects: Vec<T>,
+) -> futures::stream::BoxStream<'static, Result<Event<T>, WatchError>> {
+    let event = Event::Listed {
+        kind: Some(kind.to_owned()),
+        objects,
+    };
+    futures::stream::once(async move { Ok(event) })
+        .chain(futures::stream::pending())
+        .boxed()
+}
+
+impl PlacementSource for FakePlacement {
+    fn synctargets(
+        &self,
+        _workspace: &str,
+    ) -> futures::stream::BoxStream<'static, Result<Event<SyncTargetObject>, WatchError>> {
+        let objects = self
+            .clusters
+            .iter()
+            .map(|name| SyncTargetObject {
+                metadata: Metadata {
+                    name: name.clone(),
+                    uid: format!("uid-{name}"),
+                    ..Metadata::default()
+                },
+            })
+            .collect();
+        listed_once("SyncTarget", objects)
+    }
+
+    fn placed(
+        &self,
+        _resource: &ResourceSpec,
+        label_selector: &str,
+    ) -> futures::stream::BoxStream<'static, Result<Event<PlacedObject>, WatchError>> {
+        let (label, value) = label_selector
+            .split_once('=')
+            .unwrap_or((label_selector, ""));
+        let objects = self
+            .objects
+            .iter()
+            .map(|name| PlacedObject {
+                kind: None,
+                metadata: Metadata {
+                    name: name.clone(),
+                    namespace: Some("default".into()),
+                    uid: format!("upstream-{name}"),
+                    labels: [(label.to_owned(), value.to_owned())].into(),
+                    annotations: [("kcp.io/cluster".to_owned(), "root:org:team-a".to_owned())]
+                        .into(),
+                    ..Metadata::default()
+                },
+            })
+            .collect();
+        listed_once("Deployment", objects)
+    }
+}
+
 /// A hub running on loopback with a fake upstream.
 pub struct TestHub {
     pub pki: Pki,
@@ -212,7 +299,9 @@ impl TestHub {
         };
         adjust(&mut config);
         let upstream = Arc::new(FakeUpstream::default());
-        let hub = Hub::bind_with_upstream(config, upstream.clone()).await?;
+        let hub =
+            Hub::bind_with_upstream(config, upstream.clone(), Arc::new(FakePlacement::default()))
+                .await?;
         let shutdown = CancellationToken::new();
         let (tunnel, http, metrics) = (hub.tunnel_addr(), hub.http_addr(), hub.metrics());
         let task = tokio::spawn(hub.run(shutdown.clone()));
@@ -440,4 +529,57 @@ pub fn upsert(seq: u64, name: &str, status: Value) -> Delta {
             status_json: status.to_string(),
         },
     }
+}
+
+/// The SyncTarget CRD Uplink ships for KCP.
+const SYNCTARGET_CRD: &str = include_str!("../../../deploy/crds/synctargets.workload.kcp.io.yaml");
+
+/// Registers `clusters` with the test bed's KCP as an operator would: the
+/// SyncTarget CRD and one SyncTarget per cluster in workspace `root`.
+pub async fn register_clusters(
+    server: &uplink_e2e::apiserver::ApiServer,
+    dir: &std::path::Path,
+    clusters: &[&str],
+) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, PostParams};
+    use kube::core::GroupVersionKind;
+
+    let kubeconfig = dir.join("root.kubeconfig");
+    server.write_kubeconfig(&kubeconfig, Some("root"))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let crds = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let crd: DynamicObject = serde_saphyr::from_str(SYNCTARGET_CRD)?;
+    kube::Api::<DynamicObject>::all_with(client.clone(), &crds)
+        .create(&PostParams::default(), &crd)
+        .await?;
+    let synctargets = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
+        "synctargets",
+    );
+    let api = kube::Api::<DynamicObject>::all_with(client, &synctargets);
+    for cluster in clusters {
+        api.create(
+            &PostParams::default(),
+            &DynamicObject::new(cluster, &synctargets),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// kcp's placement label for `cluster`'s SyncTarget in `root`, set to `Sync`.
+pub fn placed_on(cluster: &str) -> (String, String) {
+    use uplink_hub::placement::key::{STATE_SYNC, state_label, sync_target_key};
+    (
+        state_label(&sync_target_key("root", cluster)),
+        STATE_SYNC.to_owned(),
+    )
 }

@@ -240,7 +240,7 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
                 })
             }
         ),
-        any::<u64>().prop_map(|seq| HubFrame::Ack(Ack { seq })),
+        any::<u64>().prop_map(|seq| HubFrame::Ack(Ack::new(seq))),
         (any::<i64>(), any::<i64>()).prop_map(|(agent_time_ms, hub_time_ms)| {
             HubFrame::HeartbeatAck(HeartbeatAck {
                 agent_time_ms,

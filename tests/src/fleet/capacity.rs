@@ -114,7 +114,9 @@ impl Fleet {
         Ok(())
     }
 
-    /// Deletes pod `namespace/name` in `cluster`.
+    /// Deletes pod `namespace/name` in `cluster`. A pod bound to a node
+    /// terminates first, for its grace period (one second for [`pod`]'s),
+    /// and goes when the kubelet (the test bed's stand-in) deletes it.
     pub async fn delete_pod(&self, cluster: &str, namespace: &str, name: &str) -> Result<()> {
         let api: Api<Pod> = Api::namespaced(self.cluster(cluster).await?, namespace);
         api.delete(name, &DeleteParams::default())
@@ -133,7 +135,8 @@ fn ready_condition(ready: bool) -> Value {
 }
 
 /// A pod manifest bound to `node` (or unscheduled) whose app containers
-/// request `(cpu, memory)` each.
+/// request `(cpu, memory)` each, with a grace period of one second, so that
+/// a deleted pod is gone within a test's deadline.
 pub fn pod(namespace: &str, name: &str, node: Option<&str>, containers: &[(&str, &str)]) -> Value {
     let containers: Vec<Value> = containers
         .iter()
@@ -150,7 +153,7 @@ pub fn pod(namespace: &str, name: &str, node: Option<&str>, containers: &[(&str,
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"containers": containers},
+        "spec": {"containers": containers, "terminationGracePeriodSeconds": 1},
     });
     if let Some(node) = node {
         pod["spec"]["nodeName"] = json!(node);

@@ -1,6 +1,8 @@
 //! The convergence checker: for every object a scenario placed, does KCP's
-//! status equal what the cluster holding it says (or nothing, once the
-//! object is gone downstream)?
+//! status equal what the cluster holding it says? Once the object is gone
+//! downstream, KCP keeps its last status marked as reported by no cluster
+//! (the condition `StatusReported=False`; no cluster can make the hub wipe
+//! a status), or has none if it never had one.
 //!
 //! Scenarios end with [`Convergence::converged`], which polls until there
 //! are no differences and otherwise fails listing them. A status that is
@@ -146,7 +148,11 @@ impl Convergence {
                     .cloned()
                     .flatten();
                 let up = upstream.get(&p.name).cloned().flatten();
-                if down != up {
+                let agree = match (&down, &up) {
+                    (None, Some(up)) => marked_unreported(up),
+                    _ => down == up,
+                };
+                if !agree {
                     differences.push(Difference {
                         placement: p.clone(),
                         downstream: down,
@@ -214,6 +220,17 @@ fn normalize(status: Option<Value>) -> Option<Value> {
         Some(Value::Object(map)) if map.is_empty() => None,
         other => other,
     }
+}
+
+/// Whether `status` says no cluster reports its object any more.
+pub fn marked_unreported(status: &Value) -> bool {
+    status["conditions"].as_array().is_some_and(|conditions| {
+        conditions.iter().any(|c| {
+            c["type"] == "StatusReported"
+                && c["status"] == "False"
+                && c["reason"] == "NoClusterReports"
+        })
+    })
 }
 
 #[cfg(test)]

@@ -51,14 +51,13 @@ impl FleetBuilder {
         self.hub_config(move |c| c.offline_grace = grace)
     }
 
-    /// Installs the SyncTarget CRD in KCP workspace `workspace` before the
-    /// hub starts, and has the hub write its SyncTargets there, refreshing
-    /// `lastSyncerHeartbeatTime` at least every `heartbeat_period`.
+    /// Keeps the clusters' SyncTargets in KCP workspace `workspace` (the
+    /// CRD and one SyncTarget per cluster are created before the hub
+    /// starts), and has the hub refresh their `lastSyncerHeartbeatTime` at
+    /// least every `heartbeat_period`.
     pub fn synctargets(mut self, workspace: &str, heartbeat_period: Duration) -> Self {
-        self.synctarget_crd = Some(workspace.to_owned());
-        let workspace = workspace.to_owned();
+        self.synctarget_workspace = workspace.to_owned();
         self.hub_config(move |c| {
-            c.synctarget_workspace = Some(workspace.clone());
             c.synctarget_heartbeat_period = heartbeat_period;
         })
     }
@@ -81,15 +80,54 @@ pub async fn install_synctarget_crd(kcp: &ApiServer, workspace: &str) -> Result<
     Ok(())
 }
 
+/// Creates cluster `name`'s SyncTarget in `workspace` of `kcp`, as an
+/// operator registering the cluster with KCP would.
+pub async fn create_synctarget(kcp: &ApiServer, workspace: &str, name: &str) -> Result<()> {
+    let client = client_for(kcp, Some(workspace)).await?;
+    let synctarget: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "workload.kcp.io/v1alpha1",
+        "kind": "SyncTarget",
+        "metadata": { "name": name },
+        "spec": {},
+    }))
+    .context("a SyncTarget")?;
+    Api::<DynamicObject>::all_with(client, &synctarget_resource())
+        .create(&PostParams::default(), &synctarget)
+        .await
+        .with_context(|| format!("creating SyncTarget {name} in KCP workspace {workspace}"))?;
+    Ok(())
+}
+
+fn synctarget_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
+        "synctargets",
+    )
+}
+
 impl Fleet {
+    /// Registers cluster `name` with KCP: creates its SyncTarget.
+    pub async fn create_synctarget(&self, name: &str) -> Result<()> {
+        create_synctarget(&self.kcp, self.synctarget_workspace(), name).await
+    }
+
+    /// Deletes cluster `name`'s SyncTarget: KCP no longer places anything on it.
+    pub async fn delete_synctarget(&self, name: &str) -> Result<()> {
+        let api = Api::<DynamicObject>::all_with(
+            self.kcp(self.synctarget_workspace()).await?,
+            &synctarget_resource(),
+        );
+        api.delete(name, &kube::api::DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting SyncTarget {name}"))?;
+        Ok(())
+    }
+
     /// Cluster `cluster`'s SyncTarget in KCP workspace `workspace`, `None`
     /// while it does not exist.
     pub async fn synctarget(&self, workspace: &str, cluster: &str) -> Result<Option<Value>> {
-        let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
-            "synctargets",
-        );
-        let api = Api::<DynamicObject>::all_with(self.kcp(workspace).await?, &resource);
+        let api =
+            Api::<DynamicObject>::all_with(self.kcp(workspace).await?, &synctarget_resource());
         let object = api
             .get_opt(cluster)
             .await

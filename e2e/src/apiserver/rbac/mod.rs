@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::authn::UserInfo;
 use super::status::ApiError;
-use super::store::{Filter, Store};
+use super::store::{Filter, Scope, Store};
 
 pub(crate) use attributes::Attributes;
 
@@ -195,7 +195,14 @@ impl Policies<'_> {
         };
         let stored = self
             .store
-            .list(self.workspace, &key(plural), &filter, None, None, None)
+            .list(
+                &Scope::Workspace(self.workspace.to_string()),
+                &key(plural),
+                &filter,
+                None,
+                None,
+                None,
+            )
             .map(|page| page.items)
             .unwrap_or_default();
         if self.workspace.is_empty() || plural != "clusterrolebindings" {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{GROUP, MASTERS, PolicyRule, rules_of};
 use crate::apiserver::object::{self, meta_str};
 use crate::apiserver::selector::LabelSelector;
-use crate::apiserver::store::{Decision, Filter, NameChoice, Store};
+use crate::apiserver::store::{Decision, Filter, NameChoice, Scope, Store};
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -535,7 +535,14 @@ pub(crate) fn aggregate(store: &Store, workspace: &str) {
     let key = cluster_roles_key();
     for _ in 0..4 {
         let all = store
-            .list(workspace, &key, &Filter::default(), None, None, None)
+            .list(
+                &Scope::Workspace(workspace.to_string()),
+                &key,
+                &Filter::default(),
+                None,
+                None,
+                None,
+            )
             .map(|page| page.items)
             .unwrap_or_default();
         let mut changed = false;

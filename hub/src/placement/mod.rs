@@ -1,0 +1,544 @@
+//! Which upstream objects KCP placed on which cluster: the hub's only source
+//! for what a cluster may report.
+//!
+//! A client certificate proves which cluster speaks; placement proves what
+//! it may speak about. A cluster is known in KCP by its SyncTarget (in the
+//! workspace `--synctarget-workspace` names, with the cluster's name), and
+//! kcp marks every object it places on that SyncTarget with the label
+//! `state.workload.kcp.io/<syncTargetKey>: Sync` ([`key`]). The hub watches
+//! both ([`source`], [`watch`]): the SyncTargets, and for each cluster that
+//! connected and has one, the objects of every synced type that carry its
+//! label, across all workspaces. Nothing an agent sends changes this view.
+//!
+//! Every report is judged against it ([`PlacementView::verdict`]): taken
+//! when the object is placed on the reporting cluster with the kind and
+//! version the report names; held when the view cannot tell yet (not
+//! listed yet, or not placed yet: the label may be on its way); refused
+//! otherwise, with a reason the agent is told ([`uplink_protocol::Rejected`]).
+//! Held reports wait in the store and are judged again when placement
+//! changes and once a second ([`runner`]); a report still not placed
+//! [`PlacementSettings::hold`] after the view was complete is refused.
+//!
+//! Consistency: sessions judge and store a batch while holding the view's
+//! read lock; the runner changes the view and the store (dropping the
+//! entries of unplaced objects, releasing held reports) while holding its
+//! write lock. So the store never keeps a report of an object that is not
+//! placed on its cluster, whatever the interleaving. Lock order: view, then
+//! store.
+
+pub mod address;
+pub mod key;
+pub mod runner;
+pub mod source;
+pub mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uplink_protocol::Rejected;
+use uplink_protocol::resource::ResourceSpec;
+
+use crate::metrics::Metrics;
+use crate::store::{ClusterName, ObjectKey};
+
+use self::address::{Address, AddressParts};
+
+pub use source::{PlacedObject, PlacementSource, SyncTargetObject};
+
+/// The group and resource of Uplink's own cluster records, which only the
+/// hub writes and no agent may report.
+pub const SYNCTARGET_GROUP: &str = "workload.kcp.io";
+pub const SYNCTARGET_RESOURCE: &str = "synctargets";
+
+/// How placement is read and enforced.
+#[derive(Debug, Clone)]
+pub struct PlacementSettings {
+    /// The resource types the hub syncs; reports of any other are refused.
+    pub resources: Vec<ResourceSpec>,
+    /// The workspace holding the clusters' SyncTargets (empty with a plain
+    /// Kubernetes upstream).
+    pub synctarget_workspace: String,
+    /// How long a report of an object not (yet) placed on its cluster is
+    /// held, once the cluster's placement view is complete, before it is
+    /// refused.
+    pub hold: Duration,
+    /// Most objects placed on one cluster the hub keeps track of.
+    pub max_per_cluster: u64,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        Self {
+            resources: vec![ResourceSpec::deployments()],
+            synctarget_workspace: "root".to_owned(),
+            hold: Duration::from_secs(30),
+            max_per_cluster: 1_000_000,
+        }
+    }
+}
+
+/// A cluster's SyncTarget, as the hub found it in KCP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncTargetRef {
+    pub workspace: String,
+    pub name: String,
+    pub uid: String,
+    /// kcp's key of it ([`key::sync_target_key`]).
+    pub key: String,
+}
+
+/// What to do with one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The object is placed on the cluster as the report names it.
+    Accept,
+    /// The view cannot tell yet; keep the report aside and ask again.
+    Hold,
+    /// Refused, for this reason (one of [`Rejected`]'s).
+    Reject(&'static str),
+}
+
+/// Placement, shared by the sessions (which read it) and the [`runner`]
+/// (which keeps it up to date).
+#[derive(Debug)]
+pub struct Placements {
+    view: RwLock<PlacementView>,
+    settings: PlacementSettings,
+    metrics: Arc<Metrics>,
+    /// Clusters whose agents connected; the runner watches their placement.
+    wanted: std::sync::Mutex<HashSet<ClusterName>>,
+    wanted_changed: Notify,
+    /// Woken after every change of the view.
+    changed: Notify,
+}
+
+impl Placements {
+    pub fn new(settings: PlacementSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            view: RwLock::new(PlacementView::new(settings.resources.clone())),
+            settings,
+            metrics,
+            wanted: std::sync::Mutex::default(),
+            wanted_changed: Notify::new(),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &PlacementSettings {
+        &self.settings
+    }
+
+    /// The view, for judging reports. Hold it while storing what it judged.
+    pub fn read(&self) -> RwLockReadGuard<'_, PlacementView> {
+        // Never poisoned midway: the view's methods do not panic while
+        // changing it.
+        self.view.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, PlacementView> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks for `cluster`'s placement to be watched (its agent connected).
+    pub fn want(&self, cluster: &str) {
+        let added = self
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cluster.to_owned());
+        if added {
+            self.wanted_changed.notify_one();
+        }
+    }
+
+    /// Waits, at most `limit`, until `cluster`'s placement can judge reports
+    /// (the SyncTargets are listed and the cluster has none, or its
+    /// placement is listed). Sessions wait for it before their `Welcome`,
+    /// so a connecting agent's first reports are judged at once rather than
+    /// held; when KCP is slow they are held, nothing is lost either way.
+    pub async fn wait_ready(&self, cluster: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            if self.read().ready(cluster) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Wakes [`Placements::wait_ready`]; the runner calls it after changes.
+    pub(crate) fn notify_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    fn wanted(&self) -> HashSet<ClusterName> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What the hub knows of `cluster`'s placement, for the hub API.
+    pub fn summary(&self, cluster: &str) -> PlacementSummary {
+        self.read().summary(cluster)
+    }
+}
+
+/// One cluster's placement as the hub API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSummary {
+    /// The cluster's SyncTarget; `None` when it has none (it may report
+    /// nothing) or the SyncTargets are not listed yet.
+    pub sync_target: Option<SyncTargetRef>,
+    /// Whether the SyncTargets and every type's placement are listed.
+    pub complete: bool,
+    /// Objects placed on the cluster.
+    pub objects: usize,
+}
+
+/// The placement of every watched cluster.
+#[derive(Debug)]
+pub struct PlacementView {
+    /// The synced types, in configuration order; placements refer to them
+    /// by index.
+    types: Vec<ResourceSpec>,
+    /// SyncTargets by cluster name; `None` until they were listed.
+    synctargets: Option<HashMap<ClusterName, SyncTargetRef>>,
+    clusters: HashMap<ClusterName, ClusterPlacement>,
+}
+
+/// What is placed on one cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterPlacement {
+    /// The SyncTarget key the watches select.
+    pub(crate) key: String,
+    /// Per type: the kind KCP names it by, once its list arrived.
+    kinds: Vec<Option<String>>,
+    /// Per type: whether its list arrived.
+    listed: Vec<bool>,
+    /// When every type was listed (the hold of unplaced reports counts from
+    /// here).
+    pub(crate) complete_since: Option<Instant>,
+    /// Placed objects by address (version and kind come from the type),
+    /// with their upstream uid.
+    objects: HashMap<Address, String>,
+}
+
+impl PlacementView {
+    fn new(types: Vec<ResourceSpec>) -> Self {
+        Self {
+            types,
+            synctargets: None,
+            clusters: HashMap::new(),
+        }
+    }
+
+    /// Whether `cluster` may report `key`; see [`Verdict`]. `key` is the
+    /// object as the report names it.
+    pub fn verdict(&self, cluster: &str, key: &ObjectKey) -> Verdict {
+        if is_reserved(&key.group, &key.resource) {
+            return Verdict::Reject(Rejected::RESERVED_RESOURCE);
+        }
+        let Some(index) = self.type_index(&key.group, &key.resource) else {
+            return Verdict::Reject(Rejected::RESOURCE_NOT_SYNCED);
+        };
+        if self.types[index].version != key.version {
+            return Verdict::Reject(Rejected::KIND_MISMATCH);
+        }
+        let Some(synctargets) = &self.synctargets else {
+            return Verdict::Hold;
+        };
+        if !synctargets.contains_key(cluster) {
+            return Verdict::Reject(Rejected::NO_SYNCTARGET);
+        }
+        let Some(placement) = self.clusters.get(cluster) else {
+            return Verdict::Hold;
+        };
+        match placement.kinds.get(index) {
+            Some(Some(kind)) if *kind != key.kind => {
+                return Verdict::Reject(Rejected::KIND_MISMATCH);
+            }
+            Some(Some(_)) => {}
+            _ => return Verdict::Hold,
+        }
+        if placement.contains(key) {
+            Verdict::Accept
+        } else {
+            Verdict::Hold
+        }
+    }
+
+    /// Whether reports of `cluster` can be judged now.
+    pub fn ready(&self, cluster: &str) -> bool {
+        match &self.synctargets {
+            None => false,
+            Some(targets) if !targets.contains_key(cluster) => true,
+            Some(_) => self.complete_since(cluster).is_some(),
+        }
+    }
+
+    /// When `cluster`'s view became complete, if it is.
+    pub fn complete_since(&self, cluster: &str) -> Option<Instant> {
+        self.clusters.get(cluster)?.complete_since
+    }
+
+    /// The SyncTarget of `cluster`, if it has one.
+    pub fn synctarget(&self, cluster: &str) -> Option<&SyncTargetRef> {
+        self.synctargets.as_ref()?.get(cluster)
+    }
+
+    /// Whether the SyncTargets were listed.
+    pub fn synctargets_listed(&self) -> bool {
+        self.synctargets.is_some()
+    }
+
+    fn summary(&self, cluster: &str) -> PlacementSummary {
+        let placement = self.clusters.get(cluster);
+        PlacementSummary {
+            sync_target: self.synctarget(cluster).cloned(),
+            complete: placement.is_some_and(|p| p.complete_since.is_some()),
+            objects: placement.map_or(0, |p| p.objects.len()),
+        }
+    }
+
+    fn type_index(&self, group: &str, resource: &str) -> Option<usize> {
+        self.types
+            .iter()
+            .position(|t| t.group == group && t.resource == resource)
+    }
+
+    /// The full key of `address` as placed on `cluster` (version and kind
+    /// of its type), once the type's kind is known.
+    pub(crate) fn canonical_key(&self, cluster: &str, address: &Address) -> Option<ObjectKey> {
+        self.canonical(self.clusters.get(cluster)?, address)
+    }
+
+    /// The full key of a placed object's address on `cluster`.
+    fn canonical(&self, placement: &ClusterPlacement, address: &Address) -> Option<ObjectKey> {
+        let index = self.type_index(&address.group, &address.resource)?;
+        let kind = placement.kinds.get(index)?.as_deref()?;
+        Some(address.key(&self.types[index].version, kind))
+    }
+
+    // ---- Changes (the runner's, under the write lock) ----------------------
+
+    /// Replaces the SyncTargets with a fresh list; returns the clusters
+    /// whose SyncTarget went or changed (their placement must be dropped).
+    pub(crate) fn set_synctargets(
+        &mut self,
+        synctargets: HashMap<ClusterName, SyncTargetRef>,
+    ) -> Vec<ClusterName> {
+        self.synctargets = Some(synctargets);
+        self.stale_clusters()
+    }
+
+    /// Adds or updates one SyncTarget; returns the clusters to drop.
+    pub(crate) fn put_synctarget(&mut self, target: SyncTargetRef) -> Vec<ClusterName> {
+        self.synctargets
+            .get_or_insert_with(HashMap::new)
+            .insert(target.name.clone(), target);
+        self.stale_clusters()
+    }
+
+    /// Removes one SyncTarget; returns the clusters to drop.
+    pub(crate) fn remove_synctarget(&mut self, name: &str) -> Vec<ClusterName> {
+        if let Some(targets) = &mut self.synctargets {
+            targets.remove(name);
+        }
+        self.stale_clusters()
+    }
+
+    /// Watched clusters whose SyncTarget is gone or has another key.
+    fn stale_clusters(&self) -> Vec<ClusterName> {
+        let targets = self.synctargets.as_ref();
+        self.clusters
+            .iter()
+            .filter(|(cluster, placement)| {
+                targets
+                    .and_then(|t| t.get(*cluster))
+                    .is_none_or(|target| target.key != placement.key)
+            })
+            .map(|(cluster, _)| cluster.clone())
+            .collect()
+    }
+
+    /// Starts `cluster`'s placement with SyncTarget key `key`, empty and not
+    /// listed.
+    pub(crate) fn start_cluster(&mut self, cluster: &str, key: &str) {
+        let types = self.types.len();
+        self.clusters.insert(
+            cluster.to_owned(),
+            ClusterPlacement {
+                key: key.to_owned(),
+                kinds: vec![None; types],
+                listed: vec![false; types],
+                complete_since: None,
+                objects: HashMap::new(),
+            },
+        );
+    }
+
+    /// Forgets `cluster`'s placement; returns the full keys of the objects
+    /// that were placed on it.
+    pub(crate) fn drop_cluster(&mut self, cluster: &str) -> Vec<ObjectKey> {
+        let Some(placement) = self.clusters.remove(cluster) else {
+            return Vec::new();
+        };
+        placement
+            .objects
+            .keys()
+            .filter_map(|address| self.canonical(&placement, address))
+            .collect()
+    }
+
+    /// Whether the runner watches `cluster` with SyncTarget key `key`.
+    pub(crate) fn watching(&self, cluster: &str, key: &str) -> bool {
+        self.clusters.get(cluster).is_some_and(|p| p.key == key)
+    }
+
+    /// Applies one change of type `index` on `cluster`'s placement as
+    /// watched with SyncTarget key `key`. Returns the full keys of objects
+    /// no longer placed; `None` when the cluster is not watched with that
+    /// key (a late event of a stopped watch).
+    pub(crate) fn apply(
+        &mut self,
+        cluster: &str,
+        key: &str,
+        index: usize,
+        change: PlacementChange,
+        max_objects: u64,
+    ) -> Option<Applied> {
+        let resource = self.types.get(index)?.clone();
+        let placement = self.clusters.get_mut(cluster).filter(|p| p.key == key)?;
+        let mut applied = Applied::default();
+        let mut unplaced: Vec<Address> = Vec::new();
+        match change {
+            PlacementChange::Listed { kind, objects } => {
+                if let Some(kind) = kind {
+                    placement.kinds[index] = Some(kind);
+                }
+                let listed: HashMap<Address, String> = objects
+                    .into_iter()
+                    .map(|object| (object.address, object.uid))
+                    .collect();
+                let gone: Vec<Address> = placement
+                    .objects
+                    .keys()
+                    .filter(|address| {
+                        address.group == resource.group
+                            && address.resource == resource.resource
+                            && !listed.contains_key(*address)
+                    })
+                    .cloned()
+                    .collect();
+                for address in &gone {
+                    placement.objects.remove(address);
+                }
+                unplaced = gone;
+                for (address, uid) in listed {
+                    applied.overflow |= !placement.insert(address, uid, max_objects);
+                }
+                placement.listed[index] = true;
+                if placement.complete_since.is_none() && placement.listed.iter().all(|l| *l) {
+                    placement.complete_since = Some(Instant::now());
+                }
+            }
+            PlacementChange::Placed(object) => {
+                if placement.kinds[index].is_none() {
+                    placement.kinds[index] = object.kind.clone();
+                }
+                match placement.objects.get(&object.address) {
+                    // Deleted and created again with the same name: a new
+                    // object; the reports about the old one go.
+                    Some(uid) if *uid != object.uid => {
+                        unplaced.push(object.address.clone());
+                        placement.objects.insert(object.address, object.uid);
+                    }
+                    Some(_) => {}
+                    None => {
+                        applied.overflow |=
+                            !placement.insert(object.address, object.uid, max_objects);
+                    }
+                }
+            }
+            PlacementChange::Unplaced(address) => {
+                if placement.objects.remove(&address).is_some() {
+                    unplaced.push(address);
+                }
+            }
+        }
+        let placement = self.clusters.get(cluster)?;
+        applied.unplaced = unplaced
+            .iter()
+            .filter_map(|address| self.canonical(placement, address))
+            .collect();
+        Some(applied)
+    }
+
+    /// How many objects are placed on `cluster`.
+    pub fn objects(&self, cluster: &str) -> usize {
+        self.clusters.get(cluster).map_or(0, |p| p.objects.len())
+    }
+}
+
+impl ClusterPlacement {
+    fn contains(&self, key: &ObjectKey) -> bool {
+        self.objects.contains_key(key as &dyn AddressParts)
+    }
+
+    /// Adds a placed object; false when the cluster is at its limit.
+    fn insert(&mut self, address: Address, uid: String, max: u64) -> bool {
+        if self.objects.len() as u64 >= max && !self.objects.contains_key(&address) {
+            return false;
+        }
+        self.objects.insert(address, uid);
+        true
+    }
+}
+
+/// What one change did to a cluster's placement.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Full keys of the objects no longer placed on the cluster.
+    pub unplaced: Vec<ObjectKey>,
+    /// Objects were left out because the cluster is at its limit.
+    pub overflow: bool,
+}
+
+/// A change of one type's placement on one cluster, in the view's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PlacementChange {
+    /// Every object of the type placed on the cluster now.
+    Listed {
+        kind: Option<String>,
+        objects: Vec<PlacedAddress>,
+    },
+    Placed(PlacedAddress),
+    Unplaced(Address),
+}
+
+/// A placed object: its address, its kind if the server named it, its
+/// upstream uid.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PlacedAddress {
+    pub address: Address,
+    pub kind: Option<String>,
+    pub uid: String,
+}
+
+/// Whether `group`/`resource` is one of the records only the hub writes.
+pub fn is_reserved(group: &str, resource: &str) -> bool {
+    group == SYNCTARGET_GROUP && resource == SYNCTARGET_RESOURCE
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Where placement comes from: KCP's SyncTargets and the objects carrying a
+//! SyncTarget's placement label, as [`watch`] streams. [`KubeUpstream`]
+//! reads them from KCP (a wildcard `/clusters/*` list+watch with the label
+//! selector, as kcp's syncer virtual workspace served them); tests may
+//! substitute their own source.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::Deserialize;
+use uplink_protocol::resource::ResourceSpec;
+
+use super::key::CLUSTER_ANNOTATION;
+use super::watch::{self, Collection, Event, WatchError, Watched};
+use crate::config::UpstreamMode;
+use crate::writer::KubeUpstream;
+
+/// Placement, as streams of list+watch events.
+pub trait PlacementSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The SyncTargets (`workload.kcp.io/v1alpha1`) in `workspace`.
+    fn synctargets(
+        &self,
+        workspace: &str,
+    ) -> BoxStream<'static, Result<Event<SyncTargetObject>, WatchError>>;
+
+    /// The objects of type `resource` in every workspace that match
+    /// `label_selector`.
+    fn placed(
+        &self,
+        resource: &ResourceSpec,
+        label_selector: &str,
+    ) -> BoxStream<'static, Result<Event<PlacedObject>, WatchError>>;
+}
+
+/// The metadata the hub reads of an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An object that may be placed on a cluster (only its metadata is read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct PlacedObject {
+    /// Set in watch events and in lists of custom resources; lists of
+    /// built-in types leave it out (the list's kind names it).
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub metadata: Metadata,
+}
+
+impl PlacedObject {
+    /// The workspace the object lives in, from kcp's `kcp.io/cluster`
+    /// annotation; `None` when it has none.
+    pub fn workspace(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(CLUSTER_ANNOTATION)
+            .map(String::as_str)
+    }
+}
+
+impl Watched for PlacedObject {
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+}
+
+/// A SyncTarget (only its metadata is read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SyncTargetObject {
+    pub metadata: Metadata,
+}
+
+impl Watched for SyncTargetObject {
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+}
+
+/// The collection path of `resource` (`/apis/apps/v1/deployments`, `/api/v1/pods`).
+pub fn collection_path(resource: &ResourceSpec) -> String {
+    if resource.group.is_empty() {
+        format!("/api/{}/{}", resource.version, resource.resource)
+    } else {
+        format!(
+            "/apis/{}/{}/{}",
+            resource.group, resource.version, resource.resource
+        )
+    }
+}
+
+impl PlacementSource for KubeUpstream {
+    fn synctargets(
+        &self,
+        workspace: &str,
+    ) -> BoxStream<'static, Result<Event<SyncTargetObject>, WatchError>> {
+        let resource = ResourceSpec {
+            resource: super::SYNCTARGET_RESOURCE.to_owned(),
+            version: "v1alpha1".to_owned(),
+            group: super::SYNCTARGET_GROUP.to_owned(),
+        };
+        self.stream(workspace, &resource, None)
+    }
+
+    fn placed(
+        &self,
+        resource: &ResourceSpec,
+        label_selector: &str,
+    ) -> BoxStream<'static, Result<Event<PlacedObject>, WatchError>> {
+        // Every workspace at once: kcp's wildcard; a plain Kubernetes
+        // upstream has one space only.
+        let workspace = match self.mode() {
+            UpstreamMode::Kcp => "*",
+            UpstreamMode::Kubernetes => "",
+        };
+        self.stream(workspace, resource, Some(label_selector.to_owned()))
+    }
+}
+
+impl KubeUpstream {
+    fn stream<T: Watched>(
+        &self,
+        workspace: &str,
+        resource: &ResourceSpec,
+        label_selector: Option<String>,
+    ) -> BoxStream<'static, Result<Event<T>, WatchError>> {
+        let path = collection_path(resource);
+        match self.workspace_client(workspace) {
+            Ok(client) => watch::list_watch(Collection {
+                client,
+                path,
+                label_selector,
+            }),
+            // The base configuration was checked at start-up; a workspace
+            // that cannot be addressed fails for good, and says so once.
+            Err(source) => futures::stream::once(async move {
+                Err(WatchError {
+                    what: "addressing",
+                    path,
+                    retry_in: std::time::Duration::MAX,
+                    source,
+                })
+            })
+            .chain(futures::stream::pending())
+            .boxed(),
+        }
+    }
+}

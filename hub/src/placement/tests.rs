@@ -1,0 +1,253 @@
+use super::*;
+
+const WS: &str = "root:org:team-a";
+
+fn view() -> PlacementView {
+    PlacementView::new(vec![
+        ResourceSpec::deployments(),
+        "widgets.v1alpha1.example.com"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+    ])
+}
+
+fn target(cluster: &str) -> SyncTargetRef {
+    SyncTargetRef {
+        workspace: "root".into(),
+        name: cluster.into(),
+        uid: format!("uid-{cluster}"),
+        key: key::sync_target_key("root", cluster),
+    }
+}
+
+fn deployment(name: &str) -> ObjectKey {
+    ObjectKey {
+        workspace: WS.into(),
+        group: "apps".into(),
+        version: "v1".into(),
+        resource: "deployments".into(),
+        kind: "Deployment".into(),
+        namespace: Some("shop".into()),
+        name: name.into(),
+    }
+}
+
+fn placed(name: &str, uid: &str) -> PlacedAddress {
+    PlacedAddress {
+        address: Address::of(&deployment(name)),
+        kind: None,
+        uid: uid.into(),
+    }
+}
+
+/// A view where `a` has a SyncTarget and a listed placement of `web` (and
+/// an empty list of widgets), and `b` has a SyncTarget but no watch yet.
+fn listed() -> PlacementView {
+    let mut view = view();
+    view.set_synctargets(HashMap::from([
+        ("a".to_owned(), target("a")),
+        ("b".to_owned(), target("b")),
+    ]));
+    let key_a = target("a").key;
+    view.start_cluster("a", &key_a);
+    view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Listed {
+            kind: Some("Deployment".into()),
+            objects: vec![placed("web", "u1")],
+        },
+        100,
+    );
+    view.apply(
+        "a",
+        &key_a,
+        1,
+        PlacementChange::Listed {
+            kind: Some("Widget".into()),
+            objects: vec![],
+        },
+        100,
+    );
+    view
+}
+
+#[test]
+fn nothing_is_taken_before_the_synctargets_are_listed() {
+    let view = view();
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Hold);
+}
+
+#[test]
+fn a_placed_object_is_taken_from_its_cluster_only() {
+    let view = listed();
+    assert!(view.complete_since("a").is_some());
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Accept);
+    // b has a SyncTarget but its placement is not listed yet: wait.
+    assert_eq!(view.verdict("b", &deployment("web")), Verdict::Hold);
+    // c has no SyncTarget at all.
+    assert_eq!(
+        view.verdict("c", &deployment("web")),
+        Verdict::Reject(Rejected::NO_SYNCTARGET)
+    );
+    // Not placed (yet): held, the label may be on its way.
+    assert_eq!(view.verdict("a", &deployment("api")), Verdict::Hold);
+    let other_workspace = ObjectKey {
+        workspace: "root:org:team-b".into(),
+        ..deployment("web")
+    };
+    assert_eq!(view.verdict("a", &other_workspace), Verdict::Hold);
+}
+
+#[test]
+fn another_kind_or_version_of_a_placed_object_is_refused() {
+    let view = listed();
+    let as_job = ObjectKey {
+        kind: "Job".into(),
+        ..deployment("web")
+    };
+    assert_eq!(
+        view.verdict("a", &as_job),
+        Verdict::Reject(Rejected::KIND_MISMATCH)
+    );
+    let old_version = ObjectKey {
+        version: "v1beta1".into(),
+        ..deployment("web")
+    };
+    assert_eq!(
+        view.verdict("a", &old_version),
+        Verdict::Reject(Rejected::KIND_MISMATCH)
+    );
+}
+
+#[test]
+fn synctargets_and_unsynced_types_are_refused() {
+    let view = listed();
+    let synctarget = ObjectKey {
+        group: SYNCTARGET_GROUP.into(),
+        version: "v1alpha1".into(),
+        resource: SYNCTARGET_RESOURCE.into(),
+        kind: "SyncTarget".into(),
+        workspace: "root".into(),
+        namespace: None,
+        name: "b".into(),
+    };
+    assert_eq!(
+        view.verdict("a", &synctarget),
+        Verdict::Reject(Rejected::RESERVED_RESOURCE)
+    );
+    let secret = ObjectKey {
+        group: String::new(),
+        resource: "secrets".into(),
+        kind: "Secret".into(),
+        ..deployment("db")
+    };
+    assert_eq!(
+        view.verdict("a", &secret),
+        Verdict::Reject(Rejected::RESOURCE_NOT_SYNCED)
+    );
+}
+
+#[test]
+fn unplacing_and_relisting_name_the_objects_that_left() {
+    let mut view = listed();
+    let key_a = target("a").key;
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Placed(placed("api", "u2")),
+        100,
+    );
+    assert!(applied.is_some_and(|a| a.unplaced.is_empty()));
+    assert_eq!(view.verdict("a", &deployment("api")), Verdict::Accept);
+
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Unplaced(Address::of(&deployment("web"))),
+        100,
+    );
+    assert_eq!(
+        applied.map(|a| a.unplaced),
+        Some(vec![deployment("web")]),
+        "the full key, with the placed version and kind"
+    );
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Hold);
+
+    // A relist (after 410 Gone) replaces the type's placement.
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Listed {
+            kind: Some("Deployment".into()),
+            objects: vec![placed("web", "u1")],
+        },
+        100,
+    );
+    assert_eq!(applied.map(|a| a.unplaced), Some(vec![deployment("api")]));
+    assert_eq!(view.objects("a"), 1);
+}
+
+#[test]
+fn an_object_created_again_under_the_same_name_is_a_new_object() {
+    let mut view = listed();
+    let key_a = target("a").key;
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Placed(placed("web", "u9")),
+        100,
+    );
+    assert_eq!(applied.map(|a| a.unplaced), Some(vec![deployment("web")]));
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Accept);
+}
+
+#[test]
+fn events_of_a_stopped_watch_change_nothing() {
+    let mut view = listed();
+    let stale = key::sync_target_key("root", "a-before-rename");
+    assert!(
+        view.apply(
+            "a",
+            &stale,
+            0,
+            PlacementChange::Unplaced(Address::of(&deployment("web"))),
+            100
+        )
+        .is_none()
+    );
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Accept);
+}
+
+#[test]
+fn a_cluster_whose_synctarget_goes_loses_its_placement() {
+    let mut view = listed();
+    assert_eq!(view.remove_synctarget("a"), vec!["a".to_owned()]);
+    assert_eq!(view.drop_cluster("a"), vec![deployment("web")]);
+    assert_eq!(
+        view.verdict("a", &deployment("web")),
+        Verdict::Reject(Rejected::NO_SYNCTARGET)
+    );
+    assert!(view.put_synctarget(target("a")).is_empty());
+}
+
+#[test]
+fn placement_per_cluster_is_bounded() {
+    let mut view = listed();
+    let key_a = target("a").key;
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Placed(placed("api", "u2")),
+        1,
+    );
+    assert!(applied.is_some_and(|a| a.overflow));
+    assert_eq!(view.objects("a"), 1);
+    assert_eq!(view.verdict("a", &deployment("api")), Verdict::Hold);
+}
