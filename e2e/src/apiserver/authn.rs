@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::object;
+use super::path::WILDCARD;
 use super::rbac::{self, Attributes, MASTERS};
 use super::status::ApiError;
 
@@ -299,9 +300,9 @@ pub(crate) fn review_token(
     Ok((user, audiences))
 }
 
-/// The user a request authenticates as; `None` for an anonymous request
-/// where `anonymous_ok` (health and version), 401 for other requests
-/// without valid credentials.
+/// The user a request authenticates as in `workspace` (or
+/// [`WILDCARD`]); `None` for an anonymous request where `anonymous_ok`
+/// (health and version), 401 for other requests without valid credentials.
 pub(crate) fn authenticate(
     shared: &Shared,
     workspace: &str,
@@ -323,7 +324,13 @@ pub(crate) fn authenticate(
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
-    match review_token(shared, workspace, token, &[]) {
+    // Under `/clusters/*` a ServiceAccount token counts in the workspace it
+    // was issued in, as kcp authenticates it (authorization then refuses it).
+    let workspace = match shared.tokens.lookup(token) {
+        Some(issued) if workspace == WILDCARD => issued.workspace,
+        _ => workspace.to_string(),
+    };
+    match review_token(shared, &workspace, token, &[]) {
         Ok((user, _)) => Ok(Some(user)),
         Err(reason) => {
             tracing::debug!(%reason, "bearer token rejected");

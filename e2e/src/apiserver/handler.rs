@@ -57,7 +57,8 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let is_watch = matches!(&parsed.target, PathTarget::Resource(r)
         if req.method() == Method::GET && (r.legacy_watch || query.flag("watch")));
     let anonymous_ok = matches!(parsed.target, PathTarget::Health | PathTarget::Version);
-    let user = authenticate_and_authorize(shared, &req, &parsed, &query, anonymous_ok)?;
+    let attrs = rbac::Attributes::of_request(req.method(), req.uri().path(), &parsed, &query);
+    let user = authenticate_and_authorize(shared, &req, &parsed, &attrs, anonymous_ok)?;
     let plan = shared.faults.plan(is_watch);
     if !matches!(parsed.target, PathTarget::Health) {
         if !plan.latency.is_zero() {
@@ -153,6 +154,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 rp,
                 query,
                 is_watch,
+                attrs.verb(),
                 plan.close_watch_after,
                 &accept,
                 &user,
@@ -170,42 +172,26 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
 }
 
 /// Who the request acts as (after impersonation), once authorization lets
-/// it do what it asks; `None` for an anonymous read of health or version.
+/// it do what `attrs` describe; `None` for an anonymous read of health or
+/// version. Under `/clusters/*` this is decided for kcp's logical cluster
+/// `*`, which only `system:masters` may use (403 for anyone else).
 fn authenticate_and_authorize(
     shared: &Shared,
     req: &Request<Incoming>,
     parsed: &path::RequestPath,
-    query: &Query,
+    attrs: &rbac::Attributes,
     anonymous_ok: bool,
 ) -> Result<Option<UserInfo>, ApiError> {
-    let ws = parsed.workspace.as_str();
+    let ws = parsed.logical_cluster();
     let Some(user) = authn::authenticate(shared, ws, req.headers(), anonymous_ok)? else {
         return Ok(None);
     };
     let user = authn::impersonate(shared, ws, user, req.headers())?;
-    let attrs = rbac::Attributes::of_request(req.method(), req.uri().path(), parsed, query);
-    let decision = rbac::authorize(&shared.store, ws, &user, &attrs);
+    let decision = rbac::authorize(&shared.store, ws, &user, attrs);
     if !decision.allowed {
-        return Err(rbac::forbidden(&user, &attrs, &decision.reason));
+        return Err(rbac::forbidden(&user, attrs, &decision.reason));
     }
     Ok(Some(user))
-}
-
-/// The verb kube's `RequestInfoFactory` (and so authorization and kcp's
-/// wildcard guard) names a resource request by.
-fn request_verb(method: &Method, rp: &ResourcePath, is_watch: bool) -> String {
-    let verb = match (method, rp.name.is_some()) {
-        _ if is_watch => "watch",
-        (&Method::GET | &Method::HEAD, true) => "get",
-        (&Method::GET | &Method::HEAD, false) => "list",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, true) => "delete",
-        (&Method::DELETE, false) => "deletecollection",
-        (other, _) => return other.as_str().to_ascii_lowercase(),
-    };
-    verb.to_string()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -216,6 +202,7 @@ async fn serve_resource(
     rp: ResourcePath,
     query: Query,
     is_watch: bool,
+    verb: &str,
     close_watch_after: Option<u64>,
     accept: &str,
     user: &UserInfo,
@@ -226,13 +213,12 @@ async fn serve_resource(
             .resolve(ws, &rp.group, &rp.version, &rp.resource),
         Scope::AllWorkspaces => {
             // kcp refuses every other verb before it looks the resource up.
-            let verb = request_verb(req.method(), &rp, is_watch);
             if verb != "list" && verb != "watch" {
                 let subject = status::Subject {
                     group: &rp.group,
                     resource: &rp.resource,
                 };
-                return Err(ApiError::not_in_all_workspaces(subject, &verb));
+                return Err(ApiError::not_in_all_workspaces(subject, verb));
             }
             shared
                 .store

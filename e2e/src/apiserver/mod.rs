@@ -40,8 +40,12 @@
 //!   "`<verb>` is not supported on resources of kind "<resource>" in the `*`
 //!   logical cluster". Discovery under `/clusters/*` is the union of every
 //!   workspace's, so `kubectl --server .../clusters/* get deployments -A -l
-//!   <label>` works. Unlike kcp, no permission is needed for the wildcard
-//!   (kcp allows it to privileged system users only).
+//!   <label>` works. As in kcp, the wildcard is for privileged users only:
+//!   every request under `/clusters/*` (discovery included) is authorized
+//!   in the logical cluster `*`, which is no workspace, so only
+//!   `system:masters` (the admin token) gets past authorization (then the
+//!   verb check above); anyone else, a ServiceAccount token of any
+//!   workspace included, gets 403 Forbidden.
 //!
 //! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
 //! description), `handler` (faults, routing, verbs over HTTP, rendering

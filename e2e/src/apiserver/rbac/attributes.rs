@@ -35,6 +35,13 @@ impl Attributes {
         }
     }
 
+    /// The verb asked for (`list`, `watch`, `get`, `create`, ...).
+    pub fn verb(&self) -> &str {
+        match self {
+            Attributes::Resource { verb, .. } | Attributes::NonResource { verb, .. } => verb,
+        }
+    }
+
     /// The attributes of an HTTP request, as kube's RequestInfoFactory reads
     /// them. `path` is the URL path (a `/clusters/<ws>` prefix is dropped).
     pub fn of_request(method: &Method, path: &str, parsed: &RequestPath, query: &Query) -> Self {
@@ -49,6 +56,7 @@ impl Attributes {
             };
         };
         let mut name = rp.name.clone().unwrap_or_default();
+        let other_method;
         let verb = match *method {
             Method::GET | Method::HEAD if rp.legacy_watch || query.flag("watch") => "watch",
             Method::GET | Method::HEAD if name.is_empty() => "list",
@@ -58,7 +66,11 @@ impl Attributes {
             Method::PATCH => "patch",
             Method::DELETE if name.is_empty() => "deletecollection",
             Method::DELETE => "delete",
-            _ => "",
+            // kube's RequestInfoFactory names any other method by itself.
+            _ => {
+                other_method = method.as_str().to_ascii_lowercase();
+                other_method.as_str()
+            }
         };
         // A list or watch of one object by name is authorized as that name.
         if matches!(verb, "list" | "watch")
@@ -182,6 +194,7 @@ mod tests {
             t(Method::POST, "/api/v1/namespaces/a/serviceaccounts/s/token"),
             "create"
         );
+        assert_eq!(t(Method::OPTIONS, "/api/v1/namespaces/a/pods"), "options");
     }
 
     #[test]

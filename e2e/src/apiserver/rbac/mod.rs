@@ -5,6 +5,8 @@
 //! kube's RBAC authorizer does (verbs, API groups, resources and
 //! `resource/subresource`, `*/subresource`, resourceNames, nonResourceURLs
 //! with a trailing `*`, wildcards). Denials become kube's 403 `Status`.
+//! kcp's wildcard `/clusters/*` is authorized as the logical cluster `*`,
+//! which no workspace is: as in kcp, only `system:masters` may use it.
 //!
 //! [`attributes`] turns a request into what is authorized (kube's
 //! RequestInfo); [`policy`] holds the bootstrap roles and bindings every
@@ -19,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::authn::UserInfo;
+use super::path::WILDCARD;
 use super::status::ApiError;
 use super::store::{Filter, Scope, Store};
 
@@ -29,6 +32,10 @@ pub(crate) const GROUP: &str = "rbac.authorization.k8s.io";
 
 /// The group whose members the privileged-group authorizer allows everything.
 pub(crate) const MASTERS: &str = "system:masters";
+
+/// kcp's reason for refusing a request in a logical cluster the user may
+/// not access (here: `/clusters/*` to anyone but [`MASTERS`]).
+const WORKSPACE_ACCESS_NOT_PERMITTED: &str = "workspace access not permitted";
 
 /// One rule of a Role or ClusterRole.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -313,6 +320,14 @@ pub(crate) fn authorize(
             reason: String::new(),
         };
     }
+    if workspace == WILDCARD {
+        // kcp's workspace content authorizer finds no logical cluster named
+        // `*`, so nothing but the privileged group above may use it.
+        return Decision {
+            allowed: false,
+            reason: WORKSPACE_ACCESS_NOT_PERMITTED.to_string(),
+        };
+    }
     let policies = Policies { store, workspace };
     let mut allowed_by = None;
     let mut errors = Vec::new();
@@ -365,6 +380,10 @@ pub(crate) fn rules_for(
     if user.groups.iter().any(|g| g == MASTERS) {
         resource_rules.push(json!({ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"] }));
         non_resource_rules.push(json!({ "verbs": ["*"], "nonResourceURLs": ["*"] }));
+    }
+    if workspace == WILDCARD {
+        let error = WORKSPACE_ACCESS_NOT_PERMITTED.to_string();
+        return (resource_rules, non_resource_rules, Some(error));
     }
     let mut errors = Vec::new();
     Policies { store, workspace }.visit(
