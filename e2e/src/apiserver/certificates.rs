@@ -7,13 +7,11 @@
 //! (`signers` in certificates.k8s.io, named after the signer or
 //! `<domain>/*`). Nothing signs requests: no signer controller runs.
 
-use http::StatusCode;
-use hyper::Response;
 use serde_json::{Value, json};
 
 use super::Shared;
 use super::authn::UserInfo;
-use super::handler::{self, Body};
+use super::handler::{self, Answer};
 use super::object::{self, meta_str};
 use super::path::Query;
 use super::rbac::{self, Attributes};
@@ -109,7 +107,7 @@ pub(crate) fn create(
     body: &[u8],
     query: &Query,
     user: &UserInfo,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let dry = handler::dry_run(query)?;
     let mut csr = registry::decode_body(target, body)?;
     registry::check_namespace(target, &mut csr)?;
@@ -142,10 +140,7 @@ pub(crate) fn create(
         dry,
         |view, name, current| registry::create(target, view, name, current, csr),
     )?;
-    Ok(handler::json_response(
-        StatusCode::CREATED,
-        &target.present(&written.object),
-    ))
+    Ok(Answer::created(written.object))
 }
 
 fn remove(object: &mut Value, field: &str) {

@@ -334,18 +334,25 @@ async fn serve_resource(
 /// What a verb on one object answers: the object (or, for some deletes, a
 /// `Status`), with its HTTP code and any warnings.
 #[derive(Debug)]
-struct Answer {
-    code: StatusCode,
-    object: Arc<Value>,
-    warnings: Vec<String>,
+pub(crate) struct Answer {
+    pub code: StatusCode,
+    pub object: Arc<Value>,
+    pub warnings: Vec<String>,
 }
 
 impl Answer {
-    fn ok(object: Arc<Value>) -> Answer {
+    pub fn ok(object: Arc<Value>) -> Answer {
         Answer {
             code: StatusCode::OK,
             object,
             warnings: Vec::new(),
+        }
+    }
+
+    pub fn created(object: Arc<Value>) -> Answer {
+        Answer {
+            code: StatusCode::CREATED,
+            ..Answer::ok(object)
         }
     }
 }
@@ -353,7 +360,12 @@ impl Answer {
 /// The answer as the client's `Accept` asks for it (the object, its
 /// PartialObjectMetadata, or a Table), for every verb alike, as kube's
 /// `transformResponseObject` does.
-fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Response<Body> {
+pub(crate) fn respond(
+    target: &Target,
+    answer: Answer,
+    query: &Query,
+    accept: &str,
+) -> Response<Body> {
     let Answer {
         code,
         object,
@@ -382,6 +394,24 @@ fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Resp
                 )
             }
         }
+    };
+    with_warnings(response, &warnings)
+}
+
+/// The answer of a storage that prints no Table (the reviews, TokenRequest,
+/// `pods/ephemeralcontainers`, CSR `/approval`): the object as it is, or its
+/// PartialObjectMetadata. kube skips an `Accept` alternative it cannot
+/// serve, so a client that asks for a Table (and, as kubectl does, JSON
+/// after it) gets the object.
+pub(crate) fn respond_without_table(answer: Answer, accept: &str) -> Response<Body> {
+    let Answer {
+        code,
+        object,
+        warnings,
+    } = answer;
+    let response = match Rendering::from_accept(accept) {
+        Rendering::Metadata => json_response(code, &table::partial_metadata(&object)),
+        Rendering::Object | Rendering::Table => json_response(code, &object),
     };
     with_warnings(response, &warnings)
 }

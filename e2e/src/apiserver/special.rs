@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::Method;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
@@ -16,7 +16,7 @@ use super::Shared;
 use super::apiservices;
 use super::authn::UserInfo;
 use super::certificates;
-use super::handler::{self, Body, BodyKind};
+use super::handler::{self, Answer, Body, BodyKind};
 use super::path::{Query, ResourcePath};
 use super::rbac;
 use super::registry::{self, Target};
@@ -79,7 +79,10 @@ pub(crate) async fn serve(
             let mut review = registry::decode_body(&target, &body)?;
             registry::check_namespace(&target, &mut review)?;
             let answered = reviews::answer(shared, ws, &target, user, review)?;
-            Ok(handler::json_response(StatusCode::CREATED, &answered))
+            Ok(handler::respond_without_table(
+                Answer::created(Arc::new(answered)),
+                accept,
+            ))
         }
         Route::ComponentStatuses => {
             if method != Method::GET {
@@ -94,12 +97,13 @@ pub(crate) async fn serve(
         }
         Route::CreateCertificateRequest => {
             let body = handler::read_body(shared, req, BodyKind::Object).await?;
-            certificates::create(shared, ws, &target, &body, query, user)
+            let answer = certificates::create(shared, ws, &target, &body, query, user)?;
+            Ok(handler::respond(&target, answer, query, accept))
         }
         Route::Subresource => {
             let name = rp.name.clone().unwrap_or_default();
             let sub = rp.subresource.clone().unwrap_or_default();
-            subresources::serve(shared, req, ws, &target, &name, &sub, query, user).await
+            subresources::serve(shared, req, ws, &target, &name, &sub, query, user, accept).await
         }
     }
 }

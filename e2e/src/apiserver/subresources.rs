@@ -9,10 +9,13 @@
 //! - `certificatesigningrequests/<name>/approval` (GET, PUT, PATCH; kubectl
 //!   certificate approve|deny): changes `status.conditions` only, and only
 //!   for users who may `approve` the request's signer.
+//!
+//! Each answers as `Accept` asks (the object or its PartialObjectMetadata;
+//! no Table, as kube prints none for these storages).
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode, header};
+use http::{Method, header};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
@@ -20,7 +23,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::authn::{self, TokenSubject, UserInfo};
 use super::certificates;
-use super::handler::{self, Body, BodyKind};
+use super::handler::{self, Answer, Body, BodyKind};
 use super::object::{self, meta_str};
 use super::patch::{self, PatchType};
 use super::path::Query;
@@ -46,6 +49,7 @@ pub(crate) async fn serve(
     sub: &str,
     query: &Query,
     user: &UserInfo,
+    accept: &str,
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     if sub == "token" {
@@ -53,7 +57,11 @@ pub(crate) async fn serve(
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
         let body = handler::read_body(shared, req, BodyKind::Object).await?;
-        return token_request(shared, ws, target, name, &body, query);
+        let issued = token_request(shared, ws, target, name, &body, query)?;
+        return Ok(handler::respond_without_table(
+            Answer::created(Arc::new(issued)),
+            accept,
+        ));
     }
     let key = target.def.key();
     let current = || {
@@ -65,11 +73,8 @@ pub(crate) async fn serve(
     // What the request asks the object to become, as this version shows it.
     let proposed = match method {
         Method::GET => {
-            let object = current()?;
-            return Ok(handler::json_response(
-                StatusCode::OK,
-                &target.present(&object),
-            ));
+            let answer = Answer::ok(target.present(&current()?));
+            return Ok(handler::respond_without_table(answer, accept));
         }
         Method::PUT => {
             let body = handler::read_body(shared, req, BodyKind::Object).await?;
@@ -130,10 +135,8 @@ pub(crate) async fn serve(
             }
         },
     )?;
-    Ok(handler::json_response(
-        StatusCode::OK,
-        &target.present(&written.object),
-    ))
+    let answer = Answer::ok(target.present(&written.object));
+    Ok(handler::respond_without_table(answer, accept))
 }
 
 fn names_of(list: Option<&Value>) -> Vec<&str> {
@@ -236,7 +239,8 @@ fn with_ephemeral_containers(current: &Value, proposed: &Value) -> Result<Value,
     Ok(next)
 }
 
-/// POST `serviceaccounts/<name>/token`: kube's TokenRequest REST.
+/// POST `serviceaccounts/<name>/token`: kube's TokenRequest REST; the
+/// TokenRequest it answers with.
 fn token_request(
     shared: &Shared,
     ws: &str,
@@ -244,7 +248,7 @@ fn token_request(
     name: &str,
     body: &[u8],
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Value, ApiError> {
     let request: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })?;
@@ -317,7 +321,7 @@ fn token_request(
             "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         },
     });
-    Ok(handler::json_response(StatusCode::CREATED, &response))
+    Ok(response)
 }
 
 /// A token may be bound to a Pod, Secret or Node that exists.

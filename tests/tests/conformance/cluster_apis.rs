@@ -16,7 +16,7 @@ use uplink_tests::apiserver::{
     client_with_token, eventually, in_namespace_with_config, raw_request, send_raw, unique_name,
 };
 
-use super::get_with_accept;
+use super::{PARTIAL_METADATA_ACCEPT, get_with_accept, write_with_accept};
 
 // ---------------------------------------------------------------------------
 // Helpers.
@@ -726,6 +726,125 @@ fn csr_pem() -> Result<String> {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "uplink-conformance");
     Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// kubectl's `Accept` for `get`: a Table, else the object.
+const TABLE_THEN_JSON: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+/// Fails unless `response` is HTTP `code` with a PartialObjectMetadata
+/// (of the object named `name`, when given) and nothing else.
+fn expect_partial_metadata(
+    what: &str,
+    response: &RawResponse,
+    code: u16,
+    name: Option<&str>,
+) -> Result<()> {
+    ensure!(
+        response.status.as_u16() == code,
+        "{what}: HTTP {}: {}",
+        response.status,
+        response.text()
+    );
+    let body = response.json()?;
+    ensure!(
+        body["kind"] == "PartialObjectMetadata" && body["apiVersion"] == "meta.k8s.io/v1",
+        "{what} answered {body}"
+    );
+    ensure!(
+        body.get("spec").is_none() && body.get("status").is_none(),
+        "{what} answered more than metadata: {body}"
+    );
+    if let Some(name) = name {
+        ensure!(
+            body["metadata"]["name"] == name,
+            "{what}: metadata {}",
+            body["metadata"]
+        );
+    }
+    Ok(())
+}
+
+/// The subresources and reviews answer as `Accept` asks, as every verb does
+/// (kube's `transformResponseObject`): PartialObjectMetadata when asked. A
+/// Table only where the storage prints one, which `pods/ephemeralcontainers`
+/// does not, so kubectl's Accept (a Table, else JSON) gets the Pod.
+#[tokio::test]
+async fn subresources_and_reviews_answer_as_accept_asks() -> Result<()> {
+    in_namespace_with_config("accept-sub", |client, _, ns| async move {
+        create_pod(
+            &client,
+            &ns,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "target"},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}),
+        )
+        .await?;
+        let ephemeral = format!("/api/v1/namespaces/{ns}/pods/target/ephemeralcontainers");
+        let patch = json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox"}]}});
+        let patched = write_with_accept(
+            &client,
+            Method::PATCH,
+            &ephemeral,
+            "application/strategic-merge-patch+json",
+            &patch,
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        expect_partial_metadata("PATCH pods/ephemeralcontainers", &patched, 200, Some("target"))?;
+        let viewed = get_with_accept(&client, &ephemeral, PARTIAL_METADATA_ACCEPT).await?;
+        expect_partial_metadata("GET pods/ephemeralcontainers", &viewed, 200, Some("target"))?;
+        let as_kubectl = get_with_accept(&client, &ephemeral, TABLE_THEN_JSON).await?;
+        ensure!(as_kubectl.status == 200, "GET {ephemeral} as kubectl: {}", as_kubectl.text());
+        let pod = as_kubectl.json()?;
+        ensure!(
+            pod["kind"] == "Pod" && pod["spec"]["ephemeralContainers"][0]["name"] == "debugger",
+            "GET {ephemeral} as kubectl answered {pod}"
+        );
+
+        let review = write_with_accept(
+            &client,
+            Method::POST,
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "application/json",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+            PARTIAL_METADATA_ACCEPT,
+        )
+        .await?;
+        expect_partial_metadata("POST selfsubjectreviews", &review, 201, None)?;
+
+        let name = unique_name("uplink-conformance-accept");
+        let base = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+        let path = format!("{base}/{name}");
+        let request = serde_json::to_value(k8s_openapi::ByteString(csr_pem()?.into_bytes()))?;
+        let outcome = async {
+            let csr = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"name": name},
+                "spec": {"request": request, "signerName": "example.com/uplink-conformance", "usages": ["client auth"]}});
+            let created = write_with_accept(&client, Method::POST, base, "application/json", &csr, PARTIAL_METADATA_ACCEPT).await?;
+            expect_partial_metadata("POST certificatesigningrequests", &created, 201, Some(&name))?;
+            let current = ok(&client, Method::GET, &path, None).await?;
+            let approved = write_with_accept(
+                &client,
+                Method::PUT,
+                &format!("{path}/approval"),
+                "application/json",
+                &approval(&current, "Approved"),
+                PARTIAL_METADATA_ACCEPT,
+            )
+            .await?;
+            expect_partial_metadata("PUT certificatesigningrequests/approval", &approved, 200, Some(&name))?;
+            let stored = ok(&client, Method::GET, &path, None).await?;
+            ensure!(
+                stored["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Approved"),
+                "the approval was not stored: {}",
+                stored["status"]
+            );
+            Ok(())
+        }
+        .await;
+        delete(&client, &path).await;
+        outcome
+    })
+    .await
 }
 
 fn approval(csr: &Value, kind: &str) -> Value {
