@@ -1,8 +1,9 @@
 //! `componentstatuses` (core/v1, deprecated since 1.19 and still served):
 //! kube-apiserver probes the scheduler, the controller manager and etcd and
 //! reports each as a ComponentStatus. The test bed has no such components
-//! apart from itself, so each is reported Healthy. Every response carries
-//! the deprecation warning (added by the caller).
+//! apart from itself, so each is reported Healthy. Lists take label and
+//! field selectors, as kube's REST filters them. Every response carries the
+//! deprecation warning (added by the caller).
 
 use std::sync::Arc;
 
@@ -35,10 +36,18 @@ pub(crate) fn serve(
     query: &Query,
     accept: &str,
 ) -> Result<Response<Body>, ApiError> {
+    // A list takes label and field selectors (kube's default conversion and
+    // attributes: `metadata.name`, `metadata.namespace`); a get ignores them.
+    let filter = match name {
+        None => Some(handler::list_filter(target, query, None, false)?),
+        Some(_) => None,
+    };
     let items: Vec<Arc<Value>> = COMPONENTS
         .iter()
         .filter(|c| name.is_none_or(|n| n == **c))
-        .map(|c| Arc::new(status(c)))
+        .map(|c| status(c))
+        .filter(|s| filter.as_ref().is_none_or(|f| f.matches(s)))
+        .map(Arc::new)
         .collect();
     if let Some(name) = name
         && items.is_empty()

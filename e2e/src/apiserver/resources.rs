@@ -503,7 +503,20 @@ fn cluster_apis() -> Vec<ResourceDef> {
             &["ev"],
             false,
         )
-        .stored_as(Storage::CoreEvents),
+        .stored_as(Storage::CoreEvents)
+        .with_fields(&[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "source",
+            "type",
+        ]),
         r(RBAC, "v1", "roles", "Role", true, &[], false),
         r(RBAC, "v1", "rolebindings", "RoleBinding", true, &[], false),
         r(RBAC, "v1", "clusterroles", "ClusterRole", false, &[], false),
@@ -585,7 +598,8 @@ fn cluster_apis() -> Vec<ResourceDef> {
             &["csr"],
             true,
         )
-        .with_subresource("approval", None, OBJECT_VIEW_VERBS),
+        .with_subresource("approval", None, OBJECT_VIEW_VERBS)
+        .with_fields(&["spec.signerName"]),
         r(
             "apiregistration.k8s.io",
             "v1",

@@ -690,6 +690,108 @@ async fn events_are_the_same_objects_in_both_apis() -> Result<()> {
     .await
 }
 
+/// The names a list of `path` with `fieldSelector=selector` returns.
+async fn names_selected(client: &Client, path: &str, selector: &str) -> Result<BTreeSet<String>> {
+    let list = ok(
+        client,
+        Method::GET,
+        &format!("{path}?fieldSelector={selector}"),
+        None,
+    )
+    .await?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["metadata"]["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// events.k8s.io/v1 selects by its own field names (`regarding.*`,
+/// `reportingController`, ...), which kube maps onto the core Event's
+/// selectable fields; the core names are not among them. CSRs select by
+/// `spec.signerName` and, cluster-scoped, refuse `metadata.namespace`.
+#[tokio::test]
+async fn events_and_csrs_have_their_own_field_selectors() -> Result<()> {
+    in_namespace_with_config("fields", |client, _, ns| async move {
+        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string();
+        let events = format!("/apis/events.k8s.io/v1/namespaces/{ns}/events");
+        create(
+            &client,
+            &events,
+            json!({
+                "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "new-style"},
+                "eventTime": now, "reportingController": "uplink.io/conformance",
+                "reportingInstance": "conformance-1", "action": "Check", "reason": "Checked", "type": "Normal",
+                "regarding": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": ns, "name": "subject"},
+            }),
+        )
+        .await?;
+        create(
+            &client,
+            &format!("/api/v1/namespaces/{ns}/events"),
+            json!({
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": "old-style"},
+                "involvedObject": {"apiVersion": "v1", "kind": "Secret", "namespace": ns, "name": "other"},
+                "reason": "Old", "message": "written as core/v1", "type": "Warning",
+                "source": {"component": "conformance"},
+            }),
+        )
+        .await?;
+        for (selector, expected) in [
+            ("regarding.name%3Dsubject", &["new-style"][..]),
+            ("regarding.kind%3DSecret", &["old-style"]),
+            ("reportingController%3Duplink.io/conformance", &["new-style"]),
+            ("source%3Dconformance", &["old-style"]),
+            ("source%3Duplink.io/conformance", &["new-style"]),
+            ("type%3DWarning,reason%3DOld", &["old-style"]),
+            ("metadata.name%3Dnew-style", &["new-style"]),
+        ] {
+            let names = names_selected(&client, &events, selector).await?;
+            ensure!(names == set(expected), "events.k8s.io fieldSelector={selector}: {names:?}");
+        }
+        let core = format!("/api/v1/namespaces/{ns}/events");
+        let names = names_selected(&client, &core, "involvedObject.name%3Dsubject").await?;
+        ensure!(names == set(&["new-style"]), "core fieldSelector=involvedObject.name: {names:?}");
+        let refused = send(&client, Method::GET, &format!("{events}?fieldSelector=involvedObject.name%3Dsubject"), None).await?;
+        let status = refused.expect_status(400, "BadRequest")?;
+        ensure!(
+            status.message.contains("field label not supported: involvedObject.name"),
+            "events.k8s.io with a core field: {:?}",
+            status.message
+        );
+
+        let name = unique_name("uplink-conformance-fields");
+        let signer = format!("example.com/{name}");
+        let base = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+        let request = serde_json::to_value(k8s_openapi::ByteString(csr_pem()?.into_bytes()))?;
+        let outcome = async {
+            create(
+                &client,
+                base,
+                json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                    "metadata": {"name": name},
+                    "spec": {"request": request, "signerName": signer, "usages": ["client auth"]}}),
+            )
+            .await?;
+            let names = names_selected(&client, base, &format!("spec.signerName%3D{signer}")).await?;
+            ensure!(names == set(&[name.as_str()]), "CSRs by signer: {names:?}");
+            let refused = send(&client, Method::GET, &format!("{base}?fieldSelector=metadata.namespace%3Ddefault"), None).await?;
+            let status = refused.expect_status(400, "BadRequest")?;
+            ensure!(
+                status.message.contains("field label not supported: metadata.namespace"),
+                "CSRs by namespace: {:?}",
+                status.message
+            );
+            Ok(())
+        }
+        .await;
+        delete(&client, &format!("{base}/{name}")).await;
+        outcome
+    })
+    .await
+}
+
 #[tokio::test]
 async fn leases_keep_their_holder() -> Result<()> {
     in_namespace_with_config("leases", |client, _, ns| async move {
@@ -1063,6 +1165,26 @@ async fn componentstatuses_are_served_with_a_deprecation_warning() -> Result<()>
                 .all(|c| c["conditions"][0]["type"] == "Healthy"),
             "conditions {list}"
         );
+        // Lists filter by field selectors, as kube's REST does.
+        let one = names_selected(
+            &client,
+            "/api/v1/componentstatuses",
+            "metadata.name%3Dscheduler",
+        )
+        .await?;
+        ensure!(
+            one == set(&["scheduler"]),
+            "componentstatuses by name: {one:?}"
+        );
+        send(
+            &client,
+            Method::GET,
+            "/api/v1/componentstatuses?fieldSelector=spec.x%3Dy",
+            None,
+        )
+        .await?
+        .expect_status(400, "BadRequest")
+        .context("componentstatuses by an unknown field")?;
         send(
             &client,
             Method::DELETE,
