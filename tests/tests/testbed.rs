@@ -1413,3 +1413,59 @@ async fn terminating_pods_go_when_their_grace_period_ends() -> Result<()> {
     })
     .await
 }
+
+/// B's `pods/ephemeralcontainers` and A's graceful deletion together: a
+/// terminating pod may still be debugged (kube's ephemeral containers
+/// strategy does not look at deletion), the update keeps its deletion
+/// metadata, and the stand-in kubelet still removes it when its grace ends.
+#[tokio::test]
+async fn a_terminating_pod_can_be_debugged_and_still_goes() -> Result<()> {
+    with_server(ApiServerConfig::default(), |server| async move {
+        let client = client_for(&server, None).await?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+        pods.create(&PostParams::default(), &bound_pod("debugged", 2, &[])?)
+            .await?;
+        pods.delete("debugged", &DeleteParams::default()).await?;
+        let terminating = pods.get("debugged").await?;
+        let deleted_at = terminating.metadata.deletion_timestamp.clone();
+        ensure!(deleted_at.is_some(), "the pod is not terminating");
+        let patch = serde_json::to_vec(&json!({"spec": {"ephemeralContainers": [
+            {"name": "debugger", "image": "busybox", "targetContainerName": "c"}
+        ]}}))?;
+        let path = "/api/v1/namespaces/default/pods/debugged/ephemeralcontainers";
+        let response = raw_request(
+            &client,
+            Method::PATCH,
+            path,
+            Some("application/strategic-merge-patch+json"),
+            patch,
+        )
+        .await?;
+        ensure!(response.status == 200, "PATCH {path}: {}", response.text());
+        let debugged = pods.get("debugged").await?;
+        ensure!(
+            debugged
+                .spec
+                .as_ref()
+                .and_then(|s| s.ephemeral_containers.as_ref())
+                .is_some_and(|c| c.len() == 1),
+            "no ephemeral container: {:?}",
+            debugged.spec
+        );
+        ensure!(
+            debugged.metadata.deletion_timestamp == deleted_at
+                && debugged.metadata.deletion_grace_period_seconds == Some(2),
+            "the update changed the deletion: {:?} {:?}",
+            debugged.metadata.deletion_timestamp,
+            debugged.metadata.deletion_grace_period_seconds
+        );
+        eventually(EVENT_TIMEOUT, "the debugged pod's grace to end", || async {
+            match pods.get_opt("debugged").await? {
+                None => Ok(Some(())),
+                Some(_) => Ok(None),
+            }
+        })
+        .await
+    })
+    .await
+}
