@@ -11,12 +11,12 @@ use std::{future::Future, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::{Stream, StreamExt as _};
-use http::{HeaderMap, Method, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, PostParams, WatchEvent},
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{AuthInfo, KubeConfigOptions, Kubeconfig},
     core::{ObjectMeta, Status},
 };
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
@@ -54,14 +54,49 @@ pub fn conformance_server_config() -> ApiServerConfig {
 /// `UPLINK_CONFORMANCE_KUBECONFIG`, or else a freshly started embedded server
 /// (returned too, so the caller keeps it alive and can shut it down).
 pub async fn conformance_client() -> Result<(Client, Option<ApiServer>)> {
+    let (config, server) = conformance_config().await?;
+    let client = Client::try_from(config).context("building a kube client")?;
+    Ok((client, server))
+}
+
+/// The client configuration [`conformance_client`] uses, for tests that
+/// need other clients of the same server (other credentials, impersonation).
+pub async fn conformance_config() -> Result<(Config, Option<ApiServer>)> {
     install_crypto_provider();
     if let Some(path) = std::env::var_os(CONFORMANCE_KUBECONFIG_ENV) {
-        let client = client_from_kubeconfig_file(Path::new(&path)).await?;
-        return Ok((client, None));
+        let path = Path::new(&path);
+        let kubeconfig = Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        return Ok((config_from_kubeconfig(kubeconfig, true).await?, None));
     }
     let server = start_server(conformance_server_config()).await?;
-    let client = client_for(&server, None).await?;
-    Ok((client, Some(server)))
+    let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml(None))
+        .context("parsing the server's kubeconfig")?;
+    Ok((
+        config_from_kubeconfig(kubeconfig, true).await?,
+        Some(server),
+    ))
+}
+
+/// A client of the server `config` points at that authenticates with a
+/// bearer `token` instead of `config`'s credentials.
+pub fn client_with_token(config: &Config, token: &str) -> Result<Client> {
+    let mut config = config.clone();
+    config.auth_info = AuthInfo::default();
+    let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token is not a valid header value")?;
+    config.headers.push((header::AUTHORIZATION, value));
+    Client::try_from(config).context("building a kube client")
+}
+
+/// A client with `config`'s credentials that acts as `user` in `groups`
+/// (`Impersonate-User` / `Impersonate-Group`, as `kubectl --as` sends them).
+pub fn client_impersonating(config: &Config, user: &str, groups: &[&str]) -> Result<Client> {
+    let mut config = config.clone();
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups =
+        (!groups.is_empty()).then(|| groups.iter().map(|g| (*g).to_owned()).collect());
+    Client::try_from(config).context("building a kube client")
 }
 
 /// Starts an embedded server with `config`.
@@ -91,18 +126,17 @@ pub async fn client_from_kubeconfig_yaml(yaml: &str, retry: bool) -> Result<Clie
     client_from_kubeconfig(kubeconfig, retry).await
 }
 
-async fn client_from_kubeconfig_file(path: &Path) -> Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    client_from_kubeconfig(kubeconfig, true).await
+async fn client_from_kubeconfig(kubeconfig: Kubeconfig, retry: bool) -> Result<Client> {
+    let config = config_from_kubeconfig(kubeconfig, retry).await?;
+    Client::try_from(config).context("building a kube client")
 }
 
-async fn client_from_kubeconfig(kubeconfig: Kubeconfig, retry: bool) -> Result<Client> {
+async fn config_from_kubeconfig(kubeconfig: Kubeconfig, retry: bool) -> Result<Config> {
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .context("building a client config from the kubeconfig")?;
     config.default_retry = retry;
-    Client::try_from(config).context("building a kube client")
+    Ok(config)
 }
 
 /// `<prefix>-<random>`: a DNS-1123 label unique to this test run.
@@ -120,13 +154,29 @@ where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let (client, server) = within(EVENT_TIMEOUT, conformance_client()).await?;
+    in_namespace_with_config(test, |client, _, namespace| body(client, namespace)).await
+}
+
+/// [`in_namespace`], also handing the body the client's configuration (for
+/// clients with other credentials: [`client_with_token`],
+/// [`client_impersonating`]).
+pub async fn in_namespace_with_config<F, Fut>(test: &str, body: F) -> Result<()>
+where
+    F: FnOnce(Client, Config, String) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let (config, server) = within(EVENT_TIMEOUT, conformance_config()).await?;
+    let client = Client::try_from(config.clone()).context("building a kube client")?;
     let namespace = within(
         EVENT_TIMEOUT,
         create_namespace(&client, &format!("conf-{test}")),
     )
     .await?;
-    let outcome = within(TEST_TIMEOUT, body(client.clone(), namespace.clone())).await;
+    let outcome = within(
+        TEST_TIMEOUT,
+        body(client.clone(), config, namespace.clone()),
+    )
+    .await;
     let _ = tokio::time::timeout(EVENT_TIMEOUT, delete_namespace(&client, &namespace)).await;
     let stopped = stop_server(server).await;
     outcome?;

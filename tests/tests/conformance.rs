@@ -41,6 +41,9 @@ use uplink_tests::apiserver::{
     resource_version_number, send_raw, unique_name, with_client,
 };
 
+#[path = "conformance/cluster_apis.rs"]
+mod cluster_apis;
+
 // ---------------------------------------------------------------------------
 // Builders and small helpers.
 

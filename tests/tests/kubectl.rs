@@ -10,6 +10,9 @@ use uplink_tests::{
     kubectl::{Kubectl, find_kubectl},
 };
 
+#[path = "kubectl/cluster.rs"]
+mod cluster;
+
 const DEPLOYMENT_YAML: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:

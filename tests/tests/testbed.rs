@@ -16,16 +16,18 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, Discovery,
+    Api, Client, Config, Discovery,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
 use uplink_tests::apiserver::{
-    EVENT_TIMEOUT, TEST_TIMEOUT, client_for, client_from_kubeconfig_yaml, client_without_retries,
-    event_type, eventually, expect_api_error, next_change, next_event, raw_request,
-    resource_version_number, start_server, stop_server, within,
+    EVENT_TIMEOUT, TEST_TIMEOUT, client_for, client_from_kubeconfig_yaml, client_impersonating,
+    client_with_token, client_without_retries, event_type, eventually, expect_api_error,
+    next_change, next_event, raw_request, resource_version_number, start_server, stop_server,
+    within,
 };
 
 const TEAM_A: &str = "root:org:team-a";
@@ -1161,6 +1163,95 @@ async fn wildcard_refuses_everything_but_list_and_watch() -> Result<()> {
     .await
 }
 
+/// Creates ServiceAccount `robot` in `default` of the cluster `prefix`
+/// addresses ("" or `/clusters/<workspace>`), makes it cluster-admin there
+/// and returns a token for it.
+async fn cluster_admin_robot(admin: &Client, prefix: &str) -> Result<String> {
+    let post = |path: String, body: serde_json::Value| async move {
+        let body = serde_json::to_vec(&body)?;
+        let response =
+            raw_request(admin, Method::POST, &path, Some("application/json"), body).await?;
+        ensure!(response.status == 201, "POST {path}: {}", response.text());
+        response.json()
+    };
+    post(
+        format!("{prefix}/api/v1/namespaces/default/serviceaccounts"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+    )
+    .await?;
+    post(
+        format!("{prefix}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "robot-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}],
+        }),
+    )
+    .await?;
+    let request = post(
+        format!("{prefix}/api/v1/namespaces/default/serviceaccounts/robot/token"),
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await?;
+    request["status"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no token in {request}"))
+}
+
+/// kcp authorizes `/clusters/*` as the logical cluster `*`, which no
+/// workspace is: only `system:masters` may use it. A cluster-admin of the
+/// physical cluster or of a workspace, or a user the admin impersonates,
+/// is refused (403) before the verb is looked at.
+#[tokio::test]
+async fn wildcard_is_for_privileged_users_only() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let (a, _, physical, _) = wildcard_clients(&server).await?;
+        create_in_default(&a, &placed_configmap("placed-a")?).await?;
+        let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml(None))?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let robot = "system:serviceaccount:default:robot";
+        for prefix in ["", &format!("/clusters/{TEAM_A}")] {
+            let token = cluster_admin_robot(&physical, prefix).await?;
+            let client = client_with_token(&config, &token)?;
+            let own = raw_request(&client, Method::GET, &format!("{prefix}/api/v1/configmaps"), None, Vec::new()).await?;
+            ensure!(own.status == 200, "{robot} listing its own cluster {prefix:?}: {}", own.text());
+            for (method, path, verb, scope) in [
+                (Method::GET, "/clusters/*/api/v1/configmaps", "list", "at the cluster scope".to_owned()),
+                (Method::GET, "/clusters/*/api/v1/configmaps?watch=1", "watch", "at the cluster scope".to_owned()),
+                (Method::POST, "/clusters/*/api/v1/namespaces/default/configmaps", "create", "in the namespace \"default\"".to_owned()),
+            ] {
+                let response = raw_request(&client, method.clone(), path, Some("application/json"), b"{}".to_vec()).await?;
+                let status = response.expect_status(403, "Forbidden").with_context(|| format!("{robot} of {prefix:?}: {method} {path}"))?;
+                ensure!(
+                    status.message
+                        == format!("configmaps is forbidden: User \"{robot}\" cannot {verb} resource \"configmaps\" in API group \"\" {scope}: workspace access not permitted"),
+                    "{method} {path}: {:?}",
+                    status.message
+                );
+            }
+            raw_request(&client, Method::GET, "/clusters/*/api", None, Vec::new())
+                .await?
+                .expect_status(403, "Forbidden")
+                .context("discovery of /clusters/*")?;
+        }
+        let as_alice = client_impersonating(&config, "alice", &[])?;
+        raw_request(&as_alice, Method::GET, "/clusters/*/api/v1/configmaps", None, Vec::new())
+            .await?
+            .expect_status(403, "Forbidden")
+            .context("the admin impersonating alice")?;
+        let listed = raw_request(&physical, Method::GET, "/clusters/*/api/v1/configmaps", None, Vec::new()).await?;
+        ensure!(
+            listed.status == 200 && listed.text().contains("placed-a"),
+            "the admin's wildcard list: {}",
+            listed.text()
+        );
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn kubectl_lists_deployments_in_every_workspace() -> Result<()> {
     with_server(two_workspaces(), |server| async move {
@@ -1319,6 +1410,62 @@ async fn terminating_pods_go_when_their_grace_period_ends() -> Result<()> {
         expect_api_error(pods.get("held").await, 404, "NotFound")
             .context("the held pod after its last finalizer went")?;
         Ok(())
+    })
+    .await
+}
+
+/// B's `pods/ephemeralcontainers` and A's graceful deletion together: a
+/// terminating pod may still be debugged (kube's ephemeral containers
+/// strategy does not look at deletion), the update keeps its deletion
+/// metadata, and the stand-in kubelet still removes it when its grace ends.
+#[tokio::test]
+async fn a_terminating_pod_can_be_debugged_and_still_goes() -> Result<()> {
+    with_server(ApiServerConfig::default(), |server| async move {
+        let client = client_for(&server, None).await?;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+        pods.create(&PostParams::default(), &bound_pod("debugged", 2, &[])?)
+            .await?;
+        pods.delete("debugged", &DeleteParams::default()).await?;
+        let terminating = pods.get("debugged").await?;
+        let deleted_at = terminating.metadata.deletion_timestamp.clone();
+        ensure!(deleted_at.is_some(), "the pod is not terminating");
+        let patch = serde_json::to_vec(&json!({"spec": {"ephemeralContainers": [
+            {"name": "debugger", "image": "busybox", "targetContainerName": "c"}
+        ]}}))?;
+        let path = "/api/v1/namespaces/default/pods/debugged/ephemeralcontainers";
+        let response = raw_request(
+            &client,
+            Method::PATCH,
+            path,
+            Some("application/strategic-merge-patch+json"),
+            patch,
+        )
+        .await?;
+        ensure!(response.status == 200, "PATCH {path}: {}", response.text());
+        let debugged = pods.get("debugged").await?;
+        ensure!(
+            debugged
+                .spec
+                .as_ref()
+                .and_then(|s| s.ephemeral_containers.as_ref())
+                .is_some_and(|c| c.len() == 1),
+            "no ephemeral container: {:?}",
+            debugged.spec
+        );
+        ensure!(
+            debugged.metadata.deletion_timestamp == deleted_at
+                && debugged.metadata.deletion_grace_period_seconds == Some(2),
+            "the update changed the deletion: {:?} {:?}",
+            debugged.metadata.deletion_timestamp,
+            debugged.metadata.deletion_grace_period_seconds
+        );
+        eventually(EVENT_TIMEOUT, "the debugged pod's grace to end", || async {
+            match pods.get_opt("debugged").await? {
+                None => Ok(Some(())),
+                Some(_) => Ok(None),
+            }
+        })
+        .await
     })
     .await
 }

@@ -6,19 +6,17 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::resources::ResourceDef;
+use super::resources::{OBJECT_VIEW_VERBS, ResourceDef, SubresourceDef};
 
-const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
+const STATUS_VERBS: &[&str] = OBJECT_VIEW_VERBS;
+
+/// The group/version/kind a subresource takes, as discovery names it.
+fn subresource_kind(def: &ResourceDef, version: &str, sub: &SubresourceDef) -> Value {
+    match sub.kind {
+        Some((group, version, kind)) => json!({ "group": group, "version": version, "kind": kind }),
+        None => json!({ "group": def.group, "version": version, "kind": def.kind }),
+    }
+}
 
 /// The aggregated-discovery version an `Accept` header asks for, if any.
 pub(crate) fn aggregated_version(accept: &str) -> Option<&'static str> {
@@ -135,7 +133,7 @@ pub(crate) fn resource_list(
             "singularName": def.singular,
             "namespaced": def.namespaced,
             "kind": def.kind,
-            "verbs": VERBS,
+            "verbs": def.verbs,
         });
         if !def.short_names.is_empty() {
             entry["shortNames"] = json!(def.short_names);
@@ -163,6 +161,21 @@ pub(crate) fn resource_list(
                 "kind": "Scale",
                 "verbs": STATUS_VERBS,
             }));
+        }
+        for sub in &def.subresources {
+            let kind = subresource_kind(def, version, sub);
+            let mut entry = json!({
+                "name": format!("{}/{}", def.plural, sub.name),
+                "singularName": "",
+                "namespaced": def.namespaced,
+                "kind": kind["kind"],
+                "verbs": sub.verbs,
+            });
+            if sub.kind.is_some() {
+                entry["group"] = kind["group"].clone();
+                entry["version"] = kind["version"].clone();
+            }
+            list.push(entry);
         }
     }
     if list.is_empty() {
@@ -206,7 +219,7 @@ pub(crate) fn aggregated(resources: &[Arc<ResourceDef>], legacy: bool, api_versi
                                 "responseKind": kind,
                                 "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": d.singular,
-                                "verbs": VERBS,
+                                "verbs": d.verbs,
                             });
                             if !d.short_names.is_empty() {
                                 r["shortNames"] = json!(d.short_names);
@@ -227,6 +240,13 @@ pub(crate) fn aggregated(resources: &[Arc<ResourceDef>], legacy: bool, api_versi
                                     "subresource": "scale",
                                     "responseKind": { "group": "autoscaling", "version": "v1", "kind": "Scale" },
                                     "verbs": STATUS_VERBS,
+                                }));
+                            }
+                            for sub in &d.subresources {
+                                subresources.push(json!({
+                                    "subresource": sub.name,
+                                    "responseKind": subresource_kind(d, version, sub),
+                                    "verbs": sub.verbs,
                                 }));
                             }
                             if !subresources.is_empty() {

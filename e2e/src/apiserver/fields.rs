@@ -9,6 +9,11 @@
 //! have stored (the test bed does not default built-in objects), e.g. a
 //! pod's `spec.restartPolicy` is `Always` and a node's `spec.unschedulable`
 //! is `false`.
+//!
+//! Fields are read from the stored object. events.k8s.io/v1 Events are
+//! stored as core/v1 Events, so their fields read the core names, as kube's
+//! events.k8s.io conversion maps them (`regarding.kind` is
+//! `involvedObject.kind`, `reportingController` is `reportingComponent`).
 
 use serde_json::Value;
 
@@ -99,7 +104,7 @@ fn refuses_namespace(def: &ResourceDef) -> bool {
     }
     matches!(
         (def.group.as_str(), def.plural.as_str()),
-        ("", "nodes" | "namespaces")
+        ("", "nodes" | "namespaces") | ("certificates.k8s.io", "certificatesigningrequests")
     )
 }
 
@@ -108,9 +113,9 @@ fn conversion(def: &ResourceDef) -> Conversion {
         return Conversion::Own;
     }
     match (def.group.as_str(), def.plural.as_str()) {
-        ("", "pods" | "nodes" | "namespaces" | "events" | "secrets" | "services") => {
-            Conversion::Own
-        }
+        ("", "pods" | "nodes" | "namespaces" | "events" | "secrets" | "services")
+        | ("events.k8s.io", "events")
+        | ("certificates.k8s.io", "certificatesigningrequests") => Conversion::Own,
         ("batch", "jobs") => Conversion::Job,
         _ => Conversion::Default,
     }
@@ -136,6 +141,13 @@ fn builtin_source(def: &ResourceDef, field: &str) -> Option<FieldSource> {
         ("", "nodes", "spec.unschedulable") => FieldSource::path(field, "false"),
         ("", "services", "spec.type") => FieldSource::path(field, "ClusterIP"),
         ("", "events", "source") => FieldSource::EventSource,
+        ("events.k8s.io", "events", "source") => FieldSource::EventSource,
+        ("events.k8s.io", "events", "reportingController") => {
+            FieldSource::path("reportingComponent", "")
+        }
+        ("events.k8s.io", "events", regarding) if regarding.starts_with("regarding.") => {
+            FieldSource::path(&regarding.replacen("regarding.", "involvedObject.", 1), "")
+        }
         // Named after the old field, read from status.succeeded.
         ("batch", "jobs", "status.successful") => FieldSource::path("status.succeeded", "0"),
         _ => return None,
@@ -176,6 +188,13 @@ mod tests {
             .into_iter()
             .find(|d| d.plural == plural)
             .unwrap_or_else(|| panic!("no builtin {plural}"))
+    }
+
+    fn def_in(group: &str, plural: &str) -> std::sync::Arc<ResourceDef> {
+        builtins()
+            .into_iter()
+            .find(|d| d.group == group && d.plural == plural)
+            .unwrap_or_else(|| panic!("no builtin {group}/{plural}"))
     }
 
     fn value(plural: &str, field: &str, object: &Value) -> Result<String, String> {
@@ -231,6 +250,47 @@ mod tests {
         assert_eq!(
             value("events", "source", &event).as_deref(),
             Ok("scheduler")
+        );
+    }
+
+    #[test]
+    fn events_k8s_io_fields_read_the_stored_core_event() {
+        let events = def_in("events.k8s.io", "events");
+        let value =
+            |field: &str, object: &Value| source(&events, "v1", field).map(|s| s.value(object));
+        let stored = json!({
+            "involvedObject": {"kind": "Pod", "name": "p"},
+            "reportingComponent": "uplink.io/x",
+            "reason": "Started",
+            "type": "Normal",
+        });
+        assert_eq!(value("regarding.kind", &stored).as_deref(), Ok("Pod"));
+        assert_eq!(value("regarding.name", &stored).as_deref(), Ok("p"));
+        assert_eq!(value("regarding.uid", &stored).as_deref(), Ok(""));
+        assert_eq!(
+            value("reportingController", &stored).as_deref(),
+            Ok("uplink.io/x")
+        );
+        assert_eq!(value("source", &stored).as_deref(), Ok("uplink.io/x"));
+        assert_eq!(value("reason", &stored).as_deref(), Ok("Started"));
+        assert_eq!(value("metadata.namespace", &stored).as_deref(), Ok(""));
+        assert_eq!(
+            value("involvedObject.kind", &stored),
+            Err("field label not supported: involvedObject.kind".to_string())
+        );
+    }
+
+    #[test]
+    fn csrs_select_by_signer() {
+        let csrs = def_in("certificates.k8s.io", "certificatesigningrequests");
+        let csr = json!({"spec": {"signerName": "example.com/s"}});
+        assert_eq!(
+            source(&csrs, "v1", "spec.signerName").map(|s| s.value(&csr)),
+            Ok("example.com/s".to_string())
+        );
+        assert_eq!(
+            source(&csrs, "v1", "metadata.namespace").map(|s| s.value(&csr)),
+            Err("field label not supported: metadata.namespace".to_string())
         );
     }
 

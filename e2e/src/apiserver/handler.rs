@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::apply;
+use super::authn::{self, UserInfo};
 use super::discovery;
 use super::fields;
 use super::object::{self, KeyOrder, meta_str};
@@ -21,10 +22,12 @@ use super::openapi;
 use super::patch::{self, PatchFailure, PatchType};
 use super::path::{self, Query, ResourcePath, Target as PathTarget};
 use super::protobuf;
+use super::rbac;
 use super::registry::{self, DeleteOptions, Target};
 use super::scale;
 use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
+use super::special;
 use super::status::{self, ApiError};
 use super::store::{Filter, ListKey, NameChoice, Scope};
 use super::table::{self, Rendering};
@@ -54,7 +57,8 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let is_watch = matches!(&parsed.target, PathTarget::Resource(r)
         if req.method() == Method::GET && (r.legacy_watch || query.flag("watch")));
     let anonymous_ok = matches!(parsed.target, PathTarget::Health | PathTarget::Version);
-    authenticate(shared, &req, anonymous_ok)?;
+    let attrs = rbac::Attributes::of_request(req.method(), req.uri().path(), &parsed, &query);
+    let user = authenticate_and_authorize(shared, &req, &parsed, &attrs, anonymous_ok)?;
     let plan = shared.faults.plan(is_watch);
     if !matches!(parsed.target, PathTarget::Health) {
         if !plan.latency.is_zero() {
@@ -142,6 +146,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         PathTarget::Unknown => Err(ApiError::no_route()),
         PathTarget::Resource(rp) => {
+            let user = user.ok_or_else(ApiError::unauthorized)?;
             serve_resource(
                 shared,
                 req,
@@ -149,8 +154,10 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 rp,
                 query,
                 is_watch,
+                attrs.verb(),
                 plan.close_watch_after,
                 &accept,
+                &user,
             )
             .await
         }
@@ -164,52 +171,27 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
         .unwrap_or_default()
 }
 
-/// Static bearer token; anonymous requests may only read `/version` and health.
-fn authenticate(
+/// Who the request acts as (after impersonation), once authorization lets
+/// it do what `attrs` describe; `None` for an anonymous read of health or
+/// version. Under `/clusters/*` this is decided for kcp's logical cluster
+/// `*`, which only `system:masters` may use (403 for anyone else).
+fn authenticate_and_authorize(
     shared: &Shared,
     req: &Request<Incoming>,
+    parsed: &path::RequestPath,
+    attrs: &rbac::Attributes,
     anonymous_ok: bool,
-) -> Result<(), ApiError> {
-    match req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(value) => {
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-                .map(str::trim);
-            if token.is_some_and(|t| constant_time_eq(t.as_bytes(), shared.token.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::unauthorized())
-            }
-        }
-        None if anonymous_ok => Ok(()),
-        None => Err(ApiError::unauthorized()),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The verb kube's `RequestInfoFactory` (and so authorization and kcp's
-/// wildcard guard) names a resource request by.
-fn request_verb(method: &Method, rp: &ResourcePath, is_watch: bool) -> String {
-    let verb = match (method, rp.name.is_some()) {
-        _ if is_watch => "watch",
-        (&Method::GET | &Method::HEAD, true) => "get",
-        (&Method::GET | &Method::HEAD, false) => "list",
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, true) => "delete",
-        (&Method::DELETE, false) => "deletecollection",
-        (other, _) => return other.as_str().to_ascii_lowercase(),
+) -> Result<Option<UserInfo>, ApiError> {
+    let ws = parsed.logical_cluster();
+    let Some(user) = authn::authenticate(shared, ws, req.headers(), anonymous_ok)? else {
+        return Ok(None);
     };
-    verb.to_string()
+    let user = authn::impersonate(shared, ws, user, req.headers())?;
+    let decision = rbac::authorize(&shared.store, ws, &user, attrs);
+    if !decision.allowed {
+        return Err(rbac::forbidden(&user, attrs, &decision.reason));
+    }
+    Ok(Some(user))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -220,8 +202,10 @@ async fn serve_resource(
     rp: ResourcePath,
     query: Query,
     is_watch: bool,
+    verb: &str,
     close_watch_after: Option<u64>,
     accept: &str,
+    user: &UserInfo,
 ) -> Result<Response<Body>, ApiError> {
     let def = match &scope {
         Scope::Workspace(ws) => shared
@@ -229,13 +213,12 @@ async fn serve_resource(
             .resolve(ws, &rp.group, &rp.version, &rp.resource),
         Scope::AllWorkspaces => {
             // kcp refuses every other verb before it looks the resource up.
-            let verb = request_verb(req.method(), &rp, is_watch);
             if verb != "list" && verb != "watch" {
                 let subject = status::Subject {
                     group: &rp.group,
                     resource: &rp.resource,
                 };
-                return Err(ApiError::not_in_all_workspaces(subject, &verb));
+                return Err(ApiError::not_in_all_workspaces(subject, verb));
             }
             shared
                 .store
@@ -248,6 +231,27 @@ async fn serve_resource(
     }
     if def.namespaced && rp.namespace.is_none() && rp.name.is_some() {
         return Err(ApiError::no_route());
+    }
+    if let Scope::Workspace(ws) = &scope {
+        special::before(shared, ws, &def);
+    }
+    if let Some(route) = special::route(&def, &rp, req.method()) {
+        if is_watch {
+            return Err(ApiError::method_not_allowed("WATCH"));
+        }
+        // Under `/clusters/*` only lists get here: of reviews (refused)
+        // and of component statuses (the same everywhere).
+        let ws = match &scope {
+            Scope::Workspace(ws) => ws.as_str(),
+            Scope::AllWorkspaces => "",
+        };
+        let target = Target {
+            def,
+            version: rp.version.clone(),
+            namespace: rp.namespace.clone().unwrap_or_default(),
+            status: false,
+        };
+        return special::serve(route, shared, req, ws, target, &rp, &query, user, accept).await;
     }
     let (status, scale) = match rp.subresource.as_deref() {
         None => (false, false),
@@ -315,28 +319,40 @@ async fn serve_resource(
         }
         (&Method::DELETE, None) if !all_namespaces => {
             let body = read_body(shared, req, BodyKind::Options).await?;
-            return delete_collection(shared, ws, &target, &body, &query);
+            let response = delete_collection(shared, ws, &target, &body, &query)?;
+            special::after_write(shared, ws, &target.def);
+            return Ok(response);
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
     }?;
+    if method != Method::GET {
+        special::after_write(shared, ws, &target.def);
+    }
     Ok(respond(&target, answer, &query, accept))
 }
 
 /// What a verb on one object answers: the object (or, for some deletes, a
 /// `Status`), with its HTTP code and any warnings.
 #[derive(Debug)]
-struct Answer {
-    code: StatusCode,
-    object: Arc<Value>,
-    warnings: Vec<String>,
+pub(crate) struct Answer {
+    pub code: StatusCode,
+    pub object: Arc<Value>,
+    pub warnings: Vec<String>,
 }
 
 impl Answer {
-    fn ok(object: Arc<Value>) -> Answer {
+    pub fn ok(object: Arc<Value>) -> Answer {
         Answer {
             code: StatusCode::OK,
             object,
             warnings: Vec::new(),
+        }
+    }
+
+    pub fn created(object: Arc<Value>) -> Answer {
+        Answer {
+            code: StatusCode::CREATED,
+            ..Answer::ok(object)
         }
     }
 }
@@ -344,7 +360,12 @@ impl Answer {
 /// The answer as the client's `Accept` asks for it (the object, its
 /// PartialObjectMetadata, or a Table), for every verb alike, as kube's
 /// `transformResponseObject` does.
-fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Response<Body> {
+pub(crate) fn respond(
+    target: &Target,
+    answer: Answer,
+    query: &Query,
+    accept: &str,
+) -> Response<Body> {
     let Answer {
         code,
         object,
@@ -373,6 +394,24 @@ fn respond(target: &Target, answer: Answer, query: &Query, accept: &str) -> Resp
                 )
             }
         }
+    };
+    with_warnings(response, &warnings)
+}
+
+/// The answer of a storage that prints no Table (the reviews, TokenRequest,
+/// `pods/ephemeralcontainers`, CSR `/approval`): the object as it is, or its
+/// PartialObjectMetadata. kube skips an `Accept` alternative it cannot
+/// serve, so a client that asks for a Table (and, as kubectl does, JSON
+/// after it) gets the object.
+pub(crate) fn respond_without_table(answer: Answer, accept: &str) -> Response<Body> {
+    let Answer {
+        code,
+        object,
+        warnings,
+    } = answer;
+    let response = match Rendering::from_accept(accept) {
+        Rendering::Metadata => json_response(code, &table::partial_metadata(&object)),
+        Rendering::Object | Rendering::Table => json_response(code, &object),
     };
     with_warnings(response, &warnings)
 }
@@ -459,7 +498,7 @@ async fn serve_scale(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     /// A whole object (POST/PUT): JSON or YAML.
     Object,
     /// A patch document (its type comes from the Content-Type).
@@ -470,7 +509,7 @@ enum BodyKind {
 
 /// Reads the body within `max_body_bytes`, checking the content type of objects.
 /// YAML objects are converted to JSON.
-async fn read_body(
+pub(crate) async fn read_body(
     shared: &Shared,
     req: Request<Incoming>,
     kind: BodyKind,
@@ -535,7 +574,7 @@ async fn read_body(
 }
 
 /// `dryRun=All` (any other value is rejected, as kube does).
-fn dry_run(query: &Query) -> Result<bool, ApiError> {
+pub(crate) fn dry_run(query: &Query) -> Result<bool, ApiError> {
     let mut dry = false;
     for v in query.all("dryRun") {
         if v != "All" {
@@ -769,7 +808,7 @@ fn update(
     })
 }
 
-fn patch_failure(failure: PatchFailure) -> ApiError {
+pub(crate) fn patch_failure(failure: PatchFailure) -> ApiError {
     match failure {
         PatchFailure::Malformed(m) => ApiError::bad_request(m),
         PatchFailure::NotApplicable(m) => {
@@ -873,8 +912,9 @@ fn patch(
                 return match &applied {
                     Some(config) if !target.status => {
                         created = true;
-                        let mut object = apply::apply(None, config, &applier)?;
+                        let object = apply::apply(None, config, &applier)?;
                         registry::check_name(&object, name)?;
+                        let mut object = registry::into_storage(target, object)?;
                         registry::check_namespace(target, &mut object)?;
                         warnings = schema::prune(target, &mut object, validation)?;
                         registry::create(target, view, name, None, object)
@@ -882,10 +922,12 @@ fn patch(
                     _ => Err(ApiError::not_found(target.subject(), name)),
                 };
             };
-            let mut patched = (**cur).clone();
+            // Patches apply to the object as this version shows it.
+            let shown = target.present(cur);
+            let mut patched = (*shown).clone();
             let writer = match (patch_type, &applied) {
                 (PatchType::Apply, Some(config)) => {
-                    patched = apply::apply(Some(cur), config, &applier)?;
+                    patched = apply::apply(Some(&shown), config, &applier)?;
                     registry::Writer::Apply
                 }
                 (PatchType::Apply, None) => {
@@ -904,7 +946,8 @@ fn patch(
                     registry::Writer::Other
                 }
             };
-            let mut patched = registry::check_type(target, patched)?;
+            let patched = registry::check_type(target, patched)?;
+            let mut patched = registry::into_storage(target, patched)?;
             registry::check_name(&patched, name)?;
             registry::check_namespace(target, &mut patched)?;
             warnings = schema::prune(target, &mut patched, validation)?;
@@ -1010,7 +1053,7 @@ fn delete_collection(
 }
 
 /// Adds `Warning: 299 - "..."` headers, as kube does for dropped fields.
-fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+pub(crate) fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
     for w in warnings {
         let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
@@ -1074,12 +1117,5 @@ mod tests {
         let token = encode_continue(42, &key);
         assert_eq!(decode_continue(&token).ok(), Some((42, key)));
         assert!(decode_continue("garbage!").is_err());
-    }
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -7,10 +7,14 @@
 //! `kubectl`) rely on it: discovery, CRUD with optimistic concurrency, the
 //! `/status` subresource, patches (merge, JSON, strategic, server-side apply),
 //! watches with resume, bookmarks and 410 Expired, selectors, finalizers,
-//! dry runs, `Status` errors, CRDs; built-in objects are written `kind`
-//! first, as Go's structs order them (custom resources with sorted keys, as
-//! kube's unstructured encoding does). Faults (latency, error responses, short
-//! watches) can be injected at run time through [`Faults`].
+//! dry runs, `Status` errors, CRDs, authentication (admin and ServiceAccount
+//! tokens, impersonation) and RBAC authorization, and the cluster APIs
+//! beside workloads (RBAC, events.k8s.io, the reviews, TokenRequest, CSRs,
+//! APIServices, component statuses, ephemeral containers); built-in objects
+//! are written `kind` first, as Go's structs order them (custom resources
+//! with sorted keys, as kube's unstructured encoding does). Faults (latency,
+//! error responses, short watches) can be injected at run time through
+//! [`Faults`].
 //!
 //! KCP, as far as Uplink sees it:
 //! - Every object stored in a workspace carries the annotation
@@ -36,21 +40,31 @@
 //!   "`<verb>` is not supported on resources of kind "<resource>" in the `*`
 //!   logical cluster". Discovery under `/clusters/*` is the union of every
 //!   workspace's, so `kubectl --server .../clusters/* get deployments -A -l
-//!   <label>` works. Unlike kcp, no permission is needed for the wildcard
-//!   (kcp allows it to privileged system users only).
+//!   <label>` works. As in kcp, the wildcard is for privileged users only:
+//!   every request under `/clusters/*` (discovery included) is authorized
+//!   in the logical cluster `*`, which is no workspace, so only
+//!   `system:masters` (the admin token) gets past authorization (then the
+//!   verb check above); anyone else, a ServiceAccount token of any
+//!   workspace included, gets 403 Forbidden.
 //!
 //! Layout: [`tls`] (identity, kubeconfig), `path` (URL → request
-//! description), `handler` (authentication, faults, routing, verbs over
-//! HTTP), `registry` (what each verb does to an object), `store` (objects,
-//! resource versions, history, watch fan-out), `watch` (streaming),
-//! `resources` (resource table, CRDs), `discovery`, `openapi` (the minimum
-//! kubectl needs), `table` (server-side printing), `selector`, `patch`,
-//! `apply` (server-side apply ownership), `schema` (CRD pruning,
-//! fieldValidation), `scale`, `protobuf` (kubectl's typed create bodies),
-//! `fields` (each kind's field selector fields and their defaults),
-//! `bootstrap` (the `default/kubernetes` Service, `default` ServiceAccounts),
-//! `graceful` (graceful deletion), `kubelet` (removes pods after their grace),
-//! `status` (errors), [`faults`], [`cli`].
+//! description), `handler` (faults, routing, verbs over HTTP, rendering
+//! answers as `Accept` asks), `authn` (bearer tokens, ServiceAccount tokens,
+//! impersonation), `rbac` (the authorizer, request attributes, the bootstrap
+//! policy and ClusterRole aggregation), `registry` (what each verb does to
+//! an object), `store` (objects, resource versions, history, watch fan-out),
+//! `watch` (streaming), `resources` (resource table, CRDs), `discovery`,
+//! `openapi` (the minimum kubectl needs), `table` (server-side printing),
+//! `selector`, `fields` (each kind's field selector fields and their
+//! defaults), `patch`, `apply` (server-side apply ownership), `schema` (CRD
+//! pruning, fieldValidation), `scale`, `protobuf` (kubectl's typed bodies),
+//! `bootstrap` (the `default/kubernetes` Service, `default`
+//! ServiceAccounts), `graceful` (graceful deletion), `kubelet` (removes pods
+//! after their grace), `special` (routing of what is not plain storage) with
+//! `reviews` (TokenReview and the access reviews), `subresources`
+//! (TokenRequest, ephemeral containers, CSR approval), `certificates`,
+//! `componentstatuses`, `apiservices` and `events` (events.k8s.io over core
+//! Events), `status` (errors), [`faults`], [`cli`].
 //!
 //! Pods bound to a node are deleted gracefully (`graceful`): a DELETE sets
 //! `deletionTimestamp` and `deletionGracePeriodSeconds` (the
@@ -73,16 +87,35 @@
 //! state, except continued pages, which are served from the first page's
 //! snapshot); built-in kinds get no defaulting or schema validation (CRs are
 //! pruned by their schema; field selectors and the pod grace period read
-//! unset fields as their defaults); strategic merge uses a fixed table of
-//! merge keys; server-side apply tracks ownership for appliers only;
-//! protobuf request bodies are decoded for namespaces, configmaps, secrets
-//! and service accounts only (others get 415: send JSON or YAML); the
-//! `default/kubernetes` Service has no Endpoints (none are served).
+//! unset fields as their defaults; events.k8s.io Events, CSRs,
+//! TokenRequests, ephemeral containers and CSR approvals are validated as
+//! kube does); strategic merge uses a fixed table of merge keys; server-side
+//! apply tracks ownership for appliers only; protobuf request bodies are
+//! decoded for the kinds kubectl's typed commands send (others, and unknown
+//! fields, get 415: send JSON); the `default/kubernetes` Service has no
+//! Endpoints (none are served). Authentication and authorization: requests
+//! without a token may read only health and `/version` (others get 401,
+//! like `--anonymous-auth` limited to those paths); RBAC objects are not
+//! validated beyond their names, a binding's roleRef may change, and writes
+//! of roles and bindings are not checked for privilege escalation
+//! (`escalate`/`bind`); issued tokens live in memory (a restarted server
+//! forgets them) and a token bound to a Pod or Secret outlives it; KCP
+//! workspaces get no stored bootstrap roles (the authorizer applies the
+//! bootstrap policy there, as kcp's does). Cluster APIs: nothing signs CSRs
+//! and a CSR's spec can be changed through the main resource; component
+//! statuses are always Healthy; APIServices are synced when read and after
+//! CRD writes (a watch sees CRD-driven changes late), and client-created
+//! ones are stored but nothing proxies to them.
 
+mod apiservices;
 mod apply;
+mod authn;
 mod bootstrap;
+mod certificates;
 pub mod cli;
+mod componentstatuses;
 mod discovery;
+mod events;
 mod faults;
 mod fields;
 mod graceful;
@@ -93,13 +126,17 @@ mod openapi;
 mod patch;
 mod path;
 mod protobuf;
+mod rbac;
 mod registry;
 mod resources;
+mod reviews;
 mod scale;
 mod schema;
 mod selector;
+mod special;
 mod status;
 mod store;
+mod subresources;
 mod table;
 mod tls;
 mod watch;
@@ -177,6 +214,8 @@ pub(crate) struct Shared {
     pub config: ApiServerConfig,
     pub token: String,
     pub store: store::Store,
+    /// ServiceAccount tokens issued through TokenRequest.
+    pub tokens: authn::Tokens,
     /// Deletes gracefully deleted pods when their grace period has passed.
     pub kubelet: kubelet::Kubelet,
     pub faults: Faults,
@@ -231,14 +270,17 @@ impl ApiServer {
         for ws in &config.workspaces {
             store.ensure_space(ws);
         }
+        rbac::policy::bootstrap(&store);
         let shared = Arc::new(Shared {
             config,
             token: token.clone(),
             store,
+            tokens: authn::Tokens::default(),
             kubelet: kubelet::Kubelet::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
+        apiservices::sync(&shared, "");
         let (task_guard, tasks_done) = mpsc::channel(1);
         let kubelet_guard = task_guard.clone();
         let kubelet_shared = shared.clone();

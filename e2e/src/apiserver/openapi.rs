@@ -101,14 +101,27 @@ fn group_version(resources: &[Arc<ResourceDef>], group: &str, version: &str) -> 
                 "responses": { "200": { "description": "OK" } },
             })
         };
+        let serves = |verb: &str| def.verbs.contains(&verb);
+        let mut collection = Map::new();
+        if serves("create") {
+            collection.insert("post".into(), op("post", "create"));
+        }
+        if serves("list") {
+            collection.insert(
+                "get".into(),
+                json!({ "x-kubernetes-action": "list", "x-kubernetes-group-version-kind": gvk, "responses": { "200": { "description": "OK" } } }),
+            );
+        }
         paths.insert(
             format!("{prefix}{ns}/{}", def.plural),
-            json!({ "post": op("post", "create"), "get": { "x-kubernetes-action": "list", "x-kubernetes-group-version-kind": gvk, "responses": { "200": { "description": "OK" } } } }),
+            Value::Object(collection),
         );
-        paths.insert(
-            format!("{prefix}{ns}/{}/{{name}}", def.plural),
-            json!({ "put": op("put", "replace"), "patch": op("patch", "patch") }),
-        );
+        if serves("update") {
+            paths.insert(
+                format!("{prefix}{ns}/{}/{{name}}", def.plural),
+                json!({ "put": op("put", "replace"), "patch": op("patch", "patch") }),
+            );
+        }
         if v.status {
             paths.insert(
                 format!("{prefix}{ns}/{}/{{name}}/status", def.plural),

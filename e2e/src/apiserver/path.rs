@@ -38,6 +38,9 @@ pub(crate) struct ResourcePath {
     pub legacy_watch: bool,
 }
 
+/// kcp's name for the wildcard logical cluster, `/clusters/*`.
+pub(crate) const WILDCARD: &str = "*";
+
 /// A parsed request path: the workspace ("" without a `/clusters/` prefix) and the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RequestPath {
@@ -45,6 +48,18 @@ pub(crate) struct RequestPath {
     /// `/clusters/*`: kcp's wildcard, every workspace at once (`workspace` is "").
     pub all_workspaces: bool,
     pub target: Target,
+}
+
+impl RequestPath {
+    /// The logical cluster the request is authenticated and authorized in,
+    /// as kcp names it: the workspace, or [`WILDCARD`] under `/clusters/*`.
+    pub fn logical_cluster(&self) -> &str {
+        if self.all_workspaces {
+            WILDCARD
+        } else {
+            &self.workspace
+        }
+    }
 }
 
 /// Checks a KCP logical cluster path such as `root:org:team-a`.
@@ -98,7 +113,7 @@ pub(crate) fn parse(path: &str) -> Result<RequestPath, String> {
                 target: Target::Unknown,
             });
         };
-        if ws == "*" {
+        if ws == WILDCARD {
             all_workspaces = true;
         } else {
             validate_workspace(ws)

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::events;
 use super::graceful::{self, Deletion};
 use super::object::{self, meta_str, set_meta};
 use super::path::Query;
-use super::resources::{self, ResourceDef};
+use super::resources::{self, ResourceDef, Storage};
 use super::status::{ApiError, Cause, Subject};
 use super::store::{Decision, SpaceView};
 
@@ -49,6 +50,9 @@ impl Target {
     /// The object as served in this version: `apiVersion` and `kind` of the request.
     pub fn present(&self, object: &Arc<Value>) -> Arc<Value> {
         let api_version = self.api_version();
+        if self.def.storage == Some(Storage::CoreEvents) {
+            return Arc::new(events::from_core(object, &api_version));
+        }
         let same = object.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str())
             && object.get("kind").and_then(Value::as_str) == Some(self.def.kind.as_str());
         if same || !object.is_object() {
@@ -68,7 +72,7 @@ pub(crate) fn decode_body(target: &Target, body: &[u8]) -> Result<Value, ApiErro
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })?;
-    check_type(target, value)
+    into_storage(target, check_type(target, value)?)
 }
 
 /// Checks and fills apiVersion/kind of a decoded object.
@@ -141,6 +145,15 @@ pub(crate) fn check_type(target: &Target, mut value: Value) -> Result<Value, Api
         ));
     }
     Ok(value)
+}
+
+/// A type-checked object in the shape it is stored in (the same, except
+/// for resources that share another's storage).
+pub(crate) fn into_storage(target: &Target, value: Value) -> Result<Value, ApiError> {
+    match target.def.storage {
+        Some(Storage::CoreEvents) => events::to_core(value),
+        None => Ok(value),
+    }
 }
 
 /// The namespace in the body must be empty or equal the URL's.

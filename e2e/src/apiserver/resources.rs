@@ -37,6 +37,48 @@ pub(crate) struct ResourceDef {
     pub tracks_generation: bool,
     /// Defined by a CustomResourceDefinition.
     pub custom: bool,
+    /// What discovery lists as the main resource's verbs (most have all of [`ALL_VERBS`]).
+    pub verbs: &'static [&'static str],
+    /// Subresources beyond `status` and `scale` (see [`SubresourceDef`]).
+    pub subresources: Vec<SubresourceDef>,
+    /// Another resource whose objects this one serves in its own shape
+    /// (events.k8s.io/v1 Events are core/v1 Events underneath).
+    pub storage: Option<Storage>,
+    /// The `Warning` header of a deprecated resource (componentstatuses).
+    pub deprecation: Option<&'static str>,
+}
+
+/// Every verb a stored resource serves.
+pub(crate) const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// The verbs of `status`, `scale` and other views of one object.
+pub(crate) const OBJECT_VIEW_VERBS: &[&str] = &["get", "patch", "update"];
+
+/// A subresource served by its own code (`pods/ephemeralcontainers`,
+/// `serviceaccounts/token`, `certificatesigningrequests/approval`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SubresourceDef {
+    pub name: &'static str,
+    /// The kind it takes and returns when that is not the parent's: (group, version, kind).
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
+    pub verbs: &'static [&'static str],
+}
+
+/// Where a resource that shares another's objects keeps them, and how its
+/// shape differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// events.k8s.io/v1 Events, stored as core/v1 Events.
+    CoreEvents,
 }
 
 /// The key of a resource's storage: group and plural (independent of version).
@@ -46,8 +88,23 @@ pub(crate) const CRD_GROUP: &str = "apiextensions.k8s.io";
 pub(crate) const CRD_PLURAL: &str = "customresourcedefinitions";
 
 impl ResourceDef {
+    /// The key of the objects this resource serves (another resource's, for
+    /// a resource with [`Storage`]).
     pub fn key(&self) -> ResourceKey {
-        (self.group.clone(), self.plural.clone())
+        match self.storage {
+            Some(Storage::CoreEvents) => (String::new(), "events".to_string()),
+            None => (self.group.clone(), self.plural.clone()),
+        }
+    }
+
+    /// Whether this is `plural` in `group`.
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
+    }
+
+    /// A subresource served by its own code, if this resource has it.
+    pub fn subresource(&self, name: &str) -> Option<&SubresourceDef> {
+        self.subresources.iter().find(|s| s.name == name)
     }
 
     pub fn version(&self, version: &str) -> Option<&VersionDef> {
@@ -70,7 +127,7 @@ impl ResourceDef {
     }
 
     /// A built-in resource whose versions all serve `/status` when `status` is set.
-    fn builtin(
+    pub(crate) fn builtin(
         group: &str,
         version: &str,
         plural: &str,
@@ -97,11 +154,46 @@ impl ResourceDef {
             }],
             tracks_generation: false,
             custom: false,
+            verbs: ALL_VERBS,
+            subresources: Vec::new(),
+            storage: None,
+            deprecation: None,
         }
     }
 
     fn with_generation(mut self) -> Self {
         self.tracks_generation = true;
+        self
+    }
+
+    /// Only these verbs (reviews are create-only, componentstatuses read-only).
+    fn with_verbs(mut self, verbs: &'static [&'static str]) -> Self {
+        self.verbs = verbs;
+        self
+    }
+
+    fn with_subresource(
+        mut self,
+        name: &'static str,
+        kind: Option<(&'static str, &'static str, &'static str)>,
+        verbs: &'static [&'static str],
+    ) -> Self {
+        self.subresources.push(SubresourceDef { name, kind, verbs });
+        self
+    }
+
+    fn deprecated(mut self, warning: &'static str) -> Self {
+        self.deprecation = Some(warning);
+        self
+    }
+
+    fn stored_as(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    fn in_categories(mut self, categories: &[&str]) -> Self {
+        self.categories = categories.iter().map(|c| (*c).to_string()).collect();
         self
     }
 
@@ -205,6 +297,10 @@ impl ResourceDef {
             versions,
             tracks_generation: true,
             custom: true,
+            verbs: ALL_VERBS,
+            subresources: Vec::new(),
+            storage: None,
+            deprecation: None,
         })
     }
 }
@@ -346,7 +442,215 @@ pub(crate) fn builtins() -> Vec<Arc<ResourceDef>> {
         )
         .with_generation(),
     ];
-    list.into_iter().map(Arc::new).collect()
+    list.into_iter()
+        .chain(cluster_apis())
+        .map(with_own_subresources)
+        .map(Arc::new)
+        .collect()
+}
+
+/// The subresources of core resources that their own code serves.
+fn with_own_subresources(def: ResourceDef) -> ResourceDef {
+    match (def.group.as_str(), def.plural.as_str()) {
+        ("", "pods") => def.with_subresource("ephemeralcontainers", None, OBJECT_VIEW_VERBS),
+        ("", "serviceaccounts") => def.with_subresource(
+            "token",
+            Some(("authentication.k8s.io", "v1", "TokenRequest")),
+            &["create"],
+        ),
+        _ => def,
+    }
+}
+
+/// The APIs a cluster serves beside workloads: RBAC, events.k8s.io, the
+/// authentication and authorization reviews, certificates, API registration,
+/// and the types kubectl's generators create. Shapes, verbs, short names
+/// and subresources as kube-apiserver 1.34's discovery lists them.
+fn cluster_apis() -> Vec<ResourceDef> {
+    let r = ResourceDef::builtin;
+    const CREATE: &[&str] = &["create"];
+    const READ: &[&str] = &["get", "list"];
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    const AUTHN: &str = "authentication.k8s.io";
+    const AUTHZ: &str = "authorization.k8s.io";
+    vec![
+        r(
+            "",
+            "v1",
+            "resourcequotas",
+            "ResourceQuota",
+            true,
+            &["quota"],
+            true,
+        ),
+        r(
+            "",
+            "v1",
+            "componentstatuses",
+            "ComponentStatus",
+            false,
+            &["cs"],
+            false,
+        )
+        .with_verbs(READ)
+        .deprecated("v1 ComponentStatus is deprecated in v1.19+"),
+        r(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            &["ev"],
+            false,
+        )
+        .stored_as(Storage::CoreEvents)
+        .with_fields(&[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "source",
+            "type",
+        ]),
+        r(RBAC, "v1", "roles", "Role", true, &[], false),
+        r(RBAC, "v1", "rolebindings", "RoleBinding", true, &[], false),
+        r(RBAC, "v1", "clusterroles", "ClusterRole", false, &[], false),
+        r(
+            RBAC,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+            false,
+        ),
+        r(
+            AUTHN,
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            false,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            AUTHN,
+            "v1",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            AUTHZ,
+            "v1",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            AUTHZ,
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            AUTHZ,
+            "v1",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            AUTHZ,
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+            &[],
+            false,
+        )
+        .with_verbs(CREATE),
+        r(
+            "certificates.k8s.io",
+            "v1",
+            "certificatesigningrequests",
+            "CertificateSigningRequest",
+            false,
+            &["csr"],
+            true,
+        )
+        .with_subresource("approval", None, OBJECT_VIEW_VERBS)
+        .with_fields(&["spec.signerName"]),
+        r(
+            "apiregistration.k8s.io",
+            "v1",
+            "apiservices",
+            "APIService",
+            false,
+            &[],
+            true,
+        )
+        .in_categories(&["api-extensions"]),
+        r("batch", "v1", "cronjobs", "CronJob", true, &["cj"], true)
+            .with_generation()
+            .in_category_all(),
+        r(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+        )
+        .with_generation(),
+        r(
+            "networking.k8s.io",
+            "v1",
+            "ingresses",
+            "Ingress",
+            true,
+            &["ing"],
+            true,
+        ),
+        r(
+            "networking.k8s.io",
+            "v1",
+            "ingressclasses",
+            "IngressClass",
+            false,
+            &[],
+            false,
+        ),
+        r(
+            "scheduling.k8s.io",
+            "v1",
+            "priorityclasses",
+            "PriorityClass",
+            false,
+            &["pc"],
+            false,
+        ),
+    ]
 }
 
 /// The status the CRD controllers would write: names accepted, established.

@@ -49,11 +49,16 @@ pub(crate) struct Cause {
 }
 
 impl Cause {
+    /// `Required value`, with `: <detail>` when there is one.
     pub fn required(field: &str, detail: &str) -> Cause {
         Cause {
             reason: "FieldValueRequired",
             field: field.to_string(),
-            message: format!("Required value: {detail}"),
+            message: if detail.is_empty() {
+                "Required value".to_string()
+            } else {
+                format!("Required value: {detail}")
+            },
         }
     }
 
@@ -238,6 +243,28 @@ impl ApiError {
             "RequestEntityTooLarge",
             format!("the server has received a request that is too large (limit is {limit} bytes)"),
         )
+    }
+
+    /// kube's `NewForbidden`: `detail` says who cannot do what. An empty
+    /// `resource` is a non-resource request.
+    pub fn forbidden(group: &str, resource: &str, name: &str, detail: &str) -> ApiError {
+        let subject = Subject { group, resource };
+        let message = match (resource.is_empty(), name.is_empty()) {
+            (true, _) => format!("forbidden: {detail}"),
+            (false, true) => format!("{} is forbidden: {detail}", subject.qualified()),
+            (false, false) => format!("{} {name:?} is forbidden: {detail}", subject.qualified()),
+        };
+        let mut details = json!({});
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        if !resource.is_empty() {
+            details["kind"] = json!(resource);
+        }
+        ApiError::new(403, "Forbidden", message).with_details(details)
     }
 
     pub fn unauthorized() -> ApiError {
