@@ -23,6 +23,10 @@ pub struct Limits {
     pub max_objects_per_cluster: u64,
     /// Largest `manifest_json` of one downward delta, in bytes (version 2).
     pub max_manifest_bytes: u32,
+    /// Most downward deltas the hub has in flight (sent, not acknowledged),
+    /// snapshot entries included (version 2): the agent can queue this many
+    /// without ever having to stop reading the connection.
+    pub max_downward_in_flight: u32,
 }
 
 impl Default for Limits {
@@ -36,6 +40,7 @@ impl Default for Limits {
             // kube-apiserver refuses request bodies over 3 MiB and etcd
             // values over 1.5 MiB; a placed object is at most that.
             max_manifest_bytes: 1536 * 1024,
+            max_downward_in_flight: 2048,
         }
     }
 }

@@ -134,6 +134,7 @@ fn session_modes_have_the_documented_shape() {
             "max_status_bytes": 262_144,
             "max_objects_per_cluster": 1_000_000,
             "max_manifest_bytes": 1_572_864,
+            "max_downward_in_flight": 2048,
         })
     );
 }

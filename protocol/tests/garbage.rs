@@ -17,6 +17,7 @@ fn tight() -> Limits {
         max_status_bytes: 64,
         max_objects_per_cluster: 10,
         max_manifest_bytes: 128,
+        max_downward_in_flight: 4,
     }
 }
 

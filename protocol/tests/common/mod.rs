@@ -229,6 +229,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
         any::<u32>(),
         any::<u64>(),
         any::<u32>(),
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -238,6 +239,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_status_bytes,
                 max_objects_per_cluster,
                 max_manifest_bytes,
+                max_downward_in_flight,
             )| Limits {
                 max_frame_bytes,
                 max_deltas_per_batch,
@@ -245,6 +247,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_status_bytes,
                 max_objects_per_cluster,
                 max_manifest_bytes,
+                max_downward_in_flight,
             },
         )
 }
