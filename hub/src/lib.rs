@@ -19,6 +19,7 @@
 pub mod aggregate;
 pub mod capacity;
 pub mod config;
+pub mod downstream;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -44,11 +45,13 @@ pub use metrics::Metrics;
 pub use writer::{KubeUpstream, StatusUpstream, UpstreamError};
 
 use crate::aggregate::Aggregator;
+use crate::downstream::Downstream;
 use crate::health::Health;
 use crate::placement::{PlacementSettings, PlacementSource, Placements};
 use crate::rejection::Rejections;
 use crate::session::{Connections, SessionShared};
 use crate::store::Store;
+use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::{
     SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer, WriterSettings,
 };
@@ -86,11 +89,34 @@ pub struct Hub {
     queue: Arc<WriteQueue>,
     health: Arc<Health>,
     aggregator: Arc<Aggregator>,
-    upstream: Arc<dyn StatusUpstream>,
-    placement_source: Arc<dyn PlacementSource>,
+    kcp: Kcp,
     placements: Arc<Placements>,
     rejections: Arc<Rejections>,
+    downstream: Arc<Downstream>,
+    finalizers: Arc<Finalizers>,
     capacity: Arc<capacity::Capacity>,
+}
+
+/// KCP as the hub reaches it: where it writes status, where it reads
+/// placement, where it keeps its finalizers. [`Kcp::kube`] for the real
+/// thing; tests substitute parts.
+#[derive(Debug, Clone)]
+pub struct Kcp {
+    pub status: Arc<dyn StatusUpstream>,
+    pub placement: Arc<dyn PlacementSource>,
+    pub finalizers: Arc<dyn FinalizerUpstream>,
+}
+
+impl Kcp {
+    /// Every part through one kube client.
+    pub fn kube(upstream: KubeUpstream) -> Self {
+        let upstream = Arc::new(upstream);
+        Self {
+            status: upstream.clone(),
+            placement: upstream.clone(),
+            finalizers: upstream,
+        }
+    }
 }
 
 impl Hub {
@@ -100,27 +126,21 @@ impl Hub {
         // TLS first: a wrong file name is the likelier mistake, and cheap to find.
         let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
         let upstream =
-            Arc::new(KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?);
-        Self::bind_parts(config, tls, upstream.clone(), upstream).await
+            KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?;
+        Self::bind_parts(config, tls, Kcp::kube(upstream)).await
     }
 
-    /// Like [`Hub::bind`], writing to `upstream` and reading placement from
-    /// `placement` instead of a kube client (tests, or an embedding that
-    /// brings its own).
-    pub async fn bind_with_upstream(
-        config: HubConfig,
-        upstream: Arc<dyn StatusUpstream>,
-        placement: Arc<dyn PlacementSource>,
-    ) -> Result<Hub, HubError> {
+    /// Like [`Hub::bind`], reaching KCP through `kcp` instead of a kube
+    /// client (tests, or an embedding that brings its own).
+    pub async fn bind_with_kcp(config: HubConfig, kcp: Kcp) -> Result<Hub, HubError> {
         let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
-        Self::bind_parts(config, tls, upstream, placement).await
+        Self::bind_parts(config, tls, kcp).await
     }
 
     async fn bind_parts(
         config: HubConfig,
         tls: Arc<rustls::ServerConfig>,
-        upstream: Arc<dyn StatusUpstream>,
-        placement_source: Arc<dyn PlacementSource>,
+        kcp: Kcp,
     ) -> Result<Hub, HubError> {
         let metrics = Arc::new(Metrics::new()?);
         let placements = Arc::new(Placements::new(
@@ -137,20 +157,25 @@ impl Hub {
             metrics.clone(),
             config.write_settle,
         ));
+        let downstream = Arc::new(Downstream::new(queue.clone(), metrics.clone()));
+        let finalizers = Arc::new(Finalizers::new(kcp.finalizers.clone(), metrics.clone()));
         let store = Arc::new(Store::new(
             queue.clone(),
             metrics.clone(),
             config.limits.max_objects_per_cluster,
         ));
         let health = Arc::new(Health::new(metrics.clone()));
-        let aggregator = Arc::new(Aggregator::new(
-            config.merge_policy.clone(),
-            config.feature_gates,
-            health.clone(),
-            config.heartbeat_interval,
-            config.offline_grace,
-            metrics.clone(),
-        ));
+        let aggregator = Arc::new(
+            Aggregator::new(
+                config.merge_policy.clone(),
+                config.feature_gates,
+                health.clone(),
+                config.heartbeat_interval,
+                config.offline_grace,
+                metrics.clone(),
+            )
+            .with_apply_failures(downstream.clone()),
+        );
         tracing::info!(gates = %config.feature_gates, "feature gates");
         let capacity = Arc::new(capacity::Capacity::new(
             health.clone(),
@@ -179,10 +204,11 @@ impl Hub {
             queue,
             health,
             aggregator,
-            upstream,
-            placement_source,
+            kcp,
             placements,
             rejections,
+            downstream,
+            finalizers,
             capacity,
         })
     }
@@ -239,13 +265,15 @@ impl Hub {
             queue,
             health,
             aggregator,
-            upstream,
-            placement_source,
+            kcp,
             placements,
             rejections,
+            downstream,
+            finalizers,
             capacity,
             ..
         } = self;
+        let upstream = kcp.status.clone();
 
         // Placement: what each cluster may report. Stopped last among the
         // background tasks (after the sessions), so no report waits on it.
@@ -253,13 +281,18 @@ impl Hub {
         let placement_task = tokio::spawn(
             placement::runner::Runner {
                 placements: placements.clone(),
-                source: placement_source,
+                source: kcp.placement.clone(),
                 store: store.clone(),
+                downstream: downstream.clone(),
+                finalizers: finalizers.clone(),
                 rejections: rejections.clone(),
                 mode: config.upstream,
             }
             .run(placement_stop.clone()),
         );
+
+        // The hub's finalizers on objects the clusters apply.
+        let finalizers_task = tokio::spawn(finalizers.clone().run(placement_stop.clone()));
 
         // Cluster states (metric) and SyncTargets in KCP.
         let synctargets = SyncTargets::new(
@@ -323,6 +356,8 @@ impl Hub {
 
         let shared = Arc::new(SessionShared {
             store,
+            downstream,
+            finalizers,
             placements: placements.clone(),
             rejections,
             health,
@@ -359,6 +394,7 @@ impl Hub {
         writer_stop.cancel();
         placement_stop.cancel();
         let placement_result = placement_task.await;
+        let finalizers_result = finalizers_task.await;
         let writer_result = writer_task.await;
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
@@ -368,6 +404,7 @@ impl Hub {
         tracing::info!("hub stopped");
         writer_result.map_err(|e| HubError::Task("writer", e))?;
         placement_result.map_err(|e| HubError::Task("placement", e))?;
+        finalizers_result.map_err(|e| HubError::Task("finalizer writer", e))?;
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
         capacity_result.map_err(|e| HubError::Task("capacity", e))?;

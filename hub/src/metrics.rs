@@ -40,6 +40,12 @@ pub struct Metrics {
     pub held_reports: IntGauge,
     /// Failed lists and watches of SyncTargets and placements (each retried).
     pub placement_watch_failures: IntCounter,
+    /// Objects placed on each cluster that its agent applies (downward lane).
+    pub downstream_objects: IntGaugeVec,
+    /// Downward changes waiting for their agents' acknowledgement, all clusters.
+    pub downstream_queue: IntGauge,
+    /// Finalizer writes to KCP, by result.
+    pub finalizer_writes: IntCounterVec,
     /// Conflicts present on objects now, by type and strategy.
     pub conflicts: IntGaugeVec,
     /// Conflicts that appeared, by type and strategy.
@@ -159,6 +165,24 @@ impl Metrics {
             "uplink_hub_held_reports",
             "Reports kept aside until placement can judge them (all clusters).",
         )?;
+        let downstream_objects = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_downstream_objects",
+                "Objects placed on the cluster that the hub sends down to it (its agent applies their type).",
+            ),
+            &["cluster"],
+        )?;
+        let downstream_queue = IntGauge::new(
+            "uplink_hub_downstream_queue_entries",
+            "Downward changes waiting for their agents' acknowledgement (all clusters).",
+        )?;
+        let finalizer_writes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_finalizer_writes_total",
+                "Writes of the hub's finalizers on placed objects in KCP, by result.",
+            ),
+            &["result"],
+        )?;
         let placement_watch_failures = IntCounter::new(
             "uplink_hub_placement_watch_failures_total",
             "Failed lists and watches of SyncTargets and placed objects in KCP (each retried).",
@@ -220,6 +244,9 @@ impl Metrics {
         registry.register(Box::new(placements.clone()))?;
         registry.register(Box::new(held_reports.clone()))?;
         registry.register(Box::new(placement_watch_failures.clone()))?;
+        registry.register(Box::new(downstream_objects.clone()))?;
+        registry.register(Box::new(downstream_queue.clone()))?;
+        registry.register(Box::new(finalizer_writes.clone()))?;
 
         Ok(Self {
             registry,
@@ -237,6 +264,9 @@ impl Metrics {
             placements,
             held_reports,
             placement_watch_failures,
+            downstream_objects,
+            downstream_queue,
+            finalizer_writes,
             conflicts,
             conflicts_total,
             cluster_state,

@@ -26,6 +26,7 @@
 //! status and writes again, 429 waits for `Retry-After`, anything else waits
 //! with exponential backoff. The key stays in the queue until it lands.
 
+pub mod finalizer;
 mod queue;
 mod rate;
 pub mod synctarget;

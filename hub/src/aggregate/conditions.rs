@@ -18,8 +18,8 @@
 //! clusters with the combined status, `observedGeneration` the lowest. When
 //! clusters differ, the message ends with who says what, e.g.
 //! `(True: a, b; False: c; missing: d)`. Conditions are sorted by type. The
-//! hub's own conditions (`StatusConflict`, `StatusReported`) are never taken
-//! from a cluster.
+//! hub's own conditions (`StatusConflict`, `StatusReported`,
+//! `DownstreamApplied`) are never taken from a cluster.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -31,6 +31,50 @@ use super::conflict::CONDITION_TYPE;
 use super::rules::{Votes, compare};
 
 const NEGATIVE: [&str; 4] = ["Failed", "ReplicaFailure", "FailureTarget", "Degraded"];
+
+/// The hub's condition on an object some cluster refused to apply: `False`,
+/// the reason of the first refusal (`Conflict`, `Invalid`, `Forbidden`,
+/// `Malformed`), and every cluster's refusal in the message. Absent while
+/// every cluster applies it.
+pub const APPLY_CONDITION: &str = "DownstreamApplied";
+
+/// Puts the `DownstreamApplied` condition for `failures` (cluster → reason,
+/// message) into `status.conditions`, replacing one the hub wrote before;
+/// with none, removes it.
+pub fn set_apply_failures(status: &mut Value, failures: &BTreeMap<String, (String, String)>) {
+    let Some(object) = status.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(conditions)) = object.get_mut("conditions") {
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some(APPLY_CONDITION));
+        if conditions.is_empty() && failures.is_empty() {
+            object.remove("conditions");
+        }
+    }
+    let Some((_, (first_reason, _))) = failures.iter().next() else {
+        return;
+    };
+    let mut reason = first_reason.clone();
+    if let Some(first) = reason.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let message: Vec<String> = failures
+        .iter()
+        .map(|(cluster, (reason, message))| format!("cluster {cluster}: {reason}: {message}"))
+        .collect();
+    let condition = serde_json::json!({
+        "type": APPLY_CONDITION,
+        "status": "False",
+        "reason": reason,
+        "message": message.join("; "),
+    });
+    if let Value::Array(conditions) = object
+        .entry("conditions")
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        conditions.push(condition);
+    }
+}
 
 /// Whether `True` is bad news for condition type `kind`.
 pub fn is_negative(kind: &str) -> bool {
@@ -53,7 +97,10 @@ pub(crate) fn combine(reports: &[Report<'_>], votes: &Votes<'_>) -> Value {
             let Some(kind) = object.get("type").and_then(Value::as_str) else {
                 continue;
             };
-            if kind == CONDITION_TYPE || kind == crate::writer::NOT_REPORTED_CONDITION {
+            if kind == CONDITION_TYPE
+                || kind == crate::writer::NOT_REPORTED_CONDITION
+                || kind == APPLY_CONDITION
+            {
                 continue;
             }
             // A cluster listing a type twice: the first one counts.

@@ -52,6 +52,7 @@ pub use gates::{FeatureGates, GateError};
 pub use ledger::ConflictLedger;
 pub use rules::{FieldPath, FieldRule, Rule};
 
+use crate::downstream::Downstream;
 use crate::health::{ClusterState, Health};
 use crate::metrics::Metrics;
 use crate::store::{ClusterName, Entry, ObjectKey, Store};
@@ -413,6 +414,8 @@ pub struct Aggregator {
     heartbeat_interval: Duration,
     offline_grace: Duration,
     ledger: ConflictLedger,
+    /// Where refused downward applies are recorded, for their condition.
+    downstream: Option<Arc<Downstream>>,
 }
 
 impl Aggregator {
@@ -431,7 +434,15 @@ impl Aggregator {
             heartbeat_interval,
             offline_grace,
             ledger: ConflictLedger::new(metrics),
+            downstream: None,
         }
+    }
+
+    /// Merged statuses also say which clusters refused to apply the object
+    /// (the `DownstreamApplied` condition, [`conditions::set_apply_failures`]).
+    pub fn with_apply_failures(mut self, downstream: Arc<Downstream>) -> Self {
+        self.downstream = Some(downstream);
+        self
     }
 
     pub fn gates(&self) -> FeatureGates {
@@ -524,7 +535,7 @@ impl Aggregator {
     /// writer uses).
     pub fn evaluate(&self, key: &ObjectKey, entries: &BTreeMap<ClusterName, Entry>) -> Merged {
         let now = SystemTime::now();
-        let merged = merge(
+        let mut merged = merge(
             key,
             entries,
             &self.view_for(entries, now),
@@ -532,6 +543,9 @@ impl Aggregator {
             &self.gates,
         );
         self.ledger.record(key, &merged, now);
+        if let (Some(downstream), Some(status)) = (&self.downstream, merged.status.as_mut()) {
+            conditions::set_apply_failures(status, &downstream.failures(key));
+        }
         merged
     }
 

@@ -228,9 +228,24 @@ pub(crate) struct ClusterPlacement {
     /// When every type was listed (the hold of unplaced reports counts from
     /// here).
     pub(crate) complete_since: Option<Instant>,
-    /// Placed objects by address (version and kind come from the type),
-    /// with their upstream uid.
-    objects: HashMap<Address, String>,
+    /// Placed objects by address (version and kind come from the type).
+    objects: HashMap<Address, Placed>,
+    /// Per type: how many of its objects are placed.
+    counts: Vec<usize>,
+}
+
+/// What the hub knows of one object placed on a cluster, from KCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The upstream uid.
+    pub uid: String,
+    pub resource_version: String,
+    /// What goes down to the cluster ([`PlacedObject::downward_manifest`]).
+    pub manifest: Arc<str>,
+    /// Deleted in KCP, waiting for finalizers.
+    pub deleting: bool,
+    /// The object's finalizers in KCP.
+    pub finalizers: Vec<String>,
 }
 
 impl PlacementView {
@@ -383,6 +398,7 @@ impl PlacementView {
                 listed: vec![false; types],
                 complete_since: None,
                 objects: HashMap::new(),
+                counts: vec![0; types],
             },
         );
     }
@@ -406,9 +422,9 @@ impl PlacementView {
     }
 
     /// Applies one change of type `index` on `cluster`'s placement as
-    /// watched with SyncTarget key `key`. Returns the full keys of objects
-    /// no longer placed; `None` when the cluster is not watched with that
-    /// key (a late event of a stopped watch).
+    /// watched with SyncTarget key `key`. Returns what changed; `None` when
+    /// the cluster is not watched with that key (a late event of a stopped
+    /// watch).
     pub(crate) fn apply(
         &mut self,
         cluster: &str,
@@ -418,34 +434,70 @@ impl PlacementView {
         max_objects: u64,
     ) -> Option<Applied> {
         let resource = self.types.get(index)?.clone();
+        let api_version = if resource.group.is_empty() {
+            resource.version.clone()
+        } else {
+            format!("{}/{}", resource.group, resource.version)
+        };
         let placement = self.clusters.get_mut(cluster).filter(|p| p.key == key)?;
         let mut applied = Applied::default();
-        let mut unplaced: Vec<Address> = Vec::new();
+        // (address, before, after)
+        let mut changes: Vec<(Address, Option<Placed>, Option<Placed>)> = Vec::new();
+        let placed = |placement: &mut ClusterPlacement, object: PlacedAddress| {
+            let kind = placement.kinds[index]
+                .clone()
+                .or(object.object.kind.clone())
+                .unwrap_or_default();
+            let after = Placed::of(&object.object, &api_version, &kind);
+            match placement.objects.get(&object.address) {
+                Some(before) if *before == after => None,
+                Some(before) => {
+                    let before = before.clone();
+                    placement
+                        .objects
+                        .insert(object.address.clone(), after.clone());
+                    Some((object.address, Some(before), Some(after)))
+                }
+                None => {
+                    if placement.objects.len() as u64 >= max_objects {
+                        return Some((object.address, None, None));
+                    }
+                    placement
+                        .objects
+                        .insert(object.address.clone(), after.clone());
+                    placement.counts[index] += 1;
+                    Some((object.address, None, Some(after)))
+                }
+            }
+        };
         match change {
             PlacementChange::Listed { kind, objects } => {
                 if let Some(kind) = kind {
                     placement.kinds[index] = Some(kind);
                 }
-                let listed: HashMap<Address, String> = objects
-                    .into_iter()
-                    .map(|object| (object.address, object.uid))
-                    .collect();
+                let listed: HashSet<Address> = objects.iter().map(|o| o.address.clone()).collect();
                 let gone: Vec<Address> = placement
                     .objects
                     .keys()
                     .filter(|address| {
                         address.group == resource.group
                             && address.resource == resource.resource
-                            && !listed.contains_key(*address)
+                            && !listed.contains(*address)
                     })
                     .cloned()
                     .collect();
-                for address in &gone {
-                    placement.objects.remove(address);
+                for address in gone {
+                    if let Some(before) = placement.objects.remove(&address) {
+                        placement.counts[index] = placement.counts[index].saturating_sub(1);
+                        changes.push((address, Some(before), None));
+                    }
                 }
-                unplaced = gone;
-                for (address, uid) in listed {
-                    applied.overflow |= !placement.insert(address, uid, max_objects);
+                for object in objects {
+                    match placed(placement, object) {
+                        Some((_, None, None)) => applied.overflow = true,
+                        Some(change) => changes.push(change),
+                        None => {}
+                    }
                 }
                 placement.listed[index] = true;
                 if placement.complete_since.is_none() && placement.listed.iter().all(|l| *l) {
@@ -453,35 +505,89 @@ impl PlacementView {
                 }
             }
             PlacementChange::Placed(object) => {
+                let object = *object;
                 if placement.kinds[index].is_none() {
-                    placement.kinds[index] = object.kind.clone();
+                    placement.kinds[index] = object.object.kind.clone();
                 }
-                match placement.objects.get(&object.address) {
-                    // Deleted and created again with the same name: a new
-                    // object; the reports about the old one go.
-                    Some(uid) if *uid != object.uid => {
-                        unplaced.push(object.address.clone());
-                        placement.objects.insert(object.address, object.uid);
-                    }
-                    Some(_) => {}
-                    None => {
-                        applied.overflow |=
-                            !placement.insert(object.address, object.uid, max_objects);
-                    }
+                match placed(placement, object) {
+                    Some((_, None, None)) => applied.overflow = true,
+                    Some(change) => changes.push(change),
+                    None => {}
                 }
             }
             PlacementChange::Unplaced(address) => {
-                if placement.objects.remove(&address).is_some() {
-                    unplaced.push(address);
+                if let Some(before) = placement.objects.remove(&address) {
+                    placement.counts[index] = placement.counts[index].saturating_sub(1);
+                    changes.push((address, Some(before), None));
                 }
             }
         }
         let placement = self.clusters.get(cluster)?;
-        applied.unplaced = unplaced
-            .iter()
-            .filter_map(|address| self.canonical(placement, address))
-            .collect();
+        for (address, before, after) in changes {
+            let Some(full) = self.canonical(placement, &address) else {
+                continue;
+            };
+            // The store's entry goes with the object it reports about: when
+            // the object is unplaced, or replaced by a new one of the same
+            // name.
+            let replaced = matches!((&before, &after), (Some(b), Some(a)) if b.uid != a.uid);
+            if after.is_none() || replaced {
+                applied.unplaced.push(full.clone());
+            }
+            applied.changes.push(ObjectChange {
+                key: full,
+                before,
+                after,
+            });
+        }
         Some(applied)
+    }
+
+    /// Every object placed on `cluster` of `types` ((group, resource)),
+    /// with its state.
+    pub(crate) fn placed_objects(
+        &self,
+        cluster: &str,
+        types: &HashSet<(String, String)>,
+    ) -> Vec<(ObjectKey, Placed)> {
+        let Some(placement) = self.clusters.get(cluster) else {
+            return Vec::new();
+        };
+        placement
+            .objects
+            .iter()
+            .filter(|(address, _)| {
+                types.contains(&(address.group.clone(), address.resource.clone()))
+            })
+            .filter_map(|(address, placed)| {
+                Some((self.canonical(placement, address)?, placed.clone()))
+            })
+            .collect()
+    }
+
+    /// The state of `key` if it is placed on `cluster` as that kind.
+    pub(crate) fn placed(&self, cluster: &str, key: &ObjectKey) -> Option<&Placed> {
+        let placement = self.clusters.get(cluster)?;
+        let index = self.type_index(&key.group, &key.resource)?;
+        if self.types[index].version != key.version
+            || placement.kinds.get(index)?.as_deref() != Some(key.kind.as_str())
+        {
+            return None;
+        }
+        placement.objects.get(key as &dyn AddressParts)
+    }
+
+    /// How many objects of `types` ((group, resource)) are placed on `cluster`.
+    pub(crate) fn count(&self, cluster: &str, types: &HashSet<(String, String)>) -> usize {
+        let Some(placement) = self.clusters.get(cluster) else {
+            return 0;
+        };
+        self.types
+            .iter()
+            .zip(&placement.counts)
+            .filter(|(t, _)| types.contains(&(t.group.clone(), t.resource.clone())))
+            .map(|(_, count)| count)
+            .sum()
     }
 
     /// How many objects are placed on `cluster`.
@@ -494,24 +600,38 @@ impl ClusterPlacement {
     fn contains(&self, key: &ObjectKey) -> bool {
         self.objects.contains_key(key as &dyn AddressParts)
     }
-
-    /// Adds a placed object; false when the cluster is at its limit.
-    fn insert(&mut self, address: Address, uid: String, max: u64) -> bool {
-        if self.objects.len() as u64 >= max && !self.objects.contains_key(&address) {
-            return false;
-        }
-        self.objects.insert(address, uid);
-        true
-    }
 }
 
 /// What one change did to a cluster's placement.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
-    /// Full keys of the objects no longer placed on the cluster.
+    /// Full keys of the objects whose reports from the cluster must go: no
+    /// longer placed on it, or replaced by a new object of the same name.
     pub unplaced: Vec<ObjectKey>,
+    /// Every object whose state changed.
+    pub changes: Vec<ObjectChange>,
     /// Objects were left out because the cluster is at its limit.
     pub overflow: bool,
+}
+
+/// One placed object before and after a change (`None`: not placed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ObjectChange {
+    pub key: ObjectKey,
+    pub before: Option<Placed>,
+    pub after: Option<Placed>,
+}
+
+impl Placed {
+    fn of(object: &PlacedObject, api_version: &str, kind: &str) -> Self {
+        Self {
+            uid: object.metadata.uid.clone(),
+            resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+            manifest: Arc::from(object.downward_manifest(api_version, kind)),
+            deleting: object.deleting(),
+            finalizers: object.metadata.finalizers.clone(),
+        }
+    }
 }
 
 /// A change of one type's placement on one cluster, in the view's terms.
@@ -522,17 +642,15 @@ pub(crate) enum PlacementChange {
         kind: Option<String>,
         objects: Vec<PlacedAddress>,
     },
-    Placed(PlacedAddress),
+    Placed(Box<PlacedAddress>),
     Unplaced(Address),
 }
 
-/// A placed object: its address, its kind if the server named it, its
-/// upstream uid.
+/// A placed object as KCP sent it, and its address.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PlacedAddress {
     pub address: Address,
-    pub kind: Option<String>,
-    pub uid: String,
+    pub object: PlacedObject,
 }
 
 /// Whether `group`/`resource` is one of the records only the hub writes.

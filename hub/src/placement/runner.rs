@@ -22,10 +22,14 @@ use super::address::Address;
 use super::key::{STATE_SYNC, state_label, sync_target_key};
 use super::source::{PlacedObject, PlacementSource, SyncTargetObject};
 use super::watch::{Event, WatchError};
-use super::{PlacedAddress, PlacementChange, PlacementView, Placements, SyncTargetRef, Verdict};
+use super::{
+    ObjectChange, PlacedAddress, PlacementChange, PlacementView, Placements, SyncTargetRef, Verdict,
+};
 use crate::config::UpstreamMode;
+use crate::downstream::{Change, Downstream};
 use crate::rejection::Rejections;
 use crate::store::{ClusterName, HeldVerdict, ObjectKey, Store};
+use crate::writer::finalizer::{Finalizers, finalizer_name};
 
 /// One type's placement events, tagged with the type's index.
 type TypedEvents = BoxStream<'static, (usize, Result<Event<PlacedObject>, WatchError>)>;
@@ -39,6 +43,8 @@ pub struct Runner {
     pub placements: Arc<Placements>,
     pub source: Arc<dyn PlacementSource>,
     pub store: Arc<Store>,
+    pub downstream: Arc<Downstream>,
+    pub finalizers: Arc<Finalizers>,
     pub rejections: Arc<Rejections>,
     pub mode: UpstreamMode,
 }
@@ -227,11 +233,7 @@ impl Runner {
                     if object.metadata.labels.get(label).map(String::as_str)
                         == Some(STATE_SYNC) =>
                 {
-                    PlacementChange::Placed(PlacedAddress {
-                        address,
-                        kind: object.kind,
-                        uid: object.metadata.uid,
-                    })
+                    PlacementChange::Placed(Box::new(PlacedAddress { address, object }))
                 }
                 Some(address) => PlacementChange::Unplaced(address),
                 None => return,
@@ -258,6 +260,12 @@ impl Runner {
             tracing::debug!(%cluster, objects = applied.unplaced.len(), "objects unplaced from the cluster");
             self.store.unplace(cluster, &applied.unplaced);
         }
+        self.follow_downward(cluster, key, &applied.changes);
+        let types = self.downstream.types(cluster);
+        if !types.is_empty() {
+            self.downstream
+                .set_objects(cluster, view.count(cluster, &types));
+        }
         self.placements
             .metrics
             .placements
@@ -272,6 +280,70 @@ impl Runner {
         self.placements.notify_changed();
     }
 
+    /// What the changes mean for `cluster`'s downward lane (if its agent
+    /// applies their types) and for the hub's finalizer on each object.
+    fn follow_downward(&self, cluster: &str, synctarget_key: &str, changes: &[ObjectChange]) {
+        let finalizer = finalizer_name(synctarget_key);
+        for change in changes {
+            let key = &change.key;
+            if let Some(state) = change.after.as_ref().or(change.before.as_ref()) {
+                self.finalizers
+                    .observe(key, &state.resource_version, &state.finalizers);
+            }
+            if !self.downstream.applies(cluster, &key.group, &key.resource) {
+                continue;
+            }
+            match (&change.before, &change.after) {
+                // Placed or changed: the new manifest goes down, and the
+                // hub holds the object in KCP while the cluster has it.
+                (before, Some(after)) if !after.deleting => {
+                    let new = before
+                        .as_ref()
+                        .is_none_or(|b| b.deleting || b.manifest != after.manifest);
+                    if new {
+                        self.downstream.changed(
+                            cluster,
+                            key,
+                            &after.uid,
+                            Change::Apply(after.manifest.clone()),
+                        );
+                    }
+                    self.finalizers.want(
+                        key,
+                        &finalizer,
+                        true,
+                        &after.resource_version,
+                        &after.finalizers,
+                    );
+                }
+                // Deleted in KCP: deleted downstream; the finalizer comes
+                // off when the cluster confirms it.
+                (before, Some(after)) => {
+                    if before.as_ref().is_none_or(|b| !b.deleting) {
+                        self.downstream
+                            .changed(cluster, key, &after.uid, Change::Delete);
+                    }
+                }
+                // Unplaced: deleted downstream; the upstream object stays, so
+                // there is nothing to hold.
+                (Some(before), None) => {
+                    if !before.deleting {
+                        self.downstream
+                            .changed(cluster, key, &before.uid, Change::Delete);
+                    }
+                    self.finalizers.want(
+                        key,
+                        &finalizer,
+                        false,
+                        &before.resource_version,
+                        &before.finalizers,
+                    );
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
     fn placed_address(
         &self,
         cluster: &str,
@@ -283,11 +355,7 @@ impl Runner {
             return None;
         }
         let address = self.address(cluster, index, &object)?;
-        Some(PlacedAddress {
-            address,
-            kind: object.kind,
-            uid: object.metadata.uid,
-        })
+        Some(PlacedAddress { address, object })
     }
 
     /// Where `object` of type `index` lives; `None` (logged) when KCP did

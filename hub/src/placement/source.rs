@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use uplink_protocol::resource::ResourceSpec;
 
 use super::key::CLUSTER_ANNOTATION;
@@ -33,7 +34,8 @@ pub trait PlacementSource: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxStream<'static, Result<Event<PlacedObject>, WatchError>>;
 }
 
-/// The metadata the hub reads of an object.
+/// An object's metadata: the fields the hub reads by name, the rest kept
+/// as it came.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
@@ -48,9 +50,16 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub finalizers: Vec<String>,
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
+    /// Every other metadata field.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
 }
 
-/// An object that may be placed on a cluster (only its metadata is read).
+/// An object that may be placed on a cluster, whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct PlacedObject {
     /// Set in watch events and in lists of custom resources; lists of
@@ -58,7 +67,25 @@ pub struct PlacedObject {
     #[serde(default)]
     pub kind: Option<String>,
     pub metadata: Metadata,
+    /// Every other top-level field: apiVersion, spec, data, status, ...
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
+
+/// Metadata the server sets and changes by itself: never part of what goes
+/// down to a cluster, so a write that changes only these (a status write, a
+/// finalizer) sends nothing down.
+const SERVER_METADATA: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+    "finalizers",
+];
 
 impl PlacedObject {
     /// The workspace the object lives in, from kcp's `kcp.io/cluster`
@@ -69,6 +96,58 @@ impl PlacedObject {
             .get(CLUSTER_ANNOTATION)
             .map(String::as_str)
     }
+}
+
+impl PlacedObject {
+    /// Whether the object is being deleted in KCP (it waits for finalizers).
+    pub fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// What goes down to a cluster: the object as JSON text without status
+    /// and without the metadata the server sets ([`SERVER_METADATA`]), its
+    /// keys sorted (serde_json's maps are ordered), so the same object gives
+    /// the same text and a change of anything else gives another. The
+    /// `kcp.io/cluster` annotation goes too: the workspace travels in the
+    /// delta's object reference.
+    pub fn downward_manifest(&self, api_version: &str, kind: &str) -> String {
+        let mut metadata = self.metadata.other.clone();
+        for field in SERVER_METADATA {
+            metadata.remove(*field);
+        }
+        metadata.insert("name".into(), Value::from(self.metadata.name.clone()));
+        if let Some(namespace) = &self.metadata.namespace {
+            metadata.insert("namespace".into(), Value::from(namespace.clone()));
+        }
+        if !self.metadata.labels.is_empty() {
+            metadata.insert("labels".into(), json_map(&self.metadata.labels));
+        }
+        let annotations: BTreeMap<String, String> = self
+            .metadata
+            .annotations
+            .iter()
+            .filter(|(key, _)| *key != CLUSTER_ANNOTATION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !annotations.is_empty() {
+            metadata.insert("annotations".into(), json_map(&annotations));
+        }
+        let mut object = self.rest.clone();
+        object.remove("status");
+        object.insert("apiVersion".into(), Value::from(api_version));
+        object.insert("kind".into(), Value::from(kind));
+        object.insert("metadata".into(), Value::Object(metadata));
+        // A map of JSON values always serializes.
+        serde_json::to_string(&object).unwrap_or_default()
+    }
+}
+
+fn json_map(map: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect(),
+    )
 }
 
 impl Watched for PlacedObject {

@@ -35,8 +35,16 @@ fn deployment(name: &str) -> ObjectKey {
 fn placed(name: &str, uid: &str) -> PlacedAddress {
     PlacedAddress {
         address: Address::of(&deployment(name)),
-        kind: None,
-        uid: uid.into(),
+        object: PlacedObject {
+            kind: None,
+            metadata: source::Metadata {
+                name: name.into(),
+                namespace: Some("shop".into()),
+                uid: uid.into(),
+                ..source::Metadata::default()
+            },
+            rest: serde_json::Map::new(),
+        },
     }
 }
 
@@ -157,7 +165,7 @@ fn unplacing_and_relisting_name_the_objects_that_left() {
         "a",
         &key_a,
         0,
-        PlacementChange::Placed(placed("api", "u2")),
+        PlacementChange::Placed(Box::new(placed("api", "u2"))),
         100,
     );
     assert!(applied.is_some_and(|a| a.unplaced.is_empty()));
@@ -200,7 +208,7 @@ fn an_object_created_again_under_the_same_name_is_a_new_object() {
         "a",
         &key_a,
         0,
-        PlacementChange::Placed(placed("web", "u9")),
+        PlacementChange::Placed(Box::new(placed("web", "u9"))),
         100,
     );
     assert_eq!(applied.map(|a| a.unplaced), Some(vec![deployment("web")]));
@@ -244,7 +252,7 @@ fn placement_per_cluster_is_bounded() {
         "a",
         &key_a,
         0,
-        PlacementChange::Placed(placed("api", "u2")),
+        PlacementChange::Placed(Box::new(placed("api", "u2"))),
         1,
     );
     assert!(applied.is_some_and(|a| a.overflow));

@@ -151,6 +151,7 @@ impl<S: Transport> Connection<S> {
             self.handshake_failed(handshake_reason::WEBSOCKET, &error);
             return None;
         }
+        self.version = version;
         Some((hello, mode))
     }
 

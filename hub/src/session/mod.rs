@@ -12,11 +12,14 @@
 //! In flow order: `handshake` (`Hello` → placement wait → `Welcome`,
 //! resume or snapshot), then this module's run loop, which hands each frame
 //! to its lane: `upward` (deltas and snapshots, judged against placement
-//! and acked), `heartbeat`; after every frame `throttle` slows the agent
-//! down while the KCP writer is behind. `wire` reads and sends frames and
+//! and acked), `heartbeat`, `downward` (protocol version 2: the objects KCP
+//! placed on the cluster, sent as the window allows, and the agent's
+//! acknowledgements); after every frame `throttle` slows the agent down
+//! while the KCP writer is behind. `wire` reads and sends frames and
 //! refuses and closes; `connections` keeps one live connection per cluster.
 
 mod connections;
+mod downward;
 mod handshake;
 mod heartbeat;
 mod throttle;
@@ -36,20 +39,27 @@ use tokio_util::sync::CancellationToken;
 use uplink_protocol::{AgentFrame, Bye, ErrorCode, HubFrame, Limits, close};
 
 pub use self::connections::Connections;
+use self::downward::DownwardLane;
 pub use self::throttle::ThrottleSettings;
 use self::upward::SnapshotBuffer;
 use self::wire::{ReadError, Violation};
+use crate::downstream::Downstream;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::placement::Placements;
 use crate::rejection::Rejections;
 use crate::store::Store;
 use crate::writer::WriteQueue;
+use crate::writer::finalizer::Finalizers;
 
 /// What every session of one hub shares.
 #[derive(Debug)]
 pub struct SessionShared {
     pub store: Arc<Store>,
+    /// What goes down to each cluster (protocol version 2).
+    pub downstream: Arc<Downstream>,
+    /// The hub's finalizers on what the clusters apply.
+    pub finalizers: Arc<Finalizers>,
     /// What KCP placed on each cluster: what a cluster may report.
     pub placements: Arc<Placements>,
     /// Refused reports, kept for each agent's next `Ack`.
@@ -86,6 +96,7 @@ pub async fn serve<S>(
         cluster: identity,
         shared,
         throttled_until: None,
+        version: 0,
     };
     let Some((hello, mode)) = conn.handshake(&shutdown).await else {
         return;
@@ -104,7 +115,16 @@ pub async fn serve<S>(
         "agent connected"
     );
 
-    let end = conn.run(&hello.session_id, &shutdown, &superseded).await;
+    let end = match conn.open_downward(&hello).await {
+        Ok(lane) => {
+            conn.run(&hello.session_id, lane.as_ref(), &shutdown, &superseded)
+                .await
+        }
+        Err(violation) => {
+            conn.reject(violation).await;
+            "transport error"
+        }
+    };
 
     conn.shared.metrics.agents_connected.dec();
     conn.shared.connections.unregister(&conn.cluster, id);
@@ -132,6 +152,8 @@ struct Connection<S> {
     shared: Arc<SessionShared>,
     /// While the agent is throttled: when its pause ends.
     throttled_until: Option<Instant>,
+    /// The protocol version negotiated in the handshake.
+    version: u16,
 }
 
 impl<S: Transport> Connection<S> {
@@ -139,6 +161,7 @@ impl<S: Transport> Connection<S> {
     async fn run(
         &mut self,
         session: &str,
+        lane: Option<&DownwardLane>,
         shutdown: &CancellationToken,
         superseded: &CancellationToken,
     ) -> &'static str {
@@ -152,7 +175,19 @@ impl<S: Transport> Connection<S> {
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut snapshot: Option<SnapshotBuffer> = None;
+        if let Some(lane) = lane
+            && let Err(violation) = self.send_downward(lane).await
+        {
+            self.reject(violation).await;
+            return "protocol violation";
+        }
         loop {
+            let downward_ready = async {
+                match lane {
+                    Some(lane) => lane.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -166,6 +201,15 @@ impl<S: Transport> Connection<S> {
                     tracing::info!(cluster = %self.cluster, peer = %self.peer, "connection superseded by a newer one");
                     self.refuse(Violation::new("superseded", ErrorCode::Superseded, "a newer connection for this cluster replaced this one")).await;
                     return "superseded";
+                }
+                () = downward_ready => {
+                    if let Some(lane) = lane
+                        && let Err(violation) = self.send_downward(lane).await
+                    {
+                        self.reject(violation).await;
+                        return "protocol violation";
+                    }
+                    continue;
                 }
                 _ = ping.tick() => {
                     if let Err(error) = self.ws.send(Message::Ping(Default::default())).await {
@@ -197,7 +241,7 @@ impl<S: Transport> Connection<S> {
                     frame
                 }
             };
-            let result = match self.handle(session, frame, &mut snapshot).await {
+            let result = match self.handle(session, frame, lane, &mut snapshot).await {
                 Ok(true) => self.throttle_if_behind().await.map(|()| true),
                 other => other,
             };
@@ -218,6 +262,7 @@ impl<S: Transport> Connection<S> {
         &mut self,
         session: &str,
         frame: AgentFrame,
+        lane: Option<&DownwardLane>,
         snapshot: &mut Option<SnapshotBuffer>,
     ) -> Result<bool, Violation> {
         match frame {
@@ -228,12 +273,13 @@ impl<S: Transport> Connection<S> {
             AgentFrame::SnapshotChunk(chunk) => self.snapshot_chunk(chunk, snapshot)?,
             AgentFrame::SnapshotEnd(end) => self.snapshot_end(session, &end, snapshot).await?,
             AgentFrame::Heartbeat(heartbeat) => self.heartbeat(heartbeat).await?,
-            // The downward lane is not served yet: nothing was sent to ack.
-            AgentFrame::DownwardAck(_) => {
-                return Err(Violation::unexpected(
-                    "DownwardAck before any downward frame",
-                ));
-            }
+            // The downward lane: what the agent applied.
+            AgentFrame::DownwardAck(ack) => match lane {
+                Some(lane) => self.downward_ack(&ack, lane).await?,
+                None => {
+                    return Err(Violation::unexpected("DownwardAck without a downward lane"));
+                }
+            },
             AgentFrame::Bye(bye) => {
                 tracing::info!(cluster = %self.cluster, reason = %bye.reason, "agent said goodbye");
                 self.close(close::NORMAL, "bye").await;

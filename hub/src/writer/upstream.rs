@@ -326,6 +326,36 @@ impl StatusUpstream for KubeUpstream {
     }
 }
 
+impl KubeUpstream {
+    /// Reads the whole object.
+    pub(crate) async fn get_object(&self, key: &ObjectKey) -> Result<Value, UpstreamError> {
+        let request = Self::request(key)?
+            .get(&key.name, &kube::api::GetParams::default())
+            .map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        let body = self.send(key, request).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Transport(format!("decoding the object: {e}")))
+    }
+
+    /// Applies a JSON merge patch to the object itself (not a subresource).
+    pub(crate) async fn patch_object(
+        &self,
+        key: &ObjectKey,
+        patch: &Value,
+    ) -> Result<(), UpstreamError> {
+        let request = Self::request(key)?
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.send(key, request).await.map(drop)
+    }
+}
+
 /// True when `value` can be used as one segment of a URL path as it is (the
 /// protocol's rule, which the agent checks too before sending).
 pub fn is_path_segment(value: &str) -> bool {

@@ -31,7 +31,8 @@ use uplink_hub::placement::source::Metadata;
 use uplink_hub::placement::watch::{Event, WatchError};
 use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
-use uplink_hub::{Hub, HubConfig, Metrics, StatusUpstream, UpstreamError};
+use uplink_hub::writer::finalizer::FinalizerUpstream;
+use uplink_hub::{Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError};
 use uplink_protocol::resource::ResourceSpec;
 use uplink_protocol::{
     AgentFrame, Change, Delta, Hello, HubFrame, Limits, ObjectRef, PROTOCOL_VERSION,
@@ -183,6 +184,24 @@ impl StatusUpstream for FakeUpstream {
     }
 }
 
+impl FinalizerUpstream for FakeUpstream {
+    fn finalizers<'a>(
+        &'a self,
+        _key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<(String, Vec<String>), UpstreamError>> {
+        Box::pin(async { Ok((String::new(), Vec::new())) })
+    }
+
+    fn set_finalizers<'a>(
+        &'a self,
+        _key: &'a ObjectKey,
+        _resource_version: &'a str,
+        _finalizers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Clusters with a SyncTarget in the fake placement, and the objects (in
 /// `root:org:team-a`, namespace `default`) placed on each of them.
 pub const CLUSTERS: &[&str] = &["edge-1", "east", "west", "good", "bad", "a", "b"];
@@ -260,6 +279,7 @@ impl PlacementSource for FakePlacement {
                         .into(),
                     ..Metadata::default()
                 },
+                rest: serde_json::Map::new(),
             })
             .collect();
         listed_once("Deployment", objects)
@@ -299,9 +319,12 @@ impl TestHub {
         };
         adjust(&mut config);
         let upstream = Arc::new(FakeUpstream::default());
-        let hub =
-            Hub::bind_with_upstream(config, upstream.clone(), Arc::new(FakePlacement::default()))
-                .await?;
+        let kcp = Kcp {
+            status: upstream.clone(),
+            placement: Arc::new(FakePlacement::default()),
+            finalizers: upstream.clone(),
+        };
+        let hub = Hub::bind_with_kcp(config, kcp).await?;
         let shutdown = CancellationToken::new();
         let (tunnel, http, metrics) = (hub.tunnel_addr(), hub.http_addr(), hub.metrics());
         let task = tokio::spawn(hub.run(shutdown.clone()));
@@ -482,6 +505,27 @@ impl Agent {
                 Some(Ok(_)) => {}
             }
         }
+    }
+
+    /// Hello of a version 2 agent for `cluster` that applies `resources`
+    /// downward; returns the Welcome.
+    pub async fn hello_v2(
+        &mut self,
+        cluster: &str,
+        session: &str,
+        resources: &[&str],
+    ) -> Result<HubFrame> {
+        self.send(&AgentFrame::Hello(Hello {
+            protocol_versions: vec![1, 2],
+            cluster: cluster.into(),
+            agent_version: "test".into(),
+            session_id: session.into(),
+            last_hub_epoch: None,
+            last_ack: 0,
+            downward_resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+        }))
+        .await?;
+        self.recv().await
     }
 
     /// Hello for `cluster` with a fresh session; returns the Welcome.
