@@ -12,10 +12,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use support::{Agent, Pki, TestAgentConnector, placed_on, register_clusters};
 use tokio_util::sync::CancellationToken;
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
-use uplink_hub::{Hub, HubConfig};
+
+use uplink_hub::{Hub, HubConfig, Metrics};
 use uplink_protocol::{
     AgentFrame, DownwardAck, DownwardChange, DownwardDelta, HubFrame, ObjectRef,
 };
@@ -124,52 +126,17 @@ where
 
 #[tokio::test]
 async fn placed_objects_go_down_changes_follow_and_deletes_wait_for_the_cluster() -> Result<()> {
-    let server = ApiServer::start(ApiServerConfig {
-        workspaces: vec![WORKSPACE.into()],
-        ..ApiServerConfig::default()
-    })
-    .await?;
-    let pki = Pki::new("uplink test CA")?;
-    pki.issue_server()?;
-    register_clusters(&server, pki.dir.path(), &["edge-1"]).await?;
-    let kubeconfig = pki.path("kcp.kubeconfig");
-    server.write_kubeconfig(&kubeconfig, Some("root"))?;
-    let workspace_kubeconfig = pki.path("ws.kubeconfig");
-    server.write_kubeconfig(&workspace_kubeconfig, Some(WORKSPACE))?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&workspace_kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?,
-    )?;
-    let deployments: Api<Deployment> = Api::namespaced(client, "default");
-    for name in ["web", "api"] {
-        deployments
-            .create(&PostParams::default(), &deployment(name, 2, true)?)
-            .await?;
-    }
+    let kcp = Fixture::start().await?;
+    let deployments = kcp.deployments.clone();
+    deployments
+        .create(&PostParams::default(), &deployment("api", 2, true)?)
+        .await?;
     deployments
         .create(&PostParams::default(), &deployment("elsewhere", 1, false)?)
         .await?;
+    let metrics = kcp.metrics.clone();
 
-    let hub = Hub::bind(HubConfig {
-        listen: "127.0.0.1:0".parse()?,
-        http_listen: "127.0.0.1:0".parse()?,
-        tls_cert: pki.path("hub.pem"),
-        tls_key: pki.path("hub-key.pem"),
-        client_ca: pki.path("ca.pem"),
-        kcp_kubeconfig: Some(kubeconfig),
-        write_qps: 0.0,
-        ..HubConfig::default()
-    })
-    .await?;
-    let connector = TestAgentConnector::new(&pki, hub.tunnel_addr());
-    let metrics = hub.metrics();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(hub.run(shutdown.clone()));
-
-    let mut agent = connector.connect(&pki.client("edge-1")?).await?;
+    let mut agent = kcp.connector.connect(&kcp.pki.client("edge-1")?).await?;
     let HubFrame::Welcome(welcome) = agent
         .hello_v2("edge-1", "s1", &["deployments.v1.apps"])
         .await?
@@ -308,8 +275,214 @@ async fn placed_objects_go_down_changes_follow_and_deletes_wait_for_the_cluster(
     );
 
     drop(agent);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task).await???;
-    server.shutdown().await;
-    Ok(())
+    kcp.stop().await
+}
+
+/// KCP with `web` placed on edge-1, and a hub.
+struct Fixture {
+    server: ApiServer,
+    pki: Pki,
+    deployments: Api<Deployment>,
+    connector: TestAgentConnector,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), uplink_hub::HubError>>,
+}
+
+impl Fixture {
+    async fn start() -> Result<Self> {
+        let server = ApiServer::start(ApiServerConfig {
+            workspaces: vec![WORKSPACE.into()],
+            ..ApiServerConfig::default()
+        })
+        .await?;
+        let pki = Pki::new("uplink test CA")?;
+        pki.issue_server()?;
+        register_clusters(&server, pki.dir.path(), &["edge-1"]).await?;
+        let kubeconfig = pki.path("kcp.kubeconfig");
+        server.write_kubeconfig(&kubeconfig, Some("root"))?;
+        let workspace_kubeconfig = pki.path("ws.kubeconfig");
+        server.write_kubeconfig(&workspace_kubeconfig, Some(WORKSPACE))?;
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&workspace_kubeconfig)?,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?,
+        )?;
+        let deployments: Api<Deployment> = Api::namespaced(client, "default");
+        deployments
+            .create(&PostParams::default(), &deployment("web", 2, true)?)
+            .await?;
+        let hub = Hub::bind(HubConfig {
+            listen: "127.0.0.1:0".parse()?,
+            http_listen: "127.0.0.1:0".parse()?,
+            tls_cert: pki.path("hub.pem"),
+            tls_key: pki.path("hub-key.pem"),
+            client_ca: pki.path("ca.pem"),
+            kcp_kubeconfig: Some(kubeconfig),
+            write_qps: 0.0,
+            ..HubConfig::default()
+        })
+        .await?;
+        let connector = TestAgentConnector::new(&pki, hub.tunnel_addr());
+        let metrics = hub.metrics();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hub.run(shutdown.clone()));
+        Ok(Self {
+            server,
+            pki,
+            deployments,
+            connector,
+            metrics,
+            shutdown,
+            task,
+        })
+    }
+
+    /// A version 2 agent of edge-1 in agent session `session`.
+    async fn agent(&self, session: &str) -> Result<Agent> {
+        let mut agent = self.connector.connect(&self.pki.client("edge-1")?).await?;
+        let HubFrame::Welcome(_) = agent
+            .hello_v2("edge-1", session, &["deployments.v1.apps"])
+            .await?
+        else {
+            bail!("expected Welcome");
+        };
+        Ok(agent)
+    }
+
+    async fn scale(&self, replicas: i32) -> Result<()> {
+        self.deployments
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await???;
+        self.server.shutdown().await;
+        Ok(())
+    }
+}
+
+/// The first frame of what the lane sends: a snapshot's begin or a delta.
+async fn starts_with_snapshot(agent: &mut Agent) -> Result<bool> {
+    loop {
+        match agent.recv().await? {
+            HubFrame::DownwardSnapshotBegin(_) => return Ok(true),
+            HubFrame::Downward(_) | HubFrame::DownwardSnapshotChunk(_) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_same_agent_session_resumes_unless_cut_off_in_a_snapshot() -> Result<()> {
+    let kcp = Fixture::start().await?;
+    let mut agent = kcp.agent("s1").await?;
+    assert!(starts_with_snapshot(&mut agent).await?);
+    let snapshot = downward(&mut agent, 2).await?;
+    let Down::End(end) = snapshot[1] else {
+        bail!("expected the end: {snapshot:?}");
+    };
+    // Cut off before acknowledging the end: the sweep may not have
+    // happened, so the next connection gets a snapshot again.
+    ack(&mut agent, end - 1).await?;
+    drop(agent);
+    let mut agent = kcp.agent("s1").await?;
+    assert!(starts_with_snapshot(&mut agent).await?, "a new snapshot");
+    let snapshot = downward(&mut agent, 2).await?;
+    let Down::End(end) = snapshot[1] else {
+        bail!("expected the end: {snapshot:?}");
+    };
+    ack(&mut agent, end).await?;
+
+    // A change not acknowledged before the connection drops is sent again
+    // to the same session, without a snapshot.
+    kcp.scale(3).await?;
+    let change = downward(&mut agent, 1).await?;
+    let seq = change[0].delta()?.seq;
+    drop(agent);
+    let mut agent = kcp.agent("s1").await?;
+    let again = match agent.recv().await? {
+        HubFrame::Downward(batch) => batch.deltas,
+        other => bail!("expected the resent change, got {other:?}"),
+    };
+    assert_eq!(again.iter().map(|d| d.seq).collect::<Vec<_>>(), [seq]);
+    assert_eq!(manifest(&again[0])?["spec"]["replicas"], 3);
+
+    // Another agent session (a restarted agent) gets a snapshot.
+    drop(agent);
+    let mut agent = kcp.agent("s2").await?;
+    assert!(starts_with_snapshot(&mut agent).await?);
+    drop(agent);
+    kcp.stop().await
+}
+
+#[tokio::test]
+async fn an_apply_the_cluster_refused_shows_on_the_upstream_object() -> Result<()> {
+    let kcp = Fixture::start().await?;
+    let mut agent = kcp.agent("s1").await?;
+    assert!(starts_with_snapshot(&mut agent).await?);
+    let snapshot = downward(&mut agent, 2).await?;
+    let Down::End(end) = snapshot[1] else {
+        bail!("expected the end: {snapshot:?}");
+    };
+    ack(&mut agent, end).await?;
+    // The cluster reports web's status, so KCP shows one.
+    agent
+        .send(&AgentFrame::Deltas(uplink_protocol::DeltaBatch {
+            deltas: vec![support::upsert(1, "web", json!({"replicas": 2}))],
+        }))
+        .await?;
+
+    kcp.scale(4).await?;
+    let change = downward(&mut agent, 1).await?;
+    let seq = change[0].delta()?.seq;
+    agent
+        .send(&AgentFrame::DownwardAck(DownwardAck {
+            seq,
+            failures: vec![uplink_protocol::ApplyFailure {
+                seq,
+                reason: uplink_protocol::ApplyFailure::CONFLICT.into(),
+                message: "spec.replicas is owned by kubectl".into(),
+            }],
+        }))
+        .await?;
+    let applied = async |deployments: &Api<Deployment>| -> Result<Option<Value>> {
+        let status = serde_json::to_value(deployments.get_status("web").await?.status)?;
+        Ok(status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "DownstreamApplied")
+            .cloned())
+    };
+    until("the DownstreamApplied condition", async || {
+        Ok(applied(&kcp.deployments).await?.is_some_and(|c| {
+            c["status"] == "False"
+                && c["reason"] == "Conflict"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("edge-1") && m.contains("owned by kubectl"))
+        }))
+    })
+    .await?;
+
+    // Applied the next time: the condition goes.
+    kcp.scale(5).await?;
+    let change = downward(&mut agent, 1).await?;
+    ack(&mut agent, change[0].delta()?.seq).await?;
+    until("the condition to go", async || {
+        Ok(applied(&kcp.deployments).await?.is_none())
+    })
+    .await?;
+    drop(agent);
+    kcp.stop().await
 }
