@@ -103,7 +103,7 @@ impl Default for HubConfig {
             merge_policy: MergePolicy::default(),
             feature_gates: FeatureGates::default(),
             synctarget_workspace: "root".to_owned(),
-            resources: vec![ResourceSpec::deployments()],
+            resources: default_resources(),
             placement_hold: Duration::from_secs(30),
             synctarget_heartbeat_period: Duration::from_secs(30),
             throttle_queue_depth: 10_000,
@@ -113,6 +113,28 @@ impl Default for HubConfig {
     }
 }
 
+/// The types the hub syncs unless told otherwise: the workloads and what
+/// they need (issue 14's list). One placement watch per type and connected
+/// cluster.
+pub fn default_resources() -> Vec<ResourceSpec> {
+    DEFAULT_RESOURCES
+        .iter()
+        .filter_map(|text| text.parse().ok())
+        .collect()
+}
+
+/// [`default_resources`], as `--resources` takes them.
+pub const DEFAULT_RESOURCES: &[&str] = &[
+    "deployments.v1.apps",
+    "statefulsets.v1.apps",
+    "daemonsets.v1.apps",
+    "jobs.v1.batch",
+    "services.v1",
+    "configmaps.v1",
+    "secrets.v1",
+    "persistentvolumeclaims.v1",
+];
+
 /// What kind of API server the hub writes to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpstreamMode {
@@ -121,4 +143,15 @@ pub enum UpstreamMode {
     Kcp,
     /// Plain Kubernetes: no workspace prefix; the workspace is ignored.
     Kubernetes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_resource_parses() {
+        assert_eq!(default_resources().len(), DEFAULT_RESOURCES.len());
+        assert_eq!(HubConfig::default().resources, default_resources());
+    }
 }

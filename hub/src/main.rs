@@ -156,14 +156,16 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_SYNCTARGET_WORKSPACE", default_value = "root")]
     synctarget_workspace: String,
 
-    /// Resource types the hub syncs, as resource.version.group (pods.v1 for
-    /// the core group), comma-separated. Placement is watched for each;
-    /// reports of other types are refused.
+    /// Resource types the hub syncs, status up and spec down, as
+    /// resource.version.group (pods.v1 for the core group), comma-separated.
+    /// Placement is watched for each, per connected cluster; reports of
+    /// other types are refused; each cluster's agent says which of them it
+    /// applies (its --downward-resources).
     #[arg(
         long,
         env = "UPLINK_HUB_RESOURCES",
         value_delimiter = ',',
-        default_value = "deployments.v1.apps"
+        default_value = "deployments.v1.apps,statefulsets.v1.apps,daemonsets.v1.apps,jobs.v1.batch,services.v1,configmaps.v1,secrets.v1,persistentvolumeclaims.v1"
     )]
     resources: Vec<ResourceSpec>,
 

@@ -440,8 +440,9 @@ async fn another_kind_or_version_of_a_placed_object_is_refused() -> Result<()> {
 }
 
 /// `web` is placed on a and b. b (its agent replaced by a forged one)
-/// reports it as a Job, as apps/v1beta1, and as a batch Job: each refused,
-/// the merge unchanged. Its honest report is merged.
+/// reports it as a Job, as apps/v1beta1, and as a CronJob (a type the hub
+/// does not sync): each refused, the merge unchanged. Its honest report is
+/// merged.
 async fn wrong_kind() -> Result<()> {
     let mut fleet = Fleet::builder()
         .clusters(["a", "b"])
@@ -468,17 +469,17 @@ async fn wrong_kind() -> Result<()> {
         version: "v1beta1".into(),
         ..web.clone()
     };
-    let batch_job = ObjectRef {
+    let cron_job = ObjectRef {
         group: "batch".into(),
-        resource: "jobs".into(),
-        kind: "Job".into(),
+        resource: "cronjobs".into(),
+        kind: "CronJob".into(),
         ..web.clone()
     };
     let ack = b
         .report(vec![
             (as_job, upsert(&json!({"active": 9}))),
             (old_version, upsert(&status(0))),
-            (batch_job, upsert(&json!({"failed": 9}))),
+            (cron_job, upsert(&json!({"active": []}))),
         ])
         .await?;
     let reasons: Vec<&str> = ack.rejected.iter().map(|r| r.reason.as_str()).collect();
@@ -640,4 +641,35 @@ async fn synctarget_deleted() -> Result<()> {
     checker.track(TEAM_A, "shop", "web", "a");
     checker.converged(&fleet, STATUS_DEADLINE).await?;
     fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_type_kcp_does_not_serve_yet_holds_nothing_up() -> Result<()> {
+    bounded(SCENARIO_TIMEOUT, async {
+        let fleet = Fleet::builder()
+            .clusters(["a"])
+            .workspaces([TEAM_A])
+            .hub_config(|c| {
+                c.resources.push(
+                    "widgets.v1alpha1.example.com"
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+            })
+            .start()
+            .await?;
+        fleet
+            .place(TEAM_A, "shop", &deployment("web", 3), &["a"])
+            .await?;
+        fleet
+            .set_status::<Deployment>("a", TEAM_A, "shop", "web", status(3))
+            .await?;
+        let mut checker = Convergence::deployments();
+        checker.track(TEAM_A, "shop", "web", "a");
+        checker.converged(&fleet, STATUS_DEADLINE).await?;
+        let a = fleet.hub_cluster("a").await?;
+        ensure!(a["placement"]["complete"] == true, "{a}");
+        fleet.shutdown().await
+    })
+    .await
 }

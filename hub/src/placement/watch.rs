@@ -5,7 +5,9 @@
 //! and listed again from scratch when the server says that version is too
 //! old (410 Gone). Failures are yielded, for the caller to count and log,
 //! and retried after an exponential backoff with jitter; a list or watch
-//! that works again resets the backoff.
+//! that works again resets the backoff. A collection the server does not
+//! serve (404, a custom resource not defined yet) is listed as empty once,
+//! then asked for again with the backoff.
 //!
 //! Written here rather than taken from `kube_runtime::watcher` because the
 //! caller needs the list's `kind` (a list's items carry none for built-in
@@ -129,6 +131,19 @@ impl<T: Watched> Machine<T> {
                         self.failures = 0;
                         self.state = State::Watch { version };
                         return Ok(event);
+                    }
+                    // The type is not served (yet): nothing of it exists.
+                    // Said once, as an empty list, then asked again later.
+                    Err(source) if is_not_found(&source) => {
+                        let repeated = self.failures > 0;
+                        let error = self.failed("listing", source, State::List);
+                        if repeated {
+                            return Err(error);
+                        }
+                        return Ok(Event::Listed {
+                            kind: None,
+                            objects: Vec::new(),
+                        });
                     }
                     Err(source) => return Err(self.failed("listing", source, State::List)),
                 },
@@ -255,6 +270,10 @@ fn advance<T: Watched>(version: &mut String, object: &T) {
     if let Some(newer) = object.resource_version().filter(|v| !v.is_empty()) {
         newer.clone_into(version);
     }
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
 fn is_gone(error: &kube::Error) -> bool {
