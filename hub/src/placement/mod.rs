@@ -260,35 +260,23 @@ impl PlacementView {
     /// Whether `cluster` may report `key`; see [`Verdict`]. `key` is the
     /// object as the report names it.
     pub fn verdict(&self, cluster: &str, key: &ObjectKey) -> Verdict {
-        if is_reserved(&key.group, &key.resource) {
-            return Verdict::Reject(Rejected::RESERVED_RESOURCE);
-        }
-        let Some(index) = self.type_index(&key.group, &key.resource) else {
-            return Verdict::Reject(Rejected::RESOURCE_NOT_SYNCED);
+        self.judge(cluster).verdict(key)
+    }
+
+    /// `cluster`'s judge: [`PlacementView::verdict`] for many reports of
+    /// one cluster, looking the cluster up once.
+    pub fn judge(&self, cluster: &str) -> Judge<'_> {
+        let placement = match &self.synctargets {
+            None => ClusterStanding::Unknown,
+            Some(targets) if !targets.contains_key(cluster) => ClusterStanding::NoSyncTarget,
+            Some(_) => match self.clusters.get(cluster) {
+                Some(placement) => ClusterStanding::Placed(placement),
+                None => ClusterStanding::Unknown,
+            },
         };
-        if self.types[index].version != key.version {
-            return Verdict::Reject(Rejected::KIND_MISMATCH);
-        }
-        let Some(synctargets) = &self.synctargets else {
-            return Verdict::Hold;
-        };
-        if !synctargets.contains_key(cluster) {
-            return Verdict::Reject(Rejected::NO_SYNCTARGET);
-        }
-        let Some(placement) = self.clusters.get(cluster) else {
-            return Verdict::Hold;
-        };
-        match placement.kinds.get(index) {
-            Some(Some(kind)) if *kind != key.kind => {
-                return Verdict::Reject(Rejected::KIND_MISMATCH);
-            }
-            Some(Some(_)) => {}
-            _ => return Verdict::Hold,
-        }
-        if placement.contains(key) {
-            Verdict::Accept
-        } else {
-            Verdict::Hold
+        Judge {
+            types: &self.types,
+            placement,
         }
     }
 
@@ -599,6 +587,57 @@ impl PlacementView {
 impl ClusterPlacement {
     fn contains(&self, key: &ObjectKey) -> bool {
         self.objects.contains_key(key as &dyn AddressParts)
+    }
+}
+
+/// Judges one cluster's reports; see [`PlacementView::verdict`].
+#[derive(Debug)]
+pub struct Judge<'a> {
+    types: &'a [ResourceSpec],
+    placement: ClusterStanding<'a>,
+}
+
+#[derive(Debug)]
+enum ClusterStanding<'a> {
+    /// Not listed yet: the SyncTargets, or the cluster's placement.
+    Unknown,
+    NoSyncTarget,
+    Placed(&'a ClusterPlacement),
+}
+
+impl Judge<'_> {
+    /// Whether the cluster may report `key`; see [`Verdict`].
+    pub fn verdict(&self, key: &ObjectKey) -> Verdict {
+        if is_reserved(&key.group, &key.resource) {
+            return Verdict::Reject(Rejected::RESERVED_RESOURCE);
+        }
+        let Some(index) = self
+            .types
+            .iter()
+            .position(|t| t.resource == key.resource && t.group == key.group)
+        else {
+            return Verdict::Reject(Rejected::RESOURCE_NOT_SYNCED);
+        };
+        if self.types[index].version != key.version {
+            return Verdict::Reject(Rejected::KIND_MISMATCH);
+        }
+        let placement = match &self.placement {
+            ClusterStanding::Unknown => return Verdict::Hold,
+            ClusterStanding::NoSyncTarget => return Verdict::Reject(Rejected::NO_SYNCTARGET),
+            ClusterStanding::Placed(placement) => placement,
+        };
+        match placement.kinds.get(index) {
+            Some(Some(kind)) if *kind != key.kind => {
+                return Verdict::Reject(Rejected::KIND_MISMATCH);
+            }
+            Some(Some(_)) => {}
+            _ => return Verdict::Hold,
+        }
+        if placement.contains(key) {
+            Verdict::Accept
+        } else {
+            Verdict::Hold
+        }
     }
 }
 

@@ -51,10 +51,11 @@ impl<S: Transport> Connection<S> {
             // Judged and stored under the placement view's read lock:
             // an unplacement cannot slip in between.
             let view = self.shared.placements.read();
+            let judge = view.judge(&self.cluster);
             let mut accepted = Vec::with_capacity(updates.len());
             let mut held = Vec::new();
             for update in updates {
-                match view.verdict(&self.cluster, &update.key) {
+                match judge.verdict(&update.key) {
                     Verdict::Accept => accepted.push(update),
                     Verdict::Hold => held.push(update),
                     Verdict::Reject(reason) => self.refuse_report(
@@ -160,8 +161,9 @@ impl<S: Transport> Connection<S> {
         let mut held = HashMap::new();
         let acked = {
             let view = self.shared.placements.read();
+            let judge = view.judge(&self.cluster);
             for (key, entry) in buffer.entries {
-                match view.verdict(&self.cluster, &key) {
+                match judge.verdict(&key) {
                     Verdict::Accept => {
                         accepted.insert(key, entry);
                     }
@@ -179,10 +181,7 @@ impl<S: Transport> Connection<S> {
             let deleted: Vec<ObjectKey> = buffer
                 .tombstones
                 .into_iter()
-                .filter(|key| {
-                    !accepted.contains_key(key)
-                        && view.verdict(&self.cluster, key) == Verdict::Accept
-                })
+                .filter(|key| !accepted.contains_key(key) && judge.verdict(key) == Verdict::Accept)
                 .collect();
             let acked = self
                 .shared
