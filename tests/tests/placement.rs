@@ -399,6 +399,7 @@ async fn no_synctarget() -> Result<()> {
         .clusters(["a", "c"])
         .workspaces([TEAM_A])
         .without_synctarget("c")
+        .hub_config(|c| c.placement_hold = Duration::from_millis(500))
         .start()
         .await?;
     fleet
@@ -587,6 +588,7 @@ async fn synctarget_deleted() -> Result<()> {
     let fleet = Fleet::builder()
         .clusters(["a"])
         .workspaces([TEAM_A])
+        .hub_config(|c| c.placement_hold = Duration::from_millis(500))
         .start()
         .await?;
     fleet

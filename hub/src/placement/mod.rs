@@ -623,7 +623,10 @@ impl Judge<'_> {
         }
         let placement = match &self.placement {
             ClusterStanding::Unknown => return Verdict::Hold,
-            ClusterStanding::NoSyncTarget => return Verdict::Reject(Rejected::NO_SYNCTARGET),
+            // Held like an object not placed yet: the SyncTarget may be on
+            // its way (registered after the agent connected); refused
+            // `no_synctarget` once the hold runs out.
+            ClusterStanding::NoSyncTarget => return Verdict::Hold,
             ClusterStanding::Placed(placement) => placement,
         };
         match placement.kinds.get(index) {

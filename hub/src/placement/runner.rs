@@ -203,7 +203,11 @@ impl Runner {
                 Ok(event) => self.placement_changed(&cluster, &target.key, index, event),
                 Err(error) => {
                     self.placements.metrics.placement_watch_failures.inc();
-                    tracing::warn!(%cluster, %error, "watching the cluster's placement failed");
+                    if error.attempt == 1 || error.attempt.is_power_of_two() {
+                        tracing::warn!(%cluster, %error, attempt = error.attempt, "watching the cluster's placement failed");
+                    } else {
+                        tracing::debug!(%cluster, %error, attempt = error.attempt, "watching the cluster's placement failed");
+                    }
                 }
             }
         }
@@ -427,11 +431,23 @@ fn judge(
     match view.verdict(cluster, key) {
         Verdict::Accept => HeldVerdict::Release,
         Verdict::Reject(reason) => HeldVerdict::Reject(reason),
-        Verdict::Hold => match view.complete_since(cluster) {
-            Some(complete) if Instant::now() >= since.max(complete) + hold => {
-                HeldVerdict::Reject(Rejected::NOT_PLACED)
+        Verdict::Hold => {
+            // No SyncTarget: the hold counts from the report; else from when
+            // the cluster's placement was complete (before, the view could
+            // not tell).
+            let (reason, from) = if view.synctargets_listed() && view.synctarget(cluster).is_none()
+            {
+                (Rejected::NO_SYNCTARGET, Some(since))
+            } else {
+                (
+                    Rejected::NOT_PLACED,
+                    view.complete_since(cluster).map(|c| since.max(c)),
+                )
+            };
+            match from {
+                Some(from) if Instant::now() >= from + hold => HeldVerdict::Reject(reason),
+                _ => HeldVerdict::Keep,
             }
-            _ => HeldVerdict::Keep,
-        },
+        }
     }
 }

@@ -228,6 +228,7 @@ impl KubeUpstream {
                 Err(WatchError {
                     what: "addressing",
                     path,
+                    attempt: 1,
                     retry_in: std::time::Duration::MAX,
                     source,
                 })

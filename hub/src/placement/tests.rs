@@ -94,11 +94,8 @@ fn a_placed_object_is_taken_from_its_cluster_only() {
     assert_eq!(view.verdict("a", &deployment("web")), Verdict::Accept);
     // b has a SyncTarget but its placement is not listed yet: wait.
     assert_eq!(view.verdict("b", &deployment("web")), Verdict::Hold);
-    // c has no SyncTarget at all.
-    assert_eq!(
-        view.verdict("c", &deployment("web")),
-        Verdict::Reject(Rejected::NO_SYNCTARGET)
-    );
+    // c has no SyncTarget (yet): held, refused once the hold runs out.
+    assert_eq!(view.verdict("c", &deployment("web")), Verdict::Hold);
     // Not placed (yet): held, the label may be on its way.
     assert_eq!(view.verdict("a", &deployment("api")), Verdict::Hold);
     let other_workspace = ObjectKey {
@@ -237,10 +234,7 @@ fn a_cluster_whose_synctarget_goes_loses_its_placement() {
     let mut view = listed();
     assert_eq!(view.remove_synctarget("a"), vec!["a".to_owned()]);
     assert_eq!(view.drop_cluster("a"), vec![deployment("web")]);
-    assert_eq!(
-        view.verdict("a", &deployment("web")),
-        Verdict::Reject(Rejected::NO_SYNCTARGET)
-    );
+    assert_eq!(view.verdict("a", &deployment("web")), Verdict::Hold);
     assert!(view.put_synctarget(target("a")).is_empty());
 }
 

@@ -79,6 +79,8 @@ pub enum Event<T> {
 pub struct WatchError {
     pub what: &'static str,
     pub path: String,
+    /// Failures in a row, this one included.
+    pub attempt: u32,
     pub retry_in: Duration,
     #[source]
     pub source: kube::Error,
@@ -209,6 +211,7 @@ impl<T: Watched> Machine<T> {
         WatchError {
             what,
             path: self.collection.path.clone(),
+            attempt: self.failures,
             retry_in,
             source,
         }
