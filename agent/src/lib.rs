@@ -37,6 +37,7 @@ pub mod outbox;
 pub mod reconnect;
 pub mod session;
 pub mod tls;
+pub mod transform;
 pub mod watch;
 
 use std::fmt;
