@@ -23,6 +23,7 @@
 //! events already received → flush the outbox, `Bye` and close the session →
 //! stop the HTTP server.
 
+pub mod apply;
 pub mod backoff;
 pub mod capacity;
 pub mod clock;
