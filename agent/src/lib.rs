@@ -1,5 +1,5 @@
 //! Watches the objects KCP placed on one physical cluster and streams their
-//! status to the Uplink hub.
+//! status to the Uplink hub; applies the objects the hub sends down.
 //!
 //! One status change travels through these modules, in order:
 //!
@@ -11,6 +11,16 @@
 //! 5. [`outbox`]: latest state per object, sequence numbers, acks;
 //! 6. [`session`]: one TLS WebSocket connection to the hub, kept up by
 //!    [`reconnect`] (with [`backoff`]).
+//!
+//! One placed object travels down (protocol version 2, `--downward-resources`)
+//! through:
+//!
+//! 1. [`session`]'s downward lane: `Downward` batches and downward snapshots
+//!    in, `DownwardAck`s out;
+//! 2. [`transform`]: the KCP object → the downstream object (namespace
+//!    `kcp-<hash>` from [`mapping`], KCP-only metadata removed);
+//! 3. [`apply`]: server-side apply (field manager `uplink`) or delete, on
+//!    per-session workers, and the sweep after a downward snapshot.
 //!
 //! Around them: [`config`], [`tls`], [`metrics`], [`health`], [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`), [`clock`], and [`capacity`] (nodes
@@ -52,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::Applier;
 use crate::clock::AgentClock;
 pub use crate::config::{AgentConfig, ReconnectSettings, ResourceSpec};
 use crate::health::AgentHealth;
@@ -248,6 +259,18 @@ impl Agent {
         let outbox = SharedOutbox::new(Outbox::new(config.outbox_limit, metrics.clone()));
         let session_id = uuid::Uuid::new_v4().to_string();
         tracing::info!(cluster = %config.cluster, hub = %hub.url, http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
+        // The downward lane needs a cluster to write to.
+        let downward = match &source {
+            EventSource::Kube(client) if !config.downward_resources.is_empty() => {
+                tracing::info!(downward_resources = ?config.downward_resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "applying what the hub sends down");
+                Some(Arc::new(Applier::new(
+                    client.clone(),
+                    config.downward_resources.clone(),
+                    metrics.clone(),
+                )))
+            }
+            _ => None,
+        };
 
         let watch_stop = CancellationToken::new();
         let session_stop = CancellationToken::new();
@@ -292,6 +315,7 @@ impl Agent {
             metrics: metrics.clone(),
             health: health.clone(),
             clock,
+            downward,
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,
