@@ -170,7 +170,9 @@ impl Agent {
     /// Like [`Agent::bind`], but the watch events come from `events` instead
     /// of a cluster (no Kubernetes client is built). The stream should report
     /// [`WatchEvent::Listed`] for the namespace watch and every configured
-    /// resource, as real watches do, for `/readyz` to turn ready.
+    /// resource, as real watches do, for `/readyz` to turn ready. Without a
+    /// cluster to write to, such an agent is status only: it offers protocol
+    /// version 1 whatever `downward_resources` says.
     pub async fn bind_with_events(
         config: AgentConfig,
         events: impl Stream<Item = WatchEvent> + Send + 'static,
