@@ -31,6 +31,11 @@ pub struct AgentConfig {
     pub hub_ca: PathBuf,
     /// The resource types to watch.
     pub resources: Vec<ResourceSpec>,
+    /// The resource types the agent applies when the hub sends them down
+    /// (protocol version 2). Empty: status only (the agent offers only
+    /// version 1). Needs a Kubernetes client: an agent fed by
+    /// [`crate::Agent::bind_with_events`] is always status only.
+    pub downward_resources: Vec<ResourceSpec>,
     /// Address of the `/metrics`, `/healthz`, `/readyz` server. Port 0 picks a
     /// free port; read it back with [`crate::Agent::http_addr`]. `None` serves
     /// nothing: for a program that embeds many agents and reads their
@@ -62,6 +67,7 @@ impl Default for AgentConfig {
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),
             resources: vec![ResourceSpec::deployments()],
+            downward_resources: default_downward_resources(),
             http_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             heartbeat_interval: Duration::from_secs(10),
             outbox_limit: 100_000,
@@ -70,6 +76,16 @@ impl Default for AgentConfig {
             capacity: true,
         }
     }
+}
+
+/// The types the agent applies unless told otherwise (`--downward-resources`):
+/// the workloads and what they use.
+pub const DEFAULT_DOWNWARD_RESOURCES: &str = "deployments.v1.apps,statefulsets.v1.apps,daemonsets.v1.apps,jobs.v1.batch,services.v1,configmaps.v1,secrets.v1,persistentvolumeclaims.v1";
+
+/// [`DEFAULT_DOWNWARD_RESOURCES`], parsed.
+pub fn default_downward_resources() -> Vec<ResourceSpec> {
+    // A constant list of valid names, checked by a test below.
+    parse_resource_list(DEFAULT_DOWNWARD_RESOURCES).unwrap_or_default()
 }
 
 /// Exponential backoff with full jitter between connection attempts.
@@ -136,6 +152,17 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
 #[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_downward_resources_parse() {
+        let names: Vec<String> = default_downward_resources()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names.len(), 8);
+        assert_eq!(names[0], "deployments.v1.apps");
+        assert_eq!(names[7], "persistentvolumeclaims.v1");
+    }
 
     #[test]
     fn durations() {

@@ -1,5 +1,5 @@
 //! Watches the objects KCP placed on one physical cluster and streams their
-//! status to the Uplink hub.
+//! status to the Uplink hub; applies the objects the hub sends down.
 //!
 //! One status change travels through these modules, in order:
 //!
@@ -12,6 +12,16 @@
 //! 6. [`session`]: one TLS WebSocket connection to the hub, kept up by
 //!    [`reconnect`] (with [`backoff`]).
 //!
+//! One placed object travels down (protocol version 2, `--downward-resources`)
+//! through:
+//!
+//! 1. [`session`]'s downward lane: `Downward` batches and downward snapshots
+//!    in, `DownwardAck`s out;
+//! 2. [`transform`]: the KCP object → the downstream object (namespace
+//!    `kcp-<hash>` from [`mapping`], KCP-only metadata removed);
+//! 3. [`apply`]: server-side apply (field manager `uplink`) or delete, on
+//!    per-session workers, and the sweep after a downward snapshot.
+//!
 //! Around them: [`config`], [`tls`], [`metrics`], [`health`], [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`), [`clock`], and [`capacity`] (nodes
 //! and pods → the heartbeat's capacity summary).
@@ -23,6 +33,7 @@
 //! events already received → flush the outbox, `Bye` and close the session →
 //! stop the HTTP server.
 
+pub mod apply;
 pub mod backoff;
 pub mod capacity;
 pub mod clock;
@@ -37,6 +48,7 @@ pub mod outbox;
 pub mod reconnect;
 pub mod session;
 pub mod tls;
+pub mod transform;
 pub mod watch;
 
 use std::fmt;
@@ -50,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::Applier;
 use crate::clock::AgentClock;
 pub use crate::config::{AgentConfig, ReconnectSettings, ResourceSpec};
 use crate::health::AgentHealth;
@@ -157,7 +170,9 @@ impl Agent {
     /// Like [`Agent::bind`], but the watch events come from `events` instead
     /// of a cluster (no Kubernetes client is built). The stream should report
     /// [`WatchEvent::Listed`] for the namespace watch and every configured
-    /// resource, as real watches do, for `/readyz` to turn ready.
+    /// resource, as real watches do, for `/readyz` to turn ready. Without a
+    /// cluster to write to, such an agent is status only: it offers protocol
+    /// version 1 whatever `downward_resources` says.
     pub async fn bind_with_events(
         config: AgentConfig,
         events: impl Stream<Item = WatchEvent> + Send + 'static,
@@ -246,6 +261,18 @@ impl Agent {
         let outbox = SharedOutbox::new(Outbox::new(config.outbox_limit, metrics.clone()));
         let session_id = uuid::Uuid::new_v4().to_string();
         tracing::info!(cluster = %config.cluster, hub = %hub.url, http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
+        // The downward lane needs a cluster to write to.
+        let downward = match &source {
+            EventSource::Kube(client) if !config.downward_resources.is_empty() => {
+                tracing::info!(downward_resources = ?config.downward_resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "applying what the hub sends down");
+                Some(Arc::new(Applier::new(
+                    client.clone(),
+                    config.downward_resources.clone(),
+                    metrics.clone(),
+                )))
+            }
+            _ => None,
+        };
 
         let watch_stop = CancellationToken::new();
         let session_stop = CancellationToken::new();
@@ -290,6 +317,7 @@ impl Agent {
             metrics: metrics.clone(),
             health: health.clone(),
             clock,
+            downward,
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,

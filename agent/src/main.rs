@@ -9,11 +9,15 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use jiff::SignedDuration;
 use tokio_util::sync::CancellationToken;
-use uplink_agent::config::{parse_duration, parse_signed_duration};
+use uplink_agent::config::{
+    DEFAULT_DOWNWARD_RESOURCES, ResourceSpecError, parse_duration, parse_resource_list,
+    parse_signed_duration,
+};
 use uplink_agent::{AgentConfig, ReconnectSettings, ResourceSpec};
 
 /// Watches the objects KCP placed on this cluster and streams their status to
-/// the Uplink hub over a mutually authenticated TLS WebSocket.
+/// the Uplink hub over a mutually authenticated TLS WebSocket; applies the
+/// objects KCP placed on this cluster when the hub sends them down.
 ///
 /// An object is synced when its namespace carries the annotation
 /// `kcp.io/namespace-locator` (JSON with `cluster`: the KCP workspace, and
@@ -60,6 +64,18 @@ struct Args {
     )]
     resources: Vec<ResourceSpec>,
 
+    /// Resource types the agent applies in this cluster when the hub sends
+    /// them down (protocol version 2), comma-separated like --resources.
+    /// Empty turns the downward lane off: the agent offers only protocol
+    /// version 1 and reports status only.
+    #[arg(
+        long,
+        env = "UPLINK_AGENT_DOWNWARD_RESOURCES",
+        default_value = DEFAULT_DOWNWARD_RESOURCES,
+        value_parser = parse_downward_resources
+    )]
+    downward_resources: DownwardResources,
+
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "UPLINK_AGENT_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     http_listen: SocketAddr,
@@ -105,6 +121,14 @@ struct Args {
     capacity: bool,
 }
 
+/// The `--downward-resources` list (possibly empty, unlike `--resources`).
+#[derive(Debug, Clone)]
+struct DownwardResources(Vec<ResourceSpec>);
+
+fn parse_downward_resources(list: &str) -> Result<DownwardResources, ResourceSpecError> {
+    parse_resource_list(list).map(DownwardResources)
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
@@ -123,6 +147,7 @@ impl Args {
             tls_key: self.tls_key,
             hub_ca: self.hub_ca,
             resources: self.resources,
+            downward_resources: self.downward_resources.0,
             http_listen: Some(self.http_listen),
             heartbeat_interval: self.heartbeat_interval,
             outbox_limit: self.outbox_limit,

@@ -13,8 +13,15 @@
 //! Objects without a locator (no annotation, a malformed one, cluster-scoped
 //! objects) are not synced. No downstream labels or annotations are carried
 //! upstream (only status travels), so there is nothing to strip.
+//!
+//! The other direction (upstream → downstream, for the objects the hub sends
+//! down) names the downstream namespace as kcp's syncer did:
+//! [`NamespaceLocator::downstream_namespace`] hashes the full locator, which
+//! the agent also writes on the namespace it creates, so the upward rule
+//! above reads it back unchanged.
 
 use serde::Serialize;
+use sha2::{Digest, Sha224};
 use uplink_protocol::ObjectRef;
 use uplink_protocol::names::is_valid_path_segment;
 
@@ -100,6 +107,88 @@ impl Locator {
             namespace: object.namespace.clone()?,
         })
     }
+}
+
+/// kcp's `NamespaceLocator` (the `kcp.io/namespace-locator` annotation as
+/// kcp's syncer wrote it): the SyncTarget the namespace was made for, the
+/// upstream workspace and the upstream namespace. On the wire:
+/// `{"syncTarget":{"cluster":W,"name":N,"uid":U},"cluster":WS,"namespace":NS}`,
+/// fields in this order, empty `cluster`s left out (Go's `json.Marshal` of
+/// kcp's struct, whose `cluster` fields are `omitempty`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NamespaceLocator {
+    #[serde(rename = "syncTarget")]
+    pub sync_target: SyncTargetRef,
+    /// The upstream workspace (kcp's logical cluster).
+    #[serde(rename = "cluster", skip_serializing_if = "String::is_empty")]
+    pub workspace: String,
+    /// The upstream namespace.
+    pub namespace: String,
+}
+
+/// The SyncTarget part of a [`NamespaceLocator`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct SyncTargetRef {
+    /// The workspace holding the SyncTarget.
+    #[serde(rename = "cluster", skip_serializing_if = "String::is_empty")]
+    pub workspace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl NamespaceLocator {
+    /// The annotation value: the locator as JSON, exactly the bytes
+    /// [`Self::downstream_namespace`] hashes. [`Locator::parse`] reads it.
+    pub fn to_annotation(&self) -> String {
+        // Serializing a struct of strings cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// kcp's `PhysicalClusterNamespaceName`: `kcp-` and the first 12
+    /// characters of the SHA-224 digest of [`Self::to_annotation`], read as
+    /// one big-endian number and written in lowercase base 36 (a `0` in
+    /// front for each leading zero byte, as kcp's base36 library does).
+    pub fn downstream_namespace(&self) -> String {
+        let digest = Sha224::digest(self.to_annotation().as_bytes());
+        let mut digits = base36(&digest);
+        digits.truncate(12);
+        format!("kcp-{digits}")
+    }
+
+    /// The locator the upward mapping reads from this one.
+    pub fn upstream(&self) -> Locator {
+        Locator {
+            workspace: self.workspace.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+/// `bytes` as one big-endian unsigned number in lowercase base 36, by long
+/// division, with one `0` in front per leading zero byte.
+fn base36(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    let mut number: Vec<u8> = bytes[zeros..].to_vec();
+    let mut reversed = Vec::new();
+    while !number.is_empty() {
+        let mut remainder = 0u32;
+        let mut quotient = Vec::with_capacity(number.len());
+        for byte in &number {
+            let value = (remainder << 8) | u32::from(*byte);
+            let q = value / 36;
+            remainder = value % 36;
+            if !(quotient.is_empty() && q == 0) {
+                // q < 256: value < 36 * 256 since remainder < 36.
+                quotient.push(u8::try_from(q).unwrap_or(u8::MAX));
+            }
+        }
+        reversed.push(DIGITS[remainder as usize]);
+        number = quotient;
+    }
+    reversed.extend(std::iter::repeat_n(b'0', zeros));
+    reversed.reverse();
+    String::from_utf8_lossy(&reversed).into_owned()
 }
 
 fn check_field(field: &'static str, value: &str) -> Result<(), LocatorError> {
@@ -215,6 +304,47 @@ mod tests {
             assert_eq!(Locator::of_upstream(&up), Some(locator));
             assert_eq!(to_downstream(&up, &down.namespace), down);
         }
+    }
+
+    /// kcp's own test fixture (pkg/syncer/spec, kcp.io era): this locator
+    /// names the downstream namespace `kcp-33jbiactwhg0`. The expected name
+    /// was also checked with Python's hashlib and a hand-written base 36.
+    #[test]
+    fn downstream_namespace_is_kcps_physical_cluster_namespace_name() {
+        let locator = NamespaceLocator {
+            sync_target: SyncTargetRef {
+                workspace: "root:org:ws".into(),
+                name: "us-west1".into(),
+                uid: "syncTargetUID".into(),
+            },
+            workspace: "root:org:ws".into(),
+            namespace: "test".into(),
+        };
+        assert_eq!(
+            locator.to_annotation(),
+            r#"{"syncTarget":{"cluster":"root:org:ws","name":"us-west1","uid":"syncTargetUID"},"cluster":"root:org:ws","namespace":"test"}"#
+        );
+        assert_eq!(locator.downstream_namespace(), "kcp-33jbiactwhg0");
+        // The upward mapping reads the full locator back.
+        assert_eq!(
+            Locator::parse(&locator.to_annotation()).unwrap(),
+            locator.upstream()
+        );
+        // Another SyncTarget, another namespace.
+        let mut other = locator.clone();
+        other.sync_target.uid = "another".into();
+        assert_ne!(other.downstream_namespace(), locator.downstream_namespace());
+    }
+
+    #[test]
+    fn base36_reads_big_endian_and_keeps_leading_zero_bytes() {
+        assert_eq!(base36(&[]), "");
+        assert_eq!(base36(&[35]), "z");
+        assert_eq!(base36(&[1, 0]), "74"); // 256 = 7 * 36 + 4
+        assert_eq!(base36(&[0, 0, 36]), "0010");
+        // Worked out with Python: int.from_bytes(b"Hello World", "big")
+        // written in base 36.
+        assert_eq!(base36(b"Hello World"), "azw5bz2xp56m4qyck");
     }
 
     #[test]

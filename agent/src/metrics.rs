@@ -2,7 +2,8 @@
 //! (never the process-global one: tests run several agents in one process).
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the agent exports, registered in its own [`Registry`].
@@ -45,6 +46,16 @@ pub struct Metrics {
     pub watch_ready: IntGaugeVec,
     /// Watch events waiting for the pipeline (bounded queue).
     pub watch_queue: IntGauge,
+    /// Downward deltas by outcome: `applied`, `deleted`, `conflict`,
+    /// `invalid`, `forbidden`, `malformed`, and `error` for each transient
+    /// failure that is retried (see [`crate::apply::ApplyResult`]).
+    pub applies: IntCounterVec,
+    /// Seconds from receiving a downward delta to its outcome (queueing and
+    /// retries included).
+    pub apply_duration: Histogram,
+    /// Downward deltas received from the hub and not yet taken up by an
+    /// apply worker.
+    pub downward_queue: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +141,23 @@ impl Metrics {
                 "uplink_agent_watch_queue_events",
                 "Watch events queued for the pipeline.",
             ),
+            applies: counter_vec(
+                "uplink_agent_applies_total",
+                "Downward deltas by outcome (error: a transient failure, retried).",
+                &["result"],
+            ),
+            apply_duration: histogram(
+                "uplink_agent_apply_duration_seconds",
+                "Seconds from receiving a downward delta to its outcome, queueing and retries included.",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ],
+            ),
+            downward_queue: gauge(
+                "uplink_agent_downward_queue_deltas",
+                "Downward deltas received and not yet taken up by an apply worker.",
+            ),
             registry,
         };
         m.register_all();
@@ -137,7 +165,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -156,6 +184,9 @@ impl Metrics {
             Box::new(self.watch_errors.clone()),
             Box::new(self.watch_ready.clone()),
             Box::new(self.watch_queue.clone()),
+            Box::new(self.applies.clone()),
+            Box::new(self.apply_duration.clone()),
+            Box::new(self.downward_queue.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent
@@ -204,6 +235,12 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 #[allow(clippy::expect_used)]
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name")
+}
+
+#[allow(clippy::expect_used)]
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric name and increasing buckets")
 }
 
 #[allow(clippy::expect_used)]

@@ -59,6 +59,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use uplink_agent::mapping::{NamespaceLocator, SyncTargetRef};
 use uplink_agent::{Agent, AgentConfig, AgentError, ReconnectSettings, ResourceSpec};
 use uplink_e2e::{
     apiserver::{ApiServer, ApiServerConfig},
@@ -226,9 +227,11 @@ impl FleetBuilder {
         // have created them; placement is what the hub reads from them.
         hub_config.synctarget_workspace = self.synctarget_workspace.clone();
         setup::install_synctarget_crd(&kcp, &self.synctarget_workspace).await?;
+        let mut synctarget_uids = BTreeMap::new();
         for name in &self.clusters {
             if !self.without_synctarget.contains(name) {
-                setup::create_synctarget(&kcp, &self.synctarget_workspace, name).await?;
+                let uid = setup::create_synctarget(&kcp, &self.synctarget_workspace, name).await?;
+                synctarget_uids.insert(name.clone(), uid);
             }
         }
         let hub = RunningHub::start(hub_config, root.child_token()).await?;
@@ -236,6 +239,7 @@ impl FleetBuilder {
         let mut fleet = Fleet {
             heartbeat: self.heartbeat,
             synctarget_workspace: self.synctarget_workspace,
+            synctarget_uids,
             dir,
             pki,
             kcp,
@@ -265,6 +269,9 @@ pub struct Fleet {
     heartbeat: Duration,
     /// Where the clusters' SyncTargets live.
     synctarget_workspace: String,
+    /// The uid of each cluster's SyncTarget as the fleet created it at
+    /// start: downstream namespaces are named after it.
+    synctarget_uids: BTreeMap<String, String>,
     /// Kubeconfigs and the PKI; removed when the fleet is dropped.
     dir: TempDir,
     pki: DevPki,
@@ -507,8 +514,8 @@ impl Fleet {
     /// placement label for each of `clusters`
     /// (`state.workload.kcp.io/<syncTargetKey>: Sync`), and in each of them
     /// a copy in the downstream namespace
-    /// [`downstream_namespace`]`(workspace, namespace)`, which carries the
-    /// namespace locator. Returns the upstream object as created.
+    /// [`Fleet::downstream_namespace`]`(cluster, workspace, namespace)`,
+    /// which carries the namespace locator. Returns the upstream object as created.
     pub async fn place<K>(
         &self,
         workspace: &str,
@@ -609,8 +616,9 @@ impl Fleet {
             + DeserializeOwned,
     {
         let name = object.meta().name.clone().unwrap_or_default();
-        let downstream_ns = downstream_namespace(workspace, namespace);
-        let locator = json!({ "cluster": workspace, "namespace": namespace }).to_string();
+        let locator = self.namespace_locator(cluster, workspace, namespace);
+        let downstream_ns = locator.downstream_namespace();
+        let locator = locator.to_annotation();
         let client = self.cluster(cluster).await?;
         let annotations = BTreeMap::from([(NAMESPACE_LOCATOR.to_owned(), locator)]);
         ensure_namespace(&client, &downstream_ns, annotations).await?;
@@ -686,7 +694,7 @@ impl Fleet {
             + Debug
             + DeserializeOwned,
     {
-        let downstream_ns = downstream_namespace(workspace, namespace);
+        let downstream_ns = self.downstream_namespace(cluster, workspace, namespace);
         let api = Api::<K>::namespaced(self.cluster(cluster).await?, &downstream_ns);
         // A merge patch merges into the old status; clear it first so fields
         // missing from `status` disappear, as when a controller rewrites it.
@@ -715,7 +723,7 @@ impl Fleet {
             + Debug
             + DeserializeOwned,
     {
-        let downstream_ns = downstream_namespace(workspace, namespace);
+        let downstream_ns = self.downstream_namespace(cluster, workspace, namespace);
         Api::<K>::namespaced(self.cluster(cluster).await?, &downstream_ns)
             .delete(name, &DeleteParams::default())
             .await
@@ -835,16 +843,21 @@ where
 }
 
 /// The downstream namespace a placement of KCP `workspace`/`namespace` gets
-/// in every cluster: `kcp-<hash>` as kcp's syncer names them. The name says
-/// nothing about the upstream coordinates; only the locator annotation does.
-pub fn downstream_namespace(workspace: &str, namespace: &str) -> String {
-    // FNV-1a: stable across runs and Rust versions, unlike `DefaultHasher`.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in workspace.bytes().chain([b'/']).chain(namespace.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// in the cluster of SyncTarget `sync_target`: `kcp-<hash>` as kcp's syncer
+/// names them, by the agent's own function
+/// ([`NamespaceLocator::downstream_namespace`]). The name says nothing about
+/// the upstream coordinates; only the locator annotation does.
+pub fn downstream_namespace(
+    sync_target: &SyncTargetRef,
+    workspace: &str,
+    namespace: &str,
+) -> String {
+    NamespaceLocator {
+        sync_target: sync_target.clone(),
+        workspace: workspace.to_owned(),
+        namespace: namespace.to_owned(),
     }
-    format!("kcp-{hash:016x}")
+    .downstream_namespace()
 }
 
 /// A minimal valid Deployment named `name` (one container, `replicas`).
@@ -925,10 +938,20 @@ mod tests {
 
     #[test]
     fn downstream_namespaces_are_dns_labels_unique_per_placement() {
-        let a = downstream_namespace("root:org:team-a", "shop");
-        let b = downstream_namespace("root:org:team", "a-shop");
+        let east = SyncTargetRef {
+            workspace: "root".into(),
+            name: "east".into(),
+            uid: "u-1".into(),
+        };
+        let west = SyncTargetRef {
+            name: "west".into(),
+            ..east.clone()
+        };
+        let a = downstream_namespace(&east, "root:org:team-a", "shop");
+        let b = downstream_namespace(&east, "root:org:team", "a-shop");
         assert_ne!(a, b);
-        assert_eq!(a, downstream_namespace("root:org:team-a", "shop"));
+        assert_eq!(a, downstream_namespace(&east, "root:org:team-a", "shop"));
+        assert_ne!(a, downstream_namespace(&west, "root:org:team-a", "shop"));
         assert!(a.len() <= 63);
         assert!(
             a.bytes()

@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use uplink_tests::fleet::convergence::Convergence;
 use uplink_tests::fleet::processes::{AgentProcess, HubProcess};
-use uplink_tests::fleet::{Fleet, bounded, deployment, downstream_namespace, eventually};
+use uplink_tests::fleet::{Fleet, bounded, deployment, eventually};
 
 const TEAM: &str = "root:org:team-a";
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -139,17 +139,23 @@ async fn killed_hub() -> Result<()> {
         let round = round.clone();
         let clients: Vec<_> =
             futures::future::try_join_all(CLUSTERS.map(|c| fleet.cluster(c))).await?;
-        let objects = objects.clone();
+        // Each object with its downstream namespace in its cluster.
+        let objects: Vec<_> = objects
+            .iter()
+            .map(|(cluster, ns, name)| {
+                let downstream_ns = fleet.downstream_namespace(cluster, TEAM, ns);
+                (*cluster, downstream_ns, name.clone())
+            })
+            .collect();
         tokio::spawn(async move {
             for r in 1..=ROUNDS {
                 futures::stream::iter(objects.iter())
-                    .for_each_concurrent(16, |(cluster, ns, name)| {
+                    .for_each_concurrent(16, |(cluster, downstream_ns, name)| {
                         let index = CLUSTERS.iter().position(|c| c == cluster).unwrap_or(0);
                         let client = clients[index].clone();
                         async move {
                             // Objects deleted meanwhile answer 404: that is expected.
-                            let _ = patch_status(client, &downstream_namespace(TEAM, ns), name, r)
-                                .await;
+                            let _ = patch_status(client, downstream_ns, name, r).await;
                         }
                     })
                     .await;

@@ -6,9 +6,12 @@ use futures::StreamExt;
 use futures::stream::SplitStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uplink_protocol::{AgentFrame, Hello, HubFrame, Limits, SessionMode, Welcome};
+use uplink_protocol::{
+    AgentFrame, DOWNWARD_VERSION, Hello, HubFrame, Limits, SessionMode, Welcome,
+};
 
 use super::dial::Ws;
+use super::downward::DownwardLane;
 use super::heartbeat::heartbeat_interval;
 use super::upward::send_snapshot;
 use super::wire::{Sender, frame_name, next_frame, refused};
@@ -16,9 +19,20 @@ use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
 
-/// The protocol versions this agent speaks: status only, until its
-/// downward lane (version 2) is in place.
-const OFFERED_VERSIONS: &[u16] = &[1];
+/// The protocol versions an agent that applies speaks: status only (1) and
+/// the downward lane (2).
+const DOWNWARD_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION];
+/// The protocol versions a status-only agent speaks.
+const STATUS_VERSIONS: &[u16] = &[1];
+
+/// What this agent offers in `Hello`: version 2 only when it applies.
+fn offered_versions(ctx: &SessionContext) -> &'static [u16] {
+    if ctx.downward.is_some() {
+        DOWNWARD_VERSIONS
+    } else {
+        STATUS_VERSIONS
+    }
+}
 
 /// Hello → Welcome → resume or snapshot → steady state.
 pub(super) async fn converse(
@@ -36,15 +50,20 @@ pub(super) async fn converse(
         stop: Some(stop.clone()),
     };
     let recv_limits = Limits::default();
+    let offered = offered_versions(ctx);
 
     let hello = Hello {
-        protocol_versions: OFFERED_VERSIONS.to_vec(),
+        protocol_versions: offered.to_vec(),
         cluster: ctx.cluster.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         session_id: ctx.session_id.clone(),
         last_hub_epoch: resumption.last_hub_epoch,
         last_ack: ctx.outbox.lock().acked(),
-        downward_resources: Vec::new(),
+        downward_resources: ctx
+            .downward
+            .as_ref()
+            .map(|applier| applier.types().iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
     };
     tx.frame(&AgentFrame::Hello(hello)).await?;
 
@@ -55,9 +74,9 @@ pub(super) async fn converse(
             welcome.map_err(|_| SessionError::Timeout("waiting for Welcome"))??
         }
     };
-    if !OFFERED_VERSIONS.contains(&welcome.protocol_version) {
+    if !offered.contains(&welcome.protocol_version) {
         return Err(SessionError::Protocol(format!(
-            "Welcome chose protocol version {}, the agent offered only {OFFERED_VERSIONS:?}",
+            "Welcome chose protocol version {}, the agent offered only {offered:?}",
             welcome.protocol_version
         )));
     }
@@ -88,6 +107,16 @@ pub(super) async fn converse(
     }
     ctx.outbox.notify();
 
+    // The downward lane, when both sides speak it.
+    let (downward, downward_done) = match &ctx.downward {
+        Some(applier) if welcome.protocol_version >= DOWNWARD_VERSION => {
+            let (lane, done) =
+                DownwardLane::start(applier.clone(), welcome.sync_target.as_ref(), &limits);
+            (Some(lane), Some(done))
+        }
+        _ => (None, None),
+    };
+
     let mut steady = Steady {
         ctx,
         limits,
@@ -98,6 +127,8 @@ pub(super) async fn converse(
         next_send_at: Instant::now(),
         last_summary: None,
         last_summary_sent: Instant::now(),
+        downward,
+        downward_done,
     };
     steady.run(&mut tx, &mut stream, stop).await
 }

@@ -16,13 +16,16 @@
 //!
 //! In flow order: `dial` (TCP, TLS, WebSocket), `handshake` (`Hello` →
 //! `Welcome` → resume or snapshot), then this module's steady state, which
-//! waits on the hub, the heartbeat ticker and the outbox and hands each to
-//! its lane: `upward` (outbox batches out, `Ack` and `Throttle` in, packed
-//! into frames by `batch`), `heartbeat`; last `shutdown` (flush, `Bye`,
-//! close). `wire` sends and reads frames.
+//! waits on the hub, the heartbeat ticker, the outbox and the apply stage and
+//! hands each to its lane: `upward` (outbox batches out, `Ack` and
+//! `Throttle` in, packed into frames by `batch`), `downward` (protocol
+//! version 2: placed objects in, to the apply stage, `DownwardAck` out),
+//! `heartbeat`; last `shutdown` (flush, `Bye`, close). `wire` sends and
+//! reads frames.
 
 mod batch;
 mod dial;
+mod downward;
 mod handshake;
 mod heartbeat;
 mod shutdown;
@@ -41,9 +44,12 @@ use uplink_protocol::{ErrorCode, HubFrame, Limits, SUBPROTOCOL, decode_hub_frame
 
 pub use self::dial::{HubEndpoint, HubUrlError};
 use self::dial::{Ws, connect};
+use self::downward::{DownwardLane, next_done};
 use self::handshake::converse;
 pub use self::heartbeat::heartbeat_interval;
 use self::wire::{Sender, frame_name, refused};
+use crate::apply::Applier;
+use crate::apply::queue::Done;
 use crate::clock::AgentClock;
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
@@ -63,6 +69,9 @@ pub struct SessionContext {
     pub metrics: Metrics,
     pub health: AgentHealth,
     pub clock: AgentClock,
+    /// Applies what the hub sends down; `None`: status only (the agent
+    /// offers protocol version 1 only).
+    pub downward: Option<Arc<Applier>>,
 }
 
 /// What the agent remembers about the hub between connections.
@@ -160,6 +169,11 @@ struct Steady<'a> {
     last_summary: Option<uplink_protocol::ClusterSummary>,
     /// When a heartbeat last carried the summary.
     last_summary_sent: Instant,
+    /// The downward lane, when the session speaks version 2 and the agent
+    /// applies.
+    downward: Option<DownwardLane>,
+    /// What the lane's apply stage finished (taken by [`Steady::run`]).
+    downward_done: Option<tokio::sync::mpsc::UnboundedReceiver<Done>>,
 }
 
 impl Steady<'_> {
@@ -172,6 +186,7 @@ impl Steady<'_> {
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let dead_after = self.heartbeat * 3;
+        let mut downward_done = self.downward_done.take();
         loop {
             let has_unsent = self.ctx.outbox.lock().has_unsent();
             let send_at = self.send_at();
@@ -201,6 +216,7 @@ impl Steady<'_> {
                     self.send_deltas(tx).await
                 }
                 () = self.ctx.outbox.changed(), if !has_unsent => Ok(()),
+                done = next_done(&mut downward_done) => self.downward_done(done, tx).await,
             };
             match sent {
                 Ok(()) => {}
@@ -243,12 +259,15 @@ impl Steady<'_> {
             frame @ (HubFrame::Downward(_)
             | HubFrame::DownwardSnapshotBegin(_)
             | HubFrame::DownwardSnapshotChunk(_)
-            | HubFrame::DownwardSnapshotEnd(_)) => {
-                return Err(SessionError::Protocol(format!(
-                    "{} in a status-only session",
-                    frame_name(&frame)
-                )));
-            }
+            | HubFrame::DownwardSnapshotEnd(_)) => match &mut self.downward {
+                Some(lane) => lane.receive(frame)?,
+                None => {
+                    return Err(SessionError::Protocol(format!(
+                        "{} in a status-only session",
+                        frame_name(&frame)
+                    )));
+                }
+            },
         }
         Ok(None)
     }

@@ -18,7 +18,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use super::{Fleet, downstream_namespace, eventually};
+use super::{Fleet, eventually};
 
 /// One object placed in one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,12 +121,12 @@ impl Convergence {
                 .statuses(kcp, namespace)
                 .await
                 .with_context(|| format!("listing KCP {workspace}/{namespace}"))?;
-            let downstream_ns = downstream_namespace(workspace, namespace);
             let mut downstream: HashMap<&str, HashMap<String, Option<Value>>> = HashMap::new();
             for p in &placements {
                 if downstream.contains_key(p.cluster.as_str()) {
                     continue;
                 }
+                let downstream_ns = fleet.downstream_namespace(&p.cluster, workspace, namespace);
                 let client = match cluster_clients.get(p.cluster.as_str()) {
                     Some(client) => client.clone(),
                     None => {

@@ -10,10 +10,11 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
+use uplink_agent::mapping::{NamespaceLocator, SyncTargetRef};
 use uplink_e2e::apiserver::ApiServer;
 use uplink_hub::HubConfig;
 
-use super::{Fleet, FleetBuilder};
+use super::{Fleet, FleetBuilder, downstream_namespace};
 use crate::apiserver::client_for;
 
 /// The SyncTarget CRD Uplink ships.
@@ -81,8 +82,8 @@ pub async fn install_synctarget_crd(kcp: &ApiServer, workspace: &str) -> Result<
 }
 
 /// Creates cluster `name`'s SyncTarget in `workspace` of `kcp`, as an
-/// operator registering the cluster with KCP would.
-pub async fn create_synctarget(kcp: &ApiServer, workspace: &str, name: &str) -> Result<()> {
+/// operator registering the cluster with KCP would; returns its uid.
+pub async fn create_synctarget(kcp: &ApiServer, workspace: &str, name: &str) -> Result<String> {
     let client = client_for(kcp, Some(workspace)).await?;
     let synctarget: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "workload.kcp.io/v1alpha1",
@@ -91,11 +92,14 @@ pub async fn create_synctarget(kcp: &ApiServer, workspace: &str, name: &str) -> 
         "spec": {},
     }))
     .context("a SyncTarget")?;
-    Api::<DynamicObject>::all_with(client, &synctarget_resource())
+    let created = Api::<DynamicObject>::all_with(client, &synctarget_resource())
         .create(&PostParams::default(), &synctarget)
         .await
         .with_context(|| format!("creating SyncTarget {name} in KCP workspace {workspace}"))?;
-    Ok(())
+    created
+        .metadata
+        .uid
+        .ok_or_else(|| anyhow!("SyncTarget {name} in {workspace} was created without a uid"))
 }
 
 fn synctarget_resource() -> ApiResource {
@@ -106,9 +110,52 @@ fn synctarget_resource() -> ApiResource {
 }
 
 impl Fleet {
-    /// Registers cluster `name` with KCP: creates its SyncTarget.
+    /// Cluster `cluster`'s SyncTarget as kcp's namespace locator names it:
+    /// the one the fleet created at start (a SyncTarget created again later
+    /// gets a new uid, but the fleet keeps naming namespaces after the first,
+    /// so a scenario's downstream copies stay where they are). A cluster
+    /// without one gets an empty uid.
+    pub fn sync_target_ref(&self, cluster: &str) -> SyncTargetRef {
+        SyncTargetRef {
+            workspace: self.synctarget_workspace.clone(),
+            name: cluster.to_owned(),
+            uid: self
+                .synctarget_uids
+                .get(cluster)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The namespace locator of KCP `workspace`/`namespace` in `cluster`.
+    pub fn namespace_locator(
+        &self,
+        cluster: &str,
+        workspace: &str,
+        namespace: &str,
+    ) -> NamespaceLocator {
+        NamespaceLocator {
+            sync_target: self.sync_target_ref(cluster),
+            workspace: workspace.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The downstream namespace a placement of KCP `workspace`/`namespace`
+    /// gets in `cluster`: [`downstream_namespace`] of the cluster's
+    /// SyncTarget, the name the agent gives it when it applies what the hub
+    /// sends down.
+    pub fn downstream_namespace(&self, cluster: &str, workspace: &str, namespace: &str) -> String {
+        downstream_namespace(&self.sync_target_ref(cluster), workspace, namespace)
+    }
+
+    /// Registers cluster `name` with KCP: creates its SyncTarget (see
+    /// [`Fleet::sync_target_ref`] for how downstream namespaces are named
+    /// afterwards).
     pub async fn create_synctarget(&self, name: &str) -> Result<()> {
-        create_synctarget(&self.kcp, self.synctarget_workspace(), name).await
+        create_synctarget(&self.kcp, self.synctarget_workspace(), name)
+            .await
+            .map(drop)
     }
 
     /// Deletes cluster `name`'s SyncTarget: KCP no longer places anything on it.
