@@ -30,7 +30,10 @@
 //! force conflicts on objects that they own and manage"), a field another
 //! manager set to another value is taken over rather than left stale. Only
 //! fields the clusters report are contested this way; everything else other
-//! managers own stays theirs.
+//! managers own stays theirs. A status field KCP's schema of the type does
+//! not declare (a newer cluster's field) gets a whole apply refused where a
+//! merge patch would have it pruned; the writer learns such fields from the
+//! refusal and leaves them out of that type's applies ([`undeclared`]).
 //!
 //! No cluster can make the writer wipe a status: when no cluster reports
 //! the object any more (the last one deleted it, or it was unplaced from
@@ -58,6 +61,7 @@ mod queue;
 mod rate;
 mod request;
 pub mod synctarget;
+mod undeclared;
 mod upstream;
 
 use std::collections::HashMap;
@@ -114,6 +118,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     settings: WriterSettings,
     memory: Mutex<HashMap<ObjectKey, Memory>>,
+    /// Status fields KCP's schemas lack, left out of applies.
+    undeclared: undeclared::UndeclaredFields,
 }
 
 /// What the writer remembers about one object.
@@ -150,6 +156,7 @@ impl Writer {
             metrics,
             settings,
             memory: Mutex::default(),
+            undeclared: undeclared::UndeclaredFields::default(),
         }
     }
 
@@ -258,7 +265,10 @@ impl Writer {
         }
         let reported = merged.status.is_some();
         let desired = match merged.status {
-            Some(status) => Some(keep_disputed(status, known.as_ref(), &merged.disputed)),
+            Some(mut status) => {
+                self.undeclared.strip(key, &mut status);
+                Some(keep_disputed(status, known.as_ref(), &merged.disputed))
+            }
             None => known.as_ref().map(not_reported),
         };
         if known == desired {
@@ -358,11 +368,37 @@ impl Writer {
             }
             Err(error) => {
                 self.count(write_result::ERROR);
+                if let Some(fields) = self.undeclared_in(key, &error) {
+                    tracing::info!(object = %key, fields = %fields, "KCP's schema of this type lacks status fields a cluster reports; they are left out of its applies");
+                    return Outcome::RetryAfter(Duration::ZERO);
+                }
                 let delay = self.failed(key);
                 tracing::warn!(object = %key, %error, retry_in = ?delay, "writing status upstream failed");
                 Outcome::RetryAfter(delay)
             }
         }
+    }
+
+    /// The status fields an apply's refusal names as undeclared in KCP's
+    /// schema and the writer did not know yet (`None`: nothing new to
+    /// leave out; see [`undeclared`]).
+    fn undeclared_in(&self, key: &ObjectKey, error: &UpstreamError) -> Option<String> {
+        let (UpstreamError::Server { message, .. } | UpstreamError::Refused { message, .. }) =
+            error
+        else {
+            return None;
+        };
+        if self.settings.status_write != StatusWrite::Apply {
+            return None;
+        }
+        let learned = self.undeclared.learn(key, message);
+        (!learned.is_empty()).then(|| {
+            learned
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// What the writer diffs against, of a status read from KCP: all of it
@@ -1069,6 +1105,49 @@ mod tests {
             .ok();
         settle(&f).await;
         assert_eq!(f.upstream.applied_statuses(), vec![earlier]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fields_kcps_schema_lacks_are_learned_and_left_out_of_applies() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        // As kube-apiserver answers it.
+        f.upstream.answer(Err(UpstreamError::Server {
+            status: 500,
+            message: "failed to create typed patch object (default/web; apps/v1, Kind=Deployment): .status.terminatingReplicas: field not declared in schema".into(),
+        }));
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(1, json!({"replicas": 2, "terminatingReplicas": 1}))],
+                vec![],
+            )
+            .ok();
+        let start = Instant::now();
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.applied_statuses(),
+            vec![
+                json!({"replicas": 2, "terminatingReplicas": 1}),
+                json!({"replicas": 2}),
+            ]
+        );
+        assert!(start.elapsed() < BACKOFF_BASE, "retried at once");
+        // Later writes of the type leave it out from the start.
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(2, json!({"replicas": 3, "terminatingReplicas": 0}))],
+                vec![],
+            )
+            .ok();
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.applied_statuses().last(),
+            Some(&json!({"replicas": 3}))
+        );
+        assert_eq!(f.upstream.applied_statuses().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]
