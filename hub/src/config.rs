@@ -41,6 +41,8 @@ pub struct HubConfig {
     /// How long an object that changed waits before its status is written,
     /// so a burst of changes becomes one write (zero: write at once).
     pub write_settle: Duration,
+    /// How object status is written: server-side apply or merge patch.
+    pub status_write: StatusWrite,
     /// Send every write with `dryRun=All`.
     pub dry_run: bool,
     /// Longest time from TCP accept to a received `Hello`.
@@ -95,6 +97,7 @@ impl Default for HubConfig {
             write_settle: Duration::from_millis(20),
             write_burst: 100,
             write_concurrency: 4,
+            status_write: StatusWrite::default(),
             dry_run: false,
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: 64,
@@ -143,6 +146,19 @@ pub enum UpstreamMode {
     Kcp,
     /// Plain Kubernetes: no workspace prefix; the workspace is ignored.
     Kubernetes,
+}
+
+/// How the writer writes an object's status to KCP (see [`crate::writer`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusWrite {
+    /// Server-side apply of `/status` with field manager `uplink-hub`:
+    /// the hub owns the status fields it reports and nothing else, so
+    /// other controllers' conditions on the same object stay.
+    #[default]
+    Apply,
+    /// JSON merge patch of `/status`: lists (`conditions`) are replaced
+    /// whole, and every field no cluster reports is removed.
+    MergePatch,
 }
 
 #[cfg(test)]

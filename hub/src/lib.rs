@@ -40,9 +40,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{HubConfig, UpstreamMode};
+pub use config::{HubConfig, StatusWrite, UpstreamMode};
 pub use metrics::Metrics;
-pub use writer::{KubeUpstream, StatusUpstream, UpstreamError};
+pub use writer::{ApplyOptions, KubeUpstream, StatusUpstream, UpstreamError, UpstreamStatus};
 
 use crate::aggregate::Aggregator;
 use crate::downstream::Downstream;
@@ -317,6 +317,7 @@ impl Hub {
                 qps: config.write_qps,
                 burst: config.write_burst,
                 concurrency: config.write_concurrency,
+                status_write: config.status_write,
                 dry_run: config.dry_run,
             },
         ));

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{FeatureGates, MergePolicy};
-use uplink_hub::{HubConfig, UpstreamMode};
+use uplink_hub::{HubConfig, StatusWrite, UpstreamMode};
 use uplink_protocol::Limits;
 use uplink_protocol::resource::ResourceSpec;
 
@@ -101,6 +101,18 @@ struct Args {
     /// It adds at most this much to every change's latency; 0 writes at once.
     #[arg(long, env = "UPLINK_HUB_WRITE_SETTLE", default_value = "20ms", value_parser = parse_duration)]
     write_settle: Duration,
+
+    /// How object status is written to KCP: `apply` (server-side apply of
+    /// /status with field manager `uplink-hub`; conditions other
+    /// controllers set on the same object stay) or `merge-patch` (a JSON
+    /// merge patch; it replaces the whole `conditions` list).
+    #[arg(
+        long,
+        env = "UPLINK_HUB_STATUS_WRITE",
+        value_enum,
+        default_value = "apply"
+    )]
+    status_write: StatusWrite,
 
     /// Send every upstream write with dryRun=All: the server validates it
     /// and changes nothing.
@@ -288,6 +300,7 @@ impl Args {
             write_burst: self.write_burst,
             write_concurrency: self.write_concurrency,
             write_settle: self.write_settle,
+            status_write: self.status_write,
             dry_run: self.dry_run,
             handshake_timeout: self.handshake_timeout,
             max_concurrent_handshakes: self.max_concurrent_handshakes,

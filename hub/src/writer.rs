@@ -6,37 +6,70 @@
 //! entries from the store at that moment ([`Aggregator::evaluate`];
 //! level-triggered: it always writes the latest state, never a history),
 //! skips it when it equals what was last written successfully, and otherwise
-//! sends a JSON merge patch of `/status` built from the last written status
-//! to the desired one (fields that disappeared become `null`).
+//! writes it in one of two ways ([`StatusWrite`]):
+//!
+//! - **apply** (the default): a server-side apply of `/status` with field
+//!   manager [`FIELD_MANAGER`], whose configuration is the whole desired
+//!   status. The hub owns exactly the status fields it reports: a field (or
+//!   condition) it no longer applies is removed by the API server unless
+//!   another manager owns it too, and fields other managers own (say, a
+//!   condition another controller sets on the same object) are left alone.
+//!   "What was last written" is what the hub owns: after a restart it is
+//!   read back from the object's `managedFields` ([`owned`]). Conditions
+//!   merge per `type` where the type's schema makes `conditions` an
+//!   associative list (`x-kubernetes-list-type: map` keyed by `type`, as
+//!   built-in types and generated CRDs do); an atomic list has one owner.
+//! - **merge-patch**: a JSON merge patch of `/status` built from the last
+//!   written status to the desired one (fields that disappeared become
+//!   `null`; a changed list, `conditions` included, is replaced whole).
+//!   "What was last written" after a restart is the whole status KCP holds.
+//!
+//! Applies are forced (`force=true`): the hub is the only source of the
+//! status it reports, and a controller cannot resolve a conflict by itself,
+//! so, as the Kubernetes documentation recommends for controllers ("always
+//! force conflicts on objects that they own and manage"), a field another
+//! manager set to another value is taken over rather than left stale. Only
+//! fields the clusters report are contested this way; everything else other
+//! managers own stays theirs. A status field KCP's schema of the type does
+//! not declare (a newer cluster's field) gets a whole apply refused where a
+//! merge patch would have it pruned; the writer learns such fields from the
+//! refusal and leaves them out of that type's applies ([`undeclared`]).
 //!
 //! No cluster can make the writer wipe a status: when no cluster reports
 //! the object any more (the last one deleted it, or it was unplaced from
 //! all of them), KCP keeps the last merged status and the writer adds the
 //! condition `StatusReported=False` (reason `NoClusterReports`) to it; the
 //! next report from a cluster replaces both. `status: null` is never
-//! written. When the hub
-//! has not written the object yet (first write, or after a restart) it reads
-//! the status KCP holds first and diffs against that, so fields an earlier
-//! hub wrote and no cluster reports any more are removed too. Fields whose
-//! dispute is open keep whatever KCP holds: the patch never touches them.
-//! With the `UpstreamSync` gate off nothing is written (conflicts are still
-//! recorded).
+//! written, and an apply always carries every field the hub still owns.
+//! When the hub has not written the object yet (first write, or after a
+//! restart) it reads the object first and diffs against what it holds, so
+//! fields an earlier hub wrote and no cluster reports any more are removed
+//! too. Fields whose dispute is open keep whatever KCP holds: the write
+//! never changes them. With the `UpstreamSync` gate off nothing is written
+//! (conflicts are still recorded).
 //!
 //! Outcomes: 404 forgets the object (it is gone upstream), 409 re-reads the
-//! status and writes again, 429 waits for `Retry-After`, anything else waits
-//! with exponential backoff. The key stays in the queue until it lands.
+//! status and writes again (with forced applies a 409 is the server's own
+//! optimistic-concurrency conflict, never another manager's fields; should
+//! a field-manager conflict come back anyway, it waits with backoff like
+//! any refusal, since re-reading cannot resolve it), 429 waits for
+//! `Retry-After`, anything else waits with exponential backoff. The key
+//! stays in the queue until it lands.
 
 pub mod finalizer;
+mod owned;
 mod queue;
 mod rate;
+mod request;
 pub mod synctarget;
+mod undeclared;
 mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -44,12 +77,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use queue::WriteQueue;
 pub use rate::TokenBucket;
+pub use request::{apply_configuration, status_patch};
 pub use synctarget::{SyncTargetSettings, SyncTargets};
 pub use upstream::{
-    KubeUpstream, StatusUpstream, UpstreamConfigError, UpstreamError, is_path_segment,
+    ApplyOptions, KubeUpstream, StatusUpstream, UpstreamConfigError, UpstreamError, UpstreamStatus,
+    is_path_segment,
 };
 
 use crate::aggregate::{Aggregator, FieldPath};
+pub use crate::config::StatusWrite;
 use crate::metrics::{Metrics, write_result};
 use crate::store::{ObjectKey, Store};
 
@@ -60,12 +96,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Retry delay after a 429 without `Retry-After`.
 const THROTTLE_DEFAULT: Duration = Duration::from_secs(1);
 
+/// The field manager of the hub's server-side applies of object status.
+pub const FIELD_MANAGER: &str = "uplink-hub";
+
 /// How the writer writes.
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     pub qps: f64,
     pub burst: u32,
     pub concurrency: usize,
+    pub status_write: StatusWrite,
     pub dry_run: bool,
 }
 
@@ -79,12 +119,15 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     settings: WriterSettings,
     memory: Mutex<HashMap<ObjectKey, Memory>>,
+    /// Status fields KCP's schemas lack, left out of applies.
+    undeclared: undeclared::UndeclaredFields,
 }
 
 /// What the writer remembers about one object.
 #[derive(Debug, Default)]
 struct Memory {
-    /// The status last written successfully (or read back), `None` if unknown.
+    /// The status last written successfully (or read back: under apply,
+    /// the part the hub owns), `None` if unknown.
     written: Option<Value>,
     /// Failures in a row, for the backoff.
     failures: u32,
@@ -114,6 +157,7 @@ impl Writer {
             metrics,
             settings,
             memory: Mutex::default(),
+            undeclared: undeclared::UndeclaredFields::default(),
         }
     }
 
@@ -197,6 +241,7 @@ impl Writer {
             // reports keeps it, marked as such).
             match self.upstream.get_status(key).await {
                 Ok(current) => {
+                    let current = self.held(current);
                     if let Some(current) = &current {
                         self.memory().entry(key.clone()).or_default().written =
                             Some(current.clone());
@@ -221,7 +266,10 @@ impl Writer {
         }
         let reported = merged.status.is_some();
         let desired = match merged.status {
-            Some(status) => Some(keep_disputed(status, known.as_ref(), &merged.disputed)),
+            Some(mut status) => {
+                self.undeclared.strip(key, &mut status);
+                Some(keep_disputed(status, known.as_ref(), &merged.disputed))
+            }
             None => known.as_ref().map(not_reported),
         };
         if known == desired {
@@ -232,13 +280,24 @@ impl Writer {
             }
             return Outcome::Done;
         }
-        let patch = status_patch(known.as_ref(), desired.as_ref());
-
         let started = Instant::now();
-        let result = self
-            .upstream
-            .patch_status(key, &patch, self.settings.dry_run)
-            .await;
+        let result = match (self.settings.status_write, &desired) {
+            (StatusWrite::MergePatch, _) => {
+                let patch = status_patch(known.as_ref(), desired.as_ref());
+                self.upstream
+                    .patch_status(key, &patch, self.settings.dry_run)
+                    .await
+            }
+            (StatusWrite::Apply, Some(status)) => {
+                let configuration = apply_configuration(key, status);
+                self.upstream
+                    .apply_status(key, &configuration, self.apply_options())
+                    .await
+            }
+            // Unreachable: no status is desired only when none is known
+            // either, and then `known == desired` returned above.
+            (StatusWrite::Apply, None) => return Outcome::Done,
+        };
         self.metrics
             .kcp_write_duration
             .observe(started.elapsed().as_secs_f64());
@@ -282,6 +341,7 @@ impl Writer {
                 tracing::debug!(object = %key, %message, "conflict; re-reading the status");
                 match self.upstream.get_status(key).await {
                     Ok(current) => {
+                        let current = self.held(current);
                         self.memory().entry(key.clone()).or_default().written = current;
                         Outcome::RetryAfter(Duration::ZERO)
                     }
@@ -295,6 +355,12 @@ impl Writer {
                     }
                 }
             }
+            Err(UpstreamError::FieldConflict(message)) => {
+                self.count(write_result::CONFLICT);
+                let delay = self.failed(key);
+                tracing::warn!(object = %key, %message, retry_in = ?delay, "another field manager's fields refused the status apply");
+                Outcome::RetryAfter(delay)
+            }
             Err(UpstreamError::Throttled { retry_after }) => {
                 self.count(write_result::THROTTLED);
                 let delay = retry_after.unwrap_or(THROTTLE_DEFAULT);
@@ -303,10 +369,56 @@ impl Writer {
             }
             Err(error) => {
                 self.count(write_result::ERROR);
+                if let Some(fields) = self.undeclared_in(key, &error) {
+                    tracing::info!(object = %key, fields = %fields, "KCP's schema of this type lacks status fields a cluster reports; they are left out of its applies");
+                    return Outcome::RetryAfter(Duration::ZERO);
+                }
                 let delay = self.failed(key);
                 tracing::warn!(object = %key, %error, retry_in = ?delay, "writing status upstream failed");
                 Outcome::RetryAfter(delay)
             }
+        }
+    }
+
+    /// The status fields an apply's refusal names as undeclared in KCP's
+    /// schema and the writer did not know yet (`None`: nothing new to
+    /// leave out; see [`undeclared`]).
+    fn undeclared_in(&self, key: &ObjectKey, error: &UpstreamError) -> Option<String> {
+        let (UpstreamError::Server { message, .. } | UpstreamError::Refused { message, .. }) =
+            error
+        else {
+            return None;
+        };
+        if self.settings.status_write != StatusWrite::Apply {
+            return None;
+        }
+        let learned = self.undeclared.learn(key, message);
+        (!learned.is_empty()).then(|| {
+            learned
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    /// What the writer diffs against, of a status read from KCP: all of it
+    /// under merge patch, the part the hub owns under apply.
+    fn held(&self, read: UpstreamStatus) -> Option<Value> {
+        match self.settings.status_write {
+            StatusWrite::MergePatch => read.status,
+            StatusWrite::Apply => {
+                owned::applied_status(read.status.as_ref(), &read.managed_fields, FIELD_MANAGER)
+            }
+        }
+    }
+
+    fn apply_options(&self) -> ApplyOptions<'static> {
+        ApplyOptions {
+            field_manager: FIELD_MANAGER,
+            // See the module documentation.
+            force: true,
+            dry_run: self.settings.dry_run,
         }
     }
 
@@ -375,46 +487,6 @@ pub fn not_reported(last: &Value) -> Value {
     status
 }
 
-/// The merge patch that takes an object's status from `written` (`None`:
-/// unknown) to `desired` (`None`: no status).
-pub fn status_patch(written: Option<&Value>, desired: Option<&Value>) -> Value {
-    let status = match (written, desired) {
-        (_, None) => Value::Null,
-        (Some(old), Some(new)) => merge_diff(old, new),
-        (None, Some(new)) => new.clone(),
-    };
-    let mut patch = Map::new();
-    patch.insert("status".to_owned(), status);
-    Value::Object(patch)
-}
-
-/// The JSON merge patch (RFC 7386) that turns `old` into `new`.
-fn merge_diff(old: &Value, new: &Value) -> Value {
-    match (old, new) {
-        (Value::Object(old), Value::Object(new)) => {
-            let mut patch = Map::new();
-            for key in old.keys() {
-                if !new.contains_key(key) {
-                    patch.insert(key.clone(), Value::Null);
-                }
-            }
-            for (key, value) in new {
-                match old.get(key) {
-                    Some(previous) if previous == value => {}
-                    Some(previous @ Value::Object(_)) if value.is_object() => {
-                        patch.insert(key.clone(), merge_diff(previous, value));
-                    }
-                    _ => {
-                        patch.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-            Value::Object(patch)
-        }
-        _ => new.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -426,18 +498,38 @@ mod tests {
     use super::*;
     use crate::store::{Entry, Update};
 
-    /// Records patches; answers with queued results, then success.
+    /// Records patches and applies; answers with queued results, then
+    /// success.
     #[derive(Debug, Default)]
     struct FakeUpstream {
         patches: Mutex<Vec<(ObjectKey, Value)>>,
+        /// Each configuration applied, with its query parameters.
+        applies: Mutex<Vec<(Value, String)>>,
         answers: Mutex<VecDeque<Result<(), UpstreamError>>>,
         current: Mutex<Option<Value>>,
+        managed_fields: Mutex<Vec<Value>>,
         gets: AtomicUsize,
         /// Reads that fail before they succeed.
         failing_gets: AtomicUsize,
     }
 
     impl FakeUpstream {
+        /// The configurations applied, in order.
+        fn applies(&self) -> Vec<Value> {
+            self.applies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect()
+        }
+        /// The status of each configuration applied, in order.
+        fn applied_statuses(&self) -> Vec<Value> {
+            self.applies()
+                .into_iter()
+                .map(|c| c["status"].clone())
+                .collect()
+        }
         fn patches(&self) -> Vec<Value> {
             self.patches
                 .lock()
@@ -474,10 +566,33 @@ mod tests {
             })
         }
 
+        fn apply_status<'a>(
+            &'a self,
+            _key: &'a ObjectKey,
+            configuration: &'a Value,
+            options: ApplyOptions<'a>,
+        ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+            Box::pin(async move {
+                let how = format!(
+                    "fieldManager={} force={} dryRun={}",
+                    options.field_manager, options.force, options.dry_run
+                );
+                self.applies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((configuration.clone(), how));
+                self.answers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front()
+                    .unwrap_or(Ok(()))
+            })
+        }
+
         fn get_status<'a>(
             &'a self,
             _key: &'a ObjectKey,
-        ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
+        ) -> BoxFuture<'a, Result<UpstreamStatus, UpstreamError>> {
             Box::pin(async move {
                 self.gets.fetch_add(1, Ordering::SeqCst);
                 let failing =
@@ -486,11 +601,18 @@ mod tests {
                 if failing.is_ok() {
                     return Err(UpstreamError::Transport("connection refused".into()));
                 }
-                Ok(self
-                    .current
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone())
+                Ok(UpstreamStatus {
+                    status: self
+                        .current
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
+                    managed_fields: self
+                        .managed_fields
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
+                })
             })
         }
     }
@@ -503,7 +625,12 @@ mod tests {
         metrics: Arc<Metrics>,
     }
 
+    /// A writer that merge-patches (what the older tests here describe).
     fn fixture() -> Fixture {
+        fixture_with(StatusWrite::MergePatch, false)
+    }
+
+    fn fixture_with(status_write: StatusWrite, dry_run: bool) -> Fixture {
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
         let queue = Arc::new(WriteQueue::new(metrics.clone()));
         let store = Arc::new(Store::new(queue.clone(), metrics.clone(), 1000));
@@ -526,7 +653,8 @@ mod tests {
                 qps: 0.0,
                 burst: 1,
                 concurrency: 4,
-                dry_run: false,
+                status_write,
+                dry_run,
             },
         ));
         Fixture {
@@ -780,19 +908,289 @@ mod tests {
         assert!(f.queue.is_idle());
     }
 
-    #[test]
-    fn patch_with_unknown_upstream_sends_the_whole_status() {
-        assert_eq!(
-            status_patch(None, Some(&json!({"a": {"b": 1}}))),
-            json!({"status": {"a": {"b": 1}}})
+    /// The hub's FieldsV1 entry for an apply to `/status` of `status`
+    /// (what the API server would record; conditions keyed by type).
+    fn hub_entry(status: &Value) -> Value {
+        fn set(value: &Value, field: &str) -> Value {
+            match value {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .map(|(k, v)| (format!("f:{k}"), set(v, k)))
+                        .collect(),
+                ),
+                Value::Array(items) if field == "conditions" => Value::Object(
+                    items
+                        .iter()
+                        .map(|c| {
+                            let mut item = set(c, "");
+                            item[".".to_owned()] = json!({});
+                            (format!("k:{}", json!({"type": c["type"]})), item)
+                        })
+                        .collect(),
+                ),
+                _ => json!({}),
+            }
+        }
+        json!({
+            "manager": FIELD_MANAGER,
+            "operation": "Apply",
+            "subresource": "status",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:status": set(status, "status")},
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_sends_the_whole_status_as_the_hubs_forced_apply() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        let available = json!({"type": "Available", "status": "True"});
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(
+                    1,
+                    json!({"replicas": 2, "readyReplicas": 1, "conditions": [available]}),
+                )],
+                vec![],
+            )
+            .ok();
+        settle(&f).await;
+        f.store
+            .apply("c1", "s", vec![upsert(2, json!({"replicas": 2}))], vec![])
+            .ok();
+        settle(&f).await;
+        assert!(
+            f.upstream.patches().is_empty(),
+            "no merge patch under apply"
         );
+        let applies = f
+            .upstream
+            .applies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         assert_eq!(
-            status_patch(Some(&json!({"a": 1})), None),
-            json!({"status": null})
+            applies,
+            vec![
+                (
+                    json!({
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": "web", "namespace": "default"},
+                        "status": {"replicas": 2, "readyReplicas": 1, "conditions": [available]},
+                    }),
+                    "fieldManager=uplink-hub force=true dryRun=false".to_owned()
+                ),
+                // The whole status again, not a diff: what the hub leaves
+                // out (readyReplicas, the condition) the server removes.
+                (
+                    json!({
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": "web", "namespace": "default"},
+                        "status": {"replicas": 2},
+                    }),
+                    "fieldManager=uplink-hub force=true dryRun=false".to_owned()
+                ),
+            ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_coalesces_and_never_applies_the_same_status_twice() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        for seq in 1..=5 {
+            f.store
+                .apply(
+                    "c1",
+                    "s",
+                    vec![upsert(seq, json!({"replicas": seq}))],
+                    vec![],
+                )
+                .ok();
+        }
+        settle(&f).await;
+        f.store
+            .apply("c1", "s2", vec![upsert(5, json!({"replicas": 5}))], vec![])
+            .ok();
+        f.queue.push(key());
+        settle(&f).await;
+        assert_eq!(f.upstream.applied_statuses(), vec![json!({"replicas": 5})]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_keeps_the_hubs_fields_of_an_object_no_cluster_reports() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"replicas": 2}))], vec![])
+            .ok();
+        settle(&f).await;
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![Update {
+                    key: key(),
+                    seq: 2,
+                    entry: None,
+                }],
+                vec![],
+            )
+            .ok();
+        settle(&f).await;
+        let applied = f.upstream.applied_statuses();
+        assert_eq!(applied.len(), 2, "{applied:?}");
+        // Everything the hub owns is applied again (or the server would
+        // remove it), with the condition added.
+        assert_eq!(applied[1]["replicas"], 2);
+        assert_eq!(applied[1]["conditions"][0]["type"], NOT_REPORTED_CONDITION);
+        assert_eq!(applied[1]["conditions"][0]["status"], "False");
+        // After a restart the hub reads what it owns back: nothing to do.
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(applied[1].clone());
+        *f.upstream
+            .managed_fields
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = vec![hub_entry(&applied[1])];
+        f.queue.push(key());
+        settle(&f).await;
+        assert_eq!(f.upstream.applied_statuses().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_apply_diffs_against_what_the_hub_owns_not_what_kcp_holds() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        let theirs = json!({"type": "External", "status": "True"});
+        let earlier = json!({"replicas": 2});
+        // An earlier hub applied `earlier`; another manager set a condition.
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(json!({"replicas": 2, "conditions": [theirs]}));
+        *f.upstream
+            .managed_fields
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = vec![
+            json!({"manager": "other", "operation": "Apply", "subresource": "status",
+                   "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"External\"}": {".": {}, "f:type": {}, "f:status": {}}}}}}),
+            hub_entry(&earlier),
+        ];
+        f.store
+            .apply("c1", "s", vec![upsert(1, earlier.clone())], vec![])
+            .ok();
+        settle(&f).await;
         assert_eq!(
-            status_patch(Some(&json!({"a": [1, 2]})), Some(&json!({"a": [1]}))),
-            json!({"status": {"a": [1]}})
+            f.upstream.applies().len(),
+            0,
+            "the hub owns exactly what it would apply"
+        );
+        // A restarted hub whose earlier self owned a field no cluster reports:
+        // it applies without it (and the server removes it).
+        let f = fixture_with(StatusWrite::Apply, false);
+        *f.upstream
+            .managed_fields
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            vec![hub_entry(&json!({"replicas": 2, "readyReplicas": 1}))];
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(json!({"replicas": 2, "readyReplicas": 1, "conditions": [theirs]}));
+        f.store
+            .apply("c1", "s", vec![upsert(1, earlier.clone())], vec![])
+            .ok();
+        settle(&f).await;
+        assert_eq!(f.upstream.applied_statuses(), vec![earlier]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fields_kcps_schema_lacks_are_learned_and_left_out_of_applies() {
+        let f = fixture_with(StatusWrite::Apply, false);
+        // As kube-apiserver answers it.
+        f.upstream.answer(Err(UpstreamError::Server {
+            status: 500,
+            message: "failed to create typed patch object (default/web; apps/v1, Kind=Deployment): .status.terminatingReplicas: field not declared in schema".into(),
+        }));
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(1, json!({"replicas": 2, "terminatingReplicas": 1}))],
+                vec![],
+            )
+            .ok();
+        let start = Instant::now();
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.applied_statuses(),
+            vec![
+                json!({"replicas": 2, "terminatingReplicas": 1}),
+                json!({"replicas": 2}),
+            ]
+        );
+        assert!(start.elapsed() < BACKOFF_BASE, "retried at once");
+        // Later writes of the type leave it out from the start.
+        f.store
+            .apply(
+                "c1",
+                "s",
+                vec![upsert(2, json!({"replicas": 3, "terminatingReplicas": 0}))],
+                vec![],
+            )
+            .ok();
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.applied_statuses().last(),
+            Some(&json!({"replicas": 3}))
+        );
+        assert_eq!(f.upstream.applied_statuses().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_dry_run_and_field_manager_conflicts() {
+        let f = fixture_with(StatusWrite::Apply, true);
+        let earlier = json!({"replicas": 0});
+        *f.upstream
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(earlier.clone());
+        *f.upstream
+            .managed_fields
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = vec![hub_entry(&earlier)];
+        f.upstream.answer(Err(UpstreamError::FieldConflict(
+            "conflict with \"other\": .status.replicas".into(),
+        )));
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"replicas": 1}))], vec![])
+            .ok();
+        let start = Instant::now();
+        settle(&f).await;
+        let applies = f
+            .upstream
+            .applies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(applies.len(), 2, "retried until it landed: {applies:?}");
+        assert!(
+            applies
+                .iter()
+                .all(|(_, how)| how == "fieldManager=uplink-hub force=true dryRun=true")
+        );
+        // A field-manager conflict is not re-read (that cannot resolve it):
+        // one read before the first write, then a backoff.
+        assert_eq!(f.upstream.gets.load(Ordering::SeqCst), 1);
+        assert!(start.elapsed() >= BACKOFF_BASE);
+        let by = |r: &str| f.metrics.kcp_writes.with_label_values(&[r]).get();
+        assert_eq!(
+            (by(write_result::CONFLICT), by(write_result::DRY_RUN)),
+            (1, 1)
         );
     }
 }

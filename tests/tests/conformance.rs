@@ -1949,6 +1949,346 @@ async fn server_side_apply_of_status() -> Result<()> {
     .await
 }
 
+/// A condition of a type no Kubernetes controller knows (see
+/// [`TEST_CONDITION`]), as a server-side apply configuration item.
+fn applied_condition(condition_type: &str, message: &str) -> Value {
+    json!({ "type": condition_type, "status": "True", "reason": "Test", "message": message })
+}
+
+/// `manager` server-side applies `status` to Deployment `web`'s /status.
+async fn apply_deployment_status(
+    api: &Api<Deployment>,
+    manager: &str,
+    params: PatchParams,
+    status: Value,
+) -> kube::Result<Deployment> {
+    let params = PatchParams {
+        field_manager: Some(manager.to_owned()),
+        ..params
+    };
+    api.patch_status(
+        "web",
+        &params,
+        &Patch::Apply(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": "web" },
+            "status": status,
+        })),
+    )
+    .await
+}
+
+/// The managedFields entry of `manager`'s applies to /status.
+fn status_apply_entry<'a>(
+    deployment: &'a Deployment,
+    manager: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> {
+    deployment
+        .metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .find(|e| {
+            e.manager.as_deref() == Some(manager)
+                && e.operation.as_deref() == Some("Apply")
+                && e.subresource.as_deref() == Some("status")
+        })
+}
+
+/// Deployment status conditions are an associative list keyed by `type`:
+/// managers that apply conditions of different types to /status each own
+/// theirs, recorded as applies to the `status` subresource, and one
+/// manager's apply leaves the other's conditions alone.
+#[tokio::test]
+async fn server_side_apply_of_status_merges_conditions_by_type() -> Result<()> {
+    in_namespace("ssamerge", |client, namespace| async move {
+        let api: Api<Deployment> = Api::namespaced(client, &namespace);
+        api.create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let hub_type = format!("{TEST_CONDITION}Hub");
+        let other_type = format!("{TEST_CONDITION}Other");
+        let status = |condition_type: &str, message: &str| {
+            json!({ "conditions": [applied_condition(condition_type, message)] })
+        };
+        apply_deployment_status(&api, "hub", PatchParams::default(), status(&hub_type, "one"))
+            .await?;
+        apply_deployment_status(
+            &api,
+            "other",
+            PatchParams::default(),
+            status(&other_type, "theirs"),
+        )
+        .await?;
+        let applied =
+            apply_deployment_status(&api, "hub", PatchParams::default(), status(&hub_type, "two"))
+                .await?;
+        let message = |d: &Deployment, t: &str| {
+            deployment_condition(d, t).and_then(|c| c.message.clone())
+        };
+        ensure!(
+            message(&applied, &hub_type).as_deref() == Some("two")
+                && message(&applied, &other_type).as_deref() == Some("theirs"),
+            "conditions after both applies: {:?}",
+            applied.status
+        );
+        let fetched = api.get_status("web").await?;
+        for (manager, condition_type) in [("hub", &hub_type), ("other", &other_type)] {
+            let entry = status_apply_entry(&fetched, manager)
+                .with_context(|| format!("no /status apply entry of {manager}"))?;
+            let owned = serde_json::to_value(&entry.fields_v1)?;
+            let item = format!("k:{}", json!({ "type": condition_type }));
+            ensure!(
+                owned["f:status"]["f:conditions"].get(&item).is_some(),
+                "{manager} does not own its condition: {owned}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What a manager applied to /status before and no longer applies is
+/// removed (a field, an associative list item), unless another manager owns
+/// it too; what other managers own stays.
+#[tokio::test]
+async fn server_side_apply_of_status_removes_what_a_manager_stops_applying() -> Result<()> {
+    in_namespace("ssadrop", |client, namespace| async move {
+        let api: Api<Deployment> = Api::namespaced(client, &namespace);
+        api.create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let kept = format!("{TEST_CONDITION}Kept");
+        let dropped = format!("{TEST_CONDITION}Dropped");
+        let shared = format!("{TEST_CONDITION}Shared");
+        let theirs = format!("{TEST_CONDITION}Theirs");
+        apply_deployment_status(
+            &api,
+            "hub",
+            PatchParams::default(),
+            json!({ "conditions": [
+                applied_condition(&kept, "with a message"),
+                applied_condition(&dropped, "dropped"),
+                applied_condition(&shared, "shared"),
+            ]}),
+        )
+        .await?;
+        apply_deployment_status(
+            &api,
+            "other",
+            PatchParams::default(),
+            json!({ "conditions": [
+                applied_condition(&shared, "shared"),
+                applied_condition(&theirs, "theirs"),
+            ]}),
+        )
+        .await?;
+        // The hub now applies `kept` without its message, and neither
+        // `dropped` nor `shared`.
+        let mut without_message = applied_condition(&kept, "");
+        if let Some(fields) = without_message.as_object_mut() {
+            fields.remove("message");
+        }
+        let applied = apply_deployment_status(
+            &api,
+            "hub",
+            PatchParams::default(),
+            json!({ "conditions": [without_message] }),
+        )
+        .await?;
+        let kept_now = deployment_condition(&applied, &kept).context("kept condition missing")?;
+        ensure!(
+            kept_now.message.is_none() && kept_now.reason.as_deref() == Some("Test"),
+            "the field the hub stopped applying is still there: {kept_now:?}"
+        );
+        ensure!(
+            deployment_condition(&applied, &dropped).is_none(),
+            "the condition the hub stopped applying is still there: {:?}",
+            applied.status
+        );
+        ensure!(
+            deployment_condition(&applied, &shared).is_some()
+                && deployment_condition(&applied, &theirs).is_some(),
+            "the other manager's conditions went: {:?}",
+            applied.status
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Applying to /status a value of a field another manager owns is a 409
+/// naming the conflict, and stores nothing; with `force` it succeeds and
+/// takes the field over, so the former owner now conflicts. A dry run
+/// stores nothing either.
+#[tokio::test]
+async fn server_side_apply_of_status_conflicts_unless_forced() -> Result<()> {
+    in_namespace("ssaforce", |client, namespace| async move {
+        let api: Api<Deployment> = Api::namespaced(client, &namespace);
+        api.create(&PostParams::default(), &deployment("web")?)
+            .await?;
+        let status =
+            |message: &str| json!({ "conditions": [applied_condition(TEST_CONDITION, message)] });
+        let message = |d: &Deployment| {
+            deployment_condition(d, TEST_CONDITION).and_then(|c| c.message.clone())
+        };
+        apply_deployment_status(&api, "other", PatchParams::default(), status("theirs")).await?;
+
+        let refused =
+            apply_deployment_status(&api, "hub", PatchParams::default(), status("ours")).await;
+        let conflict = expect_api_error(refused, 409, "Conflict")
+            .context("an unforced apply of another manager's field")?;
+        let causes = conflict
+            .details
+            .map(|d| d.causes)
+            .context("the conflict has no details")?;
+        ensure!(
+            causes
+                .iter()
+                .any(|c| c.reason == "FieldManagerConflict" && c.message.contains("other")),
+            "causes: {causes:?}"
+        );
+        ensure!(
+            message(&api.get_status("web").await?).as_deref() == Some("theirs"),
+            "a refused apply was stored"
+        );
+
+        let dry = apply_deployment_status(
+            &api,
+            "hub",
+            PatchParams::default().force().dry_run(),
+            status("ours"),
+        )
+        .await?;
+        ensure!(
+            message(&dry).as_deref() == Some("ours"),
+            "a dry run answers with the result"
+        );
+        ensure!(
+            message(&api.get_status("web").await?).as_deref() == Some("theirs"),
+            "a dry-run apply was stored"
+        );
+
+        let forced =
+            apply_deployment_status(&api, "hub", PatchParams::default().force(), status("ours"))
+                .await?;
+        ensure!(
+            message(&forced).as_deref() == Some("ours"),
+            "forced apply: {:?}",
+            forced.status
+        );
+        let taken_back =
+            apply_deployment_status(&api, "other", PatchParams::default(), status("theirs")).await;
+        expect_api_error(taken_back, 409, "Conflict")
+            .context("the former owner's unforced apply after the takeover")?;
+        Ok(())
+    })
+    .await
+}
+
+/// A nested object (a struct field of the status schema) or an associative
+/// list that a manager applied to /status and no longer applies at all is
+/// removed whole, not left as `{}` or `[]`, unless another manager owns part
+/// of it: then only that part stays. (Shown on a custom resource: a
+/// built-in's Go types print an empty struct as `{}` either way.)
+#[tokio::test]
+async fn server_side_apply_of_status_removes_a_nested_object_it_stops_applying() -> Result<()> {
+    in_namespace("ssanest", |client, namespace| async move {
+        let group = format!("{}.uplink.test", unique_name("nest"));
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let mut probes = crd(&group, "probes", "Probe", true)?;
+        let detail = json!({ "type": "object", "properties": {
+            "x": { "type": "integer" },
+            "y": { "type": "integer" },
+        }});
+        for version in &mut probes.spec.versions {
+            version.schema = Some(serde_json::from_value(json!({ "openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "spec": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                    "status": { "type": "object", "properties": {
+                        "phase": { "type": "string" },
+                        "detail": detail,
+                        "other": detail,
+                        "conditions": {
+                            "type": "array",
+                            "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["type"],
+                            "items": { "type": "object", "required": ["type"], "properties": {
+                                "type": { "type": "string" },
+                                "status": { "type": "string" },
+                            }},
+                        },
+                    }},
+                }
+            }}))?);
+        }
+        let outcome = async {
+            crds.create(&PostParams::default(), &probes).await?;
+            wait_established(&crds, &format!("probes.{group}")).await?;
+            let resource = ApiResource {
+                group: group.clone(),
+                version: "v1".into(),
+                api_version: format!("{group}/v1"),
+                kind: "Probe".into(),
+                plural: "probes".into(),
+            };
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &resource);
+            let mut probe = DynamicObject::new("p", &resource);
+            probe.data = json!({ "spec": {} });
+            eventually(EVENT_TIMEOUT, "the new resource to be served", || async {
+                Ok(api.create(&PostParams::default(), &probe).await.ok())
+            })
+            .await?;
+            let apply = |manager: &'static str, status: Value| {
+                let api = api.clone();
+                let api_version = resource.api_version.clone();
+                async move {
+                    api.patch_status(
+                        "p",
+                        &PatchParams::apply(manager),
+                        &Patch::Apply(json!({
+                            "apiVersion": api_version,
+                            "kind": "Probe",
+                            "metadata": { "name": "p" },
+                            "status": status,
+                        })),
+                    )
+                    .await
+                }
+            };
+            apply(
+                "hub",
+                json!({
+                    "phase": "A",
+                    "detail": { "x": 1 },
+                    "other": { "x": 1 },
+                    "conditions": [{ "type": "Ready", "status": "True" }],
+                }),
+            )
+            .await?;
+            apply("someone-else", json!({ "other": { "y": 2 } })).await?;
+            let applied = apply("hub", json!({ "phase": "A" })).await?;
+            let status = &applied.data["status"];
+            ensure!(
+                status.get("detail").is_none() && status.get("conditions").is_none(),
+                "what the hub stopped applying is still there: {status}"
+            );
+            ensure!(
+                status["other"] == json!({ "y": 2 }),
+                "another manager's part of a nested object: {status}"
+            );
+            Ok(())
+        }
+        .await;
+        let _ = crds
+            .delete(&format!("probes.{group}"), &DeleteParams::default())
+            .await;
+        outcome
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // 11. dryRun=All.
 

@@ -4,8 +4,9 @@
 //! An apply by manager M: (1) computes the fields M's configuration sets;
 //! (2) fails with 409 Conflict when another applier owns one of them and the
 //! values differ (unless `force=true`, which takes them over); (3) removes
-//! fields M applied before but no longer does, unless another applier still
-//! owns them; (4) merges the configuration into the object (maps
+//! fields M applied before but no longer does (and a nested object that
+//! leaves empty), unless another applier still owns them or something
+//! inside them; (4) merges the configuration into the object (maps
 //! recursively, keyed lists by their merge key, other lists replaced);
 //! (5) records M's fields.
 //!
@@ -89,6 +90,22 @@ fn paths(set: &Map<String, Value>, prefix: &mut Path, out: &mut Vec<Path>) {
         }
         if let Some(m) = v.as_object() {
             paths(m, prefix, out);
+        }
+        prefix.pop();
+    }
+}
+
+/// The fields of a set that have fields of their own below them, deepest
+/// first (children before their parents).
+fn parent_paths(set: &Map<String, Value>, prefix: &mut Path, out: &mut Vec<Path>) {
+    for (k, v) in set {
+        let Some(children) = v.as_object().filter(|m| m.keys().any(|c| c != ".")) else {
+            continue;
+        };
+        prefix.push(k.clone());
+        parent_paths(children, prefix, out);
+        if k.starts_with("f:") {
+            out.push(prefix.clone());
         }
         prefix.pop();
     }
@@ -331,13 +348,36 @@ pub(crate) fn apply(
         .and_then(|e| e.get("fieldsV1"))
         .cloned();
     if let Some(previous) = &previous {
+        let given_up = |path: &[String]| {
+            !contains(&fields, path)
+                && !managed
+                    .iter()
+                    .filter(|e| !is_same_slot(e, who.manager, who.status))
+                    .filter_map(|e| e.get("fieldsV1"))
+                    .any(|s| contains(s, path))
+        };
         for path in all_paths(previous) {
-            let kept_by_others = managed
-                .iter()
-                .filter(|e| !is_same_slot(e, who.manager, who.status))
-                .filter_map(|e| e.get("fieldsV1"))
-                .any(|s| contains(s, &path));
-            if !contains(&fields, &path) && !kept_by_others {
+            if given_up(&path) {
+                remove_from_object(&mut object, &path);
+            }
+        }
+        // A nested object (or keyed list) the manager no longer applies at
+        // all goes whole rather than staying as `{}` (`[]`): kube-apiserver's
+        // structured-merge-diff
+        // counts the struct field above an owned field as owned too
+        // (`EnsureNamedFieldsAreMembers`). What others set inside it stays
+        // (there, its writers own it), so only an emptied object goes.
+        let mut parents = Vec::new();
+        if let Some(set) = previous.as_object() {
+            parent_paths(set, &mut Vec::new(), &mut parents);
+        }
+        for path in parents {
+            let emptied = value_at(&object, &path).is_some_and(|v| match v {
+                Value::Object(m) => m.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => false,
+            });
+            if emptied && given_up(&path) {
                 remove_from_object(&mut object, &path);
             }
         }
@@ -459,6 +499,38 @@ mod tests {
         let next = apply(Some(&live), &cm(json!({"a": "1"})), &who("m", false))
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(next["data"], json!({"a": "1"}));
+    }
+
+    #[test]
+    fn a_nested_object_a_manager_stops_applying_goes_unless_something_else_is_in_it() {
+        let obj = |spec: Value| json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x"}, "spec": spec});
+        let live = apply(
+            None,
+            &obj(json!({"a": {"x": 1}, "b": {"x": 1}, "conditions": [{"type": "T"}]})),
+            &who("m", false),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        // Someone else's non-apply write puts a field inside `b`.
+        let mut written = live.clone();
+        written["spec"]["b"]["y"] = json!(2);
+        let next = apply(Some(&written), &obj(json!({})), &who("m", false))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(next["spec"], json!({"b": {"y": 2}}));
+        // Giving up everything under metadata leaves the object's identity.
+        let labelled = apply(
+            None,
+            &json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x", "labels": {"a": "1"}}}),
+            &who("m", false),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let unlabelled = apply(
+            Some(&labelled),
+            &json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x"}}),
+            &who("m", false),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(unlabelled["metadata"]["name"], "x");
+        assert_eq!(unlabelled["metadata"].get("labels"), None);
     }
 
     #[test]

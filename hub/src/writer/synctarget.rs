@@ -349,7 +349,7 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
-    use crate::writer::UpstreamError;
+    use crate::writer::{ApplyOptions, UpstreamError, UpstreamStatus};
 
     /// Upstream that knows which SyncTargets exist and records what was sent.
     #[derive(Debug, Default)]
@@ -399,11 +399,26 @@ mod tests {
             })
         }
 
+        fn apply_status<'a>(
+            &'a self,
+            _key: &'a ObjectKey,
+            _configuration: &'a Value,
+            _options: ApplyOptions<'a>,
+        ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+            // SyncTargets are merge-patched.
+            Box::pin(async {
+                Err(UpstreamError::Refused {
+                    status: 415,
+                    message: "SyncTargets are not applied".into(),
+                })
+            })
+        }
+
         fn get_status<'a>(
             &'a self,
             _key: &'a ObjectKey,
-        ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
-            Box::pin(async { Ok(None) })
+        ) -> BoxFuture<'a, Result<UpstreamStatus, UpstreamError>> {
+            Box::pin(async { Ok(UpstreamStatus::default()) })
         }
     }
 

@@ -1,6 +1,7 @@
-//! The upstream API server as the writer sees it: patch an object's status,
-//! read it back. [`KubeUpstream`] talks to KCP (or plain Kubernetes); tests
-//! substitute a fake.
+//! The upstream API server as the writer sees it: write an object's status
+//! (a JSON merge patch or a server-side apply of `/status`), read it back
+//! with who owns which field. [`KubeUpstream`] talks to KCP (or plain
+//! Kubernetes); tests substitute a fake.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,11 +34,41 @@ pub trait StatusUpstream: Send + Sync + std::fmt::Debug + 'static {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
 
-    /// Reads the object's current `.status` (`None` when it has none).
+    /// Server-side applies `configuration` (a whole apply configuration:
+    /// `apiVersion`, `kind`, `metadata.name`, `status`) to the object's
+    /// `/status` subresource.
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        configuration: &'a Value,
+        options: ApplyOptions<'a>,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>>;
+
+    /// Reads the object's current `.status` and `.metadata.managedFields`.
     fn get_status<'a>(
         &'a self,
         key: &'a ObjectKey,
-    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>>;
+    ) -> BoxFuture<'a, Result<UpstreamStatus, UpstreamError>>;
+}
+
+/// An object's status as the upstream holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamStatus {
+    /// `.status`; `None` when the object has none.
+    pub status: Option<Value>,
+    /// `.metadata.managedFields`: which field manager owns which fields.
+    pub managed_fields: Vec<Value>,
+}
+
+/// How a server-side apply is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOptions<'a> {
+    /// The field manager that owns what it applies (`fieldManager`).
+    pub field_manager: &'a str,
+    /// Take fields another manager owns over instead of failing (`force`).
+    pub force: bool,
+    /// The server validates only (`dryRun=All`).
+    pub dry_run: bool,
 }
 
 /// How an upstream request failed.
@@ -47,6 +78,10 @@ pub enum UpstreamError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A server-side apply that another field manager's fields refused
+    /// (409 with `FieldManagerConflict` causes); re-reading cannot help.
+    #[error("field manager conflict: {0}")]
+    FieldConflict(String),
     #[error("throttled (retry after {retry_after:?})")]
     Throttled { retry_after: Option<Duration> },
     #[error("server error {status}: {message}")]
@@ -240,6 +275,7 @@ impl KubeUpstream {
         let message = error_message(&body);
         Err(match status.as_u16() {
             404 => UpstreamError::NotFound,
+            409 if is_field_manager_conflict(&body) => UpstreamError::FieldConflict(message),
             409 => UpstreamError::Conflict(message),
             429 => UpstreamError::Throttled { retry_after },
             code @ 500..=599 => UpstreamError::Server {
@@ -283,6 +319,23 @@ impl KubeUpstream {
         let url = DynamicObject::url_path(&api_resource, key.namespace.as_deref());
         Ok(kube::core::Request::new(url))
     }
+
+    /// The `PATCH …/status` request of a server-side apply.
+    fn apply_request(
+        key: &ObjectKey,
+        configuration: &Value,
+        options: ApplyOptions<'_>,
+    ) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+        let mut params = PatchParams::apply(options.field_manager);
+        params.force = options.force;
+        params.dry_run = options.dry_run;
+        Self::request(key)?
+            .patch_subresource("status", &key.name, &params, &Patch::Apply(configuration))
+            .map_err(|e| UpstreamError::BadObject {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
 }
 
 impl StatusUpstream for KubeUpstream {
@@ -307,10 +360,22 @@ impl StatusUpstream for KubeUpstream {
         })
     }
 
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        configuration: &'a Value,
+        options: ApplyOptions<'a>,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let request = Self::apply_request(key, configuration, options)?;
+            self.send(key, request).await.map(drop)
+        })
+    }
+
     fn get_status<'a>(
         &'a self,
         key: &'a ObjectKey,
-    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<UpstreamStatus, UpstreamError>> {
         Box::pin(async move {
             let request = Self::request(key)?
                 .get_subresource("status", &key.name)
@@ -321,7 +386,14 @@ impl StatusUpstream for KubeUpstream {
             let body = self.send(key, request).await?;
             let object: Value = serde_json::from_slice(&body)
                 .map_err(|e| UpstreamError::Transport(format!("decoding the object: {e}")))?;
-            Ok(object.get("status").filter(|s| !s.is_null()).cloned())
+            Ok(UpstreamStatus {
+                status: object.get("status").filter(|s| !s.is_null()).cloned(),
+                managed_fields: object
+                    .pointer("/metadata/managedFields")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            })
         })
     }
 }
@@ -369,6 +441,21 @@ fn with_path(url: &http::Uri, path: &str) -> Result<http::Uri, String> {
     http::Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
+/// Whether a 409's Status names field managers' conflicts (a server-side
+/// apply's), rather than a stale resourceVersion.
+fn is_field_manager_conflict(body: &[u8]) -> bool {
+    let body = &body[..body.len().min(ERROR_BODY_LIMIT)];
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/details/causes").cloned())
+        .and_then(|c| c.as_array().cloned())
+        .is_some_and(|causes| {
+            causes
+                .iter()
+                .any(|c| c.get("reason").and_then(Value::as_str) == Some("FieldManagerConflict"))
+        })
+}
+
 fn error_message(body: &[u8]) -> String {
     let body = &body[..body.len().min(ERROR_BODY_LIMIT)];
     serde_json::from_slice::<Value>(body)
@@ -395,6 +482,51 @@ mod tests {
             upstream.base.cluster_url.to_string(),
             "https://kcp.example:6443/"
         );
+    }
+
+    #[test]
+    fn apply_is_a_patch_of_status_with_manager_and_force() {
+        let key = ObjectKey {
+            workspace: "root:a".into(),
+            group: "apps".into(),
+            version: "v1".into(),
+            resource: "deployments".into(),
+            kind: "Deployment".into(),
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
+        let configuration = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"});
+        let options = ApplyOptions {
+            field_manager: "uplink-hub",
+            force: true,
+            dry_run: true,
+        };
+        let request = KubeUpstream::apply_request(&key, &configuration, options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(request.method(), http::Method::PATCH);
+        assert_eq!(
+            request.uri().to_string(),
+            "/apis/apps/v1/namespaces/default/deployments/web/status?&dryRun=All&force=true&fieldManager=uplink-hub"
+        );
+        assert_eq!(
+            request.headers().get(http::header::CONTENT_TYPE),
+            Some(&http::HeaderValue::from_static(
+                "application/apply-patch+yaml"
+            ))
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(request.body()).ok(),
+            Some(configuration)
+        );
+    }
+
+    #[test]
+    fn field_manager_conflicts_are_told_from_other_conflicts() {
+        let apply = br#"{"kind":"Status","code":409,"reason":"Conflict","message":"Apply failed with 1 conflict: conflict with \"x\": .status.replicas","details":{"causes":[{"reason":"FieldManagerConflict","message":"conflict with \"x\"","field":".status.replicas"}]}}"#;
+        let stale = br#"{"kind":"Status","code":409,"reason":"Conflict","message":"the object has been modified"}"#;
+        assert!(is_field_manager_conflict(apply));
+        assert!(!is_field_manager_conflict(stale));
+        assert!(!is_field_manager_conflict(b"not json"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -32,7 +32,9 @@ use uplink_hub::placement::watch::{Event, WatchError};
 use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
 use uplink_hub::writer::finalizer::FinalizerUpstream;
-use uplink_hub::{Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError};
+use uplink_hub::{
+    ApplyOptions, Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError, UpstreamStatus,
+};
 use uplink_protocol::resource::ResourceSpec;
 use uplink_protocol::{
     AgentFrame, Change, Delta, Hello, HubFrame, Limits, ObjectRef, PROTOCOL_VERSION,
@@ -145,13 +147,16 @@ impl ClientIdentity {
     }
 }
 
-/// Records every status patch; answers success.
+/// Records every status write; answers success.
 #[derive(Debug, Default)]
 pub struct FakeUpstream {
+    /// Each write as `{"status": …}`: a merge patch as sent, an apply as
+    /// the status it applied.
     pub patches: Mutex<Vec<(ObjectKey, Value)>>,
 }
 
 impl FakeUpstream {
+    /// The status writes, in order (see [`FakeUpstream::patches`]).
     pub fn patches(&self) -> Vec<(ObjectKey, Value)> {
         self.patches
             .lock()
@@ -176,11 +181,26 @@ impl StatusUpstream for FakeUpstream {
         })
     }
 
+    fn apply_status<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        configuration: &'a Value,
+        _options: ApplyOptions<'a>,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.patches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((key.clone(), json!({"status": configuration["status"]})));
+            Ok(())
+        })
+    }
+
     fn get_status<'a>(
         &'a self,
         _key: &'a ObjectKey,
-    ) -> BoxFuture<'a, Result<Option<Value>, UpstreamError>> {
-        Box::pin(async { Ok(None) })
+    ) -> BoxFuture<'a, Result<UpstreamStatus, UpstreamError>> {
+        Box::pin(async { Ok(UpstreamStatus::default()) })
     }
 }
 
