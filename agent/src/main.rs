@@ -10,8 +10,7 @@ use clap::{Parser, ValueEnum};
 use jiff::SignedDuration;
 use tokio_util::sync::CancellationToken;
 use uplink_agent::config::{
-    DEFAULT_DOWNWARD_RESOURCES, ResourceSpecError, parse_duration, parse_resource_list,
-    parse_signed_duration,
+    ResourceSpecError, parse_duration, parse_resource_list, parse_signed_duration,
 };
 use uplink_agent::{AgentConfig, ReconnectSettings, ResourceSpec};
 
@@ -65,13 +64,16 @@ struct Args {
     resources: Vec<ResourceSpec>,
 
     /// Resource types the agent applies in this cluster when the hub sends
-    /// them down (protocol version 2), comma-separated like --resources.
-    /// Empty turns the downward lane off: the agent offers only protocol
-    /// version 1 and reports status only.
+    /// them down (protocol version 2), comma-separated like --resources,
+    /// e.g. the list: deployments.v1.apps,statefulsets.v1.apps,
+    /// daemonsets.v1.apps,jobs.v1.batch,services.v1,configmaps.v1,
+    /// secrets.v1,persistentvolumeclaims.v1. Empty (for now the default)
+    /// turns the downward lane off: the agent offers only protocol version 1
+    /// and reports status only.
     #[arg(
         long,
         env = "UPLINK_AGENT_DOWNWARD_RESOURCES",
-        default_value = DEFAULT_DOWNWARD_RESOURCES,
+        default_value = "",
         value_parser = parse_downward_resources
     )]
     downward_resources: DownwardResources,
