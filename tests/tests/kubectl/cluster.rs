@@ -105,8 +105,14 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
             (&["get", "nodes", agent], true),
             (&["watch", "namespaces", agent], true),
             (&["get", "services", "-n", "uplink-system", agent], true),
+            // The downward lane's writes: create, patch, delete of what it applies.
             (
                 &["create", "deployments.apps", "-n", "uplink-system", agent],
+                true,
+            ),
+            (&["delete", "services", "-n", "default", agent], true),
+            (
+                &["update", "deployments.apps", "-n", "default", agent],
                 false,
             ),
             (
@@ -122,7 +128,9 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
             ),
             (&["get", "secrets", "-n", "uplink-system", agent], false),
             (&["delete", "pods", "-n", "default", agent], false),
-            (&["list", "configmaps", "-n", "uplink-system", agent], false),
+            // The sweep lists what it applied; reading one by name is not needed.
+            (&["list", "configmaps", "-n", "uplink-system", agent], true),
+            (&["get", "configmaps", "-n", "uplink-system", agent], false),
             (
                 &[
                     "create",
@@ -153,8 +161,8 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
         }
         let list = kubectl.ok(&["auth", "can-i", "--list", agent]).await?;
         ensure!(
-            list.lines()
-                .any(|l| l.starts_with("deployments.apps ") && l.contains("[get list watch]")),
+            list.lines().any(|l| l.starts_with("deployments.apps ")
+                && l.contains("[get list watch create patch delete]")),
             "kubectl auth can-i --list:\n{list}"
         );
         let whoami = kubectl.ok(&["auth", "whoami", agent]).await?;
