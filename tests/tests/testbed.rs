@@ -1469,3 +1469,115 @@ async fn a_terminating_pod_can_be_debugged_and_still_goes() -> Result<()> {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// Request counters.
+
+fn web_deployment(name: &str, replicas: i32) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "web", "image": "nginx:1.27" }] },
+            },
+        },
+    }))?)
+}
+
+#[tokio::test]
+async fn request_counters_count_what_clients_asked_for() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let a = client_for(&server, Some(TEAM_A)).await?;
+        let star = client_for(&server, Some("*")).await?;
+        let physical = client_for(&server, None).await?;
+        let before = server.requests();
+
+        let deployments: Api<Deployment> = Api::namespaced(a.clone(), "default");
+        deployments
+            .create(&PostParams::default(), &web_deployment("web", 1)?)
+            .await?;
+        deployments.list(&ListParams::default()).await?;
+        deployments.list(&ListParams::default()).await?;
+        deployments.get("web").await?;
+        expect_api_error(deployments.get("missing").await, 404, "NotFound")?;
+        deployments
+            .patch_status(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "replicas": 1 } })),
+            )
+            .await?;
+        let events = deployments
+            .watch(&WatchParams::default().timeout(1), "0")
+            .await?;
+        drop(events);
+        Api::<Deployment>::all(star)
+            .list(&ListParams::default())
+            .await?;
+
+        let counted = server.requests().since(&before);
+        let in_a = counted.in_workspace(TEAM_A);
+        let got = [
+            ("create", in_a.verb("create")),
+            ("list", in_a.verb("list")),
+            ("get", in_a.verb("get")),
+            ("patch", in_a.verb("patch")),
+            ("watch", in_a.verb("watch")),
+        ];
+        ensure!(
+            got == [
+                ("create", 1),
+                ("list", 2),
+                ("get", 2),
+                ("patch", 1),
+                ("watch", 1)
+            ],
+            "counted in {TEAM_A}: {got:?}"
+        );
+        ensure!(
+            in_a.reads() == 4,
+            "reads (gets and lists) in {TEAM_A}: {}",
+            in_a.reads()
+        );
+        ensure!(
+            in_a.total(|k| k.subresource == "status") == 1,
+            "status writes: {:?}",
+            in_a.iter().collect::<Vec<_>>()
+        );
+        ensure!(
+            counted.in_workspace("*").verb("list") == 1,
+            "wildcard lists: {:?}",
+            counted.iter().collect::<Vec<_>>()
+        );
+        ensure!(
+            counted.in_workspace(TEAM_B).total(|_| true) == 0,
+            "nothing asked of {TEAM_B}"
+        );
+
+        // The same counts as Prometheus text, for the whole server only.
+        let lists_in_a = server
+            .requests()
+            .in_workspace(TEAM_A)
+            .total(|k| k.verb == "list" && k.resource == "deployments");
+        let metrics = raw_request(&physical, Method::GET, "/metrics", None, Vec::new()).await?;
+        ensure!(metrics.status == 200, "GET /metrics: {}", metrics.status);
+        let text = String::from_utf8(metrics.body)?;
+        let line = format!(
+            "uplink_testbed_requests_total{{workspace=\"{TEAM_A}\",verb=\"list\",group=\"apps\",resource=\"deployments\",subresource=\"\",path=\"\"}} {lists_in_a}"
+        );
+        ensure!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        let in_workspace = raw_request(&a, Method::GET, "/metrics", None, Vec::new()).await?;
+        ensure!(
+            in_workspace.status == 404,
+            "GET /clusters/{TEAM_A}/metrics: {}",
+            in_workspace.status
+        );
+        Ok(())
+    })
+    .await
+}

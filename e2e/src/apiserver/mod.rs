@@ -60,7 +60,8 @@
 //! pruning, fieldValidation), `scale`, `protobuf` (kubectl's typed bodies),
 //! `bootstrap` (the `default/kubernetes` Service, `default`
 //! ServiceAccounts), `graceful` (graceful deletion), `kubelet` (removes pods
-//! after their grace), `special` (routing of what is not plain storage) with
+//! after their grace), `requests` (request counters and `/metrics`), `special`
+//! (routing of what is not plain storage) with
 //! `reviews` (TokenReview and the access reviews), `subresources`
 //! (TokenRequest, ephemeral containers, CSR approval), `certificates`,
 //! `componentstatuses`, `apiservices` and `events` (events.k8s.io over core
@@ -78,11 +79,19 @@
 //! pods, services and service accounts, which answer the object (as do
 //! namespaces and CRDs).
 //!
+//! Every request is counted by logical cluster, verb (kube's: `get`,
+//! `list`, `watch`, `create`, ...) and resource, whatever its answer:
+//! [`ApiServer::requests`] returns a snapshot (e.g. to count a client's
+//! reads per change), and `GET /metrics` (authenticated, on the whole
+//! server only) serves the same counts as Prometheus text
+//! (`uplink_testbed_requests_total`); faults are never injected into it.
+//!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
 //! `propagationPolicy`/owner references are not acted on (no garbage
 //! collector); pods run nothing: no kubelet moves their phase, and the
 //! stand-in kubelet removes terminating pods exactly when their grace ends;
+//! `/metrics` serves only the request counters;
 //! lists ignore `resourceVersionMatch` (a list is served from the current
 //! state, except continued pages, which are served from the first page's
 //! snapshot); built-in kinds get no defaulting or schema validation (CRs are
@@ -128,6 +137,7 @@ mod path;
 mod protobuf;
 mod rbac;
 mod registry;
+mod requests;
 mod resources;
 mod reviews;
 mod scale;
@@ -155,6 +165,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::Faults;
+pub use requests::{RequestCounts, RequestKey};
 
 /// How to run one API server.
 #[derive(Debug, Clone)]
@@ -218,6 +229,8 @@ pub(crate) struct Shared {
     pub tokens: authn::Tokens,
     /// Deletes gracefully deleted pods when their grace period has passed.
     pub kubelet: kubelet::Kubelet,
+    /// How many requests of each kind the server received.
+    pub requests: requests::RequestCounter,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -277,6 +290,7 @@ impl ApiServer {
             store,
             tokens: authn::Tokens::default(),
             kubelet: kubelet::Kubelet::default(),
+            requests: requests::RequestCounter::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
@@ -342,6 +356,12 @@ impl ApiServer {
     /// The fault injection handle.
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// How many requests of each kind the server has received so far (see
+    /// [`RequestCounts`]; the same counts are served on `GET /metrics`).
+    pub fn requests(&self) -> RequestCounts {
+        self.shared.requests.snapshot()
     }
 
     /// Stops accepting, ends watches and in-flight connections, and returns
