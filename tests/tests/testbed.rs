@@ -1469,3 +1469,284 @@ async fn a_terminating_pod_can_be_debugged_and_still_goes() -> Result<()> {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------
+// Request counters.
+
+fn web_deployment(name: &str, replicas: i32) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "web", "image": "nginx:1.27" }] },
+            },
+        },
+    }))?)
+}
+
+#[tokio::test]
+async fn request_counters_count_what_clients_asked_for() -> Result<()> {
+    with_server(two_workspaces(), |server| async move {
+        let a = client_for(&server, Some(TEAM_A)).await?;
+        let star = client_for(&server, Some("*")).await?;
+        let physical = client_for(&server, None).await?;
+        let before = server.requests();
+
+        let deployments: Api<Deployment> = Api::namespaced(a.clone(), "default");
+        deployments
+            .create(&PostParams::default(), &web_deployment("web", 1)?)
+            .await?;
+        deployments.list(&ListParams::default()).await?;
+        deployments.list(&ListParams::default()).await?;
+        deployments.get("web").await?;
+        expect_api_error(deployments.get("missing").await, 404, "NotFound")?;
+        deployments
+            .patch_status(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "replicas": 1 } })),
+            )
+            .await?;
+        let events = deployments
+            .watch(&WatchParams::default().timeout(1), "0")
+            .await?;
+        drop(events);
+        Api::<Deployment>::all(star)
+            .list(&ListParams::default())
+            .await?;
+
+        let counted = server.requests().since(&before);
+        let in_a = counted.in_workspace(TEAM_A);
+        let got = [
+            ("create", in_a.verb("create")),
+            ("list", in_a.verb("list")),
+            ("get", in_a.verb("get")),
+            ("patch", in_a.verb("patch")),
+            ("watch", in_a.verb("watch")),
+        ];
+        ensure!(
+            got == [
+                ("create", 1),
+                ("list", 2),
+                ("get", 2),
+                ("patch", 1),
+                ("watch", 1)
+            ],
+            "counted in {TEAM_A}: {got:?}"
+        );
+        ensure!(
+            in_a.reads() == 4,
+            "reads (gets and lists) in {TEAM_A}: {}",
+            in_a.reads()
+        );
+        ensure!(
+            in_a.total(|k| k.subresource == "status") == 1,
+            "status writes: {:?}",
+            in_a.iter().collect::<Vec<_>>()
+        );
+        ensure!(
+            counted.in_workspace("*").verb("list") == 1,
+            "wildcard lists: {:?}",
+            counted.iter().collect::<Vec<_>>()
+        );
+        ensure!(
+            counted.in_workspace(TEAM_B).total(|_| true) == 0,
+            "nothing asked of {TEAM_B}"
+        );
+
+        // The same counts as Prometheus text, for the whole server only.
+        let lists_in_a = server
+            .requests()
+            .in_workspace(TEAM_A)
+            .total(|k| k.verb == "list" && k.resource == "deployments");
+        let metrics = raw_request(&physical, Method::GET, "/metrics", None, Vec::new()).await?;
+        ensure!(metrics.status == 200, "GET /metrics: {}", metrics.status);
+        let text = String::from_utf8(metrics.body)?;
+        let line = format!(
+            "uplink_testbed_requests_total{{workspace=\"{TEAM_A}\",verb=\"list\",group=\"apps\",resource=\"deployments\",subresource=\"\",path=\"\"}} {lists_in_a}"
+        );
+        ensure!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        let in_workspace = raw_request(&a, Method::GET, "/metrics", None, Vec::new()).await?;
+        ensure!(
+            in_workspace.status == 404,
+            "GET /clusters/{TEAM_A}/metrics: {}",
+            in_workspace.status
+        );
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// The stand-in Deployment controller.
+
+/// The status counts and observed generation, once they all agree.
+fn settled_replicas(d: &Deployment) -> Option<(i64, i32)> {
+    let status = d.status.as_ref()?;
+    let replicas = status.replicas?;
+    let all_agree = [
+        status.updated_replicas,
+        status.ready_replicas,
+        status.available_replicas,
+    ]
+    .iter()
+    .all(|n| *n == Some(replicas));
+    all_agree.then_some((status.observed_generation?, replicas))
+}
+
+fn condition_of(d: &Deployment, kind: &str) -> Option<(String, String, String)> {
+    let c = d
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)?;
+    Some((
+        c.status.clone(),
+        c.reason.clone().unwrap_or_default(),
+        c.last_transition_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Waits until `name`'s status reports generation `generation` rolled out
+/// with `replicas` replicas.
+async fn rolled_out(
+    deployments: &Api<Deployment>,
+    name: &str,
+    generation: i64,
+    replicas: i32,
+) -> Result<Deployment> {
+    let what = format!("{name} to report generation {generation} with {replicas} replicas");
+    eventually(EVENT_TIMEOUT, &what, || async {
+        let d = deployments.get(name).await?;
+        Ok((settled_replicas(&d) == Some((generation, replicas))).then_some(d))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_deployment_controller_reports_rollouts_in_the_physical_cluster() -> Result<()> {
+    let config = ApiServerConfig {
+        workspaces: vec![TEAM_A.to_owned()],
+        deployment_controller: true,
+        ..ApiServerConfig::default()
+    };
+    with_server(config, |server| async move {
+        let in_workspace: Api<Deployment> =
+            Api::namespaced(client_for(&server, Some(TEAM_A)).await?, "default");
+        let physical: Api<Deployment> =
+            Api::namespaced(client_for(&server, None).await?, "default");
+        in_workspace
+            .create(&PostParams::default(), &web_deployment("web", 2)?)
+            .await?;
+        physical
+            .create(&PostParams::default(), &web_deployment("web", 2)?)
+            .await?;
+
+        // Created: a complete rollout, written by the controller through /status.
+        let created = rolled_out(&physical, "web", 1, 2).await?;
+        let available = condition_of(&created, "Available").context("no Available")?;
+        ensure!(
+            (available.0.as_str(), available.1.as_str()) == ("True", "MinimumReplicasAvailable"),
+            "Available: {available:?}"
+        );
+        let progressing = condition_of(&created, "Progressing").context("no Progressing")?;
+        ensure!(
+            (progressing.0.as_str(), progressing.1.as_str()) == ("True", "NewReplicaSetAvailable"),
+            "Progressing: {progressing:?}"
+        );
+        let managers: Vec<(String, String, String)> = created
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e.manager.clone().unwrap_or_default(),
+                    e.operation.clone().unwrap_or_default(),
+                    e.subresource.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        ensure!(
+            managers.contains(&(
+                "kube-controller-manager".into(),
+                "Update".into(),
+                "status".into()
+            )),
+            "managedFields: {managers:?}"
+        );
+
+        // Scaled through /scale: the counts follow, the conditions stay.
+        physical
+            .patch_scale(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": 5 } })),
+            )
+            .await?;
+        let scaled = rolled_out(&physical, "web", 2, 5).await?;
+        ensure!(
+            condition_of(&scaled, "Available") == Some(available.clone()),
+            "Available changed on a scale: {:?}",
+            condition_of(&scaled, "Available")
+        );
+
+        // Paused: the status stays. The controller handles changes in
+        // order, so once a later Deployment has its status, the pause has
+        // been seen.
+        physical
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "paused": true, "replicas": 7 } })),
+            )
+            .await?;
+        physical
+            .create(&PostParams::default(), &web_deployment("later", 1)?)
+            .await?;
+        rolled_out(&physical, "later", 1, 1).await?;
+        let paused = physical.get("web").await?;
+        ensure!(
+            settled_replicas(&paused) == Some((2, 5)),
+            "a paused Deployment's status moved: {:?}",
+            paused.status
+        );
+        physical
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "paused": false } })),
+            )
+            .await?;
+        rolled_out(&physical, "web", 4, 7).await?;
+
+        // KCP runs no Deployment controller.
+        let untouched = in_workspace.get("web").await?;
+        ensure!(
+            untouched
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .is_none()
+                && untouched
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_none(),
+            "the workspace's Deployment got a status: {:?}",
+            untouched.status
+        );
+        Ok(())
+    })
+    .await
+}

@@ -27,6 +27,10 @@ pub struct ApiserverArgs {
     /// Watch events kept per resource for resuming watches.
     #[arg(long, env = "UPLINK_APISERVER_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
+    /// Simulate a Deployment controller: the physical cluster's Deployments
+    /// get the status of a completed rollout of their spec.
+    #[arg(long, env = "UPLINK_APISERVER_DEPLOYMENT_CONTROLLER")]
+    pub deployment_controller: bool,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, printing its URL and kubeconfig path(s).
@@ -43,6 +47,7 @@ pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
         token: args.token,
         workspaces: args.workspaces.clone(),
         watch_history: args.watch_history,
+        deployment_controller: args.deployment_controller,
         ..ApiServerConfig::default()
     };
     let server = ApiServer::start(config).await?;

@@ -58,9 +58,11 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         if req.method() == Method::GET && (r.legacy_watch || query.flag("watch")));
     let anonymous_ok = matches!(parsed.target, PathTarget::Health | PathTarget::Version);
     let attrs = rbac::Attributes::of_request(req.method(), req.uri().path(), &parsed, &query);
+    shared.requests.record(parsed.logical_cluster(), &attrs);
     let user = authenticate_and_authorize(shared, &req, &parsed, &attrs, anonymous_ok)?;
     let plan = shared.faults.plan(is_watch);
-    if !matches!(parsed.target, PathTarget::Health) {
+    // Faults are for the clients under test, not for health checks or observers.
+    if !matches!(parsed.target, PathTarget::Health | PathTarget::Metrics) {
         if !plan.latency.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(plan.latency) => {}
@@ -90,6 +92,16 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             Bytes::from_static(b"ok"),
             "text/plain; charset=utf-8",
         )),
+        PathTarget::Metrics => {
+            if req.method() != Method::GET {
+                return Err(ApiError::method_not_allowed(req.method().as_str()));
+            }
+            Ok(bytes_response(
+                StatusCode::OK,
+                Bytes::from(shared.requests.snapshot().to_prometheus()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ))
+        }
         PathTarget::LegacyApis => {
             if req.method() != Method::GET {
                 return Err(ApiError::method_not_allowed(req.method().as_str()));

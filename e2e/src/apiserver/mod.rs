@@ -60,7 +60,9 @@
 //! pruning, fieldValidation), `scale`, `protobuf` (kubectl's typed bodies),
 //! `bootstrap` (the `default/kubernetes` Service, `default`
 //! ServiceAccounts), `graceful` (graceful deletion), `kubelet` (removes pods
-//! after their grace), `special` (routing of what is not plain storage) with
+//! after their grace), `deployments` (the opt-in stand-in Deployment
+//! controller), `requests` (request counters and `/metrics`), `special`
+//! (routing of what is not plain storage) with
 //! `reviews` (TokenReview and the access reviews), `subresources`
 //! (TokenRequest, ephemeral containers, CSR approval), `certificates`,
 //! `componentstatuses`, `apiservices` and `events` (events.k8s.io over core
@@ -78,11 +80,41 @@
 //! pods, services and service accounts, which answer the object (as do
 //! namespaces and CRDs).
 //!
+//! The test bed may simulate a Deployment controller that sets status from
+//! spec, so that "run" is visible without a kubelet: with
+//! [`ApiServerConfig::deployment_controller`] on (off by default; meant for
+//! the servers that play physical clusters in the demo and scenario tests;
+//! `uplink-e2e apiserver --deployment-controller`), every Deployment of the
+//! physical cluster (never one in a workspace) that is not paused gets,
+//! through `/status` and as field manager `kube-controller-manager`, the
+//! status kube's controller reports
+//! once a rollout has completed: `observedGeneration` = `generation`;
+//! `replicas`, `updatedReplicas`, `readyReplicas`, `availableReplicas` =
+//! `spec.replicas` at once (a scale reaches its new count in one status
+//! write, with no intermediate counts); `Available` True
+//! (`MinimumReplicasAvailable`) and `Progressing` True
+//! (`NewReplicaSetAvailable`, naming a ReplicaSet per template). It reacts
+//! to each change through an in-process watch. It creates no ReplicaSets
+//! or pods, shows no rollout in progress, sets no revision annotation, and
+//! leaves paused Deployments' status as it is (kube would still scale
+//! them); the `deployments` module says exactly what it does.
+//!
+//! Every request is counted by logical cluster, verb (kube's: `get`,
+//! `list`, `watch`, `create`, ...) and resource, whatever its answer:
+//! [`ApiServer::requests`] returns a snapshot (e.g. to count a client's
+//! reads per change), and `GET /metrics` (authenticated, on the whole
+//! server only) serves the same counts as Prometheus text
+//! (`uplink_testbed_requests_total`); faults are never injected into it.
+//!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
 //! `propagationPolicy`/owner references are not acted on (no garbage
 //! collector); pods run nothing: no kubelet moves their phase, and the
 //! stand-in kubelet removes terminating pods exactly when their grace ends;
+//! no workload controller runs: Deployments get a status only from the
+//! opt-in stand-in above, and nothing creates ReplicaSets or pods or acts
+//! on Jobs, StatefulSets, DaemonSets or Services; `/metrics` serves only
+//! the request counters;
 //! lists ignore `resourceVersionMatch` (a list is served from the current
 //! state, except continued pages, which are served from the first page's
 //! snapshot); built-in kinds get no defaulting or schema validation (CRs are
@@ -114,6 +146,7 @@ mod bootstrap;
 mod certificates;
 pub mod cli;
 mod componentstatuses;
+mod deployments;
 mod discovery;
 mod events;
 mod faults;
@@ -128,6 +161,7 @@ mod path;
 mod protobuf;
 mod rbac;
 mod registry;
+mod requests;
 mod resources;
 mod reviews;
 mod scale;
@@ -155,6 +189,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::Faults;
+pub use requests::{RequestCounts, RequestKey};
 
 /// How to run one API server.
 #[derive(Debug, Clone)]
@@ -176,6 +211,10 @@ pub struct ApiServerConfig {
     /// Events a watcher may have queued before it counts as too slow and its
     /// watch is ended (writers never wait for watchers).
     pub watcher_buffer: usize,
+    /// Run the stand-in Deployment controller on the physical cluster's
+    /// Deployments (see the `deployments` module): their status follows
+    /// their spec as after a completed rollout. Off by default.
+    pub deployment_controller: bool,
 }
 
 impl Default for ApiServerConfig {
@@ -188,6 +227,7 @@ impl Default for ApiServerConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(5),
             watcher_buffer: 1024,
+            deployment_controller: false,
         }
     }
 }
@@ -218,6 +258,8 @@ pub(crate) struct Shared {
     pub tokens: authn::Tokens,
     /// Deletes gracefully deleted pods when their grace period has passed.
     pub kubelet: kubelet::Kubelet,
+    /// How many requests of each kind the server received.
+    pub requests: requests::RequestCounter,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -277,6 +319,7 @@ impl ApiServer {
             store,
             tokens: authn::Tokens::default(),
             kubelet: kubelet::Kubelet::default(),
+            requests: requests::RequestCounter::default(),
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
@@ -288,6 +331,14 @@ impl ApiServer {
             kubelet::run(kubelet_shared).await;
             drop(kubelet_guard);
         });
+        if shared.config.deployment_controller {
+            let controller_guard = task_guard.clone();
+            let controller_shared = shared.clone();
+            tokio::spawn(async move {
+                deployments::run(controller_shared).await;
+                drop(controller_guard);
+            });
+        }
         tokio::spawn(accept_loop(listener, acceptor, shared.clone(), task_guard));
         tracing::info!(%addr, "API server listening");
         Ok(ApiServer {
@@ -342,6 +393,12 @@ impl ApiServer {
     /// The fault injection handle.
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// How many requests of each kind the server has received so far (see
+    /// [`RequestCounts`]; the same counts are served on `GET /metrics`).
+    pub fn requests(&self) -> RequestCounts {
+        self.shared.requests.snapshot()
     }
 
     /// Stops accepting, ends watches and in-flight connections, and returns

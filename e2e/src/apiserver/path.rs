@@ -21,6 +21,8 @@ pub(crate) enum Target {
     OpenApi(String),
     /// `/healthz`, `/livez`, `/readyz` (and their sub-paths)
     Health,
+    /// `/metrics` of the whole server (not under `/clusters/...`)
+    Metrics,
     Resource(ResourcePath),
     Unknown,
 }
@@ -122,10 +124,15 @@ pub(crate) fn parse(path: &str) -> Result<RequestPath, String> {
         }
         rest = rest.get(2..).unwrap_or_default();
     }
+    let target = match parse_target(rest) {
+        // Metrics are the whole server's, as kcp serves them.
+        Target::Metrics if all_workspaces || !workspace.is_empty() => Target::Unknown,
+        target => target,
+    };
     Ok(RequestPath {
         workspace,
         all_workspaces,
-        target: parse_target(rest),
+        target,
     })
 }
 
@@ -134,6 +141,7 @@ fn parse_target(seg: &[String]) -> Target {
     match s.as_slice() {
         ["version"] => Target::Version,
         ["healthz" | "livez" | "readyz", ..] => Target::Health,
+        ["metrics"] => Target::Metrics,
         ["openapi", rest @ ..] if !rest.is_empty() => Target::OpenApi(rest.join("/")),
         ["api"] => Target::LegacyApis,
         ["api", version] => Target::GroupVersion {
@@ -344,6 +352,10 @@ mod tests {
         );
         assert_eq!(t("/nope"), Target::Unknown);
         assert_eq!(t("/api/v1/a/b/c/d"), Target::Unknown);
+        // Metrics are the whole server's, never a workspace's.
+        assert_eq!(t("/metrics"), Target::Metrics);
+        assert_eq!(t("/clusters/root:a/metrics"), Target::Unknown);
+        assert_eq!(t("/clusters/*/metrics"), Target::Unknown);
     }
 
     #[test]
