@@ -376,6 +376,15 @@ pub(crate) fn builtins() -> Vec<Arc<ResourceDef>> {
         r(
             "",
             "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            true,
+            &["pvc"],
+            true,
+        ),
+        r(
+            "",
+            "v1",
             "serviceaccounts",
             "ServiceAccount",
             true,
