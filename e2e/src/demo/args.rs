@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `uplink-e2e demo`: KCP, clusters, the hub and one agent per cluster on
-/// this machine, with a live table of what KCP shows next to each cluster's truth.
+/// this machine; the demo writes Deployments to KCP and shows them carried down
+/// to their clusters and their status carried back.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// Physical clusters to simulate (one embedded API server and one agent each).
@@ -19,6 +20,16 @@ pub struct DemoArgs {
     /// How long to drive the workloads before the final check (`20s`, `2m`, `1m30s`).
     #[arg(long, env = "UPLINK_DEMO_DURATION", default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
+
+    /// How long each Deployment rests between two steps of its story (a
+    /// write to KCP, then everything it causes seen), so the table can be read.
+    #[arg(
+        long,
+        env = "UPLINK_DEMO_STEP_PAUSE",
+        default_value = "3s",
+        value_parser = parse_duration
+    )]
+    pub step_pause: Duration,
 
     /// How often the agents send heartbeats (short, for a lively table).
     #[arg(
@@ -40,6 +51,13 @@ pub struct DemoArgs {
     /// Keep the demo directory (certificates, kubeconfigs, logs) after exiting.
     #[arg(long, env = "UPLINK_DEMO_KEEP_DIR")]
     pub keep_dir: bool,
+
+    /// Where to write certificates, kubeconfigs and logs (created if
+    /// missing, files in it overwritten, kept at exit), so the kubeconfigs
+    /// have paths known in advance. Default: `$TMPDIR/uplink-demo-<pid>`,
+    /// removed at exit unless `--keep-dir`.
+    #[arg(long, env = "UPLINK_DEMO_DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for DemoArgs {
@@ -47,10 +65,12 @@ impl Default for DemoArgs {
         DemoArgs {
             clusters: 3,
             duration: Duration::from_secs(30),
+            step_pause: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(1),
             hub_bin: None,
             agent_bin: None,
             keep_dir: false,
+            dir: None,
         }
     }
 }
@@ -138,6 +158,8 @@ mod tests {
         assert_eq!(parsed.clusters, default.clusters);
         assert_eq!(parsed.duration, default.duration);
         assert_eq!(parsed.heartbeat_interval, default.heartbeat_interval);
+        assert_eq!(parsed.step_pause, default.step_pause);
+        assert_eq!(parsed.dir, None);
         assert!(!parsed.keep_dir);
     }
 }

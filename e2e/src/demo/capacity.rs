@@ -1,16 +1,19 @@
 //! The demo's nodes and pods, and the hub's fleet capacity table.
 //!
 //! Each cluster gets a few nodes (sizes differ per cluster, one GPU node in
-//! the first) and one Running pod per desired replica of every demo
-//! Deployment placed on it, bound to its nodes in turn, in the
-//! Deployment's downstream namespace: the agents' capacity collectors see
-//! them, so the hub's `GET /api/v1/capacity?format=table` has numbers to
-//! show beside the objects.
+//! the first) and, once the agent has created a demo Deployment's
+//! downstream namespace, one Running pod per initial replica of that
+//! Deployment, bound to the cluster's nodes in turn, in that namespace: the
+//! agents' capacity collectors see them, so the hub's
+//! `GET /api/v1/capacity?format=table` has numbers to show beside the
+//! objects. The pods are made by hand (the test bed's stand-in Deployment
+//! controller creates none) and stay as they are when a Deployment is
+//! scaled or unplaced.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -25,9 +28,12 @@ const NODES_PER_CLUSTER: usize = 3;
 /// Longest time fetching the capacity table may take.
 const TABLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Creates the nodes and pods of every cluster of `topology`. Objects that
-/// already exist are left as they are.
-pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), SeedError> {
+/// How often [`seed_pods`] looks for the downstream namespaces.
+const NAMESPACE_POLL: Duration = Duration::from_millis(200);
+
+/// Creates the nodes of every cluster of `topology`. Nodes that already
+/// exist are left as they are.
+pub async fn seed_nodes(topology: &Topology, connections: &Connections) -> Result<(), SeedError> {
     for (index, cluster) in topology.clusters.iter().enumerate() {
         let client = connections
             .cluster(cluster)
@@ -35,10 +41,7 @@ pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), 
                 place: cluster.clone(),
             })?;
         let nodes: Api<Node> = Api::all(client.clone());
-        let node_names: Vec<String> = (1..=NODES_PER_CLUSTER)
-            .map(|n| format!("{cluster}-node-{n}"))
-            .collect();
-        for (n, name) in node_names.iter().enumerate() {
+        for (n, name) in node_names(cluster).iter().enumerate() {
             let cpu = 4 * (index + 1);
             let memory_gi = 8 * (index + 1);
             let gpus = if index == 0 && n == 0 { "2" } else { "0" };
@@ -51,22 +54,73 @@ pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), 
             }});
             patch_status(&nodes, name, &status, cluster).await?;
         }
-        let mut next_node = 0;
-        for object in topology.objects_on(cluster) {
-            let namespace = object.downstream_namespace();
-            let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-            for replica in 0..DESIRED_REPLICAS {
-                let name = format!("{}-{replica}", object.name);
-                let node = &node_names[next_node % node_names.len()];
-                next_node += 1;
-                let pod = pod_manifest(&name, &namespace, node, replica);
-                create(&pods, &pod, &format!("{namespace}/{name}"), cluster).await?;
+    }
+    Ok(())
+}
+
+fn node_names(cluster: &str) -> Vec<String> {
+    (1..=NODES_PER_CLUSTER)
+        .map(|n| format!("{cluster}-node-{n}"))
+        .collect()
+}
+
+/// For every object of `topology` (with its downstream namespace, in the
+/// same order): waits until its namespace exists in its cluster, then
+/// creates its pods there. Gives up on an object after `patience`, or on
+/// all when `stop` is cancelled; what failed is returned, not fatal.
+pub async fn seed_pods(
+    topology: &Topology,
+    namespaces: &[String],
+    connections: &Connections,
+    patience: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut next_node: std::collections::BTreeMap<&str, usize> = Default::default();
+    let deadline = tokio::time::Instant::now() + patience;
+    for (object, namespace) in topology.objects.iter().zip(namespaces) {
+        let Some(client) = connections.cluster(&object.cluster) else {
+            failures.push(format!("no connection to {}", object.cluster));
+            continue;
+        };
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        loop {
+            match namespaces.get_opt(namespace).await {
+                Ok(Some(_)) => break,
+                Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {}
+                Ok(None) => {
+                    failures.push(format!("{}: {namespace} never appeared", object.cluster));
+                    break;
+                }
+                Err(error) => {
+                    failures.push(format!("{}: reading {namespace}: {error}", object.cluster));
+                    break;
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return failures,
+                () = tokio::time::sleep(NAMESPACE_POLL) => {}
+            }
+        }
+        let nodes = node_names(&object.cluster);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        for replica in 0..DESIRED_REPLICAS {
+            let name = format!("{}-{replica}", object.name);
+            let slot = next_node.entry(object.cluster.as_str()).or_default();
+            let node = &nodes[*slot % nodes.len()];
+            *slot += 1;
+            let pod = pod_manifest(&name, namespace, node, replica);
+            let created = async {
+                create(&pods, &pod, &format!("{namespace}/{name}"), &object.cluster).await?;
                 let status = json!({"status": {"phase": "Running"}});
-                patch_status(&pods, &name, &status, cluster).await?;
+                patch_status(&pods, &name, &status, &object.cluster).await
+            };
+            if let Err(error) = created.await {
+                failures.push(error.to_string());
             }
         }
     }
-    Ok(())
+    failures
 }
 
 fn node_manifest(name: &str) -> Node {

@@ -1,221 +1,366 @@
-//! Plays the part of the deployment controllers that the demo's clusters do
-//! not have: every tick it moves each object along its [`Scene`] script and
-//! writes the resulting status through the cluster's `/status` subresource.
+//! Plays the tenant: moves every demo Deployment along its [`Story`] by
+//! writing to KCP, and nowhere else. After each write it looks at both
+//! copies of the object every [`POLL`] until every [`Stage`] of the step is
+//! visible (the spec reached the cluster, the cluster's stand-in Deployment
+//! controller set the status from it, the hub merged that status into KCP;
+//! or, unplaced, the copy is gone and the hub's finalizer released), and
+//! records how long each stage took as a [`LoopEvent`].
 //!
-//! A rollout is a spec change: first in KCP (where it originates), then in the
-//! cluster (what kcp's syncer would do), so the cluster's generation moves and
-//! the status that follows observes it. The driver remembers what it last set
-//! for every object ([`LastSet`]): that is what KCP must end up showing.
+//! The driver never writes a status: in the clusters the test bed's
+//! stand-in Deployment controller does, and in KCP the hub does.
+//! [`Progress`] is what the driver did and saw, shared with the table.
 
+use std::collections::VecDeque;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::script::{Phase, Scene};
-use super::status::StatusSummary;
+use super::observe::sight;
+use super::script::{Intent, Stage, Step, Story};
+use super::seed::{placed_deployment, placement_label};
 use super::topology::DemoObject;
 
-/// Objects after the first start their script this many ticks later, one
-/// after another (cycling), so the table does not move in lockstep.
-const STAGGER_TICKS: u64 = 2;
-const STAGGER_GROUPS: u64 = 4;
+/// How often a step's progress is looked at: the resolution of the
+/// timings the demo prints.
+pub const POLL: Duration = Duration::from_millis(25);
+/// How long the driver waits before retrying a failed KCP write.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// How long a step may take to become visible before it counts as missed.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Each object after the first starts this much later than the one before,
+/// so the objects do not move in lockstep.
+const STAGGER: Duration = Duration::from_millis(700);
+/// Loop events kept for the table.
+const EVENTS_KEPT: usize = 200;
 
-/// What the driver last wrote to one object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub phase: Phase,
-    pub status: StatusSummary,
+/// What the driver is doing with one object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectProgress {
+    /// The step last written to KCP, and what KCP asks since.
+    pub step: Option<(Step, Intent)>,
+    /// Every stage of that step was seen.
+    pub seen: bool,
 }
 
-/// What the driver last set, per object (indexed like the topology's
-/// objects); shared with the table.
+/// One step, from the write in KCP to the last stage seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopEvent {
+    /// Counts from 1 across all objects.
+    pub seq: u64,
+    /// When the KCP write was made.
+    pub at: jiff::Timestamp,
+    pub object: DemoObject,
+    pub step: Step,
+    /// Each stage, described, and when it was first seen after the write.
+    pub stages: Vec<(String, Option<Duration>)>,
+}
+
+impl LoopEvent {
+    /// Every stage was seen within [`STEP_TIMEOUT`].
+    pub fn complete(&self) -> bool {
+        self.stages.iter().all(|(_, at)| at.is_some())
+    }
+}
+
+impl fmt::Display for LoopEvent {
+    /// `17:05:03 root:demo:a/shop/web scaled 3→5 in KCP: cluster-1 spec ... +0.21s · ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = self.at.strftime("%H:%M:%S");
+        write!(f, "{time} {} {}:", self.object, self.step)?;
+        for (index, (stage, at)) in self.stages.iter().enumerate() {
+            let separator = if index == 0 { " " } else { " · " };
+            match at {
+                Some(at) => write!(f, "{separator}{stage} +{:.2}s", at.as_secs_f64())?,
+                None => write!(
+                    f,
+                    "{separator}{stage} NOT SEEN within {}s",
+                    STEP_TIMEOUT.as_secs()
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the driver did and saw, shared with the table.
 #[derive(Debug, Clone, Default)]
-pub struct LastSet(Arc<Mutex<Vec<Option<Applied>>>>);
+pub struct Progress(Arc<Mutex<ProgressState>>);
 
-impl LastSet {
-    fn new(objects: usize) -> LastSet {
-        LastSet(Arc::new(Mutex::new(vec![None; objects])))
+#[derive(Debug, Default)]
+struct ProgressState {
+    objects: Vec<ObjectProgress>,
+    /// The latest [`EVENTS_KEPT`] events.
+    events: VecDeque<LoopEvent>,
+    next_seq: u64,
+    complete: u64,
+    missed: u64,
+}
+
+impl Progress {
+    fn new(objects: usize) -> Progress {
+        Progress(Arc::new(Mutex::new(ProgressState {
+            objects: vec![ObjectProgress::default(); objects],
+            ..ProgressState::default()
+        })))
     }
 
-    /// What was last set on object `index`, if anything yet.
-    pub fn get(&self, index: usize) -> Option<Applied> {
-        let applied = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        applied.get(index).cloned().flatten()
+    fn state(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set(&self, index: usize, value: Applied) {
-        let mut applied = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = applied.get_mut(index) {
-            *slot = Some(value);
+    /// What the driver is doing with object `index` (topology order).
+    pub fn get(&self, index: usize) -> ObjectProgress {
+        self.state().objects.get(index).copied().unwrap_or_default()
+    }
+
+    /// The events numbered after `seq`, oldest first (as many as are kept).
+    pub fn events_after(&self, seq: u64) -> Vec<LoopEvent> {
+        self.state()
+            .events
+            .iter()
+            .filter(|e| e.seq > seq)
+            .cloned()
+            .collect()
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<LoopEvent> {
+        let state = self.state();
+        let skip = state.events.len().saturating_sub(n);
+        state.events.iter().skip(skip).cloned().collect()
+    }
+
+    /// Steps seen through, and steps with a stage not seen in time.
+    pub fn totals(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.complete, state.missed)
+    }
+
+    fn begin(&self, index: usize, step: Step, intent: Intent) {
+        if let Some(object) = self.state().objects.get_mut(index) {
+            *object = ObjectProgress {
+                step: Some((step, intent)),
+                seen: false,
+            };
         }
     }
+
+    fn finish(&self, index: usize, mut event: LoopEvent) {
+        let mut state = self.state();
+        state.next_seq += 1;
+        event.seq = state.next_seq;
+        let complete = event.complete();
+        if complete {
+            state.complete += 1;
+        } else {
+            state.missed += 1;
+        }
+        if let Some(object) = state.objects.get_mut(index) {
+            object.seen = complete;
+        }
+        if state.events.len() == EVENTS_KEPT {
+            state.events.pop_front();
+        }
+        state.events.push_back(event);
+    }
 }
 
-/// A write the driver could not make; it retries on the next tick.
+/// A KCP write the driver could not make; it retries after [`WRITE_RETRY`].
 #[derive(Debug, thiserror::Error)]
-pub enum DriveError {
-    #[error("changing the spec of {object} in {place}: {source}")]
-    Spec {
-        object: String,
-        place: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("writing the status of {object} in {cluster}: {source}")]
-    Status {
-        object: String,
-        cluster: String,
-        #[source]
-        source: kube::Error,
-    },
+#[error("{step} for {object}: {source}")]
+pub struct DriveError {
+    object: String,
+    step: Step,
+    #[source]
+    source: kube::Error,
 }
 
-/// One object the driver moves: its two copies and how far it got.
-#[derive(Debug)]
+/// One object the driver moves: its copy in KCP (written) and in its
+/// cluster (only read).
+#[derive(Debug, Clone)]
 pub struct DrivenObject {
     pub object: DemoObject,
-    /// The object in its KCP workspace (where spec changes originate).
     pub upstream: Api<Deployment>,
-    /// The object's copy in its cluster (where the status is written).
     pub downstream: Api<Deployment>,
 }
 
-/// Moves every object along the script.
+/// Moves every object along its story.
 #[derive(Debug)]
 pub struct Driver {
-    objects: Vec<Tracked>,
-    last_set: LastSet,
-}
-
-#[derive(Debug)]
-struct Tracked {
-    driven: DrivenObject,
-    /// The tick at which this object's script starts.
-    delay: u64,
-    /// The scene whose status was last written.
-    applied: Option<Scene>,
-    /// The rollouts whose spec change has landed in both places.
-    rollouts_applied: u32,
-    /// The cluster copy's generation after the last spec change.
-    generation: Option<i64>,
+    objects: Vec<DrivenObject>,
+    progress: Progress,
+    pause: Duration,
 }
 
 impl Driver {
-    pub fn new(objects: Vec<DrivenObject>) -> Driver {
-        let last_set = LastSet::new(objects.len());
-        let objects = objects
-            .into_iter()
-            .enumerate()
-            .map(|(i, driven)| Tracked {
-                driven,
-                delay: (i as u64 % STAGGER_GROUPS) * STAGGER_TICKS,
-                applied: None,
-                rollouts_applied: 0,
-                generation: None,
-            })
-            .collect();
-        Driver { objects, last_set }
+    /// `pause` is the time between one step's last stage and the next step.
+    pub fn new(objects: Vec<DrivenObject>, pause: Duration) -> Driver {
+        let progress = Progress::new(objects.len());
+        Driver {
+            objects,
+            progress,
+            pause,
+        }
     }
 
-    /// The shared record of what the driver last set.
-    pub fn last_set(&self) -> LastSet {
-        self.last_set.clone()
+    /// The shared record of what the driver did.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
-    /// Ticks every `tick` until `stop` is cancelled. A failed write is logged
-    /// and retried on the next tick; it never stops the other objects.
-    pub async fn run(mut self, tick: Duration, stop: CancellationToken) {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut count: u64 = 0;
-        loop {
+    /// Drives every object until `stop` is cancelled. A failed write is
+    /// logged and retried; it never stops the other objects.
+    pub async fn run(self, stop: CancellationToken) {
+        let Driver {
+            objects,
+            progress,
+            pause,
+        } = self;
+        let stories = objects.into_iter().enumerate().map(|(index, driven)| {
+            let progress = progress.clone();
+            let stop = stop.clone();
+            async move {
+                let delay = STAGGER * u32::try_from(index).unwrap_or(u32::MAX);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                drive(index, &driven, &progress, pause, &stop).await;
+            }
+        });
+        futures::future::join_all(stories).await;
+    }
+}
+
+/// Tells `driven`'s story until `stop`.
+async fn drive(
+    index: usize,
+    driven: &DrivenObject,
+    progress: &Progress,
+    pause: Duration,
+    stop: &CancellationToken,
+) {
+    for (step, intent) in Story::default() {
+        let at = loop {
+            let at = jiff::Timestamp::now();
+            match write(driven, step).await {
+                Ok(()) => break at,
+                Err(error) => tracing::warn!(%error, "driver write failed; retrying"),
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = interval.tick() => {}
+                () = tokio::time::sleep(WRITE_RETRY) => {}
             }
-            self.step(count).await;
-            count += 1;
-        }
-    }
-
-    /// Brings every object to its scene at `tick`.
-    pub async fn step(&mut self, tick: u64) {
-        for (index, tracked) in self.objects.iter_mut().enumerate() {
-            let Some(own_tick) = tick.checked_sub(tracked.delay) else {
-                continue;
-            };
-            let scene = Scene::at(own_tick);
-            if tracked.applied == Some(scene) {
-                continue;
-            }
-            match tracked.apply(scene).await {
-                Ok(applied) => self.last_set.set(index, applied),
-                Err(error) => tracing::warn!(%error, "driver write failed; retrying next tick"),
-            }
+        };
+        progress.begin(index, step, intent);
+        let Some(seen) = watch_step(driven, step, &intent, stop).await else {
+            return;
+        };
+        let event = LoopEvent {
+            seq: 0,
+            at,
+            object: driven.object.clone(),
+            step,
+            stages: step
+                .stages()
+                .iter()
+                .zip(seen)
+                .map(|(stage, at)| (stage.describe(&intent, &driven.object.cluster), at))
+                .collect(),
+        };
+        tracing::info!(%event, "loop step");
+        progress.finish(index, event);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
 
-impl Tracked {
-    async fn apply(&mut self, scene: Scene) -> Result<Applied, DriveError> {
-        let object = &self.driven.object;
-        if scene.rollouts > self.rollouts_applied || self.generation.is_none() {
-            let revision = scene.rollouts + 1;
+/// When each stage of `step` was first seen, or `None` per stage not seen
+/// within [`STEP_TIMEOUT`]; `None` overall if stopped.
+async fn watch_step(
+    driven: &DrivenObject,
+    step: Step,
+    intent: &Intent,
+    stop: &CancellationToken,
+) -> Option<Vec<Option<Duration>>> {
+    let stages: &[Stage] = step.stages();
+    let mut seen: Vec<Option<Duration>> = vec![None; stages.len()];
+    let start = Instant::now();
+    loop {
+        if let Ok(sighting) = sight(&driven.upstream, &driven.downstream, &driven.object.name).await
+        {
+            let elapsed = start.elapsed();
+            // In order: a stage counts once the ones before it were seen
+            // (a rollout's old status is not its new one).
+            for (stage, at) in stages.iter().zip(seen.iter_mut()) {
+                if at.is_some() {
+                    continue;
+                }
+                if !stage.reached(intent, &sighting) {
+                    break;
+                }
+                *at = Some(elapsed);
+            }
+        }
+        if seen.iter().all(Option::is_some) || start.elapsed() >= STEP_TIMEOUT {
+            return Some(seen);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Makes `step`'s write in KCP.
+async fn write(driven: &DrivenObject, step: Step) -> Result<(), DriveError> {
+    let object = &driven.object;
+    let api = &driven.upstream;
+    let params = PatchParams::default();
+    let label = placement_label(&object.cluster);
+    let written = match step {
+        Step::Create => {
+            match api
+                .create(&PostParams::default(), &placed_deployment(object))
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
+        Step::Scale { to, .. } => {
+            let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": to } }));
+            api.patch_scale(&object.name, &params, &patch)
+                .await
+                .map(|_| ())
+        }
+        Step::Rollout { revision } => {
             let patch = Patch::Merge(spec_patch(object, revision));
-            let params = PatchParams::default();
-            // KCP first: that is where a rollout originates.
-            self.driven
-                .upstream
-                .patch(&object.name, &params, &patch)
-                .await
-                .map_err(|source| DriveError::Spec {
-                    object: object.to_string(),
-                    place: "KCP",
-                    source,
-                })?;
-            let downstream = self
-                .driven
-                .downstream
-                .patch(&object.name, &params, &patch)
-                .await
-                .map_err(|source| DriveError::Spec {
-                    object: object.to_string(),
-                    place: "its cluster",
-                    source,
-                })?;
-            self.generation = Some(downstream.metadata.generation.unwrap_or(1));
-            self.rollouts_applied = scene.rollouts;
+            api.patch(&object.name, &params, &patch).await.map(|_| ())
         }
-        let generation = self.generation.unwrap_or(1);
-        // Kubernetes keeps times to the second.
-        let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let status = scene.status(generation, now);
-        let patch = Patch::Merge(serde_json::json!({ "status": status }));
-        self.driven
-            .downstream
-            .patch_status(&object.name, &PatchParams::default(), &patch)
-            .await
-            .map_err(|source| DriveError::Status {
-                object: object.to_string(),
-                cluster: object.cluster.clone(),
-                source,
-            })?;
-        tracing::debug!(%object, phase = scene.phase.label(), generation, "status set");
-        self.applied = Some(scene);
-        Ok(Applied {
-            phase: scene.phase,
-            status: StatusSummary::of(Some(&status)).unwrap_or_default(),
-        })
-    }
+        Step::Unplace | Step::Place => {
+            let value = (step == Step::Place).then_some(super::seed::STATE_SYNC);
+            let patch =
+                Patch::Merge(serde_json::json!({ "metadata": { "labels": { label: value } } }));
+            api.patch(&object.name, &params, &patch).await.map(|_| ())
+        }
+    };
+    written.map_err(|source| DriveError {
+        object: object.to_string(),
+        step,
+        source,
+    })
 }
 
-/// The spec change of a rollout: a new image tag per revision. Applying the
-/// same revision twice changes nothing (and bumps no generation).
+/// The spec change of a rollout: a new image tag per revision.
 fn spec_patch(object: &DemoObject, revision: u32) -> serde_json::Value {
     serde_json::json!({
         "spec": { "template": { "spec": { "containers": [
@@ -232,42 +377,78 @@ pub fn image(name: &str, revision: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::topology::Topology;
+
+    fn event(seq: u64, stages: Vec<(String, Option<Duration>)>) -> LoopEvent {
+        LoopEvent {
+            seq,
+            at: jiff::Timestamp::UNIX_EPOCH,
+            object: Topology::new(1).objects[0].clone(),
+            step: Step::Scale { from: 3, to: 5 },
+            stages,
+        }
+    }
 
     #[test]
-    fn last_set_starts_empty_and_ignores_unknown_objects() {
-        let last = LastSet::new(2);
-        assert_eq!(last.get(0), None);
-        let applied = Applied {
-            phase: Phase::Steady,
-            status: StatusSummary::default(),
-        };
-        last.set(1, applied.clone());
-        last.set(7, applied.clone());
-        assert_eq!(last.get(1), Some(applied));
-        assert_eq!(last.get(7), None);
+    fn events_read_as_a_timeline() {
+        let line = event(
+            1,
+            vec![
+                (
+                    "cluster-1 spec replicas=5".into(),
+                    Some(Duration::from_millis(210)),
+                ),
+                ("KCP status 5/5 ready (merged)".into(), None),
+            ],
+        )
+        .to_string();
+        assert_eq!(
+            line,
+            "00:00:00 root:demo:a/shop/web scaled 3→5 in KCP: cluster-1 spec replicas=5 +0.21s \
+             · KCP status 5/5 ready (merged) NOT SEEN within 15s"
+        );
+    }
+
+    #[test]
+    fn progress_numbers_and_bounds_its_events() {
+        let progress = Progress::new(1);
+        let intent = Step::Create.after(None);
+        progress.begin(0, Step::Create, intent);
+        assert_eq!(progress.get(0).step, Some((Step::Create, intent)));
+        assert!(!progress.get(0).seen);
+        for _ in 0..EVENTS_KEPT + 5 {
+            progress.finish(0, event(0, vec![("x".into(), Some(Duration::ZERO))]));
+        }
+        progress.finish(0, event(0, vec![("x".into(), None)]));
+        assert_eq!(progress.totals(), (EVENTS_KEPT as u64 + 5, 1));
+        let recent = progress.recent(2);
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[1].seq, EVENTS_KEPT as u64 + 6);
+        assert_eq!(progress.events_after(EVENTS_KEPT as u64 + 5).len(), 1);
+        assert_eq!(progress.recent(usize::MAX).len(), EVENTS_KEPT);
+        // A missed stage leaves the object not seen through.
+        assert!(!progress.get(0).seen);
     }
 }
 
-/// The driver against real (embedded) API servers: what it writes is what
-/// the cluster holds, and a rollout moves the generation in KCP and the cluster.
+/// The driver's writes against an embedded KCP: each step changes what it
+/// says, and nothing else (no status).
 #[cfg(test)]
-mod against_api_servers {
+mod against_kcp {
     use super::*;
     use crate::apiserver::{ApiServer, ApiServerConfig};
     use crate::demo::connections::Connections;
-    use crate::demo::seed::{SYNCTARGET_WORKSPACE, seed};
+    use crate::demo::seed::{SYNCTARGET_WORKSPACE, prepare_kcp};
     use crate::demo::topology::{Topology, WORKSPACES};
 
-    async fn servers() -> (ApiServer, ApiServer, Connections) {
+    #[tokio::test]
+    async fn each_step_writes_what_it_says_in_kcp() {
         let kcp = ApiServer::start(ApiServerConfig {
             workspaces: WORKSPACES.iter().map(|w| (*w).to_owned()).collect(),
             ..ApiServerConfig::default()
         })
         .await
         .unwrap_or_else(|e| panic!("KCP: {e}"));
-        let cluster = ApiServer::start(ApiServerConfig::default())
-            .await
-            .unwrap_or_else(|e| panic!("cluster: {e}"));
         let mut connections = Connections::default();
         for workspace in WORKSPACES.into_iter().chain([SYNCTARGET_WORKSPACE]) {
             connections
@@ -275,132 +456,64 @@ mod against_api_servers {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        connections
-            .add_cluster("cluster-1", &cluster.kubeconfig_yaml(None))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        (kcp, cluster, connections)
-    }
-
-    fn apis(topology: &Topology, connections: &Connections) -> Vec<DrivenObject> {
-        topology
-            .objects
-            .iter()
-            .map(|object| DrivenObject {
-                object: object.clone(),
-                upstream: Api::namespaced(
-                    connections
-                        .workspace(&object.workspace)
-                        .unwrap_or_else(|| unreachable!()),
-                    &object.namespace,
-                ),
-                downstream: Api::namespaced(
-                    connections
-                        .cluster(&object.cluster)
-                        .unwrap_or_else(|| unreachable!()),
-                    &object.downstream_namespace(),
-                ),
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn the_cluster_holds_what_the_driver_last_set_through_a_rollout_and_a_failure() {
-        let (kcp, cluster, connections) = servers().await;
         let topology = Topology::new(1);
-        seed(&topology, &connections)
+        let targets = prepare_kcp(&topology, &connections)
             .await
-            .unwrap_or_else(|e| panic!("seed: {e}"));
-        // Seeding twice is harmless (the demo may retry).
-        seed(&topology, &connections)
-            .await
-            .unwrap_or_else(|e| panic!("seed again: {e}"));
+            .unwrap_or_else(|e| panic!("prepare: {e}"));
+        let target = targets.get("cluster-1").cloned().unwrap_or_default();
+        assert!(!target.uid.is_empty(), "{target:?}");
+        assert_eq!(target.workspace, SYNCTARGET_WORKSPACE);
 
-        let objects = apis(&topology, &connections);
-        let copies: Vec<(Api<Deployment>, Api<Deployment>, String)> = objects
-            .iter()
-            .map(|d| {
-                (
-                    d.upstream.clone(),
-                    d.downstream.clone(),
-                    d.object.name.clone(),
-                )
-            })
-            .collect();
-        let mut driver = Driver::new(objects);
-        let last_set = driver.last_set();
-        let mut phases_seen = Vec::new();
-        for tick in 0..20 {
-            driver.step(tick).await;
-            for (index, (_, downstream, name)) in copies.iter().enumerate() {
-                let held = downstream
-                    .get(name)
-                    .await
-                    .unwrap_or_else(|e| panic!("get {name}: {e}"));
-                let set = last_set.get(index);
-                assert_eq!(
-                    StatusSummary::of(held.status.as_ref()),
-                    set.as_ref().map(|a| a.status.clone()),
-                    "tick {tick}, {name}"
-                );
-                if let Some(applied) = set {
-                    phases_seen.push(applied.phase);
-                }
-            }
-        }
-        assert!(phases_seen.contains(&Phase::Failing), "{phases_seen:?}");
-
-        // The first object rolled out once by tick 19: generation 2 on both
-        // sides, observed in the cluster's status.
-        let (upstream, downstream, name) = &copies[0];
-        let down = downstream.get(name).await.unwrap_or_else(|e| panic!("{e}"));
-        let up = upstream.get(name).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(down.metadata.generation, Some(2));
-        assert_eq!(up.metadata.generation, Some(2));
-        assert_eq!(
-            down.status.as_ref().and_then(|s| s.observed_generation),
-            Some(2)
-        );
-        let image = |d: &Deployment| {
-            d.spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| p.containers.first())
-                .and_then(|c| c.image.clone())
-        };
-        assert_eq!(image(&down), Some(super::image(name, 2)));
-        assert_eq!(image(&up), Some(super::image(name, 2)));
-        // KCP's status is the hub's to write, never the driver's.
-        assert_eq!(StatusSummary::of(up.status.as_ref()), None);
-
-        kcp.shutdown().await;
-        cluster.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn downstream_namespaces_carry_the_locator() {
-        let (kcp, cluster, connections) = servers().await;
-        let topology = Topology::new(1);
-        seed(&topology, &connections)
-            .await
-            .unwrap_or_else(|e| panic!("seed: {e}"));
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(
+        let object = topology.objects[0].clone();
+        let upstream: Api<Deployment> = Api::namespaced(
             connections
-                .cluster("cluster-1")
+                .workspace(&object.workspace)
                 .unwrap_or_else(|| unreachable!()),
+            &object.namespace,
         );
-        for object in &topology.objects {
-            let ns = namespaces
-                .get(&object.downstream_namespace())
+        let driven = DrivenObject {
+            object: object.clone(),
+            upstream: upstream.clone(),
+            // Never written by the driver.
+            downstream: upstream.clone(),
+        };
+        let label = placement_label(&object.cluster);
+        let get = || async {
+            upstream
+                .get(&object.name)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let locator = ns.metadata.annotations.and_then(|a| {
-                a.get(super::super::topology::NAMESPACE_LOCATOR_ANNOTATION)
-                    .cloned()
-            });
-            assert_eq!(locator, Some(object.namespace_locator()));
+                .unwrap_or_else(|e| panic!("get: {e}"))
+        };
+        let mut story = Story::default();
+        for _ in 0..6 {
+            let Some((step, intent)) = story.next() else {
+                unreachable!("the story never ends")
+            };
+            write(&driven, step)
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {e}"));
+            let held = get().await;
+            let state = crate::demo::observe::state(&held);
+            assert_eq!(state.desired, Some(intent.replicas), "{step}");
+            assert_eq!(
+                state.image.as_deref(),
+                Some(image(&object.name, intent.revision).as_str()),
+                "{step}"
+            );
+            let placed = held
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(&label))
+                .map(String::as_str);
+            let expected = intent.placed.then_some(super::super::seed::STATE_SYNC);
+            assert_eq!(placed, expected, "{step}");
+            assert_eq!(state.status, None, "{step}: the driver writes no status");
         }
+        // Creating again (a retried create) is harmless.
+        write(&driven, Step::Create)
+            .await
+            .unwrap_or_else(|e| panic!("create again: {e}"));
         kcp.shutdown().await;
-        cluster.shutdown().await;
     }
 }

@@ -1,15 +1,22 @@
 //! `uplink-e2e demo`: the whole system on one machine. KCP (an embedded API
 //! server with workspaces `root:demo:a` and `root:demo:b`), one embedded API
 //! server per physical cluster, and the real `uplink-hub` and `uplink-agent`
-//! binaries as child processes with freshly generated certificates.
+//! binaries as child processes with freshly generated certificates, the
+//! agents with their downward lane on.
 //!
-//! The demo creates the workloads in KCP and their downstream copies in the
-//! clusters ([`seed`]), plays the missing controllers by moving each copy's
-//! status along a script ([`driver`], [`script`]), and shows a refreshing
-//! table of what KCP holds next to each cluster's truth ([`observe`],
-//! [`table`]). After `--duration` it stops driving, waits for KCP to catch up
-//! with what the driver last set, prints the final table and exits 0, or
-//! non-zero if KCP never caught up. Ctrl-C stops it early (exit 0). Every
+//! The demo writes to KCP only. It registers the clusters (SyncTargets) and
+//! the workspaces' namespaces ([`seed`]); once the agents are connected its
+//! driver ([`driver`], [`script`]) creates each Deployment in its workspace
+//! with kcp's placement label, then scales it, rolls it out, unplaces and
+//! places it again, and records when each step shows up in the cluster
+//! and, merged by the hub, in KCP's status. The clusters' API servers run the
+//! test bed's stand-in Deployment controller, which sets a Deployment's
+//! status from its spec (no pods, no kubelet); that is what "runs" the
+//! workloads. A refreshing table shows both copies of every object and the
+//! latest steps ([`observe`], [`table`]). After `--duration` it stops
+//! driving, waits for KCP and the clusters to show what KCP last asked,
+//! prints the final table and exits 0, or non-zero if they never did or a
+//! step of the loop was not seen. Ctrl-C stops it early (exit 0). Every
 //! child is stopped on the way out ([`processes`]).
 //!
 //! Shutdown order: the driver, then the agents, then the hub, then the API
@@ -24,42 +31,39 @@ pub mod observe;
 pub mod processes;
 pub mod script;
 pub mod seed;
+mod setup;
+mod start;
 pub mod status;
 pub mod table;
 pub mod topology;
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use args::{DemoArgs, parse_duration};
 
-use crate::apiserver::{ApiServer, ApiServerConfig};
-use crate::binaries::{self, Profile};
-use crate::pki::DevPki;
-use connections::Connections;
-use driver::{DrivenObject, Driver};
-use launch::Files;
-use observe::{Observation, Observer, WatchedObject};
+use crate::apiserver::ApiServer;
+use driver::{LoopEvent, Progress};
+use observe::{Observation, Observer};
 use processes::{ChildProcess, Stopped};
-use topology::{Topology, WORKSPACES};
+use setup::{Binaries, DemoDir};
 
-/// How often the driver moves the script along.
-const DRIVER_TICK: Duration = Duration::from_secs(1);
 /// How often the live table refreshes on a terminal.
 const REFRESH: Duration = Duration::from_secs(1);
-/// How often a new table is printed when stdout is not a terminal.
-const PLAIN_REFRESH: Duration = Duration::from_secs(5);
+/// How often a new table is printed when stdout is not a terminal (loop
+/// steps are printed as they complete).
+const PLAIN_REFRESH: Duration = Duration::from_secs(10);
+/// How often, not on a terminal, completed loop steps are printed.
+const STEP_LINES: Duration = Duration::from_millis(200);
+/// Loop steps shown under the table.
+const EVENTS_SHOWN: usize = 8;
 /// How long the agents get to send their first heartbeat before driving starts anyway.
 const AGENTS_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long KCP gets to catch up after the driver stops.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the clusters and KCP get to catch up after the driver stops.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a child gets to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -68,7 +72,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
     // Before anything else exists: a failed build leaves nothing behind.
-    let binaries = match find_binaries(&args).await {
+    let binaries = match setup::find_binaries(&args).await {
         Ok(binaries) => binaries,
         Err(error) if stop.is_cancelled() => {
             println!("interrupted while building: {error:#}");
@@ -76,8 +80,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         Err(error) => return Err(error),
     };
-    let dir = DemoDir::create(args.keep_dir)?;
-    init_logging(&dir.path.join("demo.log"));
+    let dir = DemoDir::create(args.dir.as_deref(), args.keep_dir)?;
+    setup::init_logging(&dir.path.join("demo.log"));
 
     let mut demo = Demo {
         args,
@@ -100,42 +104,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The hub and agent binaries: the overrides, or built and found beside us.
-async fn find_binaries(args: &DemoArgs) -> anyhow::Result<Binaries> {
-    let (hub, agent) = (args.hub_bin.clone(), args.agent_bin.clone());
-    let missing: Vec<&'static str> = [
-        ("uplink-hub", hub.is_none()),
-        ("uplink-agent", agent.is_none()),
-    ]
-    .into_iter()
-    .filter_map(|(name, missing)| missing.then_some(name))
-    .collect();
-    let mut located = if missing.is_empty() {
-        Vec::new()
-    } else {
-        tokio::task::spawn_blocking(move || binaries::locate_all(&missing, Profile::current()))
-            .await
-            .context("the build task failed")??
-    }
-    .into_iter();
-    let hub = match hub {
-        Some(path) => path,
-        None => located.next().context("uplink-hub was not located")?,
-    };
-    let agent = match agent {
-        Some(path) => path,
-        None => located.next().context("uplink-agent was not located")?,
-    };
-    Ok(Binaries { hub, agent })
-}
-
-/// The programs the demo runs as children.
-#[derive(Debug, Clone)]
-struct Binaries {
-    hub: PathBuf,
-    agent: PathBuf,
-}
-
 /// Cancels `stop` on Ctrl-C or SIGTERM.
 pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
     let terminate = async {
@@ -151,39 +119,6 @@ pub(crate) async fn cancel_on_signal(stop: CancellationToken) {
         () = terminate => {}
     }
     stop.cancel();
-}
-
-/// Sends the demo's own tracing (the embedded API servers, the driver) to a
-/// file, so it never scribbles over the table. Left alone if a subscriber
-/// is already installed.
-fn init_logging(path: &Path) {
-    let Ok(file) = std::fs::File::create(path) else {
-        return;
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .try_init();
-}
-
-/// `$TMPDIR/uplink-demo-<pid>`: certificates, kubeconfigs and logs. Removed
-/// at exit unless `--keep-dir` was given or the demo failed.
-#[derive(Debug)]
-struct DemoDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl DemoDir {
-    fn create(keep: bool) -> anyhow::Result<DemoDir> {
-        let path = std::env::temp_dir().join(format!("uplink-demo-{}", std::process::id()));
-        std::fs::create_dir_all(path.join("logs"))
-            .with_context(|| format!("creating the demo directory {}", path.display()))?;
-        Ok(DemoDir { path, keep })
-    }
 }
 
 /// Everything the demo started, so [`Demo::teardown`] can stop it.
@@ -207,135 +142,16 @@ enum Ended {
     ChildExited(String),
 }
 
-/// What the demo's own clients need to reach one object.
-struct Placement {
-    object: topology::DemoObject,
-    upstream: Api<Deployment>,
-    downstream: Api<Deployment>,
-}
-
 impl Demo {
     async fn play(&mut self) -> anyhow::Result<()> {
-        let topology = Topology::new(usize::from(self.args.clusters));
-        let dir = self.dir.path.clone();
-        let files = Files {
-            pki: dir.join("pki"),
-            kcp_kubeconfig: dir.join("kcp.kubeconfig"),
-            logs: dir.join("logs"),
-        };
-
-        DevPki::new("uplink-demo-ca")
-            .and_then(|pki| pki.write_all(&files.pki, &topology.clusters, &[]))
-            .context("writing the demo's certificates")?;
-
-        let mut connections = Connections::default();
-        let kcp = ApiServer::start(ApiServerConfig {
-            workspaces: WORKSPACES.iter().map(|w| (*w).to_owned()).collect(),
-            ..ApiServerConfig::default()
-        })
-        .await
-        .context("starting the embedded KCP")?;
-        println!("KCP (embedded)        {}", kcp.url());
-        kcp.write_kubeconfig(&files.kcp_kubeconfig, None)
-            .context("writing the KCP kubeconfig")?;
-        let mut workspace_kubeconfigs = Vec::new();
-        for workspace in WORKSPACES {
-            let path = dir.join(format!("kcp-{workspace}.kubeconfig"));
-            kcp.write_kubeconfig(&path, Some(workspace))
-                .with_context(|| format!("writing the kubeconfig of {workspace}"))?;
-            connections
-                .add_workspace(workspace, &kcp.kubeconfig_yaml(Some(workspace)))
-                .await?;
-            workspace_kubeconfigs.push(path);
-        }
-        // Where the clusters are registered (their SyncTargets).
-        connections
-            .add_workspace(
-                seed::SYNCTARGET_WORKSPACE,
-                &kcp.kubeconfig_yaml(Some(seed::SYNCTARGET_WORKSPACE)),
-            )
-            .await?;
-        self.servers.push(kcp);
-
-        let mut cluster_kubeconfigs = Vec::new();
-        for cluster in &topology.clusters {
-            let server = ApiServer::start(ApiServerConfig::default())
-                .await
-                .with_context(|| format!("starting the API server of {cluster}"))?;
-            println!("{cluster:<21} {}", server.url());
-            let path = dir.join(format!("{cluster}.kubeconfig"));
-            server
-                .write_kubeconfig(&path, None)
-                .with_context(|| format!("writing the kubeconfig of {cluster}"))?;
-            connections
-                .add_cluster(cluster, &server.kubeconfig_yaml(None))
-                .await?;
-            cluster_kubeconfigs.push(path);
-            self.servers.push(server);
-        }
-
-        seed::seed(&topology, &connections)
-            .await
-            .context("creating the demo's workloads")?;
-        capacity::seed(&topology, &connections)
-            .await
-            .context("creating the demo's nodes and pods")?;
-        println!(
-            "created {} Deployments in KCP and their copies in the clusters",
-            topology.objects.len()
-        );
-
-        let (hub, hub_addrs) =
-            launch::start_hub(&self.binaries.hub, &files, self.args.heartbeat_interval).await?;
-        println!(
-            "uplink-hub            tunnel wss://{}  http http://{}  (log {})",
-            hub_addrs.tunnel,
-            hub_addrs.http,
-            hub.log_path().display()
-        );
-        self.children.push(hub);
-        for (cluster, kubeconfig) in topology.clusters.iter().zip(&cluster_kubeconfigs) {
-            let agent = launch::start_agent(
-                &self.binaries.agent,
-                &files,
-                cluster,
-                kubeconfig,
-                hub_addrs.tunnel,
-                self.args.heartbeat_interval,
-            )?;
-            println!(
-                "uplink-agent {cluster:<8} (log {})",
-                agent.log_path().display()
-            );
-            self.children.push(agent);
-        }
-
-        let placements = placements(&topology, &connections)?;
-        let driver = Driver::new(
-            placements
-                .iter()
-                .map(|p| DrivenObject {
-                    object: p.object.clone(),
-                    upstream: p.upstream.clone(),
-                    downstream: p.downstream.clone(),
-                })
-                .collect(),
-        );
+        let started = self.start().await?;
         let observer = Observer::new(
-            placements
-                .into_iter()
-                .map(|p| WatchedObject {
-                    object: p.object,
-                    upstream: p.upstream,
-                    downstream: p.downstream,
-                })
-                .collect(),
-            topology.clusters.clone(),
-            driver.last_set(),
-            Some(hub_addrs.http),
+            started.watched.clone(),
+            started.topology.clusters.clone(),
+            started.driver.progress(),
+            Some(started.hub_http),
         );
-        let notes = notes(&files, &workspace_kubeconfigs);
-        for note in &notes {
+        for note in &started.notes {
             println!("{note}");
         }
 
@@ -344,35 +160,67 @@ impl Demo {
             print_final(
                 "Uplink demo: interrupted while the agents connected",
                 &last,
-                &notes,
+                &[],
+                &started.notes,
             );
             return Ok(());
         }
 
+        let progress = started.driver.progress();
         let driving = self.stop.child_token();
-        let driver_task = tokio::spawn(driver.run(DRIVER_TICK, driving.clone()));
-        let ended = self.show_live(&observer, &notes).await;
-        // Stop driving and let any write in flight finish before judging KCP.
+        println!(
+            "driving: every step below is a write to KCP; the clusters and KCP's status follow through Uplink"
+        );
+        let driver_task = tokio::spawn(started.driver.run(driving.clone()));
+        let pods_task = {
+            let (topology, connections, stop) = (
+                started.topology.clone(),
+                started.connections.clone(),
+                driving.clone(),
+            );
+            let namespaces: Vec<String> = started
+                .watched
+                .iter()
+                .map(|w| w.downstream_namespace.clone())
+                .collect();
+            let patience = self.args.duration + CONVERGE_TIMEOUT;
+            tokio::spawn(async move {
+                capacity::seed_pods(&topology, &namespaces, &connections, patience, &stop).await
+            })
+        };
+        let ended = self.show_live(&observer, &progress, &started.notes).await;
+        // Stop driving and let any write in flight finish before judging.
         driving.cancel();
         let _ = driver_task.await;
+        for failure in pods_task.await.unwrap_or_default() {
+            println!("! the demo's pods: {failure}");
+        }
 
         match ended {
             Ended::Interrupted => {
                 let last = observer.observe().await;
-                print_final("Uplink demo: interrupted (Ctrl-C)", &last, &notes);
+                let events = progress.recent(EVENTS_SHOWN);
+                print_final(
+                    "Uplink demo: interrupted (Ctrl-C)",
+                    &last,
+                    &events,
+                    &started.notes,
+                );
                 Ok(())
             }
             Ended::ChildExited(what) => {
                 let last = observer.observe().await;
                 let headline = what.lines().next().unwrap_or_default();
+                let events = progress.recent(EVENTS_SHOWN);
                 print_final(
                     &format!("Uplink demo: stopped early: {headline}"),
                     &last,
-                    &notes,
+                    &events,
+                    &started.notes,
                 );
                 anyhow::bail!("{what}")
             }
-            Ended::DurationElapsed => self.converge(&observer, &notes).await,
+            Ended::DurationElapsed => self.converge(&observer, &progress, &started.notes).await,
         }
     }
 
@@ -416,12 +264,19 @@ impl Demo {
         }
     }
 
-    /// Refreshes the table until the duration is over, Ctrl-C, or a child dies.
-    async fn show_live(&mut self, observer: &Observer, notes: &[String]) -> Ended {
+    /// Refreshes the table until the duration is over, Ctrl-C, or a child
+    /// dies. Not on a terminal, each loop step is printed as it completes.
+    async fn show_live(
+        &mut self,
+        observer: &Observer,
+        progress: &Progress,
+        notes: &[String],
+    ) -> Ended {
         let tty = std::io::stdout().is_terminal();
         let start = Instant::now();
         let end = start + self.args.duration;
         let mut last_print: Option<Instant> = None;
+        let mut printed_seq = 0;
         loop {
             if let Some(what) = self.exited_child() {
                 return Ended::ChildExited(what);
@@ -430,27 +285,41 @@ impl Demo {
             if now >= end {
                 return Ended::DurationElapsed;
             }
-            let observation = observer.observe().await;
+            if !tty {
+                for event in progress.events_after(printed_seq) {
+                    println!("step {event}");
+                    printed_seq = event.seq;
+                }
+            }
             let due = last_print.is_none_or(|at| now.duration_since(at) >= PLAIN_REFRESH);
             if tty || due {
+                let observation = observer.observe().await;
                 let title = format!(
                     "Uplink demo · {}s of {}s · {} clusters · Ctrl-C stops",
                     now.duration_since(start).as_secs(),
                     self.args.duration.as_secs(),
                     observation.clusters.len()
                 );
-                // A terminal's screen is redrawn, so the notes go with every
-                // table; a log gets them at the start and the end only.
-                let mut text = table::render(&title, &observation, if tty { notes } else { &[] });
-                if let Some(hub) = observer.hub_http() {
-                    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
-                    let fleet = capacity::fleet_table(hub).await;
-                    text = capacity::beside(&text, &fleet, 4, width.unwrap_or(160));
-                }
+                // A terminal's screen is redrawn, so the notes and the latest
+                // steps go with every table; a log gets the steps as they
+                // come and the notes at the start and the end.
+                let text = if tty {
+                    table::render(&title, &observation, &progress.recent(EVENTS_SHOWN), notes)
+                } else {
+                    table::render(&title, &observation, &[], &[])
+                };
+                let text = match observer.hub_http() {
+                    Some(hub) => {
+                        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+                        let fleet = capacity::fleet_table(hub).await;
+                        capacity::beside(&text, &fleet, 4, width.unwrap_or(160))
+                    }
+                    None => text,
+                };
                 print_table(&text, tty);
                 last_print = Some(now);
             }
-            let next = (now + REFRESH).min(end);
+            let next = (Instant::now() + if tty { REFRESH } else { STEP_LINES }).min(end);
             tokio::select! {
                 () = self.stop.cancelled() => return Ended::Interrupted,
                 () = tokio::time::sleep_until(next) => {}
@@ -458,9 +327,15 @@ impl Demo {
         }
     }
 
-    /// After the duration: waits for KCP to show what the driver last set on
-    /// every object, then prints the final table.
-    async fn converge(&self, observer: &Observer, notes: &[String]) -> anyhow::Result<()> {
+    /// After the duration: waits for every object to show what KCP last
+    /// asked of it, then prints the final table. Fails if one never does,
+    /// or if a step of the loop was not seen in time.
+    async fn converge(
+        &self,
+        observer: &Observer,
+        progress: &Progress,
+        notes: &[String],
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + CONVERGE_TIMEOUT;
         let started = Instant::now();
         let mut first = true;
@@ -468,45 +343,56 @@ impl Demo {
             let observation = observer.observe().await;
             if first && !observation.settled() {
                 println!(
-                    "\ndriver stopped; waiting up to {CONVERGE_TIMEOUT:?} for KCP to catch up ..."
+                    "\ndriver stopped; waiting up to {CONVERGE_TIMEOUT:?} for the clusters and KCP to catch up ..."
                 );
             }
             first = false;
+            let (complete, missed) = progress.totals();
+            let events = progress.recent(EVENTS_SHOWN);
             if observation.settled() {
                 let title = format!(
-                    "Uplink demo · final, after {}s: KCP shows the status the driver last set on every object (caught up in {:.1}s)",
+                    "Uplink demo · final, after {}s: {complete} steps of the loop seen through, {missed} missed; \
+                     every object shows what KCP last asked (caught up in {:.1}s)",
                     self.args.duration.as_secs(),
                     started.elapsed().as_secs_f64()
                 );
-                print_final(&title, &observation, notes);
+                print_final(&title, &observation, &events, notes);
+                if missed > 0 {
+                    anyhow::bail!(
+                        "{missed} step(s) of the loop were not seen within {}s (see the steps above and the logs in {})",
+                        driver::STEP_TIMEOUT.as_secs(),
+                        self.dir.path.display()
+                    );
+                }
                 return Ok(());
             }
             let interrupted = tokio::select! {
                 () = self.stop.cancelled() => true,
                 () = tokio::time::sleep(Duration::from_millis(250)) => false,
             };
-            if interrupted || Instant::now() >= deadline {
+            if interrupted {
+                print_final(
+                    "Uplink demo: interrupted while KCP caught up",
+                    &observation,
+                    &events,
+                    notes,
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
                 let behind: Vec<String> = observation
                     .objects
                     .iter()
                     .filter(|o| !o.settled())
                     .map(|o| o.object.to_string())
                     .collect();
-                if interrupted {
-                    print_final(
-                        "Uplink demo: interrupted while KCP caught up",
-                        &observation,
-                        notes,
-                    );
-                    return Ok(());
-                }
                 let title = format!(
-                    "Uplink demo · final: KCP did NOT catch up within {CONVERGE_TIMEOUT:?} for {}",
+                    "Uplink demo · final: NOT caught up within {CONVERGE_TIMEOUT:?} for {}",
                     behind.join(", ")
                 );
-                print_final(&title, &observation, notes);
+                print_final(&title, &observation, &events, notes);
                 anyhow::bail!(
-                    "KCP does not show the status the driver last set for {} (see the table above and the logs in {})",
+                    "{} do not show what KCP last asked (see the table above and the logs in {})",
                     behind.join(", "),
                     self.dir.path.display()
                 );
@@ -568,47 +454,6 @@ impl Demo {
     }
 }
 
-/// Each object's two copies, through the demo's own clients.
-fn placements(topology: &Topology, connections: &Connections) -> anyhow::Result<Vec<Placement>> {
-    topology
-        .objects
-        .iter()
-        .map(|object| {
-            let upstream = connections
-                .workspace(&object.workspace)
-                .with_context(|| format!("no client for {}", object.workspace))?;
-            let downstream = connections
-                .cluster(&object.cluster)
-                .with_context(|| format!("no client for {}", object.cluster))?;
-            Ok(Placement {
-                object: object.clone(),
-                upstream: Api::namespaced(upstream, &object.namespace),
-                downstream: Api::namespaced(downstream, &object.downstream_namespace()),
-            })
-        })
-        .collect()
-}
-
-/// The lines under the table: how to look at KCP yourself, where the logs are.
-fn notes(files: &Files, workspace_kubeconfigs: &[PathBuf]) -> Vec<String> {
-    let mut notes = vec![format!(
-        "KCP kubeconfig: {} (root; the demo's objects live in the workspaces below)",
-        files.kcp_kubeconfig.display()
-    )];
-    for path in workspace_kubeconfigs {
-        notes.push(format!(
-            "  kubectl --kubeconfig '{}' get deployments -A -o yaml",
-            path.display()
-        ));
-    }
-    notes.push(format!(
-        "logs: {} (hub.log, agent-<cluster>.log), {}",
-        files.logs.display(),
-        files.logs.with_file_name("demo.log").display()
-    ));
-    notes
-}
-
 fn print_table(text: &str, tty: bool) {
     let mut stdout = std::io::stdout().lock();
     if tty {
@@ -621,6 +466,6 @@ fn print_table(text: &str, tty: bool) {
 }
 
 /// The last table: never clears the screen, so it stays in the scrollback.
-fn print_final(title: &str, observation: &Observation, notes: &[String]) {
-    print_table(&table::render(title, observation, notes), false);
+fn print_final(title: &str, observation: &Observation, events: &[LoopEvent], notes: &[String]) {
+    print_table(&table::render(title, observation, events, notes), false);
 }

@@ -1,8 +1,8 @@
-//! Looks at everything the table shows: for each object, what its cluster
-//! holds (the truth), what KCP holds and what the driver last set; for each
-//! cluster, how long ago the hub heard its heartbeat (from the hub's
-//! `/metrics`, `uplink_hub_last_heartbeat_timestamp_seconds`) and the state
-//! the hub gives it (`GET /api/v1/clusters`).
+//! Looks at everything the table shows: for each object, its copy in its
+//! cluster (the truth), its copy in KCP and what the driver asked of it;
+//! for each cluster, how long ago the hub heard its heartbeat (from the
+//! hub's `/metrics`, `uplink_hub_last_heartbeat_timestamp_seconds`) and the
+//! state the hub gives it (`GET /api/v1/clusters`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,51 +14,51 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
+use uplink_hub::writer::finalizer::finalizer_name;
 
-use super::driver::{Applied, LastSet};
+use super::driver::{ObjectProgress, Progress};
+use super::script::{self, ObjectState, Sighting};
 use super::status::StatusSummary;
 use super::topology::DemoObject;
 
 /// How long one look at a server may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One copy of an object (in KCP or in its cluster) as last read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectCopy {
-    pub generation: Option<i64>,
-    /// `spec.replicas`.
-    pub desired: Option<i32>,
-    pub status: Option<StatusSummary>,
-}
-
 /// One table row: an object seen from every side.
 #[derive(Debug, Clone)]
 pub struct ObjectView {
     pub object: DemoObject,
-    pub driver: Option<Applied>,
-    /// The copy in the object's cluster, or why it could not be read.
-    pub truth: Result<ObjectCopy, String>,
-    /// The object in KCP, or why it could not be read.
-    pub kcp: Result<ObjectCopy, String>,
+    /// Where the agent puts the object in its cluster.
+    pub downstream_namespace: String,
+    pub progress: ObjectProgress,
+    /// The copy in the object's cluster (`None`: there is none), or why it
+    /// could not be read.
+    pub truth: Result<Option<ObjectState>, String>,
+    /// The object in KCP (`None`: there is none), or why it could not be read.
+    pub kcp: Result<Option<ObjectState>, String>,
 }
 
 impl ObjectView {
-    /// KCP shows the status its cluster holds.
-    pub fn kcp_matches_truth(&self) -> bool {
-        match (&self.truth, &self.kcp) {
-            (Ok(truth), Ok(kcp)) => truth.status == kcp.status,
-            _ => false,
+    /// Both copies, if both could be read.
+    pub fn sighting(&self) -> Option<Sighting> {
+        match (&self.kcp, &self.truth) {
+            (Ok(kcp), Ok(downstream)) => Some(Sighting {
+                kcp: kcp.clone(),
+                downstream: downstream.clone(),
+            }),
+            _ => None,
         }
     }
 
-    /// KCP and the cluster both show what the driver last set (or, for an
-    /// object the driver never touched, neither shows a status).
+    /// The object shows what the driver last asked in KCP (see
+    /// [`script::settled`]); an object not created yet is settled.
     pub fn settled(&self) -> bool {
-        let expected = self.driver.as_ref().map(|d| &d.status);
-        let shows = |copy: &Result<ObjectCopy, String>| {
-            copy.as_ref().is_ok_and(|c| c.status.as_ref() == expected)
-        };
-        shows(&self.truth) && shows(&self.kcp)
+        match self.progress.step {
+            None => true,
+            Some((_, intent)) => self
+                .sighting()
+                .is_some_and(|sighting| script::settled(&intent, &sighting)),
+        }
     }
 }
 
@@ -66,7 +66,7 @@ impl ObjectView {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterView {
     pub name: String,
-    /// Objects placed on the cluster.
+    /// Demo objects the cluster holds a copy of.
     pub objects: usize,
     /// Time since the hub's last heartbeat from the cluster; `None` if none yet.
     pub heartbeat_age: Option<Duration>,
@@ -107,6 +107,7 @@ impl Observation {
 #[derive(Debug, Clone)]
 pub struct WatchedObject {
     pub object: DemoObject,
+    pub downstream_namespace: String,
     pub upstream: Api<Deployment>,
     pub downstream: Api<Deployment>,
 }
@@ -116,25 +117,25 @@ pub struct WatchedObject {
 pub struct Observer {
     objects: Vec<WatchedObject>,
     clusters: Vec<String>,
-    last_set: LastSet,
+    progress: Progress,
     /// The hub's HTTP address.
     hub: Option<SocketAddr>,
     http: HttpClient<HttpConnector, Empty<Bytes>>,
 }
 
 impl Observer {
-    /// `objects` in topology order (matching `last_set`); `hub_http` is the
+    /// `objects` in topology order (matching `progress`); `hub_http` is the
     /// hub's HTTP address, if it runs.
     pub fn new(
         objects: Vec<WatchedObject>,
         clusters: Vec<String>,
-        last_set: LastSet,
+        progress: Progress,
         hub_http: Option<SocketAddr>,
     ) -> Observer {
         Observer {
             objects,
             clusters,
-            last_set,
+            progress,
             hub: hub_http,
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
         }
@@ -155,7 +156,8 @@ impl Observer {
                 );
                 ObjectView {
                     object: watched.object.clone(),
-                    driver: self.last_set.get(index),
+                    downstream_namespace: watched.downstream_namespace.clone(),
+                    progress: self.progress.get(index),
                     truth,
                     kcp,
                 }
@@ -187,7 +189,12 @@ impl Observer {
                 };
                 ClusterView {
                     name: name.clone(),
-                    objects: objects.iter().filter(|o| o.object.cluster == *name).count(),
+                    objects: objects
+                        .iter()
+                        .filter(|o| {
+                            o.object.cluster == *name && o.truth.as_ref().is_ok_and(Option::is_some)
+                        })
+                        .count(),
                     heartbeat_age: of_cluster("uplink_hub_last_heartbeat_timestamp_seconds")
                         .filter(|at| *at > 0.0)
                         .map(|at| Duration::from_secs_f64((now - at).max(0.0))),
@@ -234,19 +241,51 @@ impl Observer {
     }
 }
 
-async fn read(api: &Api<Deployment>, name: &str) -> Result<ObjectCopy, String> {
-    let deployment = tokio::time::timeout(REQUEST_TIMEOUT, api.get(name))
+/// Both copies of the object `name`, read at the same time.
+pub async fn sight(
+    upstream: &Api<Deployment>,
+    downstream: &Api<Deployment>,
+    name: &str,
+) -> Result<Sighting, String> {
+    let (kcp, downstream) = tokio::join!(read(upstream, name), read(downstream, name));
+    Ok(Sighting {
+        kcp: kcp?,
+        downstream: downstream?,
+    })
+}
+
+/// The object `name`, `None` if there is none.
+async fn read(api: &Api<Deployment>, name: &str) -> Result<Option<ObjectState>, String> {
+    let deployment = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(name))
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|e| match e {
             kube::Error::Api(status) => format!("{} {}", status.code, status.reason),
             other => other.to_string(),
         })?;
-    Ok(ObjectCopy {
+    Ok(deployment.map(|deployment| state(&deployment)))
+}
+
+/// What the demo compares of a Deployment.
+pub fn state(deployment: &Deployment) -> ObjectState {
+    let hub_finalizer = finalizer_name("");
+    ObjectState {
         generation: deployment.metadata.generation,
         desired: deployment.spec.as_ref().and_then(|s| s.replicas),
+        image: deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.image.clone()),
         status: StatusSummary::of(deployment.status.as_ref()),
-    })
+        held_by_hub: deployment
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f.starts_with(&hub_finalizer)),
+    }
 }
 
 /// One sample of the Prometheus text format.

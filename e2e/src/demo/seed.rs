@@ -1,10 +1,17 @@
-//! Creates the demo's workloads as KCP and its syncer would have left them:
-//! each cluster registered with KCP (a SyncTarget named like the cluster in
-//! [`SYNCTARGET_WORKSPACE`]), each Deployment in its KCP workspace placed on
-//! its cluster (kcp's label `state.workload.kcp.io/<syncTargetKey>: Sync`),
-//! and its downstream copy (same name, same spec, no status) in a
-//! `kcp-<hash>` namespace of that cluster whose locator annotation points
-//! back to the workspace and namespace.
+//! Creates what the demo starts from, in KCP only ([`prepare_kcp`]): each
+//! cluster registered with KCP (a SyncTarget named like the cluster in
+//! [`SYNCTARGET_WORKSPACE`]) and the workspaces' namespaces. The demo's
+//! Deployments are created by its driver, placed on their cluster with
+//! kcp's label `state.workload.kcp.io/<syncTargetKey>: Sync`
+//! ([`placed_deployment`]); Uplink carries them down. [`downstream_namespace`]
+//! is where the agent puts them: the agent's own mapping, fed with the
+//! SyncTarget the hub names in its `Welcome`.
+//!
+//! [`seed`] is the status-only benchmarks' start (their agents run without
+//! the downward lane): KCP as above with the Deployments, and a downstream
+//! copy of each (same name, same spec, no status) made by hand in a
+//! `kcp-<hash>` namespace whose locator annotation points back to the
+//! workspace and namespace.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, Client};
-use uplink_hub::placement::key::{STATE_SYNC, state_label, sync_target_key};
+use uplink_agent::mapping::{NamespaceLocator, SyncTargetRef};
+pub use uplink_hub::placement::key::STATE_SYNC;
+use uplink_hub::placement::key::{state_label, sync_target_key};
 
 use super::connections::Connections;
 use super::driver::image;
@@ -34,6 +43,14 @@ pub enum SeedError {
     NotConnected { place: String },
     #[error("the SyncTarget CRD Uplink ships is not valid: {0}")]
     Crd(String),
+    #[error("reading SyncTarget {cluster}: {source}")]
+    SyncTarget {
+        cluster: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("SyncTarget {cluster} has no uid")]
+    NoUid { cluster: String },
     #[error("creating {what} in {place}: {source}")]
     Create {
         what: String,
@@ -43,16 +60,19 @@ pub enum SeedError {
     },
 }
 
-/// Creates every namespace and Deployment of `topology`. Objects that
-/// already exist are left as they are.
-pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), SeedError> {
-    let missing = |place: &str| SeedError::NotConnected {
-        place: place.to_owned(),
-    };
+/// The clusters' SyncTargets as the hub names them to the agents.
+pub type SyncTargets = BTreeMap<String, SyncTargetRef>;
+
+/// Registers every cluster of `topology` with KCP and creates the upstream
+/// namespaces; returns the SyncTargets. What already exists is left as it is.
+pub async fn prepare_kcp(
+    topology: &Topology,
+    connections: &Connections,
+) -> Result<SyncTargets, SeedError> {
     let root = connections
         .workspace(SYNCTARGET_WORKSPACE)
         .ok_or_else(|| missing(SYNCTARGET_WORKSPACE))?;
-    register_clusters(root, &topology.clusters).await?;
+    register_clusters(root.clone(), &topology.clusters).await?;
     for (workspace, namespace) in topology.upstream_namespaces() {
         let client = connections
             .workspace(&workspace)
@@ -64,6 +84,61 @@ pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), 
         )
         .await?;
     }
+    sync_targets(root, &topology.clusters).await
+}
+
+/// Reads the SyncTargets of `clusters` (`root` is a client of
+/// [`SYNCTARGET_WORKSPACE`]).
+pub async fn sync_targets(root: Client, clusters: &[String]) -> Result<SyncTargets, SeedError> {
+    let api = Api::<DynamicObject>::all_with(root, &synctarget_resource());
+    let mut targets = SyncTargets::new();
+    for cluster in clusters {
+        let found = api
+            .get(cluster)
+            .await
+            .map_err(|source| SeedError::SyncTarget {
+                cluster: cluster.clone(),
+                source,
+            })?;
+        let uid = found.metadata.uid.ok_or_else(|| SeedError::NoUid {
+            cluster: cluster.clone(),
+        })?;
+        targets.insert(
+            cluster.clone(),
+            SyncTargetRef {
+                workspace: SYNCTARGET_WORKSPACE.to_owned(),
+                name: cluster.clone(),
+                uid,
+            },
+        );
+    }
+    Ok(targets)
+}
+
+/// The namespace the agent of `object`'s cluster puts it in:
+/// [`NamespaceLocator::downstream_namespace`] (kcp's
+/// `PhysicalClusterNamespaceName`) of the locator naming the cluster's
+/// SyncTarget and the object's workspace and namespace.
+pub fn downstream_namespace(object: &DemoObject, sync_target: &SyncTargetRef) -> String {
+    NamespaceLocator {
+        sync_target: sync_target.clone(),
+        workspace: object.workspace.clone(),
+        namespace: object.namespace.clone(),
+    }
+    .downstream_namespace()
+}
+
+fn missing(place: &str) -> SeedError {
+    SeedError::NotConnected {
+        place: place.to_owned(),
+    }
+}
+
+/// For the status-only benchmarks: [`prepare_kcp`], every Deployment of
+/// `topology` placed in KCP, and its downstream copy made by hand (see the
+/// module documentation). Objects that already exist are left as they are.
+pub async fn seed(topology: &Topology, connections: &Connections) -> Result<(), SeedError> {
+    prepare_kcp(topology, connections).await?;
     for object in &topology.objects {
         let upstream = connections
             .workspace(&object.workspace)
@@ -116,10 +191,7 @@ pub async fn register_clusters(root: Client, clusters: &[String]) -> Result<(), 
         SYNCTARGET_WORKSPACE,
     )
     .await?;
-    let synctargets = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
-        "synctargets",
-    );
+    let synctargets = synctarget_resource();
     let api = Api::<DynamicObject>::all_with(root, &synctargets);
     for cluster in clusters {
         let mut synctarget = DynamicObject::new(cluster, &synctargets);
@@ -140,6 +212,13 @@ pub async fn register_clusters(root: Client, clusters: &[String]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+fn synctarget_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("workload.kcp.io", "v1alpha1", "SyncTarget"),
+        "synctargets",
+    )
 }
 
 /// kcp's placement label of `cluster`'s SyncTarget (`state.workload.kcp.io/<key>`).

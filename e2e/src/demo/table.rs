@@ -1,19 +1,29 @@
 //! Renders an [`Observation`] as the demo's table: one row per object with
-//! what the driver is doing, the cluster's truth, what KCP holds and whether
-//! they agree; then one row per cluster with its heartbeat age. A pure
-//! function of its input, so it is tested without servers.
+//! the step the driver last wrote in KCP, KCP's spec, the cluster's copy
+//! (spec and status), KCP's status and whether the object shows what KCP
+//! asks; then one row per cluster with its heartbeat age; then the latest
+//! steps of the loop with their timings. A pure function of its input, so
+//! it is tested without servers.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::observe::{ClusterView, ObjectCopy, ObjectView, Observation};
+use super::driver::LoopEvent;
+use super::observe::{ClusterView, ObjectView, Observation};
+use super::script::{ObjectState, Step};
 use super::status::StatusSummary;
 
 /// ANSI: cursor home, clear screen.
 pub const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
-/// Renders the table; `title` and `notes` are printed above and below it.
-pub fn render(title: &str, observation: &Observation, notes: &[String]) -> String {
+/// Renders the table; `title` and `notes` are printed above and below it,
+/// `events` (the latest steps of the loop) between them.
+pub fn render(
+    title: &str,
+    observation: &Observation,
+    events: &[LoopEvent],
+    notes: &[String],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{title}");
     let _ = writeln!(out);
@@ -21,14 +31,14 @@ pub fn render(title: &str, observation: &Observation, notes: &[String]) -> Strin
     let mut objects = vec![row([
         "OBJECT",
         "CLUSTER",
-        "DRIVER",
-        "DESIRED",
+        "STEP",
+        "KCP.SPEC",
+        "CLUSTER COPY",
+        "C.SPEC",
         "C.READY",
         "C.GEN",
-        "C.AVAILABLE",
         "KCP.READY",
         "KCP.OBSGEN",
-        "KCP.AVAILABLE",
         "IN SYNC",
     ])];
     let mut problems = Vec::new();
@@ -43,8 +53,10 @@ pub fn render(title: &str, observation: &Observation, notes: &[String]) -> Strin
     write_columns(&mut out, &objects);
     let _ = writeln!(
         out,
-        "  DESIRED = the cluster's spec.replicas. C.* = the cluster's status (ready/replicas) \
-         and generation. KCP.* = KCP's status: ready/replicas, observedGeneration."
+        "  STEP = the driver's last write in KCP (✓ once every effect was seen). *.SPEC = replicas × image. \
+         C.* = the cluster's copy (status ready/replicas, generation). KCP.* = KCP's status, \
+         merged by the hub. IN SYNC = the cluster runs KCP's spec and KCP shows the cluster's status \
+         (unplaced: the copy is gone)."
     );
     let _ = writeln!(out);
 
@@ -65,6 +77,15 @@ pub fn render(title: &str, observation: &Observation, notes: &[String]) -> Strin
         problems.push(format!("hub metrics: {error}"));
     }
 
+    if !events.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nthe loop, latest steps (KCP write → seen in the cluster → seen in KCP):"
+        );
+        for event in events {
+            let _ = writeln!(out, "  {event}");
+        }
+    }
     if !problems.is_empty() {
         let _ = writeln!(out);
         for problem in problems {
@@ -85,32 +106,51 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
 }
 
 fn object_row(view: &ObjectView) -> Vec<String> {
-    let driver = view
-        .driver
-        .as_ref()
-        .map_or_else(|| "waiting".to_owned(), |d| d.phase.label().to_owned());
-    let (desired, c_ready, c_gen, c_available) = match &view.truth {
-        Ok(copy) => (
-            copy.desired
-                .map_or_else(|| "-".to_owned(), |d| d.to_string()),
+    let step = view.progress.step.map_or_else(
+        || "waiting".to_owned(),
+        |(step, _)| {
+            let mark = if view.progress.seen { "✓" } else { "…" };
+            format!("{} {mark}", short(step))
+        },
+    );
+    let unplaced = view.progress.step.is_some_and(|(_, i)| !i.placed);
+    let kcp_spec = match &view.kcp {
+        Ok(Some(copy)) if unplaced => format!("{} unplaced", spec(copy)),
+        Ok(Some(copy)) => spec(copy),
+        Ok(None) => "none".to_owned(),
+        Err(_) => "error".to_owned(),
+    };
+    let (copy, c_spec, c_ready, c_gen) = match &view.truth {
+        Ok(Some(copy)) => (
+            format!("{}/{}", view.downstream_namespace, view.object.name),
+            spec(copy),
             ready(copy.status.as_ref()),
             optional(copy.generation),
-            available(copy),
         ),
-        Err(_) => {
-            let (ready, generation, available) = error_cells();
-            ("-".to_owned(), ready, generation, available)
-        }
+        Ok(None) => (
+            "none".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ),
+        Err(_) => (
+            "error".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ),
     };
-    let (k_ready, k_obs, k_available) = match &view.kcp {
-        Ok(copy) => (
+    let (k_ready, k_obs) = match &view.kcp {
+        Ok(Some(copy)) => (
             ready(copy.status.as_ref()),
             optional(copy.status.as_ref().and_then(|s| s.observed_generation)),
-            available(copy),
         ),
-        Err(_) => error_cells(),
+        Ok(None) => ("-".to_owned(), "-".to_owned()),
+        Err(_) => ("error".to_owned(), "-".to_owned()),
     };
-    let in_sync = if view.kcp_matches_truth() {
+    let in_sync = if view.progress.step.is_none() {
+        "-"
+    } else if view.settled() {
         "✓"
     } else {
         "✗"
@@ -118,16 +158,40 @@ fn object_row(view: &ObjectView) -> Vec<String> {
     vec![
         view.object.to_string(),
         view.object.cluster.clone(),
-        driver,
-        desired,
+        step,
+        kcp_spec,
+        copy,
+        c_spec,
         c_ready,
         c_gen,
-        c_available,
         k_ready,
         k_obs,
-        k_available,
         in_sync.to_owned(),
     ]
+}
+
+/// A step in a few words.
+fn short(step: Step) -> String {
+    match step {
+        Step::Create => "create".to_owned(),
+        Step::Scale { from, to } => format!("scale {from}→{to}"),
+        Step::Rollout { revision } => format!("rollout v{revision}"),
+        Step::Unplace => "unplace".to_owned(),
+        Step::Place => "place".to_owned(),
+    }
+}
+
+/// `5×v2`: replicas and the image's tag.
+fn spec(copy: &ObjectState) -> String {
+    let replicas = copy
+        .desired
+        .map_or_else(|| "-".to_owned(), |d| d.to_string());
+    let tag = copy
+        .image
+        .as_deref()
+        .and_then(|i| i.rsplit_once(':'))
+        .map_or("-", |(_, tag)| tag);
+    format!("{replicas}×{tag}")
 }
 
 /// `ready/replicas` of a status, `no status` without one.
@@ -138,19 +202,8 @@ fn ready(status: Option<&StatusSummary>) -> String {
     )
 }
 
-fn available(copy: &ObjectCopy) -> String {
-    copy.status
-        .as_ref()
-        .and_then(|s| s.available.clone())
-        .unwrap_or_else(|| "-".to_owned())
-}
-
 fn optional(value: Option<i64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-fn error_cells() -> (String, String, String) {
-    ("error".to_owned(), "-".to_owned(), "-".to_owned())
 }
 
 fn cluster_row(view: &ClusterView) -> Vec<String> {
@@ -212,58 +265,79 @@ fn write_columns(out: &mut String, rows: &[Vec<String>]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::driver::Applied;
+    use super::super::driver::ObjectProgress;
     use super::super::observe::HubClusterState;
-    use super::super::script::Phase;
+    use super::super::script::Intent;
     use super::super::topology::Topology;
     use super::*;
 
-    fn summary(ready: i32, replicas: i32, generation: i64, available: &str) -> StatusSummary {
+    fn summary(ready: i32, replicas: i32, generation: i64) -> StatusSummary {
         StatusSummary {
             replicas,
             ready_replicas: ready,
             available_replicas: ready,
             updated_replicas: replicas,
             observed_generation: Some(generation),
-            available: Some(available.to_owned()),
+            available: Some("True".to_owned()),
+        }
+    }
+
+    fn copy(replicas: i32, status: Option<StatusSummary>) -> ObjectState {
+        ObjectState {
+            generation: Some(2),
+            desired: Some(replicas),
+            image: Some("registry.example/demo/x:v1".to_owned()),
+            status,
+            held_by_hub: true,
+        }
+    }
+
+    fn progress(step: Step, replicas: i32, placed: bool, seen: bool) -> ObjectProgress {
+        ObjectProgress {
+            step: Some((
+                step,
+                Intent {
+                    placed,
+                    replicas,
+                    revision: 1,
+                },
+            )),
+            seen,
         }
     }
 
     fn observation() -> Observation {
         let topology = Topology::new(2);
-        let copy = |status| ObjectCopy {
-            generation: Some(2),
-            desired: Some(3),
-            status,
+        let view = |index: usize, progress, truth, kcp| ObjectView {
+            object: topology.objects[index].clone(),
+            downstream_namespace: format!("kcp-{index}"),
+            progress,
+            truth,
+            kcp,
         };
-        let failing = summary(1, 3, 2, "False");
-        let steady = summary(3, 3, 2, "True");
         Observation {
             objects: vec![
-                ObjectView {
-                    object: topology.objects[0].clone(),
-                    driver: Some(Applied {
-                        phase: Phase::Failing,
-                        status: failing.clone(),
-                    }),
-                    truth: Ok(copy(Some(failing.clone()))),
-                    kcp: Ok(copy(Some(failing))),
-                },
-                ObjectView {
-                    object: topology.objects[1].clone(),
-                    driver: Some(Applied {
-                        phase: Phase::Steady,
-                        status: steady.clone(),
-                    }),
-                    truth: Ok(copy(Some(steady))),
-                    kcp: Ok(copy(None)),
-                },
-                ObjectView {
-                    object: topology.objects[2].clone(),
-                    driver: None,
-                    truth: Err("503 ServiceUnavailable".to_owned()),
-                    kcp: Ok(copy(None)),
-                },
+                // Scaled and seen through.
+                view(
+                    0,
+                    progress(Step::Scale { from: 3, to: 5 }, 5, true, true),
+                    Ok(Some(copy(5, Some(summary(5, 5, 2))))),
+                    Ok(Some(copy(5, Some(summary(5, 5, 2))))),
+                ),
+                // Scaled in KCP, the hub has not merged the cluster's status yet.
+                view(
+                    1,
+                    progress(Step::Scale { from: 3, to: 5 }, 5, true, false),
+                    Ok(Some(copy(5, Some(summary(5, 5, 2))))),
+                    Ok(Some(copy(5, Some(summary(3, 3, 1))))),
+                ),
+                // Unplaced and gone, but the cluster could not be read.
+                view(
+                    2,
+                    progress(Step::Unplace, 3, false, false),
+                    Err("503 ServiceUnavailable".to_owned()),
+                    Ok(Some(copy(3, None))),
+                ),
             ],
             clusters: vec![
                 ClusterView {
@@ -305,8 +379,8 @@ mod tests {
     }
 
     #[test]
-    fn rows_show_truth_kcp_and_whether_they_agree() {
-        let table = render("title", &observation(), &["kubectl ...".to_owned()]);
+    fn rows_show_the_step_both_copies_and_whether_they_agree() {
+        let table = render("title", &observation(), &[], &["kubectl ...".to_owned()]);
         let web = line_with(&table, "root:demo:a/shop/web");
         let cells: Vec<&str> = web.split_whitespace().collect();
         assert_eq!(
@@ -314,22 +388,29 @@ mod tests {
             [
                 "root:demo:a/shop/web",
                 "cluster-1",
-                "failing",
-                "3",
-                "1/3",
+                "scale",
+                "3→5",
+                "✓",
+                "5×v1",
+                "kcp-0/web",
+                "5×v1",
+                "5/5",
                 "2",
-                "False",
-                "1/3",
+                "5/5",
                 "2",
-                "False",
                 "✓"
             ]
         );
         let api = line_with(&table, "root:demo:a/shop/api");
-        assert!(api.contains("no status") && api.ends_with('✗'), "{api}");
+        assert!(
+            api.contains("3→5 …") && api.contains("3/3") && api.ends_with('✗'),
+            "{api}"
+        );
         let worker = line_with(&table, "root:demo:b/batch/worker");
         assert!(
-            worker.contains("waiting") && worker.contains("error"),
+            worker.contains("unplace …")
+                && worker.contains("3×v1 unplaced")
+                && worker.contains("error"),
             "{worker}"
         );
         assert!(table.contains("! root:demo:b/batch/worker (cluster): 503 ServiceUnavailable"));
@@ -337,8 +418,32 @@ mod tests {
     }
 
     #[test]
+    fn events_follow_the_clusters() {
+        let event = LoopEvent {
+            seq: 1,
+            at: jiff::Timestamp::UNIX_EPOCH,
+            object: Topology::new(1).objects[0].clone(),
+            step: Step::Unplace,
+            stages: vec![(
+                "deleted from cluster-1".to_owned(),
+                Some(Duration::from_millis(300)),
+            )],
+        };
+        let table = render("title", &observation(), &[event], &[]);
+        let header = table.find("the loop, latest steps").unwrap_or(0);
+        let line = table
+            .find("unplaced in KCP: deleted from cluster-1 +0.30s")
+            .unwrap_or(0);
+        assert!(
+            header > table.find("hub: 1 agent(s)").unwrap_or(usize::MAX),
+            "{table}"
+        );
+        assert!(line > header, "{table}");
+    }
+
+    #[test]
     fn clusters_show_heartbeat_age() {
-        let table = render("title", &observation(), &[]);
+        let table = render("title", &observation(), &[], &[]);
         let one: Vec<&str> = line_starting(&table, "cluster-1 ")
             .split_whitespace()
             .collect();
@@ -352,13 +457,16 @@ mod tests {
 
     #[test]
     fn columns_line_up() {
-        let table = render("title", &observation(), &[]);
+        let table = render("title", &observation(), &[], &[]);
         let header = line_with(&table, "OBJECT");
         let web = line_with(&table, "shop/web");
         let column =
             |line: &str, needle: &str| line.find(needle).map(|i| line[..i].chars().count());
-        assert_eq!(column(header, "CLUSTER"), column(web, "cluster-1"));
-        assert_eq!(column(header, "IN SYNC"), column(web, "✓"));
+        assert_eq!(column(header, "CLUSTER "), column(web, "cluster-1"));
+        assert_eq!(
+            column(header, "IN SYNC"),
+            column(web, "✓\n").or(web.rfind('✓').map(|i| web[..i].chars().count()))
+        );
     }
 
     #[test]

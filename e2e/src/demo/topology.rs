@@ -1,6 +1,10 @@
 //! What the demo runs: the KCP workspaces, the physical clusters and which
-//! Deployment lives where, plus the downstream naming kcp's syncer used
-//! (namespace `kcp-<hash>` carrying the namespace locator annotation).
+//! Deployment lives where.
+//!
+//! The demo's downstream namespaces are named by the agent
+//! ([`super::seed::downstream_namespace`]). [`DemoObject::downstream_namespace`]
+//! and [`DemoObject::namespace_locator`] are the status-only benchmarks'
+//! naming, for the copies they make by hand ([`super::seed::seed`]).
 //!
 //! Each object is placed on exactly one cluster (aggregation across clusters
 //! is not part of the walking skeleton), and every cluster gets at least one.
@@ -32,12 +36,14 @@ pub struct DemoObject {
 }
 
 impl DemoObject {
-    /// The namespace that holds the object's copy in its cluster.
+    /// The namespace that holds the copy the status-only benchmarks make by
+    /// hand (not the agent's naming: see the module documentation).
     pub fn downstream_namespace(&self) -> String {
         downstream_namespace(&self.workspace, &self.namespace)
     }
 
-    /// The JSON value of the namespace locator annotation.
+    /// The JSON value of the namespace locator annotation of
+    /// [`Self::downstream_namespace`].
     pub fn namespace_locator(&self) -> String {
         serde_json::json!({ "cluster": self.workspace, "namespace": self.namespace }).to_string()
     }
@@ -107,7 +113,8 @@ impl Topology {
 }
 
 /// `kcp-<hash>`: a stable, DNS-label-safe name for the downstream namespace
-/// of `namespace` in `workspace` (FNV-1a of both, 10 base-36 digits).
+/// of `namespace` in `workspace` (FNV-1a of both, 10 base-36 digits), for
+/// the copies the status-only benchmarks make by hand.
 pub fn downstream_namespace(workspace: &str, namespace: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in workspace.bytes().chain([0]).chain(namespace.bytes()) {
