@@ -95,6 +95,8 @@ pub(super) struct Kubeconfigs {
     pub(super) workspaces: Vec<(String, PathBuf)>,
     /// (cluster, path).
     pub(super) clusters: Vec<(String, PathBuf)>,
+    /// The workspace holding the clusters' SyncTargets.
+    pub(super) synctargets: PathBuf,
 }
 
 /// The lines under the table: how to look at KCP and the clusters yourself
@@ -130,8 +132,9 @@ pub(super) fn notes(files: &Files, kubeconfigs: &Kubeconfigs, topology: &Topolog
         ));
     }
     notes.push(format!(
-        "  KCP root (SyncTargets): kubectl --kubeconfig '{}' get synctargets",
-        files.kcp_kubeconfig.display()
+        "  KCP {:<11}  kubectl --kubeconfig '{}' get synctargets",
+        super::seed::SYNCTARGET_WORKSPACE,
+        kubeconfigs.synctargets.display()
     ));
     notes.push(format!(
         "logs: {} (hub.log, agent-<cluster>.log), {}",

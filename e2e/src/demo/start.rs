@@ -116,6 +116,10 @@ impl Demo {
             kubeconfigs.workspaces.push((workspace.to_owned(), path));
         }
         // Where the clusters are registered (their SyncTargets).
+        let root = dir.join(format!("kcp-{}.kubeconfig", seed::SYNCTARGET_WORKSPACE));
+        kcp.write_kubeconfig(&root, Some(seed::SYNCTARGET_WORKSPACE))
+            .context("writing the kubeconfig of the SyncTargets' workspace")?;
+        kubeconfigs.synctargets = root;
         connections
             .add_workspace(
                 seed::SYNCTARGET_WORKSPACE,
