@@ -1,10 +1,12 @@
 //! The benchmark harness at a tiny scale: the figures it reports must agree
 //! with what happened (nothing lost, KCP holds every final status, the hub's
-//! write counter matches the writes KCP saw). Speed is not judged here.
+//! write counter matches the writes KCP saw, every cluster holds every
+//! object's last change). Speed is not judged here.
 
 use std::time::Duration;
 
 use uplink_e2e::bench::coalesce::{self, CoalesceSettings};
+use uplink_e2e::bench::downstream::{self, DownstreamSettings};
 use uplink_e2e::bench::latency::{self, LatencySettings};
 use uplink_e2e::bench::{BenchArgs, find_binaries};
 
@@ -25,6 +27,51 @@ async fn latency_figures_match_what_happened() -> anyhow::Result<()> {
     assert!(report.writes > 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
     assert!(report.final_statuses_match, "{report:?}");
+    assert!(
+        report.p50 <= report.p99 && report.p99 <= report.max,
+        "{report:?}"
+    );
+    assert!(report.max > Duration::ZERO, "{report:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_figures_match_what_happened() -> anyhow::Result<()> {
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let settings = DownstreamSettings {
+        clusters: 2,
+        objects: 4,
+        rate: 40,
+        duration: Duration::from_secs(2),
+    };
+    let report = downstream::run(&binaries, settings).await?;
+    assert_eq!(report.write_errors, 0, "{report:?}");
+    assert!(report.changes > 0, "{report:?}");
+    // Nothing lost, and the clusters, read directly, agree.
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.objects_behind, 0, "{report:?}");
+    assert!(report.final_values_match, "{report:?}");
+    // Every change that arrived was one apply at most: coalescing may skip
+    // changes, never add any.
+    assert!(report.downstream_events > 0, "{report:?}");
+    assert!(report.downstream_events <= report.changes, "{report:?}");
+    // KCP counted the benchmark's patches, and the benchmark sent no more
+    // than it says: what KCP saw beyond them is the hub's, and the hub has
+    // no reason to patch the objects during the load (its finalizers were
+    // on before it started).
+    assert_eq!(
+        report.bench_kcp_requests,
+        report.changes + report.write_errors,
+        "{report:?}"
+    );
+    assert_eq!(report.bench_kcp_reads, 0, "{report:?}");
+    assert!(
+        report.kcp_deployment_patches >= report.bench_kcp_requests,
+        "{report:?}"
+    );
+    assert_eq!(report.other_deployment_patches(), 0, "{report:?}");
+    // The hub reads nothing per change: its placement watch carries it.
+    assert_eq!(report.hub_kcp_reads, 0, "{report:?}");
     assert!(
         report.p50 <= report.p99 && report.p99 <= report.max,
         "{report:?}"

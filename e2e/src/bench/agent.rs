@@ -47,6 +47,7 @@ pub async fn run(binaries: &Binaries, settings: AgentSettings) -> anyhow::Result
         FleetSize {
             clusters: 1,
             objects: settings.objects,
+            downward: false,
         },
     )
     .await?;

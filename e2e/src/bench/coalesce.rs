@@ -72,6 +72,7 @@ pub async fn run(
         FleetSize {
             clusters: settings.clusters,
             objects: settings.objects,
+            downward: false,
         },
     )
     .await?;

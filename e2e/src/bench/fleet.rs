@@ -3,10 +3,14 @@
 //! child processes, talking mutual TLS over loopback.
 //!
 //! Every object is a Deployment in workspace [`WORKSPACE`], namespace
-//! [`NAMESPACE`], with a copy in a `kcp-<hash>` namespace of its cluster (the
-//! demo's seeding). A benchmark writes a counter into the copy's
-//! `status.readyReplicas` and watches KCP for it ([`StatusWriter`]).
+//! [`NAMESPACE`], placed on its cluster. By default it has a copy in a
+//! `kcp-<hash>` namespace of its cluster (the demo's seeding) and the agents
+//! report status only: a benchmark writes a counter into the copy's
+//! `status.readyReplicas` and watches KCP for it ([`write_counter`]). With
+//! [`FleetSize::downward`] the clusters start empty and the agents apply what
+//! the hub sends down ([`super::placed`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,7 +26,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use tokio::time::Instant;
 
-use crate::apiserver::{ApiServer, ApiServerConfig};
+use crate::apiserver::{ApiServer, ApiServerConfig, RequestCounts};
 use crate::demo::connections::Connections;
 use crate::demo::launch::{self, Files, HubAddrs};
 use crate::demo::observe::parse_metrics;
@@ -30,6 +34,9 @@ use crate::demo::processes::ChildProcess;
 use crate::demo::seed;
 use crate::demo::topology::{DemoObject, Topology};
 use crate::pki::DevPki;
+use uplink_agent::config::DEFAULT_DOWNWARD_RESOURCES;
+
+use super::placed;
 
 /// The KCP workspace every benchmark object lives in.
 pub const WORKSPACE: &str = "root:bench";
@@ -60,6 +67,11 @@ pub struct Binaries {
 pub struct FleetSize {
     pub clusters: usize,
     pub objects: usize,
+    /// The agents apply what KCP places on their clusters
+    /// (`--downward-resources`), and nothing is created in the clusters
+    /// beforehand; otherwise the agents are status-only and every object
+    /// has a copy downstream from the start.
+    pub downward: bool,
 }
 
 /// A running fleet; [`Fleet::stop`] takes it down.
@@ -72,6 +84,10 @@ pub struct Fleet {
     pub hub: ChildProcess,
     pub hub_addrs: HubAddrs,
     pub agents: Vec<ChildProcess>,
+    /// The namespace of the objects in each cluster, when the agents
+    /// apply them (the agent's naming); otherwise the demo's
+    /// ([`DemoObject::downstream_namespace`]).
+    downstream_namespaces: BTreeMap<String, String>,
     /// KCP first, then the clusters.
     servers: Vec<ApiServer>,
     http: MetricsClient,
@@ -130,14 +146,27 @@ impl Fleet {
             kubeconfigs.push(path);
             servers.push(server);
         }
-        seed::seed(&topology, &connections)
-            .await
-            .context("creating the benchmark's objects")?;
+        let downstream_namespaces = if size.downward {
+            placed::seed_placed(&topology, &connections)
+                .await
+                .context("creating the benchmark's objects in KCP")?
+        } else {
+            seed::seed(&topology, &connections)
+                .await
+                .context("creating the benchmark's objects")?;
+            BTreeMap::new()
+        };
 
         let hub_flags = unlimited_writes();
         let (hub, hub_addrs) =
             launch::start_hub_with(&binaries.hub, &files, HEARTBEAT, &hub_flags).await?;
-        let agent_flags = ["--capacity", "false"].map(str::to_owned);
+        let mut agent_flags = vec!["--capacity".to_owned(), "false".to_owned()];
+        if size.downward {
+            agent_flags.extend([
+                "--downward-resources".to_owned(),
+                DEFAULT_DOWNWARD_RESOURCES.to_owned(),
+            ]);
+        }
         let mut agents = Vec::new();
         for (cluster, kubeconfig) in topology.clusters.iter().zip(&kubeconfigs) {
             agents.push(launch::start_agent_with(
@@ -158,6 +187,7 @@ impl Fleet {
             hub,
             hub_addrs,
             agents,
+            downstream_namespaces,
             servers,
             http: metrics_client(),
         };
@@ -226,7 +256,20 @@ impl Fleet {
             .connections
             .cluster(&object.cluster)
             .with_context(|| format!("no client for {}", object.cluster))?;
-        Ok(Api::namespaced(client, &object.downstream_namespace()))
+        let namespace = match self.downstream_namespaces.get(&object.cluster) {
+            Some(namespace) => namespace.clone(),
+            None => object.downstream_namespace(),
+        };
+        Ok(Api::namespaced(client, &namespace))
+    }
+
+    /// The requests KCP (the test-bed API server standing in for it)
+    /// received so far, from anyone: the hub and the benchmark itself.
+    pub fn kcp_requests(&self) -> anyhow::Result<RequestCounts> {
+        self.servers
+            .first()
+            .map(ApiServer::requests)
+            .context("KCP is not running")
     }
 
     /// Every object in KCP.

@@ -1,10 +1,12 @@
 //! Watches KCP for the counters a benchmark writes downstream and times how
-//! long each write took to show up there.
+//! long each write took to show up there; [`KcpWatch::start_on`] does the
+//! same on other API servers for another value (the `downstream` scenario
+//! watches the clusters for the sequence numbers it writes into KCP).
 //!
-//! A write of counter `c` to an object counts as shown once KCP's watch
-//! delivers a value `>= c` for that object: Uplink coalesces, so KCP may skip
-//! straight to a later value, and that later value carries every earlier one.
-//! Writes never shown are lost.
+//! A write of counter `c` to an object counts as shown once the watch
+//! delivers a value `>= c` for that object: Uplink coalesces, so the other
+//! side may skip straight to a later value, and that later value carries
+//! every earlier one. Writes never shown are lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,10 +39,16 @@ struct State {
     pending: Vec<VecDeque<(i64, Instant)>>,
     /// Write-to-KCP times of the writes shown so far.
     latencies: Vec<Duration>,
-    /// Changes KCP's watch delivered after the first list.
+    /// Changes the watch delivered after the first list.
     events: u64,
-    listed: bool,
+    /// The watched APIs whose first list is in.
+    listed: usize,
+    /// Reads the counter of an object.
+    value_of: Option<ValueOf>,
 }
+
+/// Reads the counter a benchmark wrote from an object, if it carries one.
+pub type ValueOf = fn(&Deployment) -> Option<i64>;
 
 impl State {
     fn observe(&mut self, deployment: &Deployment, now: Instant) {
@@ -53,7 +61,7 @@ impl State {
         else {
             return;
         };
-        let Some(value) = counter_of(deployment) else {
+        let Some(value) = self.value_of.unwrap_or(counter_of)(deployment) else {
             return;
         };
         if let Some(shown) = self.shown.get_mut(index) {
@@ -70,9 +78,22 @@ impl State {
 }
 
 impl KcpWatch {
-    /// Starts watching `api` for the objects `names` (indexed in that
-    /// order) and returns once the first list is in.
+    /// Starts watching `api` for the counters ([`counter_of`]) of the
+    /// objects `names` (indexed in that order) and returns once the first
+    /// list is in.
     pub async fn start(api: Api<Deployment>, names: &[String]) -> anyhow::Result<KcpWatch> {
+        KcpWatch::start_on(vec![api], names, counter_of).await
+    }
+
+    /// Starts watching every one of `apis` for `value_of` of the objects
+    /// `names` (names are unique across them; indexed in that order) and
+    /// returns once every first list is in.
+    pub async fn start_on(
+        apis: Vec<Api<Deployment>>,
+        names: &[String],
+        value_of: ValueOf,
+    ) -> anyhow::Result<KcpWatch> {
+        let watched = apis.len();
         let state = Arc::new(Mutex::new(State {
             index: names
                 .iter()
@@ -81,13 +102,17 @@ impl KcpWatch {
                 .collect(),
             shown: vec![None; names.len()],
             pending: vec![VecDeque::new(); names.len()],
+            value_of: Some(value_of),
             ..State::default()
         }));
         let changed = Arc::new(Notify::new());
         let task = tokio::spawn({
             let (state, changed) = (state.clone(), changed.clone());
             async move {
-                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+                let streams = apis
+                    .into_iter()
+                    .map(|api| watcher(api, watcher::Config::default()).boxed());
+                let mut events = futures::stream::select_all(streams);
                 while let Some(event) = events.next().await {
                     let now = Instant::now();
                     let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -97,9 +122,9 @@ impl KcpWatch {
                             state.observe(&d, now);
                         }
                         Ok(watcher::Event::InitApply(d)) => state.observe(&d, now),
-                        Ok(watcher::Event::InitDone) => state.listed = true,
+                        Ok(watcher::Event::InitDone) => state.listed += 1,
                         Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "KCP watch failed; it retries"),
+                        Err(error) => tracing::warn!(%error, "benchmark watch failed; it retries"),
                     }
                     drop(state);
                     changed.notify_waiters();
@@ -112,10 +137,12 @@ impl KcpWatch {
             task,
         };
         watch
-            .wait_until(Instant::now() + Duration::from_secs(30), |s| s.listed)
+            .wait_until(Instant::now() + Duration::from_secs(30), |s| {
+                s.listed >= watched
+            })
             .await
             .then_some(())
-            .ok_or_else(|| anyhow::anyhow!("KCP's first list did not arrive within 30s"))?;
+            .ok_or_else(|| anyhow::anyhow!("the watch's first lists did not arrive within 30s"))?;
         Ok(watch)
     }
 

@@ -49,6 +49,7 @@ pub async fn run(binaries: &Binaries, settings: LatencySettings) -> anyhow::Resu
         FleetSize {
             clusters: settings.clusters,
             objects: settings.objects,
+            downward: false,
         },
     )
     .await?;

@@ -11,10 +11,12 @@
 pub mod agent;
 pub mod coalesce;
 pub mod connections;
+pub mod downstream;
 pub mod fleet;
 pub mod ingest;
 pub mod kcpwatch;
 pub mod latency;
+pub mod placed;
 pub mod procstat;
 pub mod simulated;
 pub mod sink;
@@ -32,6 +34,7 @@ use crate::demo::parse_duration;
 use agent::{AgentReport, AgentSettings};
 use coalesce::{CoalesceReport, CoalesceSettings};
 use connections::{ConnectionsReport, ConnectionsSettings};
+use downstream::{DownstreamReport, DownstreamSettings};
 use fleet::Binaries;
 use ingest::{IngestReport, IngestSettings};
 use latency::{LatencyReport, LatencySettings};
@@ -44,6 +47,9 @@ pub enum Scenario {
     Ingest,
     /// Time from a status write in a cluster to KCP's watch showing it.
     Latency,
+    /// Time from a write in KCP to the cluster showing the object applied;
+    /// KCP reads by the hub per change.
+    Downstream,
     /// Many idle agents: hub memory per agent, time to connect, idle CPU.
     Connections,
     /// The hub killed and restarted under many agents.
@@ -55,9 +61,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Ingest,
         Scenario::Latency,
+        Scenario::Downstream,
         Scenario::Connections,
         Scenario::Storm,
         Scenario::Coalesce,
@@ -69,6 +76,7 @@ impl Scenario {
         match self {
             Scenario::Ingest => "ingest",
             Scenario::Latency => "latency",
+            Scenario::Downstream => "downstream",
             Scenario::Connections => "connections",
             Scenario::Storm => "storm",
             Scenario::Coalesce => "coalesce",
@@ -100,11 +108,12 @@ pub struct BenchArgs {
     #[arg(long, env = "UPLINK_BENCH_OBJECTS")]
     pub objects: Option<usize>,
 
-    /// Status changes per second (latency).
+    /// Changes per second (latency: status changes in the clusters;
+    /// downstream: changes in KCP).
     #[arg(long, env = "UPLINK_BENCH_RATE")]
     pub rate: Option<u32>,
 
-    /// How long load runs (latency), e.g. `30s`.
+    /// How long load runs (latency, downstream), e.g. `30s`.
     #[arg(long, env = "UPLINK_BENCH_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
@@ -266,6 +275,29 @@ impl LatencyReport {
     }
 }
 
+impl DownstreamReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        vec![
+            Figure::new("rate_per_s", self.rate_per_s, "the requested rate"),
+            Figure::new("p50_ms", ms(self.p50), "-"),
+            Figure::new("p99_ms", ms(self.p99), "<= 100 at 1000/s"),
+            Figure::new("max_ms", ms(self.max), "-"),
+            Figure::new("lost", self.lost as f64, "0"),
+            Figure::new("changes", self.changes as f64, "-"),
+            Figure::new("downstream_events", self.downstream_events as f64, "-"),
+            Figure::new(
+                "hub_kcp_reads_per_change",
+                self.hub_reads_per_change(),
+                "0 beyond the watch",
+            ),
+            Figure::new("hub_kcp_reads", self.hub_kcp_reads as f64, "0"),
+            Figure::new("hub_kcp_other_reads", self.hub_kcp_other_reads as f64, "-"),
+            Figure::new("hub_kcp_watches", self.hub_kcp_watches as f64, "-"),
+        ]
+    }
+}
+
 impl ConnectionsReport {
     pub fn figures(&self) -> Vec<Figure> {
         vec![
@@ -377,6 +409,17 @@ pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale)
         Scenario::Latency => latency::run(
             binaries,
             LatencySettings {
+                clusters: scale.clusters,
+                objects: scale.latency_objects,
+                rate: scale.rate,
+                duration: scale.duration,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Downstream => downstream::run(
+            binaries,
+            DownstreamSettings {
                 clusters: scale.clusters,
                 objects: scale.latency_objects,
                 rate: scale.rate,
