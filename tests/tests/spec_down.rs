@@ -10,13 +10,18 @@
 //! transformations equals each cluster's copy, and KCP's status is the
 //! merge of the copies' statuses.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use uplink_agent::config::DEFAULT_DOWNWARD_RESOURCES;
+use uplink_tests::fleet::processes::{AgentProcess, HubProcess};
 use uplink_tests::fleet::spec_down::{SpecDown, owned_deployments};
 use uplink_tests::fleet::{Fleet, SCENARIO_TIMEOUT, bounded, deployment, eventually};
 
@@ -373,6 +378,260 @@ async fn a_namespace_in_a_workspace_with_dashes_and_colons_round_trips() -> Resu
             })
             .await?;
         }
+        fleet.shutdown().await
+    })
+    .await
+}
+
+/// Objects of the fault scenarios.
+const MANY: usize = 50;
+
+fn app(i: usize) -> String {
+    format!("app-{i}")
+}
+
+/// Places `count` Deployments `app-<i>` on `clusters`, 8 at a time.
+async fn place_many(fleet: &Fleet, count: usize, clusters: &[&str]) -> Result<()> {
+    futures::stream::iter((0..count).map(Ok::<_, anyhow::Error>))
+        .try_for_each_concurrent(8, |i| async move {
+            fleet
+                .place(WORKSPACE, NAMESPACE, &deployment(&app(i), 1), clusters)
+                .await
+                .map(drop)
+        })
+        .await
+}
+
+/// Waits until `counter` reaches `at_least`.
+async fn wait_count(counter: &AtomicUsize, at_least: usize, what: &str) -> Result<()> {
+    eventually(Duration::from_secs(60), what, async || {
+        let now = counter.load(Ordering::SeqCst);
+        ensure!(now >= at_least, "{now} so far");
+        Ok(())
+    })
+    .await
+}
+
+/// The hub process is killed (SIGKILL) while 1,000 spec changes stream into
+/// KCP, stays down while more changes land and some objects are unplaced
+/// or deleted in KCP, and starts again: every cluster ends up with KCP's
+/// last word on every object, nothing unplaced or deleted is left behind,
+/// and the deleted objects leave KCP once their copies are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_during_a_thousand_changes_restarts_and_everything_converges() -> Result<()> {
+    const CHANGES: usize = 1_000;
+    bounded(Duration::from_secs(240), async {
+        let mut fleet = Fleet::builder()
+            .clusters(["east"])
+            .workspaces([WORKSPACE])
+            .spec_down()
+            .without_agents()
+            .start()
+            .await?;
+        // The fleet's own hub makes way for a process that can be killed.
+        fleet.stop_hub().await?;
+        let mut hub = HubProcess::start(&fleet, &[]).await?;
+        let mut agent = fleet.agent_config("east")?;
+        agent.hub_url = hub.url();
+        fleet.spawn_agent("east", agent).await?;
+        fleet.wait_agent_connected("east").await?;
+
+        place_many(&fleet, MANY, &["east"]).await?;
+        let mut check = SpecDown::new();
+        for i in 0..MANY {
+            check.track(WORKSPACE, NAMESPACE, &app(i), &["east"]);
+        }
+        check.converged(&fleet, Duration::from_secs(60)).await?;
+
+        // Change i: object i % MANY gets replicas and an annotation naming i.
+        let done = Arc::new(AtomicUsize::new(0));
+        let api = Api::<Deployment>::namespaced(fleet.kcp(WORKSPACE).await?, NAMESPACE);
+        let changes = {
+            let done = done.clone();
+            let api = api.clone();
+            tokio::spawn(async move {
+                let mut lost = Vec::new();
+                for chunk in (0..CHANGES).collect::<Vec<_>>().chunks(MANY) {
+                    let results = futures::future::join_all(chunk.iter().map(|&i| {
+                        let api = api.clone();
+                        async move {
+                            let patch = json!({
+                                "metadata": {"annotations": {"example.com/change": i.to_string()}},
+                                "spec": {"replicas": 1 + (i / MANY) % 4},
+                            });
+                            let result = api
+                                .patch(
+                                    &app(i % MANY),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(&patch),
+                                )
+                                .await;
+                            (i, result)
+                        }
+                    }))
+                    .await;
+                    for (i, result) in results {
+                        match result {
+                            Ok(_) => {}
+                            // Deleted meanwhile: nothing to change.
+                            Err(kube::Error::Api(s)) if s.code == 404 => {}
+                            Err(e) => lost.push(format!("change {i}: {e}")),
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                lost
+            })
+        };
+
+        wait_count(&done, CHANGES / 4, "a quarter of the changes").await?;
+        hub.process.kill().await?;
+        // While the hub is down: app-0..4 unplaced, app-5..9 deleted in KCP.
+        for i in 0..5 {
+            fleet
+                .set_placement::<Deployment>(WORKSPACE, NAMESPACE, &app(i), &[])
+                .await?;
+            check.track(WORKSPACE, NAMESPACE, &app(i), &[]);
+            api.delete(&app(i + 5), &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting {} in KCP", app(i + 5)))?;
+        }
+        wait_count(&done, CHANGES / 2, "half of the changes").await?;
+        hub.restart().await?;
+        let lost = changes.await.context("the change driver panicked")?;
+        ensure!(lost.is_empty(), "KCP refused changes: {lost:?}");
+        ensure!(done.load(Ordering::SeqCst) == CHANGES);
+
+        check.converged(&fleet, Duration::from_secs(90)).await?;
+        // KCP's last word: each remaining object has its last change.
+        for i in 10..MANY {
+            let last = CHANGES - MANY + i;
+            let down = fleet
+                .downstream_deployment("east", WORKSPACE, NAMESPACE, &app(i))
+                .await?
+                .with_context(|| format!("{} gone from east", app(i)))?;
+            assert_eq!(
+                down["metadata"]["annotations"]["example.com/change"],
+                last.to_string(),
+                "{}",
+                app(i)
+            );
+        }
+        for i in 5..10 {
+            ensure!(
+                fleet
+                    .upstream_deployment(WORKSPACE, NAMESPACE, &app(i))
+                    .await?
+                    .is_none(),
+                "{} deleted in KCP is still there",
+                app(i)
+            );
+        }
+        ensure!(
+            owned_deployments(&fleet, "east").await?.len() == MANY - 10,
+            "east holds copies of objects no longer placed on it"
+        );
+        fleet.stop_agent("east").await?;
+        hub.process.terminate(Duration::from_secs(20)).await?;
+        fleet.shutdown().await
+    })
+    .await
+}
+
+/// The agent process is killed (SIGKILL) while it applies 300 objects;
+/// while it is away some are unplaced and some deleted in KCP. Started
+/// again (a new session: the hub sends a snapshot), it applies the rest,
+/// sweeps what is no longer placed, and KCP lets the deleted objects go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_while_applying_comes_back_without_leftovers() -> Result<()> {
+    const COUNT: usize = 300;
+    bounded(Duration::from_secs(240), async {
+        let fleet = Fleet::builder()
+            .clusters(["east"])
+            .workspaces([WORKSPACE])
+            .spec_down()
+            .without_agents()
+            .start()
+            .await?;
+        let downward = format!("--downward-resources={DEFAULT_DOWNWARD_RESOURCES}");
+        let mut agent =
+            AgentProcess::start_with(&fleet, "east", &fleet.hub_url(), &[downward.as_str()])
+                .await?;
+        let created = Arc::new(AtomicUsize::new(0));
+        let placing = {
+            let created = created.clone();
+            let api = Api::<Deployment>::namespaced(fleet.kcp(WORKSPACE).await?, NAMESPACE);
+            let label = fleet.placement_label("east");
+            fleet
+                .place(WORKSPACE, NAMESPACE, &deployment(&app(0), 1), &["east"])
+                .await?;
+            created.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                for i in 1..COUNT {
+                    let mut object = deployment(&app(i), 1);
+                    object
+                        .metadata
+                        .labels
+                        .get_or_insert_default()
+                        .insert(label.clone(), "Sync".into());
+                    api.create(&kube::api::PostParams::default(), &object)
+                        .await
+                        .with_context(|| format!("creating {}", app(i)))?;
+                    created.fetch_add(1, Ordering::SeqCst);
+                }
+                anyhow::Ok(())
+            })
+        };
+        // Killed in the middle: some copies exist, not all.
+        eventually(
+            Duration::from_secs(60),
+            "the agent to be applying",
+            async || {
+                let have = owned_deployments(&fleet, "east").await?.len();
+                ensure!(have >= 20, "{have} copies");
+                Ok(())
+            },
+        )
+        .await?;
+        agent.process.kill().await?;
+        placing.await.context("the creator panicked")??;
+        let applied = owned_deployments(&fleet, "east").await?.len();
+        ensure!(
+            applied < COUNT,
+            "the agent applied all {applied} before it was killed; the scenario needs it mid-way"
+        );
+
+        // While it is away: 0..10 unplaced, 10..20 deleted in KCP (among
+        // those it already applied), and 20 more changed.
+        let api = Api::<Deployment>::namespaced(fleet.kcp(WORKSPACE).await?, NAMESPACE);
+        let mut check = SpecDown::new();
+        for i in 0..COUNT {
+            check.track(WORKSPACE, NAMESPACE, &app(i), &["east"]);
+        }
+        for i in 0..10 {
+            fleet
+                .set_placement::<Deployment>(WORKSPACE, NAMESPACE, &app(i), &[])
+                .await?;
+            check.track(WORKSPACE, NAMESPACE, &app(i), &[]);
+            api.delete(&app(i + 10), &DeleteParams::default()).await?;
+        }
+        for i in 20..40 {
+            patch_upstream(&fleet, WORKSPACE, &app(i), json!({"spec": {"replicas": 2}})).await?;
+        }
+
+        agent.restart().await?;
+        check.converged(&fleet, Duration::from_secs(120)).await?;
+        ensure!(
+            owned_deployments(&fleet, "east").await?.len() == COUNT - 20,
+            "leftovers in east"
+        );
+        let metrics = agent.process.metrics().await?;
+        ensure!(
+            metrics.counter("uplink_agent_applies_total{result=\"deleted\"}") >= 10.0,
+            "the restarted agent should have deleted the unplaced and the deleted:\n{}",
+            metrics.text()
+        );
+        agent.process.terminate(Duration::from_secs(20)).await?;
         fleet.shutdown().await
     })
     .await
