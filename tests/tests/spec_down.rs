@@ -636,3 +636,70 @@ async fn an_agent_killed_while_applying_comes_back_without_leftovers() -> Result
     })
     .await
 }
+
+/// Someone edits the copy by hand (`kubectl edit`, another field manager):
+/// the field Uplink applied (`spec.replicas`) is set back to KCP's value,
+/// the annotation only the editor set stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_downstream_is_set_back_and_other_fields_survive() -> Result<()> {
+    bounded(SCENARIO_TIMEOUT, async {
+        let fleet = fleet(&["east"]).await?;
+        fleet
+            .place(WORKSPACE, NAMESPACE, &deployment("web", 2), &["east"])
+            .await?;
+        let mut check = SpecDown::new();
+        check.track(WORKSPACE, NAMESPACE, "web", &["east"]);
+        check.converged(&fleet, CONVERGE).await?;
+
+        let namespace = fleet.downstream_namespace("east", WORKSPACE, NAMESPACE);
+        let api = Api::<Deployment>::namespaced(fleet.cluster("east").await?, &namespace);
+        let edit = json!({
+            "metadata": {"annotations": {"example.com/by-hand": "yes"}},
+            "spec": {"replicas": 7},
+        });
+        api.patch(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .context("editing the copy by hand")?;
+
+        fleet
+            .downstream_deployment_where(
+                "east",
+                (WORKSPACE, NAMESPACE, "web"),
+                CONVERGE,
+                "replicas set back to KCP's 2",
+                |down| {
+                    ensure!(
+                        down["spec"]["replicas"] == 2,
+                        "replicas {}",
+                        down["spec"]["replicas"]
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+        let down = fleet
+            .downstream_deployment("east", WORKSPACE, NAMESPACE, "web")
+            .await?
+            .context("no copy")?;
+        assert_eq!(
+            down["metadata"]["annotations"]["example.com/by-hand"], "yes",
+            "the editor's own field must survive: {down}"
+        );
+        check.converged(&fleet, CONVERGE).await?;
+        let metrics = fleet.agent_metrics("east").await?;
+        ensure!(
+            metrics.counter("uplink_agent_applies_total{result=\"drift\"}") >= 1.0,
+            "the correction should be counted:\n{}",
+            metrics.text()
+        );
+        fleet.shutdown().await
+    })
+    .await
+}
