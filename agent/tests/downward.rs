@@ -572,14 +572,15 @@ async fn slow_applies_hold_up_neither_heartbeats_nor_status() {
     assert_eq!(next_ack(&mut conn, &mut reported).await.seq, 1);
 
     // Now every request to the cluster takes 4 s: each apply below needs at
-    // least two (discovery of ConfigMaps, the apply), so none is done for 8 s.
+    // least two (its new namespace, the apply; discovery may be cached by
+    // the drift watches), so none is done for 8 s.
     cluster.server.faults().set_latency(Duration::from_secs(4));
     let deltas: Vec<DownwardDelta> = (2..=41)
         .map(|seq| {
             let name = format!("settings-{seq}");
             apply(
                 seq,
-                object_ref("configmaps", "ConfigMap", "shop", &name),
+                object_ref("configmaps", "ConfigMap", "settings", &name),
                 &placed_configmap(&name),
             )
         })

@@ -34,6 +34,7 @@ pub mod processes;
 pub mod proxy;
 mod scrape;
 pub mod setup;
+pub mod spec_down;
 
 use std::{
     collections::BTreeMap,
@@ -107,6 +108,10 @@ pub struct FleetBuilder {
     synctarget_workspace: String,
     /// Clusters that get no SyncTarget (KCP places nothing on them).
     without_synctarget: Vec<String>,
+    /// Both halves on: the agents apply what the hub sends down, the
+    /// clusters run the stand-in Deployment controller, and the fleet
+    /// creates no downstream copies itself ([`spec_down`]).
+    spec_down: bool,
 }
 
 /// The hub's merge policy and feature gates for a fleet (aggregation
@@ -190,9 +195,12 @@ impl FleetBuilder {
 
         let mut clusters = BTreeMap::new();
         for name in &self.clusters {
-            let server = ApiServer::start(ApiServerConfig::default())
-                .await
-                .with_context(|| format!("starting the API server of cluster {name}"))?;
+            let server = ApiServer::start(ApiServerConfig {
+                deployment_controller: self.spec_down,
+                ..ApiServerConfig::default()
+            })
+            .await
+            .with_context(|| format!("starting the API server of cluster {name}"))?;
             server
                 .write_kubeconfig(&cluster_kubeconfig(dir.path(), name), None)
                 .with_context(|| format!("writing the kubeconfig of cluster {name}"))?;
@@ -238,6 +246,7 @@ impl FleetBuilder {
 
         let mut fleet = Fleet {
             heartbeat: self.heartbeat,
+            spec_down: self.spec_down,
             synctarget_workspace: self.synctarget_workspace,
             synctarget_uids,
             dir,
@@ -267,6 +276,8 @@ impl FleetBuilder {
 #[derive(Debug)]
 pub struct Fleet {
     heartbeat: Duration,
+    /// Agents apply what the hub sends down ([`FleetBuilder::spec_down`]).
+    spec_down: bool,
     /// Where the clusters' SyncTargets live.
     synctarget_workspace: String,
     /// The uid of each cluster's SyncTarget as the fleet created it at
@@ -299,6 +310,7 @@ impl Fleet {
             hub_tweaks: Vec::new(),
             synctarget_workspace: "root".to_owned(),
             without_synctarget: Vec::new(),
+            spec_down: false,
         }
     }
 
@@ -369,6 +381,24 @@ impl Fleet {
         self.hub.http_addr
     }
 
+    /// Stops the hub (its agents lose their sessions and keep trying to
+    /// reconnect). [`Fleet::start_hub`] starts it again.
+    pub async fn stop_hub(&mut self) -> Result<()> {
+        self.hub.stop.cancel();
+        join("the hub", self.hub.task.take()).await
+    }
+
+    /// Starts a stopped hub again on the same addresses, with the same
+    /// configuration: a new process as far as anyone can tell (new epoch,
+    /// empty store), so every agent snapshots both ways.
+    pub async fn start_hub(&mut self) -> Result<()> {
+        if self.hub.task.is_some() {
+            bail!("the hub is running");
+        }
+        self.hub = RunningHub::start(self.hub.config.clone(), self.root.child_token()).await?;
+        Ok(())
+    }
+
     /// The hub's store (what every cluster reported).
     pub fn hub_store(&self) -> &Arc<Store> {
         &self.hub.store
@@ -410,6 +440,11 @@ impl Fleet {
             tls_key: pki.join(format!("{cluster}.key")),
             hub_ca: pki.join("ca.crt"),
             resources: vec![ResourceSpec::deployments()],
+            downward_resources: if self.spec_down {
+                uplink_agent::config::default_downward_resources()
+            } else {
+                Vec::new()
+            },
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             heartbeat_interval: self.heartbeat,
             reconnect: ReconnectSettings {
@@ -515,7 +550,9 @@ impl Fleet {
     /// (`state.workload.kcp.io/<syncTargetKey>: Sync`), and in each of them
     /// a copy in the downstream namespace
     /// [`Fleet::downstream_namespace`]`(cluster, workspace, namespace)`,
-    /// which carries the namespace locator. Returns the upstream object as created.
+    /// which carries the namespace locator. Returns the upstream object as
+    /// created. In [`FleetBuilder::spec_down`] mode only the upstream object
+    /// is created: the agents make the copies from what the hub sends down.
     pub async fn place<K>(
         &self,
         workspace: &str,
@@ -533,6 +570,9 @@ impl Fleet {
         let upstream = self
             .create_upstream(workspace, namespace, object, clusters)
             .await?;
+        if self.spec_down {
+            return Ok(upstream);
+        }
         for cluster in clusters {
             self.create_downstream(cluster, workspace, namespace, object)
                 .await?;
@@ -791,6 +831,9 @@ impl Fleet {
 /// The hub, running on a task the fleet owns.
 #[derive(Debug)]
 struct RunningHub {
+    /// What it was started with (its listen addresses are the ones it got,
+    /// so a restarted hub is found where its agents look).
+    config: HubConfig,
     tunnel_addr: SocketAddr,
     http_addr: SocketAddr,
     store: Arc<Store>,
@@ -800,9 +843,12 @@ struct RunningHub {
 }
 
 impl RunningHub {
-    async fn start(config: HubConfig, stop: CancellationToken) -> Result<Self> {
-        let hub = Hub::bind(config).await.context("binding the hub")?;
+    async fn start(mut config: HubConfig, stop: CancellationToken) -> Result<Self> {
+        let hub = Hub::bind(config.clone()).await.context("binding the hub")?;
+        config.listen = hub.tunnel_addr();
+        config.http_listen = hub.http_addr();
         Ok(RunningHub {
+            config,
             tunnel_addr: hub.tunnel_addr(),
             http_addr: hub.http_addr(),
             store: hub.store(),

@@ -13,6 +13,7 @@
 //! the barrier before a sweep) → this module → [`sweep`] (after a downward
 //! snapshot, the owned objects it did not name are deleted).
 
+pub mod drift;
 pub mod queue;
 pub mod sweep;
 
@@ -89,6 +90,8 @@ pub struct Applier {
     resolved: Mutex<HashMap<ResourceSpec, Resolved>>,
     /// Namespaces known to exist with the locator the agent wants.
     namespaces: Mutex<HashSet<String>>,
+    /// What each object was last applied as, for [`drift`].
+    applied: Mutex<drift::Applied>,
 }
 
 impl fmt::Debug for Applier {
@@ -108,6 +111,7 @@ impl Applier {
             metrics,
             resolved: Mutex::new(HashMap::new()),
             namespaces: Mutex::new(HashSet::new()),
+            applied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -144,15 +148,23 @@ impl Applier {
                 return Ok(failed);
             }
             match self.patch(&downstream, &resolved).await {
-                Ok(()) => return Ok(ApplyResult::Applied),
+                Ok(()) => {
+                    self.remember(&downstream.key, Some(&downstream.manifest));
+                    return Ok(ApplyResult::Applied);
+                }
                 Err(Outcome::NotFound(message)) if !last => {
                     tracing::debug!(namespace = %downstream.key.namespace, name = %downstream.key.name, %message, "not found while applying; looking again");
                     self.forget(object, &downstream.key.namespace);
                 }
                 Err(Outcome::NotFound(message)) => {
+                    self.remember(&downstream.key, None);
                     return Ok(ApplyResult::failed(ApplyFailure::INVALID, message));
                 }
-                Err(Outcome::Failed(result)) => return Ok(result),
+                Err(Outcome::Failed(result)) => {
+                    // Not KCP's spec any more: nothing to set back.
+                    self.remember(&downstream.key, None);
+                    return Ok(result);
+                }
                 Err(Outcome::Transient(e)) => {
                     if e.0.contains("being terminated") {
                         self.forget(object, &downstream.key.namespace);
@@ -175,6 +187,7 @@ impl Applier {
             Ok(key) => key,
             Err(e) => return Ok(ApplyResult::failed(e.reason(), e)),
         };
+        self.remember(&key, None);
         let resolved = match self.resolve_namespaced(object).await? {
             Ok(resolved) => resolved,
             // A type the cluster does not serve has no objects to delete.

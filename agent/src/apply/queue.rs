@@ -134,6 +134,20 @@ impl ApplyQueue {
                 queued.clone(),
             ));
         }
+        // Drift: one watch per downward type (a type in several versions
+        // is one set of objects).
+        if let Some(target) = &target {
+            let mut seen = HashSet::new();
+            for spec in applier.types() {
+                if seen.insert((spec.group.clone(), spec.resource.clone())) {
+                    tasks.spawn(super::drift::watch(
+                        Arc::clone(&applier),
+                        Arc::clone(target),
+                        spec.clone(),
+                    ));
+                }
+            }
+        }
         let (entries, rx) = mpsc::unbounded_channel();
         tasks.spawn(dispatch(Arc::clone(&applier), target, rx, shards, done));
         Self {

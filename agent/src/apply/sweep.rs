@@ -71,6 +71,7 @@ impl Applier {
                         .await
                     {
                         Ok(()) | Err(Outcome::NotFound(_)) => {
+                            self.remember(&key, None);
                             report.deleted += 1;
                             self.metrics().applies.with_label_values(&["deleted"]).inc();
                             tracing::info!(resource = %spec, namespace = %key.namespace, name = %key.name, "swept: no longer placed on this cluster");

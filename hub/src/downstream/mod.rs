@@ -31,6 +31,11 @@ use crate::metrics::Metrics;
 use crate::store::{ClusterName, ObjectKey};
 use crate::writer::WriteQueue;
 
+/// What a snapshot starts from: every object placed on the cluster (key,
+/// upstream uid, manifest), and those placed on it that are being deleted
+/// in KCP (their keys).
+pub type SnapshotObjects = (Vec<(ObjectKey, String, Arc<str>)>, Vec<ObjectKey>);
+
 /// Every cluster's downward lane.
 #[derive(Debug)]
 pub struct Downstream {
@@ -84,15 +89,17 @@ impl Downstream {
 
     /// Opens `cluster`'s lane for agent session `session`, which applies
     /// `types` ((group, resource)). `placed` lists every object placed on
-    /// the cluster now (key, upstream uid, manifest; call it under the
-    /// placement view's read lock, so no change slips between it and the
-    /// queue). The same session resumes; another one gets a snapshot.
+    /// the cluster now (key, upstream uid, manifest), and the objects placed
+    /// on it that are being deleted in KCP (call it under the placement
+    /// view's read lock, so no change slips between it and the queue). The
+    /// same session resumes; another one gets a snapshot, whose end
+    /// confirms the deleted objects gone.
     pub fn open(
         &self,
         cluster: &str,
         session: &str,
         types: HashSet<(String, String)>,
-        placed: impl FnOnce(&HashSet<(String, String)>) -> Vec<(ObjectKey, String, Arc<str>)>,
+        placed: impl FnOnce(&HashSet<(String, String)>) -> SnapshotObjects,
     ) -> (LaneStart, Arc<Notify>) {
         let mut lanes = self.lanes();
         let lane = lanes.entry(cluster.to_owned()).or_insert_with(|| Lane {
@@ -105,7 +112,7 @@ impl Downstream {
             lane.queue.resume();
             LaneStart::Resume
         } else {
-            let objects = placed(&types);
+            let (objects, deleting) = placed(&types);
             self.metrics
                 .downstream_objects
                 .with_label_values(&[cluster])
@@ -114,6 +121,7 @@ impl Downstream {
             lane.session = session.to_owned();
             let before = lane.queue.len();
             let (objects, end) = lane.queue.snapshot(objects);
+            lane.queue.sweep_with_snapshot(deleting);
             self.count_queue(before, lane.queue.len());
             LaneStart::Snapshot { objects, end }
         };

@@ -246,6 +246,19 @@ impl DownwardQueue {
         (count, end)
     }
 
+    /// Objects deleted in KCP that the snapshot being sent does not name
+    /// (their copies, if any, go in the agent's sweep): confirmed deleted
+    /// with the snapshot's end, so the hub lets them go upstream. An object
+    /// whose deletion the hub saw before the cluster's lane opened (a hub
+    /// that restarted while objects were being deleted) has no other way
+    /// to be confirmed.
+    pub fn sweep_with_snapshot(&mut self, keys: impl IntoIterator<Item = ObjectKey>) {
+        let Some(end) = self.snapshot_end else {
+            return;
+        };
+        self.swept.extend(keys.into_iter().map(|key| (end, key)));
+    }
+
     /// Entries waiting (sent or not).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -278,6 +291,24 @@ mod tests {
 
     fn seqs(batch: &[Queued]) -> Vec<u64> {
         batch.iter().map(|q| q.seq).collect()
+    }
+
+    #[test]
+    fn objects_deleted_before_a_snapshot_are_confirmed_by_its_end() {
+        let mut queue = DownwardQueue::default();
+        let (_, end) = queue.snapshot(vec![(key("a"), "u".into(), Arc::from("1"))]);
+        queue.sweep_with_snapshot([key("gone")]);
+        assert_eq!(seqs(&queue.next_batch(10, 10)), [end - 1]);
+        assert_eq!(queue.snapshot_end_due(10), Some(end));
+        let confirmed = queue.ack(end - 1);
+        assert!(confirmed.deleted.is_empty(), "not before the end");
+        let confirmed = queue.ack(end);
+        assert_eq!(confirmed.deleted, vec![key("gone")]);
+        // Outside a snapshot there is no sweep to confirm anything.
+        queue.sweep_with_snapshot([key("other")]);
+        queue.push(key("b"), "u".into(), apply("1"));
+        queue.next_batch(10, 10);
+        assert!(queue.ack(end + 1).deleted.is_empty());
     }
 
     #[test]

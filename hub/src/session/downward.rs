@@ -90,11 +90,16 @@ impl<S: Transport> Connection<S> {
                         &hello.session_id,
                         types,
                         |types| {
-                            view.placed_objects(&self.cluster, types)
+                            let (deleting, live): (Vec<_>, Vec<_>) = view
+                                .placed_objects(&self.cluster, types)
                                 .into_iter()
-                                .filter(|(_, placed)| !placed.deleting)
-                                .map(|(key, placed)| (key, placed.uid, placed.manifest))
-                                .collect()
+                                .partition(|(_, placed)| placed.deleting);
+                            (
+                                live.into_iter()
+                                    .map(|(key, placed)| (key, placed.uid, placed.manifest))
+                                    .collect(),
+                                deleting.into_iter().map(|(key, _)| key).collect(),
+                            )
                         },
                     );
                     (synctarget, start, wake)

@@ -266,10 +266,20 @@ impl AgentProcess {
     /// Starts cluster `cluster`'s agent against `hub_url` with the fleet's
     /// heartbeat and quick reconnects, and waits until it has a session.
     pub async fn start(fleet: &Fleet, cluster: &str, hub_url: &str) -> Result<AgentProcess> {
+        Self::start_with(fleet, cluster, hub_url, &[]).await
+    }
+
+    /// [`AgentProcess::start`] with `extra` flags (`--downward-resources=...`).
+    pub async fn start_with(
+        fleet: &Fleet,
+        cluster: &str,
+        hub_url: &str,
+        extra: &[&str],
+    ) -> Result<AgentProcess> {
         let binaries = binaries().await?;
         let http = free_addr()?;
         let pki = fleet.dir().join("pki");
-        let args = vec![
+        let mut args = vec![
             format!("--cluster={cluster}"),
             format!(
                 "--kubeconfig={}",
@@ -287,6 +297,7 @@ impl AgentProcess {
             "--reconnect-initial=100ms".into(),
             "--reconnect-max=1s".into(),
         ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let log = fleet.dir().join(format!("agent-{cluster}-process.log"));
         let mut agent = AgentProcess {
             process: Process::new(
