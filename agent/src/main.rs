@@ -78,8 +78,14 @@ struct Args {
     )]
     downward_resources: DownwardResources,
 
-    /// Address of the /metrics, /healthz and /readyz server.
-    #[arg(long, env = "UPLINK_AGENT_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Address of the /metrics, /healthz and /readyz server. Loopback by
+    /// default; set e.g. 0.0.0.0:9090 where probes or Prometheus must reach
+    /// it from outside the pod.
+    #[arg(
+        long,
+        env = "UPLINK_AGENT_HTTP_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     http_listen: SocketAddr,
 
     /// How often to send heartbeats (the shorter of this and the hub's

@@ -16,7 +16,9 @@ use crate::aggregate::{FeatureGates, MergePolicy};
 pub struct HubConfig {
     /// Where the agents' TLS WebSocket tunnel listens.
     pub listen: SocketAddr,
-    /// Where `/metrics`, `/healthz`, `/readyz` and the hub API listen.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the hub API listen
+    /// (loopback unless told otherwise: the API serves every workspace's
+    /// statuses).
     pub http_listen: SocketAddr,
     /// The hub's serving certificate chain (PEM).
     pub tls_cert: PathBuf,
@@ -45,10 +47,23 @@ pub struct HubConfig {
     pub status_write: StatusWrite,
     /// Send every write with `dryRun=All`.
     pub dry_run: bool,
+    /// Longest time from TCP accept to a finished TLS handshake (at most
+    /// `handshake_timeout`).
+    pub tls_handshake_timeout: Duration,
     /// Longest time from TCP accept to a received `Hello`.
     pub handshake_timeout: Duration,
-    /// TLS and WebSocket handshakes running at once; more connections wait.
-    pub max_concurrent_handshakes: usize,
+    /// Connections in their TLS handshake at once, all sources; when full,
+    /// the oldest is closed to make room for a new one.
+    pub max_tls_handshakes: usize,
+    /// Connections in their TLS handshake at once from one source address
+    /// (IPv6: one /64); when full, its oldest is closed to make room.
+    pub max_tls_handshakes_per_source: usize,
+    /// Connections past TLS that have not sent `Hello` yet, all clusters;
+    /// when full, the oldest is closed to make room.
+    pub max_awaiting_hello: usize,
+    /// Connections past TLS that have not sent `Hello` yet, per cluster
+    /// (certificate identity); when full, its oldest is closed.
+    pub max_awaiting_hello_per_cluster: usize,
     /// How long shutdown waits for pending upstream writes.
     pub shutdown_flush_timeout: Duration,
     /// How long a cluster may stay without heartbeats before it is Offline
@@ -85,7 +100,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert: PathBuf::from("certs/hub.pem"),
             tls_key: PathBuf::from("certs/hub-key.pem"),
             client_ca: PathBuf::from("certs/ca.pem"),
@@ -99,8 +114,12 @@ impl Default for HubConfig {
             write_concurrency: 4,
             status_write: StatusWrite::default(),
             dry_run: false,
+            tls_handshake_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
-            max_concurrent_handshakes: 64,
+            max_tls_handshakes: 1024,
+            max_tls_handshakes_per_source: 32,
+            max_awaiting_hello: 1024,
+            max_awaiting_hello_per_cluster: 4,
             shutdown_flush_timeout: Duration::from_secs(10),
             offline_grace: Duration::from_secs(300),
             merge_policy: MergePolicy::default(),

@@ -366,7 +366,6 @@ impl Hub {
             connections: Connections::default(),
             limits: config.limits,
             heartbeat_interval: config.heartbeat_interval,
-            hello_timeout: config.handshake_timeout,
             hub_epoch: rand::random(),
             require_workspace: config.upstream == UpstreamMode::Kcp,
             write_queue: queue,
@@ -385,8 +384,12 @@ impl Hub {
             TlsAcceptor::from(tls),
             shared,
             server::ListenerSettings {
+                tls_handshake_timeout: config.tls_handshake_timeout,
                 handshake_timeout: config.handshake_timeout,
-                max_concurrent_handshakes: config.max_concurrent_handshakes,
+                max_tls_handshakes: config.max_tls_handshakes,
+                max_tls_handshakes_per_source: config.max_tls_handshakes_per_source,
+                max_awaiting_hello: config.max_awaiting_hello,
+                max_awaiting_hello_per_cluster: config.max_awaiting_hello_per_cluster,
             },
             shutdown,
         )

@@ -40,8 +40,10 @@ struct Args {
     listen: SocketAddr,
 
     /// Address of the plain-HTTP endpoint: /metrics, /healthz, /readyz and
-    /// the hub API (/api/v1/clusters, /api/v1/objects).
-    #[arg(long, env = "UPLINK_HUB_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    /// the hub API (/api/v1/clusters, /api/v1/objects). Loopback by default:
+    /// the API shows every workspace's statuses to whoever reaches it. Set
+    /// e.g. 0.0.0.0:8080 where probes or Prometheus must reach it.
+    #[arg(long, env = "UPLINK_HUB_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     http_listen: SocketAddr,
 
     /// PEM file with the hub's serving certificate (chain) for the tunnel.
@@ -119,17 +121,49 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_DRY_RUN")]
     dry_run: bool,
 
+    /// Longest time from an agent's TCP connect to a finished TLS
+    /// handshake (at most --handshake-timeout). A legitimate handshake takes
+    /// a few round trips; a connection still in it at the deadline is closed.
+    #[arg(long, env = "UPLINK_HUB_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+
     /// Longest time from an agent's TCP connect to its Hello.
     #[arg(long, env = "UPLINK_HUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
 
-    /// TLS/WebSocket handshakes in progress at once; more connections wait.
+    /// Connections in their TLS handshake at once, all sources. When full,
+    /// the oldest of them is closed to make room for a new one, so stalled
+    /// connections cannot lock agents out; the accept loop never waits.
     #[arg(
         long,
-        env = "UPLINK_HUB_MAX_CONCURRENT_HANDSHAKES",
-        default_value_t = 64
+        env = "UPLINK_HUB_MAX_TLS_HANDSHAKES",
+        alias = "max-concurrent-handshakes",
+        default_value_t = 1024
     )]
-    max_concurrent_handshakes: usize,
+    max_tls_handshakes: usize,
+
+    /// Connections in their TLS handshake at once from one source address
+    /// (IPv6: one /64). When full, that source's oldest is closed.
+    #[arg(
+        long,
+        env = "UPLINK_HUB_MAX_TLS_HANDSHAKES_PER_SOURCE",
+        default_value_t = 32
+    )]
+    max_tls_handshakes_per_source: usize,
+
+    /// Connections past TLS that have not sent their Hello yet, all
+    /// clusters. When full, the oldest of them is closed.
+    #[arg(long, env = "UPLINK_HUB_MAX_AWAITING_HELLO", default_value_t = 1024)]
+    max_awaiting_hello: usize,
+
+    /// Connections past TLS that have not sent their Hello yet, per cluster
+    /// (certificate identity). When full, that cluster's oldest is closed.
+    #[arg(
+        long,
+        env = "UPLINK_HUB_MAX_AWAITING_HELLO_PER_CLUSTER",
+        default_value_t = 4
+    )]
+    max_awaiting_hello_per_cluster: usize,
 
     /// How long shutdown waits for pending upstream writes.
     #[arg(long, env = "UPLINK_HUB_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -268,6 +302,32 @@ impl Args {
                 "--synctarget-workspace must name the KCP workspace that holds the clusters' SyncTargets"
             );
         }
+        if self.tls_handshake_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            anyhow::bail!("--tls-handshake-timeout and --handshake-timeout must be longer than 0s");
+        }
+        if self.tls_handshake_timeout > self.handshake_timeout {
+            anyhow::bail!(
+                "--tls-handshake-timeout ({:?}) must not be longer than --handshake-timeout ({:?}), which covers TLS too",
+                self.tls_handshake_timeout,
+                self.handshake_timeout
+            );
+        }
+        for (flag, value) in [
+            ("--max-tls-handshakes", self.max_tls_handshakes),
+            (
+                "--max-tls-handshakes-per-source",
+                self.max_tls_handshakes_per_source,
+            ),
+            ("--max-awaiting-hello", self.max_awaiting_hello),
+            (
+                "--max-awaiting-hello-per-cluster",
+                self.max_awaiting_hello_per_cluster,
+            ),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{flag} must be at least 1");
+            }
+        }
         if self.resources.is_empty() {
             anyhow::bail!("--resources must name at least one resource type");
         }
@@ -302,8 +362,12 @@ impl Args {
             write_settle: self.write_settle,
             status_write: self.status_write,
             dry_run: self.dry_run,
+            tls_handshake_timeout: self.tls_handshake_timeout,
             handshake_timeout: self.handshake_timeout,
-            max_concurrent_handshakes: self.max_concurrent_handshakes,
+            max_tls_handshakes: self.max_tls_handshakes,
+            max_tls_handshakes_per_source: self.max_tls_handshakes_per_source,
+            max_awaiting_hello: self.max_awaiting_hello,
+            max_awaiting_hello_per_cluster: self.max_awaiting_hello_per_cluster,
             shutdown_flush_timeout: self.shutdown_timeout,
             offline_grace: self.offline_grace,
             merge_policy,

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub kcp_write_duration: Histogram,
     /// Connections that never became a session, by reason.
     pub handshake_failures: IntCounterVec,
+    /// Connections accepted that are not a session yet, by phase: in their
+    /// TLS handshake, or past it and waiting for their `Hello`.
+    pub handshakes_in_progress: IntGaugeVec,
     /// Objects in the store (any number of clusters reporting them).
     pub store_objects: IntGauge,
     /// Objects waiting for the writer (ready or waiting for a retry).
@@ -72,8 +75,19 @@ pub mod write_result {
 /// Labels of `uplink_hub_handshake_failures_total{reason}`.
 pub mod handshake_reason {
     pub const TLS: &str = "tls";
+    /// No finished TLS handshake within `--tls-handshake-timeout`.
+    pub const TLS_TIMEOUT: &str = "tls_timeout";
+    /// Closed in its TLS handshake to make room: `--max-tls-handshakes`.
+    pub const TOO_MANY_HANDSHAKES: &str = "too_many_handshakes";
+    /// Closed in its TLS handshake to make room for a newer connection from
+    /// the same source: `--max-tls-handshakes-per-source`.
+    pub const TOO_MANY_FROM_SOURCE: &str = "too_many_from_source";
+    /// Closed while waiting for its `Hello` to make room: `--max-awaiting-hello`.
+    pub const TOO_MANY_AWAITING_HELLO: &str = "too_many_awaiting_hello";
+    /// Closed while waiting for its `Hello` to make room for a newer
+    /// connection of the same cluster: `--max-awaiting-hello-per-cluster`.
+    pub const TOO_MANY_FOR_CLUSTER: &str = "too_many_for_cluster";
     pub const WEBSOCKET: &str = "websocket";
-    pub const TIMEOUT: &str = "timeout";
     pub const NO_IDENTITY: &str = "no_identity";
     pub const HELLO_TIMEOUT: &str = "hello_timeout";
     pub const MALFORMED: &str = "malformed";
@@ -81,6 +95,14 @@ pub mod handshake_reason {
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
     pub const IDENTITY_MISMATCH: &str = "identity_mismatch";
     pub const CLOSED: &str = "closed";
+}
+
+/// Labels of `uplink_hub_handshakes_in_progress{phase}`.
+pub mod handshake_phase {
+    /// Accepted, TLS handshake not finished.
+    pub const TLS: &str = "tls";
+    /// TLS finished, `Hello` not received yet.
+    pub const HELLO: &str = "hello";
 }
 
 impl Metrics {
@@ -131,6 +153,13 @@ impl Metrics {
                 "Connections refused before a session was established, by reason.",
             ),
             &["reason"],
+        )?;
+        let handshakes_in_progress = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_handshakes_in_progress",
+                "Tunnel connections accepted that are not a session yet, by phase: tls (TLS handshake not finished) or hello (waiting for the agent's Hello).",
+            ),
+            &["phase"],
         )?;
         let store_objects = IntGauge::new(
             "uplink_hub_store_objects",
@@ -237,6 +266,7 @@ impl Metrics {
         registry.register(Box::new(kcp_writes.clone()))?;
         registry.register(Box::new(kcp_write_duration.clone()))?;
         registry.register(Box::new(handshake_failures.clone()))?;
+        registry.register(Box::new(handshakes_in_progress.clone()))?;
         registry.register(Box::new(store_objects.clone()))?;
         registry.register(Box::new(write_queue_depth.clone()))?;
         registry.register(Box::new(frames_rejected.clone()))?;
@@ -257,6 +287,7 @@ impl Metrics {
             kcp_writes,
             kcp_write_duration,
             handshake_failures,
+            handshakes_in_progress,
             store_objects,
             write_queue_depth,
             frames_rejected,

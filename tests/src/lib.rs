@@ -5,5 +5,6 @@
 
 pub mod apiserver;
 pub mod fleet;
+pub mod flood;
 pub mod forged;
 pub mod kubectl;

@@ -12,7 +12,7 @@ use uplink_protocol::{
 };
 
 use super::wire::{ReadError, Violation};
-use super::{Connection, Transport};
+use super::{Connection, HelloWait, Transport};
 use crate::metrics::handshake_reason;
 
 /// Longest a connecting agent waits for its cluster's placement to be listed
@@ -24,12 +24,20 @@ impl<S: Transport> Connection<S> {
     /// agent was refused or went away (already counted and logged).
     pub(super) async fn handshake(
         &mut self,
+        wait: HelloWait,
         shutdown: &CancellationToken,
     ) -> Option<(Hello, SessionMode)> {
         let read = tokio::select! {
             () = shutdown.cancelled() => return None,
-            read = tokio::time::timeout(self.shared.hello_timeout, self.read_frame()) => read,
+            // A newer connection took its place (counted and logged there).
+            () = wait.slot.displaced() => {
+                self.close(close::POLICY_VIOLATION, "too many connections waiting for Hello").await;
+                return None;
+            }
+            read = tokio::time::timeout_at(wait.deadline, self.read_frame()) => read,
         };
+        // No longer waiting for Hello, whatever came.
+        drop(wait);
         let hello = match read {
             Err(_) => {
                 self.handshake_failed(handshake_reason::HELLO_TIMEOUT, "no Hello in time");

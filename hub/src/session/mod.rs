@@ -48,6 +48,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::placement::Placements;
 use crate::rejection::Rejections;
+use crate::server::HelloSlot;
 use crate::store::Store;
 use crate::writer::WriteQueue;
 use crate::writer::finalizer::Finalizers;
@@ -69,7 +70,6 @@ pub struct SessionShared {
     pub connections: Connections,
     pub limits: Limits,
     pub heartbeat_interval: Duration,
-    pub hello_timeout: Duration,
     /// Random per hub start; an agent that saw another epoch must snapshot.
     pub hub_epoch: u64,
     /// Whether objects must name a workspace (KCP upstream).
@@ -79,6 +79,15 @@ pub struct SessionShared {
     pub throttle: ThrottleSettings,
 }
 
+/// What the listener hands a new session about its `Hello`: when it is
+/// due, and the connection's place among those waiting for one (freed once
+/// it arrives; a newer connection may displace this one before that).
+#[derive(Debug)]
+pub struct HelloWait {
+    pub deadline: Instant,
+    pub slot: HelloSlot,
+}
+
 /// Serves one agent on an established WebSocket whose TLS client certificate
 /// proved `identity`.
 pub async fn serve<S>(
@@ -86,6 +95,7 @@ pub async fn serve<S>(
     ws: WebSocketStream<S>,
     identity: String,
     peer: SocketAddr,
+    hello: HelloWait,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -98,7 +108,7 @@ pub async fn serve<S>(
         throttled_until: None,
         version: 0,
     };
-    let Some((hello, mode)) = conn.handshake(&shutdown).await else {
+    let Some((hello, mode)) = conn.handshake(hello, &shutdown).await else {
         return;
     };
     let (id, superseded) = conn.shared.connections.register(&conn.cluster);
