@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 use uplink_agent::ReconnectSettings;
 
-use super::fleet::{Binaries, hub_metric, metrics_client};
+use super::fleet::{Binaries, deployments_only, hub_metric, metrics_client, one_source_fleet};
 use super::procstat;
 use super::simulated::{SimulatedAgents, SimulatedSettings, write_pki};
 use crate::apiserver::{ApiServer, ApiServerConfig};
@@ -86,8 +86,10 @@ async fn measure(
         .await
         .context("starting KCP")?;
     kcp.write_kubeconfig(&files.kcp_kubeconfig, None)?;
+    let mut hub_flags = one_source_fleet();
+    hub_flags.extend(deployments_only());
     let (hub, addrs) =
-        launch::start_hub_with(&binaries.hub, &files, settings.heartbeat, &[]).await?;
+        launch::start_hub_with(&binaries.hub, &files, settings.heartbeat, &hub_flags).await?;
     let outcome = async {
         let pid = hub.id().context("the hub is not running")?;
         raise_fd_limit(pid).await;

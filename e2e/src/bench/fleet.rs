@@ -157,7 +157,8 @@ impl Fleet {
             BTreeMap::new()
         };
 
-        let hub_flags = unlimited_writes();
+        let mut hub_flags = unlimited_writes();
+        hub_flags.extend(one_source_fleet());
         let (hub, hub_addrs) =
             launch::start_hub_with(&binaries.hub, &files, HEARTBEAT, &hub_flags).await?;
         let mut agent_flags = vec!["--capacity".to_owned(), "false".to_owned()];
@@ -324,6 +325,24 @@ pub fn unlimited_writes() -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
+}
+
+/// Hub flags for a fleet whose agents all connect from 127.0.0.1: the
+/// per-source handshake limit guards against one hostile address, and would
+/// otherwise pace a benchmark's thousands of loopback agents.
+pub fn one_source_fleet() -> Vec<String> {
+    ["--max-tls-handshakes-per-source", "1000000"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Hub flags that sync Deployments only: the connection benchmarks report
+/// one object type, and each synced type costs one placement watch per
+/// connected cluster.
+pub fn deployments_only() -> Vec<String> {
+    ["--resources", "deployments.v1.apps"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 /// A plain HTTP client for the hub's `/metrics`.

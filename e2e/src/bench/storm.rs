@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use uplink_agent::ReconnectSettings;
 
 use super::connections::agents_within_fd_limit;
-use super::fleet::{Binaries, hub_metric, metrics_client, unlimited_writes};
+use super::fleet::{
+    Binaries, deployments_only, hub_metric, metrics_client, one_source_fleet, unlimited_writes,
+};
 use super::kcpwatch::KcpWatch;
 use super::simulated::{
     SimulatedAgents, SimulatedSettings, object_name, seed_kcp, start_kcp, status, write_pki,
@@ -92,7 +94,9 @@ async fn measure(binaries: &Binaries, agents: usize, files: &Files) -> anyhow::R
     eprintln!("  issuing {agents} client certificates ...");
     write_pki(&files.pki, &names).await?;
     let (kcp, clients) = start_kcp(&files.kcp_kubeconfig).await?;
-    let extra = unlimited_writes();
+    let mut extra = unlimited_writes();
+    extra.extend(one_source_fleet());
+    extra.extend(deployments_only());
     let (hub, addrs) = launch::start_hub_with(&binaries.hub, files, HEARTBEAT, &extra).await?;
     let mut hub = Some(hub);
     let outcome = async {
