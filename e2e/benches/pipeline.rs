@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use uplink_agent::ResourceSpec;
@@ -62,7 +61,7 @@ fn merge_statuses(c: &mut Criterion) {
         let entries: BTreeMap<String, Entry> = (1..=count)
             .map(|i| {
                 let entry = Entry {
-                    status: Arc::new(status.clone()),
+                    status: uplink_hub::status::Status::of(&status),
                     generation: Some(4),
                     observed_generation: Some(4),
                     observed_at_ms: 1_700_000_000_000 + i as i64,

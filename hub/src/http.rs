@@ -219,7 +219,7 @@ fn objects(state: &HttpState) -> Vec<ObjectView> {
                 .into_iter()
                 .map(|(cluster, e)| {
                     let view = EntryView {
-                        status: Value::clone(&e.status),
+                        status: e.status.value(),
                         generation: e.generation,
                         observed_generation: e.observed_generation,
                         observed_at_ms: e.observed_at_ms,
@@ -299,7 +299,7 @@ fn object(state: &HttpState, path: &str) -> Option<ObjectDetail> {
                 observed_at_agent_ms: e.observed_at_ms,
                 clock_skew_ms: info.skew_ms,
                 entry: EntryView {
-                    status: Value::clone(&e.status),
+                    status: e.status.value(),
                     generation: e.generation,
                     observed_generation: e.observed_generation,
                     observed_at_ms: e.observed_at_ms,

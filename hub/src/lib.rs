@@ -28,6 +28,7 @@ pub mod rejection;
 pub mod retry;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod writer;

@@ -30,6 +30,7 @@ use uplink_protocol::ObjectRef;
 
 use crate::aggregate;
 use crate::metrics::Metrics;
+use crate::status::Status;
 use crate::writer::WriteQueue;
 
 /// A cluster's name, as its certificate proves it.
@@ -80,8 +81,8 @@ impl std::fmt::Display for ObjectKey {
 /// What one cluster last reported about one object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The object's `.status`, always a JSON object.
-    pub status: Arc<Value>,
+    /// The object's `.status`, always a JSON object, as the agent's text.
+    pub status: Status,
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     /// When the agent observed it (agent clock, ms since the Unix epoch).
@@ -639,7 +640,7 @@ mod tests {
 
     fn entry(seq: u64, status: Value) -> Entry {
         Entry {
-            status: Arc::new(status),
+            status: Status::of(&status),
             generation: Some(1),
             observed_generation: Some(1),
             observed_at_ms: 0,

@@ -87,6 +87,7 @@ pub use upstream::{
 use crate::aggregate::{Aggregator, FieldPath};
 pub use crate::config::StatusWrite;
 use crate::metrics::{Metrics, write_result};
+use crate::status::Status;
 use crate::store::{ObjectKey, Store};
 
 /// First retry delay after a failure; doubles per failure.
@@ -127,8 +128,10 @@ pub struct Writer {
 #[derive(Debug, Default)]
 struct Memory {
     /// The status last written successfully (or read back: under apply,
-    /// the part the hub owns), `None` if unknown.
-    written: Option<Value>,
+    /// the part the hub owns), `None` if unknown. Kept as JSON text, like
+    /// the store's statuses ([`Status`]): a parsed value takes many times
+    /// its text.
+    written: Option<Status>,
     /// Failures in a row, for the backoff.
     failures: u32,
 }
@@ -233,7 +236,10 @@ impl Writer {
         if !self.aggregator.gates().upstream_sync {
             return Outcome::Done;
         }
-        let mut known = self.memory().get(key).and_then(|m| m.written.clone());
+        let mut known = self
+            .memory()
+            .get(key)
+            .and_then(|m| m.written.as_ref().map(Status::value));
         if known.is_none() {
             // The first write since the hub started: KCP may hold a status an
             // earlier hub wrote, so diff against it, or fields no cluster
@@ -244,7 +250,7 @@ impl Writer {
                     let current = self.held(current);
                     if let Some(current) = &current {
                         self.memory().entry(key.clone()).or_default().written =
-                            Some(current.clone());
+                            Some(Status::of(current));
                     }
                     known = current;
                 }
@@ -320,7 +326,7 @@ impl Writer {
                     }
                     Some(status) => {
                         let entry = memory.entry(key.clone()).or_default();
-                        entry.written = Some(status);
+                        entry.written = Some(Status::of(&status));
                         entry.failures = 0;
                     }
                     None => {
@@ -342,7 +348,8 @@ impl Writer {
                 match self.upstream.get_status(key).await {
                     Ok(current) => {
                         let current = self.held(current);
-                        self.memory().entry(key.clone()).or_default().written = current;
+                        self.memory().entry(key.clone()).or_default().written =
+                            current.as_ref().map(Status::of);
                         Outcome::RetryAfter(Duration::ZERO)
                     }
                     Err(UpstreamError::NotFound) => {
@@ -683,7 +690,7 @@ mod tests {
             key: key(),
             seq,
             entry: Some(Entry {
-                status: Arc::new(status),
+                status: Status::of(&status),
                 generation: None,
                 observed_generation: None,
                 observed_at_ms: 0,

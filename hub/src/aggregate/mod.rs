@@ -173,20 +173,21 @@ pub fn merge(
 
     let names: Vec<&str> = contributing.iter().map(|(c, _)| *c).collect();
     let ranks = ranks(&names, policy.priority_for(resource), clusters);
+    // The store keeps statuses as text; only the contributing ones are
+    // parsed, once per merge.
+    let parsed: Vec<Value> = contributing.iter().map(|(_, e)| e.status.value()).collect();
     let reports = contributing
         .iter()
+        .zip(&parsed)
         .zip(ranks)
-        .map(|((cluster, entry), rank)| Report {
+        .map(|(((cluster, entry), status), rank)| Report {
             cluster,
-            status: entry.status.as_ref(),
+            status,
             time_ms: clusters.corrected_ms(cluster, entry),
             rank,
-            observed_generation: entry.observed_generation.or_else(|| {
-                entry
-                    .status
-                    .get("observedGeneration")
-                    .and_then(Value::as_i64)
-            }),
+            observed_generation: entry
+                .observed_generation
+                .or_else(|| status.get("observedGeneration").and_then(Value::as_i64)),
         })
         .collect();
     let mut merger = Merger {

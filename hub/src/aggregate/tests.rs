@@ -40,7 +40,7 @@ fn widget() -> ObjectKey {
 fn entry(status: Value, at_ms: i64) -> Entry {
     let observed_generation = status.get("observedGeneration").and_then(Value::as_i64);
     Entry {
-        status: Arc::new(status),
+        status: crate::status::Status::of(&status),
         generation: observed_generation,
         observed_generation,
         observed_at_ms: at_ms,

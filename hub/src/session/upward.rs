@@ -4,9 +4,6 @@
 //! and acknowledged with the refusals the agent was not told yet.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-use serde_json::Value;
 use uplink_protocol::names::invalid_name;
 use uplink_protocol::{
     Ack, Change, Delta, DeltaBatch, ErrorCode, HubFrame, Rejected, SnapshotBegin, SnapshotChunk,
@@ -16,6 +13,7 @@ use uplink_protocol::{
 use super::wire::Violation;
 use super::{Connection, Transport};
 use crate::placement::Verdict;
+use crate::status::Status;
 use crate::store::{Entry, ObjectKey, StoreError, Update};
 
 /// A snapshot being received.
@@ -227,8 +225,8 @@ impl<S: Transport> Connection<S> {
     /// use: refused (counted, logged, told to the agent in its `Ack`), never
     /// the end of the session (one bad object must not block its cluster:
     /// the agent would resend it after every reconnect).
-    fn accept(&self, delta: Delta) -> Option<Update> {
-        match self.checked_entry(&delta) {
+    fn accept(&self, mut delta: Delta) -> Option<Update> {
+        match self.checked_entry(&mut delta) {
             Ok(entry) => Some(into_update(delta, entry)),
             Err(refusal) => {
                 let key = ObjectKey::from(&delta.object);
@@ -239,8 +237,9 @@ impl<S: Transport> Connection<S> {
     }
 
     /// Checks one delta; its store entry (`None` for a deletion) without the
-    /// uid, which [`into_update`] moves in.
-    fn checked_entry(&self, delta: &Delta) -> Result<Option<Entry>, Violation> {
+    /// uid, which [`into_update`] moves in. The status text is moved out of
+    /// the delta, not copied.
+    fn checked_entry(&self, delta: &mut Delta) -> Result<Option<Entry>, Violation> {
         let object = &delta.object;
         if let Some((what, value)) = invalid_name(object, self.shared.require_workspace) {
             return Err(Violation::new(
@@ -250,25 +249,18 @@ impl<S: Transport> Connection<S> {
             ));
         }
 
-        let entry = match &delta.change {
+        let entry = match &mut delta.change {
             Change::Deleted => None,
             Change::Upsert { status_json } => {
-                let status: Value = serde_json::from_str(status_json).map_err(|e| {
+                let status = Status::from_json(std::mem::take(status_json)).map_err(|e| {
                     Violation::new(
                         Rejected::STATUS_NOT_OBJECT,
                         ErrorCode::Malformed,
-                        format!("delta {}: status_json is not JSON: {e}", delta.seq),
+                        format!("delta {}: {e}", delta.seq),
                     )
                 })?;
-                if !status.is_object() {
-                    return Err(Violation::new(
-                        Rejected::STATUS_NOT_OBJECT,
-                        ErrorCode::Malformed,
-                        format!("delta {}: status_json is not a JSON object", delta.seq),
-                    ));
-                }
                 Some(Entry {
-                    status: Arc::new(status),
+                    status,
                     generation: delta.generation,
                     observed_generation: delta.observed_generation,
                     observed_at_ms: delta.observed_at_ms,

@@ -153,6 +153,23 @@ pub struct FakeUpstream {
     /// Each write as `{"status": …}`: a merge patch as sent, an apply as
     /// the status it applied.
     pub patches: Mutex<Vec<(ObjectKey, Value)>>,
+    /// Counts writes without keeping them (tests of the hub's own memory).
+    pub discard: std::sync::atomic::AtomicBool,
+    /// Writes received, kept or not.
+    pub writes: std::sync::atomic::AtomicU64,
+}
+
+impl FakeUpstream {
+    fn record(&self, key: &ObjectKey, patch: Value) {
+        use std::sync::atomic::Ordering;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if !self.discard.load(Ordering::Relaxed) {
+            self.patches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((key.clone(), patch));
+        }
+    }
 }
 
 impl FakeUpstream {
@@ -173,10 +190,7 @@ impl StatusUpstream for FakeUpstream {
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            self.patches
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((key.clone(), patch.clone()));
+            self.record(key, patch.clone());
             Ok(())
         })
     }
@@ -188,10 +202,7 @@ impl StatusUpstream for FakeUpstream {
         _options: ApplyOptions<'a>,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            self.patches
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((key.clone(), json!({"status": configuration["status"]})));
+            self.record(key, json!({"status": configuration["status"]}));
             Ok(())
         })
     }
@@ -324,6 +335,14 @@ impl TestHub {
 
     /// A hub whose configuration `adjust` may change.
     pub async fn start_with(adjust: impl FnOnce(&mut HubConfig)) -> Result<Self> {
+        Self::start_placed(adjust, FakePlacement::default()).await
+    }
+
+    /// A hub whose configuration `adjust` may change, with `placement`.
+    pub async fn start_placed(
+        adjust: impl FnOnce(&mut HubConfig),
+        placement: FakePlacement,
+    ) -> Result<Self> {
         let pki = Pki::new("uplink test CA")?;
         pki.issue_server()?;
         let mut config = HubConfig {
@@ -341,7 +360,7 @@ impl TestHub {
         let upstream = Arc::new(FakeUpstream::default());
         let kcp = Kcp {
             status: upstream.clone(),
-            placement: Arc::new(FakePlacement::default()),
+            placement: Arc::new(placement),
             finalizers: upstream.clone(),
         };
         let hub = Hub::bind_with_kcp(config, kcp).await?;

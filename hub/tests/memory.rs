@@ -1,0 +1,147 @@
+//! The hub's memory under a status flood (issue 15's finding: 1,024 deltas
+//! of 256 KiB statuses shaped like `{"a":[0,0,…]}`).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use anyhow::{Result, bail};
+use support::{FakePlacement, TestHub, object};
+use uplink_protocol::{
+    AgentFrame, Change, Delta, DeltaBatch, HubFrame, Limits, SnapshotBegin, SnapshotEnd,
+};
+
+/// The finding's status: `{"a":[0,0,…]}`, as long as a status may be.
+fn finding_status(limits: &Limits) -> String {
+    let zeros = (limits.max_status_bytes as usize - 9) / 2;
+    let mut text = String::with_capacity(limits.max_status_bytes as usize);
+    text.push_str("{\"a\":[");
+    for _ in 0..zeros {
+        text.push_str("0,");
+    }
+    text.push_str("0]}");
+    text
+}
+
+/// One delta of the finding for object `name`.
+fn flood_delta(seq: u64, name: &str, status: &str) -> Delta {
+    Delta {
+        seq,
+        object: object(name),
+        generation: Some(1),
+        observed_generation: Some(1),
+        observed_at_ms: 1_700_000_000_000,
+        change: Change::Upsert {
+            status_json: status.to_owned(),
+        },
+    }
+}
+
+/// Waits for the Ack of `seq` (skipping other frames such as Throttle);
+/// returns the reasons of the reports it refused.
+async fn acked(agent: &mut support::Agent, seq: u64) -> Result<Vec<String>> {
+    let mut refused = Vec::new();
+    loop {
+        match agent.recv().await? {
+            HubFrame::Ack(ack) => {
+                refused.extend(ack.rejected.into_iter().map(|r| r.reason));
+                if ack.seq >= seq {
+                    return Ok(refused);
+                }
+            }
+            HubFrame::Error(error) => bail!("refused: {error:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Connects `cluster` with an empty snapshot.
+async fn connect(hub: &TestHub, cluster: &str) -> Result<support::Agent> {
+    let identity = hub.pki.client(cluster)?;
+    let mut agent = hub.connect(&identity).await?;
+    agent.hello(cluster, "session-1", None, 0).await?;
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 0 }))
+        .await?;
+    acked(&mut agent, 0).await?;
+    Ok(agent)
+}
+
+/// Sends the finding from `agent`: `count` deltas of distinct objects, as
+/// many per batch as fit a frame; returns the refusals' reasons.
+async fn flood(agent: &mut support::Agent, count: u64, first_seq: u64) -> Result<Vec<String>> {
+    let limits = Limits::default();
+    let status = finding_status(&limits);
+    let per_batch = (limits.max_frame_bytes as usize / (status.len() + 512)) as u64;
+    let mut refused = Vec::new();
+    let mut seq = first_seq;
+    let end = first_seq + count;
+    while seq < end {
+        let last = (seq + per_batch).min(end);
+        let deltas = (seq..last)
+            .map(|s| flood_delta(s, &format!("flood-{s}"), &status))
+            .collect();
+        agent
+            .send(&AgentFrame::Deltas(DeltaBatch { deltas }))
+            .await?;
+        refused.extend(acked(agent, last - 1).await?);
+        seq = last;
+    }
+    Ok(refused)
+}
+
+/// The cluster that floods (it has a SyncTarget in the fake placement).
+const FLOODER: &str = "east";
+
+/// The fake placement with `flood-1` … `flood-<count>` placed too.
+fn flood_placement(count: u64) -> FakePlacement {
+    let mut placement = FakePlacement::default();
+    placement
+        .objects
+        .extend((1..=count).map(|i| format!("flood-{i}")));
+    placement
+}
+
+/// Resident memory of this process, in MiB (Linux).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// By hand: `cargo test -p uplink-hub --test memory -- --ignored --nocapture`
+/// prints what the finding's flood adds to the process's resident memory
+/// (hub and test agent in one process; the fake KCP keeps no writes).
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn measure_rss_of_the_finding() -> Result<()> {
+    let hub = TestHub::start_placed(|_| {}, flood_placement(1024)).await?;
+    hub.upstream.discard.store(true, Ordering::Relaxed);
+    let mut agent = connect(&hub, FLOODER).await?;
+    let before = rss_mib();
+    let refused = flood(&mut agent, 1024, 1).await?;
+    let after_ingest = rss_mib();
+    let upstream = hub.upstream.clone();
+    let written = 1024 - refused.len() as u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    while upstream.writes.load(Ordering::Relaxed) < written {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the writer did not write every stored object");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let after_writes = rss_mib();
+    println!(
+        "rss before {before:.0} MiB, after ingest {after_ingest:.0} MiB (+{:.0}), after writes {after_writes:.0} MiB (+{:.0}); refused {}",
+        after_ingest - before,
+        after_writes - before,
+        refused.len()
+    );
+    hub.stop().await
+}
