@@ -94,6 +94,9 @@ pub struct HubConfig {
     pub throttle_pause: Duration,
     /// Capacity history sampling and retention.
     pub capacity: crate::capacity::CapacitySettings,
+    /// Bytes the store may hold for one cluster's statuses and for all
+    /// clusters' (`--max-status-bytes-per-cluster`, `--max-status-bytes`).
+    pub memory_budget: crate::budget::MemoryBudget,
 }
 
 impl Default for HubConfig {
@@ -131,6 +134,7 @@ impl Default for HubConfig {
             throttle_queue_depth: 10_000,
             throttle_pause: Duration::from_secs(1),
             capacity: crate::capacity::CapacitySettings::default(),
+            memory_budget: crate::budget::MemoryBudget::default(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 
 pub mod aggregate;
+pub mod budget;
 pub mod capacity;
 pub mod config;
 pub mod downstream;
@@ -160,11 +161,14 @@ impl Hub {
         ));
         let downstream = Arc::new(Downstream::new(queue.clone(), metrics.clone()));
         let finalizers = Arc::new(Finalizers::new(kcp.finalizers.clone(), metrics.clone()));
-        let store = Arc::new(Store::new(
-            queue.clone(),
-            metrics.clone(),
-            config.limits.max_objects_per_cluster,
-        ));
+        let store = Arc::new(
+            Store::new(
+                queue.clone(),
+                metrics.clone(),
+                config.limits.max_objects_per_cluster,
+            )
+            .with_budget(config.memory_budget),
+        );
         let health = Arc::new(Health::new(metrics.clone()));
         let aggregator = Arc::new(
             Aggregator::new(

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{FeatureGates, MergePolicy};
+use uplink_hub::budget::MemoryBudget;
 use uplink_hub::{HubConfig, StatusWrite, UpstreamMode};
 use uplink_protocol::Limits;
 use uplink_protocol::resource::ResourceSpec;
@@ -176,6 +177,18 @@ struct Args {
     /// Most objects the hub keeps for one cluster.
     #[arg(long, env = "UPLINK_HUB_MAX_OBJECTS_PER_CLUSTER", default_value_t = Limits::default().max_objects_per_cluster)]
     max_objects_per_cluster: u64,
+
+    /// Bytes the hub may hold for one cluster's statuses (status text,
+    /// object names and ~512 bytes per object); a report past it is
+    /// refused (`cluster_memory_budget` in the agent's Ack).
+    #[arg(long, env = "UPLINK_HUB_MAX_STATUS_BYTES_PER_CLUSTER", default_value_t = MemoryBudget::DEFAULT_CLUSTER_BYTES)]
+    max_status_bytes_per_cluster: u64,
+
+    /// Bytes the hub may hold for all clusters' statuses; past it a cluster
+    /// holding more than its fair share (this / clusters) is refused
+    /// (`hub_memory_budget`).
+    #[arg(long, env = "UPLINK_HUB_MAX_STATUS_BYTES", default_value_t = MemoryBudget::DEFAULT_TOTAL_BYTES)]
+    max_status_bytes: u64,
 
     /// YAML merge policy: strategy per resource type, field rules, cluster
     /// priority and labels, offline policy. Without it: Newest with the
@@ -355,6 +368,10 @@ impl Args {
                 max_frame_bytes: self.max_frame_bytes,
                 max_objects_per_cluster: self.max_objects_per_cluster,
                 ..defaults.limits
+            },
+            memory_budget: MemoryBudget {
+                cluster_bytes: self.max_status_bytes_per_cluster,
+                total_bytes: self.max_status_bytes,
             },
             write_qps: self.write_qps,
             write_burst: self.write_burst,

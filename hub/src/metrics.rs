@@ -29,6 +29,12 @@ pub struct Metrics {
     pub handshakes_in_progress: IntGaugeVec,
     /// Objects in the store (any number of clusters reporting them).
     pub store_objects: IntGauge,
+    /// Bytes the store's reports take, all clusters ([`crate::budget`]).
+    pub store_bytes: IntGauge,
+    /// Bytes the store's reports take, by cluster.
+    pub store_cluster_bytes: IntGaugeVec,
+    /// Objects the store holds for each cluster (entries and held reports).
+    pub store_cluster_objects: IntGaugeVec,
     /// Objects waiting for the writer (ready or waiting for a retry).
     pub write_queue_depth: IntGauge,
     /// Frames refused during a session, by cluster and reason.
@@ -165,6 +171,24 @@ impl Metrics {
             "uplink_hub_store_objects",
             "Objects in the hub's store, whatever the number of clusters reporting them.",
         )?;
+        let store_bytes = IntGauge::new(
+            "uplink_hub_store_bytes",
+            "Bytes the store's status reports take (status text, names, a fixed overhead per report), all clusters.",
+        )?;
+        let store_cluster_bytes = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_store_cluster_bytes",
+                "Bytes the store's status reports of the cluster take; over --max-status-bytes-per-cluster its reports are refused.",
+            ),
+            &["cluster"],
+        )?;
+        let store_cluster_objects = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_store_cluster_objects",
+                "Objects the store holds for the cluster (entries and held reports).",
+            ),
+            &["cluster"],
+        )?;
         let write_queue_depth = IntGauge::new(
             "uplink_hub_kcp_write_queue_depth",
             "Objects waiting to be written to KCP (ready or waiting for a retry).",
@@ -268,6 +292,9 @@ impl Metrics {
         registry.register(Box::new(handshake_failures.clone()))?;
         registry.register(Box::new(handshakes_in_progress.clone()))?;
         registry.register(Box::new(store_objects.clone()))?;
+        registry.register(Box::new(store_bytes.clone()))?;
+        registry.register(Box::new(store_cluster_bytes.clone()))?;
+        registry.register(Box::new(store_cluster_objects.clone()))?;
         registry.register(Box::new(write_queue_depth.clone()))?;
         registry.register(Box::new(frames_rejected.clone()))?;
         registry.register(Box::new(rejected_deltas.clone()))?;
@@ -289,6 +316,9 @@ impl Metrics {
             handshake_failures,
             handshakes_in_progress,
             store_objects,
+            store_bytes,
+            store_cluster_bytes,
+            store_cluster_objects,
             write_queue_depth,
             frames_rejected,
             rejected_deltas,

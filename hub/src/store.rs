@@ -18,6 +18,10 @@
 //! released into the entries or refused ([`Store::recheck_held`]). An
 //! object unplaced from a cluster loses that cluster's entry
 //! ([`Store::unplace`]).
+//!
+//! Every report is counted as the bytes it takes ([`crate::budget`]): per
+//! cluster and in total, published as gauges, and a report that would take
+//! its cluster over a [`MemoryBudget`] is refused, nothing else.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,6 +33,7 @@ use serde_json::Value;
 use uplink_protocol::ObjectRef;
 
 use crate::aggregate;
+use crate::budget::{MemoryBudget, report_cost};
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::writer::WriteQueue;
@@ -110,6 +115,15 @@ pub struct Position {
     pub seq: u64,
 }
 
+/// What a batch or snapshot did: the cluster's cumulative ack, and the
+/// reports refused for a memory budget (object, sequence number, reason),
+/// to be told to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub seq: u64,
+    pub refused: Vec<RefusedHeld>,
+}
+
 /// Why the store refused a change; nothing of it was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -128,12 +142,15 @@ pub struct Store {
     queue: Arc<WriteQueue>,
     metrics: Arc<Metrics>,
     max_objects_per_cluster: u64,
+    budget: MemoryBudget,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     objects: HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
     clusters: HashMap<ClusterName, ClusterEntries>,
+    /// Bytes every cluster's reports take (the sum of their `bytes`).
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -142,6 +159,8 @@ struct ClusterEntries {
     keys: HashSet<ObjectKey>,
     /// Reports not judged yet (see the module documentation).
     held: HashMap<ObjectKey, Held>,
+    /// Bytes the entries and held reports take ([`report_cost`]).
+    bytes: u64,
 }
 
 impl ClusterEntries {
@@ -153,8 +172,37 @@ impl ClusterEntries {
             },
             keys: HashSet::new(),
             held: HashMap::new(),
+            bytes: 0,
         }
     }
+}
+
+/// What `entry` of `key` costs against the budgets.
+fn entry_cost(key: &ObjectKey, entry: &Entry) -> u64 {
+    report_cost(key, Some(&entry.status), &entry.uid)
+}
+
+/// What a held report of `key` costs against the budgets.
+fn held_cost(key: &ObjectKey, entry: Option<&Entry>) -> u64 {
+    entry.map_or_else(|| report_cost(key, None, ""), |e| entry_cost(key, e))
+}
+
+/// What `cluster`'s stored entry of `key` costs (0 without one).
+fn stored_cost(
+    objects: &HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
+    key: &ObjectKey,
+    cluster: &str,
+) -> u64 {
+    objects
+        .get(key)
+        .and_then(|per_cluster| per_cluster.get(cluster))
+        .map_or(0, |entry| entry_cost(key, entry))
+}
+
+/// Moves a cluster's and the total count of bytes from `from` to `to`.
+fn charge(total: &mut u64, cluster: &mut u64, from: u64, to: u64) {
+    *cluster = cluster.saturating_sub(from).saturating_add(to);
+    *total = total.saturating_sub(from).saturating_add(to);
 }
 
 /// A report kept aside until placement can judge it.
@@ -195,7 +243,14 @@ impl Store {
             queue,
             metrics,
             max_objects_per_cluster,
+            budget: MemoryBudget::default(),
         }
+    }
+
+    /// The store with memory budget `budget` instead of the default one.
+    pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -204,14 +259,8 @@ impl Store {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies a batch of changes from `cluster`'s agent session `session`
-    /// and returns the cluster's cumulative ack: the highest sequence number
-    /// stored from this session. `accepted` are reports of objects placed on
-    /// the cluster; `held` those placement cannot judge yet.
-    ///
-    /// Changes at or below the stored sequence are replays and are ignored.
-    /// When the batch would take the cluster over its object limit (entries
-    /// and held reports together), nothing is applied.
+    /// [`Store::ingest`] for callers that need only the ack (refusals are
+    /// counted in the metrics all the same).
     pub fn apply(
         &self,
         cluster: &str,
@@ -219,8 +268,33 @@ impl Store {
         accepted: Vec<Update>,
         held: Vec<Update>,
     ) -> Result<u64, StoreError> {
+        self.ingest(cluster, session, accepted, held)
+            .map(|applied| applied.seq)
+    }
+
+    /// Applies a batch of changes from `cluster`'s agent session `session`
+    /// and returns the cluster's cumulative ack (the highest sequence number
+    /// handled from this session) with the reports refused for a memory
+    /// budget. `accepted` are reports of objects placed on the cluster;
+    /// `held` those placement cannot judge yet.
+    ///
+    /// Changes at or below the stored sequence are replays and are ignored.
+    /// When the batch would take the cluster over its object limit (entries
+    /// and held reports together), nothing is applied.
+    pub fn ingest(
+        &self,
+        cluster: &str,
+        session: &str,
+        accepted: Vec<Update>,
+        held: Vec<Update>,
+    ) -> Result<Applied, StoreError> {
         let mut inner = self.lock();
-        let Inner { objects, clusters } = &mut *inner;
+        let known = inner.clusters.len() + usize::from(!inner.clusters.contains_key(cluster));
+        let Inner {
+            objects,
+            clusters,
+            bytes: total,
+        } = &mut *inner;
         let state = clusters
             .entry(cluster.to_owned())
             .or_insert_with(|| ClusterEntries::new(session));
@@ -247,11 +321,11 @@ impl Store {
             .chain(held.iter().filter(is_new))
             .map(|u| &u.key)
             .collect();
-        let total = (state.keys.len() + state.held.len() + new_keys.len()) as u64;
-        if total > self.max_objects_per_cluster {
+        let objects_after = (state.keys.len() + state.held.len() + new_keys.len()) as u64;
+        if objects_after > self.max_objects_per_cluster {
             return Err(StoreError::TooManyObjects {
                 cluster: cluster.to_owned(),
-                objects: total,
+                objects: objects_after,
                 max: self.max_objects_per_cluster,
             });
         }
@@ -259,11 +333,22 @@ impl Store {
         let mut highest = floor;
         let now = Instant::now();
         let held_before = state.held.len();
+        let mut refused = Vec::new();
         for update in held {
             if update.seq <= floor {
                 continue;
             }
             highest = highest.max(update.seq);
+            let from = state
+                .held
+                .get(&update.key)
+                .map_or(0, |h| held_cost(&update.key, h.entry.as_ref()));
+            let to = held_cost(&update.key, update.entry.as_ref());
+            if let Err(over) = self.budget.admit(state.bytes, *total, known, from, to) {
+                refused.push((update.key, update.seq, over.reason()));
+                continue;
+            }
+            charge(total, &mut state.bytes, from, to);
             let since = state.held.get(&update.key).map_or(now, |h| h.since);
             state.held.insert(
                 update.key,
@@ -279,6 +364,20 @@ impl Store {
                 continue; // replayed or reordered: something newer is stored
             }
             highest = highest.max(update.seq);
+            let from = stored_cost(objects, &update.key, cluster)
+                + state
+                    .held
+                    .get(&update.key)
+                    .map_or(0, |h| held_cost(&update.key, h.entry.as_ref()));
+            let to = update
+                .entry
+                .as_ref()
+                .map_or(0, |entry| entry_cost(&update.key, entry));
+            if let Err(over) = self.budget.admit(state.bytes, *total, known, from, to) {
+                refused.push((update.key, update.seq, over.reason()));
+                continue;
+            }
+            charge(total, &mut state.bytes, from, to);
             state.held.remove(&update.key);
             let changed = match update.entry {
                 Some(entry) => {
@@ -298,8 +397,34 @@ impl Store {
         }
         state.position.seq = highest;
         self.count_held(held_before, state.held.len());
-        self.metrics.store_objects.set(objects.len() as i64);
-        Ok(highest)
+        self.publish(cluster, state, *total, objects.len());
+        self.log_refused(cluster, &refused);
+        Ok(Applied {
+            seq: highest,
+            refused,
+        })
+    }
+
+    /// The gauges of `cluster` (`state`) and of the whole store.
+    fn publish(&self, cluster: &str, state: &ClusterEntries, total: u64, objects: usize) {
+        let m = &self.metrics;
+        m.store_objects.set(objects as i64);
+        m.store_bytes.set(i64::try_from(total).unwrap_or(i64::MAX));
+        m.store_cluster_bytes
+            .with_label_values(&[cluster])
+            .set(i64::try_from(state.bytes).unwrap_or(i64::MAX));
+        m.store_cluster_objects
+            .with_label_values(&[cluster])
+            .set((state.keys.len() + state.held.len()) as i64);
+    }
+
+    /// Logs reports refused for a memory budget: one line per batch, not
+    /// per report (the session counts each in `rejected_deltas`).
+    fn log_refused(&self, cluster: &str, refused: &[RefusedHeld]) {
+        let Some((key, seq, reason)) = refused.first() else {
+            return;
+        };
+        tracing::warn!(cluster, object = %key, seq, reason, refused = refused.len(), cluster_budget = self.budget.cluster_bytes, total_budget = self.budget.total_bytes, "reports refused: over a memory budget");
     }
 
     /// Replaces everything `cluster` reported with a snapshot taken at `seq`
@@ -311,9 +436,9 @@ impl Store {
         cluster: &str,
         session: &str,
         entries: HashMap<ObjectKey, Entry>,
-        held: HashMap<ObjectKey, Entry>,
+        mut held: HashMap<ObjectKey, Entry>,
         seq: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Applied, StoreError> {
         let objects_count = (entries.len() + held.len()) as u64;
         if objects_count > self.max_objects_per_cluster {
             return Err(StoreError::TooManyObjects {
@@ -322,24 +447,50 @@ impl Store {
                 max: self.max_objects_per_cluster,
             });
         }
+        let mut entries = entries;
         let mut inner = self.lock();
-        let Inner { objects, clusters } = &mut *inner;
+        let known = inner.clusters.len() + usize::from(!inner.clusters.contains_key(cluster));
+        let Inner {
+            objects,
+            clusters,
+            bytes: total,
+        } = &mut *inner;
         let highest = entries
             .values()
             .chain(held.values())
             .map(|e| e.seq)
             .fold(seq, u64::max);
-        let (old_keys, old_held) = clusters
+        let (old_keys, old_held, old_bytes) = clusters
             .remove(cluster)
-            .map(|state| (state.keys, state.held.len()))
+            .map(|state| (state.keys, state.held.len(), state.bytes))
             .unwrap_or_default();
+        // The snapshot replaces everything the cluster held: admitted
+        // report by report against what the snapshot takes so far.
+        *total = total.saturating_sub(old_bytes);
+        let mut state = ClusterEntries::new(session);
+        let mut refused = Vec::new();
+        let mut admit = |key: &ObjectKey, cost: u64, seq: u64, bytes: &mut u64| match self
+            .budget
+            .admit(*bytes, *total, known, 0, cost)
+        {
+            Ok(()) => {
+                charge(total, bytes, 0, cost);
+                true
+            }
+            Err(over) => {
+                refused.push((key.clone(), seq, over.reason()));
+                false
+            }
+        };
+        entries
+            .retain(|key, entry| admit(key, entry_cost(key, entry), entry.seq, &mut state.bytes));
+        held.retain(|key, entry| admit(key, entry_cost(key, entry), entry.seq, &mut state.bytes));
 
         for gone in old_keys.iter().filter(|k| !entries.contains_key(*k)) {
             if remove_entry(objects, gone, cluster) {
                 self.queue.push(gone.clone());
             }
         }
-        let mut state = ClusterEntries::new(session);
         state.position.seq = highest;
         state.keys.reserve(entries.len());
         for (key, entry) in entries {
@@ -362,9 +513,13 @@ impl Store {
             })
             .collect();
         self.count_held(old_held, state.held.len());
+        self.publish(cluster, &state, *total, objects.len());
+        self.log_refused(cluster, &refused);
         clusters.insert(cluster.to_owned(), state);
-        self.metrics.store_objects.set(objects.len() as i64);
-        Ok(highest)
+        Ok(Applied {
+            seq: highest,
+            refused,
+        })
     }
 
     /// Drops `cluster`'s entries of `keys`: those objects are no longer
@@ -374,16 +529,22 @@ impl Store {
             return;
         }
         let mut inner = self.lock();
-        let Inner { objects, clusters } = &mut *inner;
+        let Inner {
+            objects,
+            clusters,
+            bytes: total,
+        } = &mut *inner;
         let Some(state) = clusters.get_mut(cluster) else {
             return;
         };
         for key in keys {
+            let cost = stored_cost(objects, key, cluster);
             if state.keys.remove(key) && remove_entry(objects, key, cluster) {
+                charge(total, &mut state.bytes, cost, 0);
                 self.queue.push(key.clone());
             }
         }
-        self.metrics.store_objects.set(objects.len() as i64);
+        self.publish(cluster, state, *total, objects.len());
     }
 
     /// Judges `cluster`'s held reports again (only the one of `only`, when
@@ -396,7 +557,11 @@ impl Store {
         mut judge: impl FnMut(&ObjectKey, Instant) -> HeldVerdict,
     ) -> Vec<RefusedHeld> {
         let mut inner = self.lock();
-        let Inner { objects, clusters } = &mut *inner;
+        let Inner {
+            objects,
+            clusters,
+            bytes: total,
+        } = &mut *inner;
         let Some(state) = clusters.get_mut(cluster) else {
             return Vec::new();
         };
@@ -425,10 +590,18 @@ impl Store {
                 HeldVerdict::Release => {
                     // A released deletion is of an object the cluster has no
                     // entry for (unplaced objects have none): nothing to do.
-                    if let Some(Held {
-                        entry: Some(entry), ..
-                    }) = state.held.remove(&key)
-                    {
+                    let Some(held) = state.held.remove(&key) else {
+                        continue;
+                    };
+                    charge(
+                        total,
+                        &mut state.bytes,
+                        held_cost(&key, held.entry.as_ref()),
+                        0,
+                    );
+                    if let Some(entry) = held.entry {
+                        let from = stored_cost(objects, &key, cluster);
+                        charge(total, &mut state.bytes, from, entry_cost(&key, &entry));
                         state.keys.insert(key.clone());
                         if upsert_entry(objects, &key, cluster, entry) {
                             self.queue.push(key);
@@ -437,13 +610,15 @@ impl Store {
                 }
                 HeldVerdict::Reject(reason) => {
                     if let Some(held) = state.held.remove(&key) {
+                        let cost = held_cost(&key, held.entry.as_ref());
+                        charge(total, &mut state.bytes, cost, 0);
                         refused.push((key, held.seq, reason));
                     }
                 }
             }
         }
         self.count_held(held_before, state.held.len());
-        self.metrics.store_objects.set(objects.len() as i64);
+        self.publish(cluster, state, *total, objects.len());
         refused
     }
 
@@ -526,6 +701,14 @@ impl Store {
             .unwrap_or_default();
         keys.sort();
         keys
+    }
+
+    /// Bytes `cluster`'s reports take, and every cluster's together
+    /// ([`crate::budget`]).
+    pub fn held_bytes(&self, cluster: &str) -> (u64, u64) {
+        let inner = self.lock();
+        let of_cluster = inner.clusters.get(cluster).map_or(0, |state| state.bytes);
+        (of_cluster, inner.bytes)
     }
 
     /// How many objects `cluster` reports.
@@ -617,6 +800,7 @@ fn remove_entry(
 mod tests {
     use super::*;
     use serde_json::json;
+    use uplink_protocol::Rejected;
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
@@ -772,7 +956,9 @@ mod tests {
             (key("c"), entry(2, json!({"x": 1}))),
         ]);
         assert_eq!(
-            store.replace_cluster("c1", "s2", snapshot, HashMap::new(), 7),
+            store
+                .replace_cluster("c1", "s2", snapshot, HashMap::new(), 7)
+                .map(|applied| applied.seq),
             Ok(7)
         );
         let mut dirty = queue.drain_ready();
@@ -938,5 +1124,114 @@ mod tests {
             2,
             "the lower seq of b was not taken for a replay"
         );
+    }
+
+    fn cost(name: &str, status: &Value) -> u64 {
+        entry_cost(&key(name), &entry(0, status.clone()))
+    }
+
+    #[test]
+    fn a_cluster_over_its_memory_budget_is_refused_alone() {
+        let big = json!({"a": vec![0; 1000]});
+        let budget = MemoryBudget {
+            cluster_bytes: 3 * cost("a", &big),
+            total_bytes: u64::MAX,
+        };
+        let (store, _queue) = store(100);
+        let store = store.with_budget(budget);
+        let batch = (1..=4)
+            .map(|i| upsert(&format!("{i}"), i, big.clone()))
+            .collect();
+        let applied = store.ingest("c1", "s1", batch, vec![]);
+        let applied = applied.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(applied.seq, 4, "refused reports are acked too");
+        assert_eq!(
+            applied.refused,
+            vec![(key("4"), 4, Rejected::CLUSTER_MEMORY_BUDGET)]
+        );
+        assert_eq!(store.held_bytes("c1").0, 3 * cost("1", &big));
+        // A report that grows is refused and the earlier one stays; one that
+        // shrinks is taken, and then there is room again.
+        let bigger = json!({"a": vec![0; 1001]});
+        let applied = store.ingest("c1", "s1", vec![upsert("1", 5, bigger)], vec![]);
+        assert_eq!(applied.map(|a| a.refused.len()), Ok(1));
+        assert_eq!(store.desired_status(&key("1")), Some(big.clone()));
+        let applied = store.ingest("c1", "s1", vec![upsert("1", 6, json!({}))], vec![]);
+        assert_eq!(applied.map(|a| a.refused.len()), Ok(0));
+        store.apply("c1", "s1", vec![deleted("2", 7)], vec![]).ok();
+        let applied = store.ingest("c1", "s1", vec![upsert("4", 8, big.clone())], vec![]);
+        assert_eq!(applied.map(|a| a.refused.len()), Ok(0));
+        // Another cluster has a budget of its own.
+        let applied = store.ingest("c2", "s1", vec![upsert("1", 1, big.clone())], vec![]);
+        assert_eq!(applied.map(|a| a.refused), Ok(vec![]));
+        assert_eq!(store.entries(&key("1")).len(), 2);
+    }
+
+    #[test]
+    fn the_total_budget_refuses_the_cluster_over_its_share() {
+        let big = json!({"a": vec![0; 1000]});
+        let one = cost("l1", &big);
+        let budget = MemoryBudget {
+            cluster_bytes: u64::MAX,
+            total_bytes: 4 * one,
+        };
+        let (store, _queue) = store(100);
+        let store = store.with_budget(budget);
+        store.ingest("quiet", "s1", vec![], vec![]).ok();
+        let batch = (1..=5)
+            .map(|i| upsert(&format!("l{i}"), i, big.clone()))
+            .collect();
+        let applied = store.ingest("loud", "s1", batch, vec![]);
+        let refused = applied.map(|a| a.refused.len());
+        assert_eq!(refused, Ok(1), "the flood stops at the total budget");
+        // The quiet cluster still gets its fair share (half the total).
+        let batch = vec![upsert("q1", 1, big.clone()), upsert("q2", 2, big.clone())];
+        let applied = store.ingest("quiet", "s1", batch, vec![]);
+        assert_eq!(applied.map(|a| a.refused.len()), Ok(0));
+        assert_eq!(store.held_bytes("quiet").0, 2 * one);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_are_counted_back_to_zero_whatever_the_path() {
+        let (store, _queue) = store(100);
+        let status = json!({"replicas": 3});
+        store
+            .apply(
+                "c1",
+                "s1",
+                vec![
+                    upsert("a", 1, status.clone()),
+                    upsert("b", 2, status.clone()),
+                ],
+                vec![upsert("c", 3, status.clone()), deleted("d", 4)],
+            )
+            .ok();
+        let expected = cost("a", &status) * 3 + report_cost(&key("d"), None, "");
+        assert_eq!(store.held_bytes("c1"), (expected, expected));
+        // Replaced by a bigger report, released, refused, unplaced.
+        store
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 5, json!({"x": "long"}))],
+                vec![],
+            )
+            .ok();
+        store.recheck_held("c1", Some(&key("c")), |_, _| HeldVerdict::Release);
+        store.recheck_held("c1", None, |_, _| HeldVerdict::Reject("not_placed"));
+        store.unplace("c1", &[key("b")]);
+        let left = cost("a", &json!({"x": "long"})) + cost("c", &status);
+        assert_eq!(store.held_bytes("c1").0, left);
+        // A snapshot replaces the count; deletions bring it to zero.
+        let snapshot = HashMap::from([(key("e"), entry(9, status.clone()))]);
+        store
+            .replace_cluster("c1", "s2", snapshot, HashMap::new(), 9)
+            .ok();
+        assert_eq!(
+            store.held_bytes("c1"),
+            (cost("e", &status), cost("e", &status))
+        );
+        store.apply("c1", "s2", vec![deleted("e", 10)], vec![]).ok();
+        assert_eq!(store.held_bytes("c1"), (0, 0));
     }
 }

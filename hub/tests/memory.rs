@@ -4,11 +4,14 @@
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
-use support::{FakePlacement, TestHub, object};
+use serde_json::json;
+use support::{FakePlacement, TestHub, eventually, object, upsert};
+use uplink_hub::budget::MemoryBudget;
 use uplink_protocol::{
-    AgentFrame, Change, Delta, DeltaBatch, HubFrame, Limits, SnapshotBegin, SnapshotEnd,
+    AgentFrame, Change, Delta, DeltaBatch, HubFrame, Limits, Rejected, SnapshotBegin, SnapshotEnd,
 };
 
 /// The finding's status: `{"a":[0,0,…]}`, as long as a status may be.
@@ -121,7 +124,11 @@ fn rss_mib() -> f64 {
 #[tokio::test]
 #[ignore = "a measurement, run by hand"]
 async fn measure_rss_of_the_finding() -> Result<()> {
-    let hub = TestHub::start_placed(|_| {}, flood_placement(1024)).await?;
+    let hub = TestHub::start_placed(
+        |config| config.heartbeat_interval = Duration::from_secs(600),
+        flood_placement(1024),
+    )
+    .await?;
     hub.upstream.discard.store(true, Ordering::Relaxed);
     let mut agent = connect(&hub, FLOODER).await?;
     let before = rss_mib();
@@ -129,12 +136,12 @@ async fn measure_rss_of_the_finding() -> Result<()> {
     let after_ingest = rss_mib();
     let upstream = hub.upstream.clone();
     let written = 1024 - refused.len() as u64;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while upstream.writes.load(Ordering::Relaxed) < written {
         if tokio::time::Instant::now() > deadline {
             bail!("the writer did not write every stored object");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after_writes = rss_mib();
     println!(
@@ -143,5 +150,85 @@ async fn measure_rss_of_the_finding() -> Result<()> {
         after_writes - before,
         refused.len()
     );
+    hub.stop().await
+}
+
+/// The finding, against a small per-cluster budget: the flooding cluster is
+/// refused past it (told why, counted), the hub's accounted memory stays
+/// within it, and another cluster's statuses still reach KCP.
+#[tokio::test]
+async fn a_status_flood_stays_within_the_cluster_budget() -> Result<()> {
+    const BUDGET: u64 = 4 * 1024 * 1024;
+    let hub = TestHub::start_placed(
+        |config| {
+            config.memory_budget = MemoryBudget {
+                cluster_bytes: BUDGET,
+                total_bytes: 64 * BUDGET,
+            };
+            // The test agents send no heartbeats.
+            config.heartbeat_interval = Duration::from_secs(600);
+        },
+        flood_placement(1024),
+    )
+    .await?;
+    let mut quiet = connect(&hub, "west").await?;
+    quiet
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsert(1, "web", json!({"replicas": 1}))],
+        }))
+        .await?;
+    acked(&mut quiet, 1).await?;
+
+    let mut flooder = connect(&hub, FLOODER).await?;
+    let refused = flood(&mut flooder, 1024, 1).await?;
+
+    let stored = hub
+        .metrics
+        .store_cluster_objects
+        .with_label_values(&[FLOODER])
+        .get();
+    let held = hub
+        .metrics
+        .store_cluster_bytes
+        .with_label_values(&[FLOODER])
+        .get();
+    assert!(held as u64 <= BUDGET, "{held} bytes held for the flood");
+    assert!(stored > 0, "the flood is stored up to its budget");
+    assert_eq!(refused.len() as i64, 1024 - stored, "the rest is refused");
+    assert!(
+        refused.iter().all(|r| r == Rejected::CLUSTER_MEMORY_BUDGET),
+        "and told why: {:?}",
+        refused.first()
+    );
+    assert_eq!(
+        hub.metrics
+            .rejected_deltas
+            .with_label_values(&[FLOODER, Rejected::CLUSTER_MEMORY_BUDGET])
+            .get(),
+        refused.len() as u64
+    );
+    let quiet_bytes = hub
+        .metrics
+        .store_cluster_bytes
+        .with_label_values(&["west"])
+        .get();
+    assert!(quiet_bytes > 0);
+    assert_eq!(hub.metrics.store_bytes.get(), held + quiet_bytes);
+
+    // The other cluster is untouched and its next change still lands.
+    quiet
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsert(2, "web", json!({"replicas": 2}))],
+        }))
+        .await?;
+    assert_eq!(acked(&mut quiet, 2).await?, Vec::<String>::new());
+    let upstream = hub.upstream.clone();
+    eventually("the quiet cluster's change in KCP", || {
+        upstream
+            .patches()
+            .iter()
+            .any(|(key, patch)| key.name == "web" && *patch == json!({"status": {"replicas": 2}}))
+    })
+    .await?;
     hub.stop().await
 }

@@ -493,6 +493,13 @@ impl Rejected {
     pub const INVALID_OBJECT: &'static str = "invalid_object";
     /// `status_json` is not a JSON object.
     pub const STATUS_NOT_OBJECT: &'static str = "status_not_object";
+    /// Storing the report would take the cluster past the memory the hub
+    /// gives one cluster's statuses; an earlier report of the object, if
+    /// any, stays. Reports that shrink and deletions are still taken.
+    pub const CLUSTER_MEMORY_BUDGET: &'static str = "cluster_memory_budget";
+    /// Storing the report would take the hub past the memory it gives all
+    /// clusters' statuses, and the cluster holds more than its fair share.
+    pub const HUB_MEMORY_BUDGET: &'static str = "hub_memory_budget";
 
     /// Every reason this version of the protocol defines.
     pub const REASONS: &'static [&'static str] = &[
@@ -503,6 +510,8 @@ impl Rejected {
         Self::RESOURCE_NOT_SYNCED,
         Self::INVALID_OBJECT,
         Self::STATUS_NOT_OBJECT,
+        Self::CLUSTER_MEMORY_BUDGET,
+        Self::HUB_MEMORY_BUDGET,
     ];
 }
 

@@ -64,10 +64,12 @@ impl<S: Transport> Connection<S> {
                     ),
                 }
             }
-            self.shared
+            let applied = self
+                .shared
                 .store
-                .apply(&self.cluster, session, accepted, held)
+                .ingest(&self.cluster, session, accepted, held)
                 .map_err(store_violation)?;
+            self.refuse_over_budget(applied.refused);
         }
         // Refused deltas are acked too: the agent would resend them
         // on every reconnect, and they would never get better.
@@ -181,7 +183,7 @@ impl<S: Transport> Connection<S> {
                 .into_iter()
                 .filter(|key| !accepted.contains_key(key) && judge.verdict(key) == Verdict::Accept)
                 .collect();
-            let acked = self
+            let applied = self
                 .shared
                 .store
                 .replace_cluster(&self.cluster, session, accepted, held, end.seq)
@@ -189,7 +191,8 @@ impl<S: Transport> Connection<S> {
             for key in deleted {
                 self.shared.write_queue.push(key);
             }
-            acked
+            self.refuse_over_budget(applied.refused);
+            applied.seq
         };
         tracing::info!(cluster = %self.cluster, objects, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
         self.send_ack(acked).await?;
@@ -211,6 +214,13 @@ impl<S: Transport> Connection<S> {
         self.shared
             .rejections
             .reject(&self.cluster, key, seq, reason, detail);
+    }
+
+    /// Tells the agent about reports the store refused for a memory budget.
+    fn refuse_over_budget(&self, refused: Vec<crate::store::RefusedHeld>) {
+        for (key, seq, reason) in refused {
+            self.refuse_report(&key, seq, reason, "over a memory budget");
+        }
     }
 
     fn count_deltas(&self, n: usize) {
