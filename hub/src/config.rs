@@ -97,6 +97,9 @@ pub struct HubConfig {
     /// Bytes the store may hold for one cluster's statuses and for all
     /// clusters' (`--max-status-bytes-per-cluster`, `--max-status-bytes`).
     pub memory_budget: crate::budget::MemoryBudget,
+    /// KCP clients (one per workspace) kept; the least recently used is
+    /// evicted past it.
+    pub max_kcp_clients: usize,
 }
 
 impl Default for HubConfig {
@@ -135,6 +138,7 @@ impl Default for HubConfig {
             throttle_pause: Duration::from_secs(1),
             capacity: crate::capacity::CapacitySettings::default(),
             memory_budget: crate::budget::MemoryBudget::default(),
+            max_kcp_clients: crate::writer::KubeUpstream::DEFAULT_CLIENTS,
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod aggregate;
 pub mod budget;
+pub mod cache;
 pub mod capacity;
 pub mod config;
 pub mod downstream;
@@ -127,9 +128,15 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
         // TLS first: a wrong file name is the likelier mistake, and cheap to find.
         let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
-        let upstream =
-            KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream).await?;
-        Self::bind_parts(config, tls, Kcp::kube(upstream)).await
+        let upstream = KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream)
+            .await?
+            .with_max_clients(config.max_kcp_clients);
+        let collectors = upstream.collectors();
+        let hub = Self::bind_parts(config, tls, Kcp::kube(upstream)).await?;
+        for collector in collectors {
+            hub.metrics().registry().register(collector)?;
+        }
+        Ok(hub)
     }
 
     /// Like [`Hub::bind`], reaching KCP through `kcp` instead of a kube

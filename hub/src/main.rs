@@ -190,6 +190,11 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_MAX_STATUS_BYTES", default_value_t = MemoryBudget::DEFAULT_TOTAL_BYTES)]
     max_status_bytes: u64,
 
+    /// KCP clients (one per workspace) the hub keeps; past it the least
+    /// recently used is evicted (and built again when needed).
+    #[arg(long, env = "UPLINK_HUB_MAX_KCP_CLIENTS", default_value_t = uplink_hub::KubeUpstream::DEFAULT_CLIENTS)]
+    max_kcp_clients: usize,
+
     /// YAML merge policy: strategy per resource type, field rules, cluster
     /// priority and labels, offline policy. Without it: Newest with the
     /// built-in kind merges, Offline clusters excluded.
@@ -369,6 +374,7 @@ impl Args {
                 max_objects_per_cluster: self.max_objects_per_cluster,
                 ..defaults.limits
             },
+            max_kcp_clients: self.max_kcp_clients,
             memory_budget: MemoryBudget {
                 cluster_bytes: self.max_status_bytes_per_cluster,
                 total_bytes: self.max_status_bytes,

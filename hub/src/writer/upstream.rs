@@ -3,7 +3,6 @@
 //! with who owns which field. [`KubeUpstream`] talks to KCP (or plain
 //! Kubernetes); tests substitute a fake.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource};
 use serde_json::Value;
 
+use crate::cache::LruCache;
 use crate::config::UpstreamMode;
 use crate::store::ObjectKey;
 
@@ -115,6 +115,8 @@ pub enum UpstreamConfigError {
     ServerUrl { url: String, reason: String },
     #[error("building the upstream client: {0}")]
     Client(#[from] kube::Error),
+    #[error("the KCP client cache's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// KCP or Kubernetes, through kube-rs clients.
@@ -122,12 +124,18 @@ pub enum UpstreamConfigError {
 /// With KCP, a workspace is a URL path prefix: each workspace gets its own
 /// client whose base URL is `<server>/clusters/<workspace>` (kube-client's
 /// base-URI middleware keeps a base path and appends request paths to it).
-/// Clients are cached per workspace.
+/// Clients are cached per workspace, the least recently used evicted past
+/// [`KubeUpstream::DEFAULT_CLIENTS`] (or `--max-kcp-clients`): a workspace's
+/// name comes from an agent's report.
 pub struct KubeUpstream {
     /// The configuration with the server's URL stripped of any `/clusters/…`.
     base: Config,
     mode: UpstreamMode,
-    clients: Mutex<HashMap<String, Client>>,
+    clients: Mutex<LruCache<String, Client>>,
+    /// `uplink_hub_kcp_clients`: clients cached now.
+    cached: prometheus::IntGauge,
+    /// `uplink_hub_kcp_client_evictions_total`.
+    evictions: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for KubeUpstream {
@@ -185,11 +193,38 @@ impl KubeUpstream {
         let upstream = Self {
             base: config,
             mode,
-            clients: Mutex::default(),
+            clients: Mutex::new(LruCache::new(Self::DEFAULT_CLIENTS)),
+            cached: prometheus::IntGauge::new(
+                "uplink_hub_kcp_clients",
+                "KCP clients cached, one per workspace written to or watched.",
+            )?,
+            evictions: prometheus::IntCounter::new(
+                "uplink_hub_kcp_client_evictions_total",
+                "KCP clients evicted from the cache (least recently used) to stay within --max-kcp-clients.",
+            )?,
         };
         // Build one client now, so a broken configuration fails at startup.
         upstream.build_client("")?;
         Ok(upstream)
+    }
+
+    /// Workspace clients kept unless told otherwise.
+    pub const DEFAULT_CLIENTS: usize = 1024;
+
+    /// Keeps at most `capacity` workspace clients (at least one).
+    pub fn with_max_clients(self, capacity: usize) -> Self {
+        Self {
+            clients: Mutex::new(LruCache::new(capacity)),
+            ..self
+        }
+    }
+
+    /// The client cache's metrics, for the hub's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.cached.clone()),
+            Box::new(self.evictions.clone()),
+        ]
     }
 
     fn build_client(&self, workspace: &str) -> Result<Client, kube::Error> {
@@ -227,14 +262,19 @@ impl KubeUpstream {
     }
 
     /// The client whose requests go to `workspace` (`*`: every workspace,
-    /// kcp's wildcard; empty: no prefix), built once and cached.
+    /// kcp's wildcard; empty: no prefix), built once and cached (an evicted
+    /// one is built again; requests in flight keep their clone).
     pub(crate) fn workspace_client(&self, workspace: &str) -> Result<Client, kube::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(workspace) {
-            return Ok(client.clone());
+            return Ok(client);
         }
         let client = self.build_client(workspace)?;
-        clients.insert(workspace.to_owned(), client.clone());
+        if let Some(evicted) = clients.insert(workspace.to_owned(), client.clone()) {
+            self.evictions.inc();
+            tracing::debug!(workspace = %evicted, "KCP client evicted from the cache");
+        }
+        self.cached.set(clients.len() as i64);
         Ok(client)
     }
 
@@ -482,6 +522,30 @@ mod tests {
             upstream.base.cluster_url.to_string(),
             "https://kcp.example:6443/"
         );
+    }
+
+    #[tokio::test]
+    async fn workspace_clients_are_bounded_least_recently_used_first() {
+        let config = Config::new(
+            "https://kcp.example:6443"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let upstream = KubeUpstream::new(config, UpstreamMode::Kcp)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_max_clients(2);
+        for workspace in ["root:a", "root:b", "root:a", "root:c", "root:d"] {
+            upstream
+                .workspace_client(workspace)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(upstream.cached.get(), 2);
+        assert_eq!(upstream.evictions.get(), 2, "b, then a");
+        let clients = upstream
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(clients.len(), 2);
     }
 
     #[test]
