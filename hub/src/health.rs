@@ -85,6 +85,12 @@ impl Health {
         record.connected_at = Some(SystemTime::now());
     }
 
+    /// Forgets `cluster`'s record (its SyncTarget was deleted); a later
+    /// session starts a new one.
+    pub fn forget(&self, cluster: &str) {
+        self.lock().remove(cluster);
+    }
+
     /// Connection `connection` of `cluster` ended. A connection that was
     /// superseded by a newer one changes nothing.
     pub fn session_ended(&self, cluster: &str, connection: u64) {

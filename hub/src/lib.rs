@@ -22,8 +22,10 @@ pub mod cache;
 pub mod capacity;
 pub mod config;
 pub mod downstream;
+pub mod forget;
 pub mod health;
 pub mod http;
+pub mod labels;
 pub mod metrics;
 pub mod placement;
 pub mod rejection;
@@ -299,6 +301,12 @@ impl Hub {
                 finalizers: finalizers.clone(),
                 rejections: rejections.clone(),
                 mode: config.upstream,
+                forget: Arc::new(forget::Forget {
+                    store: store.clone(),
+                    health: health.clone(),
+                    capacity: capacity.clone(),
+                    metrics: metrics.clone(),
+                }),
             }
             .run(placement_stop.clone()),
         );

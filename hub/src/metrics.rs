@@ -336,6 +336,23 @@ impl Metrics {
         })
     }
 
+    /// Removes every series labelled with `cluster` (a cluster the hub
+    /// forgot: [`crate::labels`]); returns how many.
+    pub fn forget_cluster(&self, cluster: &str) -> usize {
+        use crate::labels::remove_cluster;
+        remove_cluster(&self.heartbeats, cluster)
+            + remove_cluster(&self.last_heartbeat, cluster)
+            + remove_cluster(&self.deltas_received, cluster)
+            + remove_cluster(&self.frames_rejected, cluster)
+            + remove_cluster(&self.rejected_deltas, cluster)
+            + remove_cluster(&self.placements, cluster)
+            + remove_cluster(&self.downstream_objects, cluster)
+            + remove_cluster(&self.cluster_state, cluster)
+            + remove_cluster(&self.throttles, cluster)
+            + remove_cluster(&self.store_cluster_bytes, cluster)
+            + remove_cluster(&self.store_cluster_objects, cluster)
+    }
+
     /// The registry holding every metric of this hub.
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -547,6 +547,32 @@ impl Store {
         self.publish(cluster, state, *total, objects.len());
     }
 
+    /// Forgets everything of `cluster` (its SyncTarget was deleted): its
+    /// entries (each object merged again from the others), held reports and
+    /// position (a later session sends a snapshot).
+    pub fn forget_cluster(&self, cluster: &str) {
+        let mut inner = self.lock();
+        let Inner {
+            objects,
+            clusters,
+            bytes: total,
+        } = &mut *inner;
+        let Some(state) = clusters.remove(cluster) else {
+            return;
+        };
+        *total = total.saturating_sub(state.bytes);
+        for key in state.keys {
+            if remove_entry(objects, &key, cluster) {
+                self.queue.push(key);
+            }
+        }
+        self.count_held(state.held.len(), 0);
+        self.metrics.store_objects.set(objects.len() as i64);
+        self.metrics
+            .store_bytes
+            .set(i64::try_from(*total).unwrap_or(i64::MAX));
+    }
+
     /// Judges `cluster`'s held reports again (only the one of `only`, when
     /// given): released ones join the entries, refused ones are dropped and
     /// returned.
@@ -1233,5 +1259,32 @@ mod tests {
         );
         store.apply("c1", "s2", vec![deleted("e", 10)], vec![]).ok();
         assert_eq!(store.held_bytes("c1"), (0, 0));
+    }
+
+    #[test]
+    fn a_forgotten_cluster_leaves_nothing_behind() {
+        let (store, queue) = store(10);
+        store
+            .apply(
+                "c1",
+                "s1",
+                vec![upsert("a", 1, json!({"v": 1}))],
+                vec![upsert("b", 2, json!({}))],
+            )
+            .ok();
+        store
+            .apply("c2", "s1", vec![upsert("a", 1, json!({"v": 2}))], vec![])
+            .ok();
+        queue.drain_ready();
+        let c2 = store.held_bytes("c2").0;
+        store.forget_cluster("c1");
+        assert_eq!(store.held_bytes("c1"), (0, c2));
+        assert_eq!(store.position("c1"), None);
+        assert_eq!(store.held("c1"), 0);
+        assert_eq!(
+            store.entries(&key("a")).keys().collect::<Vec<_>>(),
+            vec!["c2"]
+        );
+        assert_eq!(queue.drain_ready(), vec![key("a")], "merged again");
     }
 }

@@ -10,7 +10,14 @@
 //!   `uplink_fleet_allocation_ratio`, `uplink_fleet_utilization_ratio`.
 //!
 //! `resource` is `cpu` (in cores), `memory` and `ephemeral_storage` (bytes),
-//! `pods`, or an extended resource's name (units).
+//! `pods`, or an extended resource's name (units). Extended-resource names
+//! come from agents: at most [`MAX_EXTENDED_LABELS`] per cluster and for the
+//! fleet become label values (the first by name; the API reports them all),
+//! a name a cluster stops reporting loses its series, and a forgotten
+//! cluster loses all of its ([`CapacityMetrics::forget`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{GaugeVec, Opts, Registry};
 use uplink_protocol::{ExtendedAmounts, ResourceAmounts};
@@ -18,9 +25,16 @@ use uplink_protocol::{ExtendedAmounts, ResourceAmounts};
 use super::fleet::FleetTotals;
 use super::record::{CapacityRecord, ClusterHealth, Rates};
 
+/// Most extended resources of one cluster (and of the fleet) exported as
+/// label values.
+pub const MAX_EXTENDED_LABELS: usize = 32;
+
 /// The capacity gauges; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct CapacityMetrics {
+    /// Extended-resource label values published, per cluster (`None`: the
+    /// fleet's).
+    extended: Arc<Mutex<HashMap<Option<String>, BTreeSet<String>>>>,
     cluster_capacity: GaugeVec,
     cluster_allocatable: GaugeVec,
     cluster_allocated: GaugeVec,
@@ -60,6 +74,7 @@ impl CapacityMetrics {
         let c = ["cluster", "resource"];
         let f = ["resource"];
         Ok(Self {
+            extended: Arc::default(),
             cluster_capacity: gauge(
                 registry,
                 "uplink_cluster_capacity",
@@ -144,7 +159,7 @@ impl CapacityMetrics {
                     for (resource, value) in standard(a) {
                         g.with_label_values(&[name, resource]).set(value);
                     }
-                    for (resource, e) in &r.extended {
+                    for (resource, e) in r.extended.iter().take(MAX_EXTENDED_LABELS) {
                         g.with_label_values(&[name, resource.as_str()])
                             .set(extended(e) as f64);
                     }
@@ -154,6 +169,15 @@ impl CapacityMetrics {
                 e.allocatable
             });
             set(&self.cluster_allocated, &r.allocated, &|e| e.requests);
+            for gone in self.published(Some(name), r.extended.keys()) {
+                for g in [
+                    &self.cluster_capacity,
+                    &self.cluster_allocatable,
+                    &self.cluster_allocated,
+                ] {
+                    let _ = g.remove_label_values(&[name, gone.as_str()]);
+                }
+            }
             match &r.used {
                 Some(used) => {
                     for (resource, value) in standard(used).into_iter().take(2) {
@@ -174,7 +198,7 @@ impl CapacityMetrics {
                 for (resource, value) in standard(a) {
                     g.with_label_values(&[resource]).set(value);
                 }
-                for (resource, e) in &fleet.extended {
+                for (resource, e) in fleet.extended.iter().take(MAX_EXTENDED_LABELS) {
                     g.with_label_values(&[resource.as_str()])
                         .set(extended(e) as f64);
                 }
@@ -184,6 +208,15 @@ impl CapacityMetrics {
             e.allocatable
         });
         set(&self.fleet_allocated, &fleet.allocated, &|e| e.requests);
+        for gone in self.published(None, fleet.extended.keys()) {
+            for g in [
+                &self.fleet_capacity,
+                &self.fleet_allocatable,
+                &self.fleet_allocated,
+            ] {
+                let _ = g.remove_label_values(&[gone.as_str()]);
+            }
+        }
         if let Some(used) = &fleet.used {
             for (resource, value) in standard(used).into_iter().take(2) {
                 self.fleet_usage.with_label_values(&[resource]).set(value);
@@ -206,5 +239,93 @@ impl CapacityMetrics {
         };
         rates(&self.fleet_allocation, &fleet.allocation);
         rates(&self.fleet_utilization, &fleet.utilization);
+    }
+
+    /// Records the extended-resource names now published for `cluster`
+    /// (`None`: the fleet), the first [`MAX_EXTENDED_LABELS`] of `names`;
+    /// returns those published before and not any more.
+    fn published<'a>(
+        &self,
+        cluster: Option<&str>,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Vec<String> {
+        let now: BTreeSet<String> = names.take(MAX_EXTENDED_LABELS).cloned().collect();
+        let mut extended = self.extended.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = extended.insert(cluster.map(str::to_owned), now.clone());
+        before
+            .unwrap_or_default()
+            .difference(&now)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes every series of `cluster` (the hub forgot it).
+    pub fn forget(&self, cluster: &str) {
+        use crate::labels::remove_cluster;
+        for g in [
+            &self.cluster_capacity,
+            &self.cluster_allocatable,
+            &self.cluster_allocated,
+            &self.cluster_usage,
+            &self.cluster_health,
+        ] {
+            remove_cluster(g, cluster);
+        }
+        self.extended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&Some(cluster.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector;
+    use uplink_protocol::ExtendedAmounts;
+
+    fn series(g: &GaugeVec, cluster: &str) -> Vec<String> {
+        let mut resources: Vec<String> = g
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == cluster))
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "resource")
+                    .map(|l| l.value().to_owned())
+            })
+            .collect();
+        resources.sort();
+        resources
+    }
+
+    #[test]
+    fn extended_labels_are_bounded_pruned_and_forgotten() -> prometheus::Result<()> {
+        let registry = Registry::new();
+        let metrics = CapacityMetrics::register(&registry)?;
+        let summary = uplink_protocol::ClusterSummary {
+            extended: (0..100)
+                .map(|i| (format!("example.com/r{i:03}"), ExtendedAmounts::default()))
+                .collect(),
+            ..Default::default()
+        };
+        let link = crate::health::ClusterRecord {
+            summary: Some(summary),
+            ..Default::default()
+        };
+        let mut record = CapacityRecord::new("c1", &link, crate::health::ClusterState::Ready);
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        let published = series(&metrics.cluster_capacity, "c1");
+        assert_eq!(published.len(), 4 + MAX_EXTENDED_LABELS);
+        // A name no longer reported loses its series.
+        record.extended = [("example.com/r000".to_owned(), ExtendedAmounts::default())].into();
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(series(&metrics.cluster_capacity, "c1").len(), 5);
+        metrics.forget("c1");
+        assert!(series(&metrics.cluster_capacity, "c1").is_empty());
+        assert!(series(&metrics.cluster_health, "c1").is_empty());
+        Ok(())
     }
 }

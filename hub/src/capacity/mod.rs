@@ -127,6 +127,11 @@ impl Capacity {
             .range(cluster.unwrap_or(FLEET), from_ms, to_ms)
     }
 
+    /// Removes the metric series of `cluster` (the hub forgot it).
+    pub fn forget(&self, cluster: &str) {
+        self.metrics.forget(cluster);
+    }
+
     /// Publishes the metrics for `now`.
     pub fn refresh_metrics(&self, now: SystemTime) {
         let records = self.records(now);

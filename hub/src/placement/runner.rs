@@ -47,6 +47,8 @@ pub struct Runner {
     pub finalizers: Arc<Finalizers>,
     pub rejections: Arc<Rejections>,
     pub mode: UpstreamMode,
+    /// Forgets a cluster whose SyncTarget was deleted.
+    pub forget: Arc<crate::forget::Forget>,
 }
 
 impl Runner {
@@ -167,6 +169,9 @@ impl Runner {
                 .placements
                 .with_label_values(&[cluster.as_str()])
                 .set(0);
+            if view.synctarget(cluster).is_none() {
+                self.forget.forget(cluster);
+            }
         }
         self.recheck(&view, None);
         drop(view);
