@@ -247,6 +247,11 @@ impl Store {
         }
     }
 
+    /// The memory budget the store enforces.
+    pub fn budget(&self) -> MemoryBudget {
+        self.budget
+    }
+
     /// The store with memory budget `budget` instead of the default one.
     pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
         self.budget = budget;

@@ -232,3 +232,52 @@ async fn a_status_flood_stays_within_the_cluster_budget() -> Result<()> {
     .await?;
     hub.stop().await
 }
+
+/// A snapshot is held to the cluster's budget while it arrives (it is
+/// buffered whole before it replaces the cluster's entries).
+#[tokio::test]
+async fn a_snapshot_is_held_to_the_cluster_budget() -> Result<()> {
+    let status = format!(r#"{{"a":"{}"}}"#, "x".repeat(30 * 1024));
+    let hub = TestHub::start_placed(
+        |config| {
+            config.memory_budget = MemoryBudget {
+                cluster_bytes: 64 * 1024,
+                total_bytes: 1024 * 1024,
+            }
+        },
+        flood_placement(3),
+    )
+    .await?;
+    let identity = hub.pki.client(FLOODER)?;
+    let mut agent = hub.connect(&identity).await?;
+    agent.hello(FLOODER, "session-1", None, 0).await?;
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 3 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotChunk(uplink_protocol::SnapshotChunk {
+            deltas: (1..=3)
+                .map(|i| flood_delta(i, &format!("flood-{i}"), &status))
+                .collect(),
+        }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 3 }))
+        .await?;
+    let refused = acked(&mut agent, 3).await?;
+    assert_eq!(refused, vec![Rejected::CLUSTER_MEMORY_BUDGET.to_owned()]);
+    let held = hub
+        .metrics
+        .store_cluster_bytes
+        .with_label_values(&[FLOODER])
+        .get();
+    assert!(held > 60 * 1024 && held <= 64 * 1024, "{held}");
+    assert_eq!(
+        hub.metrics
+            .store_cluster_objects
+            .with_label_values(&[FLOODER])
+            .get(),
+        2
+    );
+    hub.stop().await
+}

@@ -25,6 +25,10 @@ pub(super) struct SnapshotBuffer {
     /// not notice they are gone: they are re-evaluated (and cleared upstream
     /// when no cluster reports them) explicitly.
     tombstones: HashSet<ObjectKey>,
+    /// What `entries` take against the cluster's memory budget: a snapshot
+    /// is buffered whole before it replaces the cluster's entries, so it is
+    /// held to the budget while it arrives.
+    bytes: u64,
 }
 
 impl<S: Transport> Connection<S> {
@@ -102,6 +106,7 @@ impl<S: Transport> Connection<S> {
         *snapshot = Some(SnapshotBuffer {
             entries: HashMap::new(),
             tombstones: HashSet::new(),
+            bytes: 0,
         });
         Ok(())
     }
@@ -122,11 +127,31 @@ impl<S: Transport> Connection<S> {
             };
             // An Upsert is part of the snapshot; a Deleted one is not,
             // and is re-evaluated once the snapshot is applied.
+            let cost = |key: &ObjectKey, entry: &Entry| {
+                crate::budget::report_cost(key, Some(&entry.status), &entry.uid)
+            };
+            let before = buffer
+                .entries
+                .get(&update.key)
+                .map_or(0, |e| cost(&update.key, e));
             match update.entry {
                 Some(entry) => {
+                    let after = cost(&update.key, &entry);
+                    let budget = self.shared.store.budget().cluster_bytes;
+                    if buffer.bytes.saturating_sub(before).saturating_add(after) > budget {
+                        self.refuse_report(
+                            &update.key,
+                            update.seq,
+                            Rejected::CLUSTER_MEMORY_BUDGET,
+                            "the snapshot exceeds the cluster's memory budget",
+                        );
+                        continue;
+                    }
+                    buffer.bytes = buffer.bytes.saturating_sub(before).saturating_add(after);
                     buffer.entries.insert(update.key, entry);
                 }
                 None => {
+                    buffer.bytes = buffer.bytes.saturating_sub(before);
                     buffer.entries.remove(&update.key);
                     buffer.tombstones.insert(update.key);
                 }
