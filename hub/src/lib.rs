@@ -374,6 +374,7 @@ impl Hub {
                 pause: config.throttle_pause,
                 max_deltas_per_s: throttle_rate(config.write_qps),
             },
+            report_bounds: config.capacity.reports,
         });
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(epoch = shared.hub_epoch, "hub running");

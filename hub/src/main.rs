@@ -252,6 +252,12 @@ struct Args {
     /// (downsampled) to stay under it.
     #[arg(long, env = "UPLINK_HUB_CAPACITY_MAX_POINTS", default_value_t = 2880)]
     capacity_max_points: usize,
+
+    /// Largest difference between an agent's clock and the hub's: a
+    /// heartbeat further off has its report (clock sample and cluster
+    /// summary) refused and counted in uplink_hub_reports_refused_total.
+    #[arg(long, env = "UPLINK_HUB_MAX_CLOCK_SKEW", default_value = "5m", value_parser = parse_duration)]
+    max_clock_skew: Duration,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -383,6 +389,10 @@ impl Args {
                 history: uplink_hub::capacity::HistorySettings {
                     retention: self.capacity_retention,
                     max_points: self.capacity_max_points,
+                },
+                reports: uplink_hub::capacity::ReportBounds {
+                    max_clock_skew: self.max_clock_skew,
+                    ..defaults.capacity.reports
                 },
                 ..defaults.capacity
             },

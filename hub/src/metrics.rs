@@ -60,6 +60,9 @@ pub struct Metrics {
     pub throttles: IntCounterVec,
     /// SyncTarget writes to KCP, by result.
     pub synctarget_writes: IntCounterVec,
+    /// Heartbeat reports (clock and summary) refused, by reason
+    /// (`capacity::validate::refused_reason`).
+    pub reports_refused: IntCounterVec,
 }
 
 /// Labels of `uplink_hub_kcp_writes_total{result}`.
@@ -254,6 +257,18 @@ impl Metrics {
             &["result"],
         )?;
 
+        let reports_refused = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_reports_refused_total",
+                "Heartbeat reports (agent clock and cluster summary) refused, by reason.",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::capacity::validate::refused_reason::ALL {
+            reports_refused.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(reports_refused.clone()))?;
+
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(cluster_state.clone()))?;
         registry.register(Box::new(throttles.clone()))?;
@@ -298,6 +313,7 @@ impl Metrics {
             downstream_objects,
             downstream_queue,
             finalizer_writes,
+            reports_refused,
             conflicts,
             conflicts_total,
             cluster_state,

@@ -43,6 +43,7 @@ use self::downward::DownwardLane;
 pub use self::throttle::ThrottleSettings;
 use self::upward::SnapshotBuffer;
 use self::wire::{ReadError, Violation};
+use crate::capacity::ReportBounds;
 use crate::downstream::Downstream;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -77,6 +78,8 @@ pub struct SessionShared {
     /// The KCP writer's queue, whose depth decides when agents are throttled.
     pub write_queue: Arc<WriteQueue>,
     pub throttle: ThrottleSettings,
+    /// What a cluster's heartbeat report (clock, summary) must keep to.
+    pub report_bounds: ReportBounds,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
@@ -107,6 +110,7 @@ pub async fn serve<S>(
         shared,
         throttled_until: None,
         version: 0,
+        refused_report: None,
     };
     let Some((hello, mode)) = conn.handshake(hello, &shutdown).await else {
         return;
@@ -164,6 +168,9 @@ struct Connection<S> {
     throttled_until: Option<Instant>,
     /// The protocol version negotiated in the handshake.
     version: u16,
+    /// Why this connection's last heartbeat report was refused, if it was
+    /// (logged once per reason).
+    refused_report: Option<&'static str>,
 }
 
 impl<S: Transport> Connection<S> {
