@@ -584,7 +584,7 @@ pub async fn watch_cluster_states(
                 let keys = store.cluster_keys(cluster);
                 tracing::info!(%cluster, ?before, ?state, objects = keys.len(), "cluster state changed; re-evaluating its objects");
                 for key in keys {
-                    queue.push(key);
+                    queue.push(key, cluster);
                 }
             }
         }

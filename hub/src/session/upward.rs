@@ -189,7 +189,7 @@ impl<S: Transport> Connection<S> {
                 .replace_cluster(&self.cluster, session, accepted, held, end.seq)
                 .map_err(store_violation)?;
             for key in deleted {
-                self.shared.write_queue.push(key);
+                self.shared.write_queue.push(key, &self.cluster);
             }
             acked
         };
