@@ -226,8 +226,9 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_SYNCTARGET_HEARTBEAT_PERIOD", default_value = "30s", value_parser = parse_duration)]
     synctarget_heartbeat_period: Duration,
 
-    /// KCP writes queued at which agents are told to slow down (Throttle);
-    /// below half of it they are released. 0 never throttles.
+    /// KCP writes queued on behalf of one cluster at which its agent is told
+    /// to slow down (Throttle); below half of it the agent is released.
+    /// Other clusters are not throttled for it. 0 never throttles.
     #[arg(
         long,
         env = "UPLINK_HUB_THROTTLE_QUEUE_DEPTH",

@@ -15,7 +15,7 @@
 //! and acked), `heartbeat`, `downward` (protocol version 2: the objects KCP
 //! placed on the cluster, sent as the window allows, and the agent's
 //! acknowledgements); after every frame `throttle` slows the agent down
-//! while the KCP writer is behind. `wire` reads and sends frames and
+//! while the KCP writer is behind on its cluster's changes. `wire` reads and sends frames and
 //! refuses and closes; `connections` keeps one live connection per cluster.
 
 mod connections;
@@ -75,7 +75,8 @@ pub struct SessionShared {
     pub hub_epoch: u64,
     /// Whether objects must name a workspace (KCP upstream).
     pub require_workspace: bool,
-    /// The KCP writer's queue, whose depth decides when agents are throttled.
+    /// The KCP writer's queue, whose backlog per cluster decides when a
+    /// cluster's agent is throttled.
     pub write_queue: Arc<WriteQueue>,
     pub throttle: ThrottleSettings,
     /// What a cluster's heartbeat report (clock, summary) must keep to.
