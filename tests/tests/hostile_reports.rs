@@ -2,6 +2,8 @@
 //! reports absurd capacity and a clock far in the future. The hub refuses
 //! the report, counts it by reason, keeps the fleet totals and the cluster's
 //! clock skew estimate as they were, and keeps serving the honest clusters.
+//! A status report dated in the far future is taken as dated no later than
+//! the agent's clock can be.
 
 use std::time::Duration;
 
@@ -9,14 +11,14 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 use uplink_protocol::{
-    AgentFrame, ClusterSummary, ExtendedAmounts, Heartbeat, HubFrame, NodeCounts, ResourceAmounts,
-    WatchHealth,
+    AgentFrame, ClusterSummary, Delta, DeltaBatch, ExtendedAmounts, Heartbeat, HubFrame,
+    NodeCounts, ResourceAmounts, WatchHealth,
 };
 use uplink_tests::fleet::convergence::Convergence;
 use uplink_tests::fleet::{
     Fleet, SCENARIO_TIMEOUT, STATUS_DEADLINE, bounded, deployment, eventually,
 };
-use uplink_tests::forged::{ForgedAgent, now_ms};
+use uplink_tests::forged::{ForgedAgent, deployment_ref, now_ms, upsert};
 
 const TEAM_A: &str = "root:org:team-a";
 
@@ -200,6 +202,60 @@ async fn absurd_report() -> Result<()> {
     let mut checker = Convergence::deployments();
     checker.track(TEAM_A, "shop", "web", "a");
     checker.converged(&fleet, STATUS_DEADLINE).await?;
+    drop(forged);
+    fleet.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_from_the_future_is_dated_no_later_than_the_agent_can_be() -> Result<()> {
+    bounded(SCENARIO_TIMEOUT, future_report()).await
+}
+
+/// b reports its own object as observed at `i64::MAX` ms (which would win
+/// every `Newest` merge for ever): the hub keeps it dated within the clock
+/// skew bound of its own clock.
+async fn future_report() -> Result<()> {
+    let mut fleet = Fleet::builder()
+        .clusters(["b"])
+        .workspaces([TEAM_A])
+        .heartbeat(Duration::from_secs(10))
+        .start()
+        .await?;
+    fleet
+        .place(TEAM_A, "shop", &deployment("web", 3), &["b"])
+        .await?;
+    fleet.stop_agent("b").await?;
+    let mut forged = fleet.forged_agent("b").await?;
+    forged.hello("b").await?;
+    forged
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![Delta {
+                seq: 1,
+                object: deployment_ref(TEAM_A, "shop", "web"),
+                generation: Some(1),
+                observed_generation: Some(1),
+                observed_at_ms: i64::MAX,
+                change: upsert(&status(3)),
+            }],
+        }))
+        .await?;
+    loop {
+        if let HubFrame::Ack(ack) = forged.recv().await?
+            && ack.seq >= 1
+        {
+            break;
+        }
+    }
+    let bound = now_ms() + 300_000;
+    let (_, entries) = fleet
+        .hub_store()
+        .find(|key| key.workspace == TEAM_A && key.name == "web")
+        .ok_or_else(|| anyhow::anyhow!("the report of web is not stored"))?;
+    let observed = entries.get("b").map(|e| e.observed_at_ms);
+    ensure!(
+        observed.is_some_and(|at| at <= bound && at > now_ms()),
+        "b's report is dated {observed:?}, the bound is {bound}"
+    );
     drop(forged);
     fleet.shutdown().await
 }

@@ -271,13 +271,26 @@ impl<S: Transport> Connection<S> {
                     status: Arc::new(status),
                     generation: delta.generation,
                     observed_generation: delta.observed_generation,
-                    observed_at_ms: delta.observed_at_ms,
+                    observed_at_ms: self.plausible_time(delta.observed_at_ms),
                     seq: delta.seq,
                     uid: String::new(),
                 })
             }
         };
         Ok(entry)
+    }
+}
+
+impl<S: Transport> Connection<S> {
+    /// `observed_at_ms` (agent clock), no later than the agent's clock can
+    /// be now: the hub's clock plus the largest skew a heartbeat may have
+    /// ([`crate::capacity::ReportBounds::max_clock_skew`]). A report dated
+    /// in the far future would otherwise win every `Newest` merge.
+    fn plausible_time(&self, observed_at_ms: i64) -> i64 {
+        let skew = self.shared.report_bounds.max_clock_skew.as_millis();
+        let latest = crate::health::unix_ms(std::time::SystemTime::now())
+            .saturating_add(i64::try_from(skew).unwrap_or(i64::MAX));
+        observed_at_ms.min(latest)
     }
 }
 
