@@ -257,7 +257,8 @@ struct Args {
     /// Largest difference between an agent's clock and the hub's: a
     /// heartbeat further off has its report (clock sample and cluster
     /// summary) refused and counted in uplink_hub_reports_refused_total.
-    #[arg(long, env = "UPLINK_HUB_MAX_CLOCK_SKEW", default_value = "5m", value_parser = parse_duration)]
+    /// Within it, the hub corrects for the agent's clock offset.
+    #[arg(long, env = "UPLINK_HUB_MAX_CLOCK_SKEW", default_value = "24h", value_parser = parse_duration)]
     max_clock_skew: Duration,
 }
 

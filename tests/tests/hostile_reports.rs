@@ -168,9 +168,9 @@ async fn absurd_report() -> Result<()> {
     // The finding: u64::MAX quantities and a clock 2^62 ms ahead.
     heartbeat(&mut forged, now_ms() + (1 << 62), absurd_summary()).await?;
     // The absurd quantities with an honest clock, and an honest summary
-    // with a clock an hour behind.
+    // with a clock two days behind (beyond the default day of skew).
     heartbeat(&mut forged, now_ms(), absurd_summary()).await?;
-    heartbeat(&mut forged, now_ms() - 3_600_000, honest_summary()).await?;
+    heartbeat(&mut forged, now_ms() - 2 * 86_400_000, honest_summary()).await?;
 
     let metrics = fleet.hub_metrics().await?;
     ensure!(
@@ -212,8 +212,8 @@ async fn a_report_from_the_future_is_dated_no_later_than_the_agent_can_be() -> R
 }
 
 /// b reports its own object as observed at `i64::MAX` ms (which would win
-/// every `Newest` merge for ever): the hub keeps it dated within the clock
-/// skew bound of its own clock.
+/// every `Newest` merge for ever): the hub keeps it dated no later than
+/// b's clock (as its heartbeats show it) plus a minute.
 async fn future_report() -> Result<()> {
     let mut fleet = Fleet::builder()
         .clusters(["b"])
@@ -227,6 +227,7 @@ async fn future_report() -> Result<()> {
     fleet.stop_agent("b").await?;
     let mut forged = fleet.forged_agent("b").await?;
     forged.hello("b").await?;
+    heartbeat(&mut forged, now_ms(), honest_summary()).await?;
     forged
         .send(&AgentFrame::Deltas(DeltaBatch {
             deltas: vec![Delta {
@@ -246,7 +247,8 @@ async fn future_report() -> Result<()> {
             break;
         }
     }
-    let bound = now_ms() + 300_000;
+    // A minute, and a margin for b's skew estimate (half a round trip).
+    let bound = now_ms() + 61_000;
     let (_, entries) = fleet
         .hub_store()
         .find(|key| key.workspace == TEAM_A && key.name == "web")
