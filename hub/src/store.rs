@@ -292,7 +292,7 @@ impl Store {
                 }
             };
             if changed {
-                self.queue.push(update.key);
+                self.queue.push(update.key, cluster);
             }
         }
         state.position.seq = highest;
@@ -335,7 +335,7 @@ impl Store {
 
         for gone in old_keys.iter().filter(|k| !entries.contains_key(*k)) {
             if remove_entry(objects, gone, cluster) {
-                self.queue.push(gone.clone());
+                self.queue.push(gone.clone(), cluster);
             }
         }
         let mut state = ClusterEntries::new(session);
@@ -343,7 +343,7 @@ impl Store {
         state.keys.reserve(entries.len());
         for (key, entry) in entries {
             if upsert_entry(objects, &key, cluster, entry) {
-                self.queue.push(key.clone());
+                self.queue.push(key.clone(), cluster);
             }
             state.keys.insert(key);
         }
@@ -379,7 +379,7 @@ impl Store {
         };
         for key in keys {
             if state.keys.remove(key) && remove_entry(objects, key, cluster) {
-                self.queue.push(key.clone());
+                self.queue.push(key.clone(), cluster);
             }
         }
         self.metrics.store_objects.set(objects.len() as i64);
@@ -430,7 +430,7 @@ impl Store {
                     {
                         state.keys.insert(key.clone());
                         if upsert_entry(objects, &key, cluster, entry) {
-                            self.queue.push(key);
+                            self.queue.push(key, cluster);
                         }
                     }
                 }
