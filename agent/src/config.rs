@@ -67,9 +67,9 @@ impl Default for AgentConfig {
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),
             resources: vec![ResourceSpec::deployments()],
-            // Off until the end-to-end downward scenarios are in: status
-            // only, protocol version 1. `--downward-resources` with
-            // DEFAULT_DOWNWARD_RESOURCES turns it on.
+            // Status only, protocol version 1, unless asked: writing needs
+            // RBAC the operator grants (deploy/agent grants it and passes
+            // `--downward-resources` with DEFAULT_DOWNWARD_RESOURCES).
             downward_resources: Vec::new(),
             http_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
             heartbeat_interval: Duration::from_secs(10),

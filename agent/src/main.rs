@@ -67,9 +67,10 @@ struct Args {
     /// them down (protocol version 2), comma-separated like --resources,
     /// e.g. the list: deployments.v1.apps,statefulsets.v1.apps,
     /// daemonsets.v1.apps,jobs.v1.batch,services.v1,configmaps.v1,
-    /// secrets.v1,persistentvolumeclaims.v1. Empty (for now the default)
-    /// turns the downward lane off: the agent offers only protocol version 1
-    /// and reports status only.
+    /// secrets.v1,persistentvolumeclaims.v1 (deploy/agent passes it, with
+    /// the RBAC for those writes). Empty, the default, turns the downward
+    /// lane off: the agent offers only protocol version 1 and reports status
+    /// only, so an agent never writes to a cluster it was not granted.
     #[arg(
         long,
         env = "UPLINK_AGENT_DOWNWARD_RESOURCES",

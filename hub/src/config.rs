@@ -87,8 +87,9 @@ pub struct HubConfig {
     /// Longest time a SyncTarget's `lastSyncerHeartbeatTime` may lag behind
     /// the cluster's last heartbeat (state changes are written at once).
     pub synctarget_heartbeat_period: Duration,
-    /// KCP writes waiting in the writer's queue at which agents are told to
-    /// slow down (`Throttle`); below half of it they are released.
+    /// KCP writes waiting in the writer's queue on behalf of one cluster at
+    /// which that cluster's agent is told to slow down (`Throttle`); below
+    /// half of it the agent is released.
     pub throttle_queue_depth: usize,
     /// How long a throttled agent pauses its deltas.
     pub throttle_pause: Duration,

@@ -104,20 +104,35 @@ impl Health {
     }
 
     /// A heartbeat sent at `agent_time_ms` (agent clock) arrived at `received`.
+    /// The caller checked the agent's clock against the hub's
+    /// ([`crate::capacity::validate`]); see [`Health::alive`] otherwise.
     pub fn heartbeat(&self, cluster: &str, agent_time_ms: i64, received: SystemTime) {
+        self.record_heartbeat(cluster, Some(agent_time_ms), received);
+    }
+
+    /// A heartbeat whose report was refused arrived at `received`: the
+    /// cluster is alive (the hub's clock says so), but its clock sample is
+    /// not taken into the skew estimate.
+    pub fn alive(&self, cluster: &str, received: SystemTime) {
+        self.record_heartbeat(cluster, None, received);
+    }
+
+    fn record_heartbeat(&self, cluster: &str, agent_time_ms: Option<i64>, received: SystemTime) {
         let hub_ms = unix_ms(received);
-        let sample = hub_ms.saturating_sub(agent_time_ms);
         {
             let mut records = self.lock();
             let record = records.entry(cluster.to_owned()).or_default();
             record.last_heartbeat = Some(received);
-            record.clock_skew_ms = Some(match record.clock_skew_ms {
-                None => sample,
-                Some(old) => {
-                    let old = old as f64;
-                    (old + SKEW_SMOOTHING * (sample as f64 - old)).round() as i64
-                }
-            });
+            if let Some(agent_ms) = agent_time_ms {
+                let sample = hub_ms.saturating_sub(agent_ms);
+                record.clock_skew_ms = Some(match record.clock_skew_ms {
+                    None => sample,
+                    Some(old) => {
+                        let old = old as f64;
+                        (old + SKEW_SMOOTHING * (sample as f64 - old)).round() as i64
+                    }
+                });
+            }
         }
         self.metrics.heartbeats.with_label_values(&[cluster]).inc();
         self.metrics

@@ -351,7 +351,7 @@ impl Hub {
         let synctargets_task = tokio::spawn(synctargets.run(writer_stop.clone()));
         let capacity_task = tokio::spawn(capacity.clone().run(writer_stop.clone()));
 
-        // Re-merges a cluster's objects when it turns Stale or Offline (or back).
+        // Re-queues the objects whose merge a cluster's state change alters.
         let states_task = tokio::spawn(aggregate::watch_cluster_states(
             aggregator.clone(),
             store.clone(),
@@ -394,6 +394,7 @@ impl Hub {
                 pause: config.throttle_pause,
                 max_deltas_per_s: throttle_rate(config.write_qps),
             },
+            report_bounds: config.capacity.reports,
         });
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(epoch = shared.hub_epoch, "hub running");

@@ -244,8 +244,9 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_SYNCTARGET_HEARTBEAT_PERIOD", default_value = "30s", value_parser = parse_duration)]
     synctarget_heartbeat_period: Duration,
 
-    /// KCP writes queued at which agents are told to slow down (Throttle);
-    /// below half of it they are released. 0 never throttles.
+    /// KCP writes queued on behalf of one cluster at which its agent is told
+    /// to slow down (Throttle); below half of it the agent is released.
+    /// Other clusters are not throttled for it. 0 never throttles.
     #[arg(
         long,
         env = "UPLINK_HUB_THROTTLE_QUEUE_DEPTH",
@@ -270,6 +271,13 @@ struct Args {
     /// (downsampled) to stay under it.
     #[arg(long, env = "UPLINK_HUB_CAPACITY_MAX_POINTS", default_value_t = 2880)]
     capacity_max_points: usize,
+
+    /// Largest difference between an agent's clock and the hub's: a
+    /// heartbeat further off has its report (clock sample and cluster
+    /// summary) refused and counted in uplink_hub_reports_refused_total.
+    /// Within it, the hub corrects for the agent's clock offset.
+    #[arg(long, env = "UPLINK_HUB_MAX_CLOCK_SKEW", default_value = "24h", value_parser = parse_duration)]
+    max_clock_skew: Duration,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -406,6 +414,10 @@ impl Args {
                 history: uplink_hub::capacity::HistorySettings {
                     retention: self.capacity_retention,
                     max_points: self.capacity_max_points,
+                },
+                reports: uplink_hub::capacity::ReportBounds {
+                    max_clock_skew: self.max_clock_skew,
+                    ..defaults.capacity.reports
                 },
                 ..defaults.capacity
             },

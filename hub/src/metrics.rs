@@ -66,6 +66,14 @@ pub struct Metrics {
     pub throttles: IntCounterVec,
     /// SyncTarget writes to KCP, by result.
     pub synctarget_writes: IntCounterVec,
+    /// Heartbeat reports (clock and summary) refused, by reason
+    /// (`capacity::validate::refused_reason`).
+    pub reports_refused: IntCounterVec,
+    /// Objects waiting for the writer on behalf of each cluster (only
+    /// clusters with a backlog have a series).
+    pub write_queue_cluster_depth: IntGaugeVec,
+    /// How long ready objects waited for their turn at the writer.
+    pub write_queue_wait: Histogram,
 }
 
 /// Labels of `uplink_hub_kcp_writes_total{result}`.
@@ -278,6 +286,37 @@ impl Metrics {
             &["result"],
         )?;
 
+        let reports_refused = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_reports_refused_total",
+                "Heartbeat reports (agent clock and cluster summary) refused, by reason.",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::capacity::validate::refused_reason::ALL {
+            reports_refused.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(reports_refused.clone()))?;
+        let write_queue_cluster_depth = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_write_queue_cluster_depth",
+                "Objects waiting for the KCP writer on behalf of the cluster (clusters with a backlog only).",
+            ),
+            &["cluster"],
+        )?;
+        registry.register(Box::new(write_queue_cluster_depth.clone()))?;
+        let write_queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "uplink_hub_write_queue_wait_seconds",
+                "How long a ready object waited for its turn at the KCP writer.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                1800.0,
+            ]),
+        )?;
+        registry.register(Box::new(write_queue_wait.clone()))?;
+
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(cluster_state.clone()))?;
         registry.register(Box::new(throttles.clone()))?;
@@ -328,6 +367,9 @@ impl Metrics {
             downstream_objects,
             downstream_queue,
             finalizer_writes,
+            reports_refused,
+            write_queue_cluster_depth,
+            write_queue_wait,
             conflicts,
             conflicts_total,
             cluster_state,
@@ -351,6 +393,7 @@ impl Metrics {
             + remove_cluster(&self.throttles, cluster)
             + remove_cluster(&self.store_cluster_bytes, cluster)
             + remove_cluster(&self.store_cluster_objects, cluster)
+            + remove_cluster(&self.write_queue_cluster_depth, cluster)
     }
 
     /// The registry holding every metric of this hub.

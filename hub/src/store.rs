@@ -397,7 +397,7 @@ impl Store {
                 }
             };
             if changed {
-                self.queue.push(update.key);
+                self.queue.push(update.key, cluster);
             }
         }
         state.position.seq = highest;
@@ -493,14 +493,14 @@ impl Store {
 
         for gone in old_keys.iter().filter(|k| !entries.contains_key(*k)) {
             if remove_entry(objects, gone, cluster) {
-                self.queue.push(gone.clone());
+                self.queue.push(gone.clone(), cluster);
             }
         }
         state.position.seq = highest;
         state.keys.reserve(entries.len());
         for (key, entry) in entries {
             if upsert_entry(objects, &key, cluster, entry) {
-                self.queue.push(key.clone());
+                self.queue.push(key.clone(), cluster);
             }
             state.keys.insert(key);
         }
@@ -546,7 +546,7 @@ impl Store {
             let cost = stored_cost(objects, key, cluster);
             if state.keys.remove(key) && remove_entry(objects, key, cluster) {
                 charge(total, &mut state.bytes, cost, 0);
-                self.queue.push(key.clone());
+                self.queue.push(key.clone(), cluster);
             }
         }
         self.publish(cluster, state, *total, objects.len());
@@ -568,7 +568,7 @@ impl Store {
         *total = total.saturating_sub(state.bytes);
         for key in state.keys {
             if remove_entry(objects, &key, cluster) {
-                self.queue.push(key);
+                self.queue.push(key, cluster);
             }
         }
         self.count_held(state.held.len(), 0);
@@ -635,7 +635,7 @@ impl Store {
                         charge(total, &mut state.bytes, from, entry_cost(&key, &entry));
                         state.keys.insert(key.clone());
                         if upsert_entry(objects, &key, cluster, entry) {
-                            self.queue.push(key);
+                            self.queue.push(key, cluster);
                         }
                     }
                 }

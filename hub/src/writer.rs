@@ -56,6 +56,7 @@
 //! `Retry-After`, anything else waits with exponential backoff. The key
 //! stays in the queue until it lands.
 
+mod fair;
 pub mod finalizer;
 mod owned;
 mod queue;
@@ -746,7 +747,7 @@ mod tests {
         f.store
             .apply("c1", "s2", vec![upsert(1, json!({"ready": 1}))], vec![])
             .ok();
-        f.queue.push(key());
+        f.queue.push(key(), "c1");
         settle(&f).await;
         assert_eq!(f.upstream.patches().len(), 1);
     }
@@ -806,7 +807,7 @@ mod tests {
         assert_eq!(last["conditions"][0]["status"], "False");
         assert_eq!(last["conditions"][0]["reason"], NOT_REPORTED_REASON);
         // Nothing more to write, however often it is looked at again.
-        f.queue.push(key());
+        f.queue.push(key(), "c1");
         settle(&f).await;
         assert_eq!(f.upstream.patches().len(), 3);
     }
@@ -1021,7 +1022,7 @@ mod tests {
         f.store
             .apply("c1", "s2", vec![upsert(5, json!({"replicas": 5}))], vec![])
             .ok();
-        f.queue.push(key());
+        f.queue.push(key(), "c1");
         settle(&f).await;
         assert_eq!(f.upstream.applied_statuses(), vec![json!({"replicas": 5})]);
     }
@@ -1062,7 +1063,7 @@ mod tests {
             .managed_fields
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = vec![hub_entry(&applied[1])];
-        f.queue.push(key());
+        f.queue.push(key(), "c1");
         settle(&f).await;
         assert_eq!(f.upstream.applied_statuses().len(), 2);
     }

@@ -161,7 +161,9 @@ pub fn deployment_ref(workspace: &str, namespace: &str, name: &str) -> ObjectRef
     }
 }
 
-fn now_ms() -> i64 {
+/// The local clock, in ms since the Unix epoch (what an agent in step with
+/// the hub sends as `agent_time_ms`).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -1,7 +1,9 @@
 //! Backpressure: KCP is slow, the hub's writer falls behind, and the hub
 //! slows its agents down with `Throttle` frames instead of growing: its
-//! queue and store stay bounded by the number of objects. When KCP is fast
-//! again the agents are released and KCP converges.
+//! queue and store stay bounded by the number of objects. Only the cluster
+//! whose backlog is deep is throttled: another cluster with a few changes
+//! is not. When KCP is fast again the agents are released and KCP
+//! converges.
 
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ async fn a_writer_that_falls_behind_throttles_agents_and_stays_bounded() -> Resu
 
 async fn backpressure() -> Result<()> {
     let fleet = Fleet::builder()
-        .clusters(["a"])
+        .clusters(["a", "b"])
         .workspaces([TEAM])
         .heartbeat(Duration::from_millis(300))
         .hub_config(|c| {
@@ -40,6 +42,10 @@ async fn backpressure() -> Result<()> {
         fleet.place(TEAM, NS, &deployment(&name, 1), &["a"]).await?;
         checker.track(TEAM, NS, &name, "a");
     }
+    fleet
+        .place(TEAM, NS, &deployment("quiet", 1), &["b"])
+        .await?;
+    checker.track(TEAM, NS, "quiet", "b");
 
     // KCP slows down: one write at a time, 300 ms each.
     fleet
@@ -51,6 +57,10 @@ async fn backpressure() -> Result<()> {
     let mut deepest = 0.0f64;
     eventually(WITHIN, "the hub to throttle agent a", async || {
         round += 1;
+        let status = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": round});
+        fleet
+            .set_status::<Deployment>("b", TEAM, NS, "quiet", status)
+            .await?;
         for i in 0..OBJECTS {
             let status = json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": round});
             fleet
@@ -70,12 +80,17 @@ async fn backpressure() -> Result<()> {
     let metrics = fleet.hub_metrics().await?;
     deepest = deepest.max(metrics.require("uplink_hub_kcp_write_queue_depth")?);
     ensure!(
-        deepest <= OBJECTS as f64,
+        deepest <= OBJECTS as f64 + 1.0,
         "the write queue reached {deepest} for {OBJECTS} objects: it grows with traffic"
+    );
+    let quiet = metrics.counter("uplink_hub_throttles_total{cluster=\"b\"}");
+    ensure!(
+        quiet == 0.0,
+        "cluster b, with one object, was throttled {quiet} times for a's backlog"
     );
     let stored = metrics.require("uplink_hub_store_objects")?;
     ensure!(
-        stored <= OBJECTS as f64,
+        stored <= OBJECTS as f64 + 1.0,
         "the store holds {stored} objects for {OBJECTS}"
     );
 

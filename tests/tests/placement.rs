@@ -21,7 +21,7 @@ use uplink_tests::fleet::setup::ready_condition;
 use uplink_tests::fleet::{
     Fleet, SCENARIO_TIMEOUT, STATUS_DEADLINE, Scrape, bounded, deployment, eventually,
 };
-use uplink_tests::forged::{deployment_ref, upsert};
+use uplink_tests::forged::{deployment_ref, now_ms, upsert};
 
 const TEAM_A: &str = "root:org:team-a";
 const TEAM_B: &str = "root:org:team-b";
@@ -352,7 +352,9 @@ async fn forged_health() -> Result<()> {
     for _ in 0..3 {
         forged
             .send(&AgentFrame::Heartbeat(Heartbeat {
-                agent_time_ms: 0,
+                // A clock in step with the hub's: one further off than the
+                // hub's `max_clock_skew` has its report refused.
+                agent_time_ms: now_ms(),
                 summary: Some(summary.clone()),
             }))
             .await?;

@@ -83,8 +83,9 @@ pub struct DownstreamReport {
     pub lost: u64,
     /// Objects whose last change did not arrive downstream.
     pub objects_behind: u64,
-    /// Watch events of the clusters during the load: the applies that
-    /// changed an object (fewer than `changes` where the hub coalesced).
+    /// Watch events of the clusters during the load that carried a new
+    /// sequence number: the applies (fewer than `changes` where the hub
+    /// coalesced; the clusters' status writes are not counted).
     pub downstream_events: u64,
     /// KCP reads (`get`, `list`) of Deployments during the load not made
     /// by the benchmark.
@@ -164,7 +165,7 @@ async fn measure(fleet: &Fleet, settings: DownstreamSettings) -> anyhow::Result<
     wait_for_finalizers(fleet, &upstream).await?;
     let before = settled_kcp_requests(fleet).await?;
     watch.take_latencies();
-    let events_before = watch.events();
+    let events_before = watch.value_changes();
 
     let sent = AtomicU64::new(0);
     let period = Duration::from_secs_f64(names.len() as f64 / f64::from(settings.rate.max(1)));
@@ -208,7 +209,7 @@ async fn measure(fleet: &Fleet, settings: DownstreamSettings) -> anyhow::Result<
 
     watch.wait_all_shown(Instant::now() + SETTLE_TIMEOUT).await;
     let during = fleet.kcp_requests()?.since(&before);
-    let downstream_events = watch.events() - events_before;
+    let downstream_events = watch.value_changes() - events_before;
     let lost = watch.pending() as u64;
     let objects_behind = watch.pending_objects(usize::MAX).len() as u64;
     let mut latencies = watch.take_latencies();

@@ -41,6 +41,9 @@ struct State {
     latencies: Vec<Duration>,
     /// Changes the watch delivered after the first list.
     events: u64,
+    /// Of `events`, those that raised an object's value: on a cluster whose
+    /// controllers write status, the benchmark's own changes.
+    value_changes: u64,
     /// The watched APIs whose first list is in.
     listed: usize,
     /// Reads the counter of an object.
@@ -51,7 +54,8 @@ struct State {
 pub type ValueOf = fn(&Deployment) -> Option<i64>;
 
 impl State {
-    fn observe(&mut self, deployment: &Deployment, now: Instant) {
+    /// Records what `deployment` shows; true when it raised the object's value.
+    fn observe(&mut self, deployment: &Deployment, now: Instant) -> bool {
         let Some(index) = deployment
             .metadata
             .name
@@ -59,12 +63,14 @@ impl State {
             .and_then(|name| self.index.get(name))
             .copied()
         else {
-            return;
+            return false;
         };
         let Some(value) = self.value_of.unwrap_or(counter_of)(deployment) else {
-            return;
+            return false;
         };
+        let mut raised = false;
         if let Some(shown) = self.shown.get_mut(index) {
+            raised = shown.is_none_or(|old| value > old);
             *shown = Some(shown.map_or(value, |old| old.max(value)));
         }
         if let Some(pending) = self.pending.get_mut(index) {
@@ -74,6 +80,7 @@ impl State {
                 }
             }
         }
+        raised
     }
 }
 
@@ -119,9 +126,13 @@ impl KcpWatch {
                     match event {
                         Ok(watcher::Event::Apply(d)) => {
                             state.events += 1;
+                            if state.observe(&d, now) {
+                                state.value_changes += 1;
+                            }
+                        }
+                        Ok(watcher::Event::InitApply(d)) => {
                             state.observe(&d, now);
                         }
-                        Ok(watcher::Event::InitApply(d)) => state.observe(&d, now),
                         Ok(watcher::Event::InitDone) => state.listed += 1,
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "benchmark watch failed; it retries"),
@@ -190,6 +201,12 @@ impl KcpWatch {
     /// every write that changed an object is one.
     pub fn events(&self) -> u64 {
         self.lock().events
+    }
+
+    /// Of [`KcpWatch::events`], those that raised an object's value (status
+    /// writes by the cluster's own controllers do not).
+    pub fn value_changes(&self) -> u64 {
+        self.lock().value_changes
     }
 
     /// The write-to-KCP times collected since the last call.

@@ -24,7 +24,8 @@
 //!
 //! [`Aggregator`] wraps the pure merge for the running hub: it takes the
 //! cluster snapshot from [`Health`], and records conflicts in a
-//! [`ConflictLedger`] (API and metrics).
+//! [`ConflictLedger`] (API and metrics). [`requeue`] sends an object back
+//! to the writer when a cluster's state change alters its merge.
 
 pub mod conditions;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod conflict;
 pub mod gates;
 pub mod kinds;
 pub mod ledger;
+pub mod requeue;
 pub mod rules;
 pub mod strategy;
 
@@ -42,7 +44,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 pub use config::{
     MergePolicy, OfflinePolicy, PolicyError, PriorityOrder, ResourcePolicy, Strategy,
@@ -50,13 +51,13 @@ pub use config::{
 pub use conflict::{Conflict, ConflictType, Severity};
 pub use gates::{FeatureGates, GateError};
 pub use ledger::ConflictLedger;
+pub use requeue::watch_cluster_states;
 pub use rules::{FieldPath, FieldRule, Rule};
 
 use crate::downstream::Downstream;
 use crate::health::{ClusterState, Health};
 use crate::metrics::Metrics;
-use crate::store::{ClusterName, Entry, ObjectKey, Store};
-use crate::writer::WriteQueue;
+use crate::store::{ClusterName, Entry, ObjectKey};
 
 /// What the merge needs to know about one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,39 +558,6 @@ impl Aggregator {
             .into_iter()
             .map(|(name, state, _)| (name, state))
             .collect()
-    }
-}
-
-/// Marks every object of a cluster dirty when the cluster's state changes
-/// (Ready / Stale / Offline), so Offline policy and conflicts are
-/// re-evaluated. Checks every `every` until `stop`.
-pub async fn watch_cluster_states(
-    aggregator: Arc<Aggregator>,
-    store: Arc<Store>,
-    queue: Arc<WriteQueue>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut known = aggregator.states(SystemTime::now());
-    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(50)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let now = aggregator.states(SystemTime::now());
-        for (cluster, state) in &now {
-            let before = known.get(cluster).copied();
-            if before.is_some_and(|b| b != *state) {
-                let keys = store.cluster_keys(cluster);
-                tracing::info!(%cluster, ?before, ?state, objects = keys.len(), "cluster state changed; re-evaluating its objects");
-                for key in keys {
-                    queue.push(key);
-                }
-            }
-        }
-        known = now;
     }
 }
 

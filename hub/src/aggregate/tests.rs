@@ -8,6 +8,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::Strategy;
 use super::*;

@@ -6,6 +6,10 @@
 //! summed over the clusters that report it, and the fleet's utilization
 //! divides by the allocatable of those same clusters, so a cluster without
 //! `metrics.k8s.io` neither counts as idle nor dilutes the rate.
+//!
+//! Every sum saturates at `u64::MAX` instead of wrapping; the records come
+//! from summaries within [`super::validate`]'s bounds, so it takes
+//! thousands of clusters at those bounds to get there.
 
 use std::collections::BTreeMap;
 
@@ -88,9 +92,9 @@ pub fn totals(records: &[CapacityRecord]) -> FleetTotals {
             continue;
         }
         t.clusters += 1;
-        t.nodes_total += u64::from(r.nodes.total);
-        t.nodes_ready += u64::from(r.nodes.ready);
-        t.nodes_cordoned += u64::from(r.nodes.cordoned);
+        t.nodes_total = t.nodes_total.saturating_add(r.nodes.total.into());
+        t.nodes_ready = t.nodes_ready.saturating_add(r.nodes.ready.into());
+        t.nodes_cordoned = t.nodes_cordoned.saturating_add(r.nodes.cordoned.into());
         add(&mut t.capacity, &r.capacity);
         add(&mut t.allocatable, &r.allocatable);
         add(&mut t.schedulable, &r.schedulable);
@@ -221,6 +225,32 @@ mod tests {
         let w = workspaces(&records);
         assert_eq!(w["root:a"].requests.cpu_millis, 3000);
         assert_eq!(w["root:a"].clusters.len(), 2);
+    }
+
+    #[test]
+    fn totals_saturate_instead_of_wrapping() {
+        let mut a = record(
+            "a",
+            ClusterHealth::Healthy,
+            (u64::MAX, u64::MAX),
+            Some(u64::MAX),
+        );
+        a.nodes.total = u32::MAX;
+        a.extended.insert(
+            "x/y".into(),
+            ExtendedAmounts {
+                capacity: u64::MAX,
+                allocatable: u64::MAX,
+                requests: u64::MAX,
+            },
+        );
+        let records = vec![a; 3];
+        let t = totals(&records);
+        assert_eq!(t.allocatable.cpu_millis, u64::MAX);
+        assert_eq!(t.used.map(|u| u.cpu_millis), Some(u64::MAX));
+        assert_eq!(t.nodes_total, 3 * u64::from(u32::MAX));
+        assert_eq!(t.extended["x/y"].capacity, u64::MAX);
+        assert_eq!(workspaces(&records)["root:a"].requests.cpu_millis, u64::MAX);
     }
 
     #[test]

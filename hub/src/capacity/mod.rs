@@ -4,7 +4,8 @@
 //! The agents' heartbeat summaries (kept by [`crate::health`]) are the only
 //! input: the numbers are the scheduler's, computed by each agent from its
 //! nodes and pods, carried as integers in base units and added up here
-//! exactly.
+//! exactly (saturating, never wrapping). A summary out of [`validate`]'s
+//! bounds, or sent by an agent whose clock is too far off, never gets here.
 //!
 //! - [`record`]: one cluster's [`CapacityRecord`] and health thresholds;
 //! - [`fleet`]: totals, per-workspace requests, top N;
@@ -12,7 +13,8 @@
 //! - [`trend`]: least-squares slopes and time to exhaustion;
 //! - [`report`]: JSON, CSV and table renderings;
 //! - [`metrics`]: the `uplink_cluster_*` and `uplink_fleet_*` gauges;
-//! - [`api`]: `GET /api/v1/capacity[...]`, and the `uplink-hub report` client.
+//! - [`api`]: `GET /api/v1/capacity[...]`, and the `uplink-hub report` client;
+//! - [`validate`]: the bounds a cluster's heartbeat report must keep to.
 //!
 //! [`Capacity::run`] refreshes the metrics every few seconds and samples the
 //! history every [`CapacitySettings::sample_interval`].
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod record;
 pub mod report;
 pub mod trend;
+pub mod validate;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -36,6 +39,7 @@ use self::history::{FLEET, History, Point};
 use self::metrics::CapacityMetrics;
 pub use self::record::{CapacityRecord, ClusterHealth};
 pub use self::report::{CapacityReport, Format};
+pub use self::validate::{ReportBounds, ReportError};
 use crate::health::{Health, cluster_state, unix_ms};
 
 /// How capacity is sampled and how much history is kept.
@@ -46,6 +50,9 @@ pub struct CapacitySettings {
     pub history: HistorySettings,
     /// Length of the top N lists in reports.
     pub top_n: usize,
+    /// What a cluster's heartbeat report must keep to; beyond it the
+    /// report is refused.
+    pub reports: ReportBounds,
 }
 
 impl Default for CapacitySettings {
@@ -54,6 +61,7 @@ impl Default for CapacitySettings {
             sample_interval: Duration::from_secs(30),
             history: HistorySettings::default(),
             top_n: 5,
+            reports: ReportBounds::default(),
         }
     }
 }

@@ -214,7 +214,7 @@ impl Downstream {
                 failures.remove(key);
             }
             if changed {
-                self.write_queue.push(key.clone());
+                self.write_queue.push(key.clone(), cluster);
             }
         }
         for key in &confirmed.deleted {
@@ -224,7 +224,7 @@ impl Downstream {
                 if record.is_empty() {
                     failures.remove(key);
                 }
-                self.write_queue.push(key.clone());
+                self.write_queue.push(key.clone(), cluster);
             }
         }
         confirmed

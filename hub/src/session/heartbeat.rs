@@ -1,5 +1,5 @@
 //! Heartbeats: each one proves the agent alive, records its clock and
-//! summary for health, is answered with `HeartbeatAck`, and brings the agent
+//! summary for health (once they passed [`crate::capacity::validate`]), is answered with `HeartbeatAck`, and brings the agent
 //! the refusals of held reports that it was not told yet.
 
 use std::time::SystemTime;
@@ -11,14 +11,41 @@ use super::{Connection, Transport};
 use crate::health::unix_ms;
 
 impl<S: Transport> Connection<S> {
-    /// Answers one heartbeat, recording what it says about the agent.
+    /// Answers one heartbeat, recording what it says about the agent: its
+    /// clock sample and summary only when they keep to the report bounds
+    /// (else the report is refused, counted and logged once per reason and
+    /// connection; the heartbeat still proves the agent alive).
     pub(super) async fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<(), Violation> {
         let now = SystemTime::now();
-        self.shared
-            .health
-            .heartbeat(&self.cluster, heartbeat.agent_time_ms, now);
-        if let Some(summary) = heartbeat.summary {
-            self.shared.health.summary(&self.cluster, summary);
+        let checked = self.shared.report_bounds.check(
+            heartbeat.agent_time_ms,
+            unix_ms(now),
+            heartbeat.summary.as_ref(),
+        );
+        match checked {
+            Ok(()) => {
+                self.shared
+                    .health
+                    .heartbeat(&self.cluster, heartbeat.agent_time_ms, now);
+                if let Some(summary) = heartbeat.summary {
+                    self.shared.health.summary(&self.cluster, summary);
+                }
+                if self.refused_report.take().is_some() {
+                    tracing::info!(cluster = %self.cluster, outcome = "accepted", "heartbeat reports accepted again");
+                }
+            }
+            Err(error) => {
+                self.shared.health.alive(&self.cluster, now);
+                let reason = error.reason();
+                self.shared
+                    .metrics
+                    .reports_refused
+                    .with_label_values(&[reason])
+                    .inc();
+                if self.refused_report.replace(reason) != Some(reason) {
+                    tracing::warn!(cluster = %self.cluster, outcome = "refused", reason, %error, "heartbeat report refused: clock sample and summary not kept");
+                }
+            }
         }
         let ack = HubFrame::HeartbeatAck(HeartbeatAck {
             agent_time_ms: heartbeat.agent_time_ms,

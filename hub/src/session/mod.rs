@@ -15,7 +15,7 @@
 //! and acked), `heartbeat`, `downward` (protocol version 2: the objects KCP
 //! placed on the cluster, sent as the window allows, and the agent's
 //! acknowledgements); after every frame `throttle` slows the agent down
-//! while the KCP writer is behind. `wire` reads and sends frames and
+//! while the KCP writer is behind on its cluster's changes. `wire` reads and sends frames and
 //! refuses and closes; `connections` keeps one live connection per cluster.
 
 mod connections;
@@ -43,6 +43,7 @@ use self::downward::DownwardLane;
 pub use self::throttle::ThrottleSettings;
 use self::upward::SnapshotBuffer;
 use self::wire::{ReadError, Violation};
+use crate::capacity::ReportBounds;
 use crate::downstream::Downstream;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -74,9 +75,12 @@ pub struct SessionShared {
     pub hub_epoch: u64,
     /// Whether objects must name a workspace (KCP upstream).
     pub require_workspace: bool,
-    /// The KCP writer's queue, whose depth decides when agents are throttled.
+    /// The KCP writer's queue, whose backlog per cluster decides when a
+    /// cluster's agent is throttled.
     pub write_queue: Arc<WriteQueue>,
     pub throttle: ThrottleSettings,
+    /// What a cluster's heartbeat report (clock, summary) must keep to.
+    pub report_bounds: ReportBounds,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
@@ -107,6 +111,7 @@ pub async fn serve<S>(
         shared,
         throttled_until: None,
         version: 0,
+        refused_report: None,
     };
     let Some((hello, mode)) = conn.handshake(hello, &shutdown).await else {
         return;
@@ -164,6 +169,9 @@ struct Connection<S> {
     throttled_until: Option<Instant>,
     /// The protocol version negotiated in the handshake.
     version: u16,
+    /// Why this connection's last heartbeat report was refused, if it was
+    /// (logged once per reason).
+    refused_report: Option<&'static str>,
 }
 
 impl<S: Transport> Connection<S> {

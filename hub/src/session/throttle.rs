@@ -1,5 +1,8 @@
-//! Backpressure from the KCP writer: while its queue is deep, agents are
-//! told to pause and then held to a rate; once it caught up, released.
+//! Backpressure from the KCP writer: while a cluster's backlog in its
+//! queue is deep, that cluster's agent is told to pause and then held to a
+//! rate; once the backlog shrank, released. Other clusters are never
+//! throttled for it: the writer serves clusters fairly
+//! ([`crate::writer::WriteQueue`]), so their writes do not wait behind it.
 
 use std::time::Duration;
 
@@ -16,8 +19,9 @@ use super::{Connection, Transport};
 /// (and the network) on changes the writer will coalesce anyway.
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottleSettings {
-    /// Queue depth at which agents get `Throttle`; below half of it they are
-    /// released.
+    /// A cluster's backlog in the writer's queue (objects queued on its
+    /// behalf) at which its agent gets `Throttle`; below half of it the
+    /// agent is released. 0 never throttles.
     pub queue_depth: usize,
     /// How long a throttled agent pauses its deltas.
     pub pause: Duration,
@@ -26,23 +30,24 @@ pub struct ThrottleSettings {
 }
 
 impl<S: Transport> Connection<S> {
-    /// Tells the agent to pause when the KCP writer is behind (again once
-    /// each pause is over, while it stays behind), and releases it once the
-    /// writer caught up to half the threshold. Checked after every frame, so
-    /// heartbeats release an agent that stopped sending.
+    /// Tells the agent to pause when the KCP writer is behind on this
+    /// cluster's changes (again once each pause is over, while it stays
+    /// behind), and releases it once the cluster's backlog is down to half
+    /// the threshold. Checked after every frame, so heartbeats release an
+    /// agent that stopped sending.
     pub(super) async fn throttle_if_behind(&mut self) -> Result<(), Violation> {
         let settings = self.shared.throttle;
         if settings.queue_depth == 0 {
             return Ok(());
         }
-        let depth = self.shared.write_queue.len();
+        let depth = self.shared.write_queue.cluster_depth(&self.cluster);
         let now = Instant::now();
         let frame = if depth >= settings.queue_depth {
             if self.throttled_until.is_some_and(|until| now < until) {
                 return Ok(());
             }
             if self.throttled_until.is_none() {
-                tracing::info!(cluster = %self.cluster, queue_depth = depth, pause = ?settings.pause, max_deltas_per_s = settings.max_deltas_per_s, "KCP writer behind; throttling the agent");
+                tracing::info!(cluster = %self.cluster, queue_depth = depth, pause = ?settings.pause, max_deltas_per_s = settings.max_deltas_per_s, "KCP writer behind on this cluster's changes; throttling the agent");
             }
             self.throttled_until = Some(now + settings.pause);
             self.shared
@@ -55,7 +60,7 @@ impl<S: Transport> Connection<S> {
                 max_deltas_per_s: settings.max_deltas_per_s,
             }
         } else if self.throttled_until.is_some() && depth < settings.queue_depth / 2 {
-            tracing::info!(cluster = %self.cluster, queue_depth = depth, "KCP writer caught up; releasing the agent");
+            tracing::info!(cluster = %self.cluster, queue_depth = depth, "KCP writer caught up with this cluster's changes; releasing the agent");
             self.throttled_until = None;
             Throttle {
                 pause_ms: 0,

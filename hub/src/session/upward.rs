@@ -214,7 +214,7 @@ impl<S: Transport> Connection<S> {
                 .replace_cluster(&self.cluster, session, accepted, held, end.seq)
                 .map_err(store_violation)?;
             for key in deleted {
-                self.shared.write_queue.push(key);
+                self.shared.write_queue.push(key, &self.cluster);
             }
             self.refuse_over_budget(applied.refused);
             applied.seq
@@ -298,13 +298,39 @@ impl<S: Transport> Connection<S> {
                     status,
                     generation: delta.generation,
                     observed_generation: delta.observed_generation,
-                    observed_at_ms: delta.observed_at_ms,
+                    observed_at_ms: self.plausible_time(delta.observed_at_ms),
                     seq: delta.seq,
                     uid: String::new(),
                 })
             }
         };
         Ok(entry)
+    }
+}
+
+/// How far past the agent's estimated clock a report may be dated: the
+/// estimate is smoothed and includes half a round trip.
+const REPORT_TIME_ALLOWANCE_MS: i64 = 60_000;
+
+impl<S: Transport> Connection<S> {
+    /// `observed_at_ms` (agent clock), no later than the agent's clock can
+    /// be now: the hub's clock minus the agent's estimated offset, plus
+    /// [`REPORT_TIME_ALLOWANCE_MS`]; before there is an estimate, the hub's
+    /// clock plus the largest skew a heartbeat may have
+    /// ([`crate::capacity::ReportBounds::max_clock_skew`]). A report dated
+    /// in the far future would otherwise win every `Newest` merge.
+    fn plausible_time(&self, observed_at_ms: i64) -> i64 {
+        let hub_now = crate::health::unix_ms(std::time::SystemTime::now());
+        let latest = match self.shared.health.clock_skew_ms(&self.cluster) {
+            Some(skew) => hub_now
+                .saturating_sub(skew)
+                .saturating_add(REPORT_TIME_ALLOWANCE_MS),
+            None => {
+                let max = self.shared.report_bounds.max_clock_skew.as_millis();
+                hub_now.saturating_add(i64::try_from(max).unwrap_or(i64::MAX))
+            }
+        };
+        observed_at_ms.min(latest)
     }
 }
 
