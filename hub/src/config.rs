@@ -101,6 +101,10 @@ pub struct HubConfig {
     /// KCP clients (one per workspace) kept; the least recently used is
     /// evicted past it.
     pub max_kcp_clients: usize,
+    /// Who may use the HTTP endpoint (the hub API, `/metrics`): bearer
+    /// tokens and client certificates checked and authorized against an
+    /// API server by default; see [`crate::http::auth`].
+    pub http_auth: crate::http::HttpAuthConfig,
 }
 
 impl Default for HubConfig {
@@ -140,6 +144,7 @@ impl Default for HubConfig {
             capacity: crate::capacity::CapacitySettings::default(),
             memory_budget: crate::budget::MemoryBudget::default(),
             max_kcp_clients: crate::writer::KubeUpstream::DEFAULT_CLIENTS,
+            http_auth: crate::http::HttpAuthConfig::default(),
         }
     }
 }

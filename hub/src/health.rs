@@ -192,6 +192,15 @@ impl Health {
         self.lock().get(cluster).cloned()
     }
 
+    /// One page of cluster names in order (the hub API's cluster list).
+    pub fn names_page(
+        &self,
+        after: Option<&ClusterName>,
+        limit: usize,
+    ) -> crate::page::Page<ClusterName> {
+        crate::page::select(self.lock().keys(), after, limit)
+    }
+
     /// Every cluster's record, by name.
     pub fn records(&self) -> Vec<(ClusterName, ClusterRecord)> {
         self.lock()

@@ -1,4 +1,4 @@
-//! The hub's plain HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and the
+//! The hub's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and the
 //! read-only hub API:
 //!
 //! - `GET /api/v1/clusters`: every cluster's link, state and summary.
@@ -8,36 +8,47 @@
 //!   one object: merged status, strategy, each cluster's entry with its
 //!   state and age (hub clock, skew-corrected), its conflicts now (open or
 //!   resolved) and the last ended ones.
-//! - `GET /api/v1/conflicts`: every object's present conflicts and the
-//!   history of ended ones (bounded).
+//! - `GET /api/v1/conflicts`: every object's present conflicts.
+//! - `GET /api/v1/conflicts/history`: conflicts that ended, newest first
+//!   (at most [`crate::aggregate::ledger::HISTORY_TOTAL`]).
 //! - `GET /api/v1/capacity[/history]`: see [`crate::capacity::api`].
+//!
+//! The three lists page and stream as Kubernetes lists do ([`list`]):
+//! `{"kind": "ObjectList", "metadata": {"continue": ..}, "items": [..]}`.
+//! Who may ask is [`auth`]'s to decide; `/healthz` and `/readyz` are open.
 
-use std::collections::BTreeMap;
+pub mod auth;
+pub mod list;
+mod tls;
+mod views;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::ledger::{EndedConflict, PresentConflict};
-use crate::aggregate::{Aggregator, Conflict, Strategy};
-use crate::health::{ClusterState, Health, cluster_state, unix_ms};
+use crate::aggregate::Aggregator;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::{ObjectKey, Store};
+pub use auth::{Access, HttpAuthConfig, HttpAuthMode};
+pub use list::{Body, DEFAULT_LIMIT, ListRequest, MAX_LIMIT};
 
-/// Longest time a client may take to send its request headers.
+/// Longest time a client may take to send its request headers (and, with
+/// TLS, to finish its handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the HTTP endpoint reads.
@@ -51,6 +62,8 @@ pub struct HttpState {
     pub placements: Arc<crate::placement::Placements>,
     /// Capacity records, totals, history and reports.
     pub capacity: Arc<crate::capacity::Capacity>,
+    /// Who may read what: authentication and authorization of requests.
+    pub access: Arc<Access>,
     pub heartbeat_interval: Duration,
     /// Silence after which a cluster is Offline.
     pub offline_grace: Duration,
@@ -60,7 +73,8 @@ pub struct HttpState {
     pub shutdown: CancellationToken,
 }
 
-/// Serves HTTP until `stop`; open connections finish their current request.
+/// Serves HTTP (HTTPS when `state.access` has a TLS configuration) until
+/// `stop`; open connections finish their current request.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
@@ -79,25 +93,27 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
         let state = state.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &request)) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match state.access.tls() {
+                None => serve_connection(tcp, None, state, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp));
+                    let tls = tokio::select! {
+                        () = stop.cancelled() => return,
+                        tls = handshake => tls,
+                    };
+                    match tls {
+                        Ok(Ok(tls)) => {
+                            let user = tls::client_user(tls.get_ref().1);
+                            serve_connection(tls, user, state, stop).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, outcome = "refused", "HTTPS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, outcome = "timeout", "HTTPS handshake took too long");
+                        }
+                    }
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "HTTP connection ended with an error");
             }
         });
     }
@@ -105,16 +121,62 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
     while connections.join_next().await.is_some() {}
 }
 
-fn route(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Serves one connection's requests; `user` is who its client certificate
+/// proves (mutual TLS), if any.
+async fn serve_connection<S>(
+    io: S,
+    user: Option<auth::UserInfo>,
+    state: Arc<HttpState>,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let user = Arc::new(user);
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        let user = user.clone();
+        async move { Ok::<_, Infallible>(handle(&state, user.as_ref().as_ref(), request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// Checks who asks, then answers.
+async fn handle(
+    state: &Arc<HttpState>,
+    user: Option<&auth::UserInfo>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
     }
-    if let Some(response) =
-        crate::capacity::api::route(&state.capacity, request.uri().path(), request.uri().query())
-    {
-        return response;
+    if let Err(denial) = state.access.check(&request, user).await {
+        return denial.response();
     }
-    match request.uri().path() {
+    route(state, &request)
+}
+
+fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path();
+    let query = request.uri().query();
+    if let Some(response) = crate::capacity::api::route(&state.capacity, path, query) {
+        return response.map(BodyExt::boxed_unsync);
+    }
+    match path {
         "/metrics" => {
             let mut response = text(StatusCode::OK, state.metrics.render());
             response.headers_mut().insert(
@@ -133,11 +195,48 @@ fn route(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Bytes>
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
         }
-        "/api/v1/clusters" => json(&clusters(state)),
-        "/api/v1/objects" => json(&objects(state)),
-        "/api/v1/conflicts" => json(&conflicts(state)),
+        "/api/v1/clusters" => match ListRequest::<String>::parse("clusters", query) {
+            Ok(asked) => {
+                let page = state.health.names_page(asked.after.as_ref(), asked.limit);
+                let state = Arc::clone(state);
+                list::respond("clusters", "ClusterList", page, move |name| {
+                    views::cluster(&state, name)
+                })
+            }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        },
+        "/api/v1/objects" => match ListRequest::<ObjectKey>::parse("objects", query) {
+            Ok(asked) => {
+                let page = state.store.page_keys(asked.after.as_ref(), asked.limit);
+                let state = Arc::clone(state);
+                list::respond("objects", "ObjectList", page, move |key| {
+                    views::object(&state, key)
+                })
+            }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        },
+        "/api/v1/conflicts" => match ListRequest::<ObjectKey>::parse("conflicts", query) {
+            Ok(asked) => {
+                let ledger = state.aggregator.ledger();
+                let page = ledger.present_page(asked.after.as_ref(), asked.limit);
+                let state = Arc::clone(state);
+                list::respond("conflicts", "ConflictList", page, move |key| {
+                    views::object_conflicts(&state, key)
+                })
+            }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        },
+        "/api/v1/conflicts/history" => {
+            // Bounded by the ledger (HISTORY_TOTAL entries), so one page.
+            let ended = state.aggregator.ledger().history(None);
+            json(&serde_json::json!({
+                "kind": "ConflictHistory",
+                "metadata": {},
+                "items": ended,
+            }))
+        }
         path => match path.strip_prefix("/api/v1/objects/") {
-            Some(rest) => match object(state, rest) {
+            Some(rest) => match views::object_detail(state, rest) {
                 Some(detail) => json(&detail),
                 None => text(StatusCode::NOT_FOUND, "no such object in the hub's store\n"),
             },
@@ -146,218 +245,13 @@ fn route(state: &HttpState, request: &Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
-/// One cluster in `GET /api/v1/clusters`.
-#[derive(Debug, Serialize)]
-struct ClusterView {
-    name: String,
-    connected: bool,
-    state: ClusterState,
-    /// RFC 3339, hub clock.
-    last_heartbeat: Option<String>,
-    session: Option<String>,
-    agent_version: Option<String>,
-    clock_skew_ms: Option<i64>,
-    /// Objects the cluster reports (stored; held reports not counted).
-    objects: usize,
-    /// Reports held until placement can judge them.
-    held: usize,
-    /// What KCP placed on the cluster. Without a SyncTarget the cluster
-    /// may report nothing.
-    placement: crate::placement::PlacementSummary,
-    summary: Option<uplink_protocol::ClusterSummary>,
-}
-
-fn clusters(state: &HttpState) -> Vec<ClusterView> {
-    let now = SystemTime::now();
-    state
-        .health
-        .records()
-        .into_iter()
-        .map(|(name, record)| ClusterView {
-            objects: state.store.cluster_objects(&name),
-            held: state.store.held(&name),
-            placement: state.placements.summary(&name),
-            state: cluster_state(&record, now, state.heartbeat_interval, state.offline_grace),
-            connected: record.connected,
-            last_heartbeat: record.last_heartbeat.and_then(rfc3339),
-            session: record.session_id,
-            agent_version: record.agent_version,
-            clock_skew_ms: record.clock_skew_ms,
-            summary: record.summary,
-            name,
-        })
-        .collect()
-}
-
-/// One object in `GET /api/v1/objects`.
-#[derive(Debug, Serialize)]
-struct ObjectView {
-    #[serde(flatten)]
-    key: ObjectKey,
-    clusters: BTreeMap<String, EntryView>,
-    desired_status: Option<Value>,
-}
-
-#[derive(Debug, Serialize)]
-struct EntryView {
-    status: Value,
-    generation: Option<i64>,
-    observed_generation: Option<i64>,
-    observed_at_ms: i64,
-    seq: u64,
-    uid: String,
-}
-
-fn objects(state: &HttpState) -> Vec<ObjectView> {
-    state
-        .store
-        .objects()
-        .into_iter()
-        .map(|(key, entries)| ObjectView {
-            desired_status: state.aggregator.preview(&key, &entries).status,
-            clusters: entries
-                .into_iter()
-                .map(|(cluster, e)| {
-                    let view = EntryView {
-                        status: e.status.value(),
-                        generation: e.generation,
-                        observed_generation: e.observed_generation,
-                        observed_at_ms: e.observed_at_ms,
-                        seq: e.seq,
-                        uid: e.uid,
-                    };
-                    (cluster, view)
-                })
-                .collect(),
-            key,
-        })
-        .collect()
-}
-
-/// `GET /api/v1/objects/<workspace>/<group>/<resource>/<namespace>/<name>`.
-#[derive(Debug, Serialize)]
-struct ObjectDetail {
-    #[serde(flatten)]
-    key: ObjectKey,
-    strategy: Strategy,
-    merged_status: Option<Value>,
-    clusters: BTreeMap<String, ClusterEntryView>,
-    /// Conflicts of the merge now; `resolved_by` is null while open.
-    conflicts: Vec<Conflict>,
-    /// The same, as the writer last recorded them, with when they began.
-    recorded_conflicts: Vec<PresentConflict>,
-    /// Conflicts that ended, newest first (at most 20).
-    history: Vec<EndedConflict>,
-}
-
-#[derive(Debug, Serialize)]
-struct ClusterEntryView {
-    state: ClusterState,
-    /// How long ago the cluster observed this status, on the hub's clock.
-    age_ms: i64,
-    /// RFC 3339, the agent's clock corrected by its estimated skew.
-    observed_at: Option<String>,
-    observed_at_agent_ms: i64,
-    clock_skew_ms: i64,
-    #[serde(flatten)]
-    entry: EntryView,
-}
-
-fn object(state: &HttpState, path: &str) -> Option<ObjectDetail> {
-    let parts: Vec<&str> = path.split('/').collect();
-    let [workspace, group, resource, namespace, name] = parts.as_slice() else {
-        return None;
-    };
-    let group = if *group == "core" { "" } else { group };
-    let namespace = if *namespace == "_" {
-        None
-    } else {
-        Some(*namespace)
-    };
-    let (key, entries) = state.store.find(|k| {
-        k.workspace == *workspace
-            && k.group == group
-            && k.resource == *resource
-            && k.namespace.as_deref() == namespace
-            && k.name == *name
-    })?;
-    let now = SystemTime::now();
-    let view = state.aggregator.cluster_view(now);
-    let merged = state.aggregator.preview(&key, &entries);
-    let clusters = entries
-        .into_iter()
-        .map(|(cluster, e)| {
-            let info = view.get(&cluster);
-            let corrected = view.corrected_ms(&cluster, &e);
-            let observed_at = jiff::Timestamp::from_millisecond(corrected)
-                .ok()
-                .map(|t| t.to_string());
-            let entry = ClusterEntryView {
-                state: info.state,
-                age_ms: unix_ms(now).saturating_sub(corrected),
-                observed_at,
-                observed_at_agent_ms: e.observed_at_ms,
-                clock_skew_ms: info.skew_ms,
-                entry: EntryView {
-                    status: e.status.value(),
-                    generation: e.generation,
-                    observed_generation: e.observed_generation,
-                    observed_at_ms: e.observed_at_ms,
-                    seq: e.seq,
-                    uid: e.uid,
-                },
-            };
-            (cluster, entry)
-        })
-        .collect();
-    Some(ObjectDetail {
-        recorded_conflicts: state.aggregator.ledger().present(&key),
-        history: state.aggregator.ledger().history(Some(&key)),
-        strategy: merged.strategy,
-        merged_status: merged.status,
-        conflicts: merged.conflicts,
-        clusters,
-        key,
-    })
-}
-
-/// `GET /api/v1/conflicts`.
-#[derive(Debug, Serialize)]
-struct ConflictsView {
-    present: Vec<ObjectConflicts>,
-    /// Newest first.
-    history: Vec<EndedConflict>,
-}
-
-#[derive(Debug, Serialize)]
-struct ObjectConflicts {
-    object: ObjectKey,
-    conflicts: Vec<PresentConflict>,
-}
-
-fn conflicts(state: &HttpState) -> ConflictsView {
-    let ledger = state.aggregator.ledger();
-    ConflictsView {
-        present: ledger
-            .all_present()
-            .into_iter()
-            .map(|(object, conflicts)| ObjectConflicts { object, conflicts })
-            .collect(),
-        history: ledger.history(None),
-    }
-}
-
-fn rfc3339(time: SystemTime) -> Option<String> {
-    jiff::Timestamp::try_from(time).ok().map(|t| t.to_string())
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response
 }
 
-fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+fn json<T: Serialize>(value: &T) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = text(StatusCode::OK, body);

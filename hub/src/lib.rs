@@ -27,6 +27,7 @@ pub mod health;
 pub mod http;
 pub mod labels;
 pub mod metrics;
+pub mod page;
 pub mod placement;
 pub mod rejection;
 pub mod retry;
@@ -76,6 +77,8 @@ pub enum HubError {
     },
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("HTTP API access (--http-auth): {0}")]
+    HttpAccess(#[from] http::auth::AccessError),
     #[error("the {0} task failed: {1}")]
     Task(&'static str, tokio::task::JoinError),
 }
@@ -100,6 +103,7 @@ pub struct Hub {
     downstream: Arc<Downstream>,
     finalizers: Arc<Finalizers>,
     capacity: Arc<capacity::Capacity>,
+    access: Arc<http::Access>,
 }
 
 /// KCP as the hub reaches it: where it writes status, where it reads
@@ -199,6 +203,23 @@ impl Hub {
             metrics.registry(),
         )?);
 
+        let access = Arc::new(
+            http::Access::new(
+                &config.http_auth,
+                &config.tls_cert,
+                &config.tls_key,
+                metrics.registry(),
+            )
+            .await?,
+        );
+        if config.http_auth.mode == http::HttpAuthMode::None
+            && !config.http_listen.ip().is_loopback()
+        {
+            tracing::warn!(
+                addr = %config.http_listen,
+                "--http-auth=none on a non-loopback address: anyone who reaches it reads every workspace's statuses"
+            );
+        }
         let tunnel = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
         let tunnel_addr = local_addr("--listen", &tunnel, config.listen)?;
@@ -224,6 +245,7 @@ impl Hub {
             downstream,
             finalizers,
             capacity,
+            access,
         })
     }
 
@@ -285,6 +307,7 @@ impl Hub {
             downstream,
             finalizers,
             capacity,
+            access,
             ..
         } = self;
         let upstream = kcp.status.clone();
@@ -361,6 +384,7 @@ impl Hub {
         ));
 
         let http_state = Arc::new(http::HttpState {
+            access,
             metrics: metrics.clone(),
             store: store.clone(),
             health: health.clone(),

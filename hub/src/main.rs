@@ -40,12 +40,46 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
 
-    /// Address of the plain-HTTP endpoint: /metrics, /healthz, /readyz and
-    /// the hub API (/api/v1/clusters, /api/v1/objects). Loopback by default:
-    /// the API shows every workspace's statuses to whoever reaches it. Set
-    /// e.g. 0.0.0.0:8080 where probes or Prometheus must reach it.
+    /// Address of the HTTP endpoint: /metrics, /healthz, /readyz and the
+    /// hub API (/api/v1/clusters, /api/v1/objects, ...). Loopback by
+    /// default. Set e.g. 0.0.0.0:8080 where probes or Prometheus must reach
+    /// it; --http-auth decides who may read the API.
     #[arg(long, env = "UPLINK_HUB_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     http_listen: SocketAddr,
+
+    /// Who may read the hub API (and /metrics with --http-metrics-auth):
+    /// `delegated` checks bearer tokens with a TokenReview and authorizes
+    /// each request with a SubjectAccessReview (verb get, the request
+    /// path as non-resource URL) at the API server of --auth-kubeconfig;
+    /// `client-cert` accepts any client certificate signed by
+    /// --http-client-ca; `none` checks nothing (local use on loopback).
+    /// /healthz and /readyz are always open.
+    #[arg(
+        long,
+        env = "UPLINK_HUB_HTTP_AUTH",
+        value_enum,
+        default_value = "delegated"
+    )]
+    http_auth: uplink_hub::http::HttpAuthMode,
+
+    /// Kubeconfig of the API server that answers the TokenReviews and
+    /// SubjectAccessReviews of --http-auth=delegated (the hub's identity
+    /// there needs the system:auth-delegator ClusterRole). Default: the
+    /// hub's in-cluster service account.
+    #[arg(long, env = "UPLINK_HUB_AUTH_KUBECONFIG")]
+    auth_kubeconfig: Option<PathBuf>,
+
+    /// PEM file with the CA of client certificates for the HTTP endpoint.
+    /// Set, the endpoint serves HTTPS (with --tls-cert) and a client
+    /// certificate it signed authenticates as its subject's CN (groups: its
+    /// O values), as kube-apiserver reads it.
+    #[arg(long, env = "UPLINK_HUB_HTTP_CLIENT_CA")]
+    http_client_ca: Option<PathBuf>,
+
+    /// /metrics needs authorization too (as every /api/v1 path does);
+    /// without it /metrics is open.
+    #[arg(long, env = "UPLINK_HUB_HTTP_METRICS_AUTH")]
+    http_metrics_auth: bool,
 
     /// PEM file with the hub's serving certificate (chain) for the tunnel.
     #[arg(long, env = "UPLINK_HUB_TLS_CERT", required = true)]
@@ -287,6 +321,10 @@ enum Command {
         /// The hub's HTTP endpoint (its --http-listen), e.g. http://hub:8080.
         #[arg(long, env = "UPLINK_HUB_HTTP")]
         hub_http: String,
+        /// Bearer token sent to the hub (its --http-auth=delegated checks
+        /// it), e.g. $(kubectl create token <serviceaccount>).
+        #[arg(long, env = "UPLINK_HUB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// json, csv or table.
         #[arg(
             long,
@@ -409,6 +447,12 @@ impl Args {
             synctarget_heartbeat_period: self.synctarget_heartbeat_period,
             throttle_queue_depth: self.throttle_queue_depth,
             throttle_pause: self.throttle_pause,
+            http_auth: uplink_hub::http::HttpAuthConfig {
+                mode: self.http_auth,
+                kubeconfig: self.auth_kubeconfig,
+                client_ca: self.http_client_ca,
+                protect_metrics: self.http_metrics_auth,
+            },
             capacity: uplink_hub::capacity::CapacitySettings {
                 sample_interval: self.capacity_sample_interval,
                 history: uplink_hub::capacity::HistorySettings {
@@ -452,8 +496,15 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Report { hub_http, format }) = &args.command {
-        return match uplink_hub::capacity::api::fetch_report(hub_http, *format).await {
+    if let Some(Command::Report {
+        hub_http,
+        format,
+        token,
+    }) = &args.command
+    {
+        return match uplink_hub::capacity::api::fetch_report(hub_http, *format, token.as_deref())
+            .await
+        {
             Ok(report) => {
                 print!("{report}");
                 ExitCode::SUCCESS

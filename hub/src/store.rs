@@ -772,6 +772,16 @@ impl Store {
             .map(|(key, entries)| (key.clone(), entries.clone()))
     }
 
+    /// One page of object keys in key order: the `limit` smallest after
+    /// `after` (the hub API's lists page through the store this way).
+    pub fn page_keys(
+        &self,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> crate::page::Page<ObjectKey> {
+        crate::page::select(self.lock().objects.keys(), after, limit)
+    }
+
     /// Every object with its entries, sorted by key.
     pub fn objects(&self) -> Vec<(ObjectKey, BTreeMap<ClusterName, Entry>)> {
         let mut all: Vec<_> = self

@@ -59,6 +59,33 @@ pub fn server_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build(cert, key, client_ca, ClientCertificate::Required)
+}
+
+/// Builds the HTTPS configuration of the hub's HTTP listener (mutual TLS
+/// for the hub API, `--http-client-ca`): as [`server_config`], but a client
+/// may come without a certificate (bearer tokens, probes); one it presents
+/// must be signed by `client_ca`.
+pub fn https_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    build(cert, key, client_ca, ClientCertificate::Optional)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientCertificate {
+    Required,
+    Optional,
+}
+
+fn build(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    client_certificate: ClientCertificate,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
     let chain = read_certificates(cert)?;
@@ -74,7 +101,12 @@ pub fn server_config(
             source,
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if client_certificate == ClientCertificate::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
         .build()
         .map_err(|source| TlsError::ClientVerifier {
             path: client_ca.to_owned(),

@@ -322,6 +322,8 @@ impl Fixture {
             client_ca: pki.path("ca.pem"),
             kcp_kubeconfig: Some(kubeconfig),
             write_qps: 0.0,
+            // Loopback only; tests of the checks turn them on.
+            http_auth: uplink_hub::http::HttpAuthConfig::disabled(),
             ..HubConfig::default()
         })
         .await?;

@@ -96,6 +96,8 @@ impl Bed {
             kcp_kubeconfig: Some(kubeconfig),
             write_qps: 0.0,
             status_write,
+            // Loopback only; tests of the checks turn them on.
+            http_auth: uplink_hub::http::HttpAuthConfig::disabled(),
             ..HubConfig::default()
         })
         .await?;

@@ -220,6 +220,8 @@ impl FleetBuilder {
             kcp_kubeconfig: Some(kcp_kubeconfig),
             heartbeat_interval: self.heartbeat,
             shutdown_flush_timeout: Duration::from_secs(2),
+            // Loopback only; tests of the checks turn them on.
+            http_auth: uplink_hub::http::HttpAuthConfig::disabled(),
             ..HubConfig::default()
         };
         if let Some(policy) = self.hub_merge.merge_policy.clone() {
@@ -421,6 +423,33 @@ impl Fleet {
     pub async fn hub_api(&self, path: &str) -> Result<Value> {
         let body = http_get(self.hub.http_addr, path).await?;
         serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
+    /// Every item of the hub API list at `path` (`/api/v1/objects`,
+    /// `/api/v1/clusters`, `/api/v1/conflicts`), page after page following
+    /// `metadata.continue`, as one JSON array.
+    pub async fn hub_list(&self, path: &str) -> Result<Value> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page_path = match &token {
+                // Continue tokens are base64url: nothing to escape.
+                Some(token) => format!("{path}?continue={token}"),
+                None => path.to_owned(),
+            };
+            let page = self.hub_api(&page_path).await?;
+            let Some(page_items) = page["items"].as_array() else {
+                bail!("GET {page_path}: no items in {page}");
+            };
+            items.extend(page_items.iter().cloned());
+            match page["metadata"]["continue"].as_str() {
+                Some(next) if Some(next) == token.as_deref() => {
+                    bail!("GET {page_path}: the same continue token again")
+                }
+                Some(next) => token = Some(next.to_owned()),
+                None => return Ok(Value::Array(items)),
+            }
+        }
     }
 
     // ---- Agents -----------------------------------------------------------

@@ -456,6 +456,7 @@ async fn capacity_totals_health_and_reports() -> Result<()> {
         let table = uplink_hub::capacity::api::fetch_report(
             &format!("http://{}", fleet.hub_http_addr()),
             uplink_hub::capacity::Format::Table,
+            None,
         )
         .await?;
         for needle in ["CLUSTER", "FLEET", "Degraded", TEAM_A] {

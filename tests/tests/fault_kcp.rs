@@ -82,7 +82,7 @@ async fn kcp_errors() -> Result<()> {
     change_all(&fleet, ROUNDS).await?;
     // Every change has reached the hub's store before KCP recovers.
     eventually(WITHIN, "the hub to hold the last round", async || {
-        let objects = fleet.hub_api("/api/v1/objects").await?;
+        let objects = fleet.hub_list("/api/v1/objects").await?;
         let latest = objects
             .as_array()
             .map(|all| {

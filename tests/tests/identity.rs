@@ -187,7 +187,7 @@ async fn false_name() -> Result<()> {
         fleet.hub_health().record("evil").is_none(),
         "the hub keeps a cluster record for \"evil\""
     );
-    let objects = fleet.hub_api("/api/v1/objects").await?;
+    let objects = fleet.hub_list("/api/v1/objects").await?;
     for object in objects
         .as_array()
         .context("/api/v1/objects is not a list")?
@@ -247,7 +247,7 @@ async fn check_undisturbed(fleet: &Fleet, legit: &[&str]) -> Result<()> {
 
 /// `GET /api/v1/clusters` lists exactly the legitimate clusters.
 async fn ensure_not_listed(fleet: &Fleet, legit: &[&str]) -> Result<()> {
-    let clusters = fleet.hub_api("/api/v1/clusters").await?;
+    let clusters = fleet.hub_list("/api/v1/clusters").await?;
     let mut names: Vec<&str> = clusters
         .as_array()
         .context("/api/v1/clusters is not a list")?

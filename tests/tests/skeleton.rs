@@ -89,7 +89,7 @@ async fn two_clusters_two_workspaces() -> Result<()> {
 
     // The hub keys both objects by their upstream coordinates, each reported
     // by its own cluster only: the workspace names survived the trip whole.
-    let objects = fleet.hub_api("/api/v1/objects").await?;
+    let objects = fleet.hub_list("/api/v1/objects").await?;
     for (workspace, namespace, name, cluster) in [
         (TEAM_A, "shop-front", "web-frontend", "a"),
         (PLATFORM, "payments-eu", "api-backend", "b"),
@@ -111,7 +111,7 @@ async fn two_clusters_two_workspaces() -> Result<()> {
     check_agent_metrics(&fleet, "a").await?;
     check_agent_metrics(&fleet, "b").await?;
 
-    let clusters = fleet.hub_api("/api/v1/clusters").await?;
+    let clusters = fleet.hub_list("/api/v1/clusters").await?;
     for name in ["a", "b"] {
         let connected = clusters
             .as_array()
@@ -165,7 +165,7 @@ async fn two_clusters_two_workspaces() -> Result<()> {
         },
     )
     .await?;
-    let objects = fleet.hub_api("/api/v1/objects").await?;
+    let objects = fleet.hub_list("/api/v1/objects").await?;
     ensure!(
         find_object(&objects, TEAM_A, "shop-front", "web-frontend").is_none(),
         "the hub should have forgotten web-frontend: {objects:#}"

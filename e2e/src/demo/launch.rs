@@ -126,6 +126,10 @@ async fn spawn_hub(
         .arg(duration_flag(heartbeat_interval))
         .arg("--log-format")
         .arg("json")
+        // The demo and the benchmarks read the hub API on loopback only
+        // (`--http-listen` above), so without credentials.
+        .arg("--http-auth")
+        .arg("none")
         .args(extra);
     let mut hub = ChildProcess::spawn("uplink-hub", command, log)?;
     let addrs = wait_for_addrs(&mut hub).await?;

@@ -163,15 +163,9 @@ impl Observer {
                 }
             },
         ));
-        let (objects, metrics, hub_clusters) = tokio::join!(
-            objects,
-            self.hub_get("/metrics"),
-            self.hub_get("/api/v1/clusters")
-        );
-        let hub_clusters: Vec<HubClusterState> = hub_clusters
-            .ok()
-            .and_then(|body| serde_json::from_str(&body).ok())
-            .unwrap_or_default();
+        let (objects, metrics, hub_clusters) =
+            tokio::join!(objects, self.hub_get("/metrics"), self.hub_clusters());
+        let hub_clusters = hub_clusters.unwrap_or_default();
         let now = jiff::Timestamp::now().as_duration().as_secs_f64();
         let (samples, hub_error) = match metrics {
             Ok(text) => (parse_metrics(&text), None),
@@ -213,6 +207,37 @@ impl Observer {
             agents_connected,
             hub_error,
         }
+    }
+
+    /// Every cluster the hub lists, page after page (`GET /api/v1/clusters`,
+    /// following `metadata.continue`).
+    async fn hub_clusters(&self) -> Result<Vec<HubClusterState>, String> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<HubClusterState>,
+            #[serde(default)]
+            metadata: PageMetadata,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct PageMetadata {
+            #[serde(rename = "continue")]
+            next: Option<String>,
+        }
+        let mut clusters = Vec::new();
+        let mut path = "/api/v1/clusters".to_owned();
+        // A fleet of a few clusters is one page; the bound only stops a
+        // hub that would page forever.
+        for _ in 0..1000 {
+            let body = self.hub_get(&path).await?;
+            let page: Page = serde_json::from_str(&body).map_err(|e| format!("{path}: {e}"))?;
+            clusters.extend(page.items);
+            match page.metadata.next {
+                // Continue tokens are base64url: nothing to escape.
+                Some(token) => path = format!("/api/v1/clusters?continue={token}"),
+                None => return Ok(clusters),
+            }
+        }
+        Err("GET /api/v1/clusters: more than 1000 pages".to_owned())
     }
 
     /// The body of `GET <path>` on the hub's HTTP address.

@@ -148,6 +148,16 @@ impl ConflictLedger {
         all
     }
 
+    /// One page of the objects with conflicts, in key order (the hub API's
+    /// conflict list pages this way).
+    pub fn present_page(
+        &self,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> crate::page::Page<ObjectKey> {
+        crate::page::select(self.lock().present.keys(), after, limit)
+    }
+
     /// Ended conflicts, newest first: of `key` (at most
     /// [`HISTORY_PER_OBJECT`]) or of every object.
     pub fn history(&self, key: Option<&ObjectKey>) -> Vec<EndedConflict> {

@@ -184,8 +184,13 @@ pub enum ReportError {
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Fetches the capacity report in `format` from the hub whose HTTP endpoint
-/// is `hub_http` (`http://host:port`).
-pub async fn fetch_report(hub_http: &str, format: Format) -> Result<String, ReportError> {
+/// is `hub_http` (`http://host:port`), with `token` as the bearer token
+/// when the hub checks them (`--http-auth=delegated`).
+pub async fn fetch_report(
+    hub_http: &str,
+    format: Format,
+    token: Option<&str>,
+) -> Result<String, ReportError> {
     let base = hub_http.trim_end_matches('/');
     let url = format!("{base}{CAPACITY_PATH}?format={}", format.name());
     let uri: http::Uri = url
@@ -203,8 +208,18 @@ pub async fn fetch_report(hub_http: &str, format: Format) -> Result<String, Repo
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let get = async {
+        let mut request = http::Request::get(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ReportError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let response = client
-            .get(uri)
+            .request(request)
             .await
             .map_err(|source| ReportError::Request {
                 url: url.clone(),

@@ -354,6 +354,8 @@ impl TestHub {
             heartbeat_interval: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             write_qps: 0.0,
+            // Loopback only; tests of the checks turn them on.
+            http_auth: uplink_hub::http::HttpAuthConfig::disabled(),
             ..HubConfig::default()
         };
         adjust(&mut config);

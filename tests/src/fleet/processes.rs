@@ -215,6 +215,8 @@ impl HubProcess {
                 fleet.dir().join("kcp.kubeconfig").display()
             ),
             format!("--heartbeat-interval={}ms", fleet.heartbeat().as_millis()),
+            // The API is read on loopback without credentials.
+            "--http-auth=none".to_owned(),
         ];
         // Defaults unless `extra` sets them (a flag may be given only once).
         for default in ["--write-qps=0", "--shutdown-timeout=2s"] {

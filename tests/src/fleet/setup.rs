@@ -186,7 +186,7 @@ impl Fleet {
 
     /// The hub's view of cluster `cluster` in `GET /api/v1/clusters`.
     pub async fn hub_cluster(&self, cluster: &str) -> Result<Value> {
-        let clusters = self.hub_api("/api/v1/clusters").await?;
+        let clusters = self.hub_list("/api/v1/clusters").await?;
         clusters
             .as_array()
             .and_then(|all| all.iter().find(|c| c["name"] == cluster))
