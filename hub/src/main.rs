@@ -76,6 +76,14 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_HTTP_CLIENT_CA")]
     http_client_ca: Option<PathBuf>,
 
+    /// Put before the request path in the SubjectAccessReviews of
+    /// --http-auth=delegated: RBAC grants e.g. nonResourceURLs
+    /// /uplink-hub/api/v1/*. Kubernetes grants every authenticated user
+    /// get on /api/* (system:discovery), so the bare path would open the hub
+    /// API to any ServiceAccount; empty only where no such role exists.
+    #[arg(long, env = "UPLINK_HUB_AUTH_PATH_PREFIX", default_value = uplink_hub::http::auth::DEFAULT_PATH_PREFIX)]
+    auth_path_prefix: String,
+
     /// /metrics needs authorization too (as every /api/v1 path does);
     /// without it /metrics is open.
     #[arg(long, env = "UPLINK_HUB_HTTP_METRICS_AUTH")]
@@ -452,6 +460,7 @@ impl Args {
                 kubeconfig: self.auth_kubeconfig,
                 client_ca: self.http_client_ca,
                 protect_metrics: self.http_metrics_auth,
+                path_prefix: self.auth_path_prefix,
             },
             capacity: uplink_hub::capacity::CapacitySettings {
                 sample_interval: self.capacity_sample_interval,

@@ -1,8 +1,10 @@
 //! Who a request comes from, as kube-apiserver's authenticators and its
 //! impersonation filter decide it.
 //!
-//! Two kinds of bearer tokens are accepted: the server's admin token (user
+//! Three kinds of bearer tokens are accepted: the server's admin token (user
 //! [`ADMIN_USER`] in `system:masters`, like a cluster's admin kubeconfig),
+//! static tokens of fixed users configured at start (as kube-apiserver's
+//! `--token-auth-file`; in every workspace, plus `system:authenticated`),
 //! and ServiceAccount tokens issued through TokenRequest
 //! (`serviceaccounts/<name>/token`), which authenticate as
 //! `system:serviceaccount:<ns>:<name>` while that ServiceAccount exists, in
@@ -251,6 +253,25 @@ pub(crate) fn review_token(
         // A static token is good for the API server's own audience only.
         let audiences = audiences_for(&[API_AUDIENCE.to_string()], audiences)?;
         return Ok((UserInfo::admin(), audiences));
+    }
+    if let Some(fixed) = shared
+        .config
+        .static_tokens
+        .iter()
+        .find(|t| constant_time_eq(token.as_bytes(), t.token.as_bytes()))
+    {
+        let audiences = audiences_for(&[API_AUDIENCE.to_string()], audiences)?;
+        let mut groups = fixed.groups.clone();
+        if !groups.iter().any(|g| g == AUTHENTICATED) {
+            groups.push(AUTHENTICATED.to_string());
+        }
+        let user = UserInfo {
+            name: fixed.user.clone(),
+            uid: fixed.uid.clone(),
+            groups,
+            extra: BTreeMap::new(),
+        };
+        return Ok((user, audiences));
     }
     let Some(issued) = shared.tokens.lookup(token) else {
         return Err("invalid bearer token".into());

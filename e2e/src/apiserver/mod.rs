@@ -191,6 +191,15 @@ use tokio_util::sync::CancellationToken;
 pub use faults::Faults;
 pub use requests::{RequestCounts, RequestKey};
 
+/// A line of kube-apiserver's `--token-auth-file`: `token,user,uid,"group1,group2"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticToken {
+    pub token: String,
+    pub user: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
 /// How to run one API server.
 #[derive(Debug, Clone)]
 pub struct ApiServerConfig {
@@ -198,6 +207,10 @@ pub struct ApiServerConfig {
     pub listen: SocketAddr,
     /// The bearer token clients must present; `None` generates a random one.
     pub token: Option<String>,
+    /// More bearer tokens, each a fixed user with groups, as
+    /// kube-apiserver's `--token-auth-file` configures them: good in every
+    /// workspace, authorized by RBAC like anyone (TokenReview knows them).
+    pub static_tokens: Vec<StaticToken>,
     /// KCP workspaces created at start (e.g. `root:demo:a`). Others are
     /// created on first use.
     pub workspaces: Vec<String>,
@@ -222,6 +235,7 @@ impl Default for ApiServerConfig {
         ApiServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: None,
+            static_tokens: Vec::new(),
             workspaces: Vec::new(),
             watch_history: 10_000,
             max_body_bytes: 3 * 1024 * 1024,

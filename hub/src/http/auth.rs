@@ -6,11 +6,18 @@
 //!   checked with a `TokenReview`, or, with `--http-client-ca`, a client
 //!   certificate signed by that CA (the subject's CN is the user, each O a
 //!   group), as kube-apiserver's x509 authenticator reads it.
-//! - **Authorization**: each request with a `SubjectAccessReview` for the
-//!   non-resource URL: `path` is the request path, `verb` `get` (GET and
-//!   HEAD). An operator grants access with a ClusterRole such as
-//!   `deploy/hub/api-reader-clusterrole.yaml` (`nonResourceURLs:
-//!   ["/api/v1/*"]`, and `/metrics` when it is protected).
+//! - **Authorization**: each request with a `SubjectAccessReview` for a
+//!   non-resource URL: `path` is the request path under
+//!   [`DEFAULT_PATH_PREFIX`] (`--auth-path-prefix`), `verb` `get` (GET and
+//!   HEAD). The prefix is needed because every Kubernetes cluster grants
+//!   `get` on `/api/*` to all authenticated users (the `system:discovery`
+//!   ClusterRole): authorizing the bare path `/api/v1/objects` would let
+//!   any ServiceAccount read the hub API. An operator grants access with a
+//!   ClusterRole such as `deploy/hub/api-reader-clusterrole.yaml`
+//!   (`nonResourceURLs: ["/uplink-hub/api/v1/*"]`, and
+//!   `/uplink-hub/metrics` when `/metrics` is protected); a narrower URL
+//!   such as `/uplink-hub/api/v1/objects/root:team-a/*` grants one
+//!   workspace's object details.
 //! - `/healthz` and `/readyz` are open; `/metrics` is open unless
 //!   `--http-metrics-auth`.
 //! - No credentials, or credentials the API server refuses: 401. Known but
@@ -57,6 +64,8 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(300);
 pub const DENIED_TTL: Duration = Duration::from_secs(30);
 /// Entries in each cache.
 pub const CACHE_ENTRIES: usize = 4096;
+/// What the authorized path of a request starts with (`--auth-path-prefix`).
+pub const DEFAULT_PATH_PREFIX: &str = "/uplink-hub";
 /// Reviews sent to the API server at once; more requests wait.
 pub const MAX_REVIEWS_IN_FLIGHT: usize = 64;
 /// Longest wait for one review, queueing included.
@@ -76,7 +85,7 @@ pub enum HttpAuthMode {
 }
 
 /// The HTTP endpoint's access settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpAuthConfig {
     pub mode: HttpAuthMode,
     /// Kubeconfig of the API server that answers the reviews; `None`: the
@@ -87,6 +96,21 @@ pub struct HttpAuthConfig {
     pub client_ca: Option<PathBuf>,
     /// `/metrics` needs authorization too.
     pub protect_metrics: bool,
+    /// Put before the request path in SubjectAccessReviews
+    /// ([`DEFAULT_PATH_PREFIX`]; empty: the bare path).
+    pub path_prefix: String,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: HttpAuthMode::default(),
+            kubeconfig: None,
+            client_ca: None,
+            protect_metrics: false,
+            path_prefix: DEFAULT_PATH_PREFIX.to_owned(),
+        }
+    }
 }
 
 impl HttpAuthConfig {
@@ -113,6 +137,10 @@ pub struct UserInfo {
 pub enum AccessError {
     #[error("--http-auth=client-cert needs --http-client-ca (the CA of client certificates)")]
     NoClientCa,
+    #[error(
+        "--auth-path-prefix {0:?}: expected empty or a path like /uplink-hub (a leading /, no trailing /)"
+    )]
+    PathPrefix(String),
     #[error("--http-client-ca: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("--auth-kubeconfig {path}: {message}")]
@@ -155,7 +183,8 @@ impl Denial {
                 path,
                 reason,
             } => {
-                let mut body = format!("Forbidden: user {user:?} may not {verb} {path}");
+                let mut body =
+                    format!("Forbidden: user {user:?} may not {verb} the non-resource URL {path}");
                 if !reason.is_empty() {
                     body.push_str(&format!(" ({reason})"));
                 }
@@ -191,6 +220,7 @@ impl Denial {
 pub struct Access {
     mode: HttpAuthMode,
     protect_metrics: bool,
+    path_prefix: String,
     tls: Option<Arc<rustls::ServerConfig>>,
     reviewer: Option<Reviewer>,
     /// SHA-256 of a token → its user, or `None` when refused.
@@ -211,6 +241,10 @@ impl Access {
         key: &std::path::Path,
         registry: &Registry,
     ) -> Result<Self, AccessError> {
+        let prefix = &config.path_prefix;
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            return Err(AccessError::PathPrefix(prefix.clone()));
+        }
         let tls = match &config.client_ca {
             Some(ca) => Some(crate::tls::https_config(cert, key, ca)?),
             None if config.mode == HttpAuthMode::ClientCert => return Err(AccessError::NoClientCa),
@@ -233,6 +267,7 @@ impl Access {
         Ok(Self {
             mode: config.mode,
             protect_metrics: config.protect_metrics,
+            path_prefix: config.path_prefix.clone(),
             tls,
             reviewer,
             tokens: TtlCache::new(CACHE_ENTRIES),
@@ -300,14 +335,15 @@ impl Access {
             }
         };
         let verb = verb(method);
-        let decision = self.authorize(reviewer, &user, verb, path).await?;
+        let path = format!("{}{path}", self.path_prefix);
+        let decision = self.authorize(reviewer, &user, verb, &path).await?;
         if decision.allowed {
             Ok(())
         } else {
             Err(Denial::Forbidden {
                 user: user.name,
                 verb: verb.to_owned(),
-                path: path.to_owned(),
+                path,
                 reason: decision.reason,
             })
         }

@@ -323,6 +323,8 @@ pub struct TestHub {
     pub tunnel: SocketAddr,
     pub http: SocketAddr,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<uplink_hub::store::Store>,
+    pub health: Arc<uplink_hub::health::Health>,
     pub upstream: Arc<FakeUpstream>,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), uplink_hub::HubError>>,
@@ -368,12 +370,15 @@ impl TestHub {
         let hub = Hub::bind_with_kcp(config, kcp).await?;
         let shutdown = CancellationToken::new();
         let (tunnel, http, metrics) = (hub.tunnel_addr(), hub.http_addr(), hub.metrics());
+        let (store, health) = (hub.store(), hub.health());
         let task = tokio::spawn(hub.run(shutdown.clone()));
         Ok(Self {
             pki,
             tunnel,
             http,
             metrics,
+            store,
+            health,
             upstream,
             shutdown,
             task,
@@ -472,6 +477,16 @@ impl TestAgentConnector {
 
     /// The TLS part only.
     pub async fn tls(&self, identity: &ClientIdentity) -> Result<TlsStream<TcpStream>> {
+        self.tls_to(self.tunnel, Some(identity)).await
+    }
+
+    /// A TLS connection to `addr` trusting the test CA, with `identity`'s
+    /// client certificate or none.
+    pub async fn tls_to(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<TlsStream<TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert?)?;
@@ -480,9 +495,14 @@ impl TestAgentConnector {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
-        let tcp = TcpStream::connect(self.tunnel).await?;
+        .with_root_certificates(roots);
+        let config = match identity {
+            Some(identity) => {
+                config.with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?
+            }
+            None => config.with_no_client_auth(),
+        };
+        let tcp = TcpStream::connect(addr).await?;
         let connector = TlsConnector::from(Arc::new(config));
         let mut tls = connector
             .connect(ServerName::try_from("localhost")?, tcp)
