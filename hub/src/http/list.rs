@@ -321,6 +321,46 @@ mod tests {
         assert_eq!(limit("limit=ten"), Err(ListError::Limit("ten".into())));
     }
 
+    /// A client that reads slowly holds the hub to what it has read: items
+    /// are read from the hub's state only when the next chunk is wanted.
+    #[tokio::test]
+    async fn items_are_rendered_only_as_the_body_is_read() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let rendered = Arc::new(AtomicUsize::new(0));
+        let counter = rendered.clone();
+        let page = Page {
+            keys: (0..5000).map(|i| format!("k{i:05}")).collect(),
+            remaining: 0,
+        };
+        let pad = "y".repeat(4096);
+        let response = respond("test", "TestList", page, move |k: &String| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Some(json!({ "k": k, "pad": pad }))
+        });
+        assert_eq!(
+            rendered.load(Ordering::Relaxed),
+            0,
+            "nothing before the body is read"
+        );
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read < 3 * CHUNK_BYTES {
+            let Some(Ok(frame)) = body.frame().await else {
+                panic!("the body ended early");
+            };
+            read += frame.into_data().map(|d| d.len()).unwrap_or_default();
+        }
+        let so_far = rendered.load(Ordering::Relaxed);
+        assert!(
+            so_far < 5 * CHUNK_BYTES / 4096,
+            "{so_far} items rendered for {read} bytes read"
+        );
+        while body.frame().await.is_some() {}
+        assert_eq!(rendered.load(Ordering::Relaxed), 5000);
+    }
+
     #[test]
     fn a_list_is_written_in_bounded_chunks_and_skips_gone_items() {
         let keys: Vec<String> = (0..2000).map(|i| format!("k{i:05}")).collect();
