@@ -7,7 +7,7 @@
 //! `kubectl`) rely on it: discovery, CRUD with optimistic concurrency, the
 //! `/status` subresource, patches (merge, JSON, strategic, server-side apply),
 //! watches with resume, bookmarks and 410 Expired, selectors, finalizers,
-//! dry runs, `Status` errors, CRDs, authentication (admin and ServiceAccount
+//! dry runs, `Status` errors, CRDs, authentication (admin, static and ServiceAccount
 //! tokens, impersonation) and RBAC authorization, and the cluster APIs
 //! beside workloads (RBAC, events.k8s.io, the reviews, TokenRequest, CSRs,
 //! APIServices, component statuses, ephemeral containers); built-in objects

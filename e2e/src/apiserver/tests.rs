@@ -684,3 +684,118 @@ async fn bookmarks_faults_and_shutdown_end_watches() {
     .await;
     assert!(ended.is_ok(), "shutdown ends open watches");
 }
+
+/// Static tokens (kube-apiserver's `--token-auth-file`): TokenReview knows
+/// their users and groups, RBAC authorizes them, SubjectAccessReviews of
+/// non-resource URLs follow ClusterRoles bound to their groups.
+#[tokio::test]
+async fn static_tokens_review_and_non_resource_access() {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::authorization::v1::{
+        NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+
+    let server = start(ApiServerConfig {
+        static_tokens: vec![super::StaticToken {
+            token: "reader-secret".into(),
+            user: "reader".into(),
+            uid: "42".into(),
+            groups: vec!["readers".into()],
+        }],
+        ..ApiServerConfig::default()
+    })
+    .await;
+    let admin = client(&server, None).await;
+    fn ok<T>(e: kube::Error) -> T {
+        panic!("{e}")
+    }
+
+    let review = |token: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.into()),
+            audiences: None,
+        },
+        ..TokenReview::default()
+    };
+    let reviews: Api<TokenReview> = Api::all(admin.clone());
+    let known = reviews
+        .create(&PostParams::default(), &review("reader-secret"))
+        .await
+        .unwrap_or_else(ok)
+        .status
+        .unwrap_or_default();
+    assert_eq!(known.authenticated, Some(true));
+    let user = known.user.unwrap_or_default();
+    assert_eq!(user.username.as_deref(), Some("reader"));
+    assert_eq!(user.uid.as_deref(), Some("42"));
+    assert_eq!(
+        user.groups,
+        Some(vec![
+            "readers".to_owned(),
+            "system:authenticated".to_owned()
+        ])
+    );
+    let unknown = reviews
+        .create(&PostParams::default(), &review("guess"))
+        .await
+        .unwrap_or_else(ok)
+        .status
+        .unwrap_or_default();
+    assert_ne!(unknown.authenticated, Some(true));
+
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "hub-reader"},
+        "rules": [{"nonResourceURLs": ["/hub/api/*"], "verbs": ["get"]}]
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap_or_else(ok);
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "hub-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "hub-reader"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "readers"}]
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap_or_else(ok);
+    let access = |groups: &[&str], verb: &str, path: &str| SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("reader".into()),
+            groups: Some(groups.iter().map(|g| (*g).to_owned()).collect()),
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.into()),
+                verb: Some(verb.into()),
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let sars: Api<SubjectAccessReview> = Api::all(admin.clone());
+    for (groups, verb, path, allowed) in [
+        (&["readers"][..], "get", "/hub/api/objects", true),
+        (&["readers"][..], "delete", "/hub/api/objects", false),
+        (&["readers"][..], "get", "/hub/metrics", false),
+        (&[][..], "get", "/hub/api/objects", false),
+        // Every authenticated user may get /api/* (system:discovery).
+        (
+            &["system:authenticated"][..],
+            "get",
+            "/api/v1/objects",
+            true,
+        ),
+    ] {
+        let answer = sars
+            .create(&PostParams::default(), &access(groups, verb, path))
+            .await
+            .unwrap_or_else(ok)
+            .status
+            .unwrap_or_default();
+        assert_eq!(answer.allowed, allowed, "{groups:?} {verb} {path}");
+    }
+}
