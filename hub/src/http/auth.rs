@@ -316,12 +316,19 @@ impl Access {
         path: &str,
         cert_user: Option<&UserInfo>,
     ) -> Result<(), Denial> {
-        let reviewer = match (&self.mode, &self.reviewer) {
-            (HttpAuthMode::Delegated, Some(reviewer)) => reviewer,
-            _ => {
-                // client-cert: a verified certificate is all it takes.
+        let reviewer = match (self.mode, &self.reviewer) {
+            (HttpAuthMode::None, _) => return Ok(()),
+            (HttpAuthMode::ClientCert, _) => {
+                // A verified certificate is all it takes.
                 return cert_user.map(drop).ok_or(Denial::Unauthenticated(
                     "a client certificate signed by the hub's --http-client-ca is required",
+                ));
+            }
+            (HttpAuthMode::Delegated, Some(reviewer)) => reviewer,
+            (HttpAuthMode::Delegated, None) => {
+                // Access::new always builds one for this mode.
+                return Err(Denial::Unavailable(
+                    "no API server to review requests".into(),
                 ));
             }
         };

@@ -12,7 +12,7 @@ use super::HttpState;
 use crate::aggregate::ledger::{EndedConflict, PresentConflict};
 use crate::aggregate::{Conflict, Strategy};
 use crate::health::{ClusterState, cluster_state, unix_ms};
-use crate::store::{ClusterName, ObjectKey};
+use crate::store::{ClusterName, Entry, ObjectKey};
 
 /// One cluster in `GET /api/v1/clusters`.
 #[derive(Debug, Serialize)]
@@ -78,6 +78,19 @@ struct EntryView {
     uid: String,
 }
 
+impl From<Entry> for EntryView {
+    fn from(e: Entry) -> Self {
+        EntryView {
+            status: e.status.value(),
+            generation: e.generation,
+            observed_generation: e.observed_generation,
+            observed_at_ms: e.observed_at_ms,
+            seq: e.seq,
+            uid: e.uid,
+        }
+    }
+}
+
 /// The object `key` as `GET /api/v1/objects` shows it; `None` when no
 /// cluster reports it (any more).
 pub(super) fn object(state: &HttpState, key: &ObjectKey) -> Option<ObjectView> {
@@ -89,17 +102,7 @@ pub(super) fn object(state: &HttpState, key: &ObjectKey) -> Option<ObjectView> {
         desired_status: state.aggregator.preview(key, &entries).status,
         clusters: entries
             .into_iter()
-            .map(|(cluster, e)| {
-                let view = EntryView {
-                    status: e.status.value(),
-                    generation: e.generation,
-                    observed_generation: e.observed_generation,
-                    observed_at_ms: e.observed_at_ms,
-                    seq: e.seq,
-                    uid: e.uid,
-                };
-                (cluster, view)
-            })
+            .map(|(cluster, e)| (cluster, EntryView::from(e)))
             .collect(),
         key: key.clone(),
     })
@@ -169,14 +172,7 @@ pub(super) fn object_detail(state: &HttpState, path: &str) -> Option<ObjectDetai
                 observed_at,
                 observed_at_agent_ms: e.observed_at_ms,
                 clock_skew_ms: info.skew_ms,
-                entry: EntryView {
-                    status: e.status.value(),
-                    generation: e.generation,
-                    observed_generation: e.observed_generation,
-                    observed_at_ms: e.observed_at_ms,
-                    seq: e.seq,
-                    uid: e.uid,
-                },
+                entry: EntryView::from(e),
             };
             (cluster, entry)
         })
