@@ -110,9 +110,9 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
     let (status, body) = hub.get("/api/v1/clusters").await?;
     assert_eq!(status, 200);
     let clusters: serde_json::Value = serde_json::from_str(&body)?;
-    assert_eq!(clusters[0]["name"], "edge-1");
-    assert_eq!(clusters[0]["connected"], true);
-    assert_eq!(clusters[0]["objects"], 2);
+    assert_eq!(clusters["items"][0]["name"], "edge-1");
+    assert_eq!(clusters["items"][0]["connected"], true);
+    assert_eq!(clusters["items"][0]["objects"], 2);
 
     drop((agent, restarted));
     hub.stop().await
@@ -246,8 +246,11 @@ async fn bad_frames_end_only_their_own_session() -> Result<()> {
     assert_eq!(good.recv().await?, HubFrame::Ack(Ack::new(2)));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
-    assert_eq!(objects.as_array().map(Vec::len), Some(1));
-    assert_eq!(objects[0]["desired_status"], json!({"ok": "still"}));
+    assert_eq!(objects["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        objects["items"][0]["desired_status"],
+        json!({"ok": "still"})
+    );
     drop((good, garbage, big));
     hub.stop().await
 }
@@ -314,8 +317,15 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
     assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(4)));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
-    assert_eq!(objects.as_array().map(Vec::len), Some(1), "{objects}");
-    assert_eq!(objects[0]["desired_status"], json!({"ok": "still"}));
+    assert_eq!(
+        objects["items"].as_array().map(Vec::len),
+        Some(1),
+        "{objects}"
+    );
+    assert_eq!(
+        objects["items"][0]["desired_status"],
+        json!({"ok": "still"})
+    );
 
     // A reconnect resumes after the skipped deltas too.
     drop(agent);
@@ -354,7 +364,11 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
     ));
     let (_, objects) = hub.get("/api/v1/objects").await?;
     let objects: serde_json::Value = serde_json::from_str(&objects)?;
-    assert_eq!(objects.as_array().map(Vec::len), Some(2), "{objects}");
+    assert_eq!(
+        objects["items"].as_array().map(Vec::len),
+        Some(2),
+        "{objects}"
+    );
     drop((agent, fresh));
     hub.stop().await
 }

@@ -423,10 +423,17 @@ impl TestHub {
             .nth(1)
             .context("no status line")?
             .parse()?;
-        let body = response
+        let (head, body) = response
             .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
+            .unwrap_or((response.as_str(), ""));
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(body)?
+        } else {
+            body.to_owned()
+        };
         Ok((status, body))
     }
 
@@ -434,6 +441,20 @@ impl TestHub {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task).await???;
         Ok(())
+    }
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body (lists are streamed).
+fn dechunk(mut rest: &str) -> Result<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").context("no chunk size line")?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(body);
+        }
+        body.push_str(after.get(..size).context("chunk shorter than its size")?);
+        rest = after.get(size + 2..).context("no end of chunk")?;
     }
 }
 
