@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -95,7 +94,7 @@ fn update(i: usize, seq: u64, pad: &str) -> Update {
         key: key(i),
         seq,
         entry: Some(Entry {
-            status: Arc::new(json!({ "readyReplicas": i, "pad": pad })),
+            status: uplink_hub::status::Status::of(&json!({ "readyReplicas": i, "pad": pad })),
             generation: Some(1),
             observed_generation: Some(1),
             observed_at_ms: 1_700_000_000_000,
