@@ -614,15 +614,22 @@ async fn out_of_order_sequence_numbers_do_not_move_the_ack_back() -> Result<()> 
         agent.send(&send(10, 4)).await?;
         let ack = acked(&mut agent, 0).await?;
         ensure!(ack.seq == 10, "a repeated seq moved the ack to {}", ack.seq);
-        let key = fleet
+        // b is the only cluster reporting api: the merged status is b's.
+        let (key, entries) = fleet
             .hub_store()
             .find(|key| key.name == "api")
-            .map(|(_, entries)| entries)
             .ok_or_else(|| anyhow!("api is not stored"))?;
-        let stored = key.get(HOSTILE).map(|e| e.status["readyReplicas"].clone());
+        ensure!(
+            entries.contains_key(HOSTILE),
+            "b's report of api is not stored"
+        );
+        let stored = fleet
+            .hub_store()
+            .desired_status(&key)
+            .map(|status| status["readyReplicas"].clone());
         ensure!(
             stored == Some(json!(1)),
-            "b's stored report of api is {stored:?}, not the one of seq 10"
+            "api's ready replicas as stored: {stored:?}, not those of seq 10"
         );
         agent
             .send(&AgentFrame::Bye(Bye {
