@@ -182,3 +182,92 @@ impl crate::fleet::Fleet {
         ForgedAgent::connect(self.hub_tunnel_addr(), &pki.join("ca.crt"), &cert, &key).await
     }
 }
+
+/// How the hub ended a forged agent's connection: the `Error` frame it sent
+/// first (if any) and its WebSocket close code and reason (if it sent a
+/// Close frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub error: Option<uplink_protocol::ErrorFrame>,
+    pub close: Option<(u16, String)>,
+}
+
+impl ForgedAgent {
+    /// Sends one WebSocket message as it is (text, pings, any bytes).
+    pub async fn send_message(&mut self, message: Message) -> Result<()> {
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// Writes `bytes` straight onto the TLS stream, under the WebSocket
+    /// layer (a frame header without its payload, for example).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let stream = self.ws.get_mut();
+        stream.write_all(bytes).await?;
+        stream.flush().await?;
+        Ok(())
+    }
+
+    /// Reads until the hub ends the connection (each read waiting at most
+    /// `within`), and tells how it did.
+    pub async fn ending(&mut self, within: Duration) -> Result<Ending> {
+        let mut ending = Ending {
+            error: None,
+            close: None,
+        };
+        loop {
+            let message = tokio::time::timeout(within, self.ws.next())
+                .await
+                .with_context(|| {
+                    format!(
+                        "the hub did not end the connection within {within:?}; so far {ending:?}"
+                    )
+                })?;
+            match message {
+                None | Some(Err(_)) => return Ok(ending),
+                Some(Ok(Message::Binary(bytes))) => {
+                    if let Ok(HubFrame::Error(error)) = decode_hub_frame(&bytes, &Limits::default())
+                    {
+                        ending.error = Some(error);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    ending.close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+impl ForgedAgent {
+    /// The next frame from the hub, or how the hub ended the connection
+    /// when it did instead (an `Error` frame starts the ending).
+    pub async fn recv_or_ending(&mut self) -> Result<Result<HubFrame, Ending>> {
+        loop {
+            let message = tokio::time::timeout(FRAME_WAIT, self.ws.next())
+                .await
+                .context("no frame from the hub in time")?;
+            let ended = |error, close| Ending { error, close };
+            match message {
+                None | Some(Err(_)) => return Ok(Err(ended(None, None))),
+                Some(Ok(Message::Binary(bytes))) => {
+                    match decode_hub_frame(&bytes, &Limits::default())? {
+                        HubFrame::Error(error) => {
+                            let rest = self.ending(FRAME_WAIT).await?;
+                            return Ok(Err(ended(Some(error), rest.close)));
+                        }
+                        frame => return Ok(Ok(frame)),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    self.ending(FRAME_WAIT).await?;
+                    return Ok(Err(ended(None, close)));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
