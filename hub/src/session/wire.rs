@@ -173,17 +173,16 @@ impl<S: Transport> Connection<S> {
                 return;
             }
             // The raw stream: after a refused oversized message the rest of
-            // it is still in flight and is not a WebSocket frame.
+            // it is still in flight and is not a WebSocket frame. It is read
+            // and dropped until the agent closes or CLOSE_TIMEOUT passes;
+            // bounded by time, not bytes, because a message of any declared
+            // size may be refused, and a socket closed with unread bytes
+            // sends a TCP reset that can discard the `Error` before the
+            // agent reads it (and fails the agent's write mid-message).
             let stream = self.ws.get_mut();
             let _ = stream.shutdown().await;
             let mut sink = [0u8; 8192];
-            let mut budget = self.shared.limits.max_frame_bytes as usize + 64 * 1024;
-            while budget > 0 {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => budget = budget.saturating_sub(n),
-                }
-            }
+            while let Ok(1..) = stream.read(&mut sink).await {}
         })
         .await;
     }
