@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use support::{End, TestHub, eventually};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
-use uplink_protocol::{HubFrame, close};
+use uplink_protocol::{ErrorCode, HubFrame, close};
 
 /// A plain TCP connection to `hub` from `source` (any address of 127/8 on
 /// Linux) that never starts TLS.
@@ -140,6 +140,11 @@ async fn connections_waiting_for_hello_are_limited_per_cluster_and_have_a_deadli
     let mut agent = hub.connect(&identity).await?;
     let frame = agent.hello("edge-1", "s", None, 0).await?;
     ensure!(is_welcome(&frame), "expected Welcome, got {frame:?}");
+    // Told why before the close.
+    match squatter.recv().await? {
+        HubFrame::Error(error) if error.code == ErrorCode::LimitExceeded => {}
+        other => bail!("expected an Error saying why, got {other:?}"),
+    }
     match squatter.end().await? {
         End::Closed(Some(code)) if code == close::POLICY_VIOLATION => {}
         other => bail!("the displaced connection ended with {other:?}"),
@@ -149,6 +154,10 @@ async fn connections_waiting_for_hello_are_limited_per_cluster_and_have_a_deadli
     // Another cluster's connection without Hello is closed at the deadline.
     let mut silent = hub.connect(&hub.pki.client("edge-2")?).await?;
     let started = Instant::now();
+    match silent.recv().await? {
+        HubFrame::Error(error) if error.code == ErrorCode::LimitExceeded => {}
+        other => bail!("expected an Error saying why, got {other:?}"),
+    }
     match silent.end().await? {
         End::Closed(Some(code)) if code == close::POLICY_VIOLATION => {}
         other => bail!("the silent connection ended with {other:?}"),

@@ -3,7 +3,10 @@
 //!
 //! The rule: an [`crate::ErrorFrame`] goes first, then the close with the code
 //! [`ErrorCode::close_code`] gives for it. A [`crate::Bye`] is followed by
-//! [`GOING_AWAY`].
+//! [`GOING_AWAY`]. One close has neither: a peer silent for three heartbeat
+//! intervals is presumed gone, so it gets [`GOING_AWAY`] alone (with the
+//! reason `silent for three heartbeat intervals`) rather than an `Error`
+//! it would likely never read.
 
 use crate::frame::ErrorCode;
 

@@ -117,7 +117,7 @@ pub(super) async fn connect(ctx: &SessionContext) -> Result<Ws, SessionError> {
         let (ws, response) =
             tokio_tungstenite::client_async_with_config(request, tls, Some(config))
                 .await
-                .map_err(SessionError::Handshake)?;
+                .map_err(SessionError::from_handshake)?;
         let selected = response
             .headers()
             .get(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -152,5 +152,18 @@ mod tests {
             let err = HubEndpoint::parse(bad).unwrap_err();
             assert!(err.to_string().contains("--hub-url"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_refused_upgrade_keeps_the_hubs_reason() {
+        let mut response = http::Response::new(Some(b"names no cluster".to_vec()));
+        *response.status_mut() = http::StatusCode::FORBIDDEN;
+        let error = SessionError::from_handshake(tokio_tungstenite::tungstenite::Error::Http(
+            Box::new(response),
+        ));
+        assert_eq!(
+            error.to_string(),
+            "the hub refused the WebSocket upgrade with HTTP 403: names no cluster"
+        );
     }
 }

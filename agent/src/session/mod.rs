@@ -104,6 +104,10 @@ pub enum SessionError {
     Tls(#[source] std::io::Error),
     #[error("WebSocket handshake with the hub: {0}")]
     Handshake(#[source] tungstenite::Error),
+    /// The hub answered the upgrade with an HTTP error, saying why in its
+    /// body (a certificate naming no cluster, a wrong path).
+    #[error("the hub refused the WebSocket upgrade with HTTP {status}: {body}")]
+    UpgradeRefused { status: u16, body: String },
     #[error("the hub did not select subprotocol {SUBPROTOCOL} (it sent {0:?})")]
     Subprotocol(Option<String>),
     #[error("timed out {0}")]
@@ -123,6 +127,24 @@ pub enum SessionError {
     /// The agent is stopping; a send in progress was abandoned.
     #[error("stopped while sending to the hub")]
     Stopped,
+}
+
+impl SessionError {
+    /// A failed upgrade; an HTTP refusal keeps the hub's reason (its body,
+    /// cut to 512 bytes: it is logged).
+    fn from_handshake(error: tungstenite::Error) -> Self {
+        match error {
+            tungstenite::Error::Http(response) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+                Self::UpgradeRefused {
+                    status: response.status().as_u16(),
+                    body,
+                }
+            }
+            other => Self::Handshake(other),
+        }
+    }
 }
 
 /// How one session went: the outcome, and how long it was established.

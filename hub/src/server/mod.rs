@@ -202,6 +202,16 @@ impl Listener {
             Ok(identity) => identity,
             Err(error) => {
                 self.failed(peer, handshake_reason::NO_IDENTITY, &error.to_string());
+                // Told why over HTTP, as any refused upgrade is; within the
+                // handshake deadline, in no gate (its CA is one we trust).
+                let message = format!("the client certificate names no cluster: {error}");
+                let refuse =
+                    |_: &Request, _: Response| Err(refusal(StatusCode::FORBIDDEN, message));
+                let _ = tokio::time::timeout_at(
+                    deadline,
+                    tokio_tungstenite::accept_hdr_async(tls, refuse),
+                )
+                .await;
                 return;
             }
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
     AgentFrame, DOWNWARD_VERSION, ErrorCode, Hello, HubFrame, SessionMode, SyncTargetLocator,
-    Welcome, close, negotiate_version,
+    Welcome, negotiate_version,
 };
 
 use super::wire::{ReadError, Violation};
@@ -31,7 +31,12 @@ impl<S: Transport> Connection<S> {
             () = shutdown.cancelled() => return None,
             // A newer connection took its place (counted and logged there).
             () = wait.slot.displaced() => {
-                self.close(close::POLICY_VIOLATION, "too many connections waiting for Hello").await;
+                self.refuse(Violation::new(
+                    "displaced_awaiting_hello",
+                    ErrorCode::LimitExceeded,
+                    "too many connections waiting for Hello; a newer one took this one's place",
+                ))
+                .await;
                 return None;
             }
             read = tokio::time::timeout_at(wait.deadline, self.read_frame()) => read,
@@ -41,8 +46,12 @@ impl<S: Transport> Connection<S> {
         let hello = match read {
             Err(_) => {
                 self.handshake_failed(handshake_reason::HELLO_TIMEOUT, "no Hello in time");
-                self.close(close::POLICY_VIOLATION, "no Hello in time")
-                    .await;
+                self.refuse(Violation::new(
+                    handshake_reason::HELLO_TIMEOUT,
+                    ErrorCode::LimitExceeded,
+                    "no Hello within the handshake deadline",
+                ))
+                .await;
                 return None;
             }
             Ok(Err(ReadError::Closed)) => {
