@@ -205,6 +205,7 @@ impl Listener {
                 // Told why over HTTP, as any refused upgrade is; within the
                 // handshake deadline, in no gate (its CA is one we trust).
                 let message = format!("the client certificate names no cluster: {error}");
+                #[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
                 let refuse =
                     |_: &Request, _: Response| Err(refusal(StatusCode::FORBIDDEN, message));
                 let _ = tokio::time::timeout_at(
