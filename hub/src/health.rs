@@ -48,6 +48,19 @@ pub enum ClusterState {
     Offline,
 }
 
+impl ClusterState {
+    pub const ALL: [ClusterState; 3] = [Self::Ready, Self::Stale, Self::Offline];
+
+    /// Its name in the hub API and its label value in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Stale => "Stale",
+            Self::Offline => "Offline",
+        }
+    }
+}
+
 /// The records of every cluster that ever connected.
 #[derive(Debug)]
 pub struct Health {

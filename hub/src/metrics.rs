@@ -74,6 +74,11 @@ pub struct Metrics {
     pub write_queue_cluster_depth: IntGaugeVec,
     /// How long ready objects waited for their turn at the writer.
     pub write_queue_wait: Histogram,
+    /// Cluster state changes the hub acted on, by the state entered.
+    pub cluster_state_changes: IntCounterVec,
+    /// Objects sent back to the writer because a cluster's state change
+    /// changed their merge, by the state entered.
+    pub cluster_state_requeues: IntCounterVec,
 }
 
 /// Labels of `uplink_hub_kcp_writes_total{result}`.
@@ -316,6 +321,26 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(write_queue_wait.clone()))?;
+        let cluster_state_changes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_cluster_state_changes_total",
+                "Cluster state changes (Ready, Stale, Offline) the hub re-merged the cluster's objects for, by the state entered.",
+            ),
+            &["state"],
+        )?;
+        let cluster_state_requeues = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_cluster_state_requeues_total",
+                "Objects written again because a cluster's state change changed their merged status or conflicts, by the state entered.",
+            ),
+            &["state"],
+        )?;
+        for state in crate::health::ClusterState::ALL {
+            cluster_state_changes.with_label_values(&[state.name()]);
+            cluster_state_requeues.with_label_values(&[state.name()]);
+        }
+        registry.register(Box::new(cluster_state_changes.clone()))?;
+        registry.register(Box::new(cluster_state_requeues.clone()))?;
 
         registry.register(Box::new(agents_connected.clone()))?;
         registry.register(Box::new(cluster_state.clone()))?;
@@ -370,6 +395,8 @@ impl Metrics {
             reports_refused,
             write_queue_cluster_depth,
             write_queue_wait,
+            cluster_state_changes,
+            cluster_state_requeues,
             conflicts,
             conflicts_total,
             cluster_state,

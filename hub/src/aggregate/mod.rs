@@ -418,6 +418,7 @@ pub struct Aggregator {
     ledger: ConflictLedger,
     /// Where refused downward applies are recorded, for their condition.
     downstream: Option<Arc<Downstream>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Aggregator {
@@ -435,8 +436,9 @@ impl Aggregator {
             health,
             heartbeat_interval,
             offline_grace,
-            ledger: ConflictLedger::new(metrics),
+            ledger: ConflictLedger::new(metrics.clone()),
             downstream: None,
+            metrics,
         }
     }
 

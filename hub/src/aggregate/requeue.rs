@@ -100,7 +100,16 @@ pub async fn watch_cluster_states(
                     }
                     tokio::task::yield_now().await;
                 }
-                tracing::info!(%cluster, before = ?was, state = ?is, objects = keys.len(), requeued, "cluster state changed; re-merged its objects");
+                let metrics = &aggregator.metrics;
+                metrics
+                    .cluster_state_changes
+                    .with_label_values(&[is.name()])
+                    .inc();
+                metrics
+                    .cluster_state_requeues
+                    .with_label_values(&[is.name()])
+                    .inc_by(requeued);
+                tracing::info!(%cluster, before = was.name(), state = is.name(), objects = keys.len(), requeued, "cluster state changed; re-merged its objects");
             }
         }
         known = now;

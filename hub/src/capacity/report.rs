@@ -175,7 +175,7 @@ fn csv_line(out: &mut String, fields: &[String]) {
 }
 
 fn state_name(r: &CapacityRecord) -> &'static str {
-    crate::writer::synctarget::state_name(r.state)
+    r.state.name()
 }
 
 impl CapacityReport {

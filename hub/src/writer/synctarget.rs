@@ -148,7 +148,7 @@ impl SyncTargets {
             ] {
                 self.metrics
                     .cluster_state
-                    .with_label_values(&[name.as_str(), state_name(candidate)])
+                    .with_label_values(&[name.as_str(), candidate.name()])
                     .set(i64::from(candidate == *state));
             }
         }
@@ -240,7 +240,7 @@ impl SyncTargets {
                     .with_label_values(&[write_result::SUCCESS])
                     .inc();
                 if written.state != Some(state) {
-                    tracing::info!(cluster = %name, %workspace, state = state_name(state), "SyncTarget updated");
+                    tracing::info!(cluster = %name, %workspace, state = state.name(), "SyncTarget updated");
                 }
                 written.state = Some(state);
                 written.health = Some(capacity.health);
@@ -324,15 +324,6 @@ fn quantities(amounts: &ResourceAmounts) -> Value {
         "ephemeral-storage": amounts.ephemeral_storage_bytes.to_string(),
         "pods": amounts.pods.to_string(),
     })
-}
-
-/// The label value of a state in `uplink_hub_cluster_state`.
-pub fn state_name(state: ClusterState) -> &'static str {
-    match state {
-        ClusterState::Ready => "Ready",
-        ClusterState::Stale => "Stale",
-        ClusterState::Offline => "Offline",
-    }
 }
 
 /// RFC 3339 in whole seconds, as Kubernetes times are.
