@@ -14,7 +14,8 @@
 //! The store keeps only reports of objects placed on their cluster
 //! ([`crate::placement`] judges them first). A report the placement view
 //! cannot judge yet is *held*: kept aside per cluster (counting against the
-//! cluster's object limit, latest per object), never merged, until it is
+//! cluster's object limit and memory budget, latest per object), never
+//! merged, until it is
 //! released into the entries or refused ([`Store::recheck_held`]). An
 //! object unplaced from a cluster loses that cluster's entry
 //! ([`Store::unplace`]).
@@ -1202,6 +1203,13 @@ mod tests {
         store.apply("c1", "s1", vec![deleted("2", 7)], vec![]).ok();
         let applied = store.ingest("c1", "s1", vec![upsert("4", 8, big.clone())], vec![]);
         assert_eq!(applied.map(|a| a.refused.len()), Ok(0));
+        // A report placement cannot judge yet counts the same.
+        let applied = store.ingest("c1", "s1", vec![], vec![upsert("h", 9, big.clone())]);
+        assert_eq!(
+            applied.map(|a| a.refused),
+            Ok(vec![(key("h"), 9, Rejected::CLUSTER_MEMORY_BUDGET)])
+        );
+        assert_eq!(store.held("c1"), 0);
         // Another cluster has a budget of its own.
         let applied = store.ingest("c2", "s1", vec![upsert("1", 1, big.clone())], vec![]);
         assert_eq!(applied.map(|a| a.refused), Ok(vec![]));
