@@ -105,6 +105,9 @@ pub struct HubConfig {
     /// tokens and client certificates checked and authorized against an
     /// API server by default; see [`crate::http::auth`].
     pub http_auth: crate::http::HttpAuthConfig,
+    /// HTTP connections open at once (`--http-max-connections`); past it a
+    /// new connection is closed at once and counted.
+    pub http_max_connections: usize,
 }
 
 impl Default for HubConfig {
@@ -145,6 +148,7 @@ impl Default for HubConfig {
             memory_budget: crate::budget::MemoryBudget::default(),
             max_kcp_clients: crate::writer::KubeUpstream::DEFAULT_CLIENTS,
             http_auth: crate::http::HttpAuthConfig::default(),
+            http_max_connections: 256,
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct HttpState {
     pub heartbeat_interval: Duration,
     /// Silence after which a cluster is Offline.
     pub offline_grace: Duration,
+    /// Connections served at once; past it new ones are closed unanswered.
+    pub max_connections: usize,
     /// True once the listeners are bound and the upstream client is built.
     pub ready: AtomicBool,
     /// Cancelled when the hub begins shutting down (`/readyz` turns 503).
@@ -74,9 +76,13 @@ pub struct HttpState {
 }
 
 /// Serves HTTP (HTTPS when `state.access` has a TLS configuration) until
-/// `stop`; open connections finish their current request.
+/// `stop`; open connections finish their current request. At most
+/// `state.max_connections` at once: past it a new connection is closed
+/// unanswered (a client holding many open cannot grow the hub; probes and
+/// scrapes retry).
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
+    let refusals_logged = crate::server::warn::WarnBudget::default();
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -90,9 +96,20 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
                 }
             },
         };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= state.max_connections {
+            drop(tcp);
+            state.metrics.http_connections_refused.inc();
+            if let Some(suppressed) = refusals_logged.allow() {
+                tracing::warn!(%peer, limit = state.max_connections, suppressed, outcome = "refused", "too many HTTP connections; closed a new one");
+            }
+            continue;
+        }
+        let open = OpenConnection::new(&state.metrics.http_connections);
         let state = state.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            let _open = open;
             match state.access.tls() {
                 None => serve_connection(tcp, None, state, stop).await,
                 Some(acceptor) => {
@@ -119,6 +136,22 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// One connection counted in `uplink_hub_http_connections` while it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Serves one connection's requests; `user` is who its client certificate

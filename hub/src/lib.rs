@@ -393,6 +393,7 @@ impl Hub {
             capacity,
             heartbeat_interval: config.heartbeat_interval,
             offline_grace: config.offline_grace,
+            max_connections: config.http_max_connections,
             ready: false.into(),
             shutdown: shutdown.clone(),
         });

@@ -199,6 +199,12 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_MAX_AWAITING_HELLO", default_value_t = 1024)]
     max_awaiting_hello: usize,
 
+    /// Connections to the HTTP endpoint (API, metrics, probes) open at
+    /// once. Past it a new connection is closed unanswered and counted in
+    /// uplink_hub_http_connections_refused_total.
+    #[arg(long, env = "UPLINK_HUB_HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    http_max_connections: usize,
+
     /// Connections past TLS that have not sent their Hello yet, per cluster
     /// (certificate identity). When full, that cluster's oldest is closed.
     #[arg(
@@ -391,6 +397,7 @@ impl Args {
                 self.max_tls_handshakes_per_source,
             ),
             ("--max-awaiting-hello", self.max_awaiting_hello),
+            ("--http-max-connections", self.http_max_connections),
             (
                 "--max-awaiting-hello-per-cluster",
                 self.max_awaiting_hello_per_cluster,
@@ -442,6 +449,7 @@ impl Args {
             tls_handshake_timeout: self.tls_handshake_timeout,
             handshake_timeout: self.handshake_timeout,
             max_tls_handshakes: self.max_tls_handshakes,
+            http_max_connections: self.http_max_connections,
             max_tls_handshakes_per_source: self.max_tls_handshakes_per_source,
             max_awaiting_hello: self.max_awaiting_hello,
             max_awaiting_hello_per_cluster: self.max_awaiting_hello_per_cluster,

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub write_queue_cluster_depth: IntGaugeVec,
     /// How long ready objects waited for their turn at the writer.
     pub write_queue_wait: Histogram,
+    /// Connections to the HTTP endpoint open now.
+    pub http_connections: IntGauge,
+    /// HTTP connections closed unanswered because `--http-max-connections`
+    /// were open.
+    pub http_connections_refused: IntCounter,
     /// Cluster state changes the hub acted on, by the state entered.
     pub cluster_state_changes: IntCounterVec,
     /// Objects sent back to the writer because a cluster's state change
@@ -339,6 +344,16 @@ impl Metrics {
             cluster_state_changes.with_label_values(&[state.name()]);
             cluster_state_requeues.with_label_values(&[state.name()]);
         }
+        let http_connections = IntGauge::new(
+            "uplink_hub_http_connections",
+            "Connections to the HTTP endpoint (API, metrics, probes) open now.",
+        )?;
+        let http_connections_refused = IntCounter::new(
+            "uplink_hub_http_connections_refused_total",
+            "HTTP connections closed unanswered because --http-max-connections were open.",
+        )?;
+        registry.register(Box::new(http_connections.clone()))?;
+        registry.register(Box::new(http_connections_refused.clone()))?;
         registry.register(Box::new(cluster_state_changes.clone()))?;
         registry.register(Box::new(cluster_state_requeues.clone()))?;
 
@@ -395,6 +410,8 @@ impl Metrics {
             reports_refused,
             write_queue_cluster_depth,
             write_queue_wait,
+            http_connections,
+            http_connections_refused,
             cluster_state_changes,
             cluster_state_requeues,
             conflicts,

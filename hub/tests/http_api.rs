@@ -576,3 +576,45 @@ async fn delegated_auth_without_an_api_server_is_a_clear_start_error() -> Result
     );
     Ok(())
 }
+
+/// A client holding connections open cannot take more than
+/// `--http-max-connections`: past it a new connection is closed
+/// unanswered and counted; once one closes, requests are served again.
+#[tokio::test]
+async fn open_connections_are_capped() -> Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let hub = TestHub::start_with(|c| {
+        c.http_auth.mode = HttpAuthMode::None;
+        c.http_max_connections = 4;
+    })
+    .await?;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(hub.http).await?);
+    }
+    support::eventually("4 connections open", || {
+        hub.metrics.http_connections.get() == 4
+    })
+    .await?;
+    let mut fifth = TcpStream::connect(hub.http).await?;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), fifth.read(&mut byte))
+        .await
+        .context("the fifth connection was neither closed nor answered")?;
+    ensure!(
+        matches!(read, Ok(0) | Err(_)),
+        "the fifth connection got {read:?}"
+    );
+    ensure!(hub.metrics.http_connections_refused.get() == 1);
+
+    held.pop();
+    support::eventually("a connection to close", || {
+        hub.metrics.http_connections.get() == 3
+    })
+    .await?;
+    let answer = get(&hub, "/api/v1/clusters", None).await?;
+    ensure!(answer.status == StatusCode::OK, "{}", answer.status);
+    ensure!(hub.metrics.http_connections_refused.get() == 1);
+    drop(held);
+    hub.stop().await
+}

@@ -16,7 +16,7 @@
 //! accepting and waits for the sessions to say goodbye.
 
 mod admission;
-mod warn;
+pub(crate) mod warn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
