@@ -24,9 +24,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::ReconnectBackoff;
 use crate::config::{ReconnectSettings, ResourceSpec};
 use crate::mapping::NAMESPACE_LOCATOR;
+use uplink_ops::backoff::Backoff;
 
 /// A resource type as discovery resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,12 +170,15 @@ pub fn spawn_watches(
 }
 
 /// Retry pacing of discovery, same shape as reconnects.
-fn discovery_backoff() -> ReconnectBackoff {
-    ReconnectBackoff::new(&ReconnectSettings {
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-        ..ReconnectSettings::default()
-    })
+fn discovery_backoff() -> Backoff {
+    Backoff::new(
+        ReconnectSettings {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            ..ReconnectSettings::default()
+        }
+        .policy(),
+    )
 }
 
 async fn watch_resource(
