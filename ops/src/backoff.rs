@@ -22,8 +22,8 @@ use std::time::Duration;
 use backoff::SystemClock;
 use backoff::backoff::Backoff as _;
 use backoff::exponential::ExponentialBackoff;
+use rand::RngExt;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// How delays grow and spread.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +84,7 @@ impl Policy {
 
 impl Jitter {
     /// A delay around `bound`.
-    fn draw(self, bound: Duration, rng: &mut impl Rng) -> Duration {
+    fn draw(self, bound: Duration, rng: &mut impl RngExt) -> Duration {
         match self {
             Self::Full => {
                 let millis = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
@@ -152,7 +152,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(policy: Policy) -> Self {
-        Self::with_rng(policy, StdRng::from_os_rng())
+        Self::with_rng(policy, rand::make_rng())
     }
 
     /// Same as [`Self::new`], with a given random source (tests seed it).
@@ -183,6 +183,8 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng as _;
+
     use super::*;
 
     fn full() -> Policy {
