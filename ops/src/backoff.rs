@@ -60,6 +60,17 @@ impl Policy {
         }
     }
 
+    /// Retries spread as widely as possible: doubling from `initial` up to
+    /// `max`, each delay uniform below its bound (full jitter).
+    pub const fn spread(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            multiplier: 2.0,
+            jitter: Jitter::Full,
+        }
+    }
+
     /// The bound after `failures` failures in a row (0 and 1 both give the
     /// initial bound): `initial · multiplier^(failures - 1)`, at most `max`.
     pub fn bound_after(&self, failures: u32) -> Duration {

@@ -29,9 +29,8 @@ use tokio::time::Instant;
 use uplink_protocol::{ApplyFailure, DownwardChange, ObjectRef};
 
 use super::{Applier, ApplyResult, Transient};
-use crate::config::ReconnectSettings;
 use crate::transform::{DownstreamKey, Target};
-use uplink_ops::backoff::Backoff;
+use uplink_ops::backoff::{Backoff, Policy};
 
 /// Workers per session: objects applied at the same time.
 pub const WORKERS: usize = 8;
@@ -351,14 +350,10 @@ async fn apply_until_done(applier: &Applier, target: Option<&Target>, job: &Job)
 
 /// Pacing of retries against the cluster.
 fn retry_backoff() -> Backoff {
-    Backoff::new(
-        ReconnectSettings {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            ..ReconnectSettings::default()
-        }
-        .policy(),
-    )
+    Backoff::new(Policy::spread(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    ))
 }
 
 #[cfg(test)]
