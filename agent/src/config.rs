@@ -104,6 +104,18 @@ pub struct ReconnectSettings {
     pub reset_after: Duration,
 }
 
+impl ReconnectSettings {
+    /// The delays these settings give: full jitter below a growing bound.
+    pub fn policy(&self) -> uplink_ops::backoff::Policy {
+        uplink_ops::backoff::Policy {
+            initial: self.initial,
+            max: self.max,
+            multiplier: self.multiplier,
+            jitter: uplink_ops::backoff::Jitter::Full,
+        }
+    }
+}
+
 impl Default for ReconnectSettings {
     fn default() -> Self {
         Self {

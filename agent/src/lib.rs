@@ -10,7 +10,7 @@
 //! 4. [`mapping`]: downstream → upstream coordinates (namespace locator);
 //! 5. [`outbox`]: latest state per object, sequence numbers, acks;
 //! 6. [`session`]: one TLS WebSocket connection to the hub, kept up by
-//!    [`reconnect`] (with [`backoff`]).
+//!    [`reconnect`] (with `uplink_ops::backoff`).
 //!
 //! One placed object travels down (protocol version 2, `--downward-resources`)
 //! through:
@@ -34,7 +34,6 @@
 //! stop the HTTP server.
 
 pub mod apply;
-pub mod backoff;
 pub mod capacity;
 pub mod clock;
 pub mod config;

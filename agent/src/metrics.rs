@@ -2,8 +2,7 @@
 //! (never the process-global one: tests run several agents in one process).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric the agent exports, registered in its own [`Registry`].
@@ -56,6 +55,10 @@ pub struct Metrics {
     /// Downward deltas received from the hub and not yet taken up by an
     /// apply worker.
     pub downward_queue: IntGauge,
+    /// Connections to the HTTP endpoint (metrics, probes) open now.
+    pub http_connections: IntGauge,
+    /// HTTP connections closed unanswered past the connection cap.
+    pub http_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -158,6 +161,14 @@ impl Metrics {
                 "uplink_agent_downward_queue_deltas",
                 "Downward deltas received and not yet taken up by an apply worker.",
             ),
+            http_connections: gauge(
+                "uplink_agent_http_connections",
+                "Connections to the HTTP endpoint (metrics, probes) open now.",
+            ),
+            http_connections_refused: counter(
+                "uplink_agent_http_connections_refused_total",
+                "HTTP connections closed unanswered because the connection cap was reached.",
+            ),
             registry,
         };
         m.register_all();
@@ -165,7 +176,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -187,6 +198,8 @@ impl Metrics {
             Box::new(self.applies.clone()),
             Box::new(self.apply_duration.clone()),
             Box::new(self.downward_queue.clone()),
+            Box::new(self.http_connections.clone()),
+            Box::new(self.http_connections_refused.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent
@@ -205,11 +218,7 @@ impl Metrics {
 
     /// All metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        uplink_ops::metrics::encode(&self.registry)
     }
 }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::ReconnectBackoff;
 use crate::config::ReconnectSettings;
 use crate::session::{self, Resumption, SessionContext, SessionEnd};
+use uplink_ops::backoff::Backoff;
 
 /// Where the reconnect loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ enum State {
 
 /// Runs sessions until `stop` is cancelled.
 pub async fn run(ctx: SessionContext, settings: ReconnectSettings, stop: CancellationToken) {
-    let mut backoff = ReconnectBackoff::new(&settings);
+    let mut backoff = Backoff::new(settings.policy());
     let mut resumption = Resumption::default();
     let mut first_attempt = true;
     let mut state = State::Connecting { attempt: 0 };

@@ -24,9 +24,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::ReconnectBackoff;
-use crate::config::{ReconnectSettings, ResourceSpec};
+use crate::config::ResourceSpec;
 use crate::mapping::NAMESPACE_LOCATOR;
+use uplink_ops::backoff::{Backoff, Policy};
 
 /// A resource type as discovery resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,12 +170,11 @@ pub fn spawn_watches(
 }
 
 /// Retry pacing of discovery, same shape as reconnects.
-fn discovery_backoff() -> ReconnectBackoff {
-    ReconnectBackoff::new(&ReconnectSettings {
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-        ..ReconnectSettings::default()
-    })
+fn discovery_backoff() -> Backoff {
+    Backoff::new(Policy::spread(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    ))
 }
 
 async fn watch_resource(

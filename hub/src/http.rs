@@ -29,16 +29,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use uplink_ops::serve::{self, Serving};
 
 use crate::aggregate::Aggregator;
 use crate::health::Health;
@@ -79,37 +77,27 @@ pub struct HttpState {
 /// `stop`; open connections finish their current request. At most
 /// `state.max_connections` at once: past it a new connection is closed
 /// unanswered (a client holding many open cannot grow the hub; probes and
-/// scrapes retry).
+/// scrapes retry). The accept loop, cap and shutdown are `uplink_ops`' (the
+/// agent serves through the same); TLS, authentication and the routes are
+/// the hub's.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
-    let mut connections = JoinSet::new();
+    let serving = Serving {
+        max_connections: state.max_connections,
+        header_timeout: HEADER_TIMEOUT,
+        drain_timeout: None,
+        open: state.metrics.http_connections.clone(),
+        refused: state.metrics.http_connections_refused.clone(),
+    };
     let refusals_logged = crate::server::warn::WarnBudget::default();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= state.max_connections {
-            drop(tcp);
-            state.metrics.http_connections_refused.inc();
-            if let Some(suppressed) = refusals_logged.allow() {
-                tracing::warn!(%peer, limit = state.max_connections, suppressed, outcome = "refused", "too many HTTP connections; closed a new one");
-            }
-            continue;
+    let on_refused = |peer, limit| {
+        if let Some(suppressed) = refusals_logged.allow() {
+            tracing::warn!(%peer, limit, suppressed, outcome = "refused", "too many HTTP connections; closed a new one");
         }
-        let open = OpenConnection::new(&state.metrics.http_connections);
+    };
+    serve::accept(listener, serving, stop.clone(), on_refused, |tcp, peer| {
         let state = state.clone();
         let stop = stop.clone();
-        connections.spawn(async move {
-            let _open = open;
+        async move {
             match state.access.tls() {
                 None => serve_connection(tcp, None, state, stop).await,
                 Some(acceptor) => {
@@ -132,26 +120,9 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: Cancellat
                     }
                 }
             }
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
-/// One connection counted in `uplink_hub_http_connections` while it lives.
-struct OpenConnection(prometheus::IntGauge);
-
-impl OpenConnection {
-    fn new(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+        }
+    })
+    .await;
 }
 
 /// Serves one connection's requests; `user` is who its client certificate
@@ -170,22 +141,7 @@ async fn serve_connection<S>(
         let user = user.clone();
         async move { Ok::<_, Infallible>(handle(&state, user.as_ref().as_ref(), request).await) }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection ended with an error");
-    }
+    serve::connection(io, service, HEADER_TIMEOUT, &stop).await;
 }
 
 /// Checks who asks, then answers.
@@ -211,12 +167,7 @@ fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> 
     }
     match path {
         "/metrics" => {
-            let mut response = text(StatusCode::OK, state.metrics.render());
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
+            uplink_ops::metrics::response(state.metrics.render()).map(BodyExt::boxed_unsync)
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -279,9 +230,7 @@ fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> 
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
-    *response.status_mut() = status;
-    response
+    serve::text(status, body).map(BodyExt::boxed_unsync)
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Body> {

@@ -30,7 +30,6 @@ pub mod metrics;
 pub mod page;
 pub mod placement;
 pub mod rejection;
-pub mod retry;
 pub mod server;
 pub mod session;
 pub mod status;

@@ -2,8 +2,8 @@
 //! instance (several hubs may run in one test process).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric the hub exports, and the registry that holds them.
@@ -447,13 +447,6 @@ impl Metrics {
 
     /// Every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail on I/O; a failure would mean an
-        // invalid metric family, which `register` already refused. Render
-        // what we can rather than nothing.
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(%error, "encoding metrics");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        uplink_ops::metrics::encode(&self.registry)
     }
 }

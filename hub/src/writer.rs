@@ -439,7 +439,7 @@ impl Writer {
         let mut memory = self.memory();
         let entry = memory.entry(key.clone()).or_default();
         entry.failures = entry.failures.saturating_add(1);
-        crate::retry::delay(entry.failures, BACKOFF_BASE, BACKOFF_MAX)
+        uplink_ops::backoff::Policy::retries(BACKOFF_BASE, BACKOFF_MAX).delay_after(entry.failures)
     }
 }
 

@@ -29,9 +29,8 @@ use tokio::time::Instant;
 use uplink_protocol::{ApplyFailure, DownwardChange, ObjectRef};
 
 use super::{Applier, ApplyResult, Transient};
-use crate::backoff::ReconnectBackoff;
-use crate::config::ReconnectSettings;
 use crate::transform::{DownstreamKey, Target};
+use uplink_ops::backoff::{Backoff, Policy};
 
 /// Workers per session: objects applied at the same time.
 pub const WORKERS: usize = 8;
@@ -350,12 +349,11 @@ async fn apply_until_done(applier: &Applier, target: Option<&Target>, job: &Job)
 }
 
 /// Pacing of retries against the cluster.
-fn retry_backoff() -> ReconnectBackoff {
-    ReconnectBackoff::new(&ReconnectSettings {
-        initial: Duration::from_millis(200),
-        max: Duration::from_secs(10),
-        ..ReconnectSettings::default()
-    })
+fn retry_backoff() -> Backoff {
+    Backoff::new(Policy::spread(
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    ))
 }
 
 #[cfg(test)]

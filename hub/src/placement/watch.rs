@@ -203,7 +203,8 @@ impl<T: Watched> Machine<T> {
     /// with `next`.
     fn failed(&mut self, what: &'static str, source: kube::Error, next: State<T>) -> WatchError {
         self.failures = self.failures.saturating_add(1);
-        let retry_in = crate::retry::delay(self.failures, RETRY_BASE, RETRY_MAX);
+        let retry_in =
+            uplink_ops::backoff::Policy::retries(RETRY_BASE, RETRY_MAX).delay_after(self.failures);
         self.state = State::Backoff {
             until: Instant::now() + retry_in,
             then: Box::new(next),

@@ -334,7 +334,7 @@ impl Finalizers {
         let delay = if conflict && want.failures == 1 {
             Duration::ZERO
         } else {
-            crate::retry::delay(want.failures, RETRY_BASE, RETRY_MAX)
+            uplink_ops::backoff::Policy::retries(RETRY_BASE, RETRY_MAX).delay_after(want.failures)
         };
         want.retry_at = Some(Instant::now() + delay);
         if want.failures == 1 || !conflict {

@@ -255,7 +255,8 @@ impl SyncTargets {
                     .with_label_values(&[write_result::ERROR])
                     .inc();
                 written.failures = written.failures.saturating_add(1);
-                let delay = crate::retry::delay(written.failures, RETRY_BASE, RETRY_MAX);
+                let delay = uplink_ops::backoff::Policy::retries(RETRY_BASE, RETRY_MAX)
+                    .delay_after(written.failures);
                 written.retry_at = Some(Instant::now() + delay);
                 if written.failures == 1 {
                     tracing::warn!(cluster = %name, %workspace, %error, retry_in = ?delay, "writing the SyncTarget failed");

@@ -1,0 +1,13 @@
+//! What Uplink's agent and hub both run besides the wire protocol (that is
+//! `uplink-protocol`'s): one implementation each, so the two binaries cannot
+//! drift apart.
+//!
+//! - [`backoff`]: how long to wait before trying again (reconnects, KCP
+//!   writes, watches), exponential and jittered.
+//! - [`serve`]: the HTTP accept loop (connection cap, header timeout,
+//!   graceful shutdown) that serves `/metrics` and the health probes.
+//! - [`metrics`]: the Prometheus text answer to `/metrics`.
+
+pub mod backoff;
+pub mod metrics;
+pub mod serve;
