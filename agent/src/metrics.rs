@@ -56,6 +56,18 @@ pub struct Metrics {
     /// Downward deltas received from the hub and not yet taken up by an
     /// apply worker.
     pub downward_queue: IntGauge,
+    /// The notAfter of the client certificate in use, Unix seconds.
+    pub certificate_expiry: IntGauge,
+    /// Changes of the TLS files on disk, by result ([`reload_result`]).
+    pub certificate_reloads: IntCounterVec,
+}
+
+/// Results of `uplink_agent_certificate_reloads_total`.
+pub mod reload_result {
+    /// The new material is used from the next connection.
+    pub const SUCCESS: &str = "success";
+    /// The new material is unusable; the previous stays.
+    pub const FAILURE: &str = "failure";
 }
 
 impl Metrics {
@@ -158,14 +170,26 @@ impl Metrics {
                 "uplink_agent_downward_queue_deltas",
                 "Downward deltas received and not yet taken up by an apply worker.",
             ),
+            certificate_expiry: gauge(
+                "uplink_agent_certificate_expiry_timestamp_seconds",
+                "When the client certificate in use expires (its notAfter, Unix seconds).",
+            ),
+            certificate_reloads: counter_vec(
+                "uplink_agent_certificate_reloads_total",
+                "Changes of --tls-cert, --tls-key or --hub-ca on disk, by result: success (used from the next connection), failure (the previous material stays).",
+                &["result"],
+            ),
             registry,
         };
+        for result in [reload_result::SUCCESS, reload_result::FAILURE] {
+            m.certificate_reloads.with_label_values(&[result]);
+        }
         m.register_all();
         m
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -187,6 +211,8 @@ impl Metrics {
             Box::new(self.applies.clone()),
             Box::new(self.apply_duration.clone()),
             Box::new(self.downward_queue.clone()),
+            Box::new(self.certificate_expiry.clone()),
+            Box::new(self.certificate_reloads.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent
