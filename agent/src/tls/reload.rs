@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Built, Material, TlsError, TlsFiles};
 use crate::metrics::{Metrics, reload_result};
 
+/// How many times a poll reads the files again when what it read did not
+/// build and the files changed meanwhile.
+const SETTLE_RETRIES: usize = 2;
+
 /// What the last poll read: the material, or the error reading it.
 #[derive(Debug)]
 enum Seen {
@@ -124,7 +128,7 @@ impl ClientTls {
 
     fn check(&self) -> Polled {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let material = match self.files.read() {
+        let mut material = match self.files.read() {
             Ok(material) => material,
             Err(error) => {
                 let text = error.to_string();
@@ -138,7 +142,22 @@ impl ClientTls {
         if matches!(&*seen, Seen::Material(last) if *last == material) {
             return Polled::Unchanged;
         }
-        let built = material.build();
+        let mut built = material.build();
+        // Files read while they are being replaced can be torn (a new
+        // certificate with the old key); when the files moved on since,
+        // the newer material is tried at once instead of logging an error.
+        for _ in 0..SETTLE_RETRIES {
+            if built.is_ok() {
+                break;
+            }
+            match self.files.read() {
+                Ok(again) if again != material => {
+                    material = again;
+                    built = material.build();
+                }
+                _ => break,
+            }
+        }
         *seen = Seen::Material(material);
         match built {
             Ok(built) => {
@@ -153,6 +172,10 @@ impl ClientTls {
 
 /// Polls `tls`'s files every `period` until `shutdown`.
 pub async fn watch(tls: Arc<ClientTls>, period: Duration, shutdown: CancellationToken) {
+    if period.is_zero() {
+        // Reloading is off (and an interval of zero would panic).
+        return;
+    }
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the files were just read at startup.

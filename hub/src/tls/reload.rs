@@ -62,6 +62,10 @@ impl RotationMetrics {
     }
 }
 
+/// How many times a poll reads the files again when what it read did not
+/// build and the files changed meanwhile.
+const SETTLE_RETRIES: usize = 2;
+
 /// What the last poll read: the material, or the error reading it.
 #[derive(Debug)]
 enum Seen {
@@ -210,7 +214,7 @@ impl ServerTls {
 
     fn check(&self) -> Polled {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let material = match self.files.read() {
+        let mut material = match self.files.read() {
             Ok(material) => material,
             Err(error) => {
                 let text = error.to_string();
@@ -224,7 +228,22 @@ impl ServerTls {
         if matches!(&*seen, Seen::Material(last) if *last == material) {
             return Polled::Unchanged;
         }
-        let built = material.build(self.clients);
+        let mut built = material.build(self.clients);
+        // Files read while they are being replaced can be torn (a new
+        // certificate with the old key); when the files moved on since,
+        // the newer material is tried at once instead of logging an error.
+        for _ in 0..SETTLE_RETRIES {
+            if built.is_ok() {
+                break;
+            }
+            match self.files.read() {
+                Ok(again) if again != material => {
+                    material = again;
+                    built = material.build(self.clients);
+                }
+                _ => break,
+            }
+        }
         *seen = Seen::Material(material);
         match built {
             Ok(built) => {
@@ -249,6 +268,10 @@ pub fn spawn(
 
 /// Polls every configuration in `targets` each `period` until `shutdown`.
 pub async fn watch(targets: Vec<Arc<ServerTls>>, period: Duration, shutdown: CancellationToken) {
+    if period.is_zero() {
+        // Reloading is off (and an interval of zero would panic).
+        return;
+    }
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the files were just read at startup.
