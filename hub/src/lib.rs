@@ -455,10 +455,10 @@ impl Hub {
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
         let capacity_result = capacity_task.await;
-        if let Some(task) = reload_task {
-            task.await
-                .map_err(|e| HubError::Task("certificate reload", e))?;
-        }
+        let reload_result = match reload_task {
+            Some(task) => task.await,
+            None => Ok(()),
+        };
         http_stop.cancel();
         let http_result = http_task.await;
         tracing::info!("hub stopped");
@@ -468,6 +468,7 @@ impl Hub {
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
         capacity_result.map_err(|e| HubError::Task("capacity", e))?;
+        reload_result.map_err(|e| HubError::Task("certificate reload", e))?;
         http_result.map_err(|e| HubError::Task("http", e))?;
         Ok(())
     }
