@@ -29,6 +29,9 @@ pub struct AgentConfig {
     /// PEM CA certificate(s) the hub's serving certificate must chain to.
     /// Nothing else is trusted.
     pub hub_ca: PathBuf,
+    /// How often `tls_cert`, `tls_key` and `hub_ca` are read again to pick
+    /// up a rotation; zero never reads them again.
+    pub tls_reload_interval: Duration,
     /// The resource types to watch.
     pub resources: Vec<ResourceSpec>,
     /// The resource types the agent applies when the hub sends them down
@@ -66,6 +69,7 @@ impl Default for AgentConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),
+            tls_reload_interval: Duration::from_secs(5),
             resources: vec![ResourceSpec::deployments()],
             // Status only, protocol version 1, unless asked: writing needs
             // RBAC the operator grants (deploy/agent grants it and passes

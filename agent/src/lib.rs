@@ -118,7 +118,7 @@ enum EventSource {
 pub struct Agent {
     config: AgentConfig,
     source: EventSource,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<tls::reload::ClientTls>,
     hub: HubEndpoint,
     /// The HTTP listener and its address, unless configured off.
     listener: Option<(TcpListener, SocketAddr)>,
@@ -202,7 +202,15 @@ impl Agent {
             });
         }
         let hub = HubEndpoint::parse(&config.hub_url)?;
-        let tls = tls::client_config(&config.tls_cert, &config.tls_key, &config.hub_ca)?;
+        let metrics = Metrics::new();
+        let tls = Arc::new(
+            tls::reload::ClientTls::load(tls::TlsFiles::new(
+                &config.tls_cert,
+                &config.tls_key,
+                &config.hub_ca,
+            ))?
+            .with_metrics(metrics.clone()),
+        );
         let listener = match config.http_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -222,7 +230,7 @@ impl Agent {
             tls,
             hub,
             listener,
-            metrics: Metrics::new(),
+            metrics,
             health,
         })
     }
@@ -306,6 +314,14 @@ impl Agent {
         let synced = inventory.synced();
         let pipeline = tokio::spawn(inventory::run(inventory, events, watch_stop.clone()));
 
+        // Certificate rotation: the files polled, used from the next connection.
+        let reload = (!config.tls_reload_interval.is_zero()).then(|| {
+            tokio::spawn(tls::reload::watch(
+                tls.clone(),
+                config.tls_reload_interval,
+                session_stop.clone(),
+            ))
+        });
         let ctx = SessionContext {
             cluster: config.cluster.clone(),
             session_id,
@@ -360,6 +376,11 @@ impl Agent {
                     session.abort();
                 }
             }
+        }
+        if let Some(reload) = reload
+            && let Err(e) = reload.await
+        {
+            tracing::error!(error = %e, "certificate reload task failed");
         }
         http_stop.cancel();
         if failure.as_ref().is_none_or(|(task, _)| *task != "http")

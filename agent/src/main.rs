@@ -52,6 +52,13 @@ struct Args {
     #[arg(long, env = "UPLINK_AGENT_HUB_CA")]
     hub_ca: PathBuf,
 
+    /// How often --tls-cert, --tls-key and --hub-ca are read again. Changed
+    /// files (as cert-manager renews a mounted Secret) are used from the
+    /// next connection; the session in progress stays. An unusable change
+    /// is logged and the previous material kept. 0s: never.
+    #[arg(long, env = "UPLINK_AGENT_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    tls_reload_interval: Duration,
+
     /// Resource types to watch, comma-separated, as resource.version.group
     /// (deployments.v1.apps; core group: pods.v1). Resolved through
     /// discovery, so CRDs work.
@@ -155,6 +162,7 @@ impl Args {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             hub_ca: self.hub_ca,
+            tls_reload_interval: self.tls_reload_interval,
             resources: self.resources,
             downward_resources: self.downward_resources.0,
             http_listen: Some(self.http_listen),

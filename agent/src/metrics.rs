@@ -59,6 +59,18 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// HTTP connections closed unanswered past the connection cap.
     pub http_connections_refused: IntCounter,
+    /// The notAfter of the client certificate in use, Unix seconds.
+    pub certificate_expiry: IntGauge,
+    /// Changes of the TLS files on disk, by result ([`reload_result`]).
+    pub certificate_reloads: IntCounterVec,
+}
+
+/// Results of `uplink_agent_certificate_reloads_total`.
+pub mod reload_result {
+    /// The new material is used from the next connection.
+    pub const SUCCESS: &str = "success";
+    /// The new material is unusable; the previous stays.
+    pub const FAILURE: &str = "failure";
 }
 
 impl Metrics {
@@ -169,14 +181,26 @@ impl Metrics {
                 "uplink_agent_http_connections_refused_total",
                 "HTTP connections closed unanswered because the connection cap was reached.",
             ),
+            certificate_expiry: gauge(
+                "uplink_agent_certificate_expiry_timestamp_seconds",
+                "When the client certificate in use expires (its notAfter, Unix seconds).",
+            ),
+            certificate_reloads: counter_vec(
+                "uplink_agent_certificate_reloads_total",
+                "Changes of --tls-cert, --tls-key or --hub-ca on disk, by result: success (used from the next connection), failure (the previous material stays).",
+                &["result"],
+            ),
             registry,
         };
+        for result in [reload_result::SUCCESS, reload_result::FAILURE] {
+            m.certificate_reloads.with_label_values(&[result]);
+        }
         m.register_all();
         m
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -200,6 +224,8 @@ impl Metrics {
             Box::new(self.downward_queue.clone()),
             Box::new(self.http_connections.clone()),
             Box::new(self.http_connections_refused.clone()),
+            Box::new(self.certificate_expiry.clone()),
+            Box::new(self.certificate_reloads.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent

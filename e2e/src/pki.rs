@@ -212,7 +212,18 @@ impl DevPki {
     /// Issues the hub's serving certificate: SANs `localhost`, `127.0.0.1` and
     /// `extra_sans` (each a DNS name or an IP address), extended key usage `serverAuth`.
     pub fn hub_cert(&self, extra_sans: &[String]) -> Result<IssuedCert, PkiError> {
-        let mut params = self.leaf_params(HUB_COMMON_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
+        self.hub_cert_for_days(extra_sans, LEAF_VALIDITY_DAYS)
+    }
+
+    /// As [`DevPki::hub_cert`], valid from yesterday for `days` days (a
+    /// renewed certificate in a rotation test expires on another day).
+    pub fn hub_cert_for_days(
+        &self,
+        extra_sans: &[String],
+        days: i64,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut params =
+            self.leaf_params(HUB_COMMON_NAME, ExtendedKeyUsagePurpose::ServerAuth, days)?;
         let defaults = ["localhost".to_owned(), "127.0.0.1".to_owned()];
         for san in defaults.iter().chain(extra_sans) {
             let san = hub_san(san)?;
@@ -227,8 +238,13 @@ impl DevPki {
     /// `uplink://cluster/<cluster>`, plus a DNS SAN when the name is a DNS
     /// name; extended key usage `clientAuth`.
     pub fn client_cert(&self, cluster: &str) -> Result<IssuedCert, PkiError> {
+        self.client_cert_for_days(cluster, LEAF_VALIDITY_DAYS)
+    }
+
+    /// As [`DevPki::client_cert`], valid from yesterday for `days` days.
+    pub fn client_cert_for_days(&self, cluster: &str, days: i64) -> Result<IssuedCert, PkiError> {
         validate_cluster_name(cluster)?;
-        let mut params = self.leaf_params(cluster, ExtendedKeyUsagePurpose::ClientAuth)?;
+        let mut params = self.leaf_params(cluster, ExtendedKeyUsagePurpose::ClientAuth, days)?;
         params
             .subject_alt_names
             .push(SanType::URI(ia5(cluster_uri(cluster))?));
@@ -286,6 +302,7 @@ impl DevPki {
         &self,
         common_name: &str,
         usage: ExtendedKeyUsagePurpose,
+        days: i64,
     ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(common_name);
@@ -293,7 +310,7 @@ impl DevPki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, LEAF_VALIDITY_DAYS)?;
+        set_validity(&mut params, days)?;
         Ok(params)
     }
 

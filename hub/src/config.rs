@@ -26,6 +26,9 @@ pub struct HubConfig {
     pub tls_key: PathBuf,
     /// The CA that signs the agents' client certificates (PEM).
     pub client_ca: PathBuf,
+    /// How often the certificate, key and CA files are read again to pick
+    /// up a rotation; zero never reads them again.
+    pub tls_reload_interval: Duration,
     /// Kubeconfig of the upstream (KCP); `None` infers it (in-cluster or `~/.kube/config`).
     pub kcp_kubeconfig: Option<PathBuf>,
     /// Whether workspaces are URL prefixes (`kcp`) or ignored (`kubernetes`).
@@ -118,6 +121,7 @@ impl Default for HubConfig {
             tls_cert: PathBuf::from("certs/hub.pem"),
             tls_key: PathBuf::from("certs/hub-key.pem"),
             client_ca: PathBuf::from("certs/ca.pem"),
+            tls_reload_interval: Duration::from_secs(5),
             kcp_kubeconfig: None,
             upstream: UpstreamMode::Kcp,
             heartbeat_interval: Duration::from_secs(10),

@@ -42,7 +42,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{HubConfig, StatusWrite, UpstreamMode};
@@ -56,6 +55,7 @@ use crate::placement::{PlacementSettings, PlacementSource, Placements};
 use crate::rejection::Rejections;
 use crate::session::{Connections, SessionShared};
 use crate::store::Store;
+use crate::tls::reload::{RotationMetrics, ServerTls};
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::{
     SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer, WriterSettings,
@@ -86,7 +86,8 @@ pub enum HubError {
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
-    tls: Arc<rustls::ServerConfig>,
+    /// The tunnel's TLS, following its files.
+    tls: Arc<ServerTls>,
     tunnel: TcpListener,
     http: TcpListener,
     tunnel_addr: SocketAddr,
@@ -132,7 +133,7 @@ impl Hub {
     /// kubeconfig and binds both listeners.
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
         // TLS first: a wrong file name is the likelier mistake, and cheap to find.
-        let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
+        let tls = ServerTls::tunnel(&config.tls_cert, &config.tls_key, &config.client_ca)?;
         let upstream = KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream)
             .await?
             .with_max_clients(config.max_kcp_clients);
@@ -147,16 +148,14 @@ impl Hub {
     /// Like [`Hub::bind`], reaching KCP through `kcp` instead of a kube
     /// client (tests, or an embedding that brings its own).
     pub async fn bind_with_kcp(config: HubConfig, kcp: Kcp) -> Result<Hub, HubError> {
-        let tls = tls::server_config(&config.tls_cert, &config.tls_key, &config.client_ca)?;
+        let tls = ServerTls::tunnel(&config.tls_cert, &config.tls_key, &config.client_ca)?;
         Self::bind_parts(config, tls, kcp).await
     }
 
-    async fn bind_parts(
-        config: HubConfig,
-        tls: Arc<rustls::ServerConfig>,
-        kcp: Kcp,
-    ) -> Result<Hub, HubError> {
+    async fn bind_parts(config: HubConfig, tls: ServerTls, kcp: Kcp) -> Result<Hub, HubError> {
         let metrics = Arc::new(Metrics::new()?);
+        let rotation = RotationMetrics::register(metrics.registry())?;
+        let tls = Arc::new(tls.with_metrics(rotation.clone()));
         let placements = Arc::new(Placements::new(
             PlacementSettings {
                 resources: config.resources.clone(),
@@ -208,6 +207,7 @@ impl Hub {
                 &config.tls_cert,
                 &config.tls_key,
                 metrics.registry(),
+                &rotation,
             )
             .await?,
         );
@@ -396,6 +396,12 @@ impl Hub {
             ready: false.into(),
             shutdown: shutdown.clone(),
         });
+        // Certificate rotation: both listeners' files polled.
+        let reload_task = tls::reload::spawn(
+            std::iter::once(tls.clone()).chain(http_state.access.server_tls()),
+            config.tls_reload_interval,
+            writer_stop.clone(),
+        );
         let http_stop = CancellationToken::new();
         let http_task = tokio::spawn(http::serve(http, http_state.clone(), http_stop.clone()));
 
@@ -426,7 +432,7 @@ impl Hub {
         // Returns once shutdown began and every session has said goodbye.
         server::serve(
             tunnel,
-            TlsAcceptor::from(tls),
+            tls,
             shared,
             server::ListenerSettings {
                 tls_handshake_timeout: config.tls_handshake_timeout,
@@ -448,6 +454,10 @@ impl Hub {
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
         let capacity_result = capacity_task.await;
+        let reload_result = match reload_task {
+            Some(task) => task.await,
+            None => Ok(()),
+        };
         http_stop.cancel();
         let http_result = http_task.await;
         tracing::info!("hub stopped");
@@ -457,6 +467,7 @@ impl Hub {
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
         capacity_result.map_err(|e| HubError::Task("capacity", e))?;
+        reload_result.map_err(|e| HubError::Task("certificate reload", e))?;
         http_result.map_err(|e| HubError::Task("http", e))?;
         Ok(())
     }

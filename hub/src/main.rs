@@ -103,6 +103,13 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_CLIENT_CA", required = true)]
     client_ca: Option<PathBuf>,
 
+    /// How often --tls-cert, --tls-key, --client-ca (and --http-client-ca)
+    /// are read again. Changed files (as cert-manager renews a mounted
+    /// Secret) are used for new handshakes; established sessions stay. An
+    /// unusable change is logged and the previous material kept. 0s: never.
+    #[arg(long, env = "UPLINK_HUB_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    tls_reload_interval: Duration,
+
     /// Kubeconfig of the upstream (KCP). Without it the configuration is
     /// inferred: in-cluster service account, else $KUBECONFIG or ~/.kube/config.
     #[arg(long, env = "UPLINK_HUB_KCP_KUBECONFIG")]
@@ -427,6 +434,7 @@ impl Args {
             tls_cert: self.tls_cert.context("--tls-cert is required")?,
             tls_key: self.tls_key.context("--tls-key is required")?,
             client_ca: self.client_ca.context("--client-ca is required")?,
+            tls_reload_interval: self.tls_reload_interval,
             kcp_kubeconfig: self.kcp_kubeconfig,
             upstream: self.upstream,
             heartbeat_interval: self.heartbeat_interval,

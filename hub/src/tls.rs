@@ -11,12 +11,21 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 
+pub mod reload;
+
 /// The URI SAN prefix that names a cluster in a client certificate.
 pub const CLUSTER_URI_PREFIX: &str = "uplink://cluster/";
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing the certificate in {path}: {reason}")]
+    ParseCertificate { path: PathBuf, reason: String },
     #[error("reading certificates from {path}: {source}")]
     ReadCertificates {
         path: PathBuf,
@@ -59,7 +68,8 @@ pub fn server_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    build(cert, key, client_ca, ClientCertificate::Required)
+    let files = TlsFiles::new(cert, key, client_ca);
+    Ok(files.read()?.build(ClientCertificate::Required)?.config)
 }
 
 /// Builds the HTTPS configuration of the hub's HTTP listener (mutual TLS
@@ -71,65 +81,129 @@ pub fn https_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    build(cert, key, client_ca, ClientCertificate::Optional)
+    let files = TlsFiles::new(cert, key, client_ca);
+    Ok(files.read()?.build(ClientCertificate::Optional)?.config)
 }
 
+/// Whether a client must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientCertificate {
+pub enum ClientCertificate {
     Required,
     Optional,
 }
 
-fn build(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-    client_certificate: ClientCertificate,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-    let chain = read_certificates(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
-        path: key.to_owned(),
-        source,
-    })?;
-
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in read_certificates(client_ca)? {
-        roots.add(ca).map_err(|source| TlsError::AddClientCa {
-            path: client_ca.to_owned(),
-            source,
-        })?;
-    }
-    let mut verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    if client_certificate == ClientCertificate::Optional {
-        verifier = verifier.allow_unauthenticated();
-    }
-    let verifier = verifier
-        .build()
-        .map_err(|source| TlsError::ClientVerifier {
-            path: client_ca.to_owned(),
-            source,
-        })?;
-
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(TlsError::ProtocolVersions)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_der)
-        .map_err(|source| TlsError::ServingCertificate {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+/// Where one server configuration's PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The serving certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA(s) client certificates must chain to.
+    pub client_ca: PathBuf,
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+impl TlsFiles {
+    pub fn new(cert: &Path, key: &Path, client_ca: &Path) -> Self {
+        Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            client_ca: client_ca.to_owned(),
+        }
+    }
+
+    /// The three files' bytes, read once each (through any symlink, as a
+    /// mounted Secret's `..data` swap requires).
+    pub fn read(&self) -> Result<Material, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::ReadFile {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(Material {
+            files: self.clone(),
+            cert: read(&self.cert)?,
+            key: read(&self.key)?,
+            client_ca: read(&self.client_ca)?,
+        })
+    }
+}
+
+/// The bytes of one set of [`TlsFiles`], as read at one moment; two reads
+/// compare equal when nothing changed on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    files: TlsFiles,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Vec<u8>,
+}
+
+/// A server configuration built from [`Material`], with when its
+/// certificate expires.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub config: Arc<ServerConfig>,
+    /// The serving certificate's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+impl Material {
+    /// The TLS 1.3 server configuration this material makes: each file
+    /// parsed, the key checked against the certificate.
+    pub fn build(&self, client_certificate: ClientCertificate) -> Result<Built, TlsError> {
+        let files = &self.files;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let chain = parse_certificates(&files.cert, &self.cert)?;
+        let not_after = not_after(&files.cert, &chain[0])?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(&self.key).map_err(|source| TlsError::ReadKey {
+                path: files.key.clone(),
+                source,
+            })?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in parse_certificates(&files.client_ca, &self.client_ca)? {
+            roots.add(ca).map_err(|source| TlsError::AddClientCa {
+                path: files.client_ca.clone(),
+                source,
+            })?;
+        }
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if client_certificate == ClientCertificate::Optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|source| TlsError::ClientVerifier {
+                path: files.client_ca.clone(),
+                source,
+            })?;
+
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::ProtocolVersions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key_der)
+            .map_err(|source| TlsError::ServingCertificate {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                source,
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Built {
+            config: Arc::new(config),
+            not_after,
+        })
+    }
+}
+
+fn parse_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::ReadCertificates {
             path: path.to_owned(),
             source,
@@ -140,6 +214,17 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         });
     }
     Ok(certs)
+}
+
+/// The notAfter of `cert` (read from `path`), Unix seconds.
+fn not_after(path: &Path, cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+        TlsError::ParseCertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(parsed.validity().not_after.timestamp())
 }
 
 /// Why a verified client certificate names no cluster.

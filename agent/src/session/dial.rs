@@ -2,7 +2,6 @@
 //! certificate, hub CA as the only root) and the WebSocket handshake with
 //! subprotocol `uplink.v1`, within a time limit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -97,7 +96,7 @@ pub(super) async fn connect(ctx: &SessionContext) -> Result<Ws, SessionError> {
             })?;
         // Frames are small and latency matters more than packet count.
         let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(Arc::clone(&ctx.tls))
+        let tls = TlsConnector::from(ctx.tls.config())
             .connect(hub.server_name.clone(), tcp)
             .await
             .map_err(SessionError::Tls)?;

@@ -62,7 +62,9 @@ pub struct SessionContext {
     /// Random per agent process; stable across its reconnects.
     pub session_id: String,
     pub hub: HubEndpoint,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The TLS configuration, read at each connection attempt: a rotated
+    /// certificate serves the next handshake.
+    pub tls: Arc<crate::tls::reload::ClientTls>,
     /// The agent's own heartbeat interval (see [`heartbeat_interval`]).
     pub heartbeat_interval: Duration,
     pub outbox: SharedOutbox,

@@ -52,6 +52,7 @@ use tokio_rustls::TlsAcceptor;
 use self::cache::TtlCache;
 pub use self::review::{Decision, ReviewError, Reviewer};
 use super::Body;
+use crate::tls::reload::{RotationMetrics, ServerTls};
 
 /// How long a token's user is remembered.
 pub const TOKEN_TTL: Duration = Duration::from_secs(120);
@@ -221,7 +222,7 @@ pub struct Access {
     mode: HttpAuthMode,
     protect_metrics: bool,
     path_prefix: String,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ServerTls>>,
     reviewer: Option<Reviewer>,
     /// SHA-256 of a token → its user, or `None` when refused.
     tokens: TtlCache<[u8; 32], Option<UserInfo>>,
@@ -240,13 +241,16 @@ impl Access {
         cert: &std::path::Path,
         key: &std::path::Path,
         registry: &Registry,
+        rotation: &RotationMetrics,
     ) -> Result<Self, AccessError> {
         let prefix = &config.path_prefix;
         if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
             return Err(AccessError::PathPrefix(prefix.clone()));
         }
         let tls = match &config.client_ca {
-            Some(ca) => Some(crate::tls::https_config(cert, key, ca)?),
+            Some(ca) => Some(Arc::new(
+                ServerTls::https(cert, key, ca)?.with_metrics(rotation.clone()),
+            )),
             None if config.mode == HttpAuthMode::ClientCert => return Err(AccessError::NoClientCa),
             None => None,
         };
@@ -279,7 +283,13 @@ impl Access {
 
     /// The HTTPS acceptor, when the listener serves TLS.
     pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.tls.clone().map(TlsAcceptor::from)
+        self.tls.as_ref().map(|tls| tls.acceptor())
+    }
+
+    /// The HTTPS configuration that follows its files, when the listener
+    /// serves TLS.
+    pub fn server_tls(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
     }
 
     /// Whether `path` is served to anyone.

@@ -26,7 +26,6 @@ use http::{HeaderValue, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -38,6 +37,7 @@ use self::warn::WarnBudget;
 use crate::metrics::{handshake_phase, handshake_reason};
 use crate::session::{self, HelloWait, SessionShared};
 use crate::tls::cluster_identity;
+use crate::tls::reload::ServerTls;
 
 /// Each connection's WebSocket read buffer, allocated up front. tungstenite's
 /// default is 128 KiB, which for 10,000 mostly idle agents is 1.25 GiB held
@@ -69,7 +69,9 @@ pub struct ListenerSettings {
 
 /// What every connection task of one listener shares.
 struct Listener {
-    acceptor: TlsAcceptor,
+    /// The TLS configuration, read at each accept: a rotated certificate
+    /// serves the next handshake.
+    certificates: Arc<ServerTls>,
     shared: Arc<SessionShared>,
     settings: ListenerSettings,
     tls: Arc<Gate<Source>>,
@@ -80,7 +82,7 @@ struct Listener {
 /// Accepts agents until `shutdown`, then waits for every session to end.
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    certificates: Arc<ServerTls>,
     shared: Arc<SessionShared>,
     settings: ListenerSettings,
     shutdown: CancellationToken,
@@ -101,7 +103,7 @@ pub async fn serve(
         in_progress.with_label_values(&[handshake_phase::HELLO]),
     );
     let this = Arc::new(Listener {
-        acceptor,
+        certificates,
         shared: shared.clone(),
         settings,
         tls,
@@ -173,7 +175,7 @@ impl Listener {
         let tls = tokio::select! {
             () = shutdown.cancelled() => return,
             () = tls_slot.displaced() => return,
-            tls = tokio::time::timeout_at(tls_deadline, self.acceptor.accept(tcp)) => tls,
+            tls = tokio::time::timeout_at(tls_deadline, self.certificates.acceptor().accept(tcp)) => tls,
         };
         drop(tls_slot);
         let tls = match tls {
