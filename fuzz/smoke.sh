@@ -4,8 +4,8 @@
 # a scratch directory, so the kept corpus is only read; a crash fails the run
 # and leaves its input under the scratch directory (printed).
 #
-# Needs cargo-fuzz; it is installed from crates.io when missing (about 4
-# minutes on two cores). Stable Rust only: `-s none` builds without a
+# Needs cargo-fuzz; it is installed from crates.io when missing (9 minutes
+# on two busy cores). Stable Rust only: `-s none` builds without a
 # sanitizer, the one part of cargo fuzz that needs nightly.
 set -euo pipefail
 cd "$(dirname "$0")"

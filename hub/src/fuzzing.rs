@@ -105,6 +105,10 @@ pub fn limits() -> Limits {
 }
 
 /// Serves one session fed `inputs`, then lets it run until it ends.
+///
+/// Panics only when the harness itself cannot be set up (a runtime, the
+/// metrics registry): a fuzz target has nobody to return an error to, and
+/// such a failure is the harness's, found at the first input.
 pub fn run_session(inputs: Vec<Input>) -> Outcome {
     runtime().block_on(session(inputs))
 }
