@@ -249,6 +249,72 @@ async fn unplacing_deletes_downstream_and_releases_the_finalizer() -> Result<()>
     .await
 }
 
+/// kcp takes an object off a cluster with its deletion annotation
+/// (`deletion.internal.workload.kcp.io/<key>`), here while the hub is down.
+/// The placement label stays meanwhile, so the restarted hub still sees the
+/// object: it deletes the downstream copy, then removes its finalizer, the
+/// label and the annotation in one write, as kcp's syncer does. Nothing is
+/// left behind on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_off_the_kcp_way_while_the_hub_is_down_leaves_nothing_behind() -> Result<()> {
+    bounded(SCENARIO_TIMEOUT, async {
+        let mut fleet = fleet(&["east"]).await?;
+        fleet
+            .place(WORKSPACE, NAMESPACE, &deployment("web", 1), &["east"])
+            .await?;
+        let mut check = SpecDown::new();
+        check.track(WORKSPACE, NAMESPACE, "web", &["east"]);
+        check.converged(&fleet, CONVERGE).await?;
+        let finalizer = fleet.syncer_finalizer("east");
+        let label = fleet.placement_label("east");
+        let key = label
+            .strip_prefix("state.workload.kcp.io/")
+            .context("the placement label's prefix")?;
+        let annotation = format!("deletion.internal.workload.kcp.io/{key}");
+        eventually(CONVERGE, "the hub's finalizer on web", async || {
+            let up = fleet
+                .upstream_deployment(WORKSPACE, NAMESPACE, "web")
+                .await?
+                .context("web in KCP")?;
+            ensure!(finalizers(&up).contains(&finalizer), "{up}");
+            Ok(())
+        })
+        .await?;
+
+        fleet.stop_hub().await?;
+        let patch = json!({"metadata": {"annotations": {&annotation: "2026-12-06T23:00:00Z"}}});
+        patch_upstream(&fleet, WORKSPACE, "web", patch).await?;
+        fleet.start_hub().await?;
+
+        check.track(WORKSPACE, NAMESPACE, "web", &[]);
+        check.converged(&fleet, CONVERGE).await?;
+        eventually(CONVERGE, "web let go of in KCP", async || {
+            let up = fleet
+                .upstream_deployment(WORKSPACE, NAMESPACE, "web")
+                .await?
+                .context("web must stay in KCP")?;
+            let metadata = &up["metadata"];
+            ensure!(
+                !finalizers(&up).contains(&finalizer),
+                "finalizer left: {metadata}"
+            );
+            ensure!(
+                metadata["labels"][&label].is_null(),
+                "label left: {metadata}"
+            );
+            ensure!(
+                metadata["annotations"][&annotation].is_null(),
+                "annotation left: {metadata}"
+            );
+            Ok(())
+        })
+        .await?;
+        ensure!(owned_deployments(&fleet, "east").await?.is_empty());
+        fleet.shutdown().await
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_in_kcp_deletes_downstream_then_upstream() -> Result<()> {
     bounded(SCENARIO_TIMEOUT, async {

@@ -15,6 +15,14 @@ use sha2::{Digest, Sha224};
 /// `state.workload.kcp.io/<syncTargetKey>`.
 pub const STATE_LABEL_PREFIX: &str = "state.workload.kcp.io/";
 
+/// The prefix of the annotation with which kcp takes an object off one
+/// SyncTarget (`deletion.internal.workload.kcp.io/<syncTargetKey>`, a
+/// timestamp): the placement label stays until the syncer has deleted the
+/// downstream copy and removed its finalizer, the label and the annotation
+/// (kcp's `EnsureUpstreamFinalizerRemoved`), so the removal survives a
+/// syncer that was down meanwhile.
+pub const DELETION_ANNOTATION_PREFIX: &str = "deletion.internal.workload.kcp.io/";
+
 /// The placement label's value for an object KCP placed on the cluster
 /// (spec flows down, status up).
 pub const STATE_SYNC: &str = "Sync";

@@ -242,8 +242,13 @@ pub struct Placed {
     pub resource_version: String,
     /// What goes down to the cluster ([`PlacedObject::downward_manifest`]).
     pub manifest: Arc<str>,
-    /// Deleted in KCP, waiting for finalizers.
+    /// Deleted in KCP, or being taken off this cluster ([`Placed::leaving`]):
+    /// deleted downstream, then let go.
     pub deleting: bool,
+    /// kcp is taking the object off this cluster (its deletion annotation
+    /// for the cluster's SyncTarget key): letting it go removes the
+    /// placement label and that annotation with the finalizer.
+    pub leaving: bool,
     /// The object's finalizers in KCP.
     pub finalizers: Vec<String>,
 }
@@ -436,7 +441,7 @@ impl PlacementView {
                 .clone()
                 .or(object.object.kind.clone())
                 .unwrap_or_default();
-            let after = Placed::of(&object.object, &api_version, &kind);
+            let after = Placed::of(&object.object, &api_version, &kind, key);
             match placement.objects.get(&object.address) {
                 Some(before) if *before == after => None,
                 Some(before) => {
@@ -665,12 +670,15 @@ pub(crate) struct ObjectChange {
 }
 
 impl Placed {
-    fn of(object: &PlacedObject, api_version: &str, kind: &str) -> Self {
+    /// `object` as placed on the cluster whose SyncTarget key is `synctarget_key`.
+    fn of(object: &PlacedObject, api_version: &str, kind: &str, synctarget_key: &str) -> Self {
+        let leaving = object.leaving(synctarget_key);
         Self {
             uid: object.metadata.uid.clone(),
             resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
             manifest: Arc::from(object.downward_manifest(api_version, kind)),
-            deleting: object.deleting(),
+            deleting: object.deleting() || leaving,
+            leaving,
             finalizers: object.metadata.finalizers.clone(),
         }
     }

@@ -321,12 +321,14 @@ impl Runner {
                         key,
                         &finalizer,
                         true,
+                        false,
                         &after.resource_version,
                         &after.finalizers,
                     );
                 }
-                // Deleted in KCP: deleted downstream; the finalizer comes
-                // off when the cluster confirms it.
+                // Deleted in KCP, or being taken off the cluster: deleted
+                // downstream; the finalizer comes off when the cluster
+                // confirms it.
                 (before, Some(after)) => {
                     if before.as_ref().is_none_or(|b| !b.deleting) {
                         self.downstream
@@ -343,6 +345,7 @@ impl Runner {
                     self.finalizers.want(
                         key,
                         &finalizer,
+                        false,
                         false,
                         &before.resource_version,
                         &before.finalizers,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uplink_protocol::resource::ResourceSpec;
 
-use super::key::CLUSTER_ANNOTATION;
+use super::key::{CLUSTER_ANNOTATION, DELETION_ANNOTATION_PREFIX};
 use super::watch::{self, Collection, Event, WatchError, Watched};
 use crate::config::UpstreamMode;
 use crate::writer::KubeUpstream;
@@ -102,6 +102,15 @@ impl PlacedObject {
     /// Whether the object is being deleted in KCP (it waits for finalizers).
     pub fn deleting(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Whether kcp is taking the object off the SyncTarget with key
+    /// `synctarget_key` (its deletion annotation for that key is set).
+    pub fn leaving(&self, synctarget_key: &str) -> bool {
+        self.metadata
+            .annotations
+            .keys()
+            .any(|k| k.strip_prefix(DELETION_ANNOTATION_PREFIX) == Some(synctarget_key))
     }
 
     /// What goes down to a cluster: the object as JSON text without status

@@ -80,6 +80,7 @@ impl<S: Transport> Connection<S> {
                                 &key,
                                 &finalizer,
                                 true,
+                                false,
                                 &placed.resource_version,
                                 &placed.finalizers,
                             );
@@ -167,13 +168,15 @@ impl<S: Transport> Connection<S> {
         if !confirmed.deleted.is_empty() {
             let view = self.shared.placements.read();
             for key in &confirmed.deleted {
-                // Still placed (and so deleting in KCP): let it go. An
-                // unplaced one was let go when it was unplaced.
+                // Still placed (and so deleted in KCP, or being taken off
+                // the cluster): let it go. An unplaced one was let go when
+                // it was unplaced.
                 if let Some(placed) = view.placed(&self.cluster, key) {
                     self.shared.finalizers.want(
                         key,
                         &lane.finalizer,
                         false,
+                        placed.leaving,
                         &placed.resource_version,
                         &placed.finalizers,
                     );

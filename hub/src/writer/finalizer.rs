@@ -4,6 +4,10 @@
 //! deleting it in KCP waits until the cluster confirmed the downstream
 //! delete. Then, or when the object is unplaced from the cluster (nothing
 //! to hold: the upstream object stays), the hub takes its finalizer off.
+//! When kcp took the object off the cluster with its deletion annotation
+//! ([`crate::placement::key::DELETION_ANNOTATION_PREFIX`]), the same write
+//! removes the placement label and that annotation, as kcp's syncer does:
+//! the object then leaves the cluster's placement.
 //!
 //! Level-triggered like the status writer: [`Finalizers::want`] records
 //! whether a finalizer should be on an object, with the object's latest
@@ -26,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{KubeUpstream, UpstreamError};
 use crate::metrics::{Metrics, write_result};
+use crate::placement::key::{DELETION_ANNOTATION_PREFIX, STATE_LABEL_PREFIX};
 use crate::store::ObjectKey;
 
 /// First retry delay after a failed write; doubles per failure.
@@ -33,9 +38,12 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What precedes the SyncTarget key in the hub's finalizer name.
+const FINALIZER_PREFIX: &str = "workload.kcp.io/syncer-";
+
 /// The finalizer name of the cluster whose SyncTarget key is `key`.
 pub fn finalizer_name(key: &str) -> String {
-    format!("workload.kcp.io/syncer-{key}")
+    format!("{FINALIZER_PREFIX}{key}")
 }
 
 /// Reads and writes objects' finalizers upstream.
@@ -47,12 +55,15 @@ pub trait FinalizerUpstream: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(String, Vec<String>), UpstreamError>>;
 
     /// Sets the object's finalizers, if its resource version is still
-    /// `resource_version` (else [`UpstreamError::Conflict`]).
+    /// `resource_version` (else [`UpstreamError::Conflict`]). With
+    /// `leaving`, a SyncTarget key, also removes that SyncTarget's placement
+    /// label and deletion annotation.
     fn set_finalizers<'a>(
         &'a self,
         key: &'a ObjectKey,
         resource_version: &'a str,
         finalizers: &'a [String],
+        leaving: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
 }
 
@@ -83,12 +94,20 @@ impl FinalizerUpstream for KubeUpstream {
         key: &'a ObjectKey,
         resource_version: &'a str,
         finalizers: &'a [String],
+        leaving: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            let patch = json!({"metadata": {
+            let mut patch = json!({"metadata": {
                 "resourceVersion": resource_version,
                 "finalizers": finalizers,
             }});
+            if let Some(synctarget) = leaving {
+                // JSON merge patch: null removes the key.
+                patch["metadata"]["labels"] =
+                    json!({ format!("{STATE_LABEL_PREFIX}{synctarget}"): null });
+                patch["metadata"]["annotations"] =
+                    json!({ format!("{DELETION_ANNOTATION_PREFIX}{synctarget}"): null });
+            }
             self.patch_object(key, &patch).await
         })
     }
@@ -98,6 +117,10 @@ impl FinalizerUpstream for KubeUpstream {
 #[derive(Debug)]
 struct Want {
     present: bool,
+    /// Letting go of an object kcp takes off the cluster: the placement
+    /// label and deletion annotation go with the finalizer, even when the
+    /// finalizer is already off.
+    leaving: bool,
     /// The object's state the write is computed from.
     resource_version: String,
     finalizers: Vec<String>,
@@ -132,16 +155,20 @@ impl Finalizers {
     }
 
     /// Finalizer `finalizer` should (`present`) or should not be on `key`,
-    /// whose latest known state is `resource_version` and `finalizers`.
+    /// whose latest known state is `resource_version` and `finalizers`;
+    /// `leaving` (with `present` false): kcp takes the object off the
+    /// cluster, see the module documentation.
     pub fn want(
         &self,
         key: &ObjectKey,
         finalizer: &str,
         present: bool,
+        leaving: bool,
         resource_version: &str,
         finalizers: &[String],
     ) {
-        let already = finalizers.iter().any(|f| f == finalizer) == present;
+        let leaving = leaving && !present;
+        let already = !leaving && finalizers.iter().any(|f| f == finalizer) == present;
         let mut pending = self.pending();
         let id = (key.clone(), finalizer.to_owned());
         if already {
@@ -152,6 +179,7 @@ impl Finalizers {
             id,
             Want {
                 present,
+                leaving,
                 resource_version: resource_version.to_owned(),
                 finalizers: finalizers.to_vec(),
                 stale: false,
@@ -171,7 +199,7 @@ impl Finalizers {
             if k != key {
                 return true;
             }
-            if finalizers.iter().any(|f| f == finalizer) == want.present {
+            if !want.leaving && finalizers.iter().any(|f| f == finalizer) == want.present {
                 return false;
             }
             want.resource_version = resource_version.to_owned();
@@ -232,10 +260,11 @@ impl Finalizers {
 
     async fn write(&self, key: &ObjectKey, finalizer: &str) {
         let id = (key.clone(), finalizer.to_owned());
-        let Some((present, stale, mut version, mut finalizers)) =
+        let Some((present, leaving, stale, mut version, mut finalizers)) =
             self.pending().get(&id).map(|w| {
                 (
                     w.present,
+                    w.leaving,
                     w.stale,
                     w.resource_version.clone(),
                     w.finalizers.clone(),
@@ -258,14 +287,21 @@ impl Finalizers {
         if present {
             wanted.push(finalizer.to_owned());
         }
-        if wanted == finalizers {
+        if wanted == finalizers && !leaving {
             self.pending().remove(&id);
             return;
         }
-        match self.upstream.set_finalizers(key, &version, &wanted).await {
+        let leaving = leaving
+            .then(|| finalizer.strip_prefix(FINALIZER_PREFIX))
+            .flatten();
+        match self
+            .upstream
+            .set_finalizers(key, &version, &wanted, leaving)
+            .await
+        {
             Ok(()) => {
                 self.count(write_result::SUCCESS);
-                tracing::debug!(object = %key, %finalizer, present, "finalizer written");
+                tracing::debug!(object = %key, %finalizer, present, leaving = leaving.is_some(), "finalizer written");
                 let mut pending = self.pending();
                 // Done, unless something newer was wanted meanwhile.
                 if pending.get(&id).is_some_and(|w| w.present == present) {

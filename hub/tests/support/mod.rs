@@ -228,6 +228,7 @@ impl FinalizerUpstream for FakeUpstream {
         _key: &'a ObjectKey,
         _resource_version: &'a str,
         _finalizers: &'a [String],
+        _leaving: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async { Ok(()) })
     }
