@@ -342,6 +342,7 @@ impl FinalizerUpstream for NoFinalizers {
         _key: &'a ObjectKey,
         _resource_version: &'a str,
         _finalizers: &'a [String],
+        _leaving: Option<&'a str>,
     ) -> futures::future::BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async { Err(UpstreamError::NotFound) })
     }
