@@ -23,6 +23,9 @@ pub mod capacity;
 pub mod config;
 pub mod downstream;
 pub mod forget;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod labels;

@@ -255,6 +255,35 @@ async fn bad_frames_end_only_their_own_session() -> Result<()> {
     hub.stop().await
 }
 
+/// An `Error` fits the string limit the hub announces, even one below the
+/// protocol's own cap on error messages (found by the hub_session fuzz
+/// target: the hub sent a 70-byte message under a 64-byte limit).
+#[tokio::test]
+async fn error_messages_fit_the_announced_string_limit() -> Result<()> {
+    let limits = Limits {
+        max_string_bytes: 24,
+        ..Limits::default()
+    };
+    let hub = TestHub::start(limits).await?;
+    let mut agent = hub.connect(&hub.pki.client("east")?).await?;
+    let announced = welcome(agent.hello("east", "s", None, 0).await?)?.limits;
+    assert_eq!(announced.max_string_bytes, 24);
+    agent.send_raw(vec![0xc1, 0xff, 0x00]).await?;
+    match agent.recv().await? {
+        HubFrame::Error(error) => {
+            assert_eq!(error.code, ErrorCode::Malformed);
+            assert!(
+                error.message.len() <= 24 && error.message.starts_with("malformed frame"),
+                "{:?}",
+                error.message
+            );
+        }
+        other => bail!("expected Error, got {other:?}"),
+    }
+    assert_eq!(agent.end().await?, End::Closed(Some(close::PROTOCOL_ERROR)));
+    hub.stop().await
+}
+
 /// One delta the hub cannot use (a status that is not a JSON object, a name
 /// that is not a path segment) is skipped and counted; the rest of its batch
 /// is stored, the whole batch acked, and the session goes on. Otherwise the

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uplink_protocol::{
     AgentFrame, DecodeError, ErrorCode, ErrorFrame, HubFrame, decode_agent_frame, encode,
+    truncate_utf8,
 };
 
 use super::{Connection, Transport};
@@ -155,7 +156,12 @@ impl<S: Transport> Connection<S> {
     /// Sends `Error` and closes with the code the error calls for.
     pub(super) async fn refuse(&mut self, violation: Violation) {
         let close_code = violation.code.close_code();
-        let frame = HubFrame::Error(ErrorFrame::new(violation.code, violation.message));
+        // Cut to the string limit the hub announces, so that even a hub
+        // configured below the protocol's cap on error messages sends only
+        // frames within its own limits (found by fuzzing; see FUZZING.md).
+        let mut message = violation.message;
+        truncate_utf8(&mut message, self.shared.limits.max_string_bytes as usize);
+        let frame = HubFrame::Error(ErrorFrame::new(violation.code, message));
         if self.send(&frame).await.is_ok() {
             self.close(close_code, violation.reason).await;
         }
