@@ -114,7 +114,18 @@ impl Applier {
         if only_hand_edits(live) {
             params = params.force();
         }
-        match api.patch(name, &params, &Patch::Apply(&*manifest)).await {
+        // Only onto the state judged: a newer apply (or edit) since moves
+        // the resourceVersion on, and this one is refused (409) rather than
+        // setting an older manifest over it; the newer state's own watch
+        // event is judged again.
+        let mut manifest = (*manifest).clone();
+        if let (Some(version), Some(metadata)) = (
+            &live.metadata.resource_version,
+            manifest.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
+            metadata.insert("resourceVersion".into(), Value::from(version.clone()));
+        }
+        match api.patch(name, &params, &Patch::Apply(&manifest)).await {
             Ok(_) => {
                 self.metrics().applies.with_label_values(&["drift"]).inc();
                 tracing::info!(resource = %spec, %namespace, %name, outcome = "set back", "drift: a field the agent applied was changed downstream");
@@ -122,13 +133,23 @@ impl Applier {
             }
             Err(e) => {
                 let outcome = classify(e);
-                if let super::Outcome::Failed(_) = &outcome {
-                    self.metrics()
-                        .applies
-                        .with_label_values(&["drift_refused"])
-                        .inc();
+                match &outcome {
+                    super::Outcome::Failed(_) => {
+                        self.metrics()
+                            .applies
+                            .with_label_values(&["drift_refused"])
+                            .inc();
+                        tracing::warn!(resource = %spec, %namespace, %name, ?outcome, "drift: setting the object back failed");
+                    }
+                    // The object moved on since the event judged (a newer
+                    // apply): its own event is judged next.
+                    super::Outcome::Transient(t) if t.0.contains("has been modified") => {
+                        tracing::debug!(resource = %spec, %namespace, %name, "drift: the object changed meanwhile; judging its next state");
+                    }
+                    _ => {
+                        tracing::warn!(resource = %spec, %namespace, %name, ?outcome, "drift: setting the object back failed");
+                    }
                 }
-                tracing::warn!(resource = %spec, %namespace, %name, ?outcome, "drift: setting the object back failed");
                 false
             }
         }

@@ -147,6 +147,10 @@ impl Applier {
             if let Err(failed) = self.ensure_namespace(&downstream.locator, target).await? {
                 return Ok(failed);
             }
+            // While this apply is in flight, drift has nothing to set back:
+            // the watch event of this very apply could otherwise be compared
+            // with the manifest before it, and the older one re-applied.
+            self.remember(&downstream.key, None);
             match self.patch(&downstream, &resolved).await {
                 Ok(()) => {
                     self.remember(&downstream.key, Some(&downstream.manifest));

@@ -939,6 +939,14 @@ fn patch(
             let mut patched = (*shown).clone();
             let writer = match (patch_type, &applied) {
                 (PatchType::Apply, Some(config)) => {
+                    // As kube-apiserver: a resourceVersion in the applied
+                    // configuration is a precondition (optimistic locking).
+                    let wanted = config["metadata"]["resourceVersion"].as_str();
+                    if let Some(wanted) = wanted.filter(|v| !v.is_empty())
+                        && shown["metadata"]["resourceVersion"].as_str() != Some(wanted)
+                    {
+                        return Err(ApiError::conflict(target.subject(), name));
+                    }
                     patched = apply::apply(Some(&shown), config, &applier)?;
                     registry::Writer::Apply
                 }

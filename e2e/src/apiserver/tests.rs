@@ -103,6 +103,39 @@ async fn crud_conflicts_and_status() {
         Some((409, "Conflict".into(), "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified; please apply your changes to the latest version and try again".into()))
     );
 
+    // So does a stale one in an apply configuration (optimistic locking
+    // with server-side apply); a current one applies.
+    let current = deploys.get("web").await.unwrap_or_else(|e| panic!("{e}"));
+    let applied = |rv: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "resourceVersion": rv},
+               "spec": {"replicas": 4}})
+    };
+    let err = deploys
+        .patch(
+            "web",
+            &PatchParams::apply("t"),
+            &Patch::Apply(&applied("1")),
+        )
+        .await
+        .err()
+        .map(api_error);
+    assert_eq!(err.map(|e| (e.0, e.1)), Some((409, "Conflict".into())));
+    let rv = current
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let ok = deploys
+        .patch(
+            "web",
+            &PatchParams::apply("t").force(),
+            &Patch::Apply(&applied(&rv)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.spec.and_then(|s| s.replicas), Some(4));
+
     let err = deploys.get("nope").await.err().map(api_error);
     assert_eq!(
         err.map(|e| (e.0, e.2)),
