@@ -8,36 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use uplink_ops::pem::{self, PemError};
+use uplink_ops::rotation::Source;
 
 /// Why the TLS material cannot be used; every variant names the flag and file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{flag} {}: cannot read the file: {source}", path.display())]
-    ReadFile {
-        flag: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("--tls-cert {}: cannot parse the certificate: {reason}", path.display())]
-    ParseCertificate { path: PathBuf, reason: String },
-    #[error("{flag} {}: cannot read PEM certificates: {source}", path.display())]
-    ReadCertificates {
-        flag: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{flag} {}: no certificate in the file", path.display())]
-    NoCertificates { flag: &'static str, path: PathBuf },
-    #[error("--tls-key {}: cannot read a PEM private key: {source}", path.display())]
-    ReadKey {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("--hub-ca {}: certificate not usable as a trust root: {source}", path.display())]
     BadRoot {
         path: PathBuf,
@@ -71,60 +49,35 @@ impl TlsFiles {
             hub_ca: hub_ca.to_owned(),
         }
     }
+}
+
+/// What rotation reads and builds: the three files.
+impl Source for TlsFiles {
+    type Material = Material;
+    type Built = Built;
+    type Error = TlsError;
 
     /// The three files' bytes, each read once (through any symlink, as a
     /// mounted Secret's `..data` swap requires).
-    pub fn read(&self) -> Result<Material, TlsError> {
-        let read = |flag: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::ReadFile {
-                flag,
-                path: path.to_owned(),
-                source,
-            })
-        };
+    fn read(&self) -> Result<Material, TlsError> {
         Ok(Material {
-            files: self.clone(),
-            cert: read("--tls-cert", &self.cert)?,
-            key: read("--tls-key", &self.key)?,
-            hub_ca: read("--hub-ca", &self.hub_ca)?,
+            cert: pem::read("--tls-cert", &self.cert)?,
+            key: pem::read("--tls-key", &self.key)?,
+            hub_ca: pem::read("--hub-ca", &self.hub_ca)?,
         })
     }
-}
 
-/// The bytes of one set of [`TlsFiles`], as read at one moment; two reads
-/// compare equal when nothing changed on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Material {
-    files: TlsFiles,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    hub_ca: Vec<u8>,
-}
-
-/// A client configuration built from [`Material`], with when its
-/// certificate expires.
-#[derive(Debug, Clone)]
-pub struct Built {
-    pub config: Arc<rustls::ClientConfig>,
-    /// The client certificate's notAfter, Unix seconds.
-    pub not_after: i64,
-}
-
-impl Material {
-    /// The TLS 1.3 client configuration this material makes: each file
-    /// parsed, the key checked against the certificate.
-    pub fn build(&self) -> Result<Built, TlsError> {
-        let files = &self.files;
-        let chain = parse_certificates("--tls-cert", &files.cert, &self.cert)?;
-        let not_after = not_after(&files.cert, &chain[0])?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|source| TlsError::ReadKey {
-            path: files.key.clone(),
-            source,
-        })?;
+    /// The TLS 1.3 client configuration `material` makes: each file parsed,
+    /// the key checked against the certificate.
+    fn build(&self, material: &Material) -> Result<Built, TlsError> {
+        let chain = pem::certificates("--tls-cert", &self.cert, &material.cert)?;
+        // `pem::certificates` returns at least one.
+        let not_after = pem::not_after("--tls-cert", &self.cert, &chain[0])?;
+        let key = pem::private_key("--tls-key", &self.key, &material.key)?;
         let mut roots = RootCertStore::empty();
-        for ca in parse_certificates("--hub-ca", &files.hub_ca, &self.hub_ca)? {
+        for ca in pem::certificates("--hub-ca", &self.hub_ca, &material.hub_ca)? {
             roots.add(ca).map_err(|source| TlsError::BadRoot {
-                path: files.hub_ca.clone(),
+                path: self.hub_ca.clone(),
                 source,
             })?;
         }
@@ -143,36 +96,22 @@ impl Material {
     }
 }
 
-fn parse_certificates(
-    flag: &'static str,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::ReadCertificates {
-            flag,
-            path: path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates {
-            flag,
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
+/// The bytes of one set of [`TlsFiles`], as read at one moment; two reads
+/// compare equal when nothing changed on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    hub_ca: Vec<u8>,
 }
 
-/// The notAfter of `cert` (read from `path`), Unix seconds.
-fn not_after(path: &Path, cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-        TlsError::ParseCertificate {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(parsed.validity().not_after.timestamp())
+/// A client configuration built from [`Material`], with when its
+/// certificate expires.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The client certificate's notAfter, Unix seconds.
+    pub not_after: i64,
 }
 
 /// Loads the client certificate and key and the hub CA into a TLS 1.3 client
@@ -182,5 +121,6 @@ pub fn client_config(
     key: &Path,
     hub_ca: &Path,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    Ok(TlsFiles::new(cert, key, hub_ca).read()?.build()?.config)
+    let files = TlsFiles::new(cert, key, hub_ca);
+    Ok(files.build(&files.read()?)?.config)
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
+use uplink_ops::pem::{self, PemError};
+use uplink_ops::rotation::Source;
 use x509_parser::extensions::GeneralName;
 
 pub mod reload;
@@ -16,46 +17,35 @@ pub mod reload;
 /// The URI SAN prefix that names a cluster in a client certificate.
 pub const CLUSTER_URI_PREFIX: &str = "uplink://cluster/";
 
-/// Why the TLS configuration could not be built.
+/// Why the TLS configuration could not be built; each variant names the
+/// flag or file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing the certificate in {path}: {reason}")]
-    ParseCertificate { path: PathBuf, reason: String },
-    #[error("reading certificates from {path}: {source}")]
-    ReadCertificates {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{path} contains no certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("reading private key from {path}: {source}")]
-    ReadKey {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("adding client CA certificate from {path}: {source}")]
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error("{flag} {}: certificate not usable as a client CA: {source}", path.display())]
     AddClientCa {
+        flag: &'static str,
         path: PathBuf,
+        #[source]
         source: rustls::Error,
     },
-    #[error("building the client certificate verifier for {path}: {source}")]
+    #[error("{flag} {}: cannot build the client certificate verifier: {source}", path.display())]
     ClientVerifier {
+        flag: &'static str,
         path: PathBuf,
+        #[source]
         source: rustls::server::VerifierBuilderError,
     },
-    #[error("serving certificate {cert} with key {key}: {source}")]
+    #[error("--tls-cert {} / --tls-key {}: the key does not fit the certificate, or is unsupported: {source}", cert.display(), key.display())]
     ServingCertificate {
         cert: PathBuf,
         key: PathBuf,
+        #[source]
         source: rustls::Error,
     },
     #[error("selecting TLS 1.3: {0}")]
-    ProtocolVersions(rustls::Error),
+    ProtocolVersions(#[source] rustls::Error),
 }
 
 /// Builds the tunnel's TLS server configuration.
@@ -68,8 +58,8 @@ pub fn server_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let files = TlsFiles::new(cert, key, client_ca);
-    Ok(files.read()?.build(ClientCertificate::Required)?.config)
+    let files = TlsFiles::tunnel(cert, key, client_ca);
+    Ok(files.build(&files.read()?)?.config)
 }
 
 /// Builds the HTTPS configuration of the hub's HTTP listener (mutual TLS
@@ -81,8 +71,8 @@ pub fn https_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let files = TlsFiles::new(cert, key, client_ca);
-    Ok(files.read()?.build(ClientCertificate::Optional)?.config)
+    let files = TlsFiles::https(cert, key, client_ca);
+    Ok(files.build(&files.read()?)?.config)
 }
 
 /// Whether a client must present a certificate.
@@ -92,40 +82,106 @@ pub enum ClientCertificate {
     Optional,
 }
 
-/// Where one server configuration's PEM files are.
+/// Where one listener's PEM files are, and whether its clients must present
+/// a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// The serving certificate chain.
+    /// `--tls-cert`: the serving certificate chain.
     pub cert: PathBuf,
-    /// Its private key.
+    /// `--tls-key`: its private key.
     pub key: PathBuf,
     /// The CA(s) client certificates must chain to.
     pub client_ca: PathBuf,
+    /// The flag that named `client_ca`, for errors.
+    pub client_ca_flag: &'static str,
+    pub clients: ClientCertificate,
 }
 
 impl TlsFiles {
-    pub fn new(cert: &Path, key: &Path, client_ca: &Path) -> Self {
+    /// The tunnel's: `--client-ca`, client certificates required.
+    pub fn tunnel(cert: &Path, key: &Path, client_ca: &Path) -> Self {
         Self {
             cert: cert.to_owned(),
             key: key.to_owned(),
             client_ca: client_ca.to_owned(),
+            client_ca_flag: "--client-ca",
+            clients: ClientCertificate::Required,
         }
     }
 
+    /// The HTTPS listener's: `--http-client-ca`, client certificates
+    /// optional.
+    pub fn https(cert: &Path, key: &Path, client_ca: &Path) -> Self {
+        Self {
+            client_ca_flag: "--http-client-ca",
+            clients: ClientCertificate::Optional,
+            ..Self::tunnel(cert, key, client_ca)
+        }
+    }
+}
+
+/// What rotation reads and builds: the three files.
+impl Source for TlsFiles {
+    type Material = Material;
+    type Built = Built;
+    type Error = TlsError;
+
     /// The three files' bytes, read once each (through any symlink, as a
     /// mounted Secret's `..data` swap requires).
-    pub fn read(&self) -> Result<Material, TlsError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::ReadFile {
-                path: path.to_owned(),
-                source,
-            })
-        };
+    fn read(&self) -> Result<Material, TlsError> {
         Ok(Material {
-            files: self.clone(),
-            cert: read(&self.cert)?,
-            key: read(&self.key)?,
-            client_ca: read(&self.client_ca)?,
+            cert: pem::read("--tls-cert", &self.cert)?,
+            key: pem::read("--tls-key", &self.key)?,
+            client_ca: pem::read(self.client_ca_flag, &self.client_ca)?,
+        })
+    }
+
+    /// The TLS 1.3 server configuration `material` makes: each file parsed,
+    /// the key checked against the certificate.
+    fn build(&self, material: &Material) -> Result<Built, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca_flag = self.client_ca_flag;
+
+        let chain = pem::certificates("--tls-cert", &self.cert, &material.cert)?;
+        // `pem::certificates` returns at least one.
+        let not_after = pem::not_after("--tls-cert", &self.cert, &chain[0])?;
+        let key = pem::private_key("--tls-key", &self.key, &material.key)?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in pem::certificates(ca_flag, &self.client_ca, &material.client_ca)? {
+            roots.add(ca).map_err(|source| TlsError::AddClientCa {
+                flag: ca_flag,
+                path: self.client_ca.clone(),
+                source,
+            })?;
+        }
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        if self.clients == ClientCertificate::Optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|source| TlsError::ClientVerifier {
+                flag: ca_flag,
+                path: self.client_ca.clone(),
+                source,
+            })?;
+
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::ProtocolVersions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|source| TlsError::ServingCertificate {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                source,
+            })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Built {
+            config: Arc::new(config),
+            not_after,
         })
     }
 }
@@ -134,7 +190,6 @@ impl TlsFiles {
 /// compare equal when nothing changed on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Material {
-    files: TlsFiles,
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Vec<u8>,
@@ -147,84 +202,6 @@ pub struct Built {
     pub config: Arc<ServerConfig>,
     /// The serving certificate's notAfter, Unix seconds.
     pub not_after: i64,
-}
-
-impl Material {
-    /// The TLS 1.3 server configuration this material makes: each file
-    /// parsed, the key checked against the certificate.
-    pub fn build(&self, client_certificate: ClientCertificate) -> Result<Built, TlsError> {
-        let files = &self.files;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-        let chain = parse_certificates(&files.cert, &self.cert)?;
-        let not_after = not_after(&files.cert, &chain[0])?;
-        let key_der =
-            PrivateKeyDer::from_pem_slice(&self.key).map_err(|source| TlsError::ReadKey {
-                path: files.key.clone(),
-                source,
-            })?;
-
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in parse_certificates(&files.client_ca, &self.client_ca)? {
-            roots.add(ca).map_err(|source| TlsError::AddClientCa {
-                path: files.client_ca.clone(),
-                source,
-            })?;
-        }
-        let mut verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-        if client_certificate == ClientCertificate::Optional {
-            verifier = verifier.allow_unauthenticated();
-        }
-        let verifier = verifier
-            .build()
-            .map_err(|source| TlsError::ClientVerifier {
-                path: files.client_ca.clone(),
-                source,
-            })?;
-
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(TlsError::ProtocolVersions)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key_der)
-            .map_err(|source| TlsError::ServingCertificate {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                source,
-            })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Built {
-            config: Arc::new(config),
-            not_after,
-        })
-    }
-}
-
-fn parse_certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::ReadCertificates {
-            path: path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The notAfter of `cert` (read from `path`), Unix seconds.
-fn not_after(path: &Path, cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-        TlsError::ParseCertificate {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(parsed.validity().not_after.timestamp())
 }
 
 /// Why a verified client certificate names no cluster.

@@ -7,7 +7,12 @@
 //! - [`serve`]: the HTTP accept loop (connection cap, header timeout,
 //!   graceful shutdown) that serves `/metrics` and the health probes.
 //! - [`metrics`]: the Prometheus text answer to `/metrics`.
+//! - [`pem`]: the PEM files of a TLS configuration, errors naming flag and
+//!   file.
+//! - [`rotation`]: TLS material that follows its files on disk.
 
 pub mod backoff;
 pub mod metrics;
+pub mod pem;
+pub mod rotation;
 pub mod serve;

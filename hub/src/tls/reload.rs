@@ -1,18 +1,11 @@
-//! Certificate rotation: a TLS server configuration that is read again from
-//! its files when they change on disk (cert-manager renewing a Secret
-//! mounted in the pod) and swapped in for the next handshake.
-//!
-//! The files are polled, not watched with inotify: a mounted Secret changes
-//! by kubelet swapping its `..data` symlink, which inotify on the file paths
-//! does not see, while re-reading the paths follows the new link. A change
-//! is noticed when any file's bytes differ from the last read. The new
-//! material is used only if all of it parses and the key fits the
-//! certificate; otherwise the error (naming the file) is logged once per
-//! distinct content and the previous configuration stays. Connections
-//! already established keep the configuration they were accepted with.
+//! Certificate rotation for the hub's listeners: each TLS server
+//! configuration follows its files on disk (see [`uplink_ops::rotation`] for
+//! how changes are found and settled) and is used from the next handshake
+//! on. Connections already established keep the configuration they were
+//! accepted with.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -20,8 +13,9 @@ use rustls::ServerConfig;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use uplink_ops::rotation::{self, Rotating};
 
-use super::{Built, ClientCertificate, Material, TlsError, TlsFiles};
+use super::{Built, TlsError, TlsFiles};
 
 /// Results of `uplink_hub_certificate_reloads_total`.
 pub mod reload_result {
@@ -62,56 +56,24 @@ impl RotationMetrics {
     }
 }
 
-/// How many times a poll reads the files again when what it read did not
-/// build and the files changed meanwhile.
-const SETTLE_RETRIES: usize = 2;
-
-/// What the last poll read: the material, or the error reading it.
-#[derive(Debug)]
-enum Seen {
-    Material(Material),
-    Unreadable(String),
-}
+/// What one poll found.
+pub type Polled = rotation::Polled<Built, TlsError>;
 
 /// A server configuration that follows its files.
 #[derive(Debug)]
 pub struct ServerTls {
     /// `tunnel` or `https`: for logs and metric labels.
     listener: &'static str,
-    files: TlsFiles,
-    clients: ClientCertificate,
-    current: RwLock<Built>,
-    /// Only the poller touches it.
-    seen: Mutex<Seen>,
+    files: Rotating<TlsFiles>,
     metrics: Option<RotationMetrics>,
-}
-
-/// What one poll found.
-#[derive(Debug)]
-pub enum Polled {
-    /// The files hold what they held at the last poll.
-    Unchanged,
-    /// New material, in use from the next handshake; its notAfter.
-    Reloaded { not_after: i64 },
-    /// New content that is unusable; the previous configuration stays.
-    Failed(TlsError),
 }
 
 impl ServerTls {
     /// Reads and builds the configuration; an error here is a startup error.
-    pub fn load(
-        listener: &'static str,
-        files: TlsFiles,
-        clients: ClientCertificate,
-    ) -> Result<Self, TlsError> {
-        let material = files.read()?;
-        let built = material.build(clients)?;
+    pub fn load(listener: &'static str, files: TlsFiles) -> Result<Self, TlsError> {
         Ok(Self {
             listener,
-            files,
-            clients,
-            current: RwLock::new(built),
-            seen: Mutex::new(Seen::Material(material)),
+            files: Rotating::load(files)?,
             metrics: None,
         })
     }
@@ -119,15 +81,13 @@ impl ServerTls {
     /// The tunnel's TLS from `--tls-cert`, `--tls-key` and `--client-ca`
     /// (client certificates required).
     pub fn tunnel(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
-        let files = TlsFiles::new(cert, key, client_ca);
-        Self::load("tunnel", files, ClientCertificate::Required)
+        Self::load("tunnel", TlsFiles::tunnel(cert, key, client_ca))
     }
 
     /// The HTTPS listener's TLS from `--tls-cert`, `--tls-key` and
     /// `--http-client-ca` (client certificates optional).
     pub fn https(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
-        let files = TlsFiles::new(cert, key, client_ca);
-        Self::load("https", files, ClientCertificate::Optional)
+        Self::load("https", TlsFiles::https(cert, key, client_ca))
     }
 
     /// Reports the expiry and reloads in `metrics` from now on.
@@ -146,11 +106,7 @@ impl ServerTls {
 
     /// The configuration new handshakes use.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .config
-            .clone()
+        self.files.current().config
     }
 
     /// An acceptor with [`ServerTls::config`].
@@ -160,16 +116,13 @@ impl ServerTls {
 
     /// The notAfter of the certificate in use, Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .not_after
+        self.files.current().not_after
     }
 
     /// Reads the files; if they changed, builds and swaps in the new
     /// configuration, or keeps the old one. Counts and logs the outcome.
     pub fn poll(&self) -> Polled {
-        let polled = self.check();
+        let polled = self.files.poll();
         let count = |result: &str| {
             if let Some(metrics) = &self.metrics {
                 metrics
@@ -180,20 +133,20 @@ impl ServerTls {
         };
         match &polled {
             Polled::Unchanged => {}
-            Polled::Reloaded { not_after } => {
+            Polled::Reloaded(built) => {
                 count(reload_result::SUCCESS);
                 if let Some(metrics) = &self.metrics {
                     metrics
                         .expiry
                         .with_label_values(&[self.listener])
-                        .set(*not_after);
+                        .set(built.not_after);
                 }
-                let expires = jiff::Timestamp::from_second(*not_after)
+                let expires = jiff::Timestamp::from_second(built.not_after)
                     .map(|t| t.to_string())
-                    .unwrap_or_else(|_| not_after.to_string());
+                    .unwrap_or_else(|_| built.not_after.to_string());
                 tracing::info!(
                     listener = self.listener,
-                    cert = %self.files.cert.display(),
+                    cert = %self.files.source().cert.display(),
                     %expires,
                     outcome = "reloaded",
                     "TLS certificate, key or CA changed on disk; new handshakes use them"
@@ -211,49 +164,6 @@ impl ServerTls {
         }
         polled
     }
-
-    fn check(&self) -> Polled {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut material = match self.files.read() {
-            Ok(material) => material,
-            Err(error) => {
-                let text = error.to_string();
-                if matches!(&*seen, Seen::Unreadable(last) if *last == text) {
-                    return Polled::Unchanged;
-                }
-                *seen = Seen::Unreadable(text);
-                return Polled::Failed(error);
-            }
-        };
-        if matches!(&*seen, Seen::Material(last) if *last == material) {
-            return Polled::Unchanged;
-        }
-        let mut built = material.build(self.clients);
-        // Files read while they are being replaced can be torn (a new
-        // certificate with the old key); when the files moved on since,
-        // the newer material is tried at once instead of logging an error.
-        for _ in 0..SETTLE_RETRIES {
-            if built.is_ok() {
-                break;
-            }
-            match self.files.read() {
-                Ok(again) if again != material => {
-                    material = again;
-                    built = material.build(self.clients);
-                }
-                _ => break,
-            }
-        }
-        *seen = Seen::Material(material);
-        match built {
-            Ok(built) => {
-                let not_after = built.not_after;
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = built;
-                Polled::Reloaded { not_after }
-            }
-            Err(error) => Polled::Failed(error),
-        }
-    }
 }
 
 /// Starts [`watch`] unless `period` is zero (reloading turned off).
@@ -268,27 +178,12 @@ pub fn spawn(
 
 /// Polls every configuration in `targets` each `period` until `shutdown`.
 pub async fn watch(targets: Vec<Arc<ServerTls>>, period: Duration, shutdown: CancellationToken) {
-    if period.is_zero() {
-        // Reloading is off (and an interval of zero would panic).
-        return;
-    }
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the files were just read at startup.
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    rotation::watch(period, shutdown, move || {
         for target in &targets {
-            let target = target.clone();
-            // File reads block; keep them off the runtime's workers.
-            if let Err(error) = tokio::task::spawn_blocking(move || target.poll()).await {
-                tracing::error!(%error, "polling the TLS files panicked");
-            }
+            target.poll();
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -304,7 +199,7 @@ mod tests {
     }
 
     fn files(dir: &Path) -> TlsFiles {
-        TlsFiles::new(
+        TlsFiles::tunnel(
             &dir.join("hub.crt"),
             &dir.join("hub.key"),
             &dir.join("ca.crt"),
@@ -316,8 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::new("reload test CA").unwrap();
         write(dir.path(), &pki);
-        let tls =
-            ServerTls::load("tunnel", files(dir.path()), ClientCertificate::Required).unwrap();
+        let tls = ServerTls::load("tunnel", files(dir.path())).unwrap();
         let before = tls.config();
         assert!(matches!(tls.poll(), Polled::Unchanged));
 
@@ -345,7 +239,7 @@ mod tests {
 
         // Then the key: the pair is in use.
         std::fs::write(dir.path().join("hub.key"), &next.key_pem).unwrap();
-        assert!(matches!(tls.poll(), Polled::Reloaded { .. }));
+        assert!(matches!(tls.poll(), Polled::Reloaded(_)));
         assert!(!Arc::ptr_eq(&before, &tls.config()));
     }
 
@@ -354,8 +248,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::new("reload test CA").unwrap();
         write(dir.path(), &pki);
-        let tls =
-            ServerTls::load("tunnel", files(dir.path()), ClientCertificate::Required).unwrap();
+        let tls = ServerTls::load("tunnel", files(dir.path())).unwrap();
         std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
         match tls.poll() {
             Polled::Failed(error) => assert!(error.to_string().contains("ca.crt"), "{error}"),
@@ -381,8 +274,7 @@ mod tests {
         for name in ["hub.crt", "hub.key", "ca.crt"] {
             symlink(Path::new("..data").join(name), dir.path().join(name)).unwrap();
         }
-        let tls =
-            ServerTls::load("tunnel", files(dir.path()), ClientCertificate::Required).unwrap();
+        let tls = ServerTls::load("tunnel", files(dir.path())).unwrap();
         let old_expiry = tls.not_after();
 
         let second = dir.path().join("..2026_02_01_00_00_00.2");
@@ -396,7 +288,7 @@ mod tests {
         std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
 
         match tls.poll() {
-            Polled::Reloaded { not_after } => {
+            Polled::Reloaded(Built { not_after, .. }) => {
                 assert_ne!(not_after, old_expiry);
                 assert_eq!(tls.not_after(), not_after);
             }
