@@ -126,6 +126,14 @@ impl Source for TlsFiles {
     type Built = Built;
     type Error = TlsError;
 
+    fn not_after(built: &Built) -> i64 {
+        built.not_after
+    }
+
+    fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
     /// The three files' bytes, read once each (through any symlink, as a
     /// mounted Secret's `..data` swap requires).
     fn read(&self) -> Result<Material, TlsError> {

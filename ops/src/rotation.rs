@@ -12,9 +12,11 @@
 //! content and the previous configuration stays. Whatever was built from the
 //! old material (established sessions) is not touched.
 
+use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntGauge};
 use tokio_util::sync::CancellationToken;
 
 /// A set of files and what they build.
@@ -30,6 +32,22 @@ pub trait Source {
 
     fn read(&self) -> Result<Self::Material, Self::Error>;
     fn build(&self, material: &Self::Material) -> Result<Self::Built, Self::Error>;
+    /// When `built` expires: its certificate's notAfter, Unix seconds.
+    fn not_after(built: &Self::Built) -> i64;
+    /// The certificate file, for logs.
+    fn cert_path(&self) -> &Path;
+}
+
+/// One configuration's rotation metrics, labels already chosen by the
+/// binary that owns them (`uplink_hub_...{listener}`, `uplink_agent_...`).
+#[derive(Debug, Clone)]
+pub struct RotationMetrics {
+    /// `..._certificate_expiry_timestamp_seconds`: the notAfter in use.
+    pub expiry: IntGauge,
+    /// `..._certificate_reloads_total{result="success"}`.
+    pub reloaded: IntCounter,
+    /// `..._certificate_reloads_total{result="failure"}`.
+    pub failed: IntCounter,
 }
 
 /// How many times a poll reads the files again when what it read did not
@@ -57,26 +75,39 @@ pub enum Polled<B, E> {
 /// What a [`Source`] built, following its files.
 #[derive(Debug)]
 pub struct Rotating<S: Source> {
+    /// What the configuration is for (`tunnel`, `https`, `client`): logs.
+    name: &'static str,
     source: S,
     current: RwLock<S::Built>,
     /// Only the poller touches it.
     seen: Mutex<Seen<S::Material>>,
+    metrics: Option<RotationMetrics>,
 }
 
 impl<S: Source> Rotating<S> {
     /// Reads and builds; an error here is a startup error.
-    pub fn load(source: S) -> Result<Self, S::Error> {
+    pub fn load(name: &'static str, source: S) -> Result<Self, S::Error> {
         let material = source.read()?;
         let built = source.build(&material)?;
         Ok(Self {
+            name,
             source,
             current: RwLock::new(built),
             seen: Mutex::new(Seen::Material(material)),
+            metrics: None,
         })
     }
 
-    pub fn source(&self) -> &S {
-        &self.source
+    /// Reports the expiry and reloads in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: RotationMetrics) -> Self {
+        metrics.expiry.set(self.not_after());
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The notAfter of the certificate in use, Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        S::not_after(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// What is in use now.
@@ -88,8 +119,45 @@ impl<S: Source> Rotating<S> {
     }
 
     /// Reads the files; if they changed, builds and swaps in the result, or
-    /// keeps what is in use. Blocks on file reads.
+    /// keeps what is in use; counts and logs the outcome. Blocks on file
+    /// reads.
     pub fn poll(&self) -> Polled<S::Built, S::Error> {
+        let polled = self.check();
+        match &polled {
+            Polled::Unchanged => {}
+            Polled::Reloaded(built) => {
+                let not_after = S::not_after(built);
+                if let Some(metrics) = &self.metrics {
+                    metrics.reloaded.inc();
+                    metrics.expiry.set(not_after);
+                }
+                let expires = jiff::Timestamp::from_second(not_after)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| not_after.to_string());
+                tracing::info!(
+                    tls = self.name,
+                    cert = %self.source.cert_path().display(),
+                    %expires,
+                    outcome = "reloaded",
+                    "TLS certificate, key or CA changed on disk; new handshakes use them"
+                );
+            }
+            Polled::Failed(error) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.failed.inc();
+                }
+                tracing::error!(
+                    tls = self.name,
+                    %error,
+                    outcome = "kept",
+                    "TLS files changed on disk but are not usable; keeping the previous certificate"
+                );
+            }
+        }
+        polled
+    }
+
+    fn check(&self) -> Polled<S::Built, S::Error> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let mut material = match self.source.read() {
             Ok(material) => material,
@@ -205,34 +273,62 @@ mod tests {
                 Ok(material.to_uppercase())
             }
         }
+
+        fn not_after(built: &String) -> i64 {
+            built.len() as i64
+        }
+
+        fn cert_path(&self) -> &Path {
+            Path::new("script.crt")
+        }
+    }
+
+    fn metrics() -> RotationMetrics {
+        RotationMetrics {
+            expiry: IntGauge::new("expiry", "test").unwrap(),
+            reloaded: IntCounter::new("reloaded", "test").unwrap(),
+            failed: IntCounter::new("failed", "test").unwrap(),
+        }
     }
 
     #[test]
     fn a_change_is_built_once_and_a_failure_reported_once() {
-        let files = Rotating::load(Script::new(&[
-            Ok("a"),
-            Ok("a"),
-            Ok("torn"),
-            Ok("torn"),
-            Err("gone"),
-            Err("gone"),
-            Ok("b"),
-        ]))
-        .unwrap();
+        let metrics = metrics();
+        let files = Rotating::load(
+            "test",
+            Script::new(&[
+                Ok("a"),
+                Ok("a"),
+                Ok("torn"),
+                Ok("torn"),
+                Err("gone"),
+                Err("gone"),
+                Ok("bb"),
+            ]),
+        )
+        .unwrap()
+        .with_metrics(metrics.clone());
         assert_eq!(files.current(), "A");
+        assert_eq!(metrics.expiry.get(), 1);
         assert!(matches!(files.poll(), Polled::Unchanged));
         // Torn, and still torn when read again: reported, old kept.
         assert!(matches!(files.poll(), Polled::Failed(e) if e == "torn"));
         assert_eq!(files.current(), "A");
         assert!(matches!(files.poll(), Polled::Failed(e) if e == "gone"));
         assert!(matches!(files.poll(), Polled::Unchanged), "reported once");
-        assert!(matches!(files.poll(), Polled::Reloaded(b) if b == "B"));
-        assert_eq!(files.current(), "B");
+        assert!(matches!(files.poll(), Polled::Reloaded(b) if b == "BB"));
+        assert_eq!(files.current(), "BB");
+        assert_eq!(
+            (metrics.reloaded.get(), metrics.failed.get()),
+            (1, 2),
+            "counted as reported"
+        );
+        assert_eq!(metrics.expiry.get(), 2, "the expiry moves");
     }
 
     #[test]
     fn a_torn_read_that_settles_is_no_failure() {
-        let files = Rotating::load(Script::new(&[Ok("a"), Ok("torn"), Ok("b")])).unwrap();
+        let files = Rotating::load("test", Script::new(&[Ok("a"), Ok("torn"), Ok("b")])).unwrap();
         assert!(matches!(files.poll(), Polled::Reloaded(b) if b == "B"));
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use uplink_ops::rotation::{self, Rotating};
+use uplink_ops::rotation::{self, Rotating, RotationMetrics};
 
 use super::{Built, TlsError, TlsFiles};
 use crate::metrics::{Metrics, reload_result};
@@ -19,23 +19,26 @@ pub type Polled = rotation::Polled<Built, TlsError>;
 #[derive(Debug)]
 pub struct ClientTls {
     files: Rotating<TlsFiles>,
-    metrics: Option<Metrics>,
 }
 
 impl ClientTls {
     /// Reads and builds the configuration; an error here is a startup error.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         Ok(Self {
-            files: Rotating::load(files)?,
-            metrics: None,
+            files: Rotating::load("client", files)?,
         })
     }
 
     /// Reports the expiry and reloads in `metrics` from now on.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        metrics.certificate_expiry.set(self.not_after());
-        self.metrics = Some(metrics);
-        self
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let reloads = |result| metrics.certificate_reloads.with_label_values(&[result]);
+        Self {
+            files: self.files.with_metrics(RotationMetrics {
+                expiry: metrics.certificate_expiry.clone(),
+                reloaded: reloads(reload_result::SUCCESS),
+                failed: reloads(reload_result::FAILURE),
+            }),
+        }
     }
 
     /// The configuration the next connection uses.
@@ -45,45 +48,13 @@ impl ClientTls {
 
     /// The notAfter of the client certificate in use, Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.files.current().not_after
+        self.files.not_after()
     }
 
     /// Reads the files; if they changed, builds and swaps in the new
     /// configuration, or keeps the old one. Counts and logs the outcome.
     pub fn poll(&self) -> Polled {
-        let polled = self.files.poll();
-        let count = |result: &str| {
-            if let Some(metrics) = &self.metrics {
-                metrics
-                    .certificate_reloads
-                    .with_label_values(&[result])
-                    .inc();
-            }
-        };
-        match &polled {
-            Polled::Unchanged => {}
-            Polled::Reloaded(built) => {
-                count(reload_result::SUCCESS);
-                if let Some(metrics) = &self.metrics {
-                    metrics.certificate_expiry.set(built.not_after);
-                }
-                tracing::info!(
-                    cert = %self.files.source().cert.display(),
-                    not_after = built.not_after,
-                    outcome = "reloaded",
-                    "TLS certificate, key or hub CA changed on disk; the next connection uses them"
-                );
-            }
-            Polled::Failed(error) => {
-                count(reload_result::FAILURE);
-                tracing::error!(
-                    %error,
-                    outcome = "kept",
-                    "TLS files changed on disk but are not usable; keeping the previous certificate"
-                );
-            }
-        }
-        polled
+        self.files.poll()
     }
 }
 

@@ -65,7 +65,6 @@ pub struct ServerTls {
     /// `tunnel` or `https`: for logs and metric labels.
     listener: &'static str,
     files: Rotating<TlsFiles>,
-    metrics: Option<RotationMetrics>,
 }
 
 impl ServerTls {
@@ -73,8 +72,7 @@ impl ServerTls {
     pub fn load(listener: &'static str, files: TlsFiles) -> Result<Self, TlsError> {
         Ok(Self {
             listener,
-            files: Rotating::load(files)?,
-            metrics: None,
+            files: Rotating::load(listener, files)?,
         })
     }
 
@@ -90,18 +88,19 @@ impl ServerTls {
         Self::load("https", TlsFiles::https(cert, key, client_ca))
     }
 
-    /// Reports the expiry and reloads in `metrics` from now on.
-    pub fn with_metrics(mut self, metrics: RotationMetrics) -> Self {
-        metrics
-            .expiry
-            .with_label_values(&[self.listener])
-            .set(self.not_after());
-        // Both results present from the start, so a rate reads 0, not nothing.
-        for result in [reload_result::SUCCESS, reload_result::FAILURE] {
-            metrics.reloads.with_label_values(&[self.listener, result]);
+    /// Reports the expiry and reloads in `metrics` from now on; both
+    /// results are present from the start, so a rate reads 0, not nothing.
+    pub fn with_metrics(self, metrics: RotationMetrics) -> Self {
+        let listener = self.listener;
+        let reloads = |result| metrics.reloads.with_label_values(&[listener, result]);
+        Self {
+            listener,
+            files: self.files.with_metrics(rotation::RotationMetrics {
+                expiry: metrics.expiry.with_label_values(&[listener]),
+                reloaded: reloads(reload_result::SUCCESS),
+                failed: reloads(reload_result::FAILURE),
+            }),
         }
-        self.metrics = Some(metrics);
-        self
     }
 
     /// The configuration new handshakes use.
@@ -116,53 +115,13 @@ impl ServerTls {
 
     /// The notAfter of the certificate in use, Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.files.current().not_after
+        self.files.not_after()
     }
 
     /// Reads the files; if they changed, builds and swaps in the new
     /// configuration, or keeps the old one. Counts and logs the outcome.
     pub fn poll(&self) -> Polled {
-        let polled = self.files.poll();
-        let count = |result: &str| {
-            if let Some(metrics) = &self.metrics {
-                metrics
-                    .reloads
-                    .with_label_values(&[self.listener, result])
-                    .inc();
-            }
-        };
-        match &polled {
-            Polled::Unchanged => {}
-            Polled::Reloaded(built) => {
-                count(reload_result::SUCCESS);
-                if let Some(metrics) = &self.metrics {
-                    metrics
-                        .expiry
-                        .with_label_values(&[self.listener])
-                        .set(built.not_after);
-                }
-                let expires = jiff::Timestamp::from_second(built.not_after)
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|_| built.not_after.to_string());
-                tracing::info!(
-                    listener = self.listener,
-                    cert = %self.files.source().cert.display(),
-                    %expires,
-                    outcome = "reloaded",
-                    "TLS certificate, key or CA changed on disk; new handshakes use them"
-                );
-            }
-            Polled::Failed(error) => {
-                count(reload_result::FAILURE);
-                tracing::error!(
-                    listener = self.listener,
-                    %error,
-                    outcome = "kept",
-                    "TLS files changed on disk but are not usable; keeping the previous certificate"
-                );
-            }
-        }
-        polled
+        self.files.poll()
     }
 }
 
