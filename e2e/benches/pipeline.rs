@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use uplink_agent::ResourceSpec;
 use uplink_agent::mapping::{DownstreamRef, Locator, to_upstream};
 use uplink_hub::aggregate::{ClusterView, FeatureGates, MergePolicy, merge};
-use uplink_hub::store::{Entry, ObjectKey};
+use uplink_hub::store::{Entry, KeyParts, ObjectKey};
 
 fn map_upstream(c: &mut Criterion) {
     let annotation = r#"{"cluster":"root:org:team-a","namespace":"shop"}"#;
@@ -37,7 +37,7 @@ fn map_upstream(c: &mut Criterion) {
 }
 
 fn merge_statuses(c: &mut Criterion) {
-    let key = ObjectKey {
+    let key = ObjectKey::new(KeyParts {
         workspace: "root:org:team-a".to_owned(),
         group: "apps".to_owned(),
         version: "v1".to_owned(),
@@ -45,7 +45,7 @@ fn merge_statuses(c: &mut Criterion) {
         kind: "Deployment".to_owned(),
         namespace: Some("shop".to_owned()),
         name: "web".to_owned(),
-    };
+    });
     let status = serde_json::json!({
         "observedGeneration": 4, "replicas": 3, "updatedReplicas": 3,
         "readyReplicas": 3, "availableReplicas": 3,

@@ -112,6 +112,7 @@ pub fn report_cost(key: &ObjectKey, status: Option<&Status>, uid: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyParts;
 
     const MIB: u64 = 1024 * 1024;
 
@@ -165,7 +166,7 @@ mod tests {
 
     #[test]
     fn cost_counts_the_text_and_names() {
-        let key = ObjectKey {
+        let key = ObjectKey::new(KeyParts {
             workspace: "ws".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -173,7 +174,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("ns".into()),
             name: "web".into(),
-        };
+        });
         let status = Status::of(&serde_json::json!({"a": [0, 0]}));
         let names = 2 + 4 + 2 + 11 + 10 + 2 + 3;
         assert_eq!(

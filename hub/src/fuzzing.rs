@@ -314,7 +314,7 @@ fn list_placement(placements: &Placements, max_objects: u64) {
 
 /// The key of placed deployment `name`.
 pub fn placed_key(name: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: WORKSPACE.to_owned(),
         group: "apps".to_owned(),
         version: "v1".to_owned(),
@@ -322,7 +322,7 @@ pub fn placed_key(name: &str) -> ObjectKey {
         kind: "Deployment".to_owned(),
         namespace: Some(NAMESPACE.to_owned()),
         name: name.to_owned(),
-    }
+    })
 }
 
 /// Finalizer calls fail: nothing upstream (the session never waits on them).

@@ -497,6 +497,7 @@ pub fn not_reported(last: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::KeyParts;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -675,7 +676,7 @@ mod tests {
     }
 
     fn key() -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:a".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -683,7 +684,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("default".into()),
             name: "web".into(),
-        }
+        })
     }
 
     fn upsert(seq: u64, status: Value) -> Update {

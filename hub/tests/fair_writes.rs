@@ -20,14 +20,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{Aggregator, FeatureGates, MergePolicy};
 use uplink_hub::health::Health;
-use uplink_hub::store::{Entry, ObjectKey, Store, Update};
+use uplink_hub::store::{Entry, KeyParts, ObjectKey, Store, Update};
 use uplink_hub::writer::{WriteQueue, Writer, WriterSettings};
 use uplink_hub::{HubConfig, Metrics};
 
 const FLOOD: usize = 100_000;
 
 fn key(workspace: &str, name: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: workspace.into(),
         group: "apps".into(),
         version: "v1".into(),
@@ -35,7 +35,7 @@ fn key(workspace: &str, name: &str) -> ObjectKey {
         kind: "Deployment".into(),
         namespace: Some("default".into()),
         name: name.into(),
-    }
+    })
 }
 
 fn update(key: ObjectKey, seq: u64, status: Value) -> Update {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig, StaticToken};
 use uplink_hub::http::{DEFAULT_LIMIT, HttpAuthConfig, HttpAuthMode, MAX_LIMIT};
-use uplink_hub::store::{Entry, ObjectKey, Update};
+use uplink_hub::store::{Entry, KeyParts, ObjectKey, Update};
 
 use support::{Pki, TestHub};
 
@@ -78,7 +78,7 @@ async fn get(hub: &TestHub, path: &str, token: Option<&str>) -> Result<Answer> {
 }
 
 fn key(i: usize) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: format!("root:team-{}", i % 7),
         group: "apps".into(),
         version: "v1".into(),
@@ -86,7 +86,7 @@ fn key(i: usize) -> ObjectKey {
         kind: "Deployment".into(),
         namespace: (!i.is_multiple_of(5)).then(|| format!("ns-{}", i % 13)),
         name: format!("app-{i:06}"),
-    }
+    })
 }
 
 fn update(i: usize, seq: u64, pad: &str) -> Update {
@@ -139,7 +139,7 @@ async fn all_pages(hub: &TestHub, path: &str, limit: usize) -> Result<(Vec<Value
 
 fn object_key(item: &Value) -> Result<ObjectKey> {
     let text = |f: &str| item[f].as_str().map(str::to_owned).context(f.to_owned());
-    Ok(ObjectKey {
+    Ok(ObjectKey::new(KeyParts {
         workspace: text("workspace")?,
         group: text("group")?,
         version: text("version")?,
@@ -147,7 +147,7 @@ fn object_key(item: &Value) -> Result<ObjectKey> {
         kind: text("kind")?,
         namespace: item["namespace"].as_str().map(str::to_owned),
         name: text("name")?,
-    })
+    }))
 }
 
 /// The finding: one anonymous `GET /api/v1/objects` built the whole fleet

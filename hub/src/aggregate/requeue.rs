@@ -118,6 +118,7 @@ pub async fn watch_cluster_states(
 
 #[cfg(test)]
 mod tests {
+    use crate::store::KeyParts;
     use serde_json::{Value, json};
 
     use super::*;
@@ -127,7 +128,7 @@ mod tests {
     use crate::store::{Entry, Update};
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:a".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -135,7 +136,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("default".into()),
             name: name.into(),
-        }
+        })
     }
 
     fn update(name: &str, status: Value) -> Update {

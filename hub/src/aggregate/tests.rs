@@ -2,6 +2,7 @@
 //! objects, each strategy, conflicts and gates; and property tests that no
 //! arrival order or replay changes the result.
 
+use crate::store::KeyParts;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::writer::WriteQueue;
 const T0: i64 = 1_700_000_000_000;
 
 fn key(group: &str, resource: &str, kind: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: "root:org:team-a".into(),
         group: group.into(),
         version: "v1".into(),
@@ -27,7 +28,7 @@ fn key(group: &str, resource: &str, kind: &str) -> ObjectKey {
         kind: kind.into(),
         namespace: Some("shop".into()),
         name: "web".into(),
-    }
+    })
 }
 
 fn deployment() -> ObjectKey {

@@ -272,9 +272,10 @@ impl DownwardQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyParts;
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:org".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -282,7 +283,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("shop".into()),
             name: name.into(),
-        }
+        })
     }
 
     fn apply(text: &str) -> Change {

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::page::Page;
-use crate::store::ObjectKey;
+use crate::store::{KeyParts, ObjectKey};
 
 /// Items in a page when the request names no `limit`.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -78,7 +78,7 @@ impl ListKey for String {
 impl ListKey for ObjectKey {
     fn from_json(value: &Value) -> Option<Self> {
         let text = |field: &str| value.get(field)?.as_str().map(str::to_owned);
-        Some(ObjectKey {
+        Some(ObjectKey::new(KeyParts {
             workspace: text("workspace")?,
             group: text("group")?,
             version: text("version")?,
@@ -90,7 +90,7 @@ impl ListKey for ObjectKey {
                 _ => return None,
             },
             name: text("name")?,
-        })
+        }))
     }
 }
 
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn key(name: &str, namespace: Option<&str>) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:org".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -271,7 +271,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: namespace.map(str::to_owned),
             name: name.into(),
-        }
+        })
     }
 
     #[test]

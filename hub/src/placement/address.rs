@@ -11,7 +11,7 @@
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 
-use crate::store::ObjectKey;
+use crate::store::{KeyParts, ObjectKey};
 
 /// An object's address upstream.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl Address {
 
     /// The full key of the object at this address, of `version` and `kind`.
     pub fn key(&self, version: &str, kind: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: self.workspace.clone(),
             group: self.group.clone(),
             version: version.to_owned(),
@@ -84,7 +84,7 @@ impl Address {
             kind: kind.to_owned(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-        }
+        })
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
     use super::*;
 
     fn key(version: &str, kind: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:org".into(),
             group: "apps".into(),
             version: version.into(),
@@ -137,7 +137,7 @@ mod tests {
             kind: kind.into(),
             namespace: Some("shop".into()),
             name: "web".into(),
-        }
+        })
     }
 
     #[test]
@@ -146,10 +146,10 @@ mod tests {
         map.insert(Address::of(&key("v1", "Deployment")), 1);
         let probe = key("v1beta1", "Job");
         assert_eq!(map.get(&probe as &dyn AddressParts), Some(&1));
-        let other = ObjectKey {
+        let other = ObjectKey::new(KeyParts {
             namespace: None,
-            ..key("v1", "Deployment")
-        };
+            ..key("v1", "Deployment").parts().clone()
+        });
         assert_eq!(map.get(&other as &dyn AddressParts), None);
         assert_eq!(
             Address::of(&probe).key("v1", "Deployment"),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::KeyParts;
 
 const WS: &str = "root:org:team-a";
 
@@ -21,7 +22,7 @@ fn target(cluster: &str) -> SyncTargetRef {
 }
 
 fn deployment(name: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: WS.into(),
         group: "apps".into(),
         version: "v1".into(),
@@ -29,7 +30,7 @@ fn deployment(name: &str) -> ObjectKey {
         kind: "Deployment".into(),
         namespace: Some("shop".into()),
         name: name.into(),
-    }
+    })
 }
 
 fn placed(name: &str, uid: &str) -> PlacedAddress {
@@ -98,28 +99,28 @@ fn a_placed_object_is_taken_from_its_cluster_only() {
     assert_eq!(view.verdict("c", &deployment("web")), Verdict::Hold);
     // Not placed (yet): held, the label may be on its way.
     assert_eq!(view.verdict("a", &deployment("api")), Verdict::Hold);
-    let other_workspace = ObjectKey {
+    let other_workspace = ObjectKey::new(KeyParts {
         workspace: "root:org:team-b".into(),
-        ..deployment("web")
-    };
+        ..deployment("web").parts().clone()
+    });
     assert_eq!(view.verdict("a", &other_workspace), Verdict::Hold);
 }
 
 #[test]
 fn another_kind_or_version_of_a_placed_object_is_refused() {
     let view = listed();
-    let as_job = ObjectKey {
+    let as_job = ObjectKey::new(KeyParts {
         kind: "Job".into(),
-        ..deployment("web")
-    };
+        ..deployment("web").parts().clone()
+    });
     assert_eq!(
         view.verdict("a", &as_job),
         Verdict::Reject(Rejected::KIND_MISMATCH)
     );
-    let old_version = ObjectKey {
+    let old_version = ObjectKey::new(KeyParts {
         version: "v1beta1".into(),
-        ..deployment("web")
-    };
+        ..deployment("web").parts().clone()
+    });
     assert_eq!(
         view.verdict("a", &old_version),
         Verdict::Reject(Rejected::KIND_MISMATCH)
@@ -129,7 +130,7 @@ fn another_kind_or_version_of_a_placed_object_is_refused() {
 #[test]
 fn synctargets_and_unsynced_types_are_refused() {
     let view = listed();
-    let synctarget = ObjectKey {
+    let synctarget = ObjectKey::new(KeyParts {
         group: SYNCTARGET_GROUP.into(),
         version: "v1alpha1".into(),
         resource: SYNCTARGET_RESOURCE.into(),
@@ -137,17 +138,17 @@ fn synctargets_and_unsynced_types_are_refused() {
         workspace: "root".into(),
         namespace: None,
         name: "b".into(),
-    };
+    });
     assert_eq!(
         view.verdict("a", &synctarget),
         Verdict::Reject(Rejected::RESERVED_RESOURCE)
     );
-    let secret = ObjectKey {
+    let secret = ObjectKey::new(KeyParts {
         group: String::new(),
         resource: "secrets".into(),
         kind: "Secret".into(),
-        ..deployment("db")
-    };
+        ..deployment("db").parts().clone()
+    });
     assert_eq!(
         view.verdict("a", &secret),
         Verdict::Reject(Rejected::RESOURCE_NOT_SYNCED)

@@ -198,13 +198,13 @@ fn delta(queued: Queued) -> DownwardDelta {
     DownwardDelta {
         seq,
         object: ObjectRef {
-            group: key.group,
-            version: key.version,
-            resource: key.resource,
-            kind: key.kind,
-            workspace: key.workspace,
-            namespace: key.namespace,
-            name: key.name,
+            group: key.group.clone(),
+            version: key.version.clone(),
+            resource: key.resource.clone(),
+            kind: key.kind.clone(),
+            workspace: key.workspace.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
             uid,
         },
         change: match change {

@@ -14,7 +14,7 @@ use super::wire::Violation;
 use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::status::Status;
-use crate::store::{Entry, ObjectKey, StoreError, Update};
+use crate::store::{Entry, KeyParts, ObjectKey, StoreError, Update};
 
 /// A snapshot being received.
 pub(super) struct SnapshotBuffer {
@@ -358,7 +358,7 @@ fn into_update(delta: Delta, entry: Option<Entry>) -> Update {
         uid,
     } = delta.object;
     Update {
-        key: ObjectKey {
+        key: ObjectKey::new(KeyParts {
             workspace,
             group,
             version,
@@ -366,7 +366,7 @@ fn into_update(delta: Delta, entry: Option<Entry>) -> Update {
             kind,
             namespace,
             name,
-        },
+        }),
         seq: delta.seq,
         entry: entry.map(|entry| Entry { uid, ..entry }),
     }

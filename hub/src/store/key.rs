@@ -2,7 +2,8 @@
 //! reported of it ([`Entry`], [`Update`]), where its stream stands
 //! ([`Position`]) and what an ingest did ([`Applied`], [`StoreError`]).
 
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use uplink_protocol::ObjectRef;
@@ -15,8 +16,24 @@ pub type ClusterName = String;
 
 /// Names one upstream object: where it lives in KCP and what it is. The
 /// downstream uid is not part of it (each cluster has its own).
+///
+/// A shared handle, hashed once when it is made: every report passes
+/// through several maps (the store's, the cluster's keys, the write queue),
+/// and hashing and comparing seven strings at each was a third of the hub's
+/// CPU per delta. Clones share the parts; two handles of one object compare
+/// by pointer first. The hash is keyed per process (agents choose the
+/// strings, so it must not be predictable). Fields read through `Deref`.
+#[derive(Clone)]
+pub struct ObjectKey(Arc<Interned>);
+
+struct Interned {
+    hash: u64,
+    parts: KeyParts,
+}
+
+/// The parts of an [`ObjectKey`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ObjectKey {
+pub struct KeyParts {
     pub workspace: String,
     pub group: String,
     pub version: String,
@@ -26,9 +43,75 @@ pub struct ObjectKey {
     pub name: String,
 }
 
+impl ObjectKey {
+    pub fn new(parts: KeyParts) -> Self {
+        static HASHER: OnceLock<RandomState> = OnceLock::new();
+        let hash = HASHER.get_or_init(RandomState::new).hash_one(&parts);
+        Self(Arc::new(Interned { hash, parts }))
+    }
+
+    /// The parts, to build a changed key from.
+    pub fn parts(&self) -> &KeyParts {
+        &self.0.parts
+    }
+}
+
+impl From<KeyParts> for ObjectKey {
+    fn from(parts: KeyParts) -> Self {
+        Self::new(parts)
+    }
+}
+
+impl std::ops::Deref for ObjectKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0.parts
+    }
+}
+
+impl PartialEq for ObjectKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.parts == other.0.parts)
+    }
+}
+
+impl Eq for ObjectKey {}
+
+impl std::hash::Hash for ObjectKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for ObjectKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ObjectKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.parts.cmp(&other.0.parts)
+    }
+}
+
+impl std::fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.parts.fmt(f)
+    }
+}
+
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.parts.serialize(serializer)
+    }
+}
+
 impl From<&ObjectRef> for ObjectKey {
     fn from(object: &ObjectRef) -> Self {
-        Self {
+        Self::new(KeyParts {
             workspace: object.workspace.clone(),
             group: object.group.clone(),
             version: object.version.clone(),
@@ -36,7 +119,7 @@ impl From<&ObjectRef> for ObjectKey {
             kind: object.kind.clone(),
             namespace: object.namespace.clone(),
             name: object.name.clone(),
-        }
+        })
     }
 }
 

@@ -45,7 +45,7 @@ mod unplace;
 use cost::{charge, entry_cost, held_cost, stored_cost};
 use held::Held;
 pub use held::{HeldVerdict, RefusedHeld};
-pub use key::{Applied, ClusterName, Entry, ObjectKey, Position, StoreError, Update};
+pub use key::{Applied, ClusterName, Entry, KeyParts, ObjectKey, Position, StoreError, Update};
 
 /// The latest entry per object and cluster.
 #[derive(Debug)]
@@ -226,35 +226,38 @@ impl Store {
                 continue; // replayed or reordered: something newer is stored
             }
             highest = highest.max(update.seq);
-            let from = stored_cost(objects, &update.key, cluster)
+            // The stored handle of the key, when there is one: the maps
+            // below then compare pointers, not strings.
+            let key = canonical(objects, update.key);
+            let from = stored_cost(objects, &key, cluster)
                 + state
                     .held
-                    .get(&update.key)
-                    .map_or(0, |h| held_cost(&update.key, h.entry.as_ref()));
+                    .get(&key)
+                    .map_or(0, |h| held_cost(&key, h.entry.as_ref()));
             let to = update
                 .entry
                 .as_ref()
-                .map_or(0, |entry| entry_cost(&update.key, entry));
+                .map_or(0, |entry| entry_cost(&key, entry));
             if let Err(over) = self.budget.admit(state.bytes, *total, known, from, to) {
-                refused.push((update.key, update.seq, over.reason()));
+                refused.push((key, update.seq, over.reason()));
                 continue;
             }
             charge(total, &mut state.bytes, from, to);
-            state.held.remove(&update.key);
+            state.held.remove(&key);
             let changed = match update.entry {
                 Some(entry) => {
-                    if !state.keys.contains(&update.key) {
-                        state.keys.insert(update.key.clone());
+                    if !state.keys.contains(&key) {
+                        state.keys.insert(key.clone());
                     }
-                    upsert_entry(objects, &update.key, cluster, entry)
+                    upsert_entry(objects, &key, cluster, entry)
                 }
                 None => {
-                    state.keys.remove(&update.key);
-                    remove_entry(objects, &update.key, cluster)
+                    state.keys.remove(&key);
+                    remove_entry(objects, &key, cluster)
                 }
             };
             if changed {
-                self.queue.push(update.key, cluster);
+                self.queue.push(key, cluster);
             }
         }
         state.position.seq = highest;
@@ -404,6 +407,17 @@ impl Store {
 /// Stores `cluster`'s `entry` for `key`; whether the status changed. On the
 /// ingest path, once per delta: the key and the cluster name are cloned only
 /// the first time they are stored.
+/// The handle of `key` the store already holds, or `key` itself.
+fn canonical(
+    objects: &HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
+    key: ObjectKey,
+) -> ObjectKey {
+    match objects.get_key_value(&key) {
+        Some((stored, _)) => stored.clone(),
+        None => key,
+    }
+}
+
 fn upsert_entry(
     objects: &mut HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
     key: &ObjectKey,

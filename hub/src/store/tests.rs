@@ -8,7 +8,7 @@ use serde_json::json;
 use uplink_protocol::Rejected;
 
 fn key(name: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: "root:org:team-a".into(),
         group: "apps".into(),
         version: "v1".into(),
@@ -16,7 +16,7 @@ fn key(name: &str) -> ObjectKey {
         kind: "Deployment".into(),
         namespace: Some("default".into()),
         name: name.into(),
-    }
+    })
 }
 
 fn upsert(name: &str, seq: u64, status: Value) -> Update {

@@ -136,9 +136,10 @@ impl Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyParts;
 
     fn key(workspace: &str, name: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: workspace.into(),
             group: String::new(),
             version: "v1".into(),
@@ -146,7 +147,7 @@ mod tests {
             kind: "ConfigMap".into(),
             namespace: Some("default".into()),
             name: name.into(),
-        }
+        })
     }
 
     fn order(flows: &mut Flows) -> Vec<String> {

@@ -338,9 +338,10 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyParts;
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "ws".into(),
             group: String::new(),
             version: "v1".into(),
@@ -348,7 +349,7 @@ mod tests {
             kind: "Pod".into(),
             namespace: Some("default".into()),
             name: name.into(),
-        }
+        })
     }
 
     fn queue() -> WriteQueue {
@@ -420,10 +421,10 @@ mod tests {
     }
 
     fn key_in(workspace: &str, name: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: workspace.into(),
-            ..key(name)
-        }
+            ..key(name).parts().clone()
+        })
     }
 
     #[tokio::test]

@@ -70,12 +70,13 @@ fn merge_diff(old: &Value, new: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::KeyParts;
     use serde_json::json;
 
     use super::*;
 
     fn key() -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: "root:a".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -83,20 +84,20 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("default".into()),
             name: "web".into(),
-        }
+        })
     }
 
     #[test]
     fn apply_configuration_of_core_and_cluster_scoped_objects() {
-        let node = ObjectKey {
+        let node = ObjectKey::new(KeyParts {
             group: String::new(),
             version: "v1".into(),
             resource: "nodes".into(),
             kind: "Node".into(),
             namespace: None,
             name: "n1".into(),
-            ..key()
-        };
+            ..key().parts().clone()
+        });
         assert_eq!(
             apply_configuration(&node, &json!({"phase": "Ready"})),
             json!({

@@ -38,7 +38,7 @@ use crate::capacity::record::{CapacityRecord, ClusterHealth, apply_to_synctarget
 use crate::health::{ClusterRecord, ClusterState, Health, cluster_state};
 use crate::metrics::{Metrics, write_result};
 use crate::placement::Placements;
-use crate::store::ObjectKey;
+use crate::store::{KeyParts, ObjectKey};
 
 /// First retry delay after a failed write; doubles per failure.
 const RETRY_BASE: Duration = Duration::from_millis(250);
@@ -270,7 +270,7 @@ impl SyncTargets {
 
 /// Where cluster `name`'s SyncTarget lives.
 pub fn synctarget_key(workspace: &str, name: &str) -> ObjectKey {
-    ObjectKey {
+    ObjectKey::new(KeyParts {
         workspace: workspace.to_owned(),
         group: "workload.kcp.io".to_owned(),
         version: "v1alpha1".to_owned(),
@@ -278,7 +278,7 @@ pub fn synctarget_key(workspace: &str, name: &str) -> ObjectKey {
         kind: "SyncTarget".to_owned(),
         namespace: None,
         name: name.to_owned(),
-    }
+    })
 }
 
 /// The merge patch of a SyncTarget's status for a cluster in `state`.

@@ -88,12 +88,13 @@ pub fn undeclared_fields(message: &str) -> Vec<FieldPath> {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::KeyParts;
     use serde_json::json;
 
     use super::*;
 
     fn key(workspace: &str) -> ObjectKey {
-        ObjectKey {
+        ObjectKey::new(KeyParts {
             workspace: workspace.into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -101,7 +102,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("default".into()),
             name: "web".into(),
-        }
+        })
     }
 
     #[test]

@@ -507,6 +507,7 @@ fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyParts;
 
     #[tokio::test]
     async fn kcp_base_url_drops_a_workspace_suffix() {
@@ -550,7 +551,7 @@ mod tests {
 
     #[test]
     fn apply_is_a_patch_of_status_with_manager_and_force() {
-        let key = ObjectKey {
+        let key = ObjectKey::new(KeyParts {
             workspace: "root:a".into(),
             group: "apps".into(),
             version: "v1".into(),
@@ -558,7 +559,7 @@ mod tests {
             kind: "Deployment".into(),
             namespace: Some("default".into()),
             name: "web".into(),
-        };
+        });
         let configuration = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"});
         let options = ApplyOptions {
             field_manager: "uplink-hub",
