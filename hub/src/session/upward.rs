@@ -14,7 +14,7 @@ use super::wire::Violation;
 use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::status::Status;
-use crate::store::{Entry, KeyParts, ObjectKey, StoreError, Update};
+use crate::store::{Entry, ObjectKey, StoreError, Update};
 
 /// A snapshot being received.
 pub(super) struct SnapshotBuffer {
@@ -262,7 +262,7 @@ impl<S: Transport> Connection<S> {
     /// the agent would resend it after every reconnect).
     fn accept(&self, mut delta: Delta) -> Option<Update> {
         match self.checked_entry(&mut delta) {
-            Ok(entry) => Some(into_update(delta, entry)),
+            Ok(entry) => Some(Update::from_delta(delta, entry)),
             Err(refusal) => {
                 let key = ObjectKey::from(&delta.object);
                 self.refuse_report(&key, delta.seq, refusal.reason, &refusal.message);
@@ -272,7 +272,7 @@ impl<S: Transport> Connection<S> {
     }
 
     /// Checks one delta; its store entry (`None` for a deletion) without the
-    /// uid, which [`into_update`] moves in. The status text is moved out of
+    /// uid, which [`Update::from_delta`] moves in. The status text is moved out of
     /// the delta, not copied.
     fn checked_entry(&self, delta: &mut Delta) -> Result<Option<Entry>, Violation> {
         let object = &delta.object;
@@ -341,33 +341,5 @@ fn store_violation(error: StoreError) -> Violation {
             ErrorCode::LimitExceeded,
             error.to_string(),
         ),
-    }
-}
-
-/// A checked delta as a store update: its strings taken over, not copied
-/// (this runs once per delta).
-fn into_update(delta: Delta, entry: Option<Entry>) -> Update {
-    let uplink_protocol::ObjectRef {
-        group,
-        version,
-        resource,
-        kind,
-        workspace,
-        namespace,
-        name,
-        uid,
-    } = delta.object;
-    Update {
-        key: ObjectKey::new(KeyParts {
-            workspace,
-            group,
-            version,
-            resource,
-            kind,
-            namespace,
-            name,
-        }),
-        seq: delta.seq,
-        entry: entry.map(|entry| Entry { uid, ..entry }),
     }
 }

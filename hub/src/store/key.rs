@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
-use uplink_protocol::ObjectRef;
+use uplink_protocol::{Delta, ObjectRef};
 
 use super::RefusedHeld;
 use crate::status::Status;
@@ -160,6 +160,37 @@ pub struct Update {
     pub key: ObjectKey,
     pub seq: u64,
     pub entry: Option<Entry>,
+}
+
+impl Update {
+    /// A checked delta as a store update, with `entry` (its uid moved in):
+    /// the delta's strings taken over, not copied (this runs once per
+    /// delta).
+    pub fn from_delta(delta: Delta, entry: Option<Entry>) -> Self {
+        let ObjectRef {
+            group,
+            version,
+            resource,
+            kind,
+            workspace,
+            namespace,
+            name,
+            uid,
+        } = delta.object;
+        Update {
+            key: ObjectKey::new(KeyParts {
+                workspace,
+                group,
+                version,
+                resource,
+                kind,
+                namespace,
+                name,
+            }),
+            seq: delta.seq,
+            entry: entry.map(|entry| Entry { uid, ..entry }),
+        }
+    }
 }
 
 /// Where a cluster's stream stands: the agent session the store's entries
