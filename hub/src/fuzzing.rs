@@ -38,7 +38,7 @@ use crate::placement::{
 use crate::rejection::Rejections;
 use crate::server::Gate;
 use crate::session::{self, Connections, HelloWait, SessionShared, ThrottleSettings};
-use crate::store::{ObjectKey, Store};
+use crate::store::{KeyParts, ObjectKey, Store};
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::{UpstreamError, WriteQueue};
 
