@@ -147,7 +147,7 @@ impl Store {
         &self,
         cluster: &str,
         session: &str,
-        accepted: Vec<Update>,
+        mut accepted: Vec<Update>,
         held: Vec<Update>,
     ) -> Result<Applied, StoreError> {
         let mut inner = self.lock();
@@ -169,6 +169,14 @@ impl Store {
             };
         }
         let floor = state.position.seq;
+        // Each report's key swapped for the handle the store holds: one
+        // comparison of the strings per report, and every lookup below
+        // compares pointers.
+        for update in &mut accepted {
+            if let Some(stored) = stored_key(objects, &update.key) {
+                update.key = stored;
+            }
+        }
 
         // Objects this batch adds to the cluster: upserts of objects it has
         // no entry for, and any held report (deletions too) of an object
@@ -226,9 +234,7 @@ impl Store {
                 continue; // replayed or reordered: something newer is stored
             }
             highest = highest.max(update.seq);
-            // The stored handle of the key, when there is one: the maps
-            // below then compare pointers, not strings.
-            let key = canonical(objects, update.key);
+            let key = update.key;
             let from = stored_cost(objects, &key, cluster)
                 + state
                     .held
@@ -407,15 +413,12 @@ impl Store {
 /// Stores `cluster`'s `entry` for `key`; whether the status changed. On the
 /// ingest path, once per delta: the key and the cluster name are cloned only
 /// the first time they are stored.
-/// The handle of `key` the store already holds, or `key` itself.
-fn canonical(
+/// The handle of `key` the store already holds, if any.
+fn stored_key(
     objects: &HashMap<ObjectKey, BTreeMap<ClusterName, Entry>>,
-    key: ObjectKey,
-) -> ObjectKey {
-    match objects.get_key_value(&key) {
-        Some((stored, _)) => stored.clone(),
-        None => key,
-    }
+    key: &ObjectKey,
+) -> Option<ObjectKey> {
+    objects.get_key_value(key).map(|(stored, _)| stored.clone())
 }
 
 fn upsert_entry(
