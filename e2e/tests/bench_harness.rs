@@ -172,6 +172,8 @@ async fn ingest_measures_the_hub_and_the_raw_ceiling() -> anyhow::Result<()> {
     );
     assert!(report.hub_rss_mib > 1.0, "{report:?}");
     assert!(report.hub_cpu_s_per_million > 0.0, "{report:?}");
+    // The sink's CPU was measured over what it received.
+    assert!(report.sink_cpu_s_per_million > 0.0, "{report:?}");
     // 100 objects never fill the writer's queue up to the throttle depth.
     assert_eq!(report.throttles, 0, "{report:?}");
     Ok(())

@@ -72,6 +72,9 @@ pub struct IngestReport {
     pub deltas_per_s: f64,
     pub raw_ceiling_per_s: f64,
     pub hub_cpu_s_per_million: f64,
+    /// The baseline sink's own CPU seconds per million deltas it received
+    /// (TLS, WebSocket framing, nothing else): the floor under the hub's.
+    pub sink_cpu_s_per_million: f64,
     pub hub_rss_mib: f64,
     /// Deltas per `Deltas` frame the agents achieved (the baseline sends these).
     pub deltas_per_frame: f64,
@@ -83,6 +86,15 @@ impl IngestReport {
     pub fn ratio_to_raw(&self) -> f64 {
         if self.raw_ceiling_per_s > 0.0 {
             self.deltas_per_s / self.raw_ceiling_per_s
+        } else {
+            0.0
+        }
+    }
+
+    /// The hub's CPU per delta in multiples of the sink's.
+    pub fn hub_cpu_to_sink(&self) -> f64 {
+        if self.sink_cpu_s_per_million > 0.0 {
+            self.hub_cpu_s_per_million / self.sink_cpu_s_per_million
         } else {
             0.0
         }
@@ -111,7 +123,8 @@ pub async fn run(binaries: &Binaries, settings: IngestSettings) -> anyhow::Resul
         let batch = uplink.deltas_per_frame.round().max(1.0) as usize;
         let raw = measure_raw(&binaries.e2e, settings, &names, &files, batch).await?;
         Ok(IngestReport {
-            raw_ceiling_per_s: raw,
+            raw_ceiling_per_s: raw.deltas_per_s,
+            sink_cpu_s_per_million: raw.cpu_s_per_million,
             ..uplink
         })
     }
@@ -209,6 +222,7 @@ async fn measure_uplink(
             deltas_per_s: deltas / seconds,
             raw_ceiling_per_s: 0.0,
             hub_cpu_s_per_million: cpu / deltas * 1e6,
+            sink_cpu_s_per_million: 0.0,
             hub_rss_mib: to.1.rss_mib(),
             deltas_per_frame: (deltas_to - deltas_from) as f64
                 / (frames_to - frames_from).max(1) as f64,
@@ -243,18 +257,28 @@ async fn feed(agent: SimulatedAgent, objects: usize, stop: CancellationToken) {
     }
 }
 
+/// What the baseline measured.
+struct Raw {
+    /// Deltas per second the sink received.
+    deltas_per_s: f64,
+    /// The sink's CPU seconds per million deltas received.
+    cpu_s_per_million: f64,
+}
+
 /// The baseline: the sink as a child process, one connection per cluster
-/// sending frames of `batch` deltas. Returns deltas per second received.
+/// sending frames of `batch` deltas.
 async fn measure_raw(
     e2e: &Path,
     settings: IngestSettings,
     names: &[String],
     files: &Files,
     batch: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Raw> {
     let sink = start_sink(e2e, files).await?;
+    let pid = sink.id().context("the sink is not running")?;
     let outcome = async {
         let addr = wait_for_sink(&sink).await?;
+        let before = procstat::sample(pid)?;
         let mut clients = Vec::with_capacity(names.len());
         for name in names {
             let tls = uplink_agent::tls::client_config(
@@ -268,12 +292,14 @@ async fn measure_raw(
             });
         }
         let frame = deltas_frame(&names[0], batch)?;
-        sink::blast(addr, clients, frame, settings.duration).await
+        let report = sink::blast(addr, clients, frame, settings.duration).await?;
+        let after = procstat::sample(pid)?;
+        anyhow::Ok((report, after.cpu.saturating_sub(before.cpu)))
     }
     .await;
     let log = sink.log_path().to_owned();
     sink.stop(STOP_GRACE).await;
-    let report = outcome?;
+    let (report, cpu) = outcome?;
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let (messages, _bytes) = sink::parse_received(&output).with_context(|| {
         format!(
@@ -286,7 +312,11 @@ async fn measure_raw(
         "the sink received {messages} of {} frames sent",
         report.sent
     );
-    Ok(messages as f64 * batch as f64 / report.elapsed.as_secs_f64())
+    let deltas = messages as f64 * batch as f64;
+    Ok(Raw {
+        deltas_per_s: deltas / report.elapsed.as_secs_f64(),
+        cpu_s_per_million: cpu.as_secs_f64() / deltas * 1e6,
+    })
 }
 
 async fn start_sink(exe: &Path, files: &Files) -> anyhow::Result<ChildProcess> {
