@@ -46,8 +46,10 @@ pub(crate) fn check(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
 /// One step of the path to the value being read.
 #[derive(Debug, Clone, Copy)]
 enum Segment<'a> {
-    /// A map entry, by its key (`?` when the key is not a UTF-8 string).
-    Key(&'a str),
+    /// A map entry, by its key's bytes (`?` when the key is not a string),
+    /// read as UTF-8 only to name a refused value: this walk runs over every
+    /// frame, and the decoder checks the keys' UTF-8 anyway.
+    Key(&'a [u8]),
     /// An array element, by its index.
     Index(u64),
 }
@@ -110,16 +112,15 @@ impl<'a> Scan<'a> {
     }
 
     /// Reads a map key; a string key becomes the path segment of its value.
-    fn key(&mut self, depth: usize) -> Result<&'a str, DecodeError> {
+    fn key(&mut self, depth: usize) -> Result<&'a [u8], DecodeError> {
         match self.head()? {
             Head::Text(len) => {
                 self.check_text(len)?;
-                let raw = self.take(len)?;
-                Ok(std::str::from_utf8(raw).unwrap_or("?"))
+                self.take(len)
             }
             other => {
                 self.body(other, depth)?;
-                Ok("?")
+                Ok(b"?")
             }
         }
     }
@@ -134,7 +135,7 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    fn current_key(&self) -> Option<&'a str> {
+    fn current_key(&self) -> Option<&'a [u8]> {
         match self.path.last() {
             Some(Segment::Key(key)) => Some(key),
             _ => None,
@@ -142,7 +143,7 @@ impl<'a> Scan<'a> {
     }
 
     fn check_text(&self, len: u64) -> Result<(), DecodeError> {
-        if self.current_key() == Some("status_json") {
+        if self.current_key() == Some(b"status_json") {
             if len > u64::from(self.limits.max_status_bytes) {
                 return Err(DecodeError::StatusTooLarge {
                     field: self.render_path(),
@@ -150,7 +151,7 @@ impl<'a> Scan<'a> {
                     max: self.limits.max_status_bytes,
                 });
             }
-        } else if self.current_key() == Some("manifest_json") {
+        } else if self.current_key() == Some(b"manifest_json") {
             if len > u64::from(self.limits.max_manifest_bytes) {
                 return Err(DecodeError::ManifestTooLarge {
                     field: self.render_path(),
@@ -169,7 +170,8 @@ impl<'a> Scan<'a> {
     }
 
     fn check_array(&self, len: u64) -> Result<(), DecodeError> {
-        if self.current_key() == Some("deltas") && len > u64::from(self.limits.max_deltas_per_batch)
+        if self.current_key() == Some(b"deltas")
+            && len > u64::from(self.limits.max_deltas_per_batch)
         {
             return Err(DecodeError::TooManyDeltas {
                 len,
@@ -245,8 +247,11 @@ impl<'a> Scan<'a> {
         for segment in &self.path {
             // Writing to a String cannot fail.
             let _ = match segment {
-                Segment::Key(key) if rendered.is_empty() => write!(rendered, "{key}"),
-                Segment::Key(key) => write!(rendered, ".{key}"),
+                Segment::Key(key) => {
+                    let key = std::str::from_utf8(key).unwrap_or("?");
+                    let dot = if rendered.is_empty() { "" } else { "." };
+                    write!(rendered, "{dot}{key}")
+                }
                 Segment::Index(index) => write!(rendered, "[{index}]"),
             };
         }
