@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -116,7 +117,10 @@ impl<S: Transport> Connection<S> {
         let bytes = encode(frame).map_err(|e| e.to_string())?;
         let limit = self.shared.heartbeat_interval * 3;
         match tokio::time::timeout(limit, self.ws.send(Message::Binary(bytes.into()))).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.last_sent = Instant::now();
+                Ok(())
+            }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("the agent did not read for {limit:?}")),
         }
