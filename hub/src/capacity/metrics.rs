@@ -15,8 +15,12 @@
 //! fleet become label values (the first by name; the API reports them all),
 //! a name a cluster stops reporting loses its series, and a forgotten
 //! cluster loses all of its ([`CapacityMetrics::forget`]).
+//!
+//! A cluster's gauges are set again only when what they show changed: with
+//! thousands of idle clusters, republishing every series every few seconds
+//! was most of what the capacity task cost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{GaugeVec, Opts, Registry};
@@ -35,6 +39,8 @@ pub struct CapacityMetrics {
     /// Extended-resource label values published, per cluster (`None`: the
     /// fleet's).
     extended: Arc<Mutex<HashMap<Option<String>, BTreeSet<String>>>>,
+    /// What each cluster's gauges show now.
+    shown: Arc<Mutex<HashMap<String, Shown>>>,
     cluster_capacity: GaugeVec,
     cluster_allocatable: GaugeVec,
     cluster_allocated: GaugeVec,
@@ -59,6 +65,39 @@ fn gauge(
     Ok(g)
 }
 
+/// The part of a [`CapacityRecord`] its gauges show.
+#[derive(Debug, PartialEq)]
+struct Shown {
+    health: ClusterHealth,
+    capacity: ResourceAmounts,
+    allocatable: ResourceAmounts,
+    allocated: ResourceAmounts,
+    used: Option<ResourceAmounts>,
+    extended: BTreeMap<String, ExtendedAmounts>,
+}
+
+impl Shown {
+    fn of(r: &CapacityRecord) -> Self {
+        Self {
+            health: r.health,
+            capacity: r.capacity,
+            allocatable: r.allocatable,
+            allocated: r.allocated,
+            used: r.used,
+            extended: r.extended.clone(),
+        }
+    }
+
+    fn shows(&self, r: &CapacityRecord) -> bool {
+        self.health == r.health
+            && self.capacity == r.capacity
+            && self.allocatable == r.allocatable
+            && self.allocated == r.allocated
+            && self.used == r.used
+            && self.extended == r.extended
+    }
+}
+
 /// `(resource label, value)` of the standard resources, CPU in cores.
 fn standard(a: &ResourceAmounts) -> [(&'static str, f64); 4] {
     [
@@ -75,6 +114,7 @@ impl CapacityMetrics {
         let f = ["resource"];
         Ok(Self {
             extended: Arc::default(),
+            shown: Arc::default(),
             cluster_capacity: gauge(
                 registry,
                 "uplink_cluster_capacity",
@@ -147,8 +187,16 @@ impl CapacityMetrics {
     /// Publishes `records` and `fleet`; clusters no longer known are removed
     /// by [`CapacityMetrics::forget`].
     pub fn publish(&self, records: &[CapacityRecord], fleet: &FleetTotals) {
+        let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
         for r in records {
             let name = r.cluster.as_str();
+            match shown.get_mut(name) {
+                Some(s) if s.shows(r) => continue,
+                Some(s) => *s = Shown::of(r),
+                None => {
+                    shown.insert(name.to_owned(), Shown::of(r));
+                }
+            }
             for health in ClusterHealth::ALL {
                 self.cluster_health
                     .with_label_values(&[name, health.name()])
@@ -193,6 +241,7 @@ impl CapacityMetrics {
                 }
             }
         }
+        drop(shown);
         let set =
             |g: &GaugeVec, a: &ResourceAmounts, extended: &dyn Fn(&ExtendedAmounts) -> u64| {
                 for (resource, value) in standard(a) {
@@ -275,6 +324,10 @@ impl CapacityMetrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&Some(cluster.to_owned()));
+        self.shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cluster);
     }
 }
 
@@ -299,6 +352,58 @@ mod tests {
             .collect();
         resources.sort();
         resources
+    }
+
+    fn health_of(metrics: &CapacityMetrics, cluster: &str) -> Vec<String> {
+        metrics
+            .cluster_health
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_gauge().get_value() == 1.0)
+            .filter(|m| m.get_label().iter().any(|l| l.value() == cluster))
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "state")
+                    .map(|l| l.value().to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_what_changed_is_published_again_and_a_forgotten_cluster_comes_back()
+    -> prometheus::Result<()> {
+        let registry = Registry::new();
+        let metrics = CapacityMetrics::register(&registry)?;
+        let link = crate::health::ClusterRecord::default();
+        let mut record = CapacityRecord::new("c1", &link, crate::health::ClusterState::Ready);
+        record.health = ClusterHealth::Healthy;
+        record.allocatable.cpu_millis = 4_000;
+        let allocatable_cpu = |m: &CapacityMetrics| {
+            m.cluster_allocatable
+                .with_label_values(&["c1", "cpu"])
+                .get()
+        };
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(health_of(&metrics, "c1"), ["Healthy"]);
+        // Unchanged: left as it is.
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(health_of(&metrics, "c1"), ["Healthy"]);
+        // A change of health or of an amount is shown at the next publish.
+        record.health = ClusterHealth::Degraded;
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(health_of(&metrics, "c1"), ["Degraded"]);
+        record.allocatable.cpu_millis = 8_000;
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(allocatable_cpu(&metrics), 8.0);
+        // Forgotten, then back with the same record: published again.
+        metrics.forget("c1");
+        assert!(health_of(&metrics, "c1").is_empty());
+        metrics.publish(std::slice::from_ref(&record), &FleetTotals::default());
+        assert_eq!(health_of(&metrics, "c1"), ["Degraded"]);
+        assert_eq!(allocatable_cpu(&metrics), 8.0);
+        Ok(())
     }
 
     #[test]
