@@ -161,6 +161,11 @@ impl Listener {
     /// One connection from accept to the end of its session: TLS within
     /// its deadline, identity, WebSocket upgrade and `Hello` within the
     /// handshake deadline; each phase counted by its gate.
+    ///
+    /// Each phase runs in its own boxed future, freed when the phase ends:
+    /// a spawned task keeps the size of its largest state for its whole
+    /// life, and with the handshakes and the session inline that was
+    /// 18 KiB or more per connection, held by every idle agent.
     async fn connection(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -175,7 +180,7 @@ impl Listener {
         let tls = tokio::select! {
             () = shutdown.cancelled() => return,
             () = tls_slot.displaced() => return,
-            tls = tokio::time::timeout_at(tls_deadline, self.certificates.acceptor().accept(tcp)) => tls,
+            tls = tokio::time::timeout_at(tls_deadline, Box::pin(self.certificates.acceptor().accept(tcp))) => tls,
         };
         drop(tls_slot);
         let tls = match tls {
@@ -212,7 +217,7 @@ impl Listener {
                     |_: &Request, _: Response| Err(refusal(StatusCode::FORBIDDEN, message));
                 let _ = tokio::time::timeout_at(
                     deadline,
-                    tokio_tungstenite::accept_hdr_async(tls, refuse),
+                    Box::pin(tokio_tungstenite::accept_hdr_async(tls, refuse)),
                 )
                 .await;
                 return;
@@ -226,7 +231,7 @@ impl Listener {
         let ws = tokio::select! {
             () = shutdown.cancelled() => return,
             () = hello_slot.displaced() => return,
-            ws = tokio::time::timeout_at(deadline, self.upgrade(tls)) => ws,
+            ws = tokio::time::timeout_at(deadline, Box::pin(self.upgrade(tls))) => ws,
         };
         let ws = match ws {
             Ok(Ok(ws)) => ws,
@@ -247,7 +252,15 @@ impl Listener {
             deadline,
             slot: hello_slot,
         };
-        session::serve(self.shared.clone(), ws, identity, peer, wait, shutdown).await;
+        Box::pin(session::serve(
+            self.shared.clone(),
+            ws,
+            identity,
+            peer,
+            wait,
+            shutdown,
+        ))
+        .await;
     }
 
     /// The WebSocket upgrade on an established TLS connection.

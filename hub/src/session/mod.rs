@@ -114,7 +114,7 @@ pub async fn serve<S>(
         refused_report: None,
         last_sent: Instant::now(),
     };
-    let Some((hello, mode)) = conn.handshake(hello, &shutdown).await else {
+    let Some((hello, mode)) = Box::pin(conn.handshake(hello, &shutdown)).await else {
         return;
     };
     let (id, superseded) = conn.shared.connections.register(&conn.cluster);
@@ -131,13 +131,13 @@ pub async fn serve<S>(
         "agent connected"
     );
 
-    let end = match conn.open_downward(&hello).await {
+    let end = match Box::pin(conn.open_downward(&hello)).await {
         Ok(lane) => {
             conn.run(&hello.session_id, lane.as_ref(), &shutdown, &superseded)
                 .await
         }
         Err(violation) => {
-            conn.reject(violation).await;
+            Box::pin(conn.reject(violation)).await;
             "transport error"
         }
     };
@@ -147,8 +147,7 @@ pub async fn serve<S>(
     conn.shared.health.session_ended(&conn.cluster, id);
     tracing::info!(cluster = %conn.cluster, peer = %conn.peer, reason = end, "agent disconnected");
     if end == SILENT {
-        conn.close(close::GOING_AWAY, "silent for three heartbeat intervals")
-            .await;
+        Box::pin(conn.close(close::GOING_AWAY, "silent for three heartbeat intervals")).await;
     }
 }
 
@@ -186,6 +185,10 @@ impl<S: Transport> Connection<S> {
         shutdown: &CancellationToken,
         superseded: &CancellationToken,
     ) -> &'static str {
+        // The loop waits in its select for hours per agent, so that wait is
+        // all its future holds: handling a frame and the rare branches
+        // (reject, close, downward sends) run in boxed futures of their own.
+        //
         // Only frames prove the agent alive. A ping keeps intermediaries
         // from idling the connection out, and is sent only when the hub has
         // sent nothing for a heartbeat interval: a connected agent's
@@ -199,9 +202,9 @@ impl<S: Transport> Connection<S> {
         tokio::pin!(ping);
         let mut snapshot: Option<SnapshotBuffer> = None;
         if let Some(lane) = lane
-            && let Err(violation) = self.send_downward(lane).await
+            && let Err(violation) = Box::pin(self.send_downward(lane)).await
         {
-            self.reject(violation).await;
+            Box::pin(self.reject(violation)).await;
             return "protocol violation";
         }
         loop {
@@ -215,21 +218,21 @@ impl<S: Transport> Connection<S> {
                 biased;
                 () = shutdown.cancelled() => {
                     let bye = HubFrame::Bye(Bye { reason: "hub shutting down".into() });
-                    if self.send(&bye).await.is_ok() {
-                        self.close(close::GOING_AWAY, "hub shutting down").await;
+                    if Box::pin(self.send(&bye)).await.is_ok() {
+                        Box::pin(self.close(close::GOING_AWAY, "hub shutting down")).await;
                     }
                     return "hub shutdown";
                 }
                 () = superseded.cancelled() => {
                     tracing::info!(cluster = %self.cluster, peer = %self.peer, "connection superseded by a newer one");
-                    self.refuse(Violation::new("superseded", ErrorCode::Superseded, "a newer connection for this cluster replaced this one")).await;
+                    Box::pin(self.refuse(Violation::new("superseded", ErrorCode::Superseded, "a newer connection for this cluster replaced this one"))).await;
                     return "superseded";
                 }
                 () = downward_ready => {
                     if let Some(lane) = lane
-                        && let Err(violation) = self.send_downward(lane).await
+                        && let Err(violation) = Box::pin(self.send_downward(lane)).await
                     {
-                        self.reject(violation).await;
+                        Box::pin(self.reject(violation)).await;
                         return "protocol violation";
                     }
                     continue;
@@ -263,7 +266,7 @@ impl<S: Transport> Connection<S> {
                     return "transport error";
                 }
                 Ok(Err(ReadError::Violation(violation))) => {
-                    self.reject(violation).await;
+                    Box::pin(self.reject(violation)).await;
                     return "protocol violation";
                 }
                 Ok(Ok(frame)) => {
@@ -271,15 +274,15 @@ impl<S: Transport> Connection<S> {
                     frame
                 }
             };
-            let result = match self.handle(session, frame, lane, &mut snapshot).await {
-                Ok(true) => self.throttle_if_behind().await.map(|()| true),
+            let result = match Box::pin(self.handle(session, frame, lane, &mut snapshot)).await {
+                Ok(true) => Box::pin(self.throttle_if_behind()).await.map(|()| true),
                 other => other,
             };
             match result {
                 Ok(true) => {}
                 Ok(false) => return "bye",
                 Err(violation) => {
-                    self.reject(violation).await;
+                    Box::pin(self.reject(violation)).await;
                     return "protocol violation";
                 }
             }
