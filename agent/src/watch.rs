@@ -29,7 +29,7 @@ use crate::mapping::NAMESPACE_LOCATOR;
 use uplink_ops::backoff::{Backoff, Policy};
 
 /// A resource type as discovery resolved it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WatchedResource {
     pub spec: ResourceSpec,
     /// The kind, e.g. `Deployment`.
