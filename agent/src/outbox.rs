@@ -166,6 +166,21 @@ pub struct Snapshot {
     pub seq: u64,
 }
 
+/// A [`Snapshot`] whose deltas are built as they are read.
+#[derive(Debug)]
+pub struct SnapshotEntries {
+    entries: Vec<Entry>,
+    /// The sequence number the snapshot is complete up to.
+    pub seq: u64,
+}
+
+impl SnapshotEntries {
+    /// The snapshot's deltas, in sequence order.
+    pub fn into_deltas(self) -> impl Iterator<Item = Delta> {
+        self.entries.into_iter().map(|e| e.to_delta())
+    }
+}
+
 impl Outbox {
     pub fn new(limit: usize, metrics: Metrics) -> Self {
         Self {
@@ -295,18 +310,28 @@ impl Outbox {
     /// is acknowledged); everything queued so far counts as sent (the
     /// snapshot carries it).
     pub fn snapshot(&mut self) -> Snapshot {
-        let mut deltas: Vec<Delta> = self.objects.values().map(Entry::to_delta).collect();
+        let entries = self.snapshot_entries();
+        Snapshot {
+            seq: entries.seq,
+            deltas: entries.into_deltas().collect(),
+        }
+    }
+
+    /// [`Self::snapshot`], its deltas built one at a time as they are read
+    /// (the entries share their object and status with the outbox).
+    pub fn snapshot_entries(&mut self) -> SnapshotEntries {
+        let mut entries: Vec<Entry> = self.objects.values().cloned().collect();
         // Recent acknowledged deletions too, unless the object is back.
-        deltas.extend(
+        entries.extend(
             self.recent_deletions
                 .iter()
                 .filter(|d| !self.objects.contains_key(&ObjectKey(Arc::clone(&d.object))))
-                .map(Entry::to_delta),
+                .cloned(),
         );
-        deltas.sort_by_key(|d| d.seq);
+        entries.sort_by_key(|d| d.seq);
         self.sent = self.last_seq;
-        Snapshot {
-            deltas,
+        SnapshotEntries {
+            entries,
             seq: self.last_seq,
         }
     }
