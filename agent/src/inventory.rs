@@ -364,7 +364,7 @@ impl Inventory {
         let mut queued = false;
         for ((resource, name), tracked) in objects.iter_mut() {
             if let Some(old) = tracked.upstream.take() {
-                queued |= outbox.delete(old, now).is_some();
+                queued |= outbox.delete_shared(old, now).is_some();
             }
             if let Some(locator) = locator {
                 let downstream = downstream_ref(resource, namespace, name, &tracked.uid);
@@ -384,7 +384,7 @@ impl Inventory {
             Some(upstream) => self
                 .outbox
                 .lock()
-                .delete(upstream, self.clock.now_ms())
+                .delete_shared(upstream, self.clock.now_ms())
                 .is_some(),
             None => false,
         }

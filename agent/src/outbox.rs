@@ -230,7 +230,16 @@ impl Outbox {
     /// Records that `object` no longer exists (or no longer maps upstream).
     /// Returns the entry's sequence number, or `None` when the outbox never
     /// recorded the object or already recorded its deletion.
-    pub fn delete(&mut self, object: impl IntoSharedRef, observed_at_ms: i64) -> Option<u64> {
+    pub fn delete(&mut self, object: &ObjectRef, observed_at_ms: i64) -> Option<u64> {
+        self.delete_shared(object.into_shared(), observed_at_ms)
+    }
+
+    /// [`Self::delete`] with a reference the caller already shares.
+    pub fn delete_shared(
+        &mut self,
+        object: impl IntoSharedRef,
+        observed_at_ms: i64,
+    ) -> Option<u64> {
         let key = ObjectKey(object.into_shared());
         let last = self.objects.get(&key)?;
         if last.is_deleted() {
