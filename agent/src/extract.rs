@@ -5,6 +5,8 @@
 //! fields the hub merges (an allowlist, so a field added to a kind later does
 //! not start travelling by accident). Any other kind sends its whole `.status`.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::watch::ObservedObject;
@@ -18,7 +20,8 @@ pub struct ExtractedStatus {
     pub observed_generation: Option<i64>,
     /// The (filtered) status as compact JSON text. Keys are sorted, so equal
     /// statuses give equal text and "did it change" is a string comparison.
-    pub status_json: String,
+    /// Shared: the inventory and the outbox hold the same text.
+    pub status_json: Arc<str>,
 }
 
 /// The status fields kept per kind; `None` keeps the whole `.status`.
@@ -133,7 +136,7 @@ pub fn extract(object: &ObservedObject) -> ExtractedStatus {
     ExtractedStatus {
         generation: object.generation,
         observed_generation,
-        status_json: status.to_string(),
+        status_json: status.to_string().into(),
     }
 }
 
@@ -242,7 +245,7 @@ mod tests {
     #[test]
     fn missing_status_is_an_empty_object_and_text_is_canonical() {
         let e = extract(&observed("deployments.v1.apps", "Deployment", Value::Null));
-        assert_eq!(e.status_json, "{}");
+        assert_eq!(&*e.status_json, "{}");
         let a = extract(&observed(
             "widgets.v1.example.com",
             "Widget",

@@ -20,6 +20,7 @@
 //! previous objects until it completes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -32,15 +33,19 @@ use crate::health::AgentHealth;
 use crate::mapping::{DownstreamRef, Locator, to_upstream};
 use crate::metrics::Metrics;
 use crate::outbox::SharedOutbox;
-use crate::watch::{ObservedNamespace, ObservedObject, WatchEvent, WatchId};
+use crate::watch::{ObservedNamespace, ObservedObject, WatchEvent, WatchId, WatchedResource};
 
-/// One object known downstream.
+/// One object known downstream (its namespace, type and name are its keys
+/// in [`Inventory::objects`]).
 #[derive(Debug)]
 struct Tracked {
-    downstream: DownstreamRef,
+    /// The downstream uid.
+    uid: String,
+    /// Shares its text with the outbox.
     status: ExtractedStatus,
-    /// Where it was last reported upstream, if its namespace has a locator.
-    upstream: Option<ObjectRef>,
+    /// Where it was last reported upstream, if its namespace has a locator
+    /// (shared with the outbox).
+    upstream: Option<Arc<ObjectRef>>,
     /// The list epoch of its watch when it was last seen.
     epoch: u64,
 }
@@ -54,8 +59,9 @@ struct NamespaceEntry {
     epoch: u64,
 }
 
-/// Object key inside one namespace.
-type ObjectKey = (ResourceSpec, String);
+/// Object key inside one namespace: its type (one allocation shared by
+/// every object of the type) and name.
+type ObjectKey = (Arc<WatchedResource>, String);
 
 /// What the agent knows about the cluster; applies watch events to the outbox.
 #[derive(Debug)]
@@ -186,21 +192,18 @@ impl Inventory {
         }
         let epoch = self.epoch(&watch);
         let status = extract(&object);
-        let downstream = DownstreamRef {
-            resource: spec.clone(),
-            kind: object.resource.kind.clone(),
-            namespace: namespace.clone(),
-            name: object.name,
-            uid: object.uid,
-        };
         let locator = self
             .namespaces
             .get(&namespace)
-            .and_then(|ns| ns.locator.clone());
-        let upstream = locator.map(|l| to_upstream(&downstream, &l));
-        let key = (spec.clone(), downstream.name.clone());
+            .and_then(|ns| ns.locator.as_ref());
+        let upstream = locator.map(|l| {
+            let downstream =
+                downstream_ref(&object.resource, &namespace, &object.name, &object.uid);
+            Arc::new(to_upstream(&downstream, l))
+        });
+        let key = (Arc::clone(&object.resource), object.name);
         let tracked = Tracked {
-            downstream,
+            uid: object.uid,
             status: status.clone(),
             upstream: upstream.clone(),
             epoch,
@@ -232,10 +235,9 @@ impl Inventory {
         let Some(namespace) = &object.namespace else {
             return false;
         };
-        let removed = self
-            .objects
-            .get_mut(namespace)
-            .and_then(|objects| objects.remove(&(spec.clone(), object.name.clone())));
+        let removed = self.objects.get_mut(namespace).and_then(|objects| {
+            objects.remove(&(Arc::clone(&object.resource), object.name.clone()))
+        });
         let Some(tracked) = removed else {
             return false;
         };
@@ -265,7 +267,7 @@ impl Inventory {
                 for objects in self.objects.values_mut() {
                     let keys: Vec<ObjectKey> = objects
                         .iter()
-                        .filter(|((s, _), t)| s == spec && t.epoch < epoch)
+                        .filter(|((r, _), t)| r.spec == *spec && t.epoch < epoch)
                         .map(|(k, _)| k.clone())
                         .collect();
                     gone.extend(keys.into_iter().filter_map(|k| objects.remove(&k)));
@@ -360,14 +362,15 @@ impl Inventory {
         let now = self.clock.now_ms();
         let mut outbox = self.outbox.lock();
         let mut queued = false;
-        for tracked in objects.values_mut() {
+        for ((resource, name), tracked) in objects.iter_mut() {
             if let Some(old) = tracked.upstream.take() {
-                queued |= outbox.delete(&old, now).is_some();
+                queued |= outbox.delete_shared(old, now).is_some();
             }
             if let Some(locator) = locator {
-                let upstream = to_upstream(&tracked.downstream, locator);
+                let downstream = downstream_ref(resource, namespace, name, &tracked.uid);
+                let upstream = Arc::new(to_upstream(&downstream, locator));
                 queued |= outbox
-                    .upsert(upstream.clone(), tracked.status.clone(), now)
+                    .upsert(Arc::clone(&upstream), tracked.status.clone(), now)
                     .is_some();
                 tracked.upstream = Some(upstream);
             }
@@ -381,7 +384,7 @@ impl Inventory {
             Some(upstream) => self
                 .outbox
                 .lock()
-                .delete(upstream, self.clock.now_ms())
+                .delete_shared(upstream, self.clock.now_ms())
                 .is_some(),
             None => false,
         }
@@ -404,6 +407,22 @@ impl Inventory {
     fn set_namespace_count(&self) {
         let n = self.namespaces.len() as u64;
         self.health.update(&WatchId::Namespaces, |h| h.objects = n);
+    }
+}
+
+/// The downstream coordinates of a tracked object, for the mapping.
+fn downstream_ref(
+    resource: &WatchedResource,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> DownstreamRef {
+    DownstreamRef {
+        resource: resource.spec.clone(),
+        kind: resource.kind.clone(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
     }
 }
 

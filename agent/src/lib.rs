@@ -49,6 +49,7 @@ pub mod session;
 pub mod tls;
 pub mod transform;
 pub mod watch;
+pub mod watched_object;
 
 use std::fmt;
 use std::net::SocketAddr;

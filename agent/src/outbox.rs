@@ -28,24 +28,103 @@ use crate::metrics::Metrics;
 
 /// Identifies an upstream object across its downstream incarnations (the uid
 /// is not part of it: a recreated object replaces the old one's entry).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ObjectKey {
-    group: String,
-    resource: String,
-    workspace: String,
-    namespace: Option<String>,
-    name: String,
+///
+/// It shares the entry's [`ObjectRef`] (one allocation per object, also
+/// shared with the inventory), and compares and hashes only the identifying
+/// parts of it.
+#[derive(Debug, Clone)]
+struct ObjectKey(Arc<ObjectRef>);
+
+impl ObjectKey {
+    fn parts(&self) -> (&str, &str, &str, Option<&str>, &str) {
+        let o = &*self.0;
+        (
+            &o.group,
+            &o.resource,
+            &o.workspace,
+            o.namespace.as_deref(),
+            &o.name,
+        )
+    }
 }
 
-impl From<&ObjectRef> for ObjectKey {
-    fn from(o: &ObjectRef) -> Self {
-        Self {
-            group: o.group.clone(),
-            resource: o.resource.clone(),
-            workspace: o.workspace.clone(),
-            namespace: o.namespace.clone(),
-            name: o.name.clone(),
+impl PartialEq for ObjectKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.parts() == other.parts()
+    }
+}
+
+impl Eq for ObjectKey {}
+
+impl std::hash::Hash for ObjectKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+/// The last recorded state of one object: a [`Delta`] whose object and
+/// status are shared (with the key, and with the inventory) rather than
+/// copied; turned into a [`Delta`] only when it is sent.
+#[derive(Debug, Clone)]
+struct Entry {
+    seq: u64,
+    object: Arc<ObjectRef>,
+    generation: Option<i64>,
+    observed_generation: Option<i64>,
+    observed_at_ms: i64,
+    /// The status JSON text; `None` when the object was deleted.
+    status: Option<Arc<str>>,
+}
+
+impl Entry {
+    fn is_deleted(&self) -> bool {
+        self.status.is_none()
+    }
+
+    fn to_delta(&self) -> Delta {
+        Delta {
+            seq: self.seq,
+            object: ObjectRef::clone(&self.object),
+            generation: self.generation,
+            observed_generation: self.observed_generation,
+            observed_at_ms: self.observed_at_ms,
+            change: match &self.status {
+                Some(status) => Change::Upsert {
+                    status_json: status.to_string(),
+                },
+                None => Change::Deleted,
+            },
         }
+    }
+}
+
+/// An [`ObjectRef`] the outbox can keep: shared as it is when it already is
+/// an `Arc`, copied once otherwise.
+pub trait IntoSharedRef {
+    fn into_shared(self) -> Arc<ObjectRef>;
+}
+
+impl IntoSharedRef for Arc<ObjectRef> {
+    fn into_shared(self) -> Arc<ObjectRef> {
+        self
+    }
+}
+
+impl IntoSharedRef for &Arc<ObjectRef> {
+    fn into_shared(self) -> Arc<ObjectRef> {
+        Arc::clone(self)
+    }
+}
+
+impl IntoSharedRef for ObjectRef {
+    fn into_shared(self) -> Arc<ObjectRef> {
+        Arc::new(self)
+    }
+}
+
+impl IntoSharedRef for &ObjectRef {
+    fn into_shared(self) -> Arc<ObjectRef> {
+        Arc::new(self.clone())
     }
 }
 
@@ -58,7 +137,7 @@ const RECENT_DELETIONS: usize = 10_000;
 pub struct Outbox {
     /// Last recorded state per object (acked or not). Deleted objects leave
     /// once their deletion is acknowledged.
-    objects: HashMap<ObjectKey, Delta>,
+    objects: HashMap<ObjectKey, Entry>,
     /// Unacknowledged entries by sequence number; at most one per object.
     pending: BTreeMap<u64, ObjectKey>,
     last_seq: u64,
@@ -72,7 +151,7 @@ pub struct Outbox {
     /// deletion once it is in its store, before it reaches KCP; a hub that
     /// dies in between and restarts learns of it only from the next
     /// snapshot, which therefore carries these too.
-    recent_deletions: VecDeque<Delta>,
+    recent_deletions: VecDeque<Entry>,
 }
 
 /// A complete picture of the synced objects, for a snapshot.
@@ -85,6 +164,21 @@ pub struct Snapshot {
     pub deltas: Vec<Delta>,
     /// The sequence number the snapshot is complete up to.
     pub seq: u64,
+}
+
+/// A [`Snapshot`] whose deltas are built as they are read.
+#[derive(Debug)]
+pub struct SnapshotEntries {
+    entries: Vec<Entry>,
+    /// The sequence number the snapshot is complete up to.
+    pub seq: u64,
+}
+
+impl SnapshotEntries {
+    /// The snapshot's deltas, in sequence order.
+    pub fn into_deltas(self) -> impl Iterator<Item = Delta> {
+        self.entries.into_iter().map(|e| e.to_delta())
+    }
 }
 
 impl Outbox {
@@ -106,16 +200,14 @@ impl Outbox {
     /// sequence number, or `None` when nothing changed.
     pub fn upsert(
         &mut self,
-        object: ObjectRef,
+        object: impl IntoSharedRef,
         status: ExtractedStatus,
         observed_at_ms: i64,
     ) -> Option<u64> {
-        let key = ObjectKey::from(&object);
-        let change = Change::Upsert {
-            status_json: status.status_json,
-        };
+        let object = object.into_shared();
+        let key = ObjectKey(Arc::clone(&object));
         if let Some(last) = self.objects.get(&key)
-            && last.change == change
+            && last.status.as_deref() == Some(&*status.status_json)
             && last.generation == status.generation
             && last.observed_generation == status.observed_generation
             && last.object.uid == object.uid
@@ -124,13 +216,13 @@ impl Outbox {
         }
         Some(self.queue(
             key,
-            Delta {
+            Entry {
                 seq: 0,
                 object,
                 generation: status.generation,
                 observed_generation: status.observed_generation,
                 observed_at_ms,
-                change,
+                status: Some(status.status_json),
             },
         ))
     }
@@ -139,26 +231,35 @@ impl Outbox {
     /// Returns the entry's sequence number, or `None` when the outbox never
     /// recorded the object or already recorded its deletion.
     pub fn delete(&mut self, object: &ObjectRef, observed_at_ms: i64) -> Option<u64> {
-        let key = ObjectKey::from(object);
+        self.delete_shared(object.into_shared(), observed_at_ms)
+    }
+
+    /// [`Self::delete`] with a reference the caller already shares.
+    pub fn delete_shared(
+        &mut self,
+        object: impl IntoSharedRef,
+        observed_at_ms: i64,
+    ) -> Option<u64> {
+        let key = ObjectKey(object.into_shared());
         let last = self.objects.get(&key)?;
-        if last.change == Change::Deleted {
+        if last.is_deleted() {
             return None;
         }
-        let delta = Delta {
+        let entry = Entry {
             seq: 0,
-            object: last.object.clone(),
+            object: Arc::clone(&last.object),
             generation: last.generation,
             observed_generation: last.observed_generation,
             observed_at_ms,
-            change: Change::Deleted,
+            status: None,
         };
-        Some(self.queue(key, delta))
+        Some(self.queue(key, entry))
     }
 
-    fn queue(&mut self, key: ObjectKey, mut delta: Delta) -> u64 {
+    fn queue(&mut self, key: ObjectKey, mut entry: Entry) -> u64 {
         self.last_seq += 1;
-        delta.seq = self.last_seq;
-        if let Some(previous) = self.objects.insert(key.clone(), delta) {
+        entry.seq = self.last_seq;
+        if let Some(previous) = self.objects.insert(key.clone(), entry) {
             // Coalesce: the object's older unacknowledged entry is superseded.
             self.pending.remove(&previous.seq);
         }
@@ -190,7 +291,7 @@ impl Outbox {
         for (entry_seq, key) in done {
             if let Some(d) = self.objects.get(&key)
                 && d.seq == entry_seq
-                && d.change == Change::Deleted
+                && d.is_deleted()
                 && let Some(deleted) = self.objects.remove(&key)
             {
                 if self.recent_deletions.len() >= RECENT_DELETIONS {
@@ -218,18 +319,28 @@ impl Outbox {
     /// is acknowledged); everything queued so far counts as sent (the
     /// snapshot carries it).
     pub fn snapshot(&mut self) -> Snapshot {
-        let mut deltas: Vec<Delta> = self.objects.values().cloned().collect();
+        let entries = self.snapshot_entries();
+        Snapshot {
+            seq: entries.seq,
+            deltas: entries.into_deltas().collect(),
+        }
+    }
+
+    /// [`Self::snapshot`], its deltas built one at a time as they are read
+    /// (the entries share their object and status with the outbox).
+    pub fn snapshot_entries(&mut self) -> SnapshotEntries {
+        let mut entries: Vec<Entry> = self.objects.values().cloned().collect();
         // Recent acknowledged deletions too, unless the object is back.
-        deltas.extend(
+        entries.extend(
             self.recent_deletions
                 .iter()
-                .filter(|d| !self.objects.contains_key(&ObjectKey::from(&d.object)))
+                .filter(|d| !self.objects.contains_key(&ObjectKey(Arc::clone(&d.object))))
                 .cloned(),
         );
-        deltas.sort_by_key(|d| d.seq);
+        entries.sort_by_key(|d| d.seq);
         self.sent = self.last_seq;
-        Snapshot {
-            deltas,
+        SnapshotEntries {
+            entries,
             seq: self.last_seq,
         }
     }
@@ -239,7 +350,7 @@ impl Outbox {
         self.pending
             .range(self.sent + 1..)
             .take(max)
-            .filter_map(|(_, key)| self.objects.get(key).cloned())
+            .filter_map(|(_, key)| self.objects.get(key).map(Entry::to_delta))
             .collect()
     }
 
@@ -258,10 +369,7 @@ impl Outbox {
     /// its state as the baseline, so only its next change is tried again.
     pub fn discard(&mut self, seq: u64) {
         if let Some(key) = self.pending.remove(&seq)
-            && self
-                .objects
-                .get(&key)
-                .is_some_and(|d| d.change == Change::Deleted)
+            && self.objects.get(&key).is_some_and(Entry::is_deleted)
         {
             self.objects.remove(&key);
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::{ApiResource, PartialObjectMeta};
 use kube::core::GroupVersion;
 use kube::discovery::{self, Scope};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ResourceSpec;
 use crate::mapping::NAMESPACE_LOCATOR;
+use crate::watched_object::WatchedObject;
 use uplink_ops::backoff::{Backoff, Policy};
 
 /// A resource type as discovery resolved it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WatchedResource {
     pub spec: ResourceSpec,
     /// The kind, e.g. `Deployment`.
@@ -207,7 +208,8 @@ async fn watch_resource(
     };
     tracing::info!(resource = %spec, kind = %watched.kind, namespaced = watched.namespaced, "watching");
     let watched = Arc::new(watched);
-    let api: Api<DynamicObject> = Api::all_with(client, &api_resource);
+    // Decodes coordinates and `.status` only (see `watched_object`).
+    let api: Api<WatchedObject> = Api::all_with(client, &api_resource);
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     loop {
         let next = tokio::select! {
@@ -286,17 +288,17 @@ async fn send(
 }
 
 /// Keeps what the pipeline needs of `object`: coordinates, generation, status.
-pub fn observe(resource: &Arc<WatchedResource>, object: DynamicObject) -> ObservedObject {
-    let status = match object.data {
-        Value::Object(mut fields) => fields.remove("status").unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
+pub fn observe(
+    resource: &Arc<WatchedResource>,
+    object: impl Into<WatchedObject>,
+) -> ObservedObject {
+    let WatchedObject { metadata, status } = object.into();
     ObservedObject {
         resource: Arc::clone(resource),
-        namespace: object.metadata.namespace,
-        name: object.metadata.name.unwrap_or_default(),
-        uid: object.metadata.uid.unwrap_or_default(),
-        generation: object.metadata.generation,
+        namespace: metadata.namespace,
+        name: metadata.name.unwrap_or_default(),
+        uid: metadata.uid.unwrap_or_default(),
+        generation: metadata.generation,
         status,
     }
 }
@@ -315,6 +317,7 @@ fn observe_namespace(ns: PartialObjectMeta<Namespace>) -> ObservedNamespace {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use kube::api::DynamicObject;
     use serde_json::json;
 
     use super::*;

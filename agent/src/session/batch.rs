@@ -58,19 +58,33 @@ pub(super) struct FramedDeltas {
 /// in halves; a single delta that fails on its own is dropped (reported, never
 /// sent: sending it would only get the session closed, again and again).
 pub(super) fn frame_deltas(
-    deltas: Vec<Delta>,
+    deltas: impl IntoIterator<Item = Delta>,
     limits: &Limits,
     kind: BatchKind,
 ) -> Result<FramedDeltas, SessionError> {
     let per_batch = (limits.max_deltas_per_batch as usize).max(1);
-    let mut todo: VecDeque<Vec<Delta>> = VecDeque::new();
-    let mut rest = deltas;
-    while !rest.is_empty() {
-        let tail = rest.split_off(per_batch.min(rest.len()));
-        todo.push_back(rest);
-        rest = tail;
-    }
+    let mut deltas = deltas.into_iter();
     let mut out = FramedDeltas::default();
+    // One batch at a time: only the encoded frames are held, not every
+    // delta of a snapshot at once.
+    loop {
+        let batch: Vec<Delta> = deltas.by_ref().take(per_batch).collect();
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        frame_batch(batch, limits, kind, &mut out)?;
+    }
+}
+
+/// Frames one batch, split in halves until each part passes (see
+/// [`frame_deltas`]).
+fn frame_batch(
+    batch: Vec<Delta>,
+    limits: &Limits,
+    kind: BatchKind,
+    out: &mut FramedDeltas,
+) -> Result<(), SessionError> {
+    let mut todo = VecDeque::from([batch]);
     while let Some(batch) = todo.pop_front() {
         let Some(last_seq) = batch.last().map(|d| d.seq) else {
             continue;
@@ -97,7 +111,7 @@ pub(super) fn frame_deltas(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

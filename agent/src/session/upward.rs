@@ -19,10 +19,11 @@ pub(super) async fn send_snapshot(
     tx: &mut Sender,
     limits: &Limits,
 ) -> Result<(), SessionError> {
-    let snapshot = ctx.outbox.lock().snapshot();
+    let snapshot = ctx.outbox.lock().snapshot_entries();
+    let seq = snapshot.seq;
     // Frames are built before `SnapshotBegin` so it can announce the exact
     // count (objects the hub would refuse are left out).
-    let framed = frame_deltas(snapshot.deltas, limits, BatchKind::SnapshotChunk)?;
+    let framed = frame_deltas(snapshot.into_deltas(), limits, BatchKind::SnapshotChunk)?;
     report_dropped(ctx, &framed.dropped);
     // Each frame of a snapshot (sent before anything is read back) may take
     // three heartbeat intervals.
@@ -37,10 +38,10 @@ pub(super) async fn send_snapshot(
         tx.bytes(frame.bytes).await?;
     }
     tx.deadline = Instant::now() + per_frame;
-    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: snapshot.seq }))
+    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq }))
         .await?;
     ctx.metrics.snapshot_objects.inc_by(framed.deltas);
-    tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq = snapshot.seq, "snapshot sent");
+    tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq, "snapshot sent");
     Ok(())
 }
 
