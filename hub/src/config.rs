@@ -46,6 +46,10 @@ pub struct HubConfig {
     /// How long an object that changed waits before its status is written,
     /// so a burst of changes becomes one write (zero: write at once).
     pub write_settle: Duration,
+    /// How long an object that keeps changing may wait at most: its settle
+    /// window stays open while changes keep coming at its recent pace, up to
+    /// this long (at most `write_settle`: every change waits `write_settle`).
+    pub write_settle_max: Duration,
     /// How object status is written: server-side apply or merge patch.
     pub status_write: StatusWrite,
     /// Send every write with `dryRun=All`.
@@ -128,6 +132,7 @@ impl Default for HubConfig {
             limits: Limits::default(),
             write_qps: 50.0,
             write_settle: Duration::from_millis(20),
+            write_settle_max: Duration::from_millis(500),
             write_burst: 100,
             write_concurrency: 4,
             status_write: StatusWrite::default(),

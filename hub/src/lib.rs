@@ -61,7 +61,8 @@ use crate::store::Store;
 use crate::tls::reload::{RotationMetrics, ServerTls};
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::{
-    SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer, WriterSettings,
+    SettleTimes, SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer,
+    WriterSettings,
 };
 
 /// Why the hub could not start or stopped with an error.
@@ -169,9 +170,12 @@ impl Hub {
             metrics.clone(),
         ));
         let rejections = Arc::new(Rejections::new(metrics.clone()));
-        let queue = Arc::new(WriteQueue::with_settle(
+        let queue = Arc::new(WriteQueue::with_settle_times(
             metrics.clone(),
-            config.write_settle,
+            SettleTimes {
+                base: config.write_settle,
+                max: config.write_settle_max,
+            },
         ));
         let downstream = Arc::new(Downstream::new(queue.clone(), metrics.clone()));
         let finalizers = Arc::new(Finalizers::new(kcp.finalizers.clone(), metrics.clone()));

@@ -154,6 +154,14 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_WRITE_SETTLE", default_value = "20ms", value_parser = parse_duration)]
     write_settle: Duration,
 
+    /// How long an object that keeps changing (changes less than five settle
+    /// times apart) may wait at most: its window stays open while changes
+    /// keep coming at its recent pace, up to this long from its first
+    /// change. An isolated change still waits `--write-settle`; at most
+    /// `--write-settle`: every change waits exactly that.
+    #[arg(long, env = "UPLINK_HUB_WRITE_SETTLE_MAX", default_value = "500ms", value_parser = parse_duration)]
+    write_settle_max: Duration,
+
     /// How object status is written to KCP: `apply` (server-side apply of
     /// /status with field manager `uplink-hub`; conditions other
     /// controllers set on the same object stay) or `merge-patch` (a JSON
@@ -452,6 +460,7 @@ impl Args {
             write_burst: self.write_burst,
             write_concurrency: self.write_concurrency,
             write_settle: self.write_settle,
+            write_settle_max: self.write_settle_max,
             status_write: self.status_write,
             dry_run: self.dry_run,
             tls_handshake_timeout: self.tls_handshake_timeout,

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub write_queue_cluster_depth: IntGaugeVec,
     /// How long ready objects waited for their turn at the writer.
     pub write_queue_wait: Histogram,
+    /// How long each object that changed settled before it was ready to
+    /// be written (the base settle time, or longer for an object that kept
+    /// changing).
+    pub write_settle: Histogram,
     /// Connections to the HTTP endpoint open now.
     pub http_connections: IntGauge,
     /// HTTP connections closed unanswered because `--http-max-connections`
@@ -326,6 +330,16 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(write_queue_wait.clone()))?;
+        let write_settle = Histogram::with_opts(
+            HistogramOpts::new(
+                "uplink_hub_write_settle_seconds",
+                "How long an object that changed waited for further changes before it was ready to be written: the base settle time, or longer (up to --write-settle-max) for one that kept changing.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(write_settle.clone()))?;
         let cluster_state_changes = IntCounterVec::new(
             Opts::new(
                 "uplink_hub_cluster_state_changes_total",
@@ -410,6 +424,7 @@ impl Metrics {
             reports_refused,
             write_queue_cluster_depth,
             write_queue_wait,
+            write_settle,
             http_connections,
             http_connections_refused,
             cluster_state_changes,

@@ -59,6 +59,7 @@
 mod fair;
 pub mod finalizer;
 mod owned;
+mod pace;
 mod queue;
 mod rate;
 mod request;
@@ -76,6 +77,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use pace::SettleTimes;
 pub use queue::WriteQueue;
 pub use rate::TokenBucket;
 pub use request::{apply_configuration, status_patch};

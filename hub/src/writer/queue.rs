@@ -16,7 +16,9 @@
 //! With a settle time, a key that becomes dirty waits that long before it is
 //! due, and further changes meanwhile ride along: a burst of changes to one
 //! object becomes one write of its latest status instead of one write per
-//! change the writer happened to be idle for. It bounds the delay it adds.
+//! change the writer happened to be idle for. A key that keeps changing
+//! waits longer, while its changes keep coming at their usual pace, up to a
+//! cap ([`super::pace`]). Either way the delay it adds is bounded.
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::pin;
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::fair::Flows;
+use super::pace::{Paces, SettleTimes};
 use crate::metrics::Metrics;
 use crate::store::{ClusterName, ObjectKey};
 
@@ -36,15 +39,13 @@ pub struct WriteQueue {
     state: Mutex<State>,
     changed: Notify,
     metrics: Arc<Metrics>,
-    /// How long a newly dirty key waits before it is due.
-    settle: Duration,
 }
 
 /// The clusters a key is queued for (a handful at most: the clusters the
 /// object is placed on).
 type Sources = Vec<ClusterName>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Every key settling, ready or waiting for a retry.
     queued: HashMap<ObjectKey, Pending>,
@@ -60,6 +61,8 @@ struct State {
     /// Keys queued per cluster (settling, ready or waiting for a retry).
     depth: HashMap<ClusterName, usize>,
     counter: u64,
+    /// How fast each key changed lately: how long it settles.
+    paces: Paces,
 }
 
 #[derive(Debug)]
@@ -72,8 +75,29 @@ struct Pending {
 enum Due {
     /// In its clusters' flows since `since`, with this ticket.
     Ready { ticket: u64, since: Instant },
-    /// In `delayed`.
-    Delayed,
+    /// In `delayed` until `at` (entry `id`).
+    Delayed {
+        at: Instant,
+        id: u64,
+        window: Option<Window>,
+    },
+}
+
+/// A settle window (a retry has none: changes never move its deadline).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    opened: Instant,
+    /// Changes may keep it open until then at the latest.
+    until: Instant,
+}
+
+/// When a key that is not queued becomes due.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// After its settle time, which its further changes may stretch.
+    Settle,
+    /// Not before this long (a retry).
+    Retry(Duration),
 }
 
 impl WriteQueue {
@@ -84,11 +108,25 @@ impl WriteQueue {
 
     /// A queue whose newly dirty keys wait `settle` before they are due.
     pub fn with_settle(metrics: Arc<Metrics>, settle: Duration) -> Self {
+        Self::with_settle_times(metrics, SettleTimes::fixed(settle))
+    }
+
+    /// A queue whose newly dirty keys wait `times.base` before they are due,
+    /// or longer (up to `times.max`) while they keep changing.
+    pub fn with_settle_times(metrics: Arc<Metrics>, times: SettleTimes) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                queued: HashMap::new(),
+                delayed: BTreeSet::new(),
+                flows: Flows::default(),
+                in_flight: HashMap::new(),
+                dirty_in_flight: HashMap::new(),
+                depth: HashMap::new(),
+                counter: 0,
+                paces: Paces::new(times),
+            }),
             changed: Notify::new(),
             metrics,
-            settle,
         }
     }
 
@@ -102,12 +140,15 @@ impl WriteQueue {
     pub fn push(&self, key: ObjectKey, cluster: &str) {
         {
             let mut state = self.lock();
+            let now = Instant::now();
+            state.paces.changed(&key, now);
             if state.in_flight.contains_key(&key) {
                 add_source(state.dirty_in_flight.entry(key).or_default(), cluster);
             } else if state.queued.contains_key(&key) {
+                state.stretch(&key, now);
                 state.add_source(&key, cluster, &self.metrics);
             } else {
-                state.enqueue(key, vec![cluster.to_owned()], self.settle, &self.metrics);
+                state.enqueue(key, vec![cluster.to_owned()], Wait::Settle, &self.metrics);
             }
             self.metrics
                 .write_queue_depth
@@ -155,9 +196,9 @@ impl WriteQueue {
                 for cluster in dirty.iter().flatten() {
                     add_source(&mut sources, cluster);
                 }
-                state.enqueue(key, sources, delay, &self.metrics);
+                state.enqueue(key, sources, Wait::Retry(delay), &self.metrics);
             } else if let Some(dirty) = dirty {
-                state.enqueue(key, dirty, self.settle, &self.metrics);
+                state.enqueue(key, dirty, Wait::Settle, &self.metrics);
             }
             self.metrics
                 .write_queue_depth
@@ -223,27 +264,63 @@ fn add_source(sources: &mut Sources, cluster: &str) -> bool {
 }
 
 impl State {
-    /// Queues a key that is not queued, for `sources`: ready now, or after
-    /// `delay`.
-    fn enqueue(&mut self, key: ObjectKey, sources: Sources, delay: Duration, metrics: &Metrics) {
+    /// Queues a key that is not queued, for `sources`: ready now, or once
+    /// it has settled or its retry is due.
+    fn enqueue(&mut self, key: ObjectKey, sources: Sources, wait: Wait, metrics: &Metrics) {
         for cluster in &sources {
             self.count(cluster, 1, metrics);
         }
+        let now = Instant::now();
+        let (delay, window) = match wait {
+            Wait::Retry(delay) => (delay, None),
+            Wait::Settle => {
+                let times = self.paces.times();
+                let window = Window {
+                    opened: now,
+                    until: now + times.max.max(times.base),
+                };
+                (self.paces.quiet(&key, now), Some(window))
+            }
+        };
         if delay.is_zero() {
             self.make_ready(key, sources);
         } else {
             self.counter += 1;
             let id = self.counter;
-            self.delayed
-                .insert((Instant::now() + delay, id, key.clone()));
-            self.queued.insert(
-                key,
-                Pending {
-                    sources,
-                    due: Due::Delayed,
-                },
-            );
+            let at = now + delay;
+            self.delayed.insert((at, id, key.clone()));
+            let due = Due::Delayed { at, id, window };
+            self.queued.insert(key, Pending { sources, due });
         }
+    }
+
+    /// `key`, settling, changed again at `now`: its window stays open for its
+    /// quiet time from now, within the window's cap.
+    fn stretch(&mut self, key: &ObjectKey, now: Instant) {
+        let quiet = self.paces.quiet(key, now);
+        let Some(pending) = self.queued.get_mut(key) else {
+            return;
+        };
+        let Due::Delayed {
+            at,
+            id,
+            window: Some(window),
+        } = pending.due
+        else {
+            return;
+        };
+        // A window that closed stays closed (the key waits for its turn).
+        let later = (now + quiet).min(window.until);
+        if at <= now || later <= at {
+            return;
+        }
+        pending.due = Due::Delayed {
+            at: later,
+            id,
+            window: Some(window),
+        };
+        self.delayed.remove(&(at, id, key.clone()));
+        self.delayed.insert((later, id, key.clone()));
     }
 
     /// Puts `key` in the flow of each of `sources`.
@@ -278,9 +355,18 @@ impl State {
             if first.0 > now {
                 break;
             }
-            if let Some((_, _, key)) = self.delayed.pop_first()
+            if let Some((at, _, key)) = self.delayed.pop_first()
                 && let Some(pending) = self.queued.remove(&key)
             {
+                if let Due::Delayed {
+                    window: Some(window),
+                    ..
+                } = pending.due
+                {
+                    metrics
+                        .write_settle
+                        .observe(at.saturating_duration_since(window.opened).as_secs_f64());
+                }
                 self.make_ready(key, pending.sources);
             }
         }
@@ -312,7 +398,7 @@ impl State {
         self.in_flight.insert(key.clone(), pending.sources);
         match pending.due {
             Due::Ready { since, .. } => Some(since),
-            Due::Delayed => None,
+            Due::Delayed { .. } => None,
         }
     }
 
@@ -337,6 +423,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+
     use super::*;
     use crate::store::KeyParts;
 
@@ -418,6 +506,136 @@ mod tests {
         let rewritten = Instant::now();
         assert_eq!(queue.next().await, key("a"));
         assert_eq!(rewritten.elapsed(), Duration::from_millis(20));
+    }
+
+    fn learning(base_ms: u64, max_ms: u64) -> WriteQueue {
+        WriteQueue::with_settle_times(
+            Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"))),
+            SettleTimes {
+                base: Duration::from_millis(base_ms),
+                max: Duration::from_millis(max_ms),
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_isolated_change_is_due_after_the_base_settle_time() {
+        let queue = learning(20, 500);
+        let start = Instant::now();
+        queue.push(key("a"), "c1");
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+        queue.done(key("a"), None);
+        // Changes 200 ms apart (1,000 changes/s over 200 objects): each
+        // still waits the base time only.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(180)).await;
+            let changed = Instant::now();
+            queue.push(key("a"), "c1");
+            assert_eq!(queue.next().await, key("a"));
+            assert_eq!(changed.elapsed(), Duration::from_millis(20));
+            queue.done(key("a"), None);
+        }
+        let text = queue.metrics.render();
+        assert!(
+            text.contains("uplink_hub_write_settle_seconds_bucket{le=\"0.02\"} 6"),
+            "every settle time was the base one:\n{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_changing_rapidly_waits_longer_but_never_beyond_the_cap() {
+        let queue = Arc::new(learning(20, 300));
+        let ms = Duration::from_millis;
+        // First change: nothing known yet, written after the base time.
+        let start = Instant::now();
+        queue.push(key("a"), "c1");
+        queue.done(queue.next().await, None);
+        assert_eq!(start.elapsed(), ms(20));
+        // Then it changes every 40 ms, 20 times (from 40 to 800 ms).
+        tokio::time::advance(ms(20)).await;
+        let pusher = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                for _ in 0..20 {
+                    queue.push(key("a"), "c1");
+                    tokio::time::sleep(ms(40)).await;
+                }
+            }
+        });
+        let mut writes = Vec::new();
+        for _ in 0..3 {
+            let written = queue.next().await;
+            writes.push(start.elapsed());
+            queue.done(written, None);
+        }
+        // The window opened at 40 ms stays open while the changes keep
+        // coming, up to the cap (300 ms); so does the next one (opened by
+        // the change at 360 ms); the last one closes 160 ms (four of its
+        // gaps) after the last change, at 800 ms.
+        assert_eq!(writes, [ms(340), ms(660), ms(960)]);
+        assert!(pusher.await.is_ok());
+        assert!(queue.is_idle());
+        let text = queue.metrics.render();
+        assert!(
+            text.contains("uplink_hub_write_settle_seconds_bucket{le=\"0.5\"} 4"),
+            "settle times of 20, 300, 300 and 280 ms:\n{text}"
+        );
+        assert!(
+            text.contains("uplink_hub_write_settle_seconds_bucket{le=\"0.2\"} 1"),
+            "one isolated change:\n{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_learned_delay_decays_once_the_key_goes_quiet() {
+        let queue = learning(20, 300);
+        let ms = Duration::from_millis;
+        // Changes 30 ms apart, each written as soon as it is due.
+        for _ in 0..5 {
+            queue.push(key("a"), "c1");
+            tokio::time::advance(ms(30)).await;
+            if let Some(written) = queue.next().now_or_never() {
+                queue.done(written, None);
+            }
+        }
+        // Busy: the next change waits four of its gaps.
+        let changed = Instant::now();
+        queue.push(key("a"), "c1");
+        queue.done(queue.next().await, None);
+        assert_eq!(changed.elapsed(), ms(120));
+        // A short pause (as between two bursts) keeps it busy: half its
+        // rate, a gap of 2*30*150/180 = 50 ms, so the next change waits 200 ms.
+        tokio::time::advance(ms(30)).await;
+        let changed = Instant::now();
+        queue.push(key("a"), "c1");
+        queue.done(queue.next().await, None);
+        assert_eq!(changed.elapsed(), ms(200));
+        // A pause longer than the memory (50 base settle times): the next
+        // change is an isolated one again.
+        tokio::time::advance(ms(1000)).await;
+        let changed = Instant::now();
+        queue.push(key("a"), "c1");
+        queue.done(queue.next().await, None);
+        assert_eq!(changed.elapsed(), ms(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_is_not_stretched_by_changes() {
+        let queue = learning(20, 300);
+        for _ in 0..5 {
+            queue.push(key("a"), "c1");
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        let a = queue.next().await;
+        queue.done(a, Some(Duration::from_millis(100)));
+        let failed = Instant::now();
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            queue.push(key("a"), "c1");
+        }
+        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(failed.elapsed(), Duration::from_millis(100));
     }
 
     fn key_in(workspace: &str, name: &str) -> ObjectKey {
