@@ -39,12 +39,14 @@ use crate::session::{self, HelloWait, SessionShared};
 use crate::tls::cluster_identity;
 use crate::tls::reload::ServerTls;
 
-/// Each connection's WebSocket read buffer, allocated up front. tungstenite's
-/// default is 128 KiB, which for 10,000 mostly idle agents is 1.25 GiB held
-/// for nothing; TLS hands over at most one 16 KiB record per read anyway, and
-/// frames larger than this are still assembled whole (the frame limit is
-/// what bounds them).
-const WS_READ_BUFFER: usize = 16 * 1024;
+/// Each connection's WebSocket read buffer, allocated and zeroed up front,
+/// so held by every idle agent. tungstenite's default is 128 KiB (1.25 GiB
+/// for 10,000 agents); 16 KiB was still the largest per-agent cost.
+/// Heartbeats fit in 4 KiB, and a larger frame is assembled whole in a
+/// buffer grown to its size (the frame limit bounds it), so a small buffer
+/// costs only more reads of the TLS stream: ingest's CPU per delta did not
+/// move (bench ingest, side by side).
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// A connection's place among those waiting for their `Hello`.
 pub type HelloSlot = Slot<String>;
