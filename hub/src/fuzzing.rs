@@ -1,5 +1,6 @@
 //! A seam for the fuzz targets in `fuzz/` (feature `fuzzing`, hidden from the
-//! documentation; not part of the hub's API): one agent session served
+//! documentation; not part of the hub's API; the hub's own tests use it
+//! too, for what needs the session's clock): one agent session served
 //! in-process by the real [`session::serve`], over an in-memory WebSocket,
 //! on a paused clock, against a hub whose placement is already listed.
 //!
@@ -80,6 +81,9 @@ pub struct Outcome {
     pub other_messages: usize,
     /// The close code the hub sent, if it sent one.
     pub close_code: Option<u16>,
+    /// When the hub sent a WebSocket ping, on the session's clock (from
+    /// the first input).
+    pub pings: Vec<Duration>,
     /// Whether the session ended within an hour of the last input.
     pub ended: bool,
     /// Objects the store holds for [`CLUSTER`] that placement does not
@@ -164,19 +168,22 @@ async fn session(inputs: Vec<Input>) -> Outcome {
         },
         shutdown.clone(),
     ));
+    let started = Instant::now();
     let reader = tokio::spawn(async move {
         let mut sent = Vec::new();
         let mut other_messages = 0;
         let mut close_code = None;
+        let mut pings = Vec::new();
         while let Some(Ok(message)) = from_hub.next().await {
             match message {
                 Message::Binary(bytes) => sent.push(bytes.to_vec()),
                 Message::Close(frame) => close_code = frame.map(|f| u16::from(f.code)),
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) => pings.push(started.elapsed()),
+                Message::Pong(_) => {}
                 Message::Text(_) | Message::Frame(_) => other_messages += 1,
             }
         }
-        (sent, other_messages, close_code)
+        (sent, other_messages, close_code, pings)
     });
 
     for input in inputs {
@@ -204,10 +211,10 @@ async fn session(inputs: Vec<Input>) -> Outcome {
         .await
         .is_ok();
     drop(to_hub);
-    let (sent, other_messages, close_code) =
+    let (sent, other_messages, close_code, pings) =
         match tokio::time::timeout(Duration::from_secs(60), reader).await {
             Ok(Ok(read)) => read,
-            _ => (Vec::new(), 0, None),
+            _ => (Vec::new(), 0, None, Vec::new()),
         };
 
     let stored_keys = shared.store.cluster_keys(CLUSTER);
@@ -221,6 +228,7 @@ async fn session(inputs: Vec<Input>) -> Outcome {
         sent,
         other_messages,
         close_code,
+        pings,
         ended,
         stored_unplaced,
         stored: stored_keys.len(),
@@ -345,5 +353,75 @@ impl FinalizerUpstream for NoFinalizers {
         _leaving: Option<&'a str>,
     ) -> futures::future::BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async { Err(UpstreamError::NotFound) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uplink_protocol::{AgentFrame, Heartbeat, Hello, PROTOCOL_VERSION, encode};
+
+    use super::*;
+
+    fn frame(frame: &AgentFrame) -> Input {
+        // Encoding plain frames into a Vec cannot fail.
+        #[allow(clippy::expect_used)]
+        Input::Binary(encode(frame).expect("encoding a frame"))
+    }
+
+    fn hello() -> Input {
+        frame(&AgentFrame::Hello(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            cluster: CLUSTER.to_owned(),
+            agent_version: "test".to_owned(),
+            session_id: "s1".to_owned(),
+            last_hub_epoch: None,
+            last_ack: 0,
+            downward_resources: Vec::new(),
+        }))
+    }
+
+    fn heartbeat() -> Input {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        frame(&AgentFrame::Heartbeat(Heartbeat {
+            agent_time_ms: i64::try_from(now.as_millis()).unwrap_or(i64::MAX),
+            summary: None,
+        }))
+    }
+
+    /// A ping costs both ends a read and a write; the hub sends one only
+    /// after a heartbeat interval in which it sent nothing else.
+    #[test]
+    fn the_hub_pings_only_into_silence() {
+        let mut inputs = vec![hello()];
+        // Two minutes of heartbeats every half interval, each answered.
+        let beats = 24;
+        for _ in 0..beats {
+            inputs.push(Input::Wait(HEARTBEAT / 2));
+            inputs.push(heartbeat());
+        }
+        let talking = HEARTBEAT / 2 * beats;
+        let outcome = run_session(inputs);
+
+        assert!(
+            outcome.sent.len() > beats as usize,
+            "a Welcome and an answer per heartbeat: {} frames",
+            outcome.sent.len()
+        );
+        assert!(
+            outcome.pings.iter().all(|at| *at > talking),
+            "pinged while answering heartbeats: {:?}",
+            outcome.pings
+        );
+        // Then silent: pinged an interval after its last answer, and the
+        // session ended for the silence.
+        let first = outcome.pings.first().copied();
+        assert!(
+            first.is_some_and(|at| at >= talking + HEARTBEAT && at < talking + HEARTBEAT * 2),
+            "no ping an interval into the silence: {:?}",
+            outcome.pings
+        );
+        assert!(outcome.ended);
     }
 }

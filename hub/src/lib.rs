@@ -23,7 +23,7 @@ pub mod capacity;
 pub mod config;
 pub mod downstream;
 pub mod forget;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
