@@ -118,7 +118,6 @@ pub async fn watch_cluster_states(
 
 #[cfg(test)]
 mod tests {
-    use crate::store::KeyParts;
     use serde_json::{Value, json};
 
     use super::*;
@@ -127,21 +126,9 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::store::{Entry, Update};
 
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "root:a".into(),
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            kind: "Deployment".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        })
-    }
-
     fn update(name: &str, status: Value) -> Update {
         Update {
-            key: key(name),
+            key: ObjectKey::deployment(name),
             seq: 1,
             entry: Some(Entry {
                 status: crate::status::Status::of(&status),

@@ -272,19 +272,6 @@ impl DownwardQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::KeyParts;
-
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "root:org".into(),
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            kind: "Deployment".into(),
-            namespace: Some("shop".into()),
-            name: name.into(),
-        })
-    }
 
     fn apply(text: &str) -> Change {
         Change::Apply(Arc::from(text))
@@ -297,17 +284,21 @@ mod tests {
     #[test]
     fn objects_deleted_before_a_snapshot_are_confirmed_by_its_end() {
         let mut queue = DownwardQueue::default();
-        let (_, end) = queue.snapshot(vec![(key("a"), "u".into(), Arc::from("1"))]);
-        queue.sweep_with_snapshot([key("gone")]);
+        let (_, end) = queue.snapshot(vec![(
+            ObjectKey::deployment("a"),
+            "u".into(),
+            Arc::from("1"),
+        )]);
+        queue.sweep_with_snapshot([ObjectKey::deployment("gone")]);
         assert_eq!(seqs(&queue.next_batch(10, 10)), [end - 1]);
         assert_eq!(queue.snapshot_end_due(10), Some(end));
         let confirmed = queue.ack(end - 1);
         assert!(confirmed.deleted.is_empty(), "not before the end");
         let confirmed = queue.ack(end);
-        assert_eq!(confirmed.deleted, vec![key("gone")]);
+        assert_eq!(confirmed.deleted, vec![ObjectKey::deployment("gone")]);
         // Outside a snapshot there is no sweep to confirm anything.
-        queue.sweep_with_snapshot([key("other")]);
-        queue.push(key("b"), "u".into(), apply("1"));
+        queue.sweep_with_snapshot([ObjectKey::deployment("other")]);
+        queue.push(ObjectKey::deployment("b"), "u".into(), apply("1"));
         queue.next_batch(10, 10);
         assert!(queue.ack(end + 1).deleted.is_empty());
     }
@@ -315,9 +306,9 @@ mod tests {
     #[test]
     fn the_latest_change_per_object_goes_once() {
         let mut queue = DownwardQueue::default();
-        queue.push(key("a"), "u".into(), apply("1"));
-        queue.push(key("b"), "u".into(), apply("1"));
-        queue.push(key("a"), "u".into(), apply("2"));
+        queue.push(ObjectKey::deployment("a"), "u".into(), apply("1"));
+        queue.push(ObjectKey::deployment("b"), "u".into(), apply("1"));
+        queue.push(ObjectKey::deployment("a"), "u".into(), apply("2"));
         let batch = queue.next_batch(10, 10);
         assert_eq!(seqs(&batch), [2, 3]);
         assert_eq!(batch[1].change, apply("2"));
@@ -329,7 +320,7 @@ mod tests {
     fn the_window_bounds_what_is_in_flight() {
         let mut queue = DownwardQueue::default();
         for name in ["a", "b", "c", "d"] {
-            queue.push(key(name), "u".into(), apply("1"));
+            queue.push(ObjectKey::deployment(name), "u".into(), apply("1"));
         }
         assert_eq!(seqs(&queue.next_batch(10, 3)), [1, 2, 3]);
         assert!(queue.next_batch(10, 3).is_empty(), "window full");
@@ -341,13 +332,13 @@ mod tests {
     #[test]
     fn acks_confirm_deletions_and_resume_resends_the_rest() {
         let mut queue = DownwardQueue::default();
-        queue.push(key("a"), "u".into(), apply("1"));
-        queue.push(key("b"), "u".into(), Change::Delete);
-        queue.push(key("c"), "u".into(), apply("1"));
+        queue.push(ObjectKey::deployment("a"), "u".into(), apply("1"));
+        queue.push(ObjectKey::deployment("b"), "u".into(), Change::Delete);
+        queue.push(ObjectKey::deployment("c"), "u".into(), apply("1"));
         queue.next_batch(10, 10);
         let confirmed = queue.ack(2);
-        assert_eq!(confirmed.deleted, vec![key("b")]);
-        assert_eq!(confirmed.applied, vec![(1, key("a"))]);
+        assert_eq!(confirmed.deleted, vec![ObjectKey::deployment("b")]);
+        assert_eq!(confirmed.applied, vec![(1, ObjectKey::deployment("a"))]);
         assert_eq!(
             queue.ack(1),
             Confirmed::default(),
@@ -358,29 +349,29 @@ mod tests {
         assert_eq!(seqs(&queue.next_batch(10, 10)), [3]);
         // An ack beyond what was sent is capped.
         queue.ack(99);
-        queue.push(key("d"), "u".into(), apply("1"));
+        queue.push(ObjectKey::deployment("d"), "u".into(), apply("1"));
         assert_eq!(seqs(&queue.next_batch(10, 10)), [4]);
     }
 
     #[test]
     fn a_snapshot_goes_out_as_the_window_opens_then_its_end_then_the_rest() {
         let mut queue = DownwardQueue::default();
-        queue.push(key("gone"), "u".into(), Change::Delete);
-        queue.push(key("a"), "u".into(), apply("old"));
+        queue.push(ObjectKey::deployment("gone"), "u".into(), Change::Delete);
+        queue.push(ObjectKey::deployment("a"), "u".into(), apply("old"));
         queue.next_batch(10, 10);
         let (objects, end) = queue.snapshot(vec![
-            (key("a"), "u".into(), Arc::from("new")),
-            (key("b"), "u".into(), Arc::from("new")),
-            (key("c"), "u".into(), Arc::from("new")),
+            (ObjectKey::deployment("a"), "u".into(), Arc::from("new")),
+            (ObjectKey::deployment("b"), "u".into(), Arc::from("new")),
+            (ObjectKey::deployment("c"), "u".into(), Arc::from("new")),
         ]);
         assert_eq!((objects, end), (3, 6));
         assert!(queue.in_snapshot());
         // A change after the snapshot was taken waits for its end.
-        queue.push(key("d"), "u".into(), apply("new"));
+        queue.push(ObjectKey::deployment("d"), "u".into(), apply("new"));
         assert_eq!(seqs(&queue.next_batch(10, 2)), [3, 4]);
         assert_eq!(queue.snapshot_end_due(2), None, "c is not sent yet");
         // c changes before it went out: the snapshot carries the change.
-        queue.push(key("c"), "u".into(), apply("newer"));
+        queue.push(ObjectKey::deployment("c"), "u".into(), apply("newer"));
         queue.ack(4);
         let batch = queue.next_batch(10, 2);
         assert_eq!(seqs(&batch), [5]);
@@ -398,13 +389,13 @@ mod tests {
     #[test]
     fn an_object_deleted_before_its_snapshot_entry_went_out_is_swept() {
         let mut queue = DownwardQueue::default();
-        queue.push(key("gone"), "u".into(), Change::Delete);
+        queue.push(ObjectKey::deployment("gone"), "u".into(), Change::Delete);
         queue.next_batch(10, 10);
         let (_, end) = queue.snapshot(vec![
-            (key("a"), "u".into(), Arc::from("1")),
-            (key("b"), "u".into(), Arc::from("1")),
+            (ObjectKey::deployment("a"), "u".into(), Arc::from("1")),
+            (ObjectKey::deployment("b"), "u".into(), Arc::from("1")),
         ]);
-        queue.push(key("b"), "u".into(), Change::Delete);
+        queue.push(ObjectKey::deployment("b"), "u".into(), Change::Delete);
         assert_eq!(seqs(&queue.next_batch(10, 10)), [2]);
         assert_eq!(queue.snapshot_end_due(10), Some(end));
         // Acks inside the snapshot confirm nothing yet; its end confirms
@@ -412,7 +403,10 @@ mod tests {
         assert_eq!(queue.ack(2).deleted, Vec::<ObjectKey>::new());
         let mut deleted = queue.ack(end).deleted;
         deleted.sort();
-        assert_eq!(deleted, vec![key("b"), key("gone")]);
+        assert_eq!(
+            deleted,
+            vec![ObjectKey::deployment("b"), ObjectKey::deployment("gone")]
+        );
     }
 
     #[test]
@@ -420,8 +414,8 @@ mod tests {
         let mut queue = DownwardQueue::default();
         assert!(queue.can_resume());
         let (_, end) = queue.snapshot(vec![
-            (key("a"), "u".into(), Arc::from("1")),
-            (key("b"), "u".into(), Arc::from("1")),
+            (ObjectKey::deployment("a"), "u".into(), Arc::from("1")),
+            (ObjectKey::deployment("b"), "u".into(), Arc::from("1")),
         ]);
         queue.next_batch(10, 10);
         assert_eq!(queue.snapshot_end_due(10), Some(end));

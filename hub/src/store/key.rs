@@ -56,6 +56,23 @@ impl ObjectKey {
     }
 }
 
+#[cfg(test)]
+impl ObjectKey {
+    /// Deployment `name` in workspace `root:a`, namespace `default`: the
+    /// key of unit tests in which only the name matters.
+    pub fn deployment(name: &str) -> Self {
+        Self::new(KeyParts {
+            workspace: "root:a".into(),
+            group: "apps".into(),
+            version: "v1".into(),
+            resource: "deployments".into(),
+            kind: "Deployment".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        })
+    }
+}
+
 impl From<KeyParts> for ObjectKey {
     fn from(parts: KeyParts) -> Self {
         Self::new(parts)

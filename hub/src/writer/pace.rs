@@ -184,19 +184,6 @@ fn harmonic_mean(a: Duration, b: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::KeyParts;
-
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "ws".into(),
-            group: String::new(),
-            version: "v1".into(),
-            resource: "pods".into(),
-            kind: "Pod".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        })
-    }
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -211,12 +198,15 @@ mod tests {
     fn a_first_change_and_a_slow_object_wait_the_base_time() {
         let mut paces = paces();
         let start = Instant::now();
-        paces.changed(&key("a"), start);
-        assert_eq!(paces.quiet(&key("a"), start), 20 * MS);
+        paces.changed(&ObjectKey::deployment("a"), start);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), start), 20 * MS);
         // Every 200 ms (the latency scenario at 1,000 changes/s): not busy.
         for i in 1..10 {
-            paces.changed(&key("a"), start + 200 * MS * i);
-            assert_eq!(paces.quiet(&key("a"), start + 200 * MS * i), 20 * MS);
+            paces.changed(&ObjectKey::deployment("a"), start + 200 * MS * i);
+            assert_eq!(
+                paces.quiet(&ObjectKey::deployment("a"), start + 200 * MS * i),
+                20 * MS
+            );
         }
     }
 
@@ -225,27 +215,30 @@ mod tests {
         let mut paces = paces();
         let mut now = Instant::now();
         for _ in 0..5 {
-            paces.changed(&key("a"), now);
+            paces.changed(&ObjectKey::deployment("a"), now);
             now += 40 * MS;
         }
         now -= 40 * MS;
-        assert_eq!(paces.quiet(&key("a"), now), 160 * MS);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), now), 160 * MS);
         // Faster still: the average follows, the quiet time shrinks with it
         // but never below the base.
         for _ in 0..8 {
             now += MS;
-            paces.changed(&key("a"), now);
+            paces.changed(&ObjectKey::deployment("a"), now);
         }
-        assert_eq!(paces.quiet(&key("a"), now), 20 * MS);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), now), 20 * MS);
         // Slower (but still busy): capped.
         let mut paces = Paces::new(SettleTimes {
             base: 20 * MS,
             max: 100 * MS,
         });
         for i in 0..5 {
-            paces.changed(&key("b"), now + 90 * MS * i);
+            paces.changed(&ObjectKey::deployment("b"), now + 90 * MS * i);
         }
-        assert_eq!(paces.quiet(&key("b"), now + 360 * MS), 100 * MS);
+        assert_eq!(
+            paces.quiet(&ObjectKey::deployment("b"), now + 360 * MS),
+            100 * MS
+        );
     }
 
     #[test]
@@ -253,32 +246,35 @@ mod tests {
         let mut paces = paces();
         let start = Instant::now();
         for i in 0..5 {
-            paces.changed(&key("a"), start + 30 * MS * i);
+            paces.changed(&ObjectKey::deployment("a"), start + 30 * MS * i);
         }
         let last = start + 120 * MS;
-        assert_eq!(paces.quiet(&key("a"), last), 120 * MS);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), last), 120 * MS);
         // A pause of 300 ms halves its rate (a gap of ~55 ms): the first
         // change of the next burst waits for more.
-        paces.changed(&key("a"), last + 300 * MS);
-        let quiet = paces.quiet(&key("a"), last + 300 * MS);
+        paces.changed(&ObjectKey::deployment("a"), last + 300 * MS);
+        let quiet = paces.quiet(&ObjectKey::deployment("a"), last + 300 * MS);
         assert!(quiet > 200 * MS && quiet < 250 * MS, "{quiet:?}");
         // Settling into a slow pace (every 300 ms) makes it ordinary again.
         for i in 2..5 {
-            paces.changed(&key("a"), last + 300 * MS * i);
+            paces.changed(&ObjectKey::deployment("a"), last + 300 * MS * i);
         }
-        assert_eq!(paces.quiet(&key("a"), last + 1200 * MS), 20 * MS);
+        assert_eq!(
+            paces.quiet(&ObjectKey::deployment("a"), last + 1200 * MS),
+            20 * MS
+        );
         // Quiet for longer than the memory (50 base times): forgotten.
         let mut paces = paces_busy_at(start);
         let later = start + 120 * MS + 1001 * MS;
-        assert_eq!(paces.quiet(&key("a"), later), 20 * MS);
-        paces.changed(&key("a"), later);
-        assert_eq!(paces.quiet(&key("a"), later), 20 * MS);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), later), 20 * MS);
+        paces.changed(&ObjectKey::deployment("a"), later);
+        assert_eq!(paces.quiet(&ObjectKey::deployment("a"), later), 20 * MS);
         // And the objects that stopped changing are swept away.
         for i in 0..100 {
-            paces.changed(&key(&format!("o{i}")), later);
+            paces.changed(&ObjectKey::deployment(&format!("o{i}")), later);
         }
         assert_eq!(paces.remembered(), 101);
-        paces.changed(&key("a"), later + 1001 * MS);
+        paces.changed(&ObjectKey::deployment("a"), later + 1001 * MS);
         assert_eq!(paces.remembered(), 1);
     }
 
@@ -286,7 +282,7 @@ mod tests {
     fn paces_busy_at(start: Instant) -> Paces {
         let mut paces = paces();
         for i in 0..5 {
-            paces.changed(&key("a"), start + 30 * MS * i);
+            paces.changed(&ObjectKey::deployment("a"), start + 30 * MS * i);
         }
         paces
     }
@@ -300,9 +296,12 @@ mod tests {
             let mut paces = Paces::new(times);
             let start = Instant::now();
             for i in 0..10 {
-                paces.changed(&key("a"), start + MS * i);
+                paces.changed(&ObjectKey::deployment("a"), start + MS * i);
             }
-            assert_eq!(paces.quiet(&key("a"), start + 9 * MS), times.base);
+            assert_eq!(
+                paces.quiet(&ObjectKey::deployment("a"), start + 9 * MS),
+                times.base
+            );
             assert_eq!(paces.remembered(), 0);
         }
     }

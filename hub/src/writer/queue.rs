@@ -428,18 +428,6 @@ mod tests {
     use super::*;
     use crate::store::KeyParts;
 
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "ws".into(),
-            group: String::new(),
-            version: "v1".into(),
-            resource: "pods".into(),
-            kind: "Pod".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        })
-    }
-
     fn queue() -> WriteQueue {
         WriteQueue::new(Arc::new(
             Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")),
@@ -449,12 +437,12 @@ mod tests {
     #[tokio::test]
     async fn a_key_is_queued_once() {
         let queue = queue();
-        queue.push(key("a"), "c1");
-        queue.push(key("b"), "c1");
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
+        queue.push(ObjectKey::deployment("b"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         assert_eq!(queue.len(), 2);
-        assert_eq!(queue.next().await, key("a"));
-        assert_eq!(queue.next().await, key("b"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("b"));
         assert!(queue.is_empty());
         assert_eq!(queue.metrics.write_queue_depth.get(), 0);
     }
@@ -462,10 +450,10 @@ mod tests {
     #[tokio::test]
     async fn dirty_while_in_flight_is_written_again_after() {
         let queue = queue();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         let a = queue.next().await;
-        queue.push(key("a"), "c1");
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         assert!(queue.is_empty(), "not ready while in flight");
         queue.done(a, None);
         assert_eq!(queue.len(), 1);
@@ -477,13 +465,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_waits_for_its_deadline() {
         let queue = queue();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         let a = queue.next().await;
         let start = Instant::now();
         queue.done(a, Some(Duration::from_secs(5)));
-        queue.push(key("a"), "c1"); // a change does not cut the wait short
+        queue.push(ObjectKey::deployment("a"), "c1"); // a change does not cut the wait short
         assert_eq!(queue.len(), 1);
-        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert!(start.elapsed() >= Duration::from_secs(5));
     }
 
@@ -494,17 +482,17 @@ mod tests {
             Duration::from_millis(20),
         );
         let start = Instant::now();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         tokio::time::advance(Duration::from_millis(15)).await;
-        queue.push(key("a"), "c1"); // rides along: the window is not restarted
+        queue.push(ObjectKey::deployment("a"), "c1"); // rides along: the window is not restarted
         assert_eq!(queue.len(), 1);
-        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert_eq!(start.elapsed(), Duration::from_millis(20));
         // Dirty while in flight: written again, after its own settle time.
-        queue.push(key("a"), "c1");
-        queue.done(key("a"), None);
+        queue.push(ObjectKey::deployment("a"), "c1");
+        queue.done(ObjectKey::deployment("a"), None);
         let rewritten = Instant::now();
-        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert_eq!(rewritten.elapsed(), Duration::from_millis(20));
     }
 
@@ -522,19 +510,19 @@ mod tests {
     async fn an_isolated_change_is_due_after_the_base_settle_time() {
         let queue = learning(20, 500);
         let start = Instant::now();
-        queue.push(key("a"), "c1");
-        assert_eq!(queue.next().await, key("a"));
+        queue.push(ObjectKey::deployment("a"), "c1");
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert_eq!(start.elapsed(), Duration::from_millis(20));
-        queue.done(key("a"), None);
+        queue.done(ObjectKey::deployment("a"), None);
         // Changes 200 ms apart (1,000 changes/s over 200 objects): each
         // still waits the base time only.
         for _ in 0..5 {
             tokio::time::advance(Duration::from_millis(180)).await;
             let changed = Instant::now();
-            queue.push(key("a"), "c1");
-            assert_eq!(queue.next().await, key("a"));
+            queue.push(ObjectKey::deployment("a"), "c1");
+            assert_eq!(queue.next().await, ObjectKey::deployment("a"));
             assert_eq!(changed.elapsed(), Duration::from_millis(20));
-            queue.done(key("a"), None);
+            queue.done(ObjectKey::deployment("a"), None);
         }
         let text = queue.metrics.render();
         assert!(
@@ -549,7 +537,7 @@ mod tests {
         let ms = Duration::from_millis;
         // First change: nothing known yet, written after the base time.
         let start = Instant::now();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         queue.done(queue.next().await, None);
         assert_eq!(start.elapsed(), ms(20));
         // Then it changes every 40 ms, 20 times (from 40 to 800 ms).
@@ -558,7 +546,7 @@ mod tests {
             let queue = queue.clone();
             async move {
                 for _ in 0..20 {
-                    queue.push(key("a"), "c1");
+                    queue.push(ObjectKey::deployment("a"), "c1");
                     tokio::time::sleep(ms(40)).await;
                 }
             }
@@ -593,7 +581,7 @@ mod tests {
         let ms = Duration::from_millis;
         // Changes 30 ms apart, each written as soon as it is due.
         for _ in 0..5 {
-            queue.push(key("a"), "c1");
+            queue.push(ObjectKey::deployment("a"), "c1");
             tokio::time::advance(ms(30)).await;
             if let Some(written) = queue.next().now_or_never() {
                 queue.done(written, None);
@@ -601,21 +589,21 @@ mod tests {
         }
         // Busy: the next change waits four of its gaps.
         let changed = Instant::now();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         queue.done(queue.next().await, None);
         assert_eq!(changed.elapsed(), ms(120));
         // A short pause (as between two bursts) keeps it busy: half its
         // rate, a gap of 2*30*150/180 = 50 ms, so the next change waits 200 ms.
         tokio::time::advance(ms(30)).await;
         let changed = Instant::now();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         queue.done(queue.next().await, None);
         assert_eq!(changed.elapsed(), ms(200));
         // A pause longer than the memory (50 base settle times): the next
         // change is an isolated one again.
         tokio::time::advance(ms(1000)).await;
         let changed = Instant::now();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         queue.done(queue.next().await, None);
         assert_eq!(changed.elapsed(), ms(20));
     }
@@ -624,7 +612,7 @@ mod tests {
     async fn a_retry_is_not_stretched_by_changes() {
         let queue = learning(20, 300);
         for _ in 0..5 {
-            queue.push(key("a"), "c1");
+            queue.push(ObjectKey::deployment("a"), "c1");
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         let a = queue.next().await;
@@ -632,16 +620,16 @@ mod tests {
         let failed = Instant::now();
         for _ in 0..9 {
             tokio::time::advance(Duration::from_millis(10)).await;
-            queue.push(key("a"), "c1");
+            queue.push(ObjectKey::deployment("a"), "c1");
         }
-        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert_eq!(failed.elapsed(), Duration::from_millis(100));
     }
 
     fn key_in(workspace: &str, name: &str) -> ObjectKey {
         ObjectKey::new(KeyParts {
             workspace: workspace.into(),
-            ..key(name).parts().clone()
+            ..ObjectKey::deployment(name).parts().clone()
         })
     }
 
@@ -649,10 +637,10 @@ mod tests {
     async fn backlogs_are_per_cluster_and_their_gauges_go_with_them() {
         let queue = queue();
         for i in 0..5 {
-            queue.push(key(&format!("flood-{i}")), "a");
+            queue.push(ObjectKey::deployment(&format!("flood-{i}")), "a");
         }
-        queue.push(key("mine"), "b");
-        queue.push(key("flood-0"), "b"); // b changed a shared object too
+        queue.push(ObjectKey::deployment("mine"), "b");
+        queue.push(ObjectKey::deployment("flood-0"), "b"); // b changed a shared object too
         assert_eq!(queue.cluster_depth("a"), 5);
         assert_eq!(queue.cluster_depth("b"), 2);
         assert_eq!(queue.len(), 6);
@@ -695,14 +683,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_retry_keeps_its_clusters_and_adds_those_that_dirtied_it() {
         let queue = queue();
-        queue.push(key("a"), "c1");
+        queue.push(ObjectKey::deployment("a"), "c1");
         let a = queue.next().await;
-        queue.push(key("a"), "c2");
+        queue.push(ObjectKey::deployment("a"), "c2");
         assert_eq!(queue.cluster_depth("c1"), 0, "in flight is not queued");
         queue.done(a, Some(Duration::from_secs(1)));
         assert_eq!(queue.cluster_depth("c1"), 1);
         assert_eq!(queue.cluster_depth("c2"), 1);
-        assert_eq!(queue.next().await, key("a"));
+        assert_eq!(queue.next().await, ObjectKey::deployment("a"));
         assert_eq!(queue.cluster_depth("c2"), 0);
     }
 
