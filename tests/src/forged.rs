@@ -186,7 +186,7 @@ impl crate::fleet::Fleet {
 /// How the hub ended a forged agent's connection: the `Error` frame it sent
 /// first (if any) and its WebSocket close code and reason (if it sent a
 /// Close frame).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ending {
     pub error: Option<uplink_protocol::ErrorFrame>,
     pub close: Option<(u16, String)>,
@@ -212,10 +212,12 @@ impl ForgedAgent {
     /// Reads until the hub ends the connection (each read waiting at most
     /// `within`), and tells how it did.
     pub async fn ending(&mut self, within: Duration) -> Result<Ending> {
-        let mut ending = Ending {
-            error: None,
-            close: None,
-        };
+        self.ending_from(Ending::default(), within).await
+    }
+
+    /// [`ForgedAgent::ending`], continuing from what [`ForgedAgent::read_ready`]
+    /// already saw.
+    pub async fn ending_from(&mut self, mut ending: Ending, within: Duration) -> Result<Ending> {
         loop {
             let message = tokio::time::timeout(within, self.ws.next())
                 .await
@@ -224,20 +226,46 @@ impl ForgedAgent {
                         "the hub did not end the connection within {within:?}; so far {ending:?}"
                     )
                 })?;
-            match message {
-                None | Some(Err(_)) => return Ok(ending),
-                Some(Ok(Message::Binary(bytes))) => {
-                    if let Ok(HubFrame::Error(error)) = decode_hub_frame(&bytes, &Limits::default())
-                    {
-                        ending.error = Some(error);
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    ending.close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                }
-                Some(Ok(_)) => {}
+            if note(&mut ending, message) {
+                return Ok(ending);
             }
         }
+    }
+
+    /// Reads what the hub has sent by now, without waiting, as a client
+    /// that writes and reads at once would (one that never reads fills the
+    /// hub's socket, and the hub's close cannot get through). True once
+    /// the connection ended.
+    pub fn read_ready(&mut self, ending: &mut Ending) -> bool {
+        use futures::FutureExt as _;
+        while let Some(message) = self.ws.next().now_or_never() {
+            if note(ending, message) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Notes one message (or the end) of a connection the hub is ending; true
+/// once it ended.
+fn note(
+    ending: &mut Ending,
+    message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> bool {
+    match message {
+        None | Some(Err(_)) => true,
+        Some(Ok(Message::Binary(bytes))) => {
+            if let Ok(HubFrame::Error(error)) = decode_hub_frame(&bytes, &Limits::default()) {
+                ending.error = Some(error);
+            }
+            false
+        }
+        Some(Ok(Message::Close(frame))) => {
+            ending.close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            false
+        }
+        Some(Ok(_)) => false,
     }
 }
 

@@ -1007,7 +1007,10 @@ async fn a_flood_of_pings_does_not_keep_a_session_alive() -> Result<()> {
         let started = Instant::now();
         let limit = fleet.heartbeat() * 3;
         let mut pings = 0u64;
-        // Pings for twice the silence limit, or until the hub closes.
+        let mut ending = Ending::default();
+        // Pings for twice the silence limit, or until the hub closes; the
+        // hub's pongs read as they come.
+        let mut ended = false;
         while started.elapsed() < limit * 2 {
             if agent
                 .send_message(Message::Ping(pings.to_be_bytes().to_vec().into()))
@@ -1018,16 +1021,31 @@ async fn a_flood_of_pings_does_not_keep_a_session_alive() -> Result<()> {
             }
             pings += 1;
             if pings.is_multiple_of(100) {
+                ended = agent.read_ready(&mut ending);
+                if ended || ending.close.is_some() {
+                    break;
+                }
                 tokio::task::yield_now().await;
             }
         }
-        let ending = agent.ending(ENDING_WAIT).await?;
+        let closed_after = started.elapsed();
+        let ending = if ended {
+            ending
+        } else {
+            agent.ending_from(ending, ENDING_WAIT).await?
+        };
         ensure!(pings >= 1_000, "only {pings} pings sent");
         expect_close(
             &ending,
             close::GOING_AWAY,
             "silent for three heartbeat intervals",
         )?;
+        // Had the pings counted, the hub would never have closed while
+        // they came.
+        ensure!(
+            closed_after < limit * 2,
+            "closed {closed_after:?} after the Welcome: the pings kept the session alive"
+        );
         aftermath(fleet, 26).await
     })
     .await
