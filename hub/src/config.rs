@@ -48,7 +48,8 @@ pub struct HubConfig {
     pub write_settle: Duration,
     /// How long an object that keeps changing may wait at most: its settle
     /// window stays open while changes keep coming at its recent pace, up to
-    /// this long (at most `write_settle`: every change waits `write_settle`).
+    /// this long (at or below `write_settle`, nothing is learned: every
+    /// change waits `write_settle`).
     pub write_settle_max: Duration,
     /// How object status is written: server-side apply or merge patch.
     pub status_write: StatusWrite,

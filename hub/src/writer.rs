@@ -499,7 +499,6 @@ pub fn not_reported(last: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::KeyParts;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -678,15 +677,7 @@ mod tests {
     }
 
     fn key() -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "root:a".into(),
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            kind: "Deployment".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-        })
+        ObjectKey::deployment("web")
     }
 
     fn upsert(seq: u64, status: Value) -> Update {

@@ -76,15 +76,7 @@ mod tests {
     use super::*;
 
     fn key() -> ObjectKey {
-        ObjectKey::new(KeyParts {
-            workspace: "root:a".into(),
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            kind: "Deployment".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-        })
+        ObjectKey::deployment("web")
     }
 
     #[test]

@@ -507,7 +507,6 @@ fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::KeyParts;
 
     #[tokio::test]
     async fn kcp_base_url_drops_a_workspace_suffix() {
@@ -551,15 +550,7 @@ mod tests {
 
     #[test]
     fn apply_is_a_patch_of_status_with_manager_and_force() {
-        let key = ObjectKey::new(KeyParts {
-            workspace: "root:a".into(),
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            kind: "Deployment".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-        });
+        let key = ObjectKey::deployment("web");
         let configuration = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"});
         let options = ApplyOptions {
             field_manager: "uplink-hub",
