@@ -45,6 +45,9 @@ pub struct Metrics {
     pub rejected_deltas: IntCounterVec,
     /// Objects KCP placed on each watched cluster.
     pub placements: IntGaugeVec,
+    /// Objects of each synced type placed on at least one SyncTarget, as the
+    /// hub's one watch of the type keeps them (its memory grows with this).
+    pub placed_objects: IntGaugeVec,
     /// Reports kept aside until placement can judge them, all clusters.
     pub held_reports: IntGauge,
     /// Failed lists and watches of SyncTargets and placements (each retried).
@@ -232,9 +235,16 @@ impl Metrics {
         let placements = IntGaugeVec::new(
             Opts::new(
                 "uplink_hub_placements",
-                "Objects KCP placed on the cluster, as the hub's placement watch sees them.",
+                "Objects KCP placed on the cluster, as the hub's placement watches see them.",
             ),
             &["cluster"],
+        )?;
+        let placed_objects = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_placed_objects",
+                "Objects of the type placed on at least one SyncTarget, kept by the hub's watch of the type.",
+            ),
+            &["resource"],
         )?;
         let held_reports = IntGauge::new(
             "uplink_hub_held_reports",
@@ -392,6 +402,7 @@ impl Metrics {
         registry.register(Box::new(frames_rejected.clone()))?;
         registry.register(Box::new(rejected_deltas.clone()))?;
         registry.register(Box::new(placements.clone()))?;
+        registry.register(Box::new(placed_objects.clone()))?;
         registry.register(Box::new(held_reports.clone()))?;
         registry.register(Box::new(placement_watch_failures.clone()))?;
         registry.register(Box::new(downstream_objects.clone()))?;
@@ -416,6 +427,7 @@ impl Metrics {
             frames_rejected,
             rejected_deltas,
             placements,
+            placed_objects,
             held_reports,
             placement_watch_failures,
             downstream_objects,

@@ -5,7 +5,7 @@ mod support;
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use support::{End, TestHub, eventually, upsert};
+use support::{End, FakePlacement, TestHub, eventually, upsert};
 use uplink_protocol::{
     Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, PROTOCOL_VERSION, Rejected,
     SessionMode, SnapshotBegin, SnapshotChunk, SnapshotEnd, close,
@@ -115,6 +115,54 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
     assert_eq!(clusters["items"][0]["objects"], 2);
 
     drop((agent, restarted));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn every_connected_cluster_gets_its_placement_from_one_watch_per_type() -> Result<()> {
+    let placement = FakePlacement::default();
+    let watches = placement.placed_watches.clone();
+    let hub = TestHub::start_placed(|_| {}, placement).await?;
+    let clusters = ["edge-1", "east", "west"];
+    let mut agents = Vec::new();
+    for cluster in clusters {
+        let mut agent = hub.connect(&hub.pki.client(cluster)?).await?;
+        welcome(agent.hello(cluster, "s", None, 0).await?)?;
+        agent
+            .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
+            .await?;
+        agent
+            .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
+                deltas: vec![upsert(1, "web", json!({"replicas": 1}))],
+            }))
+            .await?;
+        agent
+            .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 1 }))
+            .await?;
+        assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(1)));
+        agents.push(agent);
+    }
+    // Each cluster's report was taken: its share of the one watch placed
+    // `web` on it.
+    let (status, body) = hub.get("/api/v1/clusters").await?;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body)?;
+    for cluster in clusters {
+        let record = listed["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|c| c["name"] == cluster));
+        assert_eq!(
+            record.map(|c| c["objects"].clone()),
+            Some(json!(1)),
+            "{cluster}"
+        );
+    }
+    assert_eq!(
+        watches.load(std::sync::atomic::Ordering::SeqCst),
+        uplink_hub::config::default_resources().len(),
+        "one watch per synced type, however many clusters connect"
+    );
+    drop(agents);
     hub.stop().await
 }
 

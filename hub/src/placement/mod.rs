@@ -6,9 +6,10 @@
 //! workspace `--synctarget-workspace` names, with the cluster's name), and
 //! kcp marks every object it places on that SyncTarget with the label
 //! `state.workload.kcp.io/<syncTargetKey>: Sync` ([`key`]). The hub watches
-//! both ([`source`], [`watch`]): the SyncTargets, and for each cluster that
-//! connected and has one, the objects of every synced type that carry its
-//! label, across all workspaces. Nothing an agent sends changes this view.
+//! both ([`source`], [`watch`]): the SyncTargets, and each synced type once
+//! across all workspaces, indexed by the SyncTarget keys its objects are
+//! placed on ([`index`]); every cluster that connected and has a SyncTarget
+//! gets its share. Nothing an agent sends changes this view.
 //!
 //! Every report is judged against it ([`PlacementView::verdict`]): taken
 //! when the object is placed on the reporting cluster with the kind and
@@ -27,6 +28,7 @@
 //! store.
 
 pub mod address;
+pub(crate) mod index;
 pub mod key;
 pub mod runner;
 pub mod source;
@@ -110,8 +112,8 @@ pub struct Placements {
     view: RwLock<PlacementView>,
     settings: PlacementSettings,
     metrics: Arc<Metrics>,
-    /// Clusters whose agents connected; the runner watches their placement.
-    wanted: std::sync::Mutex<HashSet<ClusterName>>,
+    /// Clusters whose agents connected; the runner follows their placement.
+    wanted: std::sync::Mutex<Wanted>,
     wanted_changed: Notify,
     /// Woken after every change of the view.
     changed: Notify,
@@ -144,14 +146,12 @@ impl Placements {
         self.view.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks for `cluster`'s placement to be watched (its agent connected).
+    /// Asks for `cluster`'s placement to be followed (its agent connected).
     pub fn want(&self, cluster: &str) {
-        let added = self
-            .wanted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(cluster.to_owned());
-        if added {
+        let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        if wanted.all.insert(cluster.to_owned()) {
+            wanted.fresh.push(cluster.to_owned());
+            drop(wanted);
             self.wanted_changed.notify_one();
         }
     }
@@ -179,17 +179,44 @@ impl Placements {
         self.changed.notify_waiters();
     }
 
-    fn wanted(&self) -> HashSet<ClusterName> {
+    /// Whether `cluster`'s agent ever connected.
+    fn is_wanted(&self, cluster: &str) -> bool {
         self.wanted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .all
+            .contains(cluster)
+    }
+
+    /// Every cluster whose agent ever connected.
+    fn wanted(&self) -> Vec<ClusterName> {
+        let wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted.all.iter().cloned().collect()
+    }
+
+    /// The clusters wanted since the last call.
+    fn take_fresh(&self) -> Vec<ClusterName> {
+        std::mem::take(
+            &mut self
+                .wanted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .fresh,
+        )
     }
 
     /// What the hub knows of `cluster`'s placement, for the hub API.
     pub fn summary(&self, cluster: &str) -> PlacementSummary {
         self.read().summary(cluster)
     }
+}
+
+/// The clusters whose placement the runner follows.
+#[derive(Debug, Default)]
+struct Wanted {
+    all: HashSet<ClusterName>,
+    /// Added since the runner last looked.
+    fresh: Vec<ClusterName>,
 }
 
 /// One cluster's placement as the hub API shows it.
@@ -214,12 +241,14 @@ pub struct PlacementView {
     /// SyncTargets by cluster name; `None` until they were listed.
     synctargets: Option<HashMap<ClusterName, SyncTargetRef>>,
     clusters: HashMap<ClusterName, ClusterPlacement>,
+    /// The followed clusters by SyncTarget key.
+    by_key: HashMap<String, ClusterName>,
 }
 
 /// What is placed on one cluster.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterPlacement {
-    /// The SyncTarget key the watches select.
+    /// The SyncTarget key its objects are placed with.
     pub(crate) key: String,
     /// Per type: the kind KCP names it by, once its list arrived.
     kinds: Vec<Option<String>>,
@@ -259,6 +288,7 @@ impl PlacementView {
             types,
             synctargets: None,
             clusters: HashMap::new(),
+            by_key: HashMap::new(),
         }
     }
 
@@ -383,6 +413,7 @@ impl PlacementView {
     /// listed.
     pub(crate) fn start_cluster(&mut self, cluster: &str, key: &str) {
         let types = self.types.len();
+        self.by_key.insert(key.to_owned(), cluster.to_owned());
         self.clusters.insert(
             cluster.to_owned(),
             ClusterPlacement {
@@ -402,6 +433,13 @@ impl PlacementView {
         let Some(placement) = self.clusters.remove(cluster) else {
             return Vec::new();
         };
+        if self
+            .by_key
+            .get(&placement.key)
+            .is_some_and(|c| c == cluster)
+        {
+            self.by_key.remove(&placement.key);
+        }
         placement
             .objects
             .keys()
@@ -409,15 +447,27 @@ impl PlacementView {
             .collect()
     }
 
-    /// Whether the runner watches `cluster` with SyncTarget key `key`.
-    pub(crate) fn watching(&self, cluster: &str, key: &str) -> bool {
+    /// Whether the runner follows `cluster` with SyncTarget key `key`.
+    pub(crate) fn following(&self, cluster: &str, key: &str) -> bool {
         self.clusters.get(cluster).is_some_and(|p| p.key == key)
     }
 
+    /// The followed cluster whose SyncTarget key is `key`.
+    pub(crate) fn cluster_by_key(&self, key: &str) -> Option<&ClusterName> {
+        self.by_key.get(key)
+    }
+
+    /// Every followed cluster and its SyncTarget key.
+    pub(crate) fn followed(&self) -> Vec<(ClusterName, String)> {
+        self.clusters
+            .iter()
+            .map(|(cluster, placement)| (cluster.clone(), placement.key.clone()))
+            .collect()
+    }
+
     /// Applies one change of type `index` on `cluster`'s placement as
-    /// watched with SyncTarget key `key`. Returns what changed; `None` when
-    /// the cluster is not watched with that key (a late event of a stopped
-    /// watch).
+    /// followed with SyncTarget key `key`. Returns what changed; `None` when
+    /// the cluster is not followed with that key.
     pub(crate) fn apply(
         &mut self,
         cluster: &str,

@@ -1,25 +1,24 @@
 //! The task that keeps the placement view up to date: it watches the
-//! SyncTargets, starts one watch per synced type for every cluster whose
-//! agent connected and that has a SyncTarget, applies what they report to
-//! the view and the store together, and judges held reports again.
+//! SyncTargets and each synced type once ([`super::index`]), gives every
+//! cluster whose agent connected and that has a SyncTarget its share,
+//! applies each change to the view and the store together, and judges held
+//! reports again.
 //!
-//! It owns one task per watched cluster (stopped when the cluster's
-//! SyncTarget goes or changes) and stops them all, then itself, when its
-//! token is cancelled.
+//! It owns its watches (streams polled in its own loop, so no task per
+//! cluster or type) and drops them when its token is cancelled.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::Rejected;
 
 use super::address::Address;
-use super::key::{STATE_SYNC, state_label, sync_target_key};
+use super::index::{PlacedIndex, is_placed_on, sync_keys};
+use super::key::sync_target_key;
 use super::source::{PlacedObject, PlacementSource, SyncTargetObject};
 use super::watch::{Event, WatchError};
 use super::{
@@ -52,12 +51,32 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs until `stop` is cancelled; then stops every cluster's watches.
+    /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let workspace = self.placements.settings().synctarget_workspace.clone();
+        let resources = self.placements.settings().resources.clone();
         let mut synctargets = self.source.synctargets(&workspace);
-        let mut clusters: HashMap<ClusterName, (String, CancellationToken)> = HashMap::new();
-        let mut tasks = JoinSet::new();
+        let mut placed: SelectAll<TypedEvents> = resources
+            .iter()
+            .enumerate()
+            .map(|(index, resource)| {
+                self.source
+                    .placed(resource)
+                    .map(move |event| (index, event))
+                    .boxed()
+            })
+            .collect();
+        let mut indexes: Vec<PlacedIndex> =
+            resources.iter().map(|_| PlacedIndex::default()).collect();
+        let placed_objects: Vec<_> = resources
+            .iter()
+            .map(|resource| {
+                let metrics = &self.placements.metrics;
+                metrics
+                    .placed_objects
+                    .with_label_values(&[resource.to_string()])
+            })
+            .collect();
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -65,76 +84,71 @@ impl Runner {
                 () = stop.cancelled() => break,
                 Some(event) = synctargets.next() => match event {
                     Ok(event) => {
-                        // Their watches stop; a SyncTarget that came back
-                        // meanwhile gets a fresh placement below.
-                        for cluster in self.synctargets_changed(event, &workspace) {
-                            if let Some((_, token)) = clusters.remove(&cluster) {
-                                token.cancel();
-                            }
-                        }
+                        let clusters = self.synctargets_changed(event, &workspace);
+                        self.follow(&indexes, clusters);
                     }
                     Err(error) => {
                         self.placements.metrics.placement_watch_failures.inc();
                         tracing::warn!(%workspace, %error, "watching SyncTargets failed");
                     }
                 },
-                () = self.placements.wanted_changed.notified() => {}
+                () = self.placements.wanted_changed.notified() => {
+                    self.follow(&indexes, self.placements.take_fresh());
+                }
+                Some((index, event)) = placed.next() => match event {
+                    Ok(event) => {
+                        let placed = &mut indexes[index];
+                        self.placement_changed(placed, index, event);
+                        placed_objects[index].set(i64::try_from(placed.len()).unwrap_or(i64::MAX));
+                    }
+                    Err(error) => {
+                        self.placements.metrics.placement_watch_failures.inc();
+                        let resource = &resources[index];
+                        if error.attempt == 1 || error.attempt.is_power_of_two() {
+                            tracing::warn!(%resource, %error, attempt = error.attempt, "watching placement failed");
+                        } else {
+                            tracing::debug!(%resource, %error, attempt = error.attempt, "watching placement failed");
+                        }
+                    }
+                },
                 _ = recheck.tick() => {
                     self.recheck_all();
                 }
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(error) = joined
-                        && error.is_panic()
-                    {
-                        tracing::error!(%error, "a placement watch panicked");
-                    }
-                }
             }
-            self.reconcile_watches(&mut clusters, &mut tasks, &stop);
         }
-        for (_, token) in clusters.values() {
-            token.cancel();
-        }
-        while tasks.join_next().await.is_some() {}
     }
 
-    /// Starts the watches of clusters that connected and have a SyncTarget,
-    /// and stops those whose SyncTarget went or changed.
-    fn reconcile_watches(
-        &self,
-        clusters: &mut HashMap<ClusterName, (String, CancellationToken)>,
-        tasks: &mut JoinSet<()>,
-        stop: &CancellationToken,
-    ) {
-        let wanted = self.placements.wanted();
+    /// Starts following those of `clusters` whose agent connected and that
+    /// have a SyncTarget not followed yet, with their share of every type
+    /// listed so far.
+    fn follow(&self, indexes: &[PlacedIndex], clusters: Vec<ClusterName>) {
+        if clusters.is_empty() {
+            return;
+        }
         let mut view = self.placements.write();
-        clusters.retain(|cluster, (key, token)| {
-            let keep = view.synctarget(cluster).is_some_and(|t| t.key == *key);
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
-        for cluster in wanted {
+        for cluster in clusters {
             let Some(target) = view.synctarget(&cluster).cloned() else {
                 continue;
             };
-            if clusters.contains_key(&cluster) {
+            if view.following(&cluster, &target.key) || !self.placements.is_wanted(&cluster) {
                 continue;
             }
-            if !view.watching(&cluster, &target.key) {
-                view.start_cluster(&cluster, &target.key);
+            view.start_cluster(&cluster, &target.key);
+            tracing::info!(%cluster, synctarget = %target.name, workspace = %target.workspace, key = %target.key, "following the cluster's placement");
+            for (index, placed) in indexes.iter().enumerate() {
+                if placed.listed() {
+                    let change = share(placed, &target.key);
+                    self.apply(&mut view, &cluster, &target.key, index, change);
+                }
             }
-            let token = stop.child_token();
-            clusters.insert(cluster.clone(), (target.key.clone(), token.clone()));
-            tracing::info!(%cluster, synctarget = %target.name, workspace = %target.workspace, key = %target.key, "watching the cluster's placement");
-            tasks.spawn(self.clone().watch_cluster(cluster, target, token));
         }
+        drop(view);
+        self.placements.notify_changed();
     }
 
     /// Applies a change of the SyncTargets; a cluster whose SyncTarget went
     /// or changed loses its placement (and the hub every report of it).
-    /// Returns those clusters.
+    /// Returns the clusters that may now be followed.
     fn synctargets_changed(
         &self,
         event: Event<SyncTargetObject>,
@@ -147,18 +161,22 @@ impl Runner {
             key: sync_target_key(workspace, &object.metadata.name),
         };
         let mut view = self.placements.write();
-        let dropped = match event {
+        let (dropped, candidates) = match event {
             Event::Listed { objects, .. } => {
                 tracing::info!(%workspace, synctargets = objects.len(), "SyncTargets listed");
-                view.set_synctargets(
+                let dropped = view.set_synctargets(
                     objects
                         .iter()
                         .map(|object| (object.metadata.name.clone(), target(object)))
                         .collect(),
-                )
+                );
+                (dropped, self.placements.wanted())
             }
-            Event::Applied(object) => view.put_synctarget(target(&object)),
-            Event::Deleted(object) => view.remove_synctarget(&object.metadata.name),
+            Event::Applied(object) => {
+                let name = object.metadata.name.clone();
+                (view.put_synctarget(target(&object)), vec![name])
+            }
+            Event::Deleted(object) => (view.remove_synctarget(&object.metadata.name), Vec::new()),
         };
         for cluster in &dropped {
             let keys = view.drop_cluster(cluster);
@@ -176,91 +194,87 @@ impl Runner {
         self.recheck(&view, None);
         drop(view);
         self.placements.notify_changed();
-        dropped
+        // A SyncTarget that came back with another key is followed afresh.
+        candidates.into_iter().chain(dropped).collect()
     }
 
-    /// Watches every synced type placed on `cluster` until `stop`.
-    async fn watch_cluster(
-        self,
-        cluster: ClusterName,
-        target: SyncTargetRef,
-        stop: CancellationToken,
+    /// Applies one event of type `index`'s watch to its index, and to the
+    /// view and the store of every followed cluster it concerns, under the
+    /// view's write lock.
+    fn placement_changed(
+        &self,
+        placed: &mut PlacedIndex,
+        index: usize,
+        event: Event<PlacedObject>,
     ) {
-        let selector = format!("{}={STATE_SYNC}", state_label(&target.key));
-        let mut streams: SelectAll<TypedEvents> = SelectAll::new();
-        for (index, resource) in self.placements.settings().resources.iter().enumerate() {
-            streams.push(
-                self.source
-                    .placed(resource, &selector)
-                    .map(move |event| (index, event))
-                    .boxed(),
-            );
-        }
-        loop {
-            let (index, event) = tokio::select! {
-                () = stop.cancelled() => return,
-                next = streams.next() => match next {
-                    Some(next) => next,
-                    None => return, // no types configured
-                },
-            };
-            match event {
-                Ok(event) => self.placement_changed(&cluster, &target.key, index, event),
-                Err(error) => {
-                    self.placements.metrics.placement_watch_failures.inc();
-                    if error.attempt == 1 || error.attempt.is_power_of_two() {
-                        tracing::warn!(%cluster, %error, attempt = error.attempt, "watching the cluster's placement failed");
-                    } else {
-                        tracing::debug!(%cluster, %error, attempt = error.attempt, "watching the cluster's placement failed");
+        let mut view = self.placements.write();
+        match event {
+            Event::Listed { kind, objects } => {
+                let objects: Vec<(Address, PlacedObject)> = objects
+                    .into_iter()
+                    .filter_map(|object| Some((self.address(index, &object)?, object)))
+                    .collect();
+                placed.replace(kind, objects);
+                tracing::info!(resource = %self.resource(index), placed = placed.len(), "placement listed");
+                for (cluster, key) in view.followed() {
+                    let change = share(placed, &key);
+                    self.apply(&mut view, &cluster, &key, index, change);
+                }
+            }
+            Event::Applied(object) => {
+                let Some(address) = self.address(index, &object) else {
+                    return;
+                };
+                for key in placed.put(address.clone(), object) {
+                    let Some(cluster) = view.cluster_by_key(&key).cloned() else {
+                        continue;
+                    };
+                    let change = match placed.get(&address) {
+                        Some(object) if is_placed_on(object, &key) => {
+                            PlacementChange::Placed(Box::new(PlacedAddress {
+                                address: address.clone(),
+                                object: object.clone(),
+                            }))
+                        }
+                        _ => PlacementChange::Unplaced(address.clone()),
+                    };
+                    self.apply(&mut view, &cluster, &key, index, change);
+                }
+            }
+            Event::Deleted(object) => {
+                let Some(address) = self.address(index, &object) else {
+                    return;
+                };
+                for key in placed.remove(&address, &object) {
+                    if let Some(cluster) = view.cluster_by_key(&key).cloned() {
+                        let change = PlacementChange::Unplaced(address.clone());
+                        self.apply(&mut view, &cluster, &key, index, change);
                     }
                 }
             }
         }
+        drop(view);
+        self.placements.notify_changed();
     }
 
-    /// Applies one event of `cluster`'s placement of type `index` to the
-    /// view and the store, under the view's write lock.
-    fn placement_changed(
+    /// Applies one change of type `index` to `cluster`'s placement (followed
+    /// with SyncTarget key `key`), to the store and to its downward lane.
+    fn apply(
         &self,
+        view: &mut PlacementView,
         cluster: &str,
         key: &str,
         index: usize,
-        event: Event<PlacedObject>,
+        change: PlacementChange,
     ) {
-        let label = state_label(key);
-        let label = label.as_str();
-        let change = match event {
-            Event::Listed { kind, objects } => PlacementChange::Listed {
-                kind,
-                objects: objects
-                    .into_iter()
-                    .filter_map(|object| self.placed_address(cluster, label, index, object))
-                    .collect(),
-            },
-            Event::Applied(object) => match self.address(cluster, index, &object) {
-                Some(address)
-                    if object.metadata.labels.get(label).map(String::as_str)
-                        == Some(STATE_SYNC) =>
-                {
-                    PlacementChange::Placed(Box::new(PlacedAddress { address, object }))
-                }
-                Some(address) => PlacementChange::Unplaced(address),
-                None => return,
-            },
-            Event::Deleted(object) => match self.address(cluster, index, &object) {
-                Some(address) => PlacementChange::Unplaced(address),
-                None => return,
-            },
-        };
         let full_recheck = matches!(change, PlacementChange::Listed { .. });
         let placed = match &change {
             PlacementChange::Placed(placed) => Some(placed.address.clone()),
             _ => None,
         };
-        let mut view = self.placements.write();
         let max = self.placements.settings().max_per_cluster;
         let Some(applied) = view.apply(cluster, key, index, change, max) else {
-            return; // the cluster's watch was stopped meanwhile
+            return;
         };
         if applied.overflow {
             tracing::warn!(%cluster, max, "more objects are placed on the cluster than the hub tracks; the rest are refused");
@@ -281,12 +295,10 @@ impl Runner {
             .with_label_values(&[cluster])
             .set(i64::try_from(view.objects(cluster)).unwrap_or(i64::MAX));
         if full_recheck {
-            self.recheck(&view, Some(cluster));
+            self.recheck(view, Some(cluster));
         } else if let Some(address) = placed {
-            self.release(&view, cluster, &address);
+            self.release(view, cluster, &address);
         }
-        drop(view);
-        self.placements.notify_changed();
     }
 
     /// What the changes mean for `cluster`'s downward lane (if its agent
@@ -356,30 +368,22 @@ impl Runner {
         }
     }
 
-    fn placed_address(
-        &self,
-        cluster: &str,
-        label: &str,
-        index: usize,
-        object: PlacedObject,
-    ) -> Option<PlacedAddress> {
-        if object.metadata.labels.get(label).map(String::as_str) != Some(STATE_SYNC) {
-            return None;
-        }
-        let address = self.address(cluster, index, &object)?;
-        Some(PlacedAddress { address, object })
+    fn resource(&self, index: usize) -> &uplink_protocol::resource::ResourceSpec {
+        &self.placements.settings().resources[index]
     }
 
-    /// Where `object` of type `index` lives; `None` (logged) when KCP did
-    /// not say which workspace.
-    fn address(&self, cluster: &str, index: usize, object: &PlacedObject) -> Option<Address> {
+    /// Where `object` of type `index` lives; `None` when KCP did not say
+    /// which workspace (logged when the object is placed somewhere).
+    fn address(&self, index: usize, object: &PlacedObject) -> Option<Address> {
         let resource = self.placements.settings().resources.get(index)?;
         let workspace = match self.mode {
             UpstreamMode::Kubernetes => String::new(),
             UpstreamMode::Kcp => match object.workspace() {
                 Some(workspace) if !workspace.is_empty() => workspace.to_owned(),
                 _ => {
-                    tracing::warn!(%cluster, name = %object.metadata.name, resource = %resource, "a placed object without the kcp.io/cluster annotation; ignoring it");
+                    if sync_keys(object).next().is_some() {
+                        tracing::warn!(name = %object.metadata.name, resource = %resource, "a placed object without the kcp.io/cluster annotation; ignoring it");
+                    }
                     return None;
                 }
             },
@@ -457,5 +461,20 @@ fn judge(
                 _ => HeldVerdict::Keep,
             }
         }
+    }
+}
+
+/// The objects of `placed` placed on the SyncTarget with `key`, as a list
+/// of that cluster's share.
+fn share(placed: &PlacedIndex, key: &str) -> PlacementChange {
+    PlacementChange::Listed {
+        kind: placed.kind().map(str::to_owned),
+        objects: placed
+            .placed_on(key)
+            .map(|(address, object)| PlacedAddress {
+                address: address.clone(),
+                object: object.clone(),
+            })
+            .collect(),
     }
 }

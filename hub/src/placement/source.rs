@@ -1,8 +1,8 @@
-//! Where placement comes from: KCP's SyncTargets and the objects carrying a
-//! SyncTarget's placement label, as [`watch`] streams. [`KubeUpstream`]
-//! reads them from KCP (a wildcard `/clusters/*` list+watch with the label
-//! selector, as kcp's syncer virtual workspace served them); tests may
-//! substitute their own source.
+//! Where placement comes from: KCP's SyncTargets and the objects of every
+//! synced type, as [`watch`] streams. [`KubeUpstream`] reads them from KCP
+//! (one wildcard `/clusters/*` list+watch per type; which SyncTargets an
+//! object is placed on is in its labels, read by [`super::index`]); tests
+//! may substitute their own source.
 
 use std::collections::BTreeMap;
 
@@ -25,12 +25,11 @@ pub trait PlacementSource: Send + Sync + std::fmt::Debug + 'static {
         workspace: &str,
     ) -> BoxStream<'static, Result<Event<SyncTargetObject>, WatchError>>;
 
-    /// The objects of type `resource` in every workspace that match
-    /// `label_selector`.
+    /// The objects of type `resource` in every workspace, placed or not:
+    /// no label selector can ask for "placed on any SyncTarget".
     fn placed(
         &self,
         resource: &ResourceSpec,
-        label_selector: &str,
     ) -> BoxStream<'static, Result<Event<PlacedObject>, WatchError>>;
 }
 
@@ -199,13 +198,12 @@ impl PlacementSource for KubeUpstream {
             version: "v1alpha1".to_owned(),
             group: super::SYNCTARGET_GROUP.to_owned(),
         };
-        self.stream(workspace, &resource, None)
+        self.stream(workspace, &resource)
     }
 
     fn placed(
         &self,
         resource: &ResourceSpec,
-        label_selector: &str,
     ) -> BoxStream<'static, Result<Event<PlacedObject>, WatchError>> {
         // Every workspace at once: kcp's wildcard; a plain Kubernetes
         // upstream has one space only.
@@ -213,7 +211,7 @@ impl PlacementSource for KubeUpstream {
             UpstreamMode::Kcp => "*",
             UpstreamMode::Kubernetes => "",
         };
-        self.stream(workspace, resource, Some(label_selector.to_owned()))
+        self.stream(workspace, resource)
     }
 }
 
@@ -222,14 +220,13 @@ impl KubeUpstream {
         &self,
         workspace: &str,
         resource: &ResourceSpec,
-        label_selector: Option<String>,
     ) -> BoxStream<'static, Result<Event<T>, WatchError>> {
         let path = collection_path(resource);
         match self.workspace_client(workspace) {
             Ok(client) => watch::list_watch(Collection {
                 client,
                 path,
-                label_selector,
+                label_selector: None,
             }),
             // The base configuration was checked at start-up; a workspace
             // that cannot be addressed fails for good, and says so once.

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -161,7 +162,6 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     fn record(&self, key: &ObjectKey, patch: Value) {
-        use std::sync::atomic::Ordering;
         self.writes.fetch_add(1, Ordering::Relaxed);
         if !self.discard.load(Ordering::Relaxed) {
             self.patches
@@ -246,6 +246,8 @@ pub const PLACED: &[&str] = &["web", "api", "odd", "bad", "db"];
 pub struct FakePlacement {
     pub clusters: Vec<String>,
     pub objects: Vec<String>,
+    /// How many watches of placed objects the hub opened.
+    pub placed_watches: Arc<AtomicUsize>,
 }
 
 impl Default for FakePlacement {
@@ -253,6 +255,7 @@ impl Default for FakePlacement {
         Self {
             clusters: CLUSTERS.iter().map(|c| (*c).to_owned()).collect(),
             objects: PLACED.iter().map(|o| (*o).to_owned()).collect(),
+            placed_watches: Arc::default(),
         }
     }
 }
@@ -292,11 +295,14 @@ impl PlacementSource for FakePlacement {
     fn placed(
         &self,
         _resource: &ResourceSpec,
-        label_selector: &str,
     ) -> futures::stream::BoxStream<'static, Result<Event<PlacedObject>, WatchError>> {
-        let (label, value) = label_selector
-            .split_once('=')
-            .unwrap_or((label_selector, ""));
+        self.placed_watches.fetch_add(1, Ordering::SeqCst);
+        // Placed on every cluster: one placement label per SyncTarget key.
+        let labels: std::collections::BTreeMap<String, String> = self
+            .clusters
+            .iter()
+            .map(|cluster| placed_on(cluster))
+            .collect();
         let objects = self
             .objects
             .iter()
@@ -306,7 +312,7 @@ impl PlacementSource for FakePlacement {
                     name: name.clone(),
                     namespace: Some("default".into()),
                     uid: format!("upstream-{name}"),
-                    labels: [(label.to_owned(), value.to_owned())].into(),
+                    labels: labels.clone(),
                     annotations: [("kcp.io/cluster".to_owned(), "root:org:team-a".to_owned())]
                         .into(),
                     ..Metadata::default()

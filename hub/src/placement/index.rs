@@ -1,0 +1,255 @@
+//! One synced type's placement on every SyncTarget at once: what the hub's
+//! single watch of that type last saw of the objects kcp placed somewhere,
+//! indexed by SyncTarget key, so that one cluster's share is found without
+//! a scan and one event reaches only the clusters it concerns.
+//!
+//! Why one watch per type rather than one per cluster: a label selector
+//! cannot ask for "any `state.workload.kcp.io/` key" (nor OR several keys),
+//! so a watch per cluster would be one more long-lived connection to KCP
+//! per cluster and type; at 10,000 clusters that alone exhausts the hub's
+//! file descriptors, and a restarted hub would list every type 10,000
+//! times. The shared watch carries every object of the type instead;
+//! objects placed nowhere are dropped as they arrive.
+
+use std::collections::{HashMap, HashSet};
+
+use super::address::Address;
+use super::key::{STATE_LABEL_PREFIX, STATE_SYNC};
+use super::source::PlacedObject;
+
+/// The objects of one type that are placed on at least one SyncTarget.
+#[derive(Debug, Default)]
+pub(crate) struct PlacedIndex {
+    /// Whether the watch listed the type at least once.
+    listed: bool,
+    /// The kind KCP names the type by, once a list named it.
+    kind: Option<String>,
+    objects: HashMap<Address, PlacedObject>,
+    /// The addresses placed on each SyncTarget key.
+    by_key: HashMap<String, HashSet<Address>>,
+}
+
+impl PlacedIndex {
+    pub(crate) fn listed(&self) -> bool {
+        self.listed
+    }
+
+    pub(crate) fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+
+    /// How many objects are placed somewhere.
+    pub(crate) fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Replaces everything with a fresh list (`kind`: the list's, if it
+    /// named one). Every cluster's share must be listed again after it.
+    pub(crate) fn replace(
+        &mut self,
+        kind: Option<String>,
+        objects: impl IntoIterator<Item = (Address, PlacedObject)>,
+    ) {
+        if kind.is_some() {
+            self.kind = kind;
+        }
+        self.objects.clear();
+        self.by_key.clear();
+        for (address, object) in objects {
+            self.put(address, object);
+        }
+        self.listed = true;
+    }
+
+    /// Stores `object` (a new version, or a new object), or drops it when
+    /// it is placed nowhere. Returns the SyncTarget keys whose share may
+    /// have changed: those it was placed on before and those it is now.
+    pub(crate) fn put(&mut self, address: Address, object: PlacedObject) -> Vec<String> {
+        let now: Vec<String> = sync_keys(&object).map(str::to_owned).collect();
+        let before = if now.is_empty() {
+            self.objects.remove(&address)
+        } else {
+            self.objects.insert(address.clone(), object)
+        };
+        for key in &now {
+            self.by_key
+                .entry(key.clone())
+                .or_default()
+                .insert(address.clone());
+        }
+        let mut keys = now;
+        if let Some(before) = before {
+            for key in sync_keys(&before) {
+                if !keys.iter().any(|k| k == key) {
+                    self.unindex(key, &address);
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        keys
+    }
+
+    /// Forgets a deleted object (`object`: its last state, as the delete
+    /// event carried it). Returns the keys it was placed on.
+    pub(crate) fn remove(&mut self, address: &Address, object: &PlacedObject) -> Vec<String> {
+        let mut keys: Vec<String> = sync_keys(object).map(str::to_owned).collect();
+        if let Some(before) = self.objects.remove(address) {
+            for key in sync_keys(&before) {
+                if !keys.iter().any(|k| k == key) {
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        for key in &keys {
+            self.unindex(key, address);
+        }
+        keys
+    }
+
+    /// The object at `address`, if it is placed somewhere.
+    pub(crate) fn get(&self, address: &Address) -> Option<&PlacedObject> {
+        self.objects.get(address)
+    }
+
+    /// Every object placed on the SyncTarget with `key`.
+    pub(crate) fn placed_on<'a>(
+        &'a self,
+        key: &str,
+    ) -> impl Iterator<Item = (&'a Address, &'a PlacedObject)> + 'a {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|address| self.objects.get_key_value(address))
+    }
+
+    fn unindex(&mut self, key: &str, address: &Address) {
+        if let Some(addresses) = self.by_key.get_mut(key) {
+            addresses.remove(address);
+            if addresses.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+}
+
+/// The SyncTarget keys `object` is placed on: its placement labels whose
+/// value is `Sync`.
+pub(crate) fn sync_keys(object: &PlacedObject) -> impl Iterator<Item = &str> {
+    object
+        .metadata
+        .labels
+        .iter()
+        .filter(|(_, value)| *value == STATE_SYNC)
+        .filter_map(|(label, _)| label.strip_prefix(STATE_LABEL_PREFIX))
+        .filter(|key| !key.is_empty())
+}
+
+/// Whether `object` is placed on the SyncTarget with `key`.
+pub(crate) fn is_placed_on(object: &PlacedObject, key: &str) -> bool {
+    sync_keys(object).any(|k| k == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::key::state_label;
+    use crate::placement::source::Metadata;
+
+    fn address(name: &str) -> Address {
+        Address {
+            group: "apps".into(),
+            resource: "deployments".into(),
+            workspace: "root:org:team-a".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+        }
+    }
+
+    /// `name` carrying a placement label with `value` for each of `keys`.
+    fn object(name: &str, labels: &[(&str, &str)]) -> PlacedObject {
+        PlacedObject {
+            metadata: Metadata {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(key, value)| (state_label(key), (*value).to_owned()))
+                    .collect(),
+                ..Metadata::default()
+            },
+            ..PlacedObject::default()
+        }
+    }
+
+    fn names<'a>(index: &'a PlacedIndex, key: &str) -> Vec<&'a str> {
+        let mut names: Vec<&str> = index.placed_on(key).map(|(a, _)| a.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn a_list_is_shared_out_by_key_and_objects_placed_nowhere_are_dropped() {
+        let mut index = PlacedIndex::default();
+        assert!(!index.listed());
+        index.replace(
+            Some("Deployment".into()),
+            [
+                (
+                    address("web"),
+                    object("web", &[("k1", "Sync"), ("k2", "Sync")]),
+                ),
+                (address("api"), object("api", &[("k2", "Sync")])),
+                (address("db"), object("db", &[("k1", "Upsync")])),
+                (address("cron"), object("cron", &[])),
+            ],
+        );
+        assert!(index.listed());
+        assert_eq!(index.kind(), Some("Deployment"));
+        assert_eq!(names(&index, "k1"), ["web"]);
+        assert_eq!(names(&index, "k2"), ["api", "web"]);
+        assert_eq!(index.len(), 2, "db and cron are placed nowhere");
+        // A relist replaces everything, and keeps the kind when it names none.
+        index.replace(None, [(address("api"), object("api", &[("k1", "Sync")]))]);
+        assert_eq!(index.kind(), Some("Deployment"));
+        assert_eq!(names(&index, "k1"), ["api"]);
+        assert!(names(&index, "k2").is_empty());
+    }
+
+    #[test]
+    fn a_change_names_the_keys_it_was_and_is_placed_on() {
+        let mut index = PlacedIndex::default();
+        index.replace(None, []);
+        let mut keys = index.put(address("web"), object("web", &[("k1", "Sync")]));
+        assert_eq!(keys, ["k1"]);
+        // Moved from k1 to k2: both clusters must hear of it.
+        keys = index.put(address("web"), object("web", &[("k2", "Sync")]));
+        keys.sort_unstable();
+        assert_eq!(keys, ["k1", "k2"]);
+        assert!(names(&index, "k1").is_empty());
+        assert_eq!(names(&index, "k2"), ["web"]);
+        // No longer Sync anywhere: forgotten, and k2 hears of it.
+        keys = index.put(address("web"), object("web", &[("k2", "Upsync")]));
+        assert_eq!(keys, ["k2"]);
+        assert_eq!(index.len(), 0);
+        // Never placed: nothing to tell anyone.
+        assert!(index.put(address("api"), object("api", &[])).is_empty());
+    }
+
+    #[test]
+    fn a_delete_names_every_key_the_object_was_placed_on() {
+        let mut index = PlacedIndex::default();
+        index.replace(
+            None,
+            [(
+                address("web"),
+                object("web", &[("k1", "Sync"), ("k2", "Sync")]),
+            )],
+        );
+        // The delete event's copy may be older or newer than the index's.
+        let mut keys = index.remove(&address("web"), &object("web", &[("k3", "Sync")]));
+        keys.sort_unstable();
+        assert_eq!(keys, ["k1", "k2", "k3"]);
+        assert_eq!(index.len(), 0);
+        assert!(names(&index, "k1").is_empty() && names(&index, "k2").is_empty());
+    }
+}
