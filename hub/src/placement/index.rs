@@ -18,15 +18,28 @@ use super::key::{STATE_LABEL_PREFIX, STATE_SYNC};
 use super::source::PlacedObject;
 
 /// The objects of one type that are placed on at least one SyncTarget.
+///
+/// Each is kept [slimmed](PlacedObject::slim) and as JSON text: a parsed
+/// object costs several times its text, and it is read back only when a
+/// cluster starts following or the type is listed again.
 #[derive(Debug, Default)]
 pub(crate) struct PlacedIndex {
     /// Whether the watch listed the type at least once.
     listed: bool,
     /// The kind KCP names the type by, once a list named it.
     kind: Option<String>,
-    objects: HashMap<Address, PlacedObject>,
+    objects: HashMap<Address, Kept>,
     /// The addresses placed on each SyncTarget key.
     by_key: HashMap<String, HashSet<Address>>,
+}
+
+/// One placed object as the index keeps it.
+#[derive(Debug)]
+struct Kept {
+    /// The SyncTarget keys it is placed on.
+    keys: Vec<String>,
+    /// The slimmed object, as JSON.
+    json: Box<str>,
 }
 
 impl PlacedIndex {
@@ -56,20 +69,28 @@ impl PlacedIndex {
         self.objects.clear();
         self.by_key.clear();
         for (address, object) in objects {
-            self.put(address, object);
+            self.put(address, &object);
         }
         self.listed = true;
     }
 
-    /// Stores `object` (a new version, or a new object), or drops it when
-    /// it is placed nowhere. Returns the SyncTarget keys whose share may
-    /// have changed: those it was placed on before and those it is now.
-    pub(crate) fn put(&mut self, address: Address, object: PlacedObject) -> Vec<String> {
-        let now: Vec<String> = sync_keys(&object).map(str::to_owned).collect();
+    /// Keeps `object` (a new version, or a new object), or drops it when it
+    /// is placed nowhere. Returns the SyncTarget keys whose share may have
+    /// changed: those it was placed on before and those it is now.
+    pub(crate) fn put(&mut self, address: Address, object: &PlacedObject) -> Vec<String> {
+        let now: Vec<String> = sync_keys(object).map(str::to_owned).collect();
         let before = if now.is_empty() {
             self.objects.remove(&address)
         } else {
-            self.objects.insert(address.clone(), object)
+            let mut slim = object.clone();
+            slim.slim();
+            // A value read from JSON always writes back as JSON.
+            let json = serde_json::to_string(&slim).unwrap_or_default().into();
+            let kept = Kept {
+                keys: now.clone(),
+                json,
+            };
+            self.objects.insert(address.clone(), kept)
         };
         for key in &now {
             self.by_key
@@ -78,12 +99,10 @@ impl PlacedIndex {
                 .insert(address.clone());
         }
         let mut keys = now;
-        if let Some(before) = before {
-            for key in sync_keys(&before) {
-                if !keys.iter().any(|k| k == key) {
-                    self.unindex(key, &address);
-                    keys.push(key.to_owned());
-                }
+        for key in before.map(|b| b.keys).unwrap_or_default() {
+            if !keys.contains(&key) {
+                self.unindex(&key, &address);
+                keys.push(key);
             }
         }
         keys
@@ -93,11 +112,14 @@ impl PlacedIndex {
     /// event carried it). Returns the keys it was placed on.
     pub(crate) fn remove(&mut self, address: &Address, object: &PlacedObject) -> Vec<String> {
         let mut keys: Vec<String> = sync_keys(object).map(str::to_owned).collect();
-        if let Some(before) = self.objects.remove(address) {
-            for key in sync_keys(&before) {
-                if !keys.iter().any(|k| k == key) {
-                    keys.push(key.to_owned());
-                }
+        for key in self
+            .objects
+            .remove(address)
+            .map(|b| b.keys)
+            .unwrap_or_default()
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
             }
         }
         for key in &keys {
@@ -106,21 +128,21 @@ impl PlacedIndex {
         keys
     }
 
-    /// The object at `address`, if it is placed somewhere.
-    pub(crate) fn get(&self, address: &Address) -> Option<&PlacedObject> {
-        self.objects.get(address)
-    }
-
-    /// Every object placed on the SyncTarget with `key`.
+    /// Every object placed on the SyncTarget with `key`, read back.
     pub(crate) fn placed_on<'a>(
         &'a self,
         key: &str,
-    ) -> impl Iterator<Item = (&'a Address, &'a PlacedObject)> + 'a {
+    ) -> impl Iterator<Item = (&'a Address, PlacedObject)> + 'a {
         self.by_key
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|address| self.objects.get_key_value(address))
+            .filter_map(|address| {
+                let (address, kept) = self.objects.get_key_value(address)?;
+                // Written by `put` from a `PlacedObject`: it reads back.
+                let object = serde_json::from_str(&kept.json).ok()?;
+                Some((address, object))
+            })
     }
 
     fn unindex(&mut self, key: &str, address: &Address) {
@@ -219,20 +241,49 @@ mod tests {
     fn a_change_names_the_keys_it_was_and_is_placed_on() {
         let mut index = PlacedIndex::default();
         index.replace(None, []);
-        let mut keys = index.put(address("web"), object("web", &[("k1", "Sync")]));
+        let mut keys = index.put(address("web"), &object("web", &[("k1", "Sync")]));
         assert_eq!(keys, ["k1"]);
         // Moved from k1 to k2: both clusters must hear of it.
-        keys = index.put(address("web"), object("web", &[("k2", "Sync")]));
+        keys = index.put(address("web"), &object("web", &[("k2", "Sync")]));
         keys.sort_unstable();
         assert_eq!(keys, ["k1", "k2"]);
         assert!(names(&index, "k1").is_empty());
         assert_eq!(names(&index, "k2"), ["web"]);
         // No longer Sync anywhere: forgotten, and k2 hears of it.
-        keys = index.put(address("web"), object("web", &[("k2", "Upsync")]));
+        keys = index.put(address("web"), &object("web", &[("k2", "Upsync")]));
         assert_eq!(keys, ["k2"]);
         assert_eq!(index.len(), 0);
         // Never placed: nothing to tell anyone.
-        assert!(index.put(address("api"), object("api", &[])).is_empty());
+        assert!(index.put(address("api"), &object("api", &[])).is_empty());
+    }
+
+    #[test]
+    fn a_kept_object_goes_down_the_same_without_its_status_and_managed_fields() {
+        let mut web = object("web", &[("k1", "Sync")]);
+        web.metadata.other.insert(
+            "managedFields".into(),
+            serde_json::json!([{"manager": "kcp"}]),
+        );
+        web.rest
+            .insert("spec".into(), serde_json::json!({"replicas": 3}));
+        web.rest
+            .insert("status".into(), serde_json::json!({"readyReplicas": 2}));
+        let manifest = web.downward_manifest("apps/v1", "Deployment");
+        let mut index = PlacedIndex::default();
+        index.put(address("web"), &web);
+        let kept: Vec<PlacedObject> = index.placed_on("k1").map(|(_, o)| o).collect();
+        let [kept] = kept.as_slice() else {
+            panic!("web alone is placed on k1, got {kept:?}");
+        };
+        assert_eq!(kept.metadata, {
+            let mut metadata = web.metadata.clone();
+            metadata.other.clear();
+            metadata
+        });
+        assert!(!kept.rest.contains_key("status"));
+        assert!(!kept.metadata.other.contains_key("managedFields"));
+        assert_eq!(kept.rest["spec"], serde_json::json!({"replicas": 3}));
+        assert_eq!(kept.downward_manifest("apps/v1", "Deployment"), manifest);
     }
 
     #[test]

@@ -225,18 +225,17 @@ impl Runner {
                 let Some(address) = self.address(index, &object) else {
                     return;
                 };
-                for key in placed.put(address.clone(), object) {
+                for key in placed.put(address.clone(), &object) {
                     let Some(cluster) = view.cluster_by_key(&key).cloned() else {
                         continue;
                     };
-                    let change = match placed.get(&address) {
-                        Some(object) if is_placed_on(object, &key) => {
-                            PlacementChange::Placed(Box::new(PlacedAddress {
-                                address: address.clone(),
-                                object: object.clone(),
-                            }))
-                        }
-                        _ => PlacementChange::Unplaced(address.clone()),
+                    let change = if is_placed_on(&object, &key) {
+                        PlacementChange::Placed(Box::new(PlacedAddress {
+                            address: address.clone(),
+                            object: object.clone(),
+                        }))
+                    } else {
+                        PlacementChange::Unplaced(address.clone())
                     };
                     self.apply(&mut view, &cluster, &key, index, change);
                 }
@@ -473,7 +472,7 @@ fn share(placed: &PlacedIndex, key: &str) -> PlacementChange {
             .placed_on(key)
             .map(|(address, object)| PlacedAddress {
                 address: address.clone(),
-                object: object.clone(),
+                object,
             })
             .collect(),
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uplink_protocol::resource::ResourceSpec;
 
@@ -35,7 +35,7 @@ pub trait PlacementSource: Send + Sync + std::fmt::Debug + 'static {
 
 /// An object's metadata: the fields the hub reads by name, the rest kept
 /// as it came.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
@@ -58,8 +58,9 @@ pub struct Metadata {
     pub other: Map<String, Value>,
 }
 
-/// An object that may be placed on a cluster, whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// An object that may be placed on a cluster, whole. Serializes back to
+/// what it was read from (the placement index keeps objects as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedObject {
     /// Set in watch events and in lists of custom resources; lists of
     /// built-in types leave it out (the list's kind names it).
@@ -98,6 +99,17 @@ impl PlacedObject {
 }
 
 impl PlacedObject {
+    /// Drops what no cluster's placement reads (the status, which the hub
+    /// itself keeps writing, and the server's metadata such as
+    /// `managedFields`), so that keeping the object costs what its
+    /// [`downward_manifest`](Self::downward_manifest) needs and no more.
+    pub fn slim(&mut self) {
+        self.rest.remove("status");
+        for field in SERVER_METADATA {
+            self.metadata.other.remove(*field);
+        }
+    }
+
     /// Whether the object is being deleted in KCP (it waits for finalizers).
     pub fn deleting(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
