@@ -61,7 +61,6 @@ pub mod finalizer;
 mod owned;
 mod pace;
 mod queue;
-mod rate;
 mod request;
 pub mod synctarget;
 mod undeclared;
@@ -79,9 +78,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use pace::SettleTimes;
 pub use queue::WriteQueue;
-pub use rate::TokenBucket;
 pub use request::{apply_configuration, status_patch};
 pub use synctarget::{SyncTargetSettings, SyncTargets};
+use uplink_ops::rate::TokenBucket;
 pub use upstream::{
     ApplyOptions, KubeUpstream, StatusUpstream, UpstreamConfigError, UpstreamError, UpstreamStatus,
     is_path_segment,

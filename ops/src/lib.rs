@@ -9,10 +9,12 @@
 //! - [`metrics`]: the Prometheus text answer to `/metrics`.
 //! - [`pem`]: the PEM files of a TLS configuration, errors naming flag and
 //!   file.
+//! - [`rate`]: a token bucket, waited on or asked.
 //! - [`rotation`]: TLS material that follows its files on disk.
 
 pub mod backoff;
 pub mod metrics;
 pub mod pem;
+pub mod rate;
 pub mod rotation;
 pub mod serve;
