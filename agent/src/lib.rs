@@ -37,6 +37,7 @@ pub mod apply;
 pub mod capacity;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod http;
