@@ -379,20 +379,33 @@ impl PlacementView {
         self.stale_clusters()
     }
 
-    /// Adds or updates one SyncTarget; returns the clusters to drop.
+    /// Adds or updates one SyncTarget; returns the clusters to drop (its
+    /// own, when followed with another key: one SyncTarget concerns one
+    /// cluster, so this looks at no other; the hub's own status writes make
+    /// these events as often as clusters heartbeat).
     pub(crate) fn put_synctarget(&mut self, target: SyncTargetRef) -> Vec<ClusterName> {
+        let name = target.name.clone();
+        let stale = self
+            .clusters
+            .get(&name)
+            .is_some_and(|placement| placement.key != target.key);
         self.synctargets
             .get_or_insert_with(HashMap::new)
-            .insert(target.name.clone(), target);
-        self.stale_clusters()
+            .insert(name.clone(), target);
+        if stale { vec![name] } else { Vec::new() }
     }
 
-    /// Removes one SyncTarget; returns the clusters to drop.
+    /// Removes one SyncTarget; returns the clusters to drop (its own, when
+    /// followed).
     pub(crate) fn remove_synctarget(&mut self, name: &str) -> Vec<ClusterName> {
         if let Some(targets) = &mut self.synctargets {
             targets.remove(name);
         }
-        self.stale_clusters()
+        if self.clusters.contains_key(name) {
+            vec![name.to_owned()]
+        } else {
+            Vec::new()
+        }
     }
 
     /// Watched clusters whose SyncTarget is gone or has another key.
@@ -413,6 +426,11 @@ impl PlacementView {
     /// listed.
     pub(crate) fn start_cluster(&mut self, cluster: &str, key: &str) {
         let types = self.types.len();
+        if let Some(previous) = self.clusters.get(cluster)
+            && self.by_key.get(&previous.key).is_some_and(|c| c == cluster)
+        {
+            self.by_key.remove(&previous.key);
+        }
         self.by_key.insert(key.to_owned(), cluster.to_owned());
         self.clusters.insert(
             cluster.to_owned(),

@@ -161,6 +161,9 @@ impl Runner {
             key: sync_target_key(workspace, &object.metadata.name),
         };
         let mut view = self.placements.write();
+        // The held reports to judge again: every cluster's after a list,
+        // else the one cluster's whose SyncTarget changed.
+        let mut concerned = None;
         let (dropped, candidates) = match event {
             Event::Listed { objects, .. } => {
                 tracing::info!(%workspace, synctargets = objects.len(), "SyncTargets listed");
@@ -174,9 +177,13 @@ impl Runner {
             }
             Event::Applied(object) => {
                 let name = object.metadata.name.clone();
+                concerned = Some(name.clone());
                 (view.put_synctarget(target(&object)), vec![name])
             }
-            Event::Deleted(object) => (view.remove_synctarget(&object.metadata.name), Vec::new()),
+            Event::Deleted(object) => {
+                concerned = Some(object.metadata.name.clone());
+                (view.remove_synctarget(&object.metadata.name), Vec::new())
+            }
         };
         for cluster in &dropped {
             let keys = view.drop_cluster(cluster);
@@ -191,7 +198,7 @@ impl Runner {
                 self.forget.forget(cluster);
             }
         }
-        self.recheck(&view, None);
+        self.recheck(&view, concerned.as_deref());
         drop(view);
         self.placements.notify_changed();
         // A SyncTarget that came back with another key is followed afresh.
@@ -200,14 +207,15 @@ impl Runner {
 
     /// Applies one event of type `index`'s watch to its index, and to the
     /// view and the store of every followed cluster it concerns, under the
-    /// view's write lock.
+    /// view's write lock. The index is the runner's own: it changes before
+    /// the lock is taken, and an event that concerns no SyncTarget (most
+    /// objects of a type are placed nowhere) takes no lock and wakes no one.
     fn placement_changed(
         &self,
         placed: &mut PlacedIndex,
         index: usize,
         event: Event<PlacedObject>,
     ) {
-        let mut view = self.placements.write();
         match event {
             Event::Listed { kind, objects } => {
                 let objects: Vec<(Address, PlacedObject)> = objects
@@ -216,6 +224,7 @@ impl Runner {
                     .collect();
                 placed.replace(kind, objects);
                 tracing::info!(resource = %self.resource(index), placed = placed.len(), "placement listed");
+                let mut view = self.placements.write();
                 for (cluster, key) in view.followed() {
                     let change = share(placed, &key);
                     self.apply(&mut view, &cluster, &key, index, change);
@@ -225,7 +234,12 @@ impl Runner {
                 let Some(address) = self.address(index, &object) else {
                     return;
                 };
-                for key in placed.put(address.clone(), &object) {
+                let keys = placed.put(address.clone(), &object);
+                if keys.is_empty() {
+                    return;
+                }
+                let mut view = self.placements.write();
+                for key in keys {
                     let Some(cluster) = view.cluster_by_key(&key).cloned() else {
                         continue;
                     };
@@ -244,7 +258,12 @@ impl Runner {
                 let Some(address) = self.address(index, &object) else {
                     return;
                 };
-                for key in placed.remove(&address, &object) {
+                let keys = placed.remove(&address, &object);
+                if keys.is_empty() {
+                    return;
+                }
+                let mut view = self.placements.write();
+                for key in keys {
                     if let Some(cluster) = view.cluster_by_key(&key).cloned() {
                         let change = PlacementChange::Unplaced(address.clone());
                         self.apply(&mut view, &cluster, &key, index, change);
@@ -252,7 +271,6 @@ impl Runner {
                 }
             }
         }
-        drop(view);
         self.placements.notify_changed();
     }
 

@@ -174,6 +174,12 @@ impl Watched for PlacedObject {
     fn resource_version(&self) -> Option<&str> {
         self.metadata.resource_version.as_deref()
     }
+
+    /// Only objects placed somewhere: a list of a type carries every
+    /// object in every workspace.
+    fn keep_listed(&self) -> bool {
+        super::index::sync_keys(self).next().is_some()
+    }
 }
 
 /// A SyncTarget (only its metadata is read).

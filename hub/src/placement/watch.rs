@@ -37,6 +37,14 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub trait Watched: Clone + DeserializeOwned + Send + Debug + 'static {
     /// `metadata.resourceVersion`, where the watch resumes after this object.
     fn resource_version(&self) -> Option<&str>;
+
+    /// Whether a list keeps this object; a list page's others are dropped
+    /// as it arrives, so a list of many objects the caller ignores anyway
+    /// is never held whole. Watch events are never filtered: a change that
+    /// makes an object uninteresting is news.
+    fn keep_listed(&self) -> bool {
+        true
+    }
 }
 
 /// One collection to list and watch: a path under the client's base URL
@@ -235,7 +243,7 @@ async fn list<T: Watched>(collection: &Collection) -> Result<(String, Event<T>),
             .client
             .request(request.list(&params).map_err(kube::Error::BuildRequest)?)
             .await?;
-        objects.extend(page.items);
+        objects.extend(page.items.into_iter().filter(Watched::keep_listed));
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => continue_token = Some(token),
             _ => {
