@@ -5,9 +5,9 @@ mod support;
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use support::{End, FakePlacement, TestHub, eventually, upsert};
+use support::{Agent, End, FakePlacement, TestHub, eventually, upsert};
 use uplink_protocol::{
-    Ack, AgentFrame, DeltaBatch, ErrorCode, HubFrame, Limits, PROTOCOL_VERSION, Rejected,
+    Ack, AgentFrame, Delta, DeltaBatch, ErrorCode, HubFrame, Limits, PROTOCOL_VERSION, Rejected,
     SessionMode, SnapshotBegin, SnapshotChunk, SnapshotEnd, close,
 };
 
@@ -16,6 +16,20 @@ fn welcome(frame: HubFrame) -> Result<uplink_protocol::Welcome> {
         HubFrame::Welcome(welcome) => Ok(welcome),
         other => bail!("expected Welcome, got {other:?}"),
     }
+}
+
+/// Sends `deltas` as a snapshot in one chunk, ending at `seq`.
+async fn snapshot(agent: &mut Agent, deltas: Vec<Delta>, seq: u64) -> Result<()> {
+    let objects = u64::try_from(deltas.len())?;
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotChunk(SnapshotChunk { deltas }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq }))
+        .await
 }
 
 fn error_code(frame: HubFrame) -> Result<ErrorCode> {
@@ -35,17 +49,12 @@ async fn snapshot_then_deltas_are_acked_stored_and_written() -> Result<()> {
     assert_eq!(hello.mode, SessionMode::Snapshot);
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
 
-    agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
-        .await?;
-    agent
-        .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
-            deltas: vec![upsert(3, "web", json!({"replicas": 1}))],
-        }))
-        .await?;
-    agent
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 5 }))
-        .await?;
+    snapshot(
+        &mut agent,
+        vec![upsert(3, "web", json!({"replicas": 1}))],
+        5,
+    )
+    .await?;
     assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(5)));
 
     agent
@@ -128,17 +137,12 @@ async fn every_connected_cluster_gets_its_placement_from_one_watch_per_type() ->
     for cluster in clusters {
         let mut agent = hub.connect(&hub.pki.client(cluster)?).await?;
         welcome(agent.hello(cluster, "s", None, 0).await?)?;
-        agent
-            .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
-            .await?;
-        agent
-            .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
-                deltas: vec![upsert(1, "web", json!({"replicas": 1}))],
-            }))
-            .await?;
-        agent
-            .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 1 }))
-            .await?;
+        snapshot(
+            &mut agent,
+            vec![upsert(1, "web", json!({"replicas": 1}))],
+            1,
+        )
+        .await?;
         assert_eq!(agent.recv().await?, HubFrame::Ack(Ack::new(1)));
         agents.push(agent);
     }

@@ -125,8 +125,10 @@ impl Runner {
         if clusters.is_empty() {
             return;
         }
-        let mut view = self.placements.write();
+        // The lock is taken per cluster: clusters' placements are
+        // independent, and sessions of the others go on judging meanwhile.
         for cluster in clusters {
+            let mut view = self.placements.write();
             let Some(target) = view.synctarget(&cluster).cloned() else {
                 continue;
             };
@@ -142,7 +144,6 @@ impl Runner {
                 }
             }
         }
-        drop(view);
         self.placements.notify_changed();
     }
 
@@ -224,9 +225,12 @@ impl Runner {
                     .collect();
                 placed.replace(kind, objects);
                 tracing::info!(resource = %self.resource(index), placed = placed.len(), "placement listed");
-                let mut view = self.placements.write();
-                for (cluster, key) in view.followed() {
+                // Each cluster's share under its own write lock (as in
+                // `follow`), parsed before it is taken.
+                let followed = self.placements.read().followed();
+                for (cluster, key) in followed {
                     let change = share(placed, &key);
+                    let mut view = self.placements.write();
                     self.apply(&mut view, &cluster, &key, index, change);
                 }
             }
