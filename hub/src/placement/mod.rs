@@ -408,7 +408,7 @@ impl PlacementView {
         }
     }
 
-    /// Watched clusters whose SyncTarget is gone or has another key.
+    /// Followed clusters whose SyncTarget is gone or has another key.
     fn stale_clusters(&self) -> Vec<ClusterName> {
         let targets = self.synctargets.as_ref();
         self.clusters

@@ -127,6 +127,7 @@ impl Runner {
         }
         // The lock is taken per cluster: clusters' placements are
         // independent, and sessions of the others go on judging meanwhile.
+        let mut started = false;
         for cluster in clusters {
             let mut view = self.placements.write();
             let Some(target) = view.synctarget(&cluster).cloned() else {
@@ -136,6 +137,7 @@ impl Runner {
                 continue;
             }
             view.start_cluster(&cluster, &target.key);
+            started = true;
             tracing::info!(%cluster, synctarget = %target.name, workspace = %target.workspace, key = %target.key, "following the cluster's placement");
             for (index, placed) in indexes.iter().enumerate() {
                 if placed.listed() {
@@ -144,7 +146,9 @@ impl Runner {
                 }
             }
         }
-        self.placements.notify_changed();
+        if started {
+            self.placements.notify_changed();
+        }
     }
 
     /// Applies a change of the SyncTargets; a cluster whose SyncTarget went
@@ -178,8 +182,16 @@ impl Runner {
             }
             Event::Applied(object) => {
                 let name = object.metadata.name.clone();
-                concerned = Some(name.clone());
-                (view.put_synctarget(target(&object)), vec![name])
+                let target = target(&object);
+                // Most of these are the hub's own status writes: a cluster
+                // followed with the same key needs nothing started.
+                let candidates = if view.following(&name, &target.key) {
+                    Vec::new()
+                } else {
+                    vec![name.clone()]
+                };
+                concerned = Some(name);
+                (view.put_synctarget(target), candidates)
             }
             Event::Deleted(object) => {
                 concerned = Some(object.metadata.name.clone());
