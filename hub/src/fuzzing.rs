@@ -105,6 +105,7 @@ pub fn limits() -> Limits {
         max_objects_per_cluster: 6,
         max_manifest_bytes: 1024,
         max_downward_in_flight: 8,
+        max_events_per_batch: 2,
     }
 }
 

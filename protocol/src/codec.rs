@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::frame::{AgentFrame, Delta, DownwardDelta, ErrorCode, HubFrame};
+use crate::frame::{AgentFrame, Delta, DownwardDelta, ErrorCode, EventReport, HubFrame};
 use crate::limits::Limits;
 use crate::precheck;
 
@@ -37,6 +37,8 @@ pub enum DecodeError {
     Malformed(#[from] rmp_serde::decode::Error),
     #[error("batch of {len} deltas exceeds the limit of {max} deltas")]
     TooManyDeltas { len: u64, max: u32 },
+    #[error("batch of {len} events exceeds the limit of {max} events")]
+    TooManyEvents { len: u64, max: u32 },
     #[error("string `{field}` of {len} bytes exceeds the limit of {max} bytes")]
     StringTooLong { field: String, len: u64, max: u32 },
     #[error("status `{field}` of {len} bytes exceeds the limit of {max} bytes")]
@@ -63,12 +65,13 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// A short, stable label for metrics and logs: `frame_too_large`,
-    /// `too_many_deltas`, `string_too_long`, `status_too_large`, `too_deep`,
+    /// `too_many_deltas`, `too_many_events`, `string_too_long`, `status_too_large`, `too_deep`,
     /// `trailing_bytes`, `malformed` or `invalid`.
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::FrameTooLarge { .. } => "frame_too_large",
             DecodeError::TooManyDeltas { .. } => "too_many_deltas",
+            DecodeError::TooManyEvents { .. } => "too_many_events",
             DecodeError::StringTooLong { .. } => "string_too_long",
             DecodeError::StatusTooLarge { .. } => "status_too_large",
             DecodeError::ManifestTooLarge { .. } => "manifest_too_large",
@@ -86,6 +89,7 @@ impl DecodeError {
         match self {
             DecodeError::FrameTooLarge { .. }
             | DecodeError::TooManyDeltas { .. }
+            | DecodeError::TooManyEvents { .. }
             | DecodeError::StringTooLong { .. }
             | DecodeError::StatusTooLarge { .. }
             | DecodeError::ManifestTooLarge { .. } => ErrorCode::LimitExceeded,
@@ -149,7 +153,27 @@ fn validate_agent_frame(frame: &AgentFrame, limits: &Limits) -> Result<(), Decod
         }),
         AgentFrame::Deltas(batch) => validate_deltas("Deltas", &batch.deltas, limits),
         AgentFrame::SnapshotChunk(chunk) => validate_deltas("SnapshotChunk", &chunk.deltas, limits),
+        AgentFrame::Events(batch) => validate_events(&batch.reports, limits),
         _ => Ok(()),
+    }
+}
+
+fn validate_events(reports: &[EventReport], limits: &Limits) -> Result<(), DecodeError> {
+    if reports.len() as u64 > u64::from(limits.max_events_per_batch) {
+        return Err(DecodeError::TooManyEvents {
+            len: reports.len() as u64,
+            max: limits.max_events_per_batch,
+        });
+    }
+    match reports
+        .iter()
+        .position(|report| report.regarding.name.is_empty())
+    {
+        Some(index) => Err(DecodeError::Invalid {
+            field: format!("Events.reports[{index}].regarding.name"),
+            reason: "must not be empty",
+        }),
+        None => Ok(()),
     }
 }
 

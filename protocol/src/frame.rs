@@ -27,14 +27,19 @@ use crate::limits::Limits;
 /// - 2: adds the downward lane: the hub streams the objects KCP placed on
 ///   the cluster ([`HubFrame::Downward`] and the downward snapshot), the
 ///   agent acknowledges what it applied ([`AgentFrame::DownwardAck`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: adds events: the agent reports the event series about the objects
+///   it syncs ([`AgentFrame::Events`]), best effort.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first version with the downward lane.
 pub const DOWNWARD_VERSION: u16 = 2;
 
+/// The first version with events.
+pub const EVENTS_VERSION: u16 = 3;
+
 /// Every protocol version this implementation speaks, [`PROTOCOL_VERSION`]
 /// being the newest. What an agent puts in [`Hello::protocol_versions`].
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, PROTOCOL_VERSION];
 
 /// The highest version both this implementation and the peer speak, or `None`
 /// when there is none (the hub then answers [`ErrorCode::UnsupportedVersion`]).
@@ -73,6 +78,8 @@ pub enum AgentFrame {
     Bye(Bye),
     /// Version 2: the downward deltas applied so far.
     DownwardAck(DownwardAck),
+    /// Version 3: event series about synced objects, best effort.
+    Events(EventBatch),
 }
 
 /// A frame sent by the hub to an agent.
@@ -667,4 +674,52 @@ impl ApplyFailure {
     pub const FORBIDDEN: &'static str = "forbidden";
     /// The manifest could not be turned into a downstream object.
     pub const MALFORMED: &'static str = "malformed";
+}
+
+/// Agent → hub (version 3), the latest state of event series about objects
+/// the cluster syncs: at most [`Limits::max_events_per_batch`] reports.
+///
+/// Best effort, and never in the way of status: no sequence numbers, no
+/// acknowledgement, nothing kept for a resume. The agent sends them only
+/// when it has no status to send; the hub writes what placement allows and
+/// its rate limits keep, and drops the rest (counted). Each report carries
+/// its series' whole state, so a lost or coalesced report costs only
+/// intermediate counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub reports: Vec<EventReport>,
+}
+
+/// One series of events about one object, as kube-apiserver's event series
+/// count them (`events.k8s.io/v1` `series`): every downstream Event with
+/// the same regarding and related objects, type, reason, action and
+/// reporting controller and instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EventReport {
+    /// The object the events are about, in KCP's coordinates (its `uid` is
+    /// the downstream uid, as in a [`Delta`]); the hub writes the series
+    /// only when that object is placed on the cluster.
+    pub regarding: ObjectRef,
+    /// A second object involved, when it is synced too.
+    #[serde(default)]
+    pub related: Option<ObjectRef>,
+    /// `Normal` or `Warning`.
+    pub event_type: String,
+    pub reason: String,
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub reporting_controller: String,
+    #[serde(default)]
+    pub reporting_instance: String,
+    /// The latest occurrence's note, cut to [`Limits::max_string_bytes`].
+    #[serde(default)]
+    pub note: String,
+    /// Occurrences so far (at least 1).
+    pub count: u64,
+    /// When the series began and when it last occurred, in milliseconds
+    /// since the Unix epoch on the agent's clock. `first_ms` is fixed for
+    /// the series' life and, with the rest of the key, names it.
+    pub first_ms: i64,
+    pub last_ms: i64,
 }

@@ -27,6 +27,8 @@ pub struct Limits {
     /// snapshot entries included (version 2): the agent can queue this many
     /// without ever having to stop reading the connection.
     pub max_downward_in_flight: u32,
+    /// Most reports in one `Events` batch (version 3).
+    pub max_events_per_batch: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             // values over 1.5 MiB; a placed object is at most that.
             max_manifest_bytes: 1536 * 1024,
             max_downward_in_flight: 2048,
+            max_events_per_batch: 256,
         }
     }
 }

@@ -5,10 +5,11 @@
 //! delta of an oversized batch before noticing. This walk reads only headers:
 //! it refuses a string, a batch or a nesting depth over its limit as soon as
 //! the header announcing it is read, and checks that exactly one msgpack value
-//! fills the frame. It knows nothing of the frame types beyond two map keys:
-//! an array under `deltas` is a batch, a string under `status_json` is a
-//! status, one under `manifest_json` a manifest; every other string is held
-//! to [`Limits::max_string_bytes`].
+//! fills the frame. It knows nothing of the frame types beyond a few map
+//! keys: an array under `deltas` is a batch of deltas, one under `reports` a
+//! batch of events, a string under `status_json` is a status, one under
+//! `manifest_json` a manifest; every other string is held to
+//! [`Limits::max_string_bytes`].
 //!
 //! Binary values count as strings (serde turns valid UTF-8 bytes into a
 //! `String`). Errors name the value by its path of map keys and array
@@ -176,6 +177,14 @@ impl<'a> Scan<'a> {
             return Err(DecodeError::TooManyDeltas {
                 len,
                 max: self.limits.max_deltas_per_batch,
+            });
+        }
+        if self.current_key() == Some(b"reports")
+            && len > u64::from(self.limits.max_events_per_batch)
+        {
+            return Err(DecodeError::TooManyEvents {
+                len,
+                max: self.limits.max_events_per_batch,
             });
         }
         Ok(())

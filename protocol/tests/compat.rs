@@ -135,8 +135,52 @@ fn session_modes_have_the_documented_shape() {
             "max_objects_per_cluster": 1_000_000,
             "max_manifest_bytes": 1_572_864,
             "max_downward_in_flight": 2048,
+            "max_events_per_batch": 256,
         })
     );
+}
+
+#[test]
+fn events_have_the_documented_shape() {
+    let frame = AgentFrame::Events(EventBatch {
+        reports: vec![EventReport {
+            regarding: ObjectRef {
+                group: "apps".into(),
+                version: "v1".into(),
+                resource: "deployments".into(),
+                kind: "Deployment".into(),
+                workspace: "root:org:team-a".into(),
+                namespace: Some("shop".into()),
+                name: "web".into(),
+                uid: "d-1".into(),
+            },
+            related: None,
+            event_type: "Warning".into(),
+            reason: "FailedCreate".into(),
+            action: "Create".into(),
+            reporting_controller: "replicaset-controller".into(),
+            reporting_instance: "kcm-1".into(),
+            note: "quota exceeded".into(),
+            count: 7,
+            first_ms: 1_000,
+            last_ms: 9_000,
+        }],
+    });
+    let value = as_json(&frame);
+    let report = &value["Events"]["reports"][0];
+    assert_eq!(report["regarding"]["name"], "web");
+    assert_eq!(report["related"], json!(null));
+    assert_eq!(report["event_type"], "Warning");
+    assert_eq!(report["count"], 7);
+    assert_eq!(report["first_ms"], 1_000);
+    assert_eq!(report["last_ms"], 9_000);
+    // Only what the series needs: nothing the hub would have to trust.
+    let Some(fields) = report.as_object() else {
+        panic!("a report is a map: {report}");
+    };
+    assert_eq!(fields.len(), 11, "{report}");
+    let decoded = decode_agent_frame(&msgpack(&value), &Limits::default()).unwrap();
+    assert_eq!(decoded, frame);
 }
 
 /// A `Hello` as a later version might send it, with fields this one lacks.

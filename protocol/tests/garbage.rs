@@ -18,6 +18,7 @@ fn tight() -> Limits {
         max_objects_per_cluster: 10,
         max_manifest_bytes: 128,
         max_downward_in_flight: 4,
+        max_events_per_batch: 2,
     }
 }
 

@@ -117,6 +117,42 @@ fn a_batch_over_the_delta_limit_is_refused() {
 }
 
 #[test]
+fn a_batch_over_the_event_limit_is_refused() {
+    let limits = Limits {
+        max_events_per_batch: 2,
+        ..Limits::default()
+    };
+    let report = |name: &str| EventReport {
+        regarding: object(name),
+        related: None,
+        event_type: "Warning".into(),
+        reason: "BackOff".into(),
+        action: String::new(),
+        reporting_controller: "kubelet".into(),
+        reporting_instance: "node-1".into(),
+        note: "Back-off restarting failed container".into(),
+        count: 3,
+        first_ms: 1,
+        last_ms: 2,
+    };
+    let frame =
+        |reports: Vec<EventReport>| encode(&AgentFrame::Events(EventBatch { reports })).unwrap();
+    let err = decode_agent_frame(&frame(vec![report("a"), report("b"), report("c")]), &limits)
+        .unwrap_err();
+    assert!(
+        matches!(err, DecodeError::TooManyEvents { len: 3, max: 2 }),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "too_many_events");
+    assert!(decode_agent_frame(&frame(vec![report("a"), report("b")]), &limits).is_ok());
+    let err = decode_agent_frame(&frame(vec![report("")]), &limits).unwrap_err();
+    assert!(
+        matches!(&err, DecodeError::Invalid { field, .. } if field == "Events.reports[0].regarding.name"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_batch_is_refused_from_its_header_alone() {
     // The header claims four billion deltas and none follow: the refusal must
     // come from the count, before any delta is read.

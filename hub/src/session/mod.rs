@@ -313,6 +313,8 @@ impl<S: Transport> Connection<S> {
                     return Err(Violation::unexpected("DownwardAck without a downward lane"));
                 }
             },
+            // Not taken yet (issue 18); no agent offers version 3 yet.
+            AgentFrame::Events(_) => return Err(Violation::unexpected("Events")),
             AgentFrame::Bye(bye) => {
                 tracing::info!(cluster = %self.cluster, reason = %bye.reason, "agent said goodbye");
                 self.close(close::NORMAL, "bye").await;

@@ -195,7 +195,43 @@ pub fn agent_frame() -> impl Strategy<Value = AgentFrame> {
         text().prop_map(|reason| AgentFrame::Bye(Bye { reason })),
         (any::<u64>(), vec(apply_failure(), 0..3))
             .prop_map(|(seq, failures)| AgentFrame::DownwardAck(DownwardAck { seq, failures })),
+        vec(event_report(), 0..4).prop_map(|reports| AgentFrame::Events(EventBatch { reports })),
     ]
+}
+
+pub fn event_report() -> impl Strategy<Value = EventReport> {
+    (
+        object_ref(),
+        option::of(object_ref()),
+        prop_oneof![
+            Just("Normal".to_owned()),
+            Just("Warning".to_owned()),
+            text()
+        ],
+        (text(), text(), text(), text(), text()),
+        (1..u64::MAX, any::<i64>(), any::<i64>()),
+    )
+        .prop_map(
+            |(
+                regarding,
+                related,
+                event_type,
+                (reason, action, reporting_controller, reporting_instance, note),
+                (count, first_ms, last_ms),
+            )| EventReport {
+                regarding,
+                related,
+                event_type,
+                reason,
+                action,
+                reporting_controller,
+                reporting_instance,
+                note,
+                count,
+                first_ms,
+                last_ms,
+            },
+        )
 }
 
 pub fn apply_failure() -> impl Strategy<Value = ApplyFailure> {
@@ -230,6 +266,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
         any::<u64>(),
         any::<u32>(),
         any::<u32>(),
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -240,6 +277,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_objects_per_cluster,
                 max_manifest_bytes,
                 max_downward_in_flight,
+                max_events_per_batch,
             )| Limits {
                 max_frame_bytes,
                 max_deltas_per_batch,
@@ -248,6 +286,7 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_objects_per_cluster,
                 max_manifest_bytes,
                 max_downward_in_flight,
+                max_events_per_batch,
             },
         )
 }
