@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::events::EventSettings;
 use jiff::SignedDuration;
 pub use uplink_protocol::resource::{ResourceSpec, ResourceSpecError, parse_resource_list};
 
@@ -58,6 +59,9 @@ pub struct AgentConfig {
     /// Watch nodes and pods for the capacity summary (see
     /// [`crate::capacity`]); `--capacity=false` turns it off.
     pub capacity: bool,
+    /// Report the events about synced objects (see [`crate::events`]), and
+    /// how; `None` turns it off (`--events=false`).
+    pub events: Option<EventSettings>,
 }
 
 impl Default for AgentConfig {
@@ -81,6 +85,7 @@ impl Default for AgentConfig {
             clock_offset: SignedDuration::ZERO,
             reconnect: ReconnectSettings::default(),
             capacity: true,
+            events: Some(EventSettings::default()),
         }
     }
 }

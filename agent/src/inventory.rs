@@ -11,6 +11,11 @@
 //! Order of one event: [`crate::watch`] → [`crate::extract`] →
 //! [`crate::mapping`] → [`crate::outbox`].
 //!
+//! Downstream Events pass through here too: only the inventory knows which
+//! objects are synced and where they live upstream, so it reads each Event
+//! ([`crate::events::read`]) against its objects and hands what is about a
+//! synced object to the event lane.
+//!
 //! It also says when the cluster is **synced** ([`Inventory::synced`]): every
 //! watch has completed its initial list (a resource type discovery cannot
 //! resolve counts as listed and empty). Before that the outbox holds only
@@ -28,6 +33,7 @@ use uplink_protocol::ObjectRef;
 
 use crate::clock::AgentClock;
 use crate::config::ResourceSpec;
+use crate::events::{Regarding, SharedEventLane, read};
 use crate::extract::{ExtractedStatus, extract, status_is_sendable};
 use crate::health::AgentHealth;
 use crate::mapping::{DownstreamRef, Locator, to_upstream};
@@ -77,6 +83,11 @@ pub struct Inventory {
     unavailable: HashSet<String>,
     /// Whether every watch completed its initial list (or is unavailable).
     synced: tokio::sync::watch::Sender<bool>,
+    /// The watched types seen so far, to find the object an Event is about
+    /// by its API group and kind (a few: one per configured type).
+    kinds: Vec<Arc<WatchedResource>>,
+    /// Where Events about synced objects go; `None`: not reported.
+    events: Option<SharedEventLane>,
     outbox: SharedOutbox,
     metrics: Metrics,
     health: AgentHealth,
@@ -97,11 +108,19 @@ impl Inventory {
             counts: HashMap::new(),
             unavailable: HashSet::new(),
             synced: tokio::sync::watch::Sender::new(false),
+            kinds: Vec::new(),
+            events: None,
             outbox,
             metrics,
             health,
             clock,
         }
+    }
+
+    /// Reads Events into `lane` (see the module documentation).
+    pub fn with_events(mut self, lane: SharedEventLane) -> Self {
+        self.events = Some(lane);
+        self
     }
 
     /// Turns `true` once every watch completed its initial list, a resource
@@ -138,12 +157,20 @@ impl Inventory {
             WatchEvent::Deleted(object) => self.object_deleted(&object),
             WatchEvent::NamespaceApplied(ns) => self.namespace_applied(ns),
             WatchEvent::NamespaceDeleted(name) => self.namespace_deleted(&name),
+            WatchEvent::Event(event) => {
+                self.event(&event);
+                false
+            }
             WatchEvent::Failed { watch, error } => {
                 self.metrics
                     .watch_errors
                     .with_label_values(&[&watch.to_string()])
                     .inc();
-                self.health.update(&watch, |h| h.error = Some(error));
+                // Events are best effort: their watch failing does not make
+                // the agent unready.
+                if watch != WatchId::Events {
+                    self.health.update(&watch, |h| h.error = Some(error));
+                }
                 false
             }
             WatchEvent::Unavailable { watch, error } => {
@@ -201,6 +228,9 @@ impl Inventory {
                 downstream_ref(&object.resource, &namespace, &object.name, &object.uid);
             Arc::new(to_upstream(&downstream, l))
         });
+        if !self.kinds.contains(&object.resource) {
+            self.kinds.push(Arc::clone(&object.resource));
+        }
         let key = (Arc::clone(&object.resource), object.name);
         let tracked = Tracked {
             uid: object.uid,
@@ -226,6 +256,51 @@ impl Inventory {
         }
     }
 
+    /// Reads one downstream Event into the event lane, if it is about a
+    /// synced object.
+    fn event(&self, event: &serde_json::Value) {
+        let Some(lane) = &self.events else {
+            return;
+        };
+        match read(event, |regarding| self.upstream_of(regarding)) {
+            Ok(Some(observed)) => lane.observe(observed),
+            Ok(None) => {}
+            Err(error) => {
+                let dropped = self
+                    .metrics
+                    .events_dropped
+                    .with_label_values(&["unreadable"]);
+                dropped.inc();
+                if dropped.get() <= 10 || dropped.get().is_power_of_two() {
+                    tracing::warn!(%error, unreadable = dropped.get(), "downstream Event unreadable; not reported");
+                }
+            }
+        }
+    }
+
+    /// Where the object an Event is about lives upstream, when it is a
+    /// synced object (the same one: an Event naming another uid is about
+    /// an earlier object of the same name).
+    fn upstream_of(&self, regarding: &Regarding) -> Option<ObjectRef> {
+        let namespace = regarding.namespace.as_deref()?;
+        let group = regarding
+            .api_version
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group);
+        let resource = self
+            .kinds
+            .iter()
+            .find(|r| r.kind == regarding.kind && r.spec.group == group)?;
+        let tracked = self
+            .objects
+            .get(namespace)?
+            .get(&(Arc::clone(resource), regarding.name.clone()))?;
+        if !regarding.uid.is_empty() && regarding.uid != tracked.uid {
+            return None;
+        }
+        tracked.upstream.as_deref().cloned()
+    }
+
     fn object_deleted(&mut self, object: &ObservedObject) -> bool {
         let spec = object.resource.spec.clone();
         self.metrics
@@ -249,6 +324,8 @@ impl Inventory {
     fn listed(&mut self, watch: WatchId) -> bool {
         let epoch = self.epoch(&watch);
         let queued = match &watch {
+            // Never listed: its events are not kept.
+            WatchId::Events => false,
             WatchId::Namespaces => {
                 let gone: Vec<String> = self
                     .namespaces

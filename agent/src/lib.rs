@@ -22,6 +22,11 @@
 //! 3. [`apply`]: server-side apply (field manager `uplink`) or delete, on
 //!    per-session workers, and the sweep after a downward snapshot.
 //!
+//! The Events about synced objects (protocol version 3) go up through
+//! [`watch`] (`events.k8s.io/v1`, once synced), [`inventory`] (which knows
+//! what is synced), [`events`] (series, rate limits, the lane's bound) and
+//! [`session`] (sent only when no status is ready).
+//!
 //! Around them: [`config`], [`tls`], [`metrics`], [`health`], [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`), [`clock`], and [`capacity`] (nodes
 //! and pods → the heartbeat's capacity summary).
@@ -66,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Applier;
 use crate::clock::AgentClock;
 pub use crate::config::{AgentConfig, ReconnectSettings, ResourceSpec};
+use crate::events::SharedEventLane;
 use crate::health::AgentHealth;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
@@ -172,8 +178,9 @@ impl Agent {
     /// of a cluster (no Kubernetes client is built). The stream should report
     /// [`WatchEvent::Listed`] for the namespace watch and every configured
     /// resource, as real watches do, for `/readyz` to turn ready. Without a
-    /// cluster to write to, such an agent is status only: it offers protocol
-    /// version 1 whatever `downward_resources` says.
+    /// cluster to write to, such an agent applies nothing whatever
+    /// `downward_resources` says; it reports the [`WatchEvent::Event`]s the
+    /// stream carries (unless `events` is `None`).
     pub async fn bind_with_events(
         config: AgentConfig,
         events: impl Stream<Item = WatchEvent> + Send + 'static,
@@ -286,6 +293,15 @@ impl Agent {
         let watch_stop = CancellationToken::new();
         let session_stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
+        let event_lane = config
+            .events
+            .clone()
+            .map(|settings| SharedEventLane::new(settings, metrics.clone()));
+        let mut inventory = Inventory::new(outbox.clone(), metrics.clone(), health.clone(), clock);
+        if let Some(lane) = &event_lane {
+            inventory = inventory.with_events(lane.clone());
+        }
+        let synced = inventory.synced();
 
         let (events, mut watches): (Pin<Box<dyn Stream<Item = WatchEvent> + Send>>, _) =
             match source {
@@ -294,9 +310,18 @@ impl Agent {
                     let mut tasks = watch::spawn_watches(
                         client.clone(),
                         &config.resources,
-                        tx,
+                        tx.clone(),
                         watch_stop.clone(),
                     );
+                    if event_lane.is_some() {
+                        watch::spawn_event_watch(
+                            &mut tasks,
+                            client.clone(),
+                            synced.clone(),
+                            tx,
+                            watch_stop.clone(),
+                        );
+                    }
                     if config.capacity {
                         let collector = capacity::Collector::new().shared();
                         health.attach_capacity(collector.clone());
@@ -312,8 +337,6 @@ impl Agent {
                 }
                 EventSource::Stream(events) => (events, tokio::task::JoinSet::new()),
             };
-        let inventory = Inventory::new(outbox.clone(), metrics.clone(), health.clone(), clock);
-        let synced = inventory.synced();
         let pipeline = tokio::spawn(inventory::run(inventory, events, watch_stop.clone()));
 
         // Certificate rotation: the files polled, used from the next connection.
@@ -335,6 +358,7 @@ impl Agent {
             health: health.clone(),
             clock,
             downward,
+            events: event_lane,
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,

@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use jiff::SignedDuration;
 use tokio_util::sync::CancellationToken;
 use uplink_agent::config::{
-    ResourceSpecError, parse_duration, parse_resource_list, parse_signed_duration,
+    EventSettings, ResourceSpecError, parse_duration, parse_resource_list, parse_signed_duration,
 };
 use uplink_agent::{AgentConfig, ReconnectSettings, ResourceSpec};
 
@@ -135,6 +135,12 @@ struct Args {
     /// allocatable, requests, usage, pods by phase) with heartbeats.
     #[arg(long, env = "UPLINK_AGENT_CAPACITY", default_value_t = true, action = clap::ArgAction::Set)]
     capacity: bool,
+
+    /// Report the events.k8s.io/v1 Events about synced objects to the hub,
+    /// folded into series and rate-limited (per object 0.2/s, burst 5; per
+    /// cluster 50/s, burst 200), never ahead of status.
+    #[arg(long, env = "UPLINK_AGENT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    events: bool,
 }
 
 /// The `--downward-resources` list (possibly empty, unlike `--resources`).
@@ -175,6 +181,7 @@ impl Args {
                 ..ReconnectSettings::default()
             },
             capacity: self.capacity,
+            events: self.events.then(EventSettings::default),
         }
     }
 }

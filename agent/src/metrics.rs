@@ -63,6 +63,15 @@ pub struct Metrics {
     pub certificate_expiry: IntGauge,
     /// Changes of the TLS files on disk, by result ([`reload_result`]).
     pub certificate_reloads: IntCounterVec,
+    /// Downstream Events about synced objects, read into their series.
+    pub events_observed: IntCounter,
+    /// Event series reports sent to the hub.
+    pub events_sent: IntCounter,
+    /// Events or reports that went nowhere, by reason
+    /// ([`crate::events::Dropped::reason`], `unreadable`, `frame_limit`).
+    pub events_dropped: IntCounterVec,
+    /// Event series waiting to be sent.
+    pub events_pending: IntGauge,
 }
 
 /// Results of `uplink_agent_certificate_reloads_total`.
@@ -190,6 +199,23 @@ impl Metrics {
                 "Changes of --tls-cert, --tls-key or --hub-ca on disk, by result: success (used from the next connection), failure (the previous material stays).",
                 &["result"],
             ),
+            events_observed: counter(
+                "uplink_agent_events_observed_total",
+                "Downstream Events about synced objects, folded into their series.",
+            ),
+            events_sent: counter(
+                "uplink_agent_events_sent_total",
+                "Event series reports sent to the hub.",
+            ),
+            events_dropped: counter_vec(
+                "uplink_agent_events_dropped_total",
+                "Events or event reports that went nowhere, by reason: too_many_series, lane_full (the oldest waiting report), unreadable, frame_limit.",
+                &["reason"],
+            ),
+            events_pending: gauge(
+                "uplink_agent_events_pending",
+                "Event series waiting to be sent (at most 1,000; past that the oldest waiting report is dropped).",
+            ),
             registry,
         };
         for result in [reload_result::SUCCESS, reload_result::FAILURE] {
@@ -200,7 +226,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 29] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -226,6 +252,10 @@ impl Metrics {
             Box::new(self.http_connections_refused.clone()),
             Box::new(self.certificate_expiry.clone()),
             Box::new(self.certificate_reloads.clone()),
+            Box::new(self.events_observed.clone()),
+            Box::new(self.events_sent.clone()),
+            Box::new(self.events_dropped.clone()),
+            Box::new(self.events_pending.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent

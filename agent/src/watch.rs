@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ApiResource, PartialObjectMeta};
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::core::GroupVersion;
 use kube::discovery::{self, Scope};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -68,6 +68,9 @@ pub enum WatchId {
     Namespaces,
     /// A configured resource type.
     Resource(ResourceSpec),
+    /// The `events.k8s.io/v1` Events (best effort: not part of readiness
+    /// nor of the cluster's snapshot).
+    Events,
 }
 
 impl fmt::Display for WatchId {
@@ -75,6 +78,7 @@ impl fmt::Display for WatchId {
         match self {
             WatchId::Namespaces => f.write_str("namespaces.v1"),
             WatchId::Resource(spec) => spec.fmt(f),
+            WatchId::Events => f.write_str("events.v1.events.k8s.io"),
         }
     }
 }
@@ -95,6 +99,10 @@ pub enum WatchEvent {
     NamespaceApplied(ObservedNamespace),
     /// A namespace was deleted.
     NamespaceDeleted(String),
+    /// An `events.k8s.io/v1` Event was added, modified or listed (as its
+    /// JSON; [`crate::events::read`] reads what it needs). Deletions do
+    /// not matter: an Event's occurrences happened.
+    Event(Value),
     /// The watch failed; it retries by itself.
     Failed { watch: WatchId, error: String },
     /// Discovery cannot resolve the resource type (e.g. its CRD is not
@@ -168,6 +176,66 @@ pub fn spawn_watches(
         ));
     }
     tasks
+}
+
+/// Starts the watch of `events.k8s.io/v1` Events in every namespace once
+/// `synced` turns true (before that, no object is known to relate an Event
+/// to), sending into `events` until `stop` is cancelled.
+pub fn spawn_event_watch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    client: Client,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+    events: mpsc::Sender<WatchEvent>,
+    stop: CancellationToken,
+) {
+    tasks.spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            synced = synced.wait_for(|synced| *synced) => if synced.is_err() { return },
+        }
+        watch_events(client, events, stop).await;
+    });
+}
+
+async fn watch_events(client: Client, events: mpsc::Sender<WatchEvent>, stop: CancellationToken) {
+    let resource = ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+        "events",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    tracing::info!("watching events.k8s.io/v1 Events");
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = stream.next() => next,
+        };
+        let event = match next {
+            None => return,
+            Some(Ok(watcher::Event::Apply(event) | watcher::Event::InitApply(event))) => {
+                match serde_json::to_value(event) {
+                    Ok(event) => WatchEvent::Event(event),
+                    Err(e) => WatchEvent::Failed {
+                        watch: WatchId::Events,
+                        error: format!("re-encoding an Event: {e}"),
+                    },
+                }
+            }
+            Some(Ok(
+                watcher::Event::Init | watcher::Event::InitDone | watcher::Event::Delete(_),
+            )) => continue,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "event watch failed; retrying");
+                WatchEvent::Failed {
+                    watch: WatchId::Events,
+                    error: e.to_string(),
+                }
+            }
+        };
+        if !send(&events, event, &stop).await {
+            return;
+        }
+    }
 }
 
 /// Retry pacing of discovery, same shape as reconnects.
@@ -317,7 +385,6 @@ fn observe_namespace(ns: PartialObjectMeta<Namespace>) -> ObservedNamespace {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use kube::api::DynamicObject;
     use serde_json::json;
 
     use super::*;

@@ -1,12 +1,12 @@
 //! The lane events wait in: series folded from [`Observed`] events, sent
-//! as [`SeriesReport`]s when the rate limits allow; see [`super`].
+//! as [`EventReport`]s when the rate limits allow; see [`super`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use uplink_ops::rate::TokenBucket;
-use uplink_protocol::ObjectRef;
+use uplink_protocol::{EventReport, ObjectRef};
 
 /// How events are folded, limited and bounded.
 #[derive(Debug, Clone)]
@@ -70,17 +70,6 @@ pub struct Observed {
     pub last_ms: i64,
 }
 
-/// One series as it goes up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesReport {
-    pub key: SeriesKey,
-    pub note: String,
-    /// Occurrences so far.
-    pub count: u64,
-    pub first_ms: i64,
-    pub last_ms: i64,
-}
-
 /// Why an observation or a report went nowhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
@@ -105,6 +94,8 @@ impl Dropped {
 struct Series {
     note: String,
     count: u64,
+    /// When the series began: its first observation's, fixed for its
+    /// life, since with the key it names the series upstream.
     first_ms: i64,
     last_ms: i64,
     /// When it was last observed (for the TTL).
@@ -197,7 +188,6 @@ impl EventLane {
             });
         series.seen = now;
         series.count += added;
-        series.first_ms = series.first_ms.min(event.first_ms);
         series.last_ms = series.last_ms.max(event.last_ms);
         series.note = event.note;
         if series.pending {
@@ -234,7 +224,7 @@ impl EventLane {
     /// Up to `max` reports the rate limits allow at `now`, oldest waiting
     /// first; a series whose object is over its limit waits without holding
     /// up the others. Also forgets series past their TTL.
-    pub fn take(&mut self, now: Instant, max: usize) -> Vec<SeriesReport> {
+    pub fn take(&mut self, now: Instant, max: usize) -> Vec<EventReport> {
         let mut reports = Vec::new();
         let mut waiting = VecDeque::with_capacity(self.pending.len());
         while let Some(key) = self.pending.pop_front() {
@@ -257,12 +247,18 @@ impl EventLane {
             self.cluster.try_take(now);
             if let Some(series) = self.series.get_mut(&key) {
                 series.pending = false;
-                reports.push(SeriesReport {
+                reports.push(EventReport {
+                    regarding: key.regarding,
+                    related: key.related,
+                    event_type: key.type_,
+                    reason: key.reason,
+                    action: key.action,
+                    reporting_controller: key.reporting_controller,
+                    reporting_instance: key.reporting_instance,
                     note: series.note.clone(),
                     count: series.count,
                     first_ms: series.first_ms,
                     last_ms: series.last_ms,
-                    key,
                 });
             }
         }
@@ -425,7 +421,7 @@ mod tests {
             6,
             "the noisy object's burst of five, and the quiet one"
         );
-        assert!(sent.iter().any(|r| r.key.regarding.name == "quiet"));
+        assert!(sent.iter().any(|r| r.regarding.name == "quiet"));
         let next = lane.next_due(now);
         assert_eq!(
             next,
@@ -478,7 +474,7 @@ mod tests {
         let sent: Vec<String> = lane
             .take(now, 10)
             .into_iter()
-            .map(|r| r.key.regarding.name)
+            .map(|r| r.regarding.name)
             .collect();
         assert_eq!(sent, ["b", "c"]);
         assert_eq!(Dropped::LaneFull.reason(), "lane_full");

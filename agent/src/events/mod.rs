@@ -14,10 +14,10 @@
 //! `deprecatedCount`) adds its count, and a later version of it adds only
 //! what its count grew by.
 //!
-//! What goes up is a [`SeriesReport`]: the series' whole state (count,
-//! first and last observation, latest note), so the hub writes it as it is
-//! and a report that was coalesced or rate-limited loses nothing but
-//! intermediate counts.
+//! What goes up is an [`uplink_protocol::EventReport`]: the series' whole
+//! state (count, first and last observation, latest note), so the hub
+//! writes it as it is and a report that was coalesced or rate-limited loses
+//! nothing but intermediate counts.
 //!
 //! Bounds, each counted ([`Dropped`]): at most [`EventSettings::max_series`]
 //! series are tracked (a new one past it is dropped), at most
@@ -28,11 +28,100 @@
 //! [`EventSettings::series_ttl`] are forgotten, as client-go forgets a
 //! series after six minutes.
 //!
-//! Not wired yet: the watch of `events.k8s.io/v1`, the frame that carries
-//! reports and the hub's writes come next.
+//! The pipeline reads and observes ([`crate::inventory`], which knows the
+//! synced objects); the session sends, protocol version 3, only when it
+//! has no status ready to send ([`crate::session`]). [`SharedEventLane`]
+//! is the lane between them.
 
 pub mod lane;
 pub mod read;
 
-pub use lane::{Dropped, EventLane, EventSettings, Observed, SeriesKey, SeriesReport};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use uplink_protocol::EventReport;
+
+pub use lane::{Dropped, EventLane, EventSettings, Observed, SeriesKey};
 pub use read::{EventError, Regarding, read};
+
+use crate::metrics::Metrics;
+
+/// The [`EventLane`] the pipeline fills and the session drains, with the
+/// lane's metrics kept current.
+#[derive(Debug, Clone)]
+pub struct SharedEventLane {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    lane: Mutex<EventLane>,
+    /// Woken when a series starts waiting.
+    changed: Notify,
+    metrics: Metrics,
+}
+
+impl SharedEventLane {
+    pub fn new(settings: EventSettings, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                lane: Mutex::new(EventLane::new(settings, Instant::now())),
+                changed: Notify::new(),
+                metrics,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, EventLane> {
+        // The lane's state is consistent between calls: a panic elsewhere
+        // while holding it cannot leave it half-changed.
+        self.inner
+            .lane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Folds `event` into its series (see [`EventLane::observe`]).
+    pub fn observe(&self, event: Observed) {
+        let metrics = &self.inner.metrics;
+        metrics.events_observed.inc();
+        let (dropped, pending) = {
+            let mut lane = self.lock();
+            (lane.observe(event, Instant::now()), lane.pending())
+        };
+        if let Some(dropped) = dropped {
+            metrics
+                .events_dropped
+                .with_label_values(&[dropped.reason()])
+                .inc();
+        }
+        metrics.events_pending.set(gauge(pending));
+        self.inner.changed.notify_one();
+    }
+
+    /// Up to `max` reports the rate limits allow now.
+    pub fn take(&self, max: usize) -> Vec<EventReport> {
+        let (reports, pending) = {
+            let mut lane = self.lock();
+            (lane.take(Instant::now(), max), lane.pending())
+        };
+        self.inner.metrics.events_pending.set(gauge(pending));
+        reports
+    }
+
+    /// When [`SharedEventLane::take`] may have something, if anything waits.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.lock().next_due(Instant::now())
+    }
+
+    /// Resolves once a series starts waiting (at once if one did since the
+    /// last call).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+}
+
+fn gauge(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}

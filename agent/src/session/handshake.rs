@@ -7,7 +7,7 @@ use futures::stream::SplitStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
-    AgentFrame, DOWNWARD_VERSION, Hello, HubFrame, Limits, SessionMode, Welcome,
+    AgentFrame, DOWNWARD_VERSION, EVENTS_VERSION, Hello, HubFrame, Limits, SessionMode, Welcome,
 };
 
 use super::dial::Ws;
@@ -19,16 +19,19 @@ use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
 
-/// The protocol versions an agent that applies speaks: status only (1) and
-/// the downward lane (2).
-const DOWNWARD_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION];
+/// The protocol versions an agent that applies or reports events speaks:
+/// status only (1), the downward lane (2) and events (3). Version 3 keeps
+/// version 2's rules: a hub opens the downward lane only for an agent that
+/// names types it applies.
+const FULL_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, EVENTS_VERSION];
 /// The protocol versions a status-only agent speaks.
 const STATUS_VERSIONS: &[u16] = &[1];
 
-/// What this agent offers in `Hello`: version 2 only when it applies.
+/// What this agent offers in `Hello`: more than version 1 only when it
+/// applies or reports events.
 fn offered_versions(ctx: &SessionContext) -> &'static [u16] {
-    if ctx.downward.is_some() {
-        DOWNWARD_VERSIONS
+    if ctx.downward.is_some() || ctx.events.is_some() {
+        FULL_VERSIONS
     } else {
         STATUS_VERSIONS
     }
@@ -129,6 +132,10 @@ pub(super) async fn converse(
         last_summary_sent: Instant::now(),
         downward,
         downward_done,
+        events: ctx
+            .events
+            .clone()
+            .filter(|_| welcome.protocol_version >= EVENTS_VERSION),
     };
     steady.run(&mut tx, &mut stream, stop).await
 }

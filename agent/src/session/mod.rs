@@ -20,12 +20,14 @@
 //! hands each to its lane: `upward` (outbox batches out, `Ack` and
 //! `Throttle` in, packed into frames by `batch`), `downward` (protocol
 //! version 2: placed objects in, to the apply stage, `DownwardAck` out),
-//! `heartbeat`; last `shutdown` (flush, `Bye`, close). `wire` sends and
-//! reads frames.
+//! `heartbeat`, `events` (protocol version 3: event series out, only when
+//! no status is ready to go); last `shutdown` (flush, `Bye`, close). `wire`
+//! sends and reads frames.
 
 mod batch;
 mod dial;
 mod downward;
+mod events;
 mod handshake;
 mod heartbeat;
 mod shutdown;
@@ -45,12 +47,14 @@ use uplink_protocol::{ErrorCode, HubFrame, Limits, SUBPROTOCOL, decode_hub_frame
 pub use self::dial::{HubEndpoint, HubUrlError};
 use self::dial::{Ws, connect};
 use self::downward::{DownwardLane, next_done};
+use self::events::{events_changed, sleep_until_due};
 use self::handshake::converse;
 pub use self::heartbeat::heartbeat_interval;
 use self::wire::{Sender, frame_name, refused};
 use crate::apply::Applier;
 use crate::apply::queue::Done;
 use crate::clock::AgentClock;
+use crate::events::SharedEventLane;
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
 use crate::outbox::SharedOutbox;
@@ -72,8 +76,10 @@ pub struct SessionContext {
     pub health: AgentHealth,
     pub clock: AgentClock,
     /// Applies what the hub sends down; `None`: status only (the agent
-    /// offers protocol version 1 only).
+    /// offers protocol version 1 only, unless it reports events).
     pub downward: Option<Arc<Applier>>,
+    /// The events to report; `None`: not reported.
+    pub events: Option<SharedEventLane>,
 }
 
 /// What the agent remembers about the hub between connections.
@@ -198,6 +204,9 @@ struct Steady<'a> {
     downward: Option<DownwardLane>,
     /// What the lane's apply stage finished (taken by [`Steady::run`]).
     downward_done: Option<tokio::sync::mpsc::UnboundedReceiver<Done>>,
+    /// The event lane, when the session speaks version 3 and the agent
+    /// reports events.
+    events: Option<SharedEventLane>,
 }
 
 impl Steady<'_> {
@@ -214,6 +223,10 @@ impl Steady<'_> {
         loop {
             let has_unsent = self.ctx.outbox.lock().has_unsent();
             let send_at = self.send_at();
+            // Events go only while no status is ready to go (none waits, or
+            // the hub paused it).
+            let status_ready = has_unsent && send_at <= Instant::now();
+            let events_due = self.events.as_ref().and_then(SharedEventLane::next_due);
             tx.deadline = self.last_received + dead_after;
             let sent = tokio::select! {
                 biased;
@@ -241,6 +254,10 @@ impl Steady<'_> {
                 }
                 () = self.ctx.outbox.changed(), if !has_unsent => Ok(()),
                 done = next_done(&mut downward_done) => self.downward_done(done, tx).await,
+                () = sleep_until_due(events_due), if events_due.is_some() && !status_ready => {
+                    self.send_events(tx).await
+                }
+                () = events_changed(self.events.as_ref()), if events_due.is_none() => Ok(()),
             };
             match sent {
                 Ok(()) => {}
