@@ -1728,7 +1728,60 @@ async fn the_deployment_controller_reports_rollouts_in_the_physical_cluster() ->
                 &Patch::Merge(json!({ "spec": { "paused": false } })),
             )
             .await?;
-        rolled_out(&physical, "web", 4, 7).await?;
+        let rolled = rolled_out(&physical, "web", 4, 7).await?;
+
+        // Each scale recorded kube's ScalingReplicaSet Event, found as
+        // `kubectl describe` finds them (core/v1, by involvedObject).
+        let replica_set = rolled
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Progressing"))
+            .and_then(|c| Some(c.message.as_deref()?.split('"').nth(1)?.to_owned()))
+            .context("no ReplicaSet in Progressing")?;
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(client_for(&server, None).await?, "default");
+        let mut recorded = events
+            .list(
+                &ListParams::default()
+                    .fields("involvedObject.name=web,involvedObject.kind=Deployment"),
+            )
+            .await?
+            .items;
+        // Named <deployment>.<hex nanoseconds>: by name is by time.
+        recorded.sort_by_key(|e| e.metadata.name.clone());
+        let seen: Vec<(String, String, String, String)> = recorded
+            .iter()
+            .map(|e| {
+                (
+                    e.type_.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.message.clone().unwrap_or_default(),
+                    e.source
+                        .as_ref()
+                        .and_then(|s| s.component.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let scaled = |from, to| {
+            (
+                "Normal".to_owned(),
+                "ScalingReplicaSet".to_owned(),
+                format!("Scaled up replica set {replica_set} from {from} to {to}"),
+                "deployment-controller".to_owned(),
+            )
+        };
+        ensure!(
+            seen == [scaled(0, 2), scaled(2, 5), scaled(5, 7)],
+            "Events about web: {seen:?}"
+        );
+        ensure!(
+            recorded
+                .iter()
+                .all(|e| e.involved_object.uid == rolled.metadata.uid),
+            "the Events name web's uid"
+        );
 
         // KCP runs no Deployment controller.
         let untouched = in_workspace.get("web").await?;

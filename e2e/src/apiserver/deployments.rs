@@ -27,7 +27,14 @@
 //! (generation unchanged, appliers lose the fields whose value changes)
 //! recorded in `managedFields` as manager `kube-controller-manager`,
 //! operation `Update`, subresource `status`. Nothing is written when the
-//! status is already what it should be. Paused Deployments
+//! status is already what it should be. Each write that scales records the
+//! `ScalingReplicaSet` Events kube's controller records
+//! (`pkg/controller/deployment/sync.go`, `scaleReplicaSet`: "Scaled up
+//! replica set web-<hash> from 0 to 3"), as core/v1 Events from its legacy
+//! recorder (`source.component` `deployment-controller`, `count` 1, first
+//! and last timestamp, no `eventTime`, named `<deployment>.<hex nanos>`): a
+//! new template scales its ReplicaSet up from 0 and the previous one down
+//! to 0, a scale changes the current one's count. Paused Deployments
 //! (`spec.paused: true`) keep their status as it is, as do those whose
 //! `spec.replicas` is not an integer (kube-apiserver would refuse them).
 //!
@@ -123,6 +130,8 @@ fn reconcile(shared: &Shared, def: &Arc<ResourceDef>, seen: &Value) {
         namespace: namespace.clone(),
         status: true,
     };
+    // What the write scaled, and the Deployment as written, for the Events.
+    let mut scaled: Option<(Vec<String>, Value)> = None;
     let written = shared.store.write(
         "",
         &def.key(),
@@ -133,15 +142,120 @@ fn reconcile(shared: &Shared, def: &Arc<ResourceDef>, seen: &Value) {
             let Some(current) = current else {
                 return Ok(Decision::Keep);
             };
-            update_status(&target, name, current, &object::now_rfc3339())
+            let decision = update_status(&target, name, current, &object::now_rfc3339())?;
+            if let Decision::Put(next) = &decision {
+                scaled = Some((scaling_messages(current, next), next.clone()));
+            }
+            Ok(decision)
         },
     );
-    if let Err(error) = written {
-        tracing::warn!(
+    match written {
+        Err(error) => tracing::warn!(
             namespace,
             deployment = name,
             error = error.message,
             "the Deployment controller could not write a status"
+        ),
+        Ok(_) => {
+            if let Some((messages, deployment)) = scaled {
+                for message in messages {
+                    record_scaling(shared, &deployment, &message);
+                }
+            }
+        }
+    }
+}
+
+/// The messages of the `ScalingReplicaSet` Events for the status change
+/// from `before` to `after` (see the module documentation).
+fn scaling_messages(before: &Value, after: &Value) -> Vec<String> {
+    let replicas = |d: &Value| {
+        d.pointer("/status/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    // The ReplicaSet a complete rollout names in its Progressing condition.
+    let replica_set = |d: &Value| {
+        let message = d
+            .pointer("/status/conditions")?
+            .as_array()?
+            .iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(PROGRESSING))?
+            .get("message")?
+            .as_str()?;
+        let quoted = message.strip_prefix("ReplicaSet \"")?;
+        quoted.split_once('"').map(|(name, _)| name.to_owned())
+    };
+    let (from, to) = (replicas(before), replicas(after));
+    let scale = |set: &str, from: i64, to: i64| {
+        let direction = if to > from { "up" } else { "down" };
+        format!("Scaled {direction} replica set {set} from {from} to {to}")
+    };
+    let current = replica_set(after).unwrap_or_else(|| replica_set_name(after));
+    match replica_set(before) {
+        // A new template: a new ReplicaSet takes over from the previous one.
+        Some(previous) if previous != current => [
+            (to > 0).then(|| scale(&current, 0, to)),
+            (from > 0).then(|| scale(&previous, from, 0)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        _ if from != to => vec![scale(&current, from, to)],
+        _ => Vec::new(),
+    }
+}
+
+/// Records one `ScalingReplicaSet` Event about `deployment`, as kube's
+/// legacy event recorder does.
+fn record_scaling(shared: &Shared, deployment: &Value, message: &str) {
+    let Some(def) = shared.store.resolve("", "", "v1", "events") else {
+        return;
+    };
+    let namespace = meta_str(deployment, "namespace").unwrap_or_default();
+    let name = meta_str(deployment, "name").unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{name}.{:x}", now.as_nanosecond()), "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": "apps/v1", "kind": "Deployment", "namespace": namespace, "name": name,
+            "uid": meta_str(deployment, "uid"),
+            "resourceVersion": meta_str(deployment, "resourceVersion"),
+        },
+        "reason": "ScalingReplicaSet",
+        "message": message,
+        "source": {"component": "deployment-controller"},
+        "firstTimestamp": object::now_rfc3339(),
+        "lastTimestamp": object::now_rfc3339(),
+        "count": 1,
+        "type": "Normal",
+        "eventTime": null,
+        "reportingComponent": "",
+        "reportingInstance": "",
+    });
+    let target = Target {
+        def: def.clone(),
+        version: "v1".to_string(),
+        namespace: namespace.to_string(),
+        status: false,
+    };
+    let event_name = meta_str(&event, "name").unwrap_or_default().to_string();
+    let recorded = shared.store.write(
+        "",
+        &def.key(),
+        namespace,
+        NameChoice::Exact(event_name),
+        false,
+        |view, name, current| registry::create(&target, view, name, current, event),
+    );
+    if let Err(error) = recorded {
+        tracing::warn!(
+            namespace,
+            deployment = name,
+            error = error.message,
+            "the Deployment controller could not record an Event"
         );
     }
 }
@@ -460,6 +574,37 @@ mod tests {
             }))
         );
         assert!(replica_set.starts_with("web-") && replica_set.len() > "web-".len());
+    }
+
+    #[test]
+    fn scales_and_rollouts_record_what_kube_records() {
+        let first = with_status(deployment(json!(2), "nginx:1"), T0);
+        let created = scaling_messages(&deployment(json!(2), "nginx:1"), &first);
+        let rs1 = replica_set_name(&first);
+        assert_eq!(
+            created,
+            [format!("Scaled up replica set {rs1} from 0 to 2")]
+        );
+        let mut scaled = first.clone();
+        scaled["spec"]["replicas"] = json!(1);
+        let scaled = with_status(scaled, T1);
+        assert_eq!(
+            scaling_messages(&first, &scaled),
+            [format!("Scaled down replica set {rs1} from 2 to 1")]
+        );
+        let mut rolled = scaled.clone();
+        rolled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+        let rolled = with_status(rolled, T1);
+        let rs2 = replica_set_name(&rolled);
+        assert_ne!(rs1, rs2);
+        assert_eq!(
+            scaling_messages(&scaled, &rolled),
+            [
+                format!("Scaled up replica set {rs2} from 0 to 1"),
+                format!("Scaled down replica set {rs1} from 1 to 0"),
+            ]
+        );
+        assert!(scaling_messages(&rolled, &rolled).is_empty());
     }
 
     #[test]
