@@ -70,6 +70,8 @@ struct Event {
     #[serde(default)]
     series: Option<Series>,
     #[serde(default)]
+    deprecated_source: Option<Source>,
+    #[serde(default)]
     deprecated_count: Option<u64>,
     #[serde(default)]
     deprecated_first_timestamp: Option<String>,
@@ -86,6 +88,17 @@ struct Metadata {
     uid: String,
     #[serde(default)]
     creation_timestamp: Option<String>,
+}
+
+/// A core/v1 Event's `source`: who reported it, before
+/// `reportingController`/`reportingInstance` (kube's legacy recorder, which
+/// most controllers still use, sets only this).
+#[derive(Deserialize)]
+struct Source {
+    #[serde(default)]
+    component: String,
+    #[serde(default)]
+    host: String,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +175,17 @@ pub fn read(
         .or(event.deprecated_count)
         .filter(|count| *count > 0)
         .unwrap_or(1);
+    let (source_component, source_host) = event
+        .deprecated_source
+        .map(|s| (s.component, s.host))
+        .unwrap_or_default();
+    let or = |reporting: String, source: String| {
+        if reporting.is_empty() {
+            source
+        } else {
+            reporting
+        }
+    };
     Ok(Some(Observed {
         uid: event.metadata.uid,
         key: SeriesKey {
@@ -170,8 +194,8 @@ pub fn read(
             type_: event.type_,
             reason: event.reason,
             action: event.action,
-            reporting_controller: event.reporting_controller,
-            reporting_instance: event.reporting_instance,
+            reporting_controller: or(event.reporting_controller, source_component),
+            reporting_instance: or(event.reporting_instance, source_host),
         },
         note: event.note,
         count,
@@ -256,6 +280,22 @@ mod tests {
         };
         assert_eq!(observed.count, 42);
         assert_eq!(observed.last_ms - observed.first_ms, 299_877);
+    }
+
+    #[test]
+    fn a_legacy_event_names_its_reporter_by_its_source() {
+        let mut event = scheduling(None);
+        for field in ["reportingController", "reportingInstance", "action"] {
+            event[field] = json!("");
+        }
+        event["deprecatedSource"] = json!({"component": "deployment-controller", "host": "node-1"});
+        let observed = read(&event, synced);
+        let Ok(Some(observed)) = observed else {
+            panic!("expected an observed event, got {observed:?}");
+        };
+        assert_eq!(observed.key.reporting_controller, "deployment-controller");
+        assert_eq!(observed.key.reporting_instance, "node-1");
+        assert_eq!(observed.key.action, "");
     }
 
     #[test]
