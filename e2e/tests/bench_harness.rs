@@ -20,9 +20,15 @@ async fn latency_figures_match_what_happened() -> anyhow::Result<()> {
             objects: 4,
             rate: 20,
             duration: Duration::from_secs(2),
+            event_burst: 200,
         },
     )
     .await?;
+    // The burst beside the writes: two series in KCP counting every Event.
+    let events = report
+        .events
+        .unwrap_or_else(|| panic!("no event figures: {report:?}"));
+    assert_eq!((events.series, events.occurrences), (2, 200), "{report:?}");
     assert_eq!(report.write_errors, 0, "{report:?}");
     assert!(report.writes > 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");

@@ -264,6 +264,29 @@ impl Fleet {
         Ok(Api::namespaced(client, &namespace))
     }
 
+    /// The Events in the namespace of the object's copy in its cluster.
+    pub fn downstream_events(
+        &self,
+        object: &DemoObject,
+    ) -> anyhow::Result<Api<k8s_openapi::api::events::v1::Event>> {
+        let deployments = self.downstream(object)?;
+        let client = self
+            .connections
+            .cluster(&object.cluster)
+            .with_context(|| format!("no client for {}", object.cluster))?;
+        let namespace = deployments.namespace().unwrap_or_default().to_owned();
+        Ok(Api::namespaced(client, &namespace))
+    }
+
+    /// The Events in KCP, where the objects are.
+    pub fn upstream_events(&self) -> anyhow::Result<Api<k8s_openapi::api::events::v1::Event>> {
+        let client = self
+            .connections
+            .workspace(WORKSPACE)
+            .context("no client for KCP")?;
+        Ok(Api::namespaced(client, NAMESPACE))
+    }
+
     /// The requests KCP (the test-bed API server standing in for it)
     /// received so far, from anyone: the hub and the benchmark itself.
     pub fn kcp_requests(&self) -> anyhow::Result<RequestCounts> {

@@ -117,6 +117,12 @@ pub struct BenchArgs {
     #[arg(long, env = "UPLINK_BENCH_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// Downstream Events recorded about one object while the load runs
+    /// (latency): the status latency beside a burst of events, and what
+    /// KCP ends up showing of the burst.
+    #[arg(long, env = "UPLINK_BENCH_EVENT_BURST", default_value_t = 0)]
+    pub event_burst: usize,
+
     /// The `uplink-hub` binary; by default it is built and taken from beside this executable.
     #[arg(long, env = "UPLINK_BENCH_HUB_BIN")]
     pub hub_bin: Option<PathBuf>,
@@ -143,6 +149,8 @@ pub struct Scale {
     pub ingest_agents: usize,
     pub ingest_objects: usize,
     pub ingest_window: Duration,
+    /// Downstream Events about one object during the latency run.
+    pub event_burst: usize,
 }
 
 impl Scale {
@@ -163,6 +171,7 @@ impl Scale {
                 ingest_agents: 4,
                 ingest_objects: 500,
                 ingest_window: Duration::from_secs(5),
+                event_burst: 0,
             }
         } else {
             Scale {
@@ -180,6 +189,7 @@ impl Scale {
                 ingest_agents: 16,
                 ingest_objects: 500,
                 ingest_window: Duration::from_secs(20),
+                event_burst: 0,
             }
         };
         Scale {
@@ -187,6 +197,7 @@ impl Scale {
             agents: args.agents.unwrap_or(base.agents),
             rate: args.rate.unwrap_or(base.rate),
             duration: args.duration.unwrap_or(base.duration),
+            event_burst: args.event_burst,
             ..base
         }
     }
@@ -282,6 +293,24 @@ impl LatencyReport {
             Figure::new("max_ms", ms(self.max), "-"),
             Figure::new("lost", self.lost as f64, "0"),
         ]
+        .into_iter()
+        .chain(self.events.iter().flat_map(|e| {
+            [
+                Figure::new("events_recorded", e.recorded as f64, "-"),
+                Figure::new(
+                    "event_series_in_kcp",
+                    e.series as f64,
+                    "a handful (2 reasons: 2)",
+                ),
+                Figure::new(
+                    "event_occurrences_in_kcp",
+                    e.occurrences as f64,
+                    "events_recorded",
+                ),
+                Figure::new("events_settled_s", e.settled.as_secs_f64(), "-"),
+            ]
+        }))
+        .collect()
     }
 }
 
@@ -427,6 +456,7 @@ pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale)
                 objects: scale.latency_objects,
                 rate: scale.rate,
                 duration: scale.duration,
+                event_burst: scale.event_burst,
             },
         )
         .await
