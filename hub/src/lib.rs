@@ -5,7 +5,10 @@
 //! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`placement`]
 //! (may this cluster report this object?) → [`store`] (latest entry per
 //! object and cluster) → [`aggregate`] (desired status) → [`writer`]
-//! (rate-limited merge patches of `/status`). Beside them: [`rejection`]
+//! (rate-limited merge patches of `/status`). Agents' event series
+//! (protocol version 3) take a shorter, best-effort path: [`session`]
+//! (placed objects only) → [`writer::events`] (their own queue, rate and
+//! writer). Beside them: [`rejection`]
 //! (refused reports, told to their agents),
 //! [`health`] (cluster records; their states reach KCP as SyncTargets
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
@@ -13,7 +16,8 @@
 //! hub API), [`metrics`], [`config`], [`tls`].
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
-//! every agent and close their sessions → flush pending KCP writes within
+//! every agent and close their sessions → abandon waiting event writes,
+//! flush pending KCP status writes within
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 
 pub mod aggregate;

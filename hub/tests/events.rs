@@ -169,3 +169,65 @@ async fn events_in_a_version_2_session_end_it() -> Result<()> {
     assert!(hub.upstream.events().is_empty());
     hub.stop().await
 }
+
+#[tokio::test]
+async fn a_cluster_over_its_event_rate_is_dropped_and_a_misnamed_object_refused() -> Result<()> {
+    let hub = TestHub::start_placed(
+        |config| {
+            config.events.cluster_rate = 0.001;
+            config.events.cluster_burst = 2;
+        },
+        placement(),
+    )
+    .await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello("edge-1", "s", None, 0).await?;
+    let as_job = ObjectRef {
+        kind: "Job".into(),
+        ..object("web")
+    };
+    let series = |reason: &str| {
+        let mut report = report(object("web"), 1);
+        reason.clone_into(&mut report.reason);
+        report
+    };
+    agent
+        .send(&events(vec![
+            report(as_job, 1),
+            series("A"),
+            series("B"),
+            series("C"),
+        ]))
+        .await?;
+    let metrics = hub.metrics.clone();
+    eventually("the one over the burst dropped", || {
+        metrics
+            .events_dropped
+            .with_label_values(&["rate_limited"])
+            .get()
+            == 1
+    })
+    .await?;
+    let upstream = hub.upstream.clone();
+    eventually("the burst written", || upstream.events().len() == 2).await?;
+    assert_eq!(
+        refused(&hub, uplink_protocol::Rejected::KIND_MISMATCH),
+        1,
+        "the placement's own reason"
+    );
+    // A reconnect does not refill the cluster's bucket.
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello("edge-1", "s2", None, 0).await?;
+    agent.send(&events(vec![series("D")])).await?;
+    eventually("the next one dropped too", || {
+        metrics
+            .events_dropped
+            .with_label_values(&["rate_limited"])
+            .get()
+            == 2
+    })
+    .await?;
+    assert_eq!(upstream.events().len(), 2);
+    hub.stop().await
+}

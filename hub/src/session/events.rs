@@ -64,7 +64,7 @@ impl EventRates {
 impl<S: Transport> Connection<S> {
     /// An `Events` batch: each report judged, limited and queued; refusals
     /// are counted and logged, never sent back.
-    pub(super) fn events(&mut self, batch: EventBatch) -> Result<(), Violation> {
+    pub(super) fn events(&self, batch: EventBatch) -> Result<(), Violation> {
         if self.version < EVENTS_VERSION {
             return Err(Violation::unexpected(
                 "Events (protocol version 3) in an older session",
