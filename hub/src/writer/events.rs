@@ -149,6 +149,53 @@ fn events_path(namespace: &str, name: &str) -> Result<String, UpstreamError> {
     ))
 }
 
+/// The `POST` that creates `event` in `namespace`.
+fn create_request(
+    namespace: &str,
+    event: &Value,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+    let name = event
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let bad = |reason: String| UpstreamError::BadObject {
+        key: format!("events/{namespace}/{name}"),
+        reason,
+    };
+    let body = serde_json::to_vec(event).map_err(|e| bad(e.to_string()))?;
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    kube::core::Request::new(events_path(namespace, name)?)
+        .create(&params, body)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The `PATCH` (JSON merge patch) of Event `name` in `namespace`.
+fn patch_request(
+    namespace: &str,
+    name: &str,
+    patch: &Value,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+    let bad = |reason: String| UpstreamError::BadObject {
+        key: format!("events/{namespace}/{name}"),
+        reason,
+    };
+    if !is_path_segment(name) {
+        return Err(bad("the name is not a valid path segment".into()));
+    }
+    let params = PatchParams {
+        dry_run,
+        ..PatchParams::default()
+    };
+    kube::core::Request::new(events_path(namespace, name)?)
+        .patch(name, &params, &Patch::Merge(patch))
+        .map_err(|e| bad(e.to_string()))
+}
+
 impl EventUpstream for KubeUpstream {
     fn create_event<'a>(
         &'a self,
@@ -158,23 +205,8 @@ impl EventUpstream for KubeUpstream {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            let name = event
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let what = format!("{workspace}:events/{namespace}/{name}");
-            let bad = |reason: String| UpstreamError::BadObject {
-                key: what.clone(),
-                reason,
-            };
-            let body = serde_json::to_vec(event).map_err(|e| bad(e.to_string()))?;
-            let params = PostParams {
-                dry_run,
-                ..PostParams::default()
-            };
-            let request = kube::core::Request::new(events_path(namespace, name)?)
-                .create(&params, body)
-                .map_err(|e| bad(e.to_string()))?;
+            let request = create_request(namespace, event, dry_run)?;
+            let what = format!("{workspace}:events/{namespace}");
             self.send_in_workspace(workspace, &what, request)
                 .await
                 .map(drop)
@@ -190,23 +222,8 @@ impl EventUpstream for KubeUpstream {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
+            let request = patch_request(namespace, name, patch, dry_run)?;
             let what = format!("{workspace}:events/{namespace}/{name}");
-            if !is_path_segment(name) {
-                return Err(UpstreamError::BadObject {
-                    key: what,
-                    reason: "the name is not a valid path segment".into(),
-                });
-            }
-            let params = PatchParams {
-                dry_run,
-                ..PatchParams::default()
-            };
-            let request = kube::core::Request::new(events_path(namespace, name)?)
-                .patch(name, &params, &Patch::Merge(patch))
-                .map_err(|e| UpstreamError::BadObject {
-                    key: what.clone(),
-                    reason: e.to_string(),
-                })?;
             self.send_in_workspace(workspace, &what, request)
                 .await
                 .map(drop)

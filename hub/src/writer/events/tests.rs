@@ -599,3 +599,40 @@ fn micro_times() {
         assert!(!manifest::is_qualified_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn kube_requests_create_and_merge_patch_events() {
+    let event = event_manifest(&series(1));
+    let Ok(create) = create_request("shop", &event, true) else {
+        panic!("no create request");
+    };
+    assert_eq!(create.method(), http::Method::POST);
+    assert_eq!(
+        create.uri().to_string(),
+        "/apis/events.k8s.io/v1/namespaces/shop/events?&dryRun=All"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(create.body()).ok(),
+        Some(event)
+    );
+    let patch = series_patch_of(2, FIRST_MS);
+    let Ok(request) = patch_request("shop", series(1).name(), &patch, false) else {
+        panic!("no patch request");
+    };
+    assert_eq!(request.method(), http::Method::PATCH);
+    assert_eq!(
+        request.uri().to_string(),
+        format!(
+            "/apis/events.k8s.io/v1/namespaces/shop/events/{}?",
+            series(1).name()
+        )
+    );
+    assert_eq!(
+        request.headers().get(http::header::CONTENT_TYPE),
+        Some(&http::HeaderValue::from_static(
+            "application/merge-patch+json"
+        ))
+    );
+    assert!(patch_request("a/b", "x", &patch, false).is_err());
+    assert!(patch_request("shop", "../x", &patch, false).is_err());
+}
