@@ -116,6 +116,40 @@ pub struct HubConfig {
     /// HTTP connections open at once (`--http-max-connections`); past it a
     /// new connection is closed at once and counted.
     pub http_max_connections: usize,
+    /// How agents' event series reach KCP (protocol version 3).
+    pub events: EventSettings,
+}
+
+/// The bounds on agents' event series (protocol version 3): best effort,
+/// never in the way of status, so each stage has a bound past which it
+/// drops (and counts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventSettings {
+    /// Event series waiting for the event writer; past it the oldest is
+    /// dropped.
+    pub queue_size: usize,
+    /// Sustained event writes to KCP per second (token bucket rate; 0:
+    /// unlimited).
+    pub write_qps: f64,
+    /// Event writes to KCP allowed in a burst.
+    pub write_burst: u32,
+    /// Event series reports one cluster may have taken per second (shared
+    /// by its reconnects; 0: unlimited); past it they are dropped.
+    pub cluster_rate: f64,
+    /// Event series reports one cluster may have taken in a burst.
+    pub cluster_burst: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            queue_size: 10_000,
+            write_qps: 50.0,
+            write_burst: 100,
+            cluster_rate: 20.0,
+            cluster_burst: 200,
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -159,6 +193,7 @@ impl Default for HubConfig {
             max_kcp_clients: crate::writer::KubeUpstream::DEFAULT_CLIENTS,
             http_auth: crate::http::HttpAuthConfig::default(),
             http_max_connections: 256,
+            events: EventSettings::default(),
         }
     }
 }

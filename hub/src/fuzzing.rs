@@ -252,6 +252,7 @@ fn shared() -> Arc<SessionShared> {
     ));
     list_placement(&placements, limits.max_objects_per_cluster);
     let write_queue = Arc::new(WriteQueue::new(metrics.clone()));
+    let metrics_for_events = metrics.clone();
     Arc::new(SessionShared {
         store: Arc::new(Store::new(
             write_queue.clone(),
@@ -277,6 +278,11 @@ fn shared() -> Arc<SessionShared> {
             max_deltas_per_s: 5,
         },
         report_bounds: ReportBounds::default(),
+        event_queue: Arc::new(crate::writer::events::EventQueue::new(
+            16,
+            metrics_for_events,
+        )),
+        event_rates: Arc::new(crate::session::EventRates::new(20.0, 200)),
     })
 }
 

@@ -5,7 +5,10 @@
 //! [`server`] (TLS + WebSocket) → [`session`] (protocol) → [`placement`]
 //! (may this cluster report this object?) → [`store`] (latest entry per
 //! object and cluster) → [`aggregate`] (desired status) → [`writer`]
-//! (rate-limited merge patches of `/status`). Beside them: [`rejection`]
+//! (rate-limited merge patches of `/status`). Agents' event series
+//! (protocol version 3) take a shorter, best-effort path: [`session`]
+//! (placed objects only) → [`writer::events`] (their own queue, rate and
+//! writer). Beside them: [`rejection`]
 //! (refused reports, told to their agents),
 //! [`health`] (cluster records; their states reach KCP as SyncTargets
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
@@ -13,7 +16,8 @@
 //! hub API), [`metrics`], [`config`], [`tls`].
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
-//! every agent and close their sessions → flush pending KCP writes within
+//! every agent and close their sessions → abandon waiting event writes,
+//! flush pending KCP status writes within
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 
 pub mod aggregate;
@@ -59,6 +63,7 @@ use crate::rejection::Rejections;
 use crate::session::{Connections, SessionShared};
 use crate::store::Store;
 use crate::tls::reload::{RotationMetrics, ServerTls};
+use crate::writer::events::{EventQueue, EventUpstream, EventWriter, EventWriterSettings};
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::{
     SettleTimes, SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer,
@@ -111,13 +116,15 @@ pub struct Hub {
 }
 
 /// KCP as the hub reaches it: where it writes status, where it reads
-/// placement, where it keeps its finalizers. [`Kcp::kube`] for the real
+/// placement, where it keeps its finalizers, where agents' events go. [`Kcp::kube`] for the real
 /// thing; tests substitute parts.
 #[derive(Debug, Clone)]
 pub struct Kcp {
     pub status: Arc<dyn StatusUpstream>,
     pub placement: Arc<dyn PlacementSource>,
     pub finalizers: Arc<dyn FinalizerUpstream>,
+    /// Where agents' event series go (protocol version 3).
+    pub events: Arc<dyn EventUpstream>,
 }
 
 impl Kcp {
@@ -127,7 +134,8 @@ impl Kcp {
         Self {
             status: upstream.clone(),
             placement: upstream.clone(),
-            finalizers: upstream,
+            finalizers: upstream.clone(),
+            events: upstream,
         }
     }
 }
@@ -377,6 +385,23 @@ impl Hub {
                 .run(writer_stop.clone(), config.shutdown_flush_timeout),
         );
 
+        // Agents' event series: best effort, beside the status writer and
+        // never in its way; stopped with it, abandoning what waits.
+        let event_queue = Arc::new(EventQueue::new(config.events.queue_size, metrics.clone()));
+        let event_writer = Arc::new(EventWriter::new(
+            event_queue.clone(),
+            kcp.events.clone(),
+            metrics.clone(),
+            EventWriterSettings {
+                qps: config.events.write_qps,
+                burst: config.events.write_burst,
+                concurrency: EVENT_WRITE_CONCURRENCY,
+                dry_run: config.dry_run,
+                upstream_sync: config.feature_gates.upstream_sync,
+            },
+        ));
+        let events_task = tokio::spawn(event_writer.run(writer_stop.clone()));
+
         let synctargets_task = tokio::spawn(synctargets.run(writer_stop.clone()));
         let capacity_task = tokio::spawn(capacity.clone().run(writer_stop.clone()));
 
@@ -432,6 +457,11 @@ impl Hub {
                 max_deltas_per_s: throttle_rate(config.write_qps),
             },
             report_bounds: config.capacity.reports,
+            event_queue,
+            event_rates: Arc::new(session::EventRates::new(
+                config.events.cluster_rate,
+                config.events.cluster_burst,
+            )),
         });
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(epoch = shared.hub_epoch, "hub running");
@@ -458,6 +488,7 @@ impl Hub {
         let placement_result = placement_task.await;
         let finalizers_result = finalizers_task.await;
         let writer_result = writer_task.await;
+        let events_result = events_task.await;
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
         let capacity_result = capacity_task.await;
@@ -469,6 +500,7 @@ impl Hub {
         let http_result = http_task.await;
         tracing::info!("hub stopped");
         writer_result.map_err(|e| HubError::Task("writer", e))?;
+        events_result.map_err(|e| HubError::Task("event writer", e))?;
         placement_result.map_err(|e| HubError::Task("placement", e))?;
         finalizers_result.map_err(|e| HubError::Task("finalizer writer", e))?;
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
@@ -479,6 +511,10 @@ impl Hub {
         Ok(())
     }
 }
+
+/// Event writes to KCP in flight at once: events are best effort, and a
+/// few at a time keep them from taking the upstream's attention.
+const EVENT_WRITE_CONCURRENCY: usize = 2;
 
 /// Binds the hub from `config` and runs it until `shutdown`.
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {

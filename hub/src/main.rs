@@ -11,6 +11,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{FeatureGates, MergePolicy};
 use uplink_hub::budget::MemoryBudget;
+use uplink_hub::config::EventSettings;
 use uplink_hub::{HubConfig, StatusWrite, UpstreamMode};
 use uplink_protocol::Limits;
 use uplink_protocol::resource::ResourceSpec;
@@ -253,6 +254,32 @@ struct Args {
     #[arg(long, env = "UPLINK_HUB_MAX_STATUS_BYTES", default_value_t = MemoryBudget::DEFAULT_TOTAL_BYTES)]
     max_status_bytes: u64,
 
+    /// Agents' event series (protocol version 3) waiting to be written to
+    /// KCP; past it the oldest is dropped (counted in
+    /// uplink_hub_events_dropped_total{reason="queue_full"}).
+    #[arg(long, env = "UPLINK_HUB_EVENT_QUEUE_SIZE", default_value_t = EventSettings::default().queue_size)]
+    event_queue_size: usize,
+
+    /// Sustained event writes to KCP per second (token bucket rate; 0
+    /// means unlimited). Separate from --write-qps: events never slow
+    /// status down.
+    #[arg(long, env = "UPLINK_HUB_EVENT_WRITE_QPS", default_value_t = EventSettings::default().write_qps)]
+    event_write_qps: f64,
+
+    /// Event writes to KCP allowed in a burst (token bucket size).
+    #[arg(long, env = "UPLINK_HUB_EVENT_WRITE_BURST", default_value_t = EventSettings::default().write_burst)]
+    event_write_burst: u32,
+
+    /// Event series reports one cluster may have accepted per second, over
+    /// all its connections (0 means unlimited); past it they are dropped
+    /// (uplink_hub_events_dropped_total{reason="rate_limited"}).
+    #[arg(long, env = "UPLINK_HUB_EVENT_RATE_PER_CLUSTER", default_value_t = EventSettings::default().cluster_rate)]
+    event_rate_per_cluster: f64,
+
+    /// Event series reports one cluster may have accepted in a burst.
+    #[arg(long, env = "UPLINK_HUB_EVENT_BURST_PER_CLUSTER", default_value_t = EventSettings::default().cluster_burst)]
+    event_burst_per_cluster: u32,
+
     /// KCP clients (one per workspace) the hub keeps; past it the least
     /// recently used is evicted (and built again when needed).
     #[arg(long, env = "UPLINK_HUB_MAX_KCP_CLIENTS", default_value_t = uplink_hub::KubeUpstream::DEFAULT_CLIENTS)]
@@ -413,6 +440,7 @@ impl Args {
             ),
             ("--max-awaiting-hello", self.max_awaiting_hello),
             ("--http-max-connections", self.http_max_connections),
+            ("--event-queue-size", self.event_queue_size),
             (
                 "--max-awaiting-hello-per-cluster",
                 self.max_awaiting_hello_per_cluster,
@@ -467,6 +495,13 @@ impl Args {
             handshake_timeout: self.handshake_timeout,
             max_tls_handshakes: self.max_tls_handshakes,
             http_max_connections: self.http_max_connections,
+            events: EventSettings {
+                queue_size: self.event_queue_size,
+                write_qps: self.event_write_qps,
+                write_burst: self.event_write_burst,
+                cluster_rate: self.event_rate_per_cluster,
+                cluster_burst: self.event_burst_per_cluster,
+            },
             max_tls_handshakes_per_source: self.max_tls_handshakes_per_source,
             max_awaiting_hello: self.max_awaiting_hello,
             max_awaiting_hello_per_cluster: self.max_awaiting_hello_per_cluster,

@@ -91,6 +91,61 @@ pub struct Metrics {
     /// Objects sent back to the writer because a cluster's state change
     /// changed their merge, by the state entered.
     pub cluster_state_requeues: IntCounterVec,
+    /// Event series reports received (protocol version 3), all clusters.
+    pub events_received: IntCounter,
+    /// Event series reports refused by the session, by reason
+    /// ([`event_refused`], or the placement verdict's reason).
+    pub events_refused: IntCounterVec,
+    /// Event series reports accepted and then lost, by reason
+    /// ([`event_dropped`]).
+    pub events_dropped: IntCounterVec,
+    /// Event writes to KCP, by result ([`event_write`]).
+    pub event_writes: IntCounterVec,
+    /// Event series waiting for the event writer.
+    pub event_queue_depth: IntGauge,
+}
+
+/// Labels of `uplink_hub_events_refused_total{reason}` besides the
+/// placement verdicts' (`uplink_protocol::Rejected`'s).
+pub mod event_refused {
+    /// Not (yet) placed on the cluster: an event is never held.
+    pub const NOT_PLACED: &str = "not_placed";
+    /// Not an event kube-apiserver would take (type, reason, count, names).
+    pub const INVALID: &str = "invalid";
+}
+
+/// Labels of `uplink_hub_events_dropped_total{reason}`.
+pub mod event_dropped {
+    /// Over the cluster's event rate.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The oldest waiting series, pushed out of the full event queue.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// KCP refused the write, or it kept failing.
+    pub const WRITE_FAILED: &str = "write_failed";
+    pub const ALL: &[&str] = &[RATE_LIMITED, QUEUE_FULL, WRITE_FAILED];
+}
+
+/// Labels of `uplink_hub_event_writes_total{result}`.
+pub mod event_write {
+    /// A new Event.
+    pub const CREATED: &str = "created";
+    /// An existing Event's series.
+    pub const UPDATED: &str = "updated";
+    /// Nothing newer than what was written.
+    pub const UNCHANGED: &str = "unchanged";
+    /// Sent with `dryRun=All`.
+    pub const DRY_RUN: &str = "dry_run";
+    /// Not written: the `UpstreamSync` gate is off.
+    pub const DISABLED: &str = "disabled";
+    /// Throttled, a server error or no answer: tried again.
+    pub const RETRIED: &str = "retried";
+    /// Refused by KCP (a 4xx other than the ones handled): dropped.
+    pub const REFUSED: &str = "refused";
+    /// Still failing after the last retry: dropped.
+    pub const FAILED: &str = "failed";
+    pub const ALL: &[&str] = &[
+        CREATED, UPDATED, UNCHANGED, DRY_RUN, DISABLED, RETRIED, REFUSED, FAILED,
+    ];
 }
 
 /// Labels of `uplink_hub_kcp_writes_total{result}`.
@@ -376,6 +431,49 @@ impl Metrics {
             "uplink_hub_http_connections_refused_total",
             "HTTP connections closed unanswered because --http-max-connections were open.",
         )?;
+        let events_received = IntCounter::new(
+            "uplink_hub_events_received_total",
+            "Event series reports received from agents (protocol version 3).",
+        )?;
+        let events_refused = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_events_refused_total",
+                "Event series reports refused: about an object not placed on the reporting cluster as named (not_placed, or the placement refusal's reason), or invalid.",
+            ),
+            &["reason"],
+        )?;
+        for reason in [event_refused::NOT_PLACED, event_refused::INVALID] {
+            events_refused.with_label_values(&[reason]);
+        }
+        let events_dropped = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_events_dropped_total",
+                "Event series reports accepted and then lost: over the cluster's rate, pushed out of the full queue, or not written to KCP.",
+            ),
+            &["reason"],
+        )?;
+        for reason in event_dropped::ALL {
+            events_dropped.with_label_values(&[reason]);
+        }
+        let event_writes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_event_writes_total",
+                "Event writes to KCP (events.k8s.io/v1), by result.",
+            ),
+            &["result"],
+        )?;
+        for result in event_write::ALL {
+            event_writes.with_label_values(&[result]);
+        }
+        let event_queue_depth = IntGauge::new(
+            "uplink_hub_event_queue_depth",
+            "Event series waiting for the event writer (bounded by --event-queue-size).",
+        )?;
+        registry.register(Box::new(events_received.clone()))?;
+        registry.register(Box::new(events_refused.clone()))?;
+        registry.register(Box::new(events_dropped.clone()))?;
+        registry.register(Box::new(event_writes.clone()))?;
+        registry.register(Box::new(event_queue_depth.clone()))?;
         registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(http_connections_refused.clone()))?;
         registry.register(Box::new(cluster_state_changes.clone()))?;
@@ -446,6 +544,11 @@ impl Metrics {
             cluster_state,
             throttles,
             synctarget_writes,
+            events_received,
+            events_refused,
+            events_dropped,
+            event_writes,
+            event_queue_depth,
         })
     }
 

@@ -56,6 +56,7 @@
 //! `Retry-After`, anything else waits with exponential backoff. The key
 //! stays in the queue until it lands.
 
+pub mod events;
 mod fair;
 pub mod finalizer;
 mod owned;

@@ -678,7 +678,22 @@ enum ClusterStanding<'a> {
     Placed(&'a ClusterPlacement),
 }
 
-impl Judge<'_> {
+impl<'a> Judge<'a> {
+    /// What the hub knows of `key` (its upstream uid among it) when the
+    /// cluster may report it, that is when [`Judge::verdict`] would
+    /// [`Verdict::Accept`] it; `None` otherwise. Whatever a cluster says
+    /// about an object beside its status (its events) needs this: a held
+    /// report may never become one about an object it does not serve.
+    pub fn placed(&self, key: &ObjectKey) -> Option<&'a Placed> {
+        if self.verdict(key) != Verdict::Accept {
+            return None;
+        }
+        match &self.placement {
+            ClusterStanding::Placed(placement) => placement.objects.get(key as &dyn AddressParts),
+            ClusterStanding::Unknown | ClusterStanding::NoSyncTarget => None,
+        }
+    }
+
     /// Whether the cluster may report `key`; see [`Verdict`].
     pub fn verdict(&self, key: &ObjectKey) -> Verdict {
         if is_reserved(&key.group, &key.resource) {

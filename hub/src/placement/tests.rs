@@ -107,6 +107,26 @@ fn a_placed_object_is_taken_from_its_cluster_only() {
 }
 
 #[test]
+fn only_an_accepted_object_is_told_with_its_upstream_uid() {
+    let view = listed();
+    let uid = |cluster: &str, key: &ObjectKey| {
+        view.judge(cluster)
+            .placed(key)
+            .map(|placed| placed.uid.clone())
+    };
+    assert_eq!(uid("a", &deployment("web")), Some("u1".to_owned()));
+    // Held (not placed, not listed, no SyncTarget) or refused: nothing.
+    assert_eq!(uid("a", &deployment("api")), None);
+    assert_eq!(uid("b", &deployment("web")), None);
+    assert_eq!(uid("c", &deployment("web")), None);
+    let as_job = ObjectKey::new(KeyParts {
+        kind: "Job".into(),
+        ..deployment("web").parts().clone()
+    });
+    assert_eq!(uid("a", &as_job), None);
+}
+
+#[test]
 fn another_kind_or_version_of_a_placed_object_is_refused() {
     let view = listed();
     let as_job = ObjectKey::new(KeyParts {

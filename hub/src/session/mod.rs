@@ -14,12 +14,14 @@
 //! to its lane: `upward` (deltas and snapshots, judged against placement
 //! and acked), `heartbeat`, `downward` (protocol version 2: the objects KCP
 //! placed on the cluster, sent as the window allows, and the agent's
-//! acknowledgements); after every frame `throttle` slows the agent down
+//! acknowledgements), `events` (protocol version 3: event series about
+//! placed objects, best effort, for the event writer); after every frame `throttle` slows the agent down
 //! while the KCP writer is behind on its cluster's changes. `wire` reads and sends frames and
 //! refuses and closes; `connections` keeps one live connection per cluster.
 
 mod connections;
 mod downward;
+mod events;
 mod handshake;
 mod heartbeat;
 mod throttle;
@@ -40,6 +42,7 @@ use uplink_protocol::{AgentFrame, Bye, ErrorCode, HubFrame, Limits, close};
 
 pub use self::connections::Connections;
 use self::downward::DownwardLane;
+pub use self::events::EventRates;
 pub use self::throttle::ThrottleSettings;
 use self::upward::SnapshotBuffer;
 use self::wire::{ReadError, Violation};
@@ -52,6 +55,7 @@ use crate::rejection::Rejections;
 use crate::server::HelloSlot;
 use crate::store::Store;
 use crate::writer::WriteQueue;
+use crate::writer::events::EventQueue;
 use crate::writer::finalizer::Finalizers;
 
 /// What every session of one hub shares.
@@ -81,6 +85,10 @@ pub struct SessionShared {
     pub throttle: ThrottleSettings,
     /// What a cluster's heartbeat report (clock, summary) must keep to.
     pub report_bounds: ReportBounds,
+    /// The event writer's queue (protocol version 3).
+    pub event_queue: Arc<EventQueue>,
+    /// Each cluster's event rate, across its connections.
+    pub event_rates: Arc<EventRates>,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
@@ -313,8 +321,8 @@ impl<S: Transport> Connection<S> {
                     return Err(Violation::unexpected("DownwardAck without a downward lane"));
                 }
             },
-            // Not taken yet (issue 18); no agent offers version 3 yet.
-            AgentFrame::Events(_) => return Err(Violation::unexpected("Events")),
+            // The events lane: best effort, nothing answered.
+            AgentFrame::Events(batch) => self.events(batch)?,
             AgentFrame::Bye(bye) => {
                 tracing::info!(cluster = %self.cluster, reason = %bye.reason, "agent said goodbye");
                 self.close(close::NORMAL, "bye").await;

@@ -289,6 +289,38 @@ impl KubeUpstream {
         request: http::Request<Vec<u8>>,
     ) -> Result<Vec<u8>, UpstreamError> {
         let client = self.client(key)?;
+        Self::send_with(client, request).await
+    }
+
+    /// Sends `request` to `workspace` (ignored with a plain Kubernetes
+    /// upstream); `what` names the request's object in errors.
+    pub(crate) async fn send_in_workspace(
+        &self,
+        workspace: &str,
+        what: &str,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let bad = |reason: String| UpstreamError::BadObject {
+            key: what.to_owned(),
+            reason,
+        };
+        let workspace = match self.mode {
+            UpstreamMode::Kcp if !is_path_segment(workspace) => {
+                return Err(bad("the workspace is not a valid path segment".to_owned()));
+            }
+            UpstreamMode::Kcp => workspace,
+            UpstreamMode::Kubernetes => "",
+        };
+        let client = self
+            .workspace_client(workspace)
+            .map_err(|e| bad(e.to_string()))?;
+        Self::send_with(client, request).await
+    }
+
+    async fn send_with(
+        client: Client,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<Vec<u8>, UpstreamError> {
         let request = request.map(kube::client::Body::from);
         let response = tokio::time::timeout(REQUEST_TIMEOUT, client.send(request))
             .await

@@ -32,6 +32,7 @@ use uplink_hub::placement::source::Metadata;
 use uplink_hub::placement::watch::{Event, WatchError};
 use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
+use uplink_hub::writer::events::EventUpstream;
 use uplink_hub::writer::finalizer::FinalizerUpstream;
 use uplink_hub::{
     ApplyOptions, Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError, UpstreamStatus,
@@ -158,6 +159,9 @@ pub struct FakeUpstream {
     pub discard: std::sync::atomic::AtomicBool,
     /// Writes received, kept or not.
     pub writes: std::sync::atomic::AtomicU64,
+    /// Events as KCP would hold them, by (workspace, namespace, name):
+    /// created whole, then their `series` merged in.
+    pub events: Mutex<std::collections::BTreeMap<(String, String, String), Value>>,
 }
 
 impl FakeUpstream {
@@ -215,6 +219,60 @@ impl StatusUpstream for FakeUpstream {
     }
 }
 
+impl FakeUpstream {
+    /// The Events written so far (see [`FakeUpstream::events`]).
+    pub fn events(&self) -> Vec<((String, String, String), Value)> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Answers like kube-apiserver: a create of an Event that is there is a
+/// conflict, a patch of one that is not is not found.
+impl EventUpstream for FakeUpstream {
+    fn create_event<'a>(
+        &'a self,
+        workspace: &'a str,
+        namespace: &'a str,
+        event: &'a Value,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let name = event["metadata"]["name"].as_str().unwrap_or_default();
+            let id = (workspace.to_owned(), namespace.to_owned(), name.to_owned());
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            if events.contains_key(&id) {
+                return Err(UpstreamError::Conflict("already exists".into()));
+            }
+            events.insert(id, event.clone());
+            Ok(())
+        })
+    }
+
+    fn patch_event<'a>(
+        &'a self,
+        workspace: &'a str,
+        namespace: &'a str,
+        name: &'a str,
+        patch: &'a Value,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let id = (workspace.to_owned(), namespace.to_owned(), name.to_owned());
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(event) = events.get_mut(&id) else {
+                return Err(UpstreamError::NotFound);
+            };
+            event["series"] = patch["series"].clone();
+            Ok(())
+        })
+    }
+}
+
 impl FinalizerUpstream for FakeUpstream {
     fn finalizers<'a>(
         &'a self,
@@ -248,6 +306,8 @@ pub struct FakePlacement {
     pub objects: Vec<String>,
     /// How many watches of placed objects the hub opened.
     pub placed_watches: Arc<AtomicUsize>,
+    /// Objects (of `objects`) placed on one cluster only: object → cluster.
+    pub only_on: std::collections::HashMap<String, String>,
 }
 
 impl Default for FakePlacement {
@@ -256,6 +316,7 @@ impl Default for FakePlacement {
             clusters: CLUSTERS.iter().map(|c| (*c).to_owned()).collect(),
             objects: PLACED.iter().map(|o| (*o).to_owned()).collect(),
             placed_watches: Arc::default(),
+            only_on: std::collections::HashMap::new(),
         }
     }
 }
@@ -312,7 +373,10 @@ impl PlacementSource for FakePlacement {
                     name: name.clone(),
                     namespace: Some("default".into()),
                     uid: format!("upstream-{name}"),
-                    labels: labels.clone(),
+                    labels: match self.only_on.get(name) {
+                        Some(cluster) => [placed_on(cluster)].into(),
+                        None => labels.clone(),
+                    },
                     annotations: [("kcp.io/cluster".to_owned(), "root:org:team-a".to_owned())]
                         .into(),
                     ..Metadata::default()
@@ -373,6 +437,7 @@ impl TestHub {
             status: upstream.clone(),
             placement: Arc::new(placement),
             finalizers: upstream.clone(),
+            events: upstream.clone(),
         };
         let hub = Hub::bind_with_kcp(config, kcp).await?;
         let shutdown = CancellationToken::new();
