@@ -800,6 +800,27 @@ impl Fleet {
         Ok(())
     }
 
+    /// The downstream copy, in `cluster`, of KCP `workspace`/`namespace`/`name`.
+    pub async fn cluster_object<K>(
+        &self,
+        cluster: &str,
+        workspace: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        let downstream_ns = self.downstream_namespace(cluster, workspace, namespace);
+        Api::<K>::namespaced(self.cluster(cluster).await?, &downstream_ns)
+            .get(name)
+            .await
+            .with_context(|| format!("reading {name} in {cluster}/{downstream_ns}"))
+    }
+
     /// The `.status` of the upstream object in KCP; `None` when it has none
     /// (absent or `null`).
     pub async fn upstream_status<K>(
