@@ -94,6 +94,7 @@ impl Entry {
                 },
                 None => Change::Deleted,
             },
+            object_json: None,
         }
     }
 }

@@ -71,6 +71,7 @@ fn tight_limits() -> Limits {
         max_objects_per_cluster: 10,
         max_manifest_bytes: 64,
         max_downward_in_flight: 4,
+        max_events_per_batch: 3,
     }
 }
 

@@ -225,6 +225,7 @@ fn delta(spec: DeltaSpec) -> Delta {
         observed_generation: spec.observed_generation.map(i64::from),
         observed_at_ms: spec.observed_at_ms,
         change,
+        object_json: None,
     }
 }
 
@@ -258,6 +259,7 @@ fn frame(step: Step) -> Result<AgentFrame, Input> {
             } else {
                 Vec::new()
             },
+            upsync_resources: Vec::new(),
         }),
         Step::Deltas(deltas) => AgentFrame::Deltas(DeltaBatch {
             deltas: deltas.into_iter().map(delta).collect(),

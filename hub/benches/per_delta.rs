@@ -61,6 +61,7 @@ fn frame(first_seq: u64) -> Vec<u8> {
             change: Change::Upsert {
                 status_json: status(seq),
             },
+            object_json: None,
         })
         .collect();
     encode(&AgentFrame::Deltas(DeltaBatch { deltas }))

@@ -384,6 +384,7 @@ mod tests {
             last_hub_epoch: None,
             last_ack: 0,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         }))
     }
 

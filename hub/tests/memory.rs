@@ -37,6 +37,7 @@ fn flood_delta(seq: u64, name: &str, status: &str) -> Delta {
         change: Change::Upsert {
             status_json: status.to_owned(),
         },
+        object_json: None,
     }
 }
 

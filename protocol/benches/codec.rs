@@ -32,6 +32,7 @@ fn batch(deltas: u64) -> AgentFrame {
                 change: Change::Upsert {
                     status_json: STATUS.to_owned(),
                 },
+                object_json: None,
             })
             .collect(),
     })

@@ -61,6 +61,7 @@ fn deltas() -> Vec<Delta> {
             change: Change::Upsert {
                 status_json: r#"{"replicas":3,"readyReplicas":2}"#.into(),
             },
+            object_json: None,
         },
         Delta {
             seq: 42,
@@ -72,6 +73,7 @@ fn deltas() -> Vec<Delta> {
             observed_generation: None,
             observed_at_ms: 1_765_000_000_500,
             change: Change::Deleted,
+            object_json: None,
         },
     ]
 }
@@ -95,6 +97,57 @@ fn agent_frames() -> Vec<AgentFrame> {
             last_hub_epoch: Some(7),
             last_ack: 40,
             downward_resources: vec!["configmaps.v1".into()],
+            upsync_resources: Vec::new(),
+        }),
+        AgentFrame::Hello(Hello {
+            protocol_versions: vec![1, 2, 3],
+            cluster: "east".into(),
+            agent_version: "0.2.0".into(),
+            session_id: "9d7d".into(),
+            last_hub_epoch: None,
+            last_ack: 0,
+            downward_resources: vec!["configmaps.v1".into()],
+            upsync_resources: vec!["persistentvolumes.v1".into()],
+        }),
+        AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![Delta {
+                seq: 43,
+                object: ObjectRef {
+                    group: String::new(),
+                    version: "v1".into(),
+                    resource: "persistentvolumes".into(),
+                    kind: "PersistentVolume".into(),
+                    workspace: "root".into(),
+                    namespace: None,
+                    name: "pv-1".into(),
+                    uid: "7a1e-uid".into(),
+                },
+                generation: None,
+                observed_generation: None,
+                observed_at_ms: 1_765_000_001_000,
+                change: Change::Upsert {
+                    status_json: r#"{"phase":"Bound"}"#.into(),
+                },
+                object_json: Some(
+                    r#"{"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv-1"},"spec":{"capacity":{"storage":"1Gi"}}}"#
+                        .into(),
+                ),
+            }],
+        }),
+        AgentFrame::Events(EventBatch {
+            reports: vec![EventReport {
+                regarding: object("web"),
+                related: None,
+                event_type: "Warning".into(),
+                reason: "BackOff".into(),
+                action: "Sync".into(),
+                reporting_controller: "kubelet".into(),
+                reporting_instance: "node-1".into(),
+                note: "Back-off restarting failed container".into(),
+                count: 12,
+                first_ms: 1_765_000_000_000,
+                last_ms: 1_765_000_060_000,
+            }],
         }),
         AgentFrame::Hello(Hello {
             protocol_versions: vec![1],
@@ -104,6 +157,7 @@ fn agent_frames() -> Vec<AgentFrame> {
             last_hub_epoch: None,
             last_ack: 0,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         }),
         AgentFrame::Deltas(DeltaBatch { deltas: deltas() }),
         AgentFrame::SnapshotBegin(SnapshotBegin { objects: 2 }),

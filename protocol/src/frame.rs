@@ -28,7 +28,9 @@ use crate::limits::Limits;
 ///   the cluster ([`HubFrame::Downward`] and the downward snapshot), the
 ///   agent acknowledges what it applied ([`AgentFrame::DownwardAck`]).
 /// - 3: adds events: the agent reports the event series about the objects
-///   it syncs ([`AgentFrame::Events`]), best effort.
+///   it syncs ([`AgentFrame::Events`]), best effort; and upsync: objects
+///   born in the cluster travel whole ([`Delta::object_json`]) for the
+///   types the agent names ([`Hello::upsync_resources`]).
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first version with the downward lane.
@@ -135,6 +137,12 @@ pub struct Hello {
     /// syncs). Empty: status only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downward_resources: Vec<String>,
+    /// Version 3: the resource types (`persistentvolumes.v1`, ...) whose
+    /// objects born in the cluster the agent upsyncs: sent whole
+    /// ([`Delta::object_json`]) for the hub to create and keep in KCP.
+    /// Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsync_resources: Vec<String>,
 }
 
 /// Hub → agent, answer to an accepted [`Hello`]; sent once per connection.
@@ -231,6 +239,15 @@ pub struct Delta {
     /// epoch, on the agent's clock (the hub corrects it by the estimated skew).
     pub observed_at_ms: i64,
     pub change: Change,
+    /// Version 3, for an object the cluster upsyncs (a type in
+    /// [`Hello::upsync_resources`]) and an `Upsert` only: the object as KCP
+    /// is to hold it, as JSON text: `apiVersion`, `kind`, `metadata`
+    /// (`name`, the upstream `namespace`, `labels`, `annotations`; nothing
+    /// the server sets) and every other top-level field but `status`,
+    /// which travels in [`Change::Upsert`] as for any object. At most
+    /// [`Limits::max_manifest_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_json: Option<String>,
 }
 
 /// What happened to the object.

@@ -8,7 +8,7 @@
 //! fills the frame. It knows nothing of the frame types beyond a few map
 //! keys: an array under `deltas` is a batch of deltas, one under `reports` a
 //! batch of events, a string under `status_json` is a status, one under
-//! `manifest_json` a manifest; every other string is held to
+//! `manifest_json` or `object_json` a manifest; every other string is held to
 //! [`Limits::max_string_bytes`].
 //!
 //! Binary values count as strings (serde turns valid UTF-8 bytes into a
@@ -152,7 +152,7 @@ impl<'a> Scan<'a> {
                     max: self.limits.max_status_bytes,
                 });
             }
-        } else if self.current_key() == Some(b"manifest_json") {
+        } else if matches!(self.current_key(), Some(b"manifest_json" | b"object_json")) {
             if len > u64::from(self.limits.max_manifest_bytes) {
                 return Err(DecodeError::ManifestTooLarge {
                     field: self.render_path(),

@@ -26,6 +26,7 @@ fn hello_has_the_documented_shape() {
         last_hub_epoch: Some(7),
         last_ack: 41,
         downward_resources: Vec::new(),
+        upsync_resources: Vec::new(),
     });
     assert_eq!(
         as_json(&hello),
@@ -63,6 +64,7 @@ fn deltas_have_the_documented_shape() {
                 change: Change::Upsert {
                     status_json: r#"{"replicas":3}"#.into(),
                 },
+                object_json: None,
             },
             Delta {
                 seq: 43,
@@ -74,6 +76,7 @@ fn deltas_have_the_documented_shape() {
                 observed_generation: None,
                 observed_at_ms: 1_700_000_000_500,
                 change: Change::Deleted,
+                object_json: None,
             },
         ],
     });
@@ -230,6 +233,7 @@ fn unknown_fields_are_ignored() {
             last_hub_epoch: None,
             last_ack: 5,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         })
     );
 
@@ -265,6 +269,7 @@ fn missing_defaulted_fields_decode() {
             last_hub_epoch: None,
             last_ack: 0,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         })
     );
 

@@ -29,6 +29,7 @@ fn delta(seq: u64, name: &str, status_json: &str) -> Delta {
         change: Change::Upsert {
             status_json: status_json.into(),
         },
+        object_json: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn hello(cluster: &str) -> AgentFrame {
         last_hub_epoch: None,
         last_ack: 0,
         downward_resources: Vec::new(),
+        upsync_resources: Vec::new(),
     })
 }
 

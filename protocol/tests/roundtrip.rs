@@ -42,6 +42,7 @@ fn extreme_numbers_and_kcp_names_round_trip() {
             change: Change::Upsert {
                 status_json: "{}".into(),
             },
+            object_json: None,
         }],
     });
     let bytes = encode(&frame).unwrap();

@@ -81,6 +81,7 @@ impl ForgedAgent {
             last_hub_epoch: None,
             last_ack: 0,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         }))
         .await?;
         match self.recv().await? {
@@ -124,6 +125,7 @@ impl ForgedAgent {
                     observed_generation: Some(1),
                     observed_at_ms: now_ms(),
                     change,
+                    object_json: None,
                 }
             })
             .collect();

@@ -210,6 +210,7 @@ fn hello(cluster: &str, versions: Vec<u16>) -> Hello {
         last_hub_epoch: None,
         last_ack: 0,
         downward_resources: Vec::new(),
+        upsync_resources: Vec::new(),
     }
 }
 
@@ -235,6 +236,7 @@ fn delta(seq: u64, object: uplink_protocol::ObjectRef, status: &Value) -> Delta 
         observed_generation: Some(1),
         observed_at_ms: now_ms(),
         change: upsert(status),
+        object_json: None,
     }
 }
 

@@ -237,6 +237,7 @@ async fn future_report() -> Result<()> {
                 observed_generation: Some(1),
                 observed_at_ms: i64::MAX,
                 change: upsert(&status(3)),
+                object_json: None,
             }],
         }))
         .await?;

@@ -140,6 +140,7 @@ mod tests {
             change: Change::Upsert {
                 status_json: format!("{{\"x\":\"{}\"}}", "a".repeat(status_len)),
             },
+            object_json: None,
         }
     }
 

@@ -67,6 +67,7 @@ pub(super) async fn converse(
             .as_ref()
             .map(|applier| applier.types().iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
+        upsync_resources: Vec::new(),
     };
     tx.frame(&AgentFrame::Hello(hello)).await?;
 

@@ -378,6 +378,7 @@ fn deltas_frame(cluster: &str, batch: usize) -> anyhow::Result<Bytes> {
                 change: Change::Upsert {
                     status_json: status_json.clone(),
                 },
+                object_json: None,
             }
         })
         .collect();

@@ -677,6 +677,7 @@ impl Agent {
             last_hub_epoch: None,
             last_ack: 0,
             downward_resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+            upsync_resources: Vec::new(),
         }))
         .await?;
         self.recv().await
@@ -698,6 +699,7 @@ impl Agent {
             last_hub_epoch: epoch,
             last_ack,
             downward_resources: Vec::new(),
+            upsync_resources: Vec::new(),
         }))
         .await?;
         self.recv().await
@@ -727,6 +729,7 @@ pub fn upsert(seq: u64, name: &str, status: Value) -> Delta {
         change: Change::Upsert {
             status_json: status.to_string(),
         },
+        object_json: None,
     }
 }
 

@@ -83,6 +83,7 @@ pub fn delta() -> impl Strategy<Value = Delta> {
                 observed_generation,
                 observed_at_ms,
                 change,
+                object_json: None,
             },
         )
 }
@@ -119,6 +120,7 @@ pub fn hello() -> impl Strategy<Value = Hello> {
                     last_hub_epoch,
                     last_ack,
                     downward_resources,
+                    upsync_resources: Vec::new(),
                 }
             },
         )
