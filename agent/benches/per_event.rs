@@ -31,6 +31,7 @@ fn resource() -> Arc<WatchedResource> {
         spec: ResourceSpec::deployments(),
         kind: "Deployment".to_owned(),
         namespaced: true,
+        upsync: false,
     })
 }
 
@@ -51,8 +52,7 @@ fn round(resource: &Arc<WatchedResource>, ready: u64) -> Vec<WatchEvent> {
                         {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
                         {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
                     ]
-                }),
-            })
+                }), upsync: None, })
         })
         .collect()
 }

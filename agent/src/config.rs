@@ -62,6 +62,12 @@ pub struct AgentConfig {
     /// Report the events about synced objects (see [`crate::events`]), and
     /// how; `None` turns it off (`--events=false`).
     pub events: Option<EventSettings>,
+    /// Types whose objects born in this cluster KCP holds whole (upsync,
+    /// protocol version 3): those labelled
+    /// `state.workload.kcp.io/<syncTargetKey>: Upsync`. Resolved through
+    /// discovery at start-up; a type the cluster does not serve is a
+    /// configuration error.
+    pub upsync_resources: Vec<ResourceSpec>,
 }
 
 impl Default for AgentConfig {
@@ -86,6 +92,7 @@ impl Default for AgentConfig {
             reconnect: ReconnectSettings::default(),
             capacity: true,
             events: Some(EventSettings::default()),
+            upsync_resources: Vec::new(),
         }
     }
 }

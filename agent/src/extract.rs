@@ -156,12 +156,14 @@ mod tests {
                 spec: spec.parse().unwrap(),
                 kind: kind.into(),
                 namespaced: true,
+                upsync: false,
             }),
             namespace: Some("ns".into()),
             name: "web".into(),
             uid: "u1".into(),
             generation: Some(4),
             status,
+            upsync: None,
         }
     }
 

@@ -36,10 +36,14 @@ use crate::config::ResourceSpec;
 use crate::events::{Regarding, SharedEventLane, read};
 use crate::extract::{ExtractedStatus, extract, status_is_sendable};
 use crate::health::AgentHealth;
-use crate::mapping::{DownstreamRef, Locator, to_upstream};
+use crate::mapping::{
+    DownstreamRef, Locator, cluster_scoped_upstream, to_upstream, upsynced_object,
+};
 use crate::metrics::Metrics;
 use crate::outbox::SharedOutbox;
-use crate::watch::{ObservedNamespace, ObservedObject, WatchEvent, WatchId, WatchedResource};
+use crate::watch::{
+    ObservedNamespace, ObservedObject, UpsyncedState, WatchEvent, WatchId, WatchedResource,
+};
 
 /// One object known downstream (its namespace, type and name are its keys
 /// in [`Inventory::objects`]).
@@ -52,6 +56,9 @@ struct Tracked {
     /// Where it was last reported upstream, if its namespace has a locator
     /// (shared with the outbox).
     upstream: Option<Arc<ObjectRef>>,
+    /// Watched for upsync: the rest of the object, in downstream
+    /// coordinates (mapped again when its namespace's locator changes).
+    upsync: Option<Arc<UpsyncedState>>,
     /// The list epoch of its watch when it was last seen.
     epoch: u64,
 }
@@ -195,14 +202,18 @@ impl Inventory {
 
     fn object_applied(&mut self, object: ObservedObject) -> bool {
         let spec = object.resource.spec.clone();
-        let watch = WatchId::Resource(spec.clone());
+        let watch = watch_of(&object.resource);
         self.metrics
             .watch_events
             .with_label_values(&[&watch.to_string()])
             .inc();
-        self.health.update(&watch, |h| h.error = None);
-        // Only namespaced objects can carry a locator; others are not synced.
-        let Some(namespace) = object.namespace.clone() else {
+        if !object.resource.upsync {
+            self.health.update(&watch, |h| h.error = None);
+        }
+        // Only namespaced objects can carry a locator; others are not synced,
+        // but for upsync, where they live upstream is the SyncTarget's
+        // workspace (kept under the namespace "").
+        let Some(namespace) = bucket(&object) else {
             return false;
         };
         if !status_is_sendable(&object) {
@@ -219,23 +230,26 @@ impl Inventory {
         }
         let epoch = self.epoch(&watch);
         let status = extract(&object);
-        let locator = self
-            .namespaces
-            .get(&namespace)
-            .and_then(|ns| ns.locator.as_ref());
-        let upstream = locator.map(|l| {
-            let downstream =
-                downstream_ref(&object.resource, &namespace, &object.name, &object.uid);
-            Arc::new(to_upstream(&downstream, l))
-        });
+        let upstream = self.upstream(
+            &object.resource,
+            &namespace,
+            &object.name,
+            &object.uid,
+            object.upsync.as_deref(),
+        );
         if !self.kinds.contains(&object.resource) {
             self.kinds.push(Arc::clone(&object.resource));
         }
+        let whole = match (&upstream, &object.upsync) {
+            (Some(upstream), Some(state)) => Some(self.whole(upstream, state)),
+            _ => None,
+        };
         let key = (Arc::clone(&object.resource), object.name);
         let tracked = Tracked {
             uid: object.uid,
             status: status.clone(),
             upstream: upstream.clone(),
+            upsync: object.upsync,
             epoch,
         };
         let previous = self
@@ -244,16 +258,46 @@ impl Inventory {
             .or_default()
             .insert(key, tracked);
         if previous.is_none() {
-            self.count(&spec, 1);
+            self.count(&object.resource, 1);
         }
         match upstream {
             Some(upstream) => self
                 .outbox
                 .lock()
-                .upsert(upstream, status, self.clock.now_ms())
+                .upsert_whole(upstream, status, whole, self.clock.now_ms())
                 .is_some(),
             None => false,
         }
+    }
+
+    /// Where an object lives upstream: by its namespace's locator, or, a
+    /// cluster-scoped upsynced object, in the SyncTarget's workspace.
+    fn upstream(
+        &self,
+        resource: &WatchedResource,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        upsync: Option<&UpsyncedState>,
+    ) -> Option<Arc<ObjectRef>> {
+        let downstream = downstream_ref(resource, namespace, name, uid);
+        if namespace.is_empty() {
+            let state = upsync?;
+            return Some(Arc::new(cluster_scoped_upstream(
+                &downstream,
+                &state.synctarget_workspace,
+            )));
+        }
+        let locator = self.namespaces.get(namespace)?.locator.as_ref()?;
+        Some(Arc::new(to_upstream(&downstream, locator)))
+    }
+
+    /// An upsynced object as KCP is to hold it, as JSON text.
+    fn whole(&self, upstream: &ObjectRef, state: &UpsyncedState) -> Arc<str> {
+        let object = upsynced_object(&state.object, upstream, |namespace| {
+            self.namespaces.get(namespace)?.locator.clone()
+        });
+        Arc::from(object.to_string())
     }
 
     /// Reads one downstream Event into the event lane, if it is about a
@@ -302,22 +346,21 @@ impl Inventory {
     }
 
     fn object_deleted(&mut self, object: &ObservedObject) -> bool {
-        let spec = object.resource.spec.clone();
         self.metrics
             .watch_events
-            .with_label_values(&[&WatchId::Resource(spec.clone()).to_string()])
+            .with_label_values(&[&watch_of(&object.resource).to_string()])
             .inc();
-        let Some(namespace) = &object.namespace else {
+        let Some(namespace) = bucket(object) else {
             return false;
         };
-        let removed = self.objects.get_mut(namespace).and_then(|objects| {
+        let removed = self.objects.get_mut(&namespace).and_then(|objects| {
             objects.remove(&(Arc::clone(&object.resource), object.name.clone()))
         });
         let Some(tracked) = removed else {
             return false;
         };
-        self.count(&spec, -1);
-        self.forget_namespace_if_empty(namespace);
+        self.count(&object.resource, -1);
+        self.forget_namespace_if_empty(&namespace);
         self.unpublish(&tracked)
     }
 
@@ -339,29 +382,37 @@ impl Inventory {
                 }
                 queued
             }
-            WatchId::Resource(spec) => {
+            WatchId::Resource(spec) | WatchId::Upsync(spec) => {
+                let upsync = matches!(watch, WatchId::Upsync(_));
                 let mut gone = Vec::new();
                 for objects in self.objects.values_mut() {
                     let keys: Vec<ObjectKey> = objects
                         .iter()
-                        .filter(|((r, _), t)| r.spec == *spec && t.epoch < epoch)
+                        .filter(|((r, _), t)| {
+                            r.spec == *spec && r.upsync == upsync && t.epoch < epoch
+                        })
                         .map(|(k, _)| k.clone())
                         .collect();
-                    gone.extend(keys.into_iter().filter_map(|k| objects.remove(&k)));
+                    gone.extend(
+                        keys.into_iter()
+                            .filter_map(|k| Some((objects.remove(&k)?, k.0))),
+                    );
                 }
                 let mut queued = false;
-                for tracked in &gone {
-                    self.count(spec, -1);
+                for (tracked, resource) in &gone {
+                    self.count(resource, -1);
                     queued |= self.unpublish(tracked);
                 }
                 self.objects.retain(|_, objects| !objects.is_empty());
                 queued
             }
         };
-        self.health.update(&watch, |h| {
-            h.ready = true;
-            h.error = None;
-        });
+        if !matches!(watch, WatchId::Upsync(_)) {
+            self.health.update(&watch, |h| {
+                h.ready = true;
+                h.error = None;
+            });
+        }
         self.metrics
             .watch_ready
             .with_label_values(&[&watch.to_string()])
@@ -436,6 +487,7 @@ impl Inventory {
         let Some(objects) = self.objects.get_mut(namespace) else {
             return false;
         };
+        let namespaces = &self.namespaces;
         let now = self.clock.now_ms();
         let mut outbox = self.outbox.lock();
         let mut queued = false;
@@ -446,8 +498,19 @@ impl Inventory {
             if let Some(locator) = locator {
                 let downstream = downstream_ref(resource, namespace, name, &tracked.uid);
                 let upstream = Arc::new(to_upstream(&downstream, locator));
+                let whole = tracked.upsync.as_ref().map(|state| {
+                    Arc::from(
+                        upsynced_object(&state.object, &upstream, |ns| {
+                            if ns == namespace {
+                                return Some(locator.clone());
+                            }
+                            namespaces.get(ns)?.locator.clone()
+                        })
+                        .to_string(),
+                    )
+                });
                 queued |= outbox
-                    .upsert(Arc::clone(&upstream), tracked.status.clone(), now)
+                    .upsert_whole(Arc::clone(&upstream), tracked.status.clone(), whole, now)
                     .is_some();
                 tracked.upstream = Some(upstream);
             }
@@ -473,7 +536,11 @@ impl Inventory {
         }
     }
 
-    fn count(&mut self, spec: &ResourceSpec, delta: i64) {
+    fn count(&mut self, resource: &WatchedResource, delta: i64) {
+        if resource.upsync {
+            return;
+        }
+        let spec = &resource.spec;
         let count = self.counts.entry(spec.clone()).or_default();
         *count = count.saturating_add_signed(delta);
         let objects = *count;
@@ -484,6 +551,25 @@ impl Inventory {
     fn set_namespace_count(&self) {
         let n = self.namespaces.len() as u64;
         self.health.update(&WatchId::Namespaces, |h| h.objects = n);
+    }
+}
+
+/// The watch an object's events come from.
+fn watch_of(resource: &WatchedResource) -> WatchId {
+    if resource.upsync {
+        WatchId::Upsync(resource.spec.clone())
+    } else {
+        WatchId::Resource(resource.spec.clone())
+    }
+}
+
+/// The namespace an object is kept under: its own; "" for a cluster-scoped
+/// upsynced object; `None` for any other cluster-scoped object (not synced).
+fn bucket(object: &ObservedObject) -> Option<String> {
+    match (&object.namespace, &object.upsync) {
+        (Some(namespace), _) => Some(namespace.clone()),
+        (None, Some(_)) => Some(String::new()),
+        (None, None) => None,
     }
 }
 
@@ -570,12 +656,14 @@ mod tests {
                 spec: ResourceSpec::deployments(),
                 kind: "Deployment".into(),
                 namespaced: true,
+                upsync: false,
             }),
             namespace: Some(namespace.into()),
             name: name.into(),
             uid: format!("uid-{name}"),
             generation: Some(1),
             status: json!({"readyReplicas": ready}),
+            upsync: None,
         }
     }
 
@@ -601,6 +689,131 @@ mod tests {
             }
             unsent
         }
+    }
+
+    /// A PersistentVolume watched for upsync, bound to `claim` in the
+    /// downstream namespace `claim_namespace`.
+    fn volume(name: &str, claim_namespace: &str) -> ObservedObject {
+        let object = json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "7",
+                         "labels": {"state.workload.kcp.io/k1": "Upsync"},
+                         "annotations": {"pv.kubernetes.io/bound-by-controller": "yes",
+                                         "pv.kubernetes.io/provisioned-by": "csi.example.com"}},
+            "spec": {"capacity": {"storage": "1Gi"},
+                     "claimRef": {"kind": "PersistentVolumeClaim", "namespace": claim_namespace,
+                                  "name": "data", "uid": "claim-uid", "resourceVersion": "3"}},
+        });
+        ObservedObject {
+            resource: Arc::new(WatchedResource {
+                spec: "persistentvolumes.v1".parse().unwrap(),
+                kind: "PersistentVolume".into(),
+                namespaced: false,
+                upsync: true,
+            }),
+            namespace: None,
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation: None,
+            status: json!({"phase": "Bound"}),
+            upsync: Some(Arc::new(UpsyncedState {
+                object,
+                synctarget_workspace: "root".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn an_upsynced_volume_goes_up_whole_to_the_synctarget_workspace() {
+        let mut f = fixture();
+        // The claim's namespace is synced to the SyncTarget's workspace,
+        // where the volume goes.
+        f.inventory.apply(namespace("ns1", Some("root")));
+        f.inventory
+            .apply(WatchEvent::Applied(volume("pv-1", "ns1")));
+        let deltas = f.drain();
+        assert_eq!(deltas.len(), 1, "{deltas:?}");
+        let delta = &deltas[0];
+        assert_eq!(delta.object.workspace, "root");
+        assert_eq!(delta.object.namespace, None);
+        assert_eq!(delta.object.uid, "uid-pv-1");
+        let Change::Upsert { status_json } = &delta.change else {
+            panic!("expected an upsert: {delta:?}");
+        };
+        assert_eq!(status_json, r#"{"phase":"Bound"}"#);
+        let whole: serde_json::Value =
+            serde_json::from_str(delta.object_json.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            whole,
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": "pv-1",
+                             "labels": {"state.workload.kcp.io/k1": "Upsync"},
+                             "annotations": {"pv.kubernetes.io/provisioned-by": "csi.example.com"}},
+                "spec": {"capacity": {"storage": "1Gi"},
+                         "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "up-ns1",
+                                      "name": "data"}},
+            }),
+            "server metadata, the downstream tools' annotations and the claim's \
+             downstream identity stay behind; the claim is named upstream"
+        );
+        // Unchanged: nothing new. Deleted: a deletion, without the object.
+        f.inventory
+            .apply(WatchEvent::Applied(volume("pv-1", "ns1")));
+        assert!(f.drain().is_empty());
+        f.inventory
+            .apply(WatchEvent::Deleted(volume("pv-1", "ns1")));
+        let deltas = f.drain();
+        assert!(
+            matches!(deltas.as_slice(), [d] if d.change == Change::Deleted && d.object_json.is_none()),
+            "{deltas:?}"
+        );
+    }
+
+    #[test]
+    fn a_claim_not_synced_beside_the_volume_is_not_named_upstream() {
+        let mut f = fixture();
+        f.inventory
+            .apply(namespace("elsewhere", Some("root:org:team-a")));
+        f.inventory
+            .apply(WatchEvent::Applied(volume("pv-2", "local")));
+        f.inventory
+            .apply(WatchEvent::Applied(volume("pv-3", "elsewhere")));
+        let deltas = f.drain();
+        assert_eq!(deltas.len(), 2);
+        for delta in deltas {
+            let whole: serde_json::Value =
+                serde_json::from_str(delta.object_json.as_deref().unwrap()).unwrap();
+            assert_eq!(whole["spec"], json!({"capacity": {"storage": "1Gi"}}));
+        }
+    }
+
+    #[test]
+    fn an_upsync_relist_forgets_what_it_did_not_list_again() {
+        let mut f = fixture();
+        let id = WatchId::Upsync("persistentvolumes.v1".parse().unwrap());
+        f.inventory.apply(WatchEvent::Restarted(id.clone()));
+        f.inventory.apply(WatchEvent::Applied(volume("pv-1", "x")));
+        f.inventory.apply(WatchEvent::Applied(volume("pv-2", "x")));
+        f.inventory.apply(WatchEvent::Listed(id.clone()));
+        assert_eq!(f.drain().len(), 2);
+        f.inventory.apply(WatchEvent::Restarted(id.clone()));
+        f.inventory.apply(WatchEvent::Applied(volume("pv-2", "x")));
+        f.inventory.apply(WatchEvent::Listed(id));
+        let deltas = f.drain();
+        assert_eq!(
+            summary(&deltas),
+            [("root".to_owned(), "pv-1".to_owned(), false)]
+        );
+        assert!(
+            f.health.watches_not_ready().is_empty()
+                || !f
+                    .health
+                    .watches_not_ready()
+                    .iter()
+                    .any(|w| w.starts_with("upsync:")),
+            "upsync watches are not part of readiness"
+        );
     }
 
     fn summary(deltas: &[Delta]) -> Vec<(String, String, bool)> {

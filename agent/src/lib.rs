@@ -115,8 +115,11 @@ pub enum AgentError {
 
 /// Where watch events come from.
 enum EventSource {
-    /// Watches against a cluster.
-    Kube(kube::Client),
+    /// Watches against a cluster, with the upsync types discovery resolved.
+    Kube(
+        kube::Client,
+        Vec<(kube::api::ApiResource, watch::WatchedResource)>,
+    ),
     /// Events supplied by the caller (tests, or an embedding program).
     Stream(Pin<Box<dyn Stream<Item = WatchEvent> + Send>>),
 }
@@ -171,7 +174,19 @@ impl Agent {
                 .map_err(AgentError::InferKubeconfig)?,
         };
         let client = kube::Client::try_from(kube_config).map_err(AgentError::KubeClient)?;
-        Self::bind_with_source(config, EventSource::Kube(client)).await
+        // An upsync type the cluster does not serve is a configuration
+        // error now, not a watch that retries forever.
+        let mut upsync = Vec::with_capacity(config.upsync_resources.len());
+        for spec in &config.upsync_resources {
+            let resolved = watch::resolve(&client, spec)
+                .await
+                .map_err(|e| AgentError::Config {
+                    flag: "--upsync-resources",
+                    reason: e.to_string(),
+                })?;
+            upsync.push(resolved);
+        }
+        Self::bind_with_source(config, EventSource::Kube(client, upsync)).await
     }
 
     /// Like [`Agent::bind`], but the watch events come from `events` instead
@@ -279,7 +294,7 @@ impl Agent {
         tracing::info!(cluster = %config.cluster, hub = %hub.url, http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
         // The downward lane needs a cluster to write to.
         let downward = match &source {
-            EventSource::Kube(client) if !config.downward_resources.is_empty() => {
+            EventSource::Kube(client, _) if !config.downward_resources.is_empty() => {
                 tracing::info!(downward_resources = ?config.downward_resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "applying what the hub sends down");
                 Some(Arc::new(Applier::new(
                     client.clone(),
@@ -302,11 +317,23 @@ impl Agent {
             inventory = inventory.with_events(lane.clone());
         }
         let synced = inventory.synced();
+        // The cluster's SyncTarget as the hub last named it (every
+        // `Welcome`): what the upsync watches select by.
+        let sync_target = tokio::sync::watch::Sender::new(None);
+        let mut upsync_tasks = tokio::task::JoinSet::new();
 
         let (events, mut watches): (Pin<Box<dyn Stream<Item = WatchEvent> + Send>>, _) =
             match source {
-                EventSource::Kube(client) => {
+                EventSource::Kube(client, upsync) => {
                     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+                    watch::spawn_upsync_watches(
+                        &mut upsync_tasks,
+                        &client,
+                        &upsync,
+                        &sync_target.subscribe(),
+                        &tx,
+                        &watch_stop,
+                    );
                     let mut tasks = watch::spawn_watches(
                         client.clone(),
                         &config.resources,
@@ -359,6 +386,8 @@ impl Agent {
             clock,
             downward,
             events: event_lane,
+            upsync_resources: config.upsync_resources.clone(),
+            sync_target,
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,
@@ -387,6 +416,7 @@ impl Agent {
 
         watch_stop.cancel();
         while watches.join_next().await.is_some() {}
+        while upsync_tasks.join_next().await.is_some() {}
         if let Err(e) = pipeline.await {
             tracing::error!(error = %e, "pipeline task failed");
         }

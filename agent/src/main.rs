@@ -82,9 +82,9 @@ struct Args {
         long,
         env = "UPLINK_AGENT_DOWNWARD_RESOURCES",
         default_value = "",
-        value_parser = parse_downward_resources
+        value_parser = parse_optional_resources
     )]
-    downward_resources: DownwardResources,
+    downward_resources: ResourceList,
 
     /// Address of the /metrics, /healthz and /readyz server. Loopback by
     /// default; set e.g. 0.0.0.0:9090 where probes or Prometheus must reach
@@ -141,14 +141,22 @@ struct Args {
     /// cluster 50/s, burst 200), never ahead of status.
     #[arg(long, env = "UPLINK_AGENT_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     events: bool,
+
+    /// Comma-separated types whose objects born in this cluster KCP holds
+    /// whole (`persistentvolumes.v1,...`): those labelled
+    /// `state.workload.kcp.io/<syncTargetKey>: Upsync` go up with their
+    /// spec and status. Empty: none. Each must be served here.
+    #[arg(long, env = "UPLINK_AGENT_UPSYNC_RESOURCES", default_value = "", value_parser = parse_optional_resources)]
+    upsync_resources: ResourceList,
 }
 
-/// The `--downward-resources` list (possibly empty, unlike `--resources`).
+/// A `--downward-resources` or `--upsync-resources` list (possibly empty,
+/// unlike `--resources`).
 #[derive(Debug, Clone)]
-struct DownwardResources(Vec<ResourceSpec>);
+struct ResourceList(Vec<ResourceSpec>);
 
-fn parse_downward_resources(list: &str) -> Result<DownwardResources, ResourceSpecError> {
-    parse_resource_list(list).map(DownwardResources)
+fn parse_optional_resources(list: &str) -> Result<ResourceList, ResourceSpecError> {
+    parse_resource_list(list).map(ResourceList)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,6 +190,7 @@ impl Args {
             },
             capacity: self.capacity,
             events: self.events.then(EventSettings::default),
+            upsync_resources: self.upsync_resources.0,
         }
     }
 }

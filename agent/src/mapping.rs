@@ -12,7 +12,13 @@
 //!
 //! Objects without a locator (no annotation, a malformed one, cluster-scoped
 //! objects) are not synced. No downstream labels or annotations are carried
-//! upstream (only status travels), so there is nothing to strip.
+//! upstream with a status, so there is nothing to strip.
+//!
+//! Upsynced objects (protocol version 3, `--upsync-resources`) travel whole:
+//! [`upsynced_object`] turns one into what KCP is to hold (upstream
+//! namespace, nothing the downstream server set, references to other
+//! synced objects mapped too); a cluster-scoped one lives in the workspace
+//! of the cluster's SyncTarget ([`cluster_scoped_upstream`]).
 //!
 //! The other direction (upstream → downstream, for the objects the hub sends
 //! down) names the downstream namespace as kcp's syncer did:
@@ -231,6 +237,107 @@ pub fn to_upstream(object: &DownstreamRef, locator: &Locator) -> ObjectRef {
         namespace: Some(locator.namespace.clone()),
         name: object.name.clone(),
         uid: object.uid.clone(),
+    }
+}
+
+/// The upstream coordinates of a cluster-scoped upsynced `object`: the
+/// workspace of the cluster's SyncTarget.
+pub fn cluster_scoped_upstream(object: &DownstreamRef, synctarget_workspace: &str) -> ObjectRef {
+    ObjectRef {
+        group: object.resource.group.clone(),
+        version: object.resource.version.clone(),
+        resource: object.resource.resource.clone(),
+        kind: object.kind.clone(),
+        workspace: synctarget_workspace.to_owned(),
+        namespace: None,
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+    }
+}
+
+/// Annotations the downstream cluster's own tools set, which mean nothing
+/// upstream.
+const DOWNSTREAM_ANNOTATIONS: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "pv.kubernetes.io/bound-by-controller",
+    NAMESPACE_LOCATOR,
+];
+
+/// An upsynced downstream object (without its status) as KCP is to hold it
+/// at `upstream`: `apiVersion`, `kind`, `metadata` with only `name`, the
+/// upstream `namespace`, `labels` and `annotations` (less the downstream
+/// tools' own), and every other top-level field. A PersistentVolume's
+/// `spec.claimRef` names its claim upstream (through `locator_of`, the
+/// locator of a downstream namespace), without the downstream claim's uid
+/// and resourceVersion; a claim in a namespace that is not synced to the
+/// same workspace is not named at all.
+pub fn upsynced_object(
+    object: &serde_json::Value,
+    upstream: &ObjectRef,
+    locator_of: impl Fn(&str) -> Option<Locator>,
+) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut out = match object {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    out.remove("status");
+    let meta = out
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut kept = Map::new();
+    kept.insert("name".into(), Value::from(upstream.name.clone()));
+    if let Some(namespace) = &upstream.namespace {
+        kept.insert("namespace".into(), Value::from(namespace.clone()));
+    }
+    if let Some(labels) = meta.get("labels").filter(|l| l.is_object()) {
+        kept.insert("labels".into(), labels.clone());
+    }
+    if let Some(Value::Object(annotations)) = meta.get("annotations") {
+        let annotations: Map<String, Value> = annotations
+            .iter()
+            .filter(|(key, _)| !DOWNSTREAM_ANNOTATIONS.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        if !annotations.is_empty() {
+            kept.insert("annotations".into(), Value::Object(annotations));
+        }
+    }
+    out.insert("metadata".into(), Value::Object(kept));
+    if upstream.group.is_empty() && upstream.resource == "persistentvolumes" {
+        map_claim_ref(&mut out, upstream, locator_of);
+    }
+    Value::Object(out)
+}
+
+/// A PersistentVolume's `spec.claimRef`, upstream (see [`upsynced_object`]).
+fn map_claim_ref(
+    volume: &mut serde_json::Map<String, serde_json::Value>,
+    upstream: &ObjectRef,
+    locator_of: impl Fn(&str) -> Option<Locator>,
+) {
+    let Some(spec) = volume.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
+    let Some(claim) = spec.get_mut("claimRef").and_then(|c| c.as_object_mut()) else {
+        return;
+    };
+    claim.remove("uid");
+    claim.remove("resourceVersion");
+    let mapped = claim
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .and_then(&locator_of)
+        .filter(|locator| locator.workspace == upstream.workspace);
+    match mapped {
+        Some(locator) => {
+            claim.insert("namespace".into(), locator.namespace.into());
+        }
+        None => {
+            spec.remove("claimRef");
+        }
     }
 }
 

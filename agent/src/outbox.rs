@@ -74,6 +74,9 @@ struct Entry {
     observed_at_ms: i64,
     /// The status JSON text; `None` when the object was deleted.
     status: Option<Arc<str>>,
+    /// An upsynced object's whole state, as KCP is to hold it (JSON text);
+    /// `None` for a status-only object and for a deletion.
+    whole: Option<Arc<str>>,
 }
 
 impl Entry {
@@ -94,7 +97,11 @@ impl Entry {
                 },
                 None => Change::Deleted,
             },
-            object_json: None,
+            object_json: self
+                .status
+                .as_ref()
+                .and(self.whole.as_deref())
+                .map(str::to_owned),
         }
     }
 }
@@ -205,6 +212,19 @@ impl Outbox {
         status: ExtractedStatus,
         observed_at_ms: i64,
     ) -> Option<u64> {
+        self.upsert_whole(object, status, None, observed_at_ms)
+    }
+
+    /// [`Self::upsert`] of an upsynced object, whose `whole` state (as KCP
+    /// is to hold it) travels with its status; a change of either is a new
+    /// entry.
+    pub fn upsert_whole(
+        &mut self,
+        object: impl IntoSharedRef,
+        status: ExtractedStatus,
+        whole: Option<Arc<str>>,
+        observed_at_ms: i64,
+    ) -> Option<u64> {
         let object = object.into_shared();
         let key = ObjectKey(Arc::clone(&object));
         if let Some(last) = self.objects.get(&key)
@@ -212,6 +232,7 @@ impl Outbox {
             && last.generation == status.generation
             && last.observed_generation == status.observed_generation
             && last.object.uid == object.uid
+            && last.whole == whole
         {
             return None;
         }
@@ -224,6 +245,7 @@ impl Outbox {
                 observed_generation: status.observed_generation,
                 observed_at_ms,
                 status: Some(status.status_json),
+                whole,
             },
         ))
     }
@@ -253,6 +275,7 @@ impl Outbox {
             observed_generation: last.observed_generation,
             observed_at_ms,
             status: None,
+            whole: None,
         };
         Some(self.queue(key, entry))
     }

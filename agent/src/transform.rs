@@ -34,6 +34,10 @@ pub const PLACEMENT_LABEL_PREFIX: &str = "state.workload.kcp.io/";
 /// The placement label's value for objects synced down.
 pub const PLACEMENT_SYNC: &str = "Sync";
 
+/// The placement label's value for objects born in the cluster that KCP
+/// holds whole (kcp's own value): what the upsync watches select.
+pub const PLACEMENT_UPSYNC: &str = "Upsync";
+
 /// The Secret type whose objects are never synced.
 const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 

@@ -24,8 +24,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use uplink_protocol::SyncTargetLocator;
+
 use crate::config::ResourceSpec;
 use crate::mapping::NAMESPACE_LOCATOR;
+use crate::transform::{PLACEMENT_LABEL_PREFIX, PLACEMENT_UPSYNC};
 use crate::watched_object::WatchedObject;
 use uplink_ops::backoff::{Backoff, Policy};
 
@@ -37,6 +40,9 @@ pub struct WatchedResource {
     pub kind: String,
     /// Whether objects live in namespaces (only those can be synced).
     pub namespaced: bool,
+    /// Watched for upsync (`--upsync-resources`): its objects travel whole,
+    /// cluster-scoped ones too (see [`UpsyncedState`]).
+    pub upsync: bool,
 }
 
 /// One object as a watch saw it, in downstream coordinates, status only.
@@ -51,6 +57,20 @@ pub struct ObservedObject {
     pub generation: Option<i64>,
     /// The object's `.status`, `Null` when it has none.
     pub status: Value,
+    /// For an object watched for upsync: the rest of it.
+    pub upsync: Option<Arc<UpsyncedState>>,
+}
+
+/// What an upsync watch keeps of an object besides its status (protocol
+/// version 3): the object, and where a cluster-scoped one goes upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpsyncedState {
+    /// The object without `status` and `metadata.managedFields`, in
+    /// downstream coordinates (the mapping turns it into KCP's).
+    pub object: Value,
+    /// The workspace of the cluster's SyncTarget: where a cluster-scoped
+    /// object lives upstream.
+    pub synctarget_workspace: String,
 }
 
 /// One namespace as the namespace watch saw it.
@@ -71,6 +91,11 @@ pub enum WatchId {
     /// The `events.k8s.io/v1` Events (best effort: not part of readiness
     /// nor of the cluster's snapshot).
     Events,
+    /// A type watched for upsync: the objects labelled
+    /// `state.workload.kcp.io/<syncTargetKey>: Upsync`, once the hub named
+    /// the cluster's SyncTarget (not part of readiness: it cannot list
+    /// before the first session).
+    Upsync(ResourceSpec),
 }
 
 impl fmt::Display for WatchId {
@@ -79,6 +104,7 @@ impl fmt::Display for WatchId {
             WatchId::Namespaces => f.write_str("namespaces.v1"),
             WatchId::Resource(spec) => spec.fmt(f),
             WatchId::Events => f.write_str("events.v1.events.k8s.io"),
+            WatchId::Upsync(spec) => write!(f, "upsync:{spec}"),
         }
     }
 }
@@ -148,6 +174,7 @@ pub async fn resolve(
         spec: spec.clone(),
         kind: api_resource.kind.clone(),
         namespaced: caps.scope == Scope::Namespaced,
+        upsync: false,
     };
     Ok((api_resource, watched))
 }
@@ -368,6 +395,122 @@ pub fn observe(
         uid: metadata.uid.unwrap_or_default(),
         generation: metadata.generation,
         status,
+        upsync: None,
+    }
+}
+
+/// Keeps what upsync needs of `object`: coordinates, generation, status,
+/// and the rest of it.
+pub fn observe_whole(
+    resource: &Arc<WatchedResource>,
+    object: DynamicObject,
+    synctarget_workspace: &str,
+) -> ObservedObject {
+    let metadata = object.metadata.clone();
+    let mut whole = serde_json::to_value(object).unwrap_or(Value::Null);
+    let status = match whole.as_object_mut() {
+        Some(map) => map.remove("status").unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    if let Some(meta) = whole.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    ObservedObject {
+        resource: Arc::clone(resource),
+        namespace: metadata.namespace,
+        name: metadata.name.unwrap_or_default(),
+        uid: metadata.uid.unwrap_or_default(),
+        generation: metadata.generation,
+        status,
+        upsync: Some(Arc::new(UpsyncedState {
+            object: whole,
+            synctarget_workspace: synctarget_workspace.to_owned(),
+        })),
+    }
+}
+
+/// Starts one watch per upsync type (resolved at start-up: an unknown type
+/// is a configuration error, see [`crate::Agent::bind`]). Each waits for
+/// the hub to name the cluster's SyncTarget (`sync_target`, set from every
+/// `Welcome`), then lists and watches the objects labelled
+/// `state.workload.kcp.io/<key>: Upsync`, starting over when the
+/// SyncTarget changes.
+pub fn spawn_upsync_watches(
+    tasks: &mut tokio::task::JoinSet<()>,
+    client: &Client,
+    resources: &[(ApiResource, WatchedResource)],
+    sync_target: &tokio::sync::watch::Receiver<Option<SyncTargetLocator>>,
+    events: &mpsc::Sender<WatchEvent>,
+    stop: &CancellationToken,
+) {
+    for (api_resource, watched) in resources {
+        tasks.spawn(watch_upsync(
+            client.clone(),
+            api_resource.clone(),
+            Arc::new(WatchedResource {
+                upsync: true,
+                ..watched.clone()
+            }),
+            sync_target.clone(),
+            events.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+async fn watch_upsync(
+    client: Client,
+    api_resource: ApiResource,
+    watched: Arc<WatchedResource>,
+    mut sync_target: tokio::sync::watch::Receiver<Option<SyncTargetLocator>>,
+    events: mpsc::Sender<WatchEvent>,
+    stop: CancellationToken,
+) {
+    let id = WatchId::Upsync(watched.spec.clone());
+    loop {
+        let target = sync_target.borrow_and_update().clone();
+        let Some(target) = target else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = sync_target.changed() => if changed.is_err() { return } else { continue },
+            }
+        };
+        let selector = format!("{PLACEMENT_LABEL_PREFIX}{}={PLACEMENT_UPSYNC}", target.key);
+        tracing::info!(resource = %watched.spec, %selector, "watching for upsync");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource);
+        let config = watcher::Config::default().labels(&selector);
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                changed = sync_target.changed() => {
+                    if changed.is_err() { return }
+                    break;
+                }
+                next = stream.next() => next,
+            };
+            let event = match next {
+                None => return,
+                Some(Ok(watcher::Event::Init)) => WatchEvent::Restarted(id.clone()),
+                Some(Ok(watcher::Event::InitDone)) => WatchEvent::Listed(id.clone()),
+                Some(Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o))) => {
+                    WatchEvent::Applied(observe_whole(&watched, o, &target.workspace))
+                }
+                Some(Ok(watcher::Event::Delete(o))) => {
+                    WatchEvent::Deleted(observe_whole(&watched, o, &target.workspace))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(resource = %watched.spec, error = %e, "upsync watch failed; retrying");
+                    WatchEvent::Failed {
+                        watch: id.clone(),
+                        error: e.to_string(),
+                    }
+                }
+            };
+            if !send(&events, event, &stop).await {
+                return;
+            }
+        }
     }
 }
 
@@ -395,6 +538,7 @@ mod tests {
             spec: ResourceSpec::deployments(),
             kind: "Deployment".into(),
             namespaced: true,
+            upsync: false,
         });
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "apps/v1",

@@ -8,26 +8,24 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uplink_agent::config::ReconnectSettings;
 use uplink_agent::mapping::{Locator, NAMESPACE_LOCATOR, NamespaceLocator, SyncTargetRef};
 use uplink_agent::{Agent, AgentConfig, ResourceSpec};
-use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
 use uplink_protocol::{
     Ack, AgentFrame, ApplyFailure, Change, Delta, DownwardAck, DownwardBatch, DownwardChange,
     DownwardDelta, HubFrame, Limits, ObjectRef, SessionMode, SnapshotBegin, SnapshotEnd,
     SyncTargetLocator, Welcome,
 };
 
-use support::{DEADLINE, FakeHub, HubConn, Pki, pki, poll_until};
+use support::{Cluster, DEADLINE, FakeHub, HubConn, Pki, cluster, pki, poll_until};
 
 /// This cluster's SyncTarget key (any valid label name part will do).
 const KEY: &str = "6ohB8yeXhwqTQVuBzJRgqcRJTpRjX7yTZu5g5g";
@@ -59,36 +57,6 @@ fn downstream_namespace(namespace: &str) -> String {
         namespace: namespace.into(),
     }
     .downstream_namespace()
-}
-
-// ---------------------------------------------------------------- the cluster
-
-/// The test bed's API server as the agent's cluster.
-struct Cluster {
-    server: ApiServer,
-    kubeconfig: PathBuf,
-    client: Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn cluster() -> Cluster {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = ApiServer::start(ApiServerConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("east.kubeconfig");
-    server.write_kubeconfig(&kubeconfig, None).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    Cluster {
-        server,
-        kubeconfig,
-        client: Client::try_from(config).unwrap(),
-        _dir: dir,
-    }
 }
 
 fn agent_config(pki: &Pki, hub: &FakeHub, cluster: &Cluster) -> AgentConfig {

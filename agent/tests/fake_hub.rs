@@ -62,12 +62,14 @@ fn deployment(name: &str, ready: i64) -> WatchEvent {
             spec: ResourceSpec::deployments(),
             kind: "Deployment".into(),
             namespaced: true,
+            upsync: false,
         }),
         namespace: Some("ns1".into()),
         name: name.into(),
         uid: format!("uid-{name}"),
         generation: Some(2),
         status: json!({"readyReplicas": ready, "observedGeneration": 2}),
+        upsync: None,
     })
 }
 

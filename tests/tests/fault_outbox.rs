@@ -152,6 +152,7 @@ fn changes() -> impl futures::Stream<Item = WatchEvent> + Send + 'static {
         spec: spec.clone(),
         kind: "Deployment".into(),
         namespaced: true,
+        upsync: false,
     });
     let namespace = "kcp-outage";
     let locator = json!({ "cluster": TEAM, "namespace": "shop" }).to_string();
@@ -174,6 +175,7 @@ fn changes() -> impl futures::Stream<Item = WatchEvent> + Send + 'static {
             uid: format!("uid-{object}"),
             generation: Some(1),
             status: json!({"observedGeneration": 1, "replicas": 10, "readyReplicas": i / OBJECTS}),
+            upsync: None,
         })
     });
     start.chain(updates).chain(futures::stream::pending())

@@ -28,9 +28,9 @@ const FULL_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, EVENTS_VERSION];
 const STATUS_VERSIONS: &[u16] = &[1];
 
 /// What this agent offers in `Hello`: more than version 1 only when it
-/// applies or reports events.
+/// applies, reports events or upsyncs.
 fn offered_versions(ctx: &SessionContext) -> &'static [u16] {
-    if ctx.downward.is_some() || ctx.events.is_some() {
+    if ctx.downward.is_some() || ctx.events.is_some() || !ctx.upsync_resources.is_empty() {
         FULL_VERSIONS
     } else {
         STATUS_VERSIONS
@@ -67,7 +67,11 @@ pub(super) async fn converse(
             .as_ref()
             .map(|applier| applier.types().iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
-        upsync_resources: Vec::new(),
+        upsync_resources: ctx
+            .upsync_resources
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     };
     tx.frame(&AgentFrame::Hello(hello)).await?;
 
@@ -85,6 +89,15 @@ pub(super) async fn converse(
         )));
     }
     resumption.last_hub_epoch = Some(welcome.hub_epoch);
+    if let Some(target) = &welcome.sync_target {
+        ctx.sync_target.send_if_modified(|known| {
+            let changed = known.as_ref() != Some(target);
+            if changed {
+                *known = Some(target.clone());
+            }
+            changed
+        });
+    }
     *established_at = Some(Instant::now());
     let _connected = ConnectedGuard::new(&ctx.metrics, &ctx.health);
     let limits = welcome.limits;

@@ -80,6 +80,11 @@ pub struct SessionContext {
     pub downward: Option<Arc<Applier>>,
     /// The events to report; `None`: not reported.
     pub events: Option<SharedEventLane>,
+    /// The types the agent upsyncs (protocol version 3).
+    pub upsync_resources: Vec<crate::config::ResourceSpec>,
+    /// Set from every `Welcome` that names the cluster's SyncTarget: the
+    /// upsync watches select by its key.
+    pub sync_target: tokio::sync::watch::Sender<Option<uplink_protocol::SyncTargetLocator>>,
 }
 
 /// What the agent remembers about the hub between connections.

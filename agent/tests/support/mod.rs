@@ -219,3 +219,32 @@ pub async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The test bed's API server as the agent's cluster.
+pub struct Cluster {
+    pub server: uplink_e2e::apiserver::ApiServer,
+    pub kubeconfig: PathBuf,
+    pub client: kube::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn cluster() -> Cluster {
+    use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = ApiServer::start(ApiServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("east.kubeconfig");
+    server.write_kubeconfig(&kubeconfig, None).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Cluster {
+        server,
+        kubeconfig,
+        client: kube::Client::try_from(config).unwrap(),
+        _dir: dir,
+    }
+}

@@ -299,6 +299,14 @@ fn initial_status(target: &Target, object: &mut Value, now: &str) {
         ("", "pods") => {
             map.insert("status".into(), json!({"phase": "Pending"}));
         }
+        // kube's PersistentVolume strategy (PersistentVolumeLastPhaseTransitionTime,
+        // GA in 1.31): Pending since now.
+        ("", "persistentvolumes") => {
+            map.insert(
+                "status".into(),
+                json!({"phase": "Pending", "lastPhaseTransitionTime": now}),
+            );
+        }
         _ if target.def.custom => {
             map.remove("status");
         }

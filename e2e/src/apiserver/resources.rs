@@ -358,6 +358,15 @@ pub(crate) fn builtins() -> Vec<Arc<ResourceDef>> {
             .in_category_all()
             .with_fields(&["spec.clusterIP", "spec.type"]),
         r("", "v1", "nodes", "Node", false, &["no"], true).with_fields(&["spec.unschedulable"]),
+        r(
+            "",
+            "v1",
+            "persistentvolumes",
+            "PersistentVolume",
+            false,
+            &["pv"],
+            true,
+        ),
         r("", "v1", "events", "Event", true, &["ev"], false).with_fields(&[
             "involvedObject.kind",
             "involvedObject.namespace",

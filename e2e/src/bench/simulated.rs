@@ -66,6 +66,7 @@ impl SimulatedAgent {
             uid: format!("uid-{}-{index}", self.cluster),
             generation: Some(1),
             status,
+            upsync: None,
         })
     }
 }
@@ -120,6 +121,7 @@ impl SimulatedAgents {
             spec: spec.clone(),
             kind: "Deployment".to_owned(),
             namespaced: true,
+            upsync: false,
         });
         let locator = Locator {
             workspace: WORKSPACE.to_owned(),
