@@ -244,6 +244,7 @@ fn shared() -> Arc<SessionShared> {
     let placements = Arc::new(Placements::new(
         PlacementSettings {
             resources: vec![ResourceSpec::deployments()],
+            upsync: Vec::new(),
             synctarget_workspace: "root".to_owned(),
             hold: Duration::ZERO,
             max_per_cluster: limits.max_objects_per_cluster,

@@ -171,6 +171,7 @@ impl Hub {
         let placements = Arc::new(Placements::new(
             PlacementSettings {
                 resources: config.resources.clone(),
+                upsync: config.upsync_resources.clone(),
                 synctarget_workspace: config.synctarget_workspace.clone(),
                 hold: config.placement_hold,
                 max_per_cluster: config.limits.max_objects_per_cluster,
