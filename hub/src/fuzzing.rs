@@ -254,6 +254,7 @@ fn shared() -> Arc<SessionShared> {
     list_placement(&placements, limits.max_objects_per_cluster);
     let write_queue = Arc::new(WriteQueue::new(metrics.clone()));
     let metrics_for_events = metrics.clone();
+    let metrics_for_upsync = metrics.clone();
     Arc::new(SessionShared {
         store: Arc::new(Store::new(
             write_queue.clone(),
@@ -284,6 +285,7 @@ fn shared() -> Arc<SessionShared> {
             metrics_for_events,
         )),
         event_rates: Arc::new(crate::session::EventRates::new(20.0, 200)),
+        upsync: Arc::new(crate::writer::upsync::Upsync::new(16, metrics_for_upsync)),
     })
 }
 

@@ -34,6 +34,7 @@ use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
 use uplink_hub::writer::events::EventUpstream;
 use uplink_hub::writer::finalizer::FinalizerUpstream;
+use uplink_hub::writer::upsync::{Listed, UpsyncUpstream};
 use uplink_hub::{
     ApplyOptions, Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError, UpstreamStatus,
 };
@@ -162,6 +163,11 @@ pub struct FakeUpstream {
     /// Events as KCP would hold them, by (workspace, namespace, name):
     /// created whole, then their `series` merged in.
     pub events: Mutex<std::collections::BTreeMap<(String, String, String), Value>>,
+    /// Upsynced objects as KCP would hold them (uid and resourceVersion
+    /// set by the fake), and every request made of them.
+    pub upsynced: Mutex<std::collections::BTreeMap<ObjectKey, Value>>,
+    pub upsync_requests: AtomicUsize,
+    versions: std::sync::atomic::AtomicU64,
 }
 
 impl FakeUpstream {
@@ -269,6 +275,118 @@ impl EventUpstream for FakeUpstream {
             };
             event["series"] = patch["series"].clone();
             Ok(())
+        })
+    }
+}
+
+impl FakeUpstream {
+    /// The upsynced objects KCP holds.
+    pub fn upsynced(&self) -> std::collections::BTreeMap<ObjectKey, Value> {
+        self.upsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn next_version(&self) -> String {
+        (self.versions.fetch_add(1, Ordering::SeqCst) + 1).to_string()
+    }
+}
+
+/// Answers like kube-apiserver: 409 for a name taken, a stale
+/// resourceVersion or a failed uid precondition.
+impl UpsyncUpstream for FakeUpstream {
+    fn get_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            self.upsynced()
+                .get(key)
+                .cloned()
+                .ok_or(UpstreamError::NotFound)
+        })
+    }
+
+    fn create_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let version = self.next_version();
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            if objects.contains_key(key) {
+                return Err(UpstreamError::Conflict("already exists".into()));
+            }
+            let mut stored = object.clone();
+            stored["metadata"]["uid"] = json!(format!("upstream-{version}"));
+            stored["metadata"]["resourceVersion"] = json!(version);
+            objects.insert(key.clone(), stored.clone());
+            Ok(stored)
+        })
+    }
+
+    fn update_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let version = self.next_version();
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(stored) = objects.get_mut(key) else {
+                return Err(UpstreamError::NotFound);
+            };
+            if stored["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                return Err(UpstreamError::Conflict(
+                    "the object has been modified".into(),
+                ));
+            }
+            *stored = object.clone();
+            stored["metadata"]["resourceVersion"] = json!(version);
+            Ok(stored.clone())
+        })
+    }
+
+    fn delete_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            match objects.get(key) {
+                None => Err(UpstreamError::NotFound),
+                Some(stored) if stored["metadata"]["uid"] != uid => {
+                    Err(UpstreamError::Conflict("precondition failed: uid".into()))
+                }
+                Some(_) => {
+                    objects.remove(key);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn list_upsynced<'a>(
+        &'a self,
+        resource: &'a ResourceSpec,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, UpstreamError>> {
+        Box::pin(async move {
+            Ok(self
+                .upsynced()
+                .iter()
+                .filter(|(key, _)| key.group == resource.group && key.resource == resource.resource)
+                .map(|(key, object)| Listed {
+                    workspace: key.workspace.clone(),
+                    object: object.clone(),
+                })
+                .collect())
         })
     }
 }
@@ -438,6 +556,7 @@ impl TestHub {
             placement: Arc::new(placement),
             finalizers: upstream.clone(),
             events: upstream.clone(),
+            upsync: upstream.clone(),
         };
         let hub = Hub::bind_with_kcp(config, kcp).await?;
         let shutdown = CancellationToken::new();
