@@ -825,6 +825,30 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Hello (the current version) for `cluster` with a fresh session,
+    /// upsyncing `types`; returns the Welcome.
+    pub async fn hello_upsync(
+        &mut self,
+        cluster: &str,
+        session: &str,
+        types: &[&str],
+    ) -> Result<HubFrame> {
+        self.send(&AgentFrame::Hello(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            cluster: cluster.into(),
+            agent_version: "test".into(),
+            session_id: session.into(),
+            last_hub_epoch: None,
+            last_ack: 0,
+            downward_resources: Vec::new(),
+            upsync_resources: types.iter().map(|t| (*t).to_owned()).collect(),
+        }))
+        .await?;
+        self.recv().await
+    }
+}
+
 pub fn object(name: &str) -> ObjectRef {
     ObjectRef {
         group: "apps".into(),

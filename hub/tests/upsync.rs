@@ -1,0 +1,206 @@
+//! Upsync (protocol version 3) through a hub on loopback: an agent that
+//! upsyncs PersistentVolumes and PersistentVolumeClaims sends objects born
+//! in its cluster; those where it serves KCP (a PV in its SyncTarget's
+//! workspace, a PVC in a namespace where KCP placed objects on it) are
+//! created upstream whole, marked as its own, their status written like
+//! any report's; one in a workspace it does not serve is refused
+//! `not_placed` and nothing of it is written; a deletion deletes upstream.
+
+mod support;
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use support::{FakeUpstream, TestHub, eventually, upsert};
+use uplink_hub::placement::key::{state_label, sync_target_key};
+use uplink_hub::store::ObjectKey;
+use uplink_protocol::{AgentFrame, Change, Delta, DeltaBatch, HubFrame, ObjectRef, Rejected};
+
+const SERVED: &str = "root:org:team-a";
+
+fn pv_ref(name: &str) -> ObjectRef {
+    ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "persistentvolumes".into(),
+        kind: "PersistentVolume".into(),
+        workspace: "root".into(),
+        namespace: None,
+        name: name.into(),
+        uid: format!("down-{name}"),
+    }
+}
+
+fn pvc_ref(workspace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        resource: "persistentvolumeclaims".into(),
+        kind: "PersistentVolumeClaim".into(),
+        workspace: workspace.into(),
+        namespace: Some("default".into()),
+        ..pv_ref(name)
+    }
+}
+
+/// The object as the agent sends it: what KCP is to hold, without status.
+fn manifest(object: &ObjectRef) -> Value {
+    let mut metadata = json!({"name": object.name, "labels": {"app": "db"}});
+    if let Some(namespace) = &object.namespace {
+        metadata["namespace"] = json!(namespace);
+    }
+    json!({
+        "apiVersion": object.version,
+        "kind": object.kind,
+        "metadata": metadata,
+        "spec": {"storageClassName": "fast"},
+    })
+}
+
+fn upsync(seq: u64, object: ObjectRef, phase: &str) -> Delta {
+    Delta {
+        seq,
+        object_json: Some(manifest(&object).to_string()),
+        change: Change::Upsert {
+            status_json: json!({"phase": phase}).to_string(),
+        },
+        object,
+        generation: None,
+        observed_generation: None,
+        observed_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn key(object: &ObjectRef) -> ObjectKey {
+    ObjectKey::from(object)
+}
+
+fn status_written(upstream: &FakeUpstream, object: &ObjectRef, phase: &str) -> bool {
+    upstream
+        .patches()
+        .iter()
+        .any(|(k, patch)| *k == key(object) && patch["status"]["phase"] == phase)
+}
+
+#[tokio::test]
+async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()> {
+    let upsync_resources = vec![
+        "persistentvolumes.v1".parse()?,
+        "persistentvolumeclaims.v1".parse()?,
+    ];
+    let hub = TestHub::start_with(|config| {
+        config.resources = vec![uplink_protocol::resource::ResourceSpec::deployments()];
+        config.upsync_resources = upsync_resources;
+    })
+    .await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    let HubFrame::Welcome(_) = agent
+        .hello_upsync(
+            "edge-1",
+            "s",
+            &["persistentvolumes.v1", "persistentvolumeclaims.v1"],
+        )
+        .await?
+    else {
+        bail!("no Welcome");
+    };
+
+    let pv = pv_ref("data");
+    let pvc = pvc_ref(SERVED, "claim");
+    let unserved = pvc_ref("root:org:team-b", "claim");
+    let mut without_object = upsync(4, pv_ref("bare"), "Bound");
+    without_object.object_json = None;
+    let mut not_upsynced = upsert(5, "web", json!({"replicas": 1}));
+    not_upsynced.object_json = Some(json!({"apiVersion": "apps/v1"}).to_string());
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![
+                upsync(1, pv.clone(), "Bound"),
+                upsync(2, pvc.clone(), "Pending"),
+                upsync(3, unserved.clone(), "Pending"),
+                without_object,
+                not_upsynced,
+            ],
+        }))
+        .await?;
+    let HubFrame::Ack(ack) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    assert_eq!(ack.seq, 5);
+    let mut refused: Vec<(u64, String)> = ack
+        .rejected
+        .into_iter()
+        .map(|r| (r.seq, r.reason))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (3, Rejected::NOT_PLACED.to_owned()),
+            (4, Rejected::INVALID_OBJECT.to_owned()),
+            (5, Rejected::RESOURCE_NOT_SYNCED.to_owned()),
+        ]
+    );
+
+    let upstream = hub.upstream.clone();
+    eventually("the PV and the PVC created upstream", || {
+        upstream.upsynced().len() == 2
+    })
+    .await?;
+    let synctarget_key = sync_target_key("root", "edge-1");
+    for object in [&pv, &pvc] {
+        let Some(stored) = upstream.upsynced().get(&key(object)).cloned() else {
+            bail!("{} not created", object.name);
+        };
+        let metadata = &stored["metadata"];
+        assert_eq!(metadata["labels"][state_label(&synctarget_key)], "Upsync");
+        assert_eq!(metadata["labels"]["app"], "db");
+        assert_eq!(
+            metadata["annotations"][format!("downstream-uid.uplink.io/{synctarget_key}")],
+            object.uid.as_str()
+        );
+        let last_applied: Value = serde_json::from_str(
+            metadata["annotations"]["uplink.io/last-applied"]
+                .as_str()
+                .unwrap_or_default(),
+        )?;
+        assert_eq!(last_applied, manifest(object));
+        assert_eq!(stored["spec"]["storageClassName"], "fast");
+    }
+    // Nothing of the unserved workspace's, status included.
+    assert!(!upstream.upsynced().contains_key(&key(&unserved)));
+    eventually("the PV's and the PVC's status written", || {
+        status_written(&upstream, &pv, "Bound") && status_written(&upstream, &pvc, "Pending")
+    })
+    .await?;
+    assert!(
+        !upstream
+            .patches()
+            .iter()
+            .any(|(k, _)| k.workspace == "root:org:team-b")
+    );
+    let (_, metrics) = hub.get("/metrics").await?;
+    assert!(
+        metrics.contains("uplink_hub_upsynced_objects{cluster=\"edge-1\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("uplink_hub_upsync_writes_total{result=\"created\"} 2"),
+        "{metrics}"
+    );
+
+    // Deleted in the cluster: deleted upstream.
+    let mut gone = upsync(6, pvc.clone(), "Pending");
+    gone.change = Change::Deleted;
+    gone.object_json = None;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch { deltas: vec![gone] }))
+        .await?;
+    let HubFrame::Ack(ack) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    assert_eq!((ack.seq, ack.rejected.len()), (6, 0));
+    eventually("the PVC deleted upstream", || {
+        !upstream.upsynced().contains_key(&key(&pvc))
+    })
+    .await?;
+    assert!(upstream.upsynced().contains_key(&key(&pv)));
+    hub.stop().await
+}
