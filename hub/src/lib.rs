@@ -427,6 +427,7 @@ impl Hub {
                 resources: config.upsync_resources.clone(),
                 concurrency: UPSYNC_WRITE_CONCURRENCY,
                 hold: config.placement_hold,
+                dry_run: config.dry_run,
             },
         ));
         let upsync_task = tokio::spawn(upsync_writer.run(writer_stop.clone()));

@@ -131,8 +131,10 @@ pub mod upsync_write {
     pub const REFUSED: &str = "refused";
     /// Not written: the `UpstreamSync` gate is off.
     pub const DISABLED: &str = "disabled";
+    /// Sent with `dryRun=All` (`--dry-run`).
+    pub const DRY_RUN: &str = "dry_run";
     pub const ALL: &[&str] = &[
-        CREATED, UPDATED, DELETED, UNCHANGED, CONFLICT, RETRIED, REFUSED, DISABLED,
+        CREATED, UPDATED, DELETED, UNCHANGED, CONFLICT, RETRIED, REFUSED, DISABLED, DRY_RUN,
     ];
 }
 

@@ -127,10 +127,12 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
 
     /// Creates `object` where `key` names it; one of that name already
     /// there is [`UpstreamError::Conflict`]. Returns the created object.
+    /// With `dry_run` (this and the other writes) the server validates only.
     fn create_upsynced<'a>(
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>>;
 
     /// Replaces the object (a PUT; `object` carries the
@@ -140,6 +142,7 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>>;
 
     /// Deletes the object if its uid is `uid` (`preconditions.uid`;
@@ -148,6 +151,7 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
 
     /// Every object of `resource` in every workspace.
@@ -204,6 +208,8 @@ pub struct UpsyncWriterSettings {
     /// How long a report placement cannot judge yet is retried before it
     /// is dropped (the store refuses it after as long).
     pub hold: Duration,
+    /// Send every write with `dryRun=All`; nothing is remembered of them.
+    pub dry_run: bool,
 }
 
 /// Writes upsynced objects into KCP; see the module documentation.
@@ -467,9 +473,18 @@ impl UpsyncWriter {
                 self.count(upsync_write::RETRIED);
                 return Outcome::RetryAfter(self.backoff_for(report));
             }
+            let upsyncing = upsyncers(&current);
+            if upsyncing.is_empty() {
+                // KCP's own object (no cluster upsyncs it): never taken
+                // over, or a cluster could rewrite, and by deleting its
+                // copy delete, what a KCP user made.
+                self.count(upsync_write::REFUSED);
+                tracing::warn!(cluster = %report.cluster, object = %key, "an object of that name exists in KCP and no cluster upsyncs it; left alone");
+                return Outcome::Done;
+            }
             let carried = annotation(&current, &uid_annotation);
             if carried.is_some_and(|uid| uid != report.downstream_uid)
-                && upsyncers(&current).iter().all(|k| k == synctarget_key)
+                && upsyncing.iter().all(|k| k == synctarget_key)
             {
                 // The cluster's object was deleted and created anew, and no
                 // other cluster holds the upstream one: so is it.
@@ -500,7 +515,15 @@ impl UpsyncWriter {
                 self.landed(report, &current, None, strategy);
                 return Outcome::Done;
             }
-            match self.upstream.update_upsynced(key, &object).await {
+            match self
+                .upstream
+                .update_upsynced(key, &object, self.settings.dry_run)
+                .await
+            {
+                Ok(_) if self.settings.dry_run => {
+                    self.count(upsync_write::DRY_RUN);
+                    return Outcome::Done;
+                }
                 Ok(updated) => {
                     self.count(upsync_write::UPDATED);
                     tracing::debug!(cluster = %report.cluster, object = %key, "upsynced object updated");
@@ -529,7 +552,15 @@ impl UpsyncWriter {
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.remove("resourceVersion");
         }
-        match self.upstream.create_upsynced(&report.key, &object).await {
+        match self
+            .upstream
+            .create_upsynced(&report.key, &object, self.settings.dry_run)
+            .await
+        {
+            Ok(_) if self.settings.dry_run => {
+                self.count(upsync_write::DRY_RUN);
+                Some(Outcome::Done)
+            }
             Ok(created) => {
                 self.count(upsync_write::CREATED);
                 tracing::info!(cluster = %report.cluster, object = %report.key, "upsynced object created");
@@ -559,7 +590,15 @@ impl UpsyncWriter {
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        match self.upstream.delete_upsynced(&report.key, uid).await {
+        match self
+            .upstream
+            .delete_upsynced(&report.key, uid, self.settings.dry_run)
+            .await
+        {
+            Ok(()) if self.settings.dry_run => {
+                self.count(upsync_write::DRY_RUN);
+                Some(Outcome::Done)
+            }
             Ok(()) | Err(UpstreamError::NotFound) => {
                 self.count(upsync_write::DELETED);
                 tracing::info!(cluster = %report.cluster, object = %report.key, uid, "upsynced object deleted");
@@ -621,7 +660,15 @@ impl UpsyncWriter {
             }
             let mut object = current.clone();
             unmark(&mut object, synctarget_key);
-            match self.upstream.update_upsynced(key, &object).await {
+            match self
+                .upstream
+                .update_upsynced(key, &object, self.settings.dry_run)
+                .await
+            {
+                Ok(_) if self.settings.dry_run => {
+                    self.count(upsync_write::DRY_RUN);
+                    return Outcome::Done;
+                }
                 Ok(updated) => {
                     self.count(upsync_write::UPDATED);
                     tracing::info!(cluster = %report.cluster, object = %key, "cluster no longer upsyncs the object; others still do");

@@ -313,6 +313,7 @@ impl UpsyncUpstream for FakeUpstream {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             self.upsync_requests.fetch_add(1, Ordering::SeqCst);
@@ -333,6 +334,7 @@ impl UpsyncUpstream for FakeUpstream {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             self.upsync_requests.fetch_add(1, Ordering::SeqCst);
@@ -356,6 +358,7 @@ impl UpsyncUpstream for FakeUpstream {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
             self.upsync_requests.fetch_add(1, Ordering::SeqCst);

@@ -47,11 +47,16 @@ impl UpsyncUpstream for KubeUpstream {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
+            let params = PostParams {
+                dry_run,
+                ..PostParams::default()
+            };
             let request = Self::request(key)?
-                .create(&PostParams::default(), body)
+                .create(&params, body)
                 .map_err(|e| bad(key, e))?;
             decode(&self.send(key, request).await?)
         })
@@ -61,11 +66,16 @@ impl UpsyncUpstream for KubeUpstream {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
+            let params = PostParams {
+                dry_run,
+                ..PostParams::default()
+            };
             let request = Self::request(key)?
-                .replace(&key.name, &PostParams::default(), body)
+                .replace(&key.name, &params, body)
                 .map_err(|e| bad(key, e))?;
             decode(&self.send(key, request).await?)
         })
@@ -75,9 +85,11 @@ impl UpsyncUpstream for KubeUpstream {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
             let params = DeleteParams {
+                dry_run,
                 preconditions: Some(Preconditions {
                     uid: Some(uid.to_owned()),
                     resource_version: None,

@@ -77,6 +77,7 @@ impl UpsyncUpstream for FakeKcp {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             let version = self.version();
@@ -96,6 +97,7 @@ impl UpsyncUpstream for FakeKcp {
         &'a self,
         key: &'a ObjectKey,
         object: &'a Value,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
             if let Some(error) = {
@@ -127,6 +129,7 @@ impl UpsyncUpstream for FakeKcp {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
             self.deletes
@@ -265,6 +268,7 @@ fn fixture(policy: MergePolicy) -> Fixture {
             ],
             concurrency: 2,
             hold: Duration::from_secs(30),
+            dry_run: false,
         },
     ));
     Fixture {
@@ -645,4 +649,43 @@ async fn the_uid_map_is_rebuilt_and_a_snapshot_without_an_object_deletes_it() {
     assert_eq!(report, deleted("a", "d1"));
     assert_eq!(writer.write(&report).await, Outcome::Done);
     assert!(f.kcp.objects().is_empty());
+}
+
+#[tokio::test]
+async fn kcps_own_object_of_that_name_is_never_taken_over() {
+    let f = fixture(MergePolicy::default());
+    let own = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "data", "uid": "kcp-uid", "resourceVersion": "1"},
+        "spec": {"a": 0},
+    });
+    f.kcp.objects().insert(pv_key(), own.clone());
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    f.write(&deleted("a", "d1")).await;
+    assert_eq!(f.kcp.get(&pv_key()), own);
+    assert_eq!(f.writes(upsync_write::REFUSED), 1);
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing_and_remembers_nothing() {
+    let mut f = fixture(MergePolicy::default());
+    let mut settings = f.writer.settings.clone();
+    settings.dry_run = true;
+    f.writer = Arc::new(UpsyncWriter::new(
+        f.upsync.clone(),
+        f.kcp.clone(),
+        f.writer.placements.clone(),
+        f.status_queue.clone(),
+        f.aggregator.clone(),
+        f.metrics.clone(),
+        settings,
+    ));
+    // The fake ignores dryRun, as a server that validates would not: what
+    // matters is that the writer counts it and keeps no record of it.
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    assert_eq!(f.writes(upsync_write::DRY_RUN), 1);
+    assert_eq!(f.writes(upsync_write::CREATED), 0);
+    assert!(f.upsync.uids.is_empty());
+    assert!(f.status_queue.is_empty());
 }
