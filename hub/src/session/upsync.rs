@@ -42,6 +42,13 @@ impl<S: Transport> Connection<S> {
         types
     }
 
+    /// Whether `object` is of a type this session upsyncs.
+    pub(super) fn upsyncs(&self, object: &ObjectRef) -> bool {
+        self.upsync
+            .iter()
+            .any(|t| t.group == object.group && t.resource == object.resource)
+    }
+
     /// What `delta` asks of its upsynced object (`None`: it is a plain
     /// status report), or why it is refused. Takes the object out of the
     /// delta.
@@ -52,11 +59,7 @@ impl<S: Transport> Connection<S> {
         let object = &delta.object;
         let seq = delta.seq;
         let text = delta.object_json.take();
-        let in_session = self
-            .upsync
-            .iter()
-            .any(|t| t.group == object.group && t.resource == object.resource);
-        if !in_session {
+        if !self.upsyncs(object) {
             let upsynced_by_hub = self
                 .shared
                 .placements

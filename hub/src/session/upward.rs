@@ -17,7 +17,7 @@ use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::status::Status;
 use crate::store::{Entry, ObjectKey, StoreError, Update};
-use crate::writer::upsync::{UpsyncChange, UpsyncReport};
+use crate::writer::upsync::UpsyncReport;
 
 /// A checked report: its store update, and what it asks of its upsynced
 /// object, when it is of one.
@@ -38,6 +38,9 @@ pub(super) struct SnapshotBuffer {
     bytes: u64,
     /// The latest report of each upsynced object in the snapshot.
     upsync: HashMap<ObjectKey, UpsyncReport>,
+    /// Every upsynced object the snapshot names as present, refused or
+    /// not: the cluster still has it, so it is not deleted upstream.
+    upsync_present: HashSet<ObjectKey>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -139,6 +142,7 @@ impl<S: Transport> Connection<S> {
             tombstones: HashSet::new(),
             bytes: 0,
             upsync: HashMap::new(),
+            upsync_present: HashSet::new(),
         });
         Ok(())
     }
@@ -154,6 +158,13 @@ impl<S: Transport> Connection<S> {
         };
         self.count_deltas(chunk.deltas.len());
         for delta in chunk.deltas {
+            if self.upsyncs(&delta.object) {
+                let key = ObjectKey::from(&delta.object);
+                match delta.change {
+                    Change::Upsert { .. } => buffer.upsync_present.insert(key),
+                    Change::Deleted => buffer.upsync_present.remove(&key),
+                };
+            }
             let Some((update, upsync)) = self.accept(delta) else {
                 continue;
             };
@@ -230,14 +241,9 @@ impl<S: Transport> Connection<S> {
             // The cluster's upsynced objects the snapshot does not name are
             // gone from it: deleted upstream too (the writer judges each).
             if let Some(target) = judge.synctarget() {
-                let present = upsync
-                    .iter()
-                    .filter(|(_, report)| matches!(report.change, UpsyncChange::Desired(_)))
-                    .map(|(key, _)| key.clone())
-                    .collect();
                 self.shared
                     .upsync
-                    .snapshot(&self.cluster, &target.key, present);
+                    .snapshot(&self.cluster, &target.key, buffer.upsync_present);
             }
             for (key, entry) in buffer.entries {
                 match judge.verdict(&key) {
