@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use support::{FakeUpstream, TestHub, eventually, upsert};
 use uplink_hub::placement::key::{state_label, sync_target_key};
 use uplink_hub::store::ObjectKey;
-use uplink_protocol::{AgentFrame, Change, Delta, DeltaBatch, HubFrame, ObjectRef, Rejected};
+use uplink_protocol::{
+    AgentFrame, Change, Delta, DeltaBatch, HubFrame, ObjectRef, Rejected, SnapshotBegin,
+    SnapshotChunk, SnapshotEnd,
+};
 
 const SERVED: &str = "root:org:team-a";
 
@@ -79,17 +82,22 @@ fn status_written(upstream: &FakeUpstream, object: &ObjectRef, phase: &str) -> b
         .any(|(k, patch)| *k == key(object) && patch["status"]["phase"] == phase)
 }
 
-#[tokio::test]
-async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()> {
+/// A hub that syncs Deployments and accepts PVs and PVCs for upsync.
+async fn hub() -> Result<TestHub> {
     let upsync_resources = vec![
         "persistentvolumes.v1".parse()?,
         "persistentvolumeclaims.v1".parse()?,
     ];
-    let hub = TestHub::start_with(|config| {
+    TestHub::start_with(|config| {
         config.resources = vec![uplink_protocol::resource::ResourceSpec::deployments()];
         config.upsync_resources = upsync_resources;
     })
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()> {
+    let hub = hub().await?;
     let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
     let HubFrame::Welcome(_) = agent
         .hello_upsync(
@@ -202,5 +210,104 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
     })
     .await?;
     assert!(upstream.upsynced().contains_key(&key(&pv)));
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_it() -> Result<()> {
+    let hub = hub().await?;
+    let types = ["persistentvolumes.v1", "persistentvolumeclaims.v1"];
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello_upsync("edge-1", "s1", &types).await?;
+    let pv = pv_ref("data");
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(1, pv.clone(), "Bound")],
+        }))
+        .await?;
+    let upstream = hub.upstream.clone();
+    eventually("the PV created", || {
+        upstream.upsynced().contains_key(&key(&pv))
+    })
+    .await?;
+
+    // A KCP user changes the storage class; so does the cluster.
+    {
+        let mut objects = upstream
+            .upsynced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(stored) = objects.get_mut(&key(&pv)) else {
+            bail!("the PV is gone");
+        };
+        stored["spec"]["storageClassName"] = json!("kcp-choice");
+        stored["metadata"]["resourceVersion"] = json!("kcp-edit");
+    }
+    let mut changed = upsync(2, pv.clone(), "Bound");
+    let mut object = manifest(&pv);
+    object["spec"]["storageClassName"] = json!("cluster-choice");
+    changed.object_json = Some(object.to_string());
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![changed],
+        }))
+        .await?;
+    eventually("the cluster's choice written (ThreeWayMerge)", || {
+        upstream
+            .upsynced()
+            .get(&key(&pv))
+            .is_some_and(|stored| stored["spec"]["storageClassName"] == "cluster-choice")
+    })
+    .await?;
+    let Some(stored) = upstream.upsynced().get(&key(&pv)).cloned() else {
+        bail!("the PV is gone");
+    };
+    let conflicts: Value = serde_json::from_str(
+        stored["metadata"]["annotations"]["uplink.io/conflicts"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    assert_eq!(
+        conflicts[0]["fields"],
+        json!([{"path": "spec.storageClassName", "dropped": "kcp"}]),
+        "{conflicts}"
+    );
+    let (status, listed) = hub.get("/api/v1/conflicts").await?;
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.contains("UpsyncConflict"), "{listed}");
+    assert!(listed.contains("ThreeWayMerge"), "{listed}");
+    let (_, metrics) = hub.get("/metrics").await?;
+    assert!(
+        metrics
+            .contains("uplink_hub_conflicts{strategy=\"ThreeWayMerge\",type=\"UpsyncConflict\"} 1"),
+        "{metrics}"
+    );
+
+    // A new session's snapshot no longer has the PV: the cluster lost it
+    // while the hub was not told.
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello_upsync("edge-1", "s2", &types).await?;
+    let pvc = pvc_ref(SERVED, "claim");
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
+            deltas: vec![upsync(1, pvc.clone(), "Bound")],
+        }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 1 }))
+        .await?;
+    let HubFrame::Ack(ack) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    assert_eq!((ack.seq, ack.rejected.len()), (1, 0));
+    eventually("the PV deleted, the PVC created", || {
+        let objects = upstream.upsynced();
+        !objects.contains_key(&key(&pv)) && objects.contains_key(&key(&pvc))
+    })
+    .await?;
     hub.stop().await
 }

@@ -254,3 +254,62 @@ fn rfc3339(time: SystemTime) -> String {
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Severity;
+
+    fn upsync_conflict(cluster: &str) -> Conflict {
+        Conflict {
+            kind: ConflictType::UpsyncConflict,
+            severity: Severity::Warning,
+            subject: upsync_subject(cluster),
+            clusters: vec![cluster.to_owned()],
+            message: "ThreeWayMerge dropped KCP's change of spec.b".into(),
+            resolved_by: Some("ThreeWayMerge".into()),
+        }
+    }
+
+    #[test]
+    fn the_merge_and_the_upsync_writer_each_replace_only_their_own() {
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("{e}")));
+        let ledger = ConflictLedger::new(metrics.clone());
+        let key = ObjectKey::deployment("web");
+        let now = SystemTime::now();
+        let strategy = UpsyncConflicts::ThreeWayMerge;
+        ledger.record_upsync(&key, "a", Some(&upsync_conflict("a")), strategy, now);
+        ledger.record_upsync(&key, "b", Some(&upsync_conflict("b")), strategy, now);
+        let skew = Conflict::generation_skew(&[(1, vec!["a".into()]), (2, vec!["b".into()])], None);
+        let merged = Merged {
+            status: None,
+            conflicts: vec![skew],
+            disputed: Vec::new(),
+            strategy: Strategy::Newest,
+        };
+        ledger.record(&key, &merged, now);
+        assert_eq!(ledger.present(&key).len(), 3);
+        // The merge finds no conflict: the upsync ones stay.
+        ledger.record(
+            &key,
+            &Merged {
+                conflicts: Vec::new(),
+                ..merged
+            },
+            now,
+        );
+        assert_eq!(ledger.present(&key).len(), 2);
+        // a's next write drops nothing: a's ends, b's stays.
+        ledger.record_upsync(&key, "a", None, strategy, now);
+        let present = ledger.present(&key);
+        let [left] = present.as_slice() else {
+            panic!("one conflict left, got {present:?}");
+        };
+        assert_eq!(left.conflict.subject, upsync_subject("b"));
+        assert_eq!(left.strategy, Resolution::Upsync(strategy));
+        let labels = ["UpsyncConflict", "ThreeWayMerge"];
+        assert_eq!(metrics.conflicts.with_label_values(&labels).get(), 1);
+        assert_eq!(metrics.conflicts_total.with_label_values(&labels).get(), 2);
+        assert_eq!(ledger.history(Some(&key)).len(), 2, "the skew and a's");
+    }
+}
