@@ -515,6 +515,9 @@ impl UpsyncWriter {
                 self.landed(report, &current, None, strategy);
                 return Outcome::Done;
             }
+            // Left out, the server keeps them; sent, it would take them as
+            // the writer's to set.
+            without_managed_fields(&mut object);
             match self
                 .upstream
                 .update_upsynced(key, &object, self.settings.dry_run)
@@ -660,6 +663,7 @@ impl UpsyncWriter {
             }
             let mut object = current.clone();
             unmark(&mut object, synctarget_key);
+            without_managed_fields(&mut object);
             match self
                 .upstream
                 .update_upsynced(key, &object, self.settings.dry_run)
@@ -848,6 +852,13 @@ fn mark(object: &mut Value, synctarget_key: &str, downstream_uid: &str, desired:
         // A value read from JSON always writes back as JSON.
         let last_applied = serde_json::to_string(desired).unwrap_or_default();
         annotations.insert(LAST_APPLIED_ANNOTATION.to_owned(), json!(last_applied));
+    }
+}
+
+/// `object` without `metadata.managedFields`.
+fn without_managed_fields(object: &mut Value) {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("managedFields");
     }
 }
 
