@@ -9,9 +9,13 @@
 mod support;
 
 use anyhow::{Result, bail};
+use futures::StreamExt;
 use serde_json::{Value, json};
-use support::{FakeUpstream, TestHub, eventually, upsert};
+use support::{FakeUpstream, TestHub, eventually, placed_on, upsert};
 use uplink_hub::placement::key::{state_label, sync_target_key};
+use uplink_hub::placement::source::Metadata;
+use uplink_hub::placement::watch::{Event, WatchError};
+use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
 use uplink_protocol::{
     AgentFrame, Change, Delta, DeltaBatch, HubFrame, ObjectRef, Rejected, SnapshotBegin,
@@ -309,5 +313,128 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
         !objects.contains_key(&key(&pv)) && objects.contains_key(&key(&pvc))
     })
     .await?;
+    hub.stop().await
+}
+
+/// Placement the test changes: `edge-1`'s SyncTarget, and Deployment `web`
+/// placed on it in `SERVED`/`default`, then whatever the test sends.
+#[derive(Debug)]
+struct ChangingPlacement {
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event<PlacedObject>>>>,
+}
+
+fn web() -> PlacedObject {
+    PlacedObject {
+        kind: Some("Deployment".into()),
+        metadata: Metadata {
+            name: "web".into(),
+            namespace: Some("default".into()),
+            uid: "upstream-web".into(),
+            labels: [placed_on("edge-1")].into(),
+            annotations: [("kcp.io/cluster".to_owned(), SERVED.to_owned())].into(),
+            ..Metadata::default()
+        },
+        rest: serde_json::Map::new(),
+    }
+}
+
+impl PlacementSource for ChangingPlacement {
+    fn synctargets(
+        &self,
+        _workspace: &str,
+    ) -> futures::stream::BoxStream<'static, Result<Event<SyncTargetObject>, WatchError>> {
+        let listed = Event::Listed {
+            kind: Some("SyncTarget".into()),
+            objects: vec![SyncTargetObject {
+                metadata: Metadata {
+                    name: "edge-1".into(),
+                    uid: "uid-edge-1".into(),
+                    ..Metadata::default()
+                },
+            }],
+        };
+        futures::stream::once(async move { Ok(listed) })
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+
+    fn placed(
+        &self,
+        _resource: &uplink_protocol::resource::ResourceSpec,
+    ) -> futures::stream::BoxStream<'static, Result<Event<PlacedObject>, WatchError>> {
+        let listed = Event::Listed {
+            kind: Some("Deployment".into()),
+            objects: vec![web()],
+        };
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let changes = futures::stream::unfold(events, |events| async move {
+            let mut events = events?;
+            let event = events.recv().await?;
+            Some((Ok(event), Some(events)))
+        });
+        futures::stream::once(async move { Ok(listed) })
+            .chain(changes)
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+}
+
+#[tokio::test]
+async fn what_a_cluster_upsyncs_where_it_stops_serving_kcp_is_no_longer_its_to_report() -> Result<()>
+{
+    let (changes, events) = tokio::sync::mpsc::unbounded_channel();
+    let placement = ChangingPlacement {
+        events: std::sync::Mutex::new(Some(events)),
+    };
+    let upsync_resources = vec!["persistentvolumeclaims.v1".parse()?];
+    let hub = TestHub::start_with_source(
+        |config| {
+            config.resources = vec![uplink_protocol::resource::ResourceSpec::deployments()];
+            config.upsync_resources = upsync_resources;
+        },
+        std::sync::Arc::new(placement),
+    )
+    .await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent
+        .hello_upsync("edge-1", "s", &["persistentvolumeclaims.v1"])
+        .await?;
+    let pvc = pvc_ref(SERVED, "claim");
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(1, pvc.clone(), "Bound")],
+        }))
+        .await?;
+    let HubFrame::Ack(ack) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    assert_eq!((ack.seq, ack.rejected.len()), (1, 0));
+    let store = hub.store.clone();
+    assert!(store.cluster_keys("edge-1").contains(&key(&pvc)));
+
+    // web leaves the namespace: the cluster no longer serves it.
+    changes.send(Event::Deleted(web()))?;
+    eventually("the PVC's entry dropped", || {
+        !store.cluster_keys("edge-1").contains(&key(&pvc))
+    })
+    .await?;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(2, pvc.clone(), "Released")],
+        }))
+        .await?;
+    let HubFrame::Ack(ack) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    let refused: Vec<(u64, String)> = ack
+        .rejected
+        .into_iter()
+        .map(|r| (r.seq, r.reason))
+        .collect();
+    assert_eq!(refused, [(2, Rejected::NOT_PLACED.to_owned())]);
     hub.stop().await
 }

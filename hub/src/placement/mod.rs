@@ -631,6 +631,16 @@ impl PlacementView {
             }
         }
         let placement = self.clusters.get(cluster)?;
+        // Namespaces the cluster no longer serves: what it upsyncs there
+        // goes too.
+        for (address, _, after) in &changes {
+            if let (None, Some(namespace)) = (after, &address.namespace) {
+                let place = (address.workspace.clone(), namespace.clone());
+                if !placement.serves(&place.0, &place.1) && !applied.unserved.contains(&place) {
+                    applied.unserved.push(place);
+                }
+            }
+        }
         for (address, before, after) in changes {
             let Some(full) = self.canonical(placement, &address) else {
                 continue;
@@ -872,6 +882,9 @@ pub(crate) struct Applied {
     /// Full keys of the objects whose reports from the cluster must go: no
     /// longer placed on it, or replaced by a new object of the same name.
     pub unplaced: Vec<ObjectKey>,
+    /// (workspace, namespace) the cluster no longer serves: the last
+    /// object placed on it there is gone.
+    pub unserved: Vec<(String, String)>,
     /// Every object whose state changed.
     pub changes: Vec<ObjectChange>,
     /// Objects were left out because the cluster is at its limit.

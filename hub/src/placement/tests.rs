@@ -343,12 +343,16 @@ fn a_namespace_stops_being_served_with_its_last_placed_object() {
     let key_a = target("a").key;
     let pvc = upsynced(WS, "persistentvolumeclaims", Some("shop"));
     assert_eq!(view.verdict("a", &pvc), Verdict::Accept);
-    view.apply(
+    let applied = view.apply(
         "a",
         &key_a,
         0,
         PlacementChange::Unplaced(Address::of(&deployment("web"))),
         100,
+    );
+    assert_eq!(
+        applied.map(|a| a.unserved),
+        Some(vec![(WS.to_owned(), "shop".to_owned())])
     );
     assert_eq!(
         view.verdict("a", &pvc),

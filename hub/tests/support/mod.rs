@@ -537,6 +537,15 @@ impl TestHub {
         adjust: impl FnOnce(&mut HubConfig),
         placement: FakePlacement,
     ) -> Result<Self> {
+        Self::start_with_source(adjust, Arc::new(placement)).await
+    }
+
+    /// A hub whose configuration `adjust` may change, reading placement
+    /// from `placement`.
+    pub async fn start_with_source(
+        adjust: impl FnOnce(&mut HubConfig),
+        placement: Arc<dyn PlacementSource>,
+    ) -> Result<Self> {
         let pki = Pki::new("uplink test CA")?;
         pki.issue_server()?;
         let mut config = HubConfig {
@@ -556,7 +565,7 @@ impl TestHub {
         let upstream = Arc::new(FakeUpstream::default());
         let kcp = Kcp {
             status: upstream.clone(),
-            placement: Arc::new(placement),
+            placement,
             finalizers: upstream.clone(),
             events: upstream.clone(),
             upsync: upstream.clone(),
