@@ -25,6 +25,57 @@ fn bad(key: &ObjectKey, error: impl std::fmt::Display) -> UpstreamError {
     }
 }
 
+/// The `POST` that creates `object` where `key` names it.
+fn create_request(
+    key: &ObjectKey,
+    object: &Value,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+    let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    KubeUpstream::request(key)?
+        .create(&params, body)
+        .map_err(|e| bad(key, e))
+}
+
+/// The `PUT` that replaces the object with `object`.
+fn replace_request(
+    key: &ObjectKey,
+    object: &Value,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+    let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    KubeUpstream::request(key)?
+        .replace(&key.name, &params, body)
+        .map_err(|e| bad(key, e))
+}
+
+/// The `DELETE` of the object whose uid is `uid`.
+fn delete_request(
+    key: &ObjectKey,
+    uid: &str,
+    dry_run: bool,
+) -> Result<http::Request<Vec<u8>>, UpstreamError> {
+    let params = DeleteParams {
+        dry_run,
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    KubeUpstream::request(key)?
+        .delete(&key.name, &params)
+        .map_err(|e| bad(key, e))
+}
+
 fn decode(body: &[u8]) -> Result<Value, UpstreamError> {
     serde_json::from_slice(body)
         .map_err(|e| UpstreamError::Transport(format!("decoding the object: {e}")))
@@ -50,14 +101,7 @@ impl UpsyncUpstream for KubeUpstream {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
-            let params = PostParams {
-                dry_run,
-                ..PostParams::default()
-            };
-            let request = Self::request(key)?
-                .create(&params, body)
-                .map_err(|e| bad(key, e))?;
+            let request = create_request(key, object, dry_run)?;
             decode(&self.send(key, request).await?)
         })
     }
@@ -69,14 +113,7 @@ impl UpsyncUpstream for KubeUpstream {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(object).map_err(|e| bad(key, e))?;
-            let params = PostParams {
-                dry_run,
-                ..PostParams::default()
-            };
-            let request = Self::request(key)?
-                .replace(&key.name, &params, body)
-                .map_err(|e| bad(key, e))?;
+            let request = replace_request(key, object, dry_run)?;
             decode(&self.send(key, request).await?)
         })
     }
@@ -88,17 +125,7 @@ impl UpsyncUpstream for KubeUpstream {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            let params = DeleteParams {
-                dry_run,
-                preconditions: Some(Preconditions {
-                    uid: Some(uid.to_owned()),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            let request = Self::request(key)?
-                .delete(&key.name, &params)
-                .map_err(|e| bad(key, e))?;
+            let request = delete_request(key, uid, dry_run)?;
             self.send(key, request).await.map(drop)
         })
     }
@@ -166,5 +193,63 @@ impl UpsyncUpstream for KubeUpstream {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::KeyParts;
+
+    fn key(namespace: Option<&str>) -> ObjectKey {
+        ObjectKey::new(KeyParts {
+            workspace: "root".into(),
+            group: String::new(),
+            version: "v1".into(),
+            resource: if namespace.is_some() {
+                "persistentvolumeclaims".into()
+            } else {
+                "persistentvolumes".into()
+            },
+            kind: "PersistentVolume".into(),
+            namespace: namespace.map(str::to_owned),
+            name: "data".into(),
+        })
+    }
+
+    #[test]
+    fn writes_go_to_the_objects_own_path() {
+        let object = json!({"metadata": {"name": "data"}});
+        let create = create_request(&key(None), &object, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(create.method(), http::Method::POST);
+        assert_eq!(create.uri().to_string(), "/api/v1/persistentvolumes?");
+        assert_eq!(
+            serde_json::from_slice::<Value>(create.body()).ok(),
+            Some(object.clone())
+        );
+
+        let replace =
+            replace_request(&key(Some("shop")), &object, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(replace.method(), http::Method::PUT);
+        assert_eq!(
+            replace.uri().to_string(),
+            "/api/v1/namespaces/shop/persistentvolumeclaims/data?&dryRun=All"
+        );
+    }
+
+    #[test]
+    fn a_delete_holds_to_the_uid() {
+        let delete = delete_request(&key(None), "up-1", false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(delete.method(), http::Method::DELETE);
+        assert_eq!(delete.uri().to_string(), "/api/v1/persistentvolumes/data?");
+        let body: Value = serde_json::from_slice(delete.body()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body["preconditions"]["uid"], "up-1");
+        let bad_name = ObjectKey::new(KeyParts {
+            name: "a/b".into(),
+            ..key(None).parts().clone()
+        });
+        assert!(delete_request(&bad_name, "up-1", false).is_err());
     }
 }
