@@ -19,7 +19,8 @@
 //! hub API), [`metrics`], [`config`], [`tls`].
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
-//! every agent and close their sessions → abandon waiting event writes,
+//! every agent and close their sessions → abandon waiting event and upsync
+//! writes (agents' snapshots bring every upsynced object to the next hub),
 //! flush pending KCP status writes within
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 

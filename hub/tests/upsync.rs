@@ -120,6 +120,8 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
     let mut without_object = upsync(4, pv_ref("bare"), "Bound");
     without_object.object_json = None;
     let mut not_upsynced = upsert(5, "web", json!({"replicas": 1}));
+    let mut without_uid = upsync(6, pv_ref("nameless"), "Bound");
+    without_uid.object.uid = String::new();
     not_upsynced.object_json = Some(json!({"apiVersion": "apps/v1"}).to_string());
     agent
         .send(&AgentFrame::Deltas(DeltaBatch {
@@ -129,13 +131,14 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
                 upsync(3, unserved.clone(), "Pending"),
                 without_object,
                 not_upsynced,
+                without_uid,
             ],
         }))
         .await?;
     let HubFrame::Ack(ack) = agent.recv().await? else {
         bail!("no Ack");
     };
-    assert_eq!(ack.seq, 5);
+    assert_eq!(ack.seq, 6);
     let mut refused: Vec<(u64, String)> = ack
         .rejected
         .into_iter()
@@ -148,6 +151,7 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
             (3, Rejected::NOT_PLACED.to_owned()),
             (4, Rejected::INVALID_OBJECT.to_owned()),
             (5, Rejected::RESOURCE_NOT_SYNCED.to_owned()),
+            (6, Rejected::INVALID_OBJECT.to_owned()),
         ]
     );
 
@@ -199,7 +203,7 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
     );
 
     // Deleted in the cluster: deleted upstream.
-    let mut gone = upsync(6, pvc.clone(), "Pending");
+    let mut gone = upsync(7, pvc.clone(), "Pending");
     gone.change = Change::Deleted;
     gone.object_json = None;
     agent
@@ -208,7 +212,7 @@ async fn objects_born_in_a_cluster_land_only_where_it_serves_kcp() -> Result<()>
     let HubFrame::Ack(ack) = agent.recv().await? else {
         bail!("no Ack");
     };
-    assert_eq!((ack.seq, ack.rejected.len()), (6, 0));
+    assert_eq!((ack.seq, ack.rejected.len()), (7, 0));
     eventually("the PVC deleted upstream", || {
         !upstream.upsynced().contains_key(&key(&pvc))
     })

@@ -85,6 +85,11 @@ impl<S: Transport> Connection<S> {
                 seq,
                 "an upsynced object's Upsert without object_json",
             )),
+            // The uid tells a recreated object from the one before it.
+            (Change::Upsert { .. }, Some(_)) if object.uid.is_empty() => Err(invalid(
+                seq,
+                "an upsynced object's Upsert without its downstream uid",
+            )),
             (Change::Upsert { .. }, Some(text)) => desired_object(object, &text)
                 .map(|desired| Some(UpsyncChange::Desired(Arc::new(desired))))
                 .map_err(|reason| invalid(seq, &reason)),
