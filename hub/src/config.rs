@@ -89,6 +89,14 @@ pub struct HubConfig {
     /// The resource types the hub syncs: placement is watched for each,
     /// reports of any other type are refused.
     pub resources: Vec<ResourceSpec>,
+    /// The types this hub accepts for upsync (objects born in a cluster,
+    /// kept whole in KCP); a session upsyncs those its agent names too
+    /// (`Hello.upsync_resources`). None of them may be in `resources`: a
+    /// type flows one way.
+    pub upsync_resources: Vec<ResourceSpec>,
+    /// Upsynced objects (cluster, object) waiting for the upsync writer;
+    /// at the bound a session waits (and its agent's acks with it).
+    pub upsync_queue_size: usize,
     /// How long a report of an object not (yet) placed on its cluster is
     /// held, once that cluster's placement is listed, before it is refused.
     pub placement_hold: Duration,
@@ -184,6 +192,8 @@ impl Default for HubConfig {
             feature_gates: FeatureGates::default(),
             synctarget_workspace: "root".to_owned(),
             resources: default_resources(),
+            upsync_resources: Vec::new(),
+            upsync_queue_size: 10_000,
             placement_hold: Duration::from_secs(30),
             synctarget_heartbeat_period: Duration::from_secs(30),
             throttle_queue_depth: 10_000,

@@ -244,6 +244,7 @@ fn shared() -> Arc<SessionShared> {
     let placements = Arc::new(Placements::new(
         PlacementSettings {
             resources: vec![ResourceSpec::deployments()],
+            upsync: Vec::new(),
             synctarget_workspace: "root".to_owned(),
             hold: Duration::ZERO,
             max_per_cluster: limits.max_objects_per_cluster,
@@ -253,6 +254,7 @@ fn shared() -> Arc<SessionShared> {
     list_placement(&placements, limits.max_objects_per_cluster);
     let write_queue = Arc::new(WriteQueue::new(metrics.clone()));
     let metrics_for_events = metrics.clone();
+    let metrics_for_upsync = metrics.clone();
     Arc::new(SessionShared {
         store: Arc::new(Store::new(
             write_queue.clone(),
@@ -283,6 +285,7 @@ fn shared() -> Arc<SessionShared> {
             metrics_for_events,
         )),
         event_rates: Arc::new(crate::session::EventRates::new(20.0, 200)),
+        upsync: Arc::new(crate::writer::upsync::Upsync::new(16, metrics_for_upsync)),
     })
 }
 

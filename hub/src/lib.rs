@@ -8,7 +8,10 @@
 //! (rate-limited merge patches of `/status`). Agents' event series
 //! (protocol version 3) take a shorter, best-effort path: [`session`]
 //! (placed objects only) → [`writer::events`] (their own queue, rate and
-//! writer). Beside them: [`rejection`]
+//! writer). Upsynced objects (version 3, born in a cluster) are judged by
+//! [`placement`] like reports, their status stored and written like any,
+//! and the objects themselves written whole by [`writer::upsync`]. Beside
+//! them: [`rejection`]
 //! (refused reports, told to their agents),
 //! [`health`] (cluster records; their states reach KCP as SyncTargets
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
@@ -16,7 +19,8 @@
 //! hub API), [`metrics`], [`config`], [`tls`].
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
-//! every agent and close their sessions → abandon waiting event writes,
+//! every agent and close their sessions → abandon waiting event and upsync
+//! writes (agents' snapshots bring every upsynced object to the next hub),
 //! flush pending KCP status writes within
 //! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
 
@@ -65,6 +69,7 @@ use crate::store::Store;
 use crate::tls::reload::{RotationMetrics, ServerTls};
 use crate::writer::events::{EventQueue, EventUpstream, EventWriter, EventWriterSettings};
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
+use crate::writer::upsync::{Upsync, UpsyncUpstream, UpsyncWriter, UpsyncWriterSettings};
 use crate::writer::{
     SettleTimes, SyncTargetSettings, SyncTargets, UpstreamConfigError, WriteQueue, Writer,
     WriterSettings,
@@ -113,6 +118,7 @@ pub struct Hub {
     finalizers: Arc<Finalizers>,
     capacity: Arc<capacity::Capacity>,
     access: Arc<http::Access>,
+    upsync: Arc<Upsync>,
 }
 
 /// KCP as the hub reaches it: where it writes status, where it reads
@@ -125,6 +131,8 @@ pub struct Kcp {
     pub finalizers: Arc<dyn FinalizerUpstream>,
     /// Where agents' event series go (protocol version 3).
     pub events: Arc<dyn EventUpstream>,
+    /// Where upsynced objects go, whole (protocol version 3).
+    pub upsync: Arc<dyn UpsyncUpstream>,
 }
 
 impl Kcp {
@@ -135,7 +143,8 @@ impl Kcp {
             status: upstream.clone(),
             placement: upstream.clone(),
             finalizers: upstream.clone(),
-            events: upstream,
+            events: upstream.clone(),
+            upsync: upstream,
         }
     }
 }
@@ -171,6 +180,7 @@ impl Hub {
         let placements = Arc::new(Placements::new(
             PlacementSettings {
                 resources: config.resources.clone(),
+                upsync: config.upsync_resources.clone(),
                 synctarget_workspace: config.synctarget_workspace.clone(),
                 hold: config.placement_hold,
                 max_per_cluster: config.limits.max_objects_per_cluster,
@@ -196,6 +206,7 @@ impl Hub {
             .with_budget(config.memory_budget),
         );
         let health = Arc::new(Health::new(metrics.clone()));
+        let upsync = Arc::new(Upsync::new(config.upsync_queue_size, metrics.clone()));
         let aggregator = Arc::new(
             Aggregator::new(
                 config.merge_policy.clone(),
@@ -260,6 +271,7 @@ impl Hub {
             finalizers,
             capacity,
             access,
+            upsync,
         })
     }
 
@@ -322,6 +334,7 @@ impl Hub {
             finalizers,
             capacity,
             access,
+            upsync,
             ..
         } = self;
         let upstream = kcp.status.clone();
@@ -402,6 +415,24 @@ impl Hub {
         ));
         let events_task = tokio::spawn(event_writer.run(writer_stop.clone()));
 
+        // Upsynced objects, whole: not best effort, but nothing to flush at
+        // shutdown either (agents' snapshots bring them all to the next hub).
+        let upsync_writer = Arc::new(UpsyncWriter::new(
+            upsync.clone(),
+            kcp.upsync.clone(),
+            placements.clone(),
+            queue.clone(),
+            aggregator.clone(),
+            metrics.clone(),
+            UpsyncWriterSettings {
+                resources: config.upsync_resources.clone(),
+                concurrency: UPSYNC_WRITE_CONCURRENCY,
+                hold: config.placement_hold,
+                dry_run: config.dry_run,
+            },
+        ));
+        let upsync_task = tokio::spawn(upsync_writer.run(writer_stop.clone()));
+
         let synctargets_task = tokio::spawn(synctargets.run(writer_stop.clone()));
         let capacity_task = tokio::spawn(capacity.clone().run(writer_stop.clone()));
 
@@ -462,6 +493,7 @@ impl Hub {
                 config.events.cluster_rate,
                 config.events.cluster_burst,
             )),
+            upsync,
         });
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(epoch = shared.hub_epoch, "hub running");
@@ -489,6 +521,7 @@ impl Hub {
         let finalizers_result = finalizers_task.await;
         let writer_result = writer_task.await;
         let events_result = events_task.await;
+        let upsync_result = upsync_task.await;
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
         let capacity_result = capacity_task.await;
@@ -501,6 +534,7 @@ impl Hub {
         tracing::info!("hub stopped");
         writer_result.map_err(|e| HubError::Task("writer", e))?;
         events_result.map_err(|e| HubError::Task("event writer", e))?;
+        upsync_result.map_err(|e| HubError::Task("upsync writer", e))?;
         placement_result.map_err(|e| HubError::Task("placement", e))?;
         finalizers_result.map_err(|e| HubError::Task("finalizer writer", e))?;
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
@@ -515,6 +549,10 @@ impl Hub {
 /// Event writes to KCP in flight at once: events are best effort, and a
 /// few at a time keep them from taking the upstream's attention.
 const EVENT_WRITE_CONCURRENCY: usize = 2;
+
+/// Upsync writes to KCP in flight at once: objects born in clusters are
+/// few beside statuses.
+const UPSYNC_WRITE_CONCURRENCY: usize = 2;
 
 /// Binds the hub from `config` and runs it until `shutdown`.
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {

@@ -323,6 +323,19 @@ struct Args {
     )]
     resources: Vec<ResourceSpec>,
 
+    /// Resource types this hub accepts for upsync: objects born in a
+    /// cluster (persistentvolumes.v1, ...) that the hub creates, updates
+    /// and deletes in KCP, kept whole. A session upsyncs the types its
+    /// agent names too. Comma-separated; none of them in --resources.
+    #[arg(long, env = "UPLINK_HUB_UPSYNC_RESOURCES", value_delimiter = ',')]
+    upsync_resources: Vec<ResourceSpec>,
+
+    /// Upsynced objects waiting for the upsync writer; at the bound an
+    /// agent's upsync reports wait (and its acks with them), nothing is
+    /// dropped.
+    #[arg(long, env = "UPLINK_HUB_UPSYNC_QUEUE_SIZE", default_value_t = 10_000)]
+    upsync_queue_size: usize,
+
     /// How long a report of an object that KCP has not (yet) placed on the
     /// reporting cluster is held, once that cluster's placement is listed,
     /// before it is refused.
@@ -441,6 +454,7 @@ impl Args {
             ("--max-awaiting-hello", self.max_awaiting_hello),
             ("--http-max-connections", self.http_max_connections),
             ("--event-queue-size", self.event_queue_size),
+            ("--upsync-queue-size", self.upsync_queue_size),
             (
                 "--max-awaiting-hello-per-cluster",
                 self.max_awaiting_hello_per_cluster,
@@ -461,6 +475,22 @@ impl Args {
             anyhow::bail!(
                 "--resources {reserved}: SyncTargets are the hub's own records, never synced from a cluster"
             );
+        }
+        for upsync in &self.upsync_resources {
+            if uplink_hub::placement::is_reserved(&upsync.group, &upsync.resource) {
+                anyhow::bail!(
+                    "--upsync-resources {upsync}: SyncTargets are the hub's own records, never upsynced from a cluster"
+                );
+            }
+            if self
+                .resources
+                .iter()
+                .any(|r| r.group == upsync.group && r.resource == upsync.resource)
+            {
+                anyhow::bail!(
+                    "--upsync-resources {upsync} is in --resources too: a type is either synced from KCP or upsynced from the clusters"
+                );
+            }
         }
         Ok(HubConfig {
             listen: self.listen,
@@ -511,6 +541,8 @@ impl Args {
             feature_gates: self.feature_gates,
             synctarget_workspace: self.synctarget_workspace,
             resources: self.resources,
+            upsync_resources: self.upsync_resources,
+            upsync_queue_size: self.upsync_queue_size,
             placement_hold: self.placement_hold,
             synctarget_heartbeat_period: self.synctarget_heartbeat_period,
             throttle_queue_depth: self.throttle_queue_depth,

@@ -103,6 +103,39 @@ pub struct Metrics {
     pub event_writes: IntCounterVec,
     /// Event series waiting for the event writer.
     pub event_queue_depth: IntGauge,
+    /// Objects each cluster upsyncs that KCP holds (the UID map).
+    pub upsynced_objects: IntGaugeVec,
+    /// Upsync writes to KCP, by result ([`upsync_write`]).
+    pub upsync_writes: IntCounterVec,
+    /// Upsync reports waiting for the upsync writer.
+    pub upsync_queue_depth: IntGauge,
+}
+
+/// Labels of `uplink_hub_upsync_writes_total{result}`.
+pub mod upsync_write {
+    /// A new upstream object.
+    pub const CREATED: &str = "created";
+    /// An upstream object updated (PUT).
+    pub const UPDATED: &str = "updated";
+    /// An upstream object deleted: its last upsyncing cluster let go, or
+    /// its cluster's object was deleted and created anew.
+    pub const DELETED: &str = "deleted";
+    /// Nothing to change upstream.
+    pub const UNCHANGED: &str = "unchanged";
+    /// 409: read again and written again.
+    pub const CONFLICT: &str = "conflict";
+    /// Throttled, a server error, no answer, or waiting on placement:
+    /// tried again after a backoff.
+    pub const RETRIED: &str = "retried";
+    /// No longer allowed by placement, or refused by KCP (4xx): dropped.
+    pub const REFUSED: &str = "refused";
+    /// Not written: the `UpstreamSync` gate is off.
+    pub const DISABLED: &str = "disabled";
+    /// Sent with `dryRun=All` (`--dry-run`).
+    pub const DRY_RUN: &str = "dry_run";
+    pub const ALL: &[&str] = &[
+        CREATED, UPDATED, DELETED, UNCHANGED, CONFLICT, RETRIED, REFUSED, DISABLED, DRY_RUN,
+    ];
 }
 
 /// Labels of `uplink_hub_events_refused_total{reason}` besides the
@@ -474,6 +507,30 @@ impl Metrics {
         registry.register(Box::new(events_dropped.clone()))?;
         registry.register(Box::new(event_writes.clone()))?;
         registry.register(Box::new(event_queue_depth.clone()))?;
+        let upsynced_objects = IntGaugeVec::new(
+            Opts::new(
+                "uplink_hub_upsynced_objects",
+                "Objects a cluster upsyncs that KCP holds, per cluster (the hub's UID map).",
+            ),
+            &["cluster"],
+        )?;
+        let upsync_writes = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_upsync_writes_total",
+                "Writes of upsynced objects to KCP, by result.",
+            ),
+            &["result"],
+        )?;
+        for result in upsync_write::ALL {
+            upsync_writes.with_label_values(&[result]);
+        }
+        let upsync_queue_depth = IntGauge::new(
+            "uplink_hub_upsync_queue_depth",
+            "Upsync reports waiting for the upsync writer (bounded by --upsync-queue-size).",
+        )?;
+        registry.register(Box::new(upsynced_objects.clone()))?;
+        registry.register(Box::new(upsync_writes.clone()))?;
+        registry.register(Box::new(upsync_queue_depth.clone()))?;
         registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(http_connections_refused.clone()))?;
         registry.register(Box::new(cluster_state_changes.clone()))?;
@@ -549,6 +606,9 @@ impl Metrics {
             events_dropped,
             event_writes,
             event_queue_depth,
+            upsynced_objects,
+            upsync_writes,
+            upsync_queue_depth,
         })
     }
 
@@ -568,6 +628,7 @@ impl Metrics {
             + remove_cluster(&self.store_cluster_bytes, cluster)
             + remove_cluster(&self.store_cluster_objects, cluster)
             + remove_cluster(&self.write_queue_cluster_depth, cluster)
+            + remove_cluster(&self.upsynced_objects, cluster)
     }
 
     /// The registry holding every metric of this hub.

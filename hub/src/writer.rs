@@ -66,6 +66,7 @@ mod request;
 pub mod synctarget;
 mod undeclared;
 mod upstream;
+pub mod upsync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -15,6 +15,7 @@
 //!     strategy: Manual
 //!     priority: {clusters: [west, east]}
 //!     kindMerge: true            # built-in merge of known kinds (default true)
+//!     upsyncConflicts: ThreeWayMerge  # ServerWins | ClientWins | ThreeWayMerge (default): upsynced objects
 //!     fields:                    # rules per JSON path under status
 //!       - {path: status.readyShards, rule: sum}   # sum | min | max | union | newest | priority | conditions
 //! ```
@@ -70,6 +71,50 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// Who wins when KCP and the cluster both changed an upsynced object since
+/// the hub last wrote it (see [`crate::writer::upsync`]). Compared per leaf
+/// JSON path of the content the cluster manages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum UpsyncConflicts {
+    /// A path both changed keeps KCP's value; the cluster's changes of
+    /// other paths still apply.
+    ServerWins,
+    /// The cluster's object, whole: KCP's changes are overwritten.
+    ClientWins,
+    /// What `kubectl apply` does: a path both changed takes the cluster's
+    /// value, and changes only KCP made are kept.
+    #[default]
+    ThreeWayMerge,
+}
+
+impl UpsyncConflicts {
+    /// Every value, as the policy file spells it.
+    pub const ALL: [UpsyncConflicts; 3] = [
+        UpsyncConflicts::ServerWins,
+        UpsyncConflicts::ClientWins,
+        UpsyncConflicts::ThreeWayMerge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpsyncConflicts::ServerWins => "ServerWins",
+            UpsyncConflicts::ClientWins => "ClientWins",
+            UpsyncConflicts::ThreeWayMerge => "ThreeWayMerge",
+        }
+    }
+
+    /// The value the policy file spells `text`.
+    pub fn from_name(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|value| value.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for UpsyncConflicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the last report of an Offline cluster contributes to the merge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,6 +155,9 @@ pub struct ResourcePolicy {
     pub kind_merge: bool,
     /// Field rules; they take precedence over the built-in kind rules.
     pub fields: Vec<FieldRule>,
+    /// For upsynced objects of the type: who wins a path that KCP and the
+    /// cluster both changed.
+    pub upsync_conflicts: UpsyncConflicts,
 }
 
 impl Default for ResourcePolicy {
@@ -119,6 +167,7 @@ impl Default for ResourcePolicy {
             priority: None,
             kind_merge: true,
             fields: Vec::new(),
+            upsync_conflicts: UpsyncConflicts::default(),
         }
     }
 }
@@ -285,6 +334,9 @@ struct ResourceFile {
     kind_merge: Option<bool>,
     #[serde(default)]
     fields: Vec<FieldFile>,
+    /// Read as text so that a wrong value is refused naming the resource.
+    #[serde(default)]
+    upsync_conflicts: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,6 +405,20 @@ impl PolicyFile {
                     rule: field.rule,
                 });
             }
+            let upsync_conflicts = match resource.upsync_conflicts {
+                None => UpsyncConflicts::default(),
+                Some(value) => {
+                    let text = value.value.trim();
+                    UpsyncConflicts::from_name(text).ok_or_else(|| {
+                        invalid(
+                            &value,
+                            format!(
+                                "resource {name}: upsyncConflicts {text:?} is not one of ServerWins, ClientWins, ThreeWayMerge"
+                            ),
+                        )
+                    })?
+                }
+            };
             policy.resources.insert(
                 name,
                 ResourcePolicy {
@@ -360,6 +426,7 @@ impl PolicyFile {
                     priority,
                     kind_merge: resource.kind_merge.unwrap_or(true),
                     fields,
+                    upsync_conflicts,
                 },
             );
         }
@@ -529,6 +596,44 @@ mod tests {
             assert_eq!(error.line(), Some(line), "{message}");
             assert!(message.contains(&format!("line {line}")), "{message}");
             assert!(message.contains(word), "{message} should name {word}");
+        }
+    }
+
+    #[test]
+    fn upsync_conflicts_per_resource() {
+        let policy = MergePolicy::parse(
+            "resources:\n  - resource: persistentvolumes\n    upsyncConflicts: ServerWins\n  - resource: configmaps\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            policy.resource("", "persistentvolumes").upsync_conflicts,
+            UpsyncConflicts::ServerWins
+        );
+        assert_eq!(
+            policy.resource("", "configmaps").upsync_conflicts,
+            UpsyncConflicts::ThreeWayMerge
+        );
+        assert_eq!(
+            policy.resource("apps", "deployments").upsync_conflicts,
+            UpsyncConflicts::ThreeWayMerge
+        );
+    }
+
+    #[test]
+    fn an_unknown_upsync_conflicts_value_names_file_resource_and_value() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(
+            &path,
+            "resources:\n  - resource: persistentvolumes\n    upsyncConflicts: KcpWins\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let message = MergePolicy::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for part in ["policy.yaml", "line 3", "persistentvolumes", "KcpWins"] {
+            assert!(message.contains(part), "{message} should name {part}");
         }
     }
 

@@ -32,6 +32,11 @@ pub enum ConflictType {
     FieldDisagreement,
     /// A cluster reporting the object is Offline.
     ClusterOffline,
+    /// An upsynced object's write dropped a change that KCP or the cluster
+    /// made since the hub last wrote it (the `upsyncConflicts` strategy
+    /// resolved it; see [`crate::writer::upsync`]). Never part of a merged
+    /// status: the upsync writer records it beside the merge's conflicts.
+    UpsyncConflict,
 }
 
 impl ConflictType {
@@ -40,6 +45,7 @@ impl ConflictType {
             ConflictType::GenerationSkew => "GenerationSkew",
             ConflictType::FieldDisagreement => "FieldDisagreement",
             ConflictType::ClusterOffline => "ClusterOffline",
+            ConflictType::UpsyncConflict => "UpsyncConflict",
         }
     }
 }

@@ -47,6 +47,7 @@ use serde_json::{Map, Value};
 
 pub use config::{
     MergePolicy, OfflinePolicy, PolicyError, PriorityOrder, ResourcePolicy, Strategy,
+    UpsyncConflicts,
 };
 pub use conflict::{Conflict, ConflictType, Severity};
 pub use gates::{FeatureGates, GateError};

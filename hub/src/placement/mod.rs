@@ -20,6 +20,12 @@
 //! changes and once a second ([`runner`]); a report still not placed
 //! [`PlacementSettings::hold`] after the view was complete is refused.
 //!
+//! Upsynced objects ([`PlacementSettings::upsync`]) are born in the cluster,
+//! so KCP placed nothing for them to match; a cluster may upsync where it
+//! already serves KCP: a cluster-scoped object into its SyncTarget's
+//! workspace, a namespaced one into a (workspace, namespace) where at least
+//! one object KCP placed on the cluster lives ([`Judge::verdict`]).
+//!
 //! Consistency: sessions judge and store a batch while holding the view's
 //! read lock; the runner changes the view and the store (dropping the
 //! entries of unplaced objects, releasing held reports) while holding its
@@ -61,6 +67,8 @@ pub const SYNCTARGET_RESOURCE: &str = "synctargets";
 pub struct PlacementSettings {
     /// The resource types the hub syncs; reports of any other are refused.
     pub resources: Vec<ResourceSpec>,
+    /// The resource types the hub accepts for upsync (none of `resources`).
+    pub upsync: Vec<ResourceSpec>,
     /// The workspace holding the clusters' SyncTargets (empty with a plain
     /// Kubernetes upstream).
     pub synctarget_workspace: String,
@@ -76,6 +84,7 @@ impl Default for PlacementSettings {
     fn default() -> Self {
         Self {
             resources: vec![ResourceSpec::deployments()],
+            upsync: Vec::new(),
             synctarget_workspace: "root".to_owned(),
             hold: Duration::from_secs(30),
             max_per_cluster: 1_000_000,
@@ -122,7 +131,10 @@ pub struct Placements {
 impl Placements {
     pub fn new(settings: PlacementSettings, metrics: Arc<Metrics>) -> Self {
         Self {
-            view: RwLock::new(PlacementView::new(settings.resources.clone())),
+            view: RwLock::new(PlacementView::new(
+                settings.resources.clone(),
+                settings.upsync.clone(),
+            )),
             settings,
             metrics,
             wanted: std::sync::Mutex::default(),
@@ -172,6 +184,12 @@ impl Placements {
                 return false;
             }
         }
+    }
+
+    /// Completes after the view's next change (create it before looking
+    /// at the view: a change in between is not missed).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Wakes [`Placements::wait_ready`]; the runner calls it after changes.
@@ -238,6 +256,8 @@ pub struct PlacementView {
     /// The synced types, in configuration order; placements refer to them
     /// by index.
     types: Vec<ResourceSpec>,
+    /// The upsynced types ([`PlacementSettings::upsync`]).
+    upsync: Vec<ResourceSpec>,
     /// SyncTargets by cluster name; `None` until they were listed.
     synctargets: Option<HashMap<ClusterName, SyncTargetRef>>,
     clusters: HashMap<ClusterName, ClusterPlacement>,
@@ -261,6 +281,10 @@ pub(crate) struct ClusterPlacement {
     objects: HashMap<Address, Placed>,
     /// Per type: how many of its objects are placed.
     counts: Vec<usize>,
+    /// How many placed objects live in each namespace, by workspace then
+    /// namespace: where the cluster serves KCP, so where it may upsync
+    /// (looked up per report without allocating).
+    served: HashMap<String, HashMap<String, usize>>,
 }
 
 /// What the hub knows of one object placed on a cluster, from KCP.
@@ -283,9 +307,10 @@ pub struct Placed {
 }
 
 impl PlacementView {
-    fn new(types: Vec<ResourceSpec>) -> Self {
+    fn new(types: Vec<ResourceSpec>, upsync: Vec<ResourceSpec>) -> Self {
         Self {
             types,
+            upsync,
             synctargets: None,
             clusters: HashMap::new(),
             by_key: HashMap::new(),
@@ -311,6 +336,8 @@ impl PlacementView {
         };
         Judge {
             types: &self.types,
+            upsync: &self.upsync,
+            synctarget: self.synctarget(cluster),
             placement,
         }
     }
@@ -337,6 +364,22 @@ impl PlacementView {
     /// Whether the SyncTargets were listed.
     pub fn synctargets_listed(&self) -> bool {
         self.synctargets.is_some()
+    }
+
+    /// Every cluster with a SyncTarget, by SyncTarget key.
+    pub fn clusters_by_synctarget_key(&self) -> HashMap<String, ClusterName> {
+        self.synctargets
+            .iter()
+            .flatten()
+            .map(|(cluster, target)| (target.key.clone(), cluster.clone()))
+            .collect()
+    }
+
+    /// Whether `group`/`resource` is an upsynced type.
+    pub fn is_upsync(&self, group: &str, resource: &str) -> bool {
+        self.upsync
+            .iter()
+            .any(|t| t.group == group && t.resource == resource)
     }
 
     fn summary(&self, cluster: &str) -> PlacementSummary {
@@ -441,6 +484,7 @@ impl PlacementView {
                 complete_since: None,
                 objects: HashMap::new(),
                 counts: vec![0; types],
+                served: HashMap::new(),
             },
         );
     }
@@ -527,6 +571,7 @@ impl PlacementView {
                         .objects
                         .insert(object.address.clone(), after.clone());
                     placement.counts[index] += 1;
+                    placement.serve(&object.address);
                     Some((object.address, None, Some(after)))
                 }
             }
@@ -550,6 +595,7 @@ impl PlacementView {
                 for address in gone {
                     if let Some(before) = placement.objects.remove(&address) {
                         placement.counts[index] = placement.counts[index].saturating_sub(1);
+                        placement.unserve(&address);
                         changes.push((address, Some(before), None));
                     }
                 }
@@ -579,11 +625,22 @@ impl PlacementView {
             PlacementChange::Unplaced(address) => {
                 if let Some(before) = placement.objects.remove(&address) {
                     placement.counts[index] = placement.counts[index].saturating_sub(1);
+                    placement.unserve(&address);
                     changes.push((address, Some(before), None));
                 }
             }
         }
         let placement = self.clusters.get(cluster)?;
+        // Namespaces the cluster no longer serves: what it upsyncs there
+        // goes too.
+        for (address, _, after) in &changes {
+            if let (None, Some(namespace)) = (after, &address.namespace) {
+                let place = (address.workspace.clone(), namespace.clone());
+                if !placement.serves(&place.0, &place.1) && !applied.unserved.contains(&place) {
+                    applied.unserved.push(place);
+                }
+            }
+        }
         for (address, before, after) in changes {
             let Some(full) = self.canonical(placement, &address) else {
                 continue;
@@ -661,12 +718,53 @@ impl ClusterPlacement {
     fn contains(&self, key: &ObjectKey) -> bool {
         self.objects.contains_key(key as &dyn AddressParts)
     }
+
+    /// Counts a newly placed object where it lives.
+    fn serve(&mut self, address: &Address) {
+        if let Some(namespace) = &address.namespace {
+            *self
+                .served
+                .entry(address.workspace.clone())
+                .or_default()
+                .entry(namespace.clone())
+                .or_default() += 1;
+        }
+    }
+
+    /// Uncounts an object no longer placed.
+    fn unserve(&mut self, address: &Address) {
+        let Some(namespace) = &address.namespace else {
+            return;
+        };
+        let Some(namespaces) = self.served.get_mut(&address.workspace) else {
+            return;
+        };
+        if let Some(count) = namespaces.get_mut(namespace) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                namespaces.remove(namespace);
+            }
+        }
+        if namespaces.is_empty() {
+            self.served.remove(&address.workspace);
+        }
+    }
+
+    /// Whether at least one object placed on the cluster lives in
+    /// `namespace` of `workspace`.
+    fn serves(&self, workspace: &str, namespace: &str) -> bool {
+        self.served
+            .get(workspace)
+            .is_some_and(|namespaces| namespaces.contains_key(namespace))
+    }
 }
 
 /// Judges one cluster's reports; see [`PlacementView::verdict`].
 #[derive(Debug)]
 pub struct Judge<'a> {
     types: &'a [ResourceSpec],
+    upsync: &'a [ResourceSpec],
+    synctarget: Option<&'a SyncTargetRef>,
     placement: ClusterStanding<'a>,
 }
 
@@ -694,10 +792,21 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// Whether the cluster may report `key`; see [`Verdict`].
+    /// Whether the cluster may report `key`; see [`Verdict`]. An upsynced
+    /// type is judged by [`Judge::upsync_verdict`].
     pub fn verdict(&self, key: &ObjectKey) -> Verdict {
         if is_reserved(&key.group, &key.resource) {
             return Verdict::Reject(Rejected::RESERVED_RESOURCE);
+        }
+        if let Some(upsync) = self
+            .upsync
+            .iter()
+            .find(|t| t.resource == key.resource && t.group == key.group)
+        {
+            if upsync.version != key.version {
+                return Verdict::Reject(Rejected::KIND_MISMATCH);
+            }
+            return self.upsync_verdict(key);
         }
         let Some(index) = self
             .types
@@ -732,12 +841,50 @@ impl<'a> Judge<'a> {
     }
 }
 
+impl Judge<'_> {
+    /// Whether the cluster may upsync `key` (an object of an upsynced
+    /// type): a cluster-scoped one only into its SyncTarget's workspace, a
+    /// namespaced one only into a namespace where it serves KCP (at least
+    /// one object placed on it lives there). Held while the view cannot
+    /// tell (no SyncTarget yet, placement not listed yet).
+    pub fn upsync_verdict(&self, key: &ObjectKey) -> Verdict {
+        let (placement, synctarget) = match (&self.placement, self.synctarget) {
+            (ClusterStanding::Placed(placement), Some(synctarget)) => (placement, synctarget),
+            _ => return Verdict::Hold,
+        };
+        match &key.namespace {
+            None if key.workspace == synctarget.workspace => Verdict::Accept,
+            None => Verdict::Reject(Rejected::NOT_PLACED),
+            Some(namespace) if placement.serves(&key.workspace, namespace) => Verdict::Accept,
+            // Every object placed on the cluster is known: it serves
+            // nothing there.
+            Some(_) if placement.complete_since.is_some() => Verdict::Reject(Rejected::NOT_PLACED),
+            Some(_) => Verdict::Hold,
+        }
+    }
+
+    /// Whether `group`/`resource` is an upsynced type.
+    pub fn is_upsync(&self, group: &str, resource: &str) -> bool {
+        self.upsync
+            .iter()
+            .any(|t| t.group == group && t.resource == resource)
+    }
+
+    /// The cluster's SyncTarget, if it has one.
+    pub fn synctarget(&self) -> Option<&SyncTargetRef> {
+        self.synctarget
+    }
+}
+
 /// What one change did to a cluster's placement.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     /// Full keys of the objects whose reports from the cluster must go: no
     /// longer placed on it, or replaced by a new object of the same name.
     pub unplaced: Vec<ObjectKey>,
+    /// (workspace, namespace) the cluster no longer serves: the last
+    /// object placed on it there is gone.
+    pub unserved: Vec<(String, String)>,
     /// Every object whose state changed.
     pub changes: Vec<ObjectChange>,
     /// Objects were left out because the cluster is at its limit.

@@ -316,6 +316,24 @@ impl Runner {
             tracing::debug!(%cluster, objects = applied.unplaced.len(), "objects unplaced from the cluster");
             self.store.unplace(cluster, &applied.unplaced);
         }
+        if !applied.unserved.is_empty() {
+            // What the cluster upsyncs where it no longer serves KCP is no
+            // longer its to report (the upstream objects stay as they are).
+            let upsynced: Vec<ObjectKey> = self
+                .store
+                .cluster_keys(cluster)
+                .into_iter()
+                .filter(|key| {
+                    view.is_upsync(&key.group, &key.resource)
+                        && applied.unserved.iter().any(|(workspace, namespace)| {
+                            key.workspace == *workspace
+                                && key.namespace.as_deref() == Some(namespace.as_str())
+                        })
+                })
+                .collect();
+            tracing::debug!(%cluster, namespaces = applied.unserved.len(), upsynced = upsynced.len(), "namespaces the cluster no longer serves");
+            self.store.unplace(cluster, &upsynced);
+        }
         self.follow_downward(cluster, key, &applied.changes);
         let types = self.downstream.types(cluster);
         if !types.is_empty() {

@@ -4,12 +4,22 @@ use crate::store::KeyParts;
 const WS: &str = "root:org:team-a";
 
 fn view() -> PlacementView {
-    PlacementView::new(vec![
-        ResourceSpec::deployments(),
-        "widgets.v1alpha1.example.com"
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}")),
-    ])
+    PlacementView::new(
+        vec![
+            ResourceSpec::deployments(),
+            "widgets.v1alpha1.example.com"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        ],
+        vec![
+            "persistentvolumes.v1"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            "persistentvolumeclaims.v1"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        ],
+    )
 }
 
 fn target(cluster: &str) -> SyncTargetRef {
@@ -273,4 +283,79 @@ fn placement_per_cluster_is_bounded() {
     assert!(applied.is_some_and(|a| a.overflow));
     assert_eq!(view.objects("a"), 1);
     assert_eq!(view.verdict("a", &deployment("api")), Verdict::Hold);
+}
+
+fn upsynced(workspace: &str, resource: &str, namespace: Option<&str>) -> ObjectKey {
+    let kind = if resource == "persistentvolumes" {
+        "PersistentVolume"
+    } else {
+        "PersistentVolumeClaim"
+    };
+    ObjectKey::new(KeyParts {
+        workspace: workspace.into(),
+        group: String::new(),
+        version: "v1".into(),
+        resource: resource.into(),
+        kind: kind.into(),
+        namespace: namespace.map(str::to_owned),
+        name: "data".into(),
+    })
+}
+
+#[test]
+fn a_cluster_upsyncs_only_where_it_serves_kcp() {
+    let view = listed();
+    let pv = |workspace: &str| upsynced(workspace, "persistentvolumes", None);
+    let pvc = |workspace: &str, ns: &str| upsynced(workspace, "persistentvolumeclaims", Some(ns));
+    // Cluster-scoped: into its SyncTarget's workspace only.
+    assert_eq!(view.verdict("a", &pv("root")), Verdict::Accept);
+    assert_eq!(
+        view.verdict("a", &pv(WS)),
+        Verdict::Reject(Rejected::NOT_PLACED)
+    );
+    // Namespaced: where an object placed on it lives (web, in shop).
+    assert_eq!(view.verdict("a", &pvc(WS, "shop")), Verdict::Accept);
+    assert_eq!(
+        view.verdict("a", &pvc(WS, "other")),
+        Verdict::Reject(Rejected::NOT_PLACED)
+    );
+    assert_eq!(
+        view.verdict("a", &pvc("root:org:team-b", "shop")),
+        Verdict::Reject(Rejected::NOT_PLACED)
+    );
+    // Not listed yet, or no SyncTarget (yet): held.
+    assert_eq!(view.verdict("b", &pvc(WS, "shop")), Verdict::Hold);
+    assert_eq!(view.verdict("c", &pv("root")), Verdict::Hold);
+    // Another version of the type is refused like any report's.
+    let v2 = ObjectKey::new(KeyParts {
+        version: "v2".into(),
+        ..pv("root").parts().clone()
+    });
+    assert_eq!(
+        view.verdict("a", &v2),
+        Verdict::Reject(Rejected::KIND_MISMATCH)
+    );
+}
+
+#[test]
+fn a_namespace_stops_being_served_with_its_last_placed_object() {
+    let mut view = listed();
+    let key_a = target("a").key;
+    let pvc = upsynced(WS, "persistentvolumeclaims", Some("shop"));
+    assert_eq!(view.verdict("a", &pvc), Verdict::Accept);
+    let applied = view.apply(
+        "a",
+        &key_a,
+        0,
+        PlacementChange::Unplaced(Address::of(&deployment("web"))),
+        100,
+    );
+    assert_eq!(
+        applied.map(|a| a.unserved),
+        Some(vec![(WS.to_owned(), "shop".to_owned())])
+    );
+    assert_eq!(
+        view.verdict("a", &pvc),
+        Verdict::Reject(Rejected::NOT_PLACED)
+    );
 }

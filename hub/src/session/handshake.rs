@@ -169,6 +169,7 @@ impl<S: Transport> Connection<S> {
             return None;
         }
         self.version = version;
+        self.upsync = self.upsync_types(&hello);
         Some((hello, mode))
     }
 

@@ -15,7 +15,9 @@
 //! and acked), `heartbeat`, `downward` (protocol version 2: the objects KCP
 //! placed on the cluster, sent as the window allows, and the agent's
 //! acknowledgements), `events` (protocol version 3: event series about
-//! placed objects, best effort, for the event writer); after every frame `throttle` slows the agent down
+//! placed objects, best effort, for the event writer), and, within
+//! `upward`, `upsync` (version 3: whole objects born in the cluster, for
+//! the upsync writer); after every frame `throttle` slows the agent down
 //! while the KCP writer is behind on its cluster's changes. `wire` reads and sends frames and
 //! refuses and closes; `connections` keeps one live connection per cluster.
 
@@ -25,6 +27,7 @@ mod events;
 mod handshake;
 mod heartbeat;
 mod throttle;
+mod upsync;
 mod upward;
 mod wire;
 
@@ -38,6 +41,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use uplink_protocol::resource::ResourceSpec;
 use uplink_protocol::{AgentFrame, Bye, ErrorCode, HubFrame, Limits, close};
 
 pub use self::connections::Connections;
@@ -89,6 +93,8 @@ pub struct SessionShared {
     pub event_queue: Arc<EventQueue>,
     /// Each cluster's event rate, across its connections.
     pub event_rates: Arc<EventRates>,
+    /// The upsync writer's queue and UID map (protocol version 3).
+    pub upsync: Arc<crate::writer::upsync::Upsync>,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
@@ -121,6 +127,7 @@ pub async fn serve<S>(
         version: 0,
         refused_report: None,
         last_sent: Instant::now(),
+        upsync: Vec::new(),
     };
     let Some((hello, mode)) = Box::pin(conn.handshake(hello, &shutdown)).await else {
         return;
@@ -182,6 +189,9 @@ struct Connection<S> {
     refused_report: Option<&'static str>,
     /// When the hub last sent the agent a frame or a ping.
     last_sent: Instant,
+    /// The types this session upsyncs: those its agent names in `Hello`
+    /// that the hub accepts (`--upsync-resources`).
+    upsync: Vec<ResourceSpec>,
 }
 
 impl<S: Transport> Connection<S> {

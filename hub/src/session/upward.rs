@@ -1,7 +1,9 @@
 //! The upward lane: status reports arriving as `Deltas` or as a snapshot
 //! (`SnapshotBegin`, chunks, `SnapshotEnd`, buffered until complete), each
 //! one checked, judged against placement (taken, held, or refused), stored,
-//! and acknowledged with the refusals the agent was not told yet.
+//! and acknowledged with the refusals the agent was not told yet. A report
+//! of an upsynced object ([`super::upsync`]) is stored like any and, taken or
+//! held, queued for the upsync writer too (before it is acknowledged).
 
 use std::collections::{HashMap, HashSet};
 use uplink_protocol::names::invalid_name;
@@ -15,6 +17,11 @@ use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::status::Status;
 use crate::store::{Entry, ObjectKey, StoreError, Update};
+use crate::writer::upsync::UpsyncReport;
+
+/// A checked report: its store update, and what it asks of its upsynced
+/// object, when it is of one.
+type Checked = (Update, Option<UpsyncReport>);
 
 /// A snapshot being received.
 pub(super) struct SnapshotBuffer {
@@ -29,6 +36,11 @@ pub(super) struct SnapshotBuffer {
     /// is buffered whole before it replaces the cluster's entries, so it is
     /// held to the budget while it arrives.
     bytes: u64,
+    /// The latest report of each upsynced object in the snapshot.
+    upsync: HashMap<ObjectKey, UpsyncReport>,
+    /// Every upsynced object the snapshot names as present, refused or
+    /// not: the cluster still has it, so it is not deleted upstream.
+    upsync_present: HashSet<ObjectKey>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -44,11 +56,20 @@ impl<S: Transport> Connection<S> {
         }
         self.count_deltas(batch.deltas.len());
         let highest = batch.deltas.iter().map(|d| d.seq).max().unwrap_or(0);
-        let updates: Vec<Update> = batch
+        let updates: Vec<Checked> = batch
             .deltas
             .into_iter()
             .filter_map(|delta| self.accept(delta))
             .collect();
+        // Replayed reports (at or below what the store holds) are not
+        // upsynced again: something newer may be on its way already.
+        let floor = self
+            .shared
+            .store
+            .position(&self.cluster)
+            .filter(|position| *position.session == *session)
+            .map_or(0, |position| position.seq);
+        let mut upsyncs = Vec::new();
         {
             // Judged and stored under the placement view's read lock:
             // an unplacement cannot slip in between.
@@ -56,10 +77,17 @@ impl<S: Transport> Connection<S> {
             let judge = view.judge(&self.cluster);
             let mut accepted = Vec::with_capacity(updates.len());
             let mut held = Vec::new();
-            for update in updates {
+            for (update, upsync) in updates {
+                let upsync = upsync.filter(|_| update.seq > floor);
                 match judge.verdict(&update.key) {
-                    Verdict::Accept => accepted.push(update),
-                    Verdict::Hold => held.push(update),
+                    Verdict::Accept => {
+                        upsyncs.extend(upsync);
+                        accepted.push(update);
+                    }
+                    Verdict::Hold => {
+                        upsyncs.extend(upsync);
+                        held.push(update);
+                    }
                     Verdict::Reject(reason) => self.refuse_report(
                         &update.key,
                         update.seq,
@@ -73,7 +101,13 @@ impl<S: Transport> Connection<S> {
                 .store
                 .ingest(&self.cluster, session, accepted, held)
                 .map_err(store_violation)?;
+            upsyncs.retain(|report| !applied.refused.iter().any(|(key, _, _)| *key == report.key));
             self.refuse_over_budget(applied.refused);
+        }
+        // Queued before the ack: an acknowledged upsync is never lost (a
+        // full queue makes the ack wait).
+        for report in upsyncs {
+            self.shared.upsync.queue.push(report).await;
         }
         // Refused deltas are acked too: the agent would resend them
         // on every reconnect, and they would never get better.
@@ -107,6 +141,8 @@ impl<S: Transport> Connection<S> {
             entries: HashMap::new(),
             tombstones: HashSet::new(),
             bytes: 0,
+            upsync: HashMap::new(),
+            upsync_present: HashSet::new(),
         });
         Ok(())
     }
@@ -122,7 +158,14 @@ impl<S: Transport> Connection<S> {
         };
         self.count_deltas(chunk.deltas.len());
         for delta in chunk.deltas {
-            let Some(update) = self.accept(delta) else {
+            if self.upsyncs(&delta.object) {
+                let key = ObjectKey::from(&delta.object);
+                match delta.change {
+                    Change::Upsert { .. } => buffer.upsync_present.insert(key),
+                    Change::Deleted => buffer.upsync_present.remove(&key),
+                };
+            }
+            let Some((update, upsync)) = self.accept(delta) else {
                 continue;
             };
             // An Upsert is part of the snapshot; a Deleted one is not,
@@ -148,11 +191,17 @@ impl<S: Transport> Connection<S> {
                         continue;
                     }
                     buffer.bytes = buffer.bytes.saturating_sub(before).saturating_add(after);
+                    if let Some(upsync) = upsync {
+                        buffer.upsync.insert(update.key.clone(), upsync);
+                    }
                     buffer.entries.insert(update.key, entry);
                 }
                 None => {
                     buffer.bytes = buffer.bytes.saturating_sub(before);
                     buffer.entries.remove(&update.key);
+                    if let Some(upsync) = upsync {
+                        buffer.upsync.insert(update.key.clone(), upsync);
+                    }
                     buffer.tombstones.insert(update.key);
                 }
             }
@@ -184,9 +233,18 @@ impl<S: Transport> Connection<S> {
         let objects = buffer.entries.len();
         let mut accepted = HashMap::with_capacity(objects);
         let mut held = HashMap::new();
+        let mut upsync = buffer.upsync;
+        let mut upsyncs = Vec::new();
         let acked = {
             let view = self.shared.placements.read();
             let judge = view.judge(&self.cluster);
+            // The cluster's upsynced objects the snapshot does not name are
+            // gone from it: deleted upstream too (the writer judges each).
+            if let Some(target) = judge.synctarget() {
+                self.shared
+                    .upsync
+                    .snapshot(&self.cluster, &target.key, buffer.upsync_present);
+            }
             for (key, entry) in buffer.entries {
                 match judge.verdict(&key) {
                     Verdict::Accept => {
@@ -208,6 +266,9 @@ impl<S: Transport> Connection<S> {
                 .into_iter()
                 .filter(|key| !accepted.contains_key(key) && judge.verdict(key) == Verdict::Accept)
                 .collect();
+            for key in accepted.keys().chain(held.keys()).chain(&deleted) {
+                upsyncs.extend(upsync.remove(key));
+            }
             let applied = self
                 .shared
                 .store
@@ -216,9 +277,13 @@ impl<S: Transport> Connection<S> {
             for key in deleted {
                 self.shared.write_queue.push(key, &self.cluster);
             }
+            upsyncs.retain(|report| !applied.refused.iter().any(|(key, _, _)| *key == report.key));
             self.refuse_over_budget(applied.refused);
             applied.seq
         };
+        for report in upsyncs {
+            self.shared.upsync.queue.push(report).await;
+        }
         tracing::info!(cluster = %self.cluster, objects, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
         self.send_ack(acked).await?;
         Ok(())
@@ -260,9 +325,22 @@ impl<S: Transport> Connection<S> {
     /// use: refused (counted, logged, told to the agent in its `Ack`), never
     /// the end of the session (one bad object must not block its cluster:
     /// the agent would resend it after every reconnect).
-    fn accept(&self, mut delta: Delta) -> Option<Update> {
-        match self.checked_entry(&mut delta) {
-            Ok(entry) => Some(Update::from_delta(delta, entry)),
+    fn accept(&self, mut delta: Delta) -> Option<Checked> {
+        let checked = self
+            .upsync_change(&mut delta)
+            .and_then(|upsync| Ok((upsync, self.checked_entry(&mut delta)?)));
+        match checked {
+            Ok((upsync, entry)) => {
+                let downstream_uid = delta.object.uid.clone();
+                let update = Update::from_delta(delta, entry);
+                let report = upsync.map(|change| UpsyncReport {
+                    cluster: self.cluster.clone(),
+                    key: update.key.clone(),
+                    downstream_uid,
+                    change,
+                });
+                Some((update, report))
+            }
             Err(refusal) => {
                 let key = ObjectKey::from(&delta.object);
                 self.refuse_report(&key, delta.seq, refusal.reason, &refusal.message);

@@ -283,7 +283,7 @@ impl KubeUpstream {
         self.mode
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         key: &ObjectKey,
         request: http::Request<Vec<u8>>,
@@ -317,7 +317,7 @@ impl KubeUpstream {
         Self::send_with(client, request).await
     }
 
-    async fn send_with(
+    pub(crate) async fn send_with(
         client: Client,
         request: http::Request<Vec<u8>>,
     ) -> Result<Vec<u8>, UpstreamError> {
@@ -361,7 +361,7 @@ impl KubeUpstream {
         })
     }
 
-    fn request(key: &ObjectKey) -> Result<kube::core::Request, UpstreamError> {
+    pub(crate) fn request(key: &ObjectKey) -> Result<kube::core::Request, UpstreamError> {
         for (what, value) in [
             ("group", key.group.as_str()),
             ("version", key.version.as_str()),

@@ -34,6 +34,7 @@ use uplink_hub::placement::{PlacedObject, PlacementSource, SyncTargetObject};
 use uplink_hub::store::ObjectKey;
 use uplink_hub::writer::events::EventUpstream;
 use uplink_hub::writer::finalizer::FinalizerUpstream;
+use uplink_hub::writer::upsync::{Listed, UpsyncUpstream};
 use uplink_hub::{
     ApplyOptions, Hub, HubConfig, Kcp, Metrics, StatusUpstream, UpstreamError, UpstreamStatus,
 };
@@ -162,6 +163,11 @@ pub struct FakeUpstream {
     /// Events as KCP would hold them, by (workspace, namespace, name):
     /// created whole, then their `series` merged in.
     pub events: Mutex<std::collections::BTreeMap<(String, String, String), Value>>,
+    /// Upsynced objects as KCP would hold them (uid and resourceVersion
+    /// set by the fake), and every request made of them.
+    pub upsynced: Mutex<std::collections::BTreeMap<ObjectKey, Value>>,
+    pub upsync_requests: AtomicUsize,
+    versions: std::sync::atomic::AtomicU64,
 }
 
 impl FakeUpstream {
@@ -269,6 +275,121 @@ impl EventUpstream for FakeUpstream {
             };
             event["series"] = patch["series"].clone();
             Ok(())
+        })
+    }
+}
+
+impl FakeUpstream {
+    /// The upsynced objects KCP holds.
+    pub fn upsynced(&self) -> std::collections::BTreeMap<ObjectKey, Value> {
+        self.upsynced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn next_version(&self) -> String {
+        (self.versions.fetch_add(1, Ordering::SeqCst) + 1).to_string()
+    }
+}
+
+/// Answers like kube-apiserver: 409 for a name taken, a stale
+/// resourceVersion or a failed uid precondition.
+impl UpsyncUpstream for FakeUpstream {
+    fn get_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            self.upsynced()
+                .get(key)
+                .cloned()
+                .ok_or(UpstreamError::NotFound)
+        })
+    }
+
+    fn create_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let version = self.next_version();
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            if objects.contains_key(key) {
+                return Err(UpstreamError::Conflict("already exists".into()));
+            }
+            let mut stored = object.clone();
+            stored["metadata"]["uid"] = json!(format!("upstream-{version}"));
+            stored["metadata"]["resourceVersion"] = json!(version);
+            objects.insert(key.clone(), stored.clone());
+            Ok(stored)
+        })
+    }
+
+    fn update_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        object: &'a Value,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let version = self.next_version();
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(stored) = objects.get_mut(key) else {
+                return Err(UpstreamError::NotFound);
+            };
+            if stored["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                return Err(UpstreamError::Conflict(
+                    "the object has been modified".into(),
+                ));
+            }
+            *stored = object.clone();
+            stored["metadata"]["resourceVersion"] = json!(version);
+            Ok(stored.clone())
+        })
+    }
+
+    fn delete_upsynced<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        uid: &'a str,
+        _dry_run: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.upsync_requests.fetch_add(1, Ordering::SeqCst);
+            let mut objects = self.upsynced.lock().unwrap_or_else(PoisonError::into_inner);
+            match objects.get(key) {
+                None => Err(UpstreamError::NotFound),
+                Some(stored) if stored["metadata"]["uid"] != uid => {
+                    Err(UpstreamError::Conflict("precondition failed: uid".into()))
+                }
+                Some(_) => {
+                    objects.remove(key);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn list_upsynced<'a>(
+        &'a self,
+        resource: &'a ResourceSpec,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, UpstreamError>> {
+        Box::pin(async move {
+            Ok(self
+                .upsynced()
+                .iter()
+                .filter(|(key, _)| key.group == resource.group && key.resource == resource.resource)
+                .map(|(key, object)| Listed {
+                    workspace: key.workspace.clone(),
+                    object: object.clone(),
+                })
+                .collect())
         })
     }
 }
@@ -416,6 +537,15 @@ impl TestHub {
         adjust: impl FnOnce(&mut HubConfig),
         placement: FakePlacement,
     ) -> Result<Self> {
+        Self::start_with_source(adjust, Arc::new(placement)).await
+    }
+
+    /// A hub whose configuration `adjust` may change, reading placement
+    /// from `placement`.
+    pub async fn start_with_source(
+        adjust: impl FnOnce(&mut HubConfig),
+        placement: Arc<dyn PlacementSource>,
+    ) -> Result<Self> {
         let pki = Pki::new("uplink test CA")?;
         pki.issue_server()?;
         let mut config = HubConfig {
@@ -435,9 +565,10 @@ impl TestHub {
         let upstream = Arc::new(FakeUpstream::default());
         let kcp = Kcp {
             status: upstream.clone(),
-            placement: Arc::new(placement),
+            placement,
             finalizers: upstream.clone(),
             events: upstream.clone(),
+            upsync: upstream.clone(),
         };
         let hub = Hub::bind_with_kcp(config, kcp).await?;
         let shutdown = CancellationToken::new();
@@ -700,6 +831,30 @@ impl Agent {
             last_ack,
             downward_resources: Vec::new(),
             upsync_resources: Vec::new(),
+        }))
+        .await?;
+        self.recv().await
+    }
+}
+
+impl Agent {
+    /// Hello (the current version) for `cluster` with a fresh session,
+    /// upsyncing `types`; returns the Welcome.
+    pub async fn hello_upsync(
+        &mut self,
+        cluster: &str,
+        session: &str,
+        types: &[&str],
+    ) -> Result<HubFrame> {
+        self.send(&AgentFrame::Hello(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            cluster: cluster.into(),
+            agent_version: "test".into(),
+            session_id: session.into(),
+            last_hub_epoch: None,
+            last_ack: 0,
+            downward_resources: Vec::new(),
+            upsync_resources: types.iter().map(|t| (*t).to_owned()).collect(),
         }))
         .await?;
         self.recv().await
