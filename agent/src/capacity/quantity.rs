@@ -209,7 +209,9 @@ fn scale(integer: &str, fraction: &str, exp10: i64, exp2: u32) -> i128 {
     let Some(first) = first else {
         return 0;
     };
-    let significant_integer_digits = point - first as i64;
+    // `point` may sit at the end of the i64 range (a huge exponent): no
+    // arithmetic on it may overflow.
+    let significant_integer_digits = point.saturating_sub(first as i64);
     if significant_integer_digits > MAX_INTEGER_DIGITS as i64 {
         return MAX_NANO;
     }
@@ -224,7 +226,7 @@ fn scale(integer: &str, fraction: &str, exp10: i64, exp2: u32) -> i128 {
         }
     }
     // Integer digits beyond the given ones are zeros.
-    let missing = point - digits.len() as i64;
+    let missing = point.saturating_sub(digits.len() as i64);
     for _ in 0..missing.max(0) {
         value *= 10;
     }
@@ -377,6 +379,18 @@ mod tests {
         assert_eq!(q("1k").units_ceil(), 1000);
         assert_eq!(q("100m").units_ceil(), 1);
         assert_eq!(q("-1.5").units_ceil(), -1);
+    }
+
+    #[test]
+    fn exponents_at_the_ends_of_the_range_round_and_cap_without_overflow() {
+        // Found by the `quantity` fuzz target: more than 19 significant
+        // digits (the exact path) with an exponent near i64::MIN.
+        let tiny = format!("-{}.{}59e-9223372036854775807", "0".repeat(50), "0".repeat(30));
+        // One nano-unit below zero, as any nonzero magnitude rounds up to.
+        assert_eq!(Quantity::parse(&tiny).map(Quantity::milli_ceil), Ok(0));
+        assert!(Quantity::parse(&tiny).is_ok_and(|q| q != Quantity::parse("0").unwrap_or_else(|_| panic!("zero"))));
+        let huge = format!("{}.{}1e9223372036854775807", "1".repeat(25), "0".repeat(5));
+        assert!(Quantity::parse(&huge).is_ok_and(|q| q.units_ceil() > 0));
     }
 
     #[test]
