@@ -112,6 +112,8 @@ pub struct FleetBuilder {
     /// clusters run the stand-in Deployment controller, and the fleet
     /// creates no downstream copies itself ([`spec_down`]).
     spec_down: bool,
+    /// Types upsynced: the agents' and the hub's `--upsync-resources`.
+    upsync: Vec<ResourceSpec>,
 }
 
 /// The hub's merge policy and feature gates for a fleet (aggregation
@@ -132,6 +134,22 @@ impl FleetBuilder {
     /// The hub's feature gates (what `--feature-gates` would set).
     pub fn feature_gates(mut self, gates: uplink_hub::aggregate::FeatureGates) -> Self {
         self.hub_merge.feature_gates = Some(gates);
+        self
+    }
+
+    /// Types whose objects born in the clusters KCP holds whole (the agents'
+    /// and the hub's `--upsync-resources`).
+    pub fn upsync<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        // The names are literals in tests; a typo is a test bug.
+        #[allow(clippy::expect_used)]
+        let types = types
+            .into_iter()
+            .map(|t| t.as_ref().parse().expect("a resource type as resource.version.group"));
+        self.upsync.extend(types);
         self
     }
 
@@ -227,6 +245,7 @@ impl FleetBuilder {
         if let Some(policy) = self.hub_merge.merge_policy.clone() {
             hub_config.merge_policy = policy;
         }
+        hub_config.upsync_resources = self.upsync.clone();
         if let Some(gates) = self.hub_merge.feature_gates {
             hub_config.feature_gates = gates;
         }
@@ -249,6 +268,7 @@ impl FleetBuilder {
         let mut fleet = Fleet {
             heartbeat: self.heartbeat,
             spec_down: self.spec_down,
+            upsync: self.upsync.clone(),
             synctarget_workspace: self.synctarget_workspace,
             synctarget_uids,
             dir,
@@ -280,6 +300,8 @@ pub struct Fleet {
     heartbeat: Duration,
     /// Agents apply what the hub sends down ([`FleetBuilder::spec_down`]).
     spec_down: bool,
+    /// Types the agents upsync ([`FleetBuilder::upsync`]).
+    upsync: Vec<ResourceSpec>,
     /// Where the clusters' SyncTargets live.
     synctarget_workspace: String,
     /// The uid of each cluster's SyncTarget as the fleet created it at
@@ -313,6 +335,7 @@ impl Fleet {
             synctarget_workspace: "root".to_owned(),
             without_synctarget: Vec::new(),
             spec_down: false,
+            upsync: Vec::new(),
         }
     }
 
@@ -474,6 +497,7 @@ impl Fleet {
             } else {
                 Vec::new()
             },
+            upsync_resources: self.upsync.clone(),
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             heartbeat_interval: self.heartbeat,
             reconnect: ReconnectSettings {
