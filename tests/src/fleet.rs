@@ -146,9 +146,11 @@ impl FleetBuilder {
     {
         // The names are literals in tests; a typo is a test bug.
         #[allow(clippy::expect_used)]
-        let types = types
-            .into_iter()
-            .map(|t| t.as_ref().parse().expect("a resource type as resource.version.group"));
+        let types = types.into_iter().map(|t| {
+            t.as_ref()
+                .parse()
+                .expect("a resource type as resource.version.group")
+        });
         self.upsync.extend(types);
         self
     }

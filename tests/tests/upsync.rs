@@ -89,7 +89,10 @@ async fn lifecycle() -> Result<()> {
     let volumes = downstream(&fleet, "a").await?;
     let annotation = uid_annotation(&fleet, "a");
     let created = volumes
-        .create(&PostParams::default(), &volume(&fleet, "a", "pv-1", json!({}))?)
+        .create(
+            &PostParams::default(),
+            &volume(&fleet, "a", "pv-1", json!({}))?,
+        )
         .await?;
     let downstream_uid = created.metadata.uid.clone().unwrap_or_default();
     let first = kcp_volume(&fleet, "pv-1", "pv-1 in KCP with its downstream uid", |v| {
@@ -135,7 +138,10 @@ async fn lifecycle() -> Result<()> {
     // never the old one back.
     volumes.delete("pv-1", &DeleteParams::default()).await?;
     let again = volumes
-        .create(&PostParams::default(), &volume(&fleet, "a", "pv-1", json!({}))?)
+        .create(
+            &PostParams::default(),
+            &volume(&fleet, "a", "pv-1", json!({}))?,
+        )
         .await?;
     let again_uid = again.metadata.uid.clone().unwrap_or_default();
     let second = kcp_volume(&fleet, "pv-1", "the new pv-1 in KCP", |v| {
@@ -157,7 +163,11 @@ async fn lifecycle() -> Result<()> {
     let api = upstream(&fleet).await?;
     eventually(STATUS_DEADLINE, "pv-1 gone from KCP", async || {
         let left = api.get_opt("pv-1").await?;
-        ensure!(left.is_none(), "still there: {:?}", left.map(|v| v.metadata));
+        ensure!(
+            left.is_none(),
+            "still there: {:?}",
+            left.map(|v| v.metadata)
+        );
         Ok(())
     })
     .await?;
@@ -226,18 +236,29 @@ async fn conflict(strategy: &str, tier: &str, team: &str) -> Result<()> {
         )
         .await?;
     let want = BTreeMap::from([("tier", tier), ("team", team)]);
-    kcp_volume(&fleet, "pv-c", &format!("{strategy}'s labels and the conflict recorded"), |v| {
-        let labels = v.metadata.labels.clone().unwrap_or_default();
-        let got: BTreeMap<&str, &str> = ["tier", "team"]
-            .into_iter()
-            .filter_map(|k| Some((k, labels.get(k)?.as_str())))
-            .collect();
-        ensure!(got == want, "labels {labels:?}");
-        let annotations = v.metadata.annotations.clone().unwrap_or_default();
-        let recorded = annotations.get("uplink.io/conflicts").cloned().unwrap_or_default();
-        ensure!(recorded.contains("team"), "conflicts annotation {recorded:?}");
-        Ok(())
-    })
+    kcp_volume(
+        &fleet,
+        "pv-c",
+        &format!("{strategy}'s labels and the conflict recorded"),
+        |v| {
+            let labels = v.metadata.labels.clone().unwrap_or_default();
+            let got: BTreeMap<&str, &str> = ["tier", "team"]
+                .into_iter()
+                .filter_map(|k| Some((k, labels.get(k)?.as_str())))
+                .collect();
+            ensure!(got == want, "labels {labels:?}");
+            let annotations = v.metadata.annotations.clone().unwrap_or_default();
+            let recorded = annotations
+                .get("uplink.io/conflicts")
+                .cloned()
+                .unwrap_or_default();
+            ensure!(
+                recorded.contains("team"),
+                "conflicts annotation {recorded:?}"
+            );
+            Ok(())
+        },
+    )
     .await?;
     let conflicts = fleet.hub_api("/api/v1/conflicts").await?;
     ensure!(

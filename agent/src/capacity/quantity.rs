@@ -385,10 +385,17 @@ mod tests {
     fn exponents_at_the_ends_of_the_range_round_and_cap_without_overflow() {
         // Found by the `quantity` fuzz target: more than 19 significant
         // digits (the exact path) with an exponent near i64::MIN.
-        let tiny = format!("-{}.{}59e-9223372036854775807", "0".repeat(50), "0".repeat(30));
+        let tiny = format!(
+            "-{}.{}59e-9223372036854775807",
+            "0".repeat(50),
+            "0".repeat(30)
+        );
         // One nano-unit below zero, as any nonzero magnitude rounds up to.
         assert_eq!(Quantity::parse(&tiny).map(Quantity::milli_ceil), Ok(0));
-        assert!(Quantity::parse(&tiny).is_ok_and(|q| q != Quantity::parse("0").unwrap_or_else(|_| panic!("zero"))));
+        assert!(
+            Quantity::parse(&tiny)
+                .is_ok_and(|q| q != Quantity::parse("0").unwrap_or_else(|_| panic!("zero")))
+        );
         let huge = format!("{}.{}1e9223372036854775807", "1".repeat(25), "0".repeat(5));
         assert!(Quantity::parse(&huge).is_ok_and(|q| q.units_ceil() > 0));
     }

@@ -155,7 +155,8 @@ impl Demo {
     }
 
     /// The hub, then one agent per cluster applying what the hub sends down
-    /// (`--downward-resources`); returns the hub's HTTP address.
+    /// (`--downward-resources`) and upsyncing PersistentVolumes
+    /// (`--upsync-resources`); returns the hub's HTTP address.
     async fn start_uplink(
         &mut self,
         topology: &Topology,
@@ -163,7 +164,11 @@ impl Demo {
         kubeconfigs: &Kubeconfigs,
     ) -> anyhow::Result<SocketAddr> {
         let heartbeat = self.args.heartbeat_interval;
-        let (hub, hub_addrs) = launch::start_hub(&self.binaries.hub, files, heartbeat).await?;
+        // PersistentVolumes born in the clusters (labelled Upsync) are kept
+        // in KCP too.
+        let upsync = ["--upsync-resources".to_owned(), UPSYNC_RESOURCES.to_owned()];
+        let (hub, hub_addrs) =
+            launch::start_hub_with(&self.binaries.hub, files, heartbeat, &upsync).await?;
         println!(
             "uplink-hub            tunnel wss://{}  http http://{}  (log {})",
             hub_addrs.tunnel,
@@ -175,6 +180,8 @@ impl Demo {
         let downward = [
             "--downward-resources".to_owned(),
             DEFAULT_DOWNWARD_RESOURCES.to_owned(),
+            "--upsync-resources".to_owned(),
+            UPSYNC_RESOURCES.to_owned(),
         ];
         for (cluster, (_, kubeconfig)) in topology.clusters.iter().zip(&kubeconfigs.clusters) {
             let agent = launch::start_agent_with(
@@ -195,6 +202,9 @@ impl Demo {
         Ok(hub_addrs.http)
     }
 }
+
+/// What the demo's clusters upsync.
+const UPSYNC_RESOURCES: &str = "persistentvolumes.v1";
 
 /// Each object's two copies through the demo's own clients: in its KCP
 /// workspace, and where its cluster's agent puts it.
