@@ -491,8 +491,11 @@ async fn a_downward_snapshot_sweeps_what_it_does_not_name() {
         )],
     }))
     .await;
-    conn.send(HubFrame::DownwardSnapshotEnd(SnapshotEnd { seq: 9 }))
-        .await;
+    conn.send(HubFrame::DownwardSnapshotEnd(SnapshotEnd {
+        seq: 9,
+        upsync_listed: false,
+    }))
+    .await;
     // The first ack is the end's, after the sweep.
     assert_eq!(
         next_ack(&mut conn, &mut reported).await,

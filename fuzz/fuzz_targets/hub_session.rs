@@ -270,7 +270,10 @@ fn frame(step: Step) -> Result<AgentFrame, Input> {
         Step::SnapshotChunk(deltas) => AgentFrame::SnapshotChunk(SnapshotChunk {
             deltas: deltas.into_iter().map(delta).collect(),
         }),
-        Step::SnapshotEnd(seq) => AgentFrame::SnapshotEnd(SnapshotEnd { seq: seq.get() }),
+        Step::SnapshotEnd(seq) => AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: seq.get(),
+            upsync_listed: false,
+        }),
         Step::Heartbeat(spec) => AgentFrame::Heartbeat(Heartbeat {
             agent_time_ms: match spec.skew_ms {
                 Some(skew) => now_ms().saturating_add(i64::from(skew)),

@@ -68,7 +68,10 @@ async fn connect(hub: &TestHub, cluster: &str) -> Result<support::Agent> {
         .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
         .await?;
     agent
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 0 }))
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 0,
+            upsync_listed: false,
+        }))
         .await?;
     acked(&mut agent, 0).await?;
     Ok(agent)
@@ -263,7 +266,10 @@ async fn a_snapshot_is_held_to_the_cluster_budget() -> Result<()> {
         }))
         .await?;
     agent
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 3 }))
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 3,
+            upsync_listed: false,
+        }))
         .await?;
     let refused = acked(&mut agent, 3).await?;
     assert_eq!(refused, vec![Rejected::CLUSTER_MEMORY_BUDGET.to_owned()]);

@@ -28,7 +28,10 @@ async fn snapshot(agent: &mut Agent, deltas: Vec<Delta>, seq: u64) -> Result<()>
         .send(&AgentFrame::SnapshotChunk(SnapshotChunk { deltas }))
         .await?;
     agent
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq }))
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq,
+            upsync_listed: false,
+        }))
         .await
 }
 
@@ -437,7 +440,10 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
         }))
         .await?;
     fresh
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 2 }))
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 2,
+            upsync_listed: false,
+        }))
         .await?;
     assert!(matches!(
         fresh.recv().await?,

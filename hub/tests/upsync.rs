@@ -306,7 +306,10 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
         }))
         .await?;
     agent
-        .send(&AgentFrame::SnapshotEnd(SnapshotEnd { seq: 1 }))
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 1,
+            upsync_listed: false,
+        }))
         .await?;
     let HubFrame::Ack(ack) = agent.recv().await? else {
         bail!("no Ack");

@@ -162,7 +162,7 @@ fn agent_frames() -> Vec<AgentFrame> {
         AgentFrame::Deltas(DeltaBatch { deltas: deltas() }),
         AgentFrame::SnapshotBegin(SnapshotBegin { objects: 2 }),
         AgentFrame::SnapshotChunk(SnapshotChunk { deltas: deltas() }),
-        AgentFrame::SnapshotEnd(SnapshotEnd { seq: 42 }),
+        AgentFrame::SnapshotEnd(SnapshotEnd { seq: 42, upsync_listed: false, }),
         AgentFrame::Heartbeat(Heartbeat {
             agent_time_ms: 1_765_000_001_000,
             summary: None,
@@ -278,6 +278,9 @@ fn hub_frames() -> Vec<HubFrame> {
         HubFrame::Downward(downward.clone()),
         HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects: 2 }),
         HubFrame::DownwardSnapshotChunk(downward),
-        HubFrame::DownwardSnapshotEnd(SnapshotEnd { seq: 2 }),
+        HubFrame::DownwardSnapshotEnd(SnapshotEnd {
+            seq: 2,
+            upsync_listed: false,
+        }),
     ]
 }

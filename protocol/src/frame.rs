@@ -307,6 +307,13 @@ pub struct SnapshotChunk {
 pub struct SnapshotEnd {
     /// The agent's sequence number at the moment the snapshot was taken.
     pub seq: u64,
+    /// Version 3: the snapshot names every object the agent upsyncs (its
+    /// upsync watches had listed them when it was taken), so the hub
+    /// deletes upstream the cluster's upsynced objects it does not name.
+    /// `false` (a snapshot taken before those lists completed, or an older
+    /// agent): the hub deletes none on its account.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upsync_listed: bool,
 }
 
 /// Agent → hub, every heartbeat interval.

@@ -724,7 +724,10 @@ async fn snapshot_frames_out_of_place_are_refused() -> Result<()> {
             ),
             (
                 "an end outside a snapshot",
-                vec![AgentFrame::SnapshotEnd(SnapshotEnd { seq: 7 })],
+                vec![AgentFrame::SnapshotEnd(SnapshotEnd {
+                    seq: 7,
+                    upsync_listed: false,
+                })],
             ),
             (
                 "deltas during a snapshot",

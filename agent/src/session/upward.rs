@@ -38,8 +38,11 @@ pub(super) async fn send_snapshot(
         tx.bytes(frame.bytes).await?;
     }
     tx.deadline = Instant::now() + per_frame;
-    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq }))
-        .await?;
+    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd {
+        seq,
+        upsync_listed: false,
+    }))
+    .await?;
     ctx.metrics.snapshot_objects.inc_by(framed.deltas);
     tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq, "snapshot sent");
     Ok(())

@@ -146,8 +146,11 @@ impl<S: Transport> Connection<S> {
                 .downstream
                 .snapshot_end_due(&self.cluster, lane.window)
             {
-                self.send_or_end(&HubFrame::DownwardSnapshotEnd(SnapshotEnd { seq: end }))
-                    .await?;
+                self.send_or_end(&HubFrame::DownwardSnapshotEnd(SnapshotEnd {
+                    seq: end,
+                    upsync_listed: false,
+                }))
+                .await?;
                 continue;
             }
             return Ok(());

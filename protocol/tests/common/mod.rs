@@ -187,7 +187,10 @@ pub fn agent_frame() -> impl Strategy<Value = AgentFrame> {
         deltas().prop_map(|deltas| AgentFrame::Deltas(DeltaBatch { deltas })),
         any::<u64>().prop_map(|objects| AgentFrame::SnapshotBegin(SnapshotBegin { objects })),
         deltas().prop_map(|deltas| AgentFrame::SnapshotChunk(SnapshotChunk { deltas })),
-        any::<u64>().prop_map(|seq| AgentFrame::SnapshotEnd(SnapshotEnd { seq })),
+        any::<u64>().prop_map(|seq| AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq,
+            upsync_listed: false,
+        })),
         (any::<i64>(), option::of(summary())).prop_map(|(agent_time_ms, summary)| {
             AgentFrame::Heartbeat(Heartbeat {
                 agent_time_ms,
@@ -343,6 +346,9 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
         any::<u64>().prop_map(|objects| HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects })),
         downward_deltas()
             .prop_map(|deltas| HubFrame::DownwardSnapshotChunk(DownwardBatch { deltas })),
-        any::<u64>().prop_map(|seq| HubFrame::DownwardSnapshotEnd(SnapshotEnd { seq })),
+        any::<u64>().prop_map(|seq| HubFrame::DownwardSnapshotEnd(SnapshotEnd {
+            seq,
+            upsync_listed: false,
+        })),
     ]
 }
