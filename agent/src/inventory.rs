@@ -95,6 +95,11 @@ pub struct Inventory {
     kinds: Vec<Arc<WatchedResource>>,
     /// Where Events about synced objects go; `None`: not reported.
     events: Option<SharedEventLane>,
+    /// The upsync watches whose list is complete (since their last
+    /// restart), and how many: a snapshot names every upsynced object only
+    /// once all of them are.
+    upsync_listed: HashSet<ResourceSpec>,
+    upsync_listed_count: tokio::sync::watch::Sender<usize>,
     outbox: SharedOutbox,
     metrics: Metrics,
     health: AgentHealth,
@@ -117,11 +122,19 @@ impl Inventory {
             synced: tokio::sync::watch::Sender::new(false),
             kinds: Vec::new(),
             events: None,
+            upsync_listed: HashSet::new(),
+            upsync_listed_count: tokio::sync::watch::Sender::new(0),
             outbox,
             metrics,
             health,
             clock,
         }
+    }
+
+    /// How many upsync watches have a complete list (since their last
+    /// restart, e.g. for a new SyncTarget).
+    pub fn upsync_listed(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.upsync_listed_count.subscribe()
     }
 
     /// Reads Events into `lane` (see the module documentation).
@@ -152,11 +165,27 @@ impl Inventory {
     pub fn apply(&mut self, event: WatchEvent) {
         let queued = match event {
             WatchEvent::Restarted(watch) => {
+                if let WatchId::Upsync(spec) = &watch {
+                    self.upsync_listed.remove(spec);
+                    self.upsync_listed_count
+                        .send_replace(self.upsync_listed.len());
+                }
                 *self.epochs.entry(watch).or_default() += 1;
                 false
             }
             WatchEvent::Listed(watch) => {
+                let upsync = match &watch {
+                    WatchId::Upsync(spec) => Some(spec.clone()),
+                    _ => None,
+                };
                 let queued = self.listed(watch);
+                if let Some(spec) = upsync {
+                    // After its objects are in the outbox: a snapshot taken
+                    // from now on names them.
+                    self.upsync_listed.insert(spec);
+                    self.upsync_listed_count
+                        .send_replace(self.upsync_listed.len());
+                }
                 self.update_synced();
                 queued
             }

@@ -317,6 +317,7 @@ impl Agent {
             inventory = inventory.with_events(lane.clone());
         }
         let synced = inventory.synced();
+        let upsync_listed = inventory.upsync_listed();
         // The cluster's SyncTarget as the hub last named it (every
         // `Welcome`): what the upsync watches select by.
         let sync_target = tokio::sync::watch::Sender::new(None);
@@ -388,6 +389,7 @@ impl Agent {
             events: event_lane,
             upsync_resources: config.upsync_resources.clone(),
             sync_target,
+            upsync_listed,
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,

@@ -80,6 +80,22 @@ async fn next_deltas(conn: &mut HubConn) -> Vec<Delta> {
     }
 }
 
+fn welcome(version: u16) -> HubFrame {
+    HubFrame::Welcome(Welcome {
+        protocol_version: version,
+        hub_epoch: 1,
+        mode: SessionMode::Snapshot,
+        heartbeat_interval_ms: 500,
+        limits: Limits::default(),
+        sync_target: Some(SyncTargetLocator {
+            workspace: "root".into(),
+            name: "east".into(),
+            uid: "synctarget-uid".into(),
+            key: KEY.into(),
+        }),
+    })
+}
+
 fn whole(delta: &Delta) -> Value {
     serde_json::from_str(delta.object_json.as_deref().unwrap_or("null")).unwrap()
 }
@@ -141,23 +157,23 @@ async fn labelled_objects_go_up_whole_once_the_synctarget_is_known() {
     };
     assert!(hello.protocol_versions.contains(&3), "{hello:?}");
     assert_eq!(hello.upsync_resources, ["persistentvolumes.v1"]);
-    conn.send(HubFrame::Welcome(Welcome {
-        protocol_version: 3,
-        hub_epoch: 1,
-        mode: SessionMode::Snapshot,
-        heartbeat_interval_ms: 500,
-        limits: Limits::default(),
-        sync_target: Some(SyncTargetLocator {
-            workspace: "root".into(),
-            name: "east".into(),
-            uid: "synctarget-uid".into(),
-            key: KEY.into(),
-        }),
-    }))
-    .await;
+    conn.send(welcome(3)).await;
 
-    // Only the volume labelled Upsync for this cluster, whole.
-    let deltas = next_deltas(&mut conn).await;
+    // The first snapshot waits for the upsync lists, and says so: only the
+    // volume labelled Upsync for this cluster, whole.
+    let AgentFrame::SnapshotBegin(_) = conn.recv().await else {
+        panic!("expected SnapshotBegin")
+    };
+    let mut deltas = Vec::new();
+    let end = loop {
+        match conn.recv().await {
+            AgentFrame::SnapshotChunk(chunk) => deltas.extend(chunk.deltas),
+            AgentFrame::SnapshotEnd(end) => break end,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(end.upsync_listed, "{end:?}");
+    conn.send(HubFrame::Ack(Ack::new(end.seq))).await;
     let names: Vec<&str> = deltas.iter().map(|d| d.object.name.as_str()).collect();
     assert_eq!(names, ["pv-1"], "{deltas:?}");
     let delta = &deltas[0];
@@ -196,6 +212,58 @@ async fn labelled_objects_go_up_whole_once_the_synctarget_is_known() {
         "{deltas:?}"
     );
 
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_version_2_hub_gets_no_upsync() {
+    let pki = pki();
+    let mut hub = FakeHub::start(std::sync::Arc::clone(&pki.server)).await;
+    let cluster = cluster().await;
+    Api::<PersistentVolume>::all(cluster.client.clone())
+        .create(
+            &PostParams::default(),
+            &volume("pv-1", Some("Upsync"), "1Gi"),
+        )
+        .await
+        .unwrap();
+    let agent = Agent::bind(config(&pki, &hub, &cluster, &["persistentvolumes.v1"]))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(agent.run(stop.clone()));
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(_) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    // Version 2 names the SyncTarget too; the agent must not start upsync.
+    conn.send(welcome(2)).await;
+    let mut frames = Vec::new();
+    let mut heartbeats = 0;
+    while heartbeats < 4 {
+        match conn.recv_any().await {
+            AgentFrame::Heartbeat(_) => heartbeats += 1,
+            AgentFrame::SnapshotEnd(end) => {
+                assert!(!end.upsync_listed, "{end:?}");
+                conn.send(HubFrame::Ack(Ack::new(end.seq))).await;
+            }
+            frame => frames.push(frame),
+        }
+    }
+    assert!(
+        frames.iter().all(|f| match f {
+            AgentFrame::Deltas(batch) => batch.deltas.iter().all(|d| d.object_json.is_none()),
+            AgentFrame::SnapshotChunk(chunk) =>
+                chunk.deltas.iter().all(|d| d.object_json.is_none()),
+            _ => true,
+        }),
+        "{frames:?}"
+    );
+    assert!(
+        !format!("{frames:?}").contains("pv-1"),
+        "no upsynced object in a version 2 session: {frames:?}"
+    );
     stop.cancel();
     running.await.unwrap().unwrap();
 }

@@ -4,6 +4,8 @@
 
 use futures::StreamExt;
 use futures::stream::SplitStream;
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
@@ -89,7 +91,11 @@ pub(super) async fn converse(
         )));
     }
     resumption.last_hub_epoch = Some(welcome.hub_epoch);
-    if let Some(target) = &welcome.sync_target {
+    // Upsync needs version 3: a version 2 hub names the SyncTarget too, but
+    // would refuse the objects.
+    if welcome.protocol_version >= EVENTS_VERSION
+        && let Some(target) = &welcome.sync_target
+    {
         ctx.sync_target.send_if_modified(|known| {
             let changed = known.as_ref() != Some(target);
             if changed {
@@ -119,7 +125,19 @@ pub(super) async fn converse(
         }
         SessionMode::Snapshot => {
             ctx.metrics.sessions.with_label_values(&["snapshot"]).inc();
-            send_snapshot(ctx, &mut tx, &limits).await?;
+            let upsync_listed = if welcome.protocol_version >= EVENTS_VERSION {
+                upsync_listed(ctx, heartbeat * 2, stop).await
+            } else {
+                false
+            };
+            send_snapshot(
+                ctx,
+                &mut tx,
+                &limits,
+                welcome.protocol_version,
+                upsync_listed,
+            )
+            .await?;
         }
     }
     ctx.outbox.notify();
@@ -136,6 +154,7 @@ pub(super) async fn converse(
 
     let mut steady = Steady {
         ctx,
+        version: welcome.protocol_version,
         limits,
         heartbeat,
         last_received: Instant::now(),
@@ -152,6 +171,28 @@ pub(super) async fn converse(
             .filter(|_| welcome.protocol_version >= EVENTS_VERSION),
     };
     steady.run(&mut tx, &mut stream, stop).await
+}
+
+/// Waits, at most `wait`, until every upsync watch has listed under the
+/// SyncTarget the `Welcome` just named (they start only then), so that the
+/// snapshot names every upsynced object; whether they all have. A hub
+/// deletes upstream the cluster's upsynced objects a snapshot does not name
+/// only when it says so (`SnapshotEnd::upsync_listed`).
+async fn upsync_listed(ctx: &SessionContext, wait: Duration, stop: &CancellationToken) -> bool {
+    let types = ctx.upsync_resources.len();
+    let mut listed = ctx.upsync_listed.clone();
+    let all = tokio::select! {
+        () = stop.cancelled() => return false,
+        all = tokio::time::timeout(wait, listed.wait_for(|n| *n >= types)) => all,
+    };
+    match all {
+        Ok(Ok(_)) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(cluster = %ctx.cluster, ?wait, "upsync lists not complete; the snapshot says so (the hub deletes nothing upsynced on its account)");
+            false
+        }
+    }
 }
 
 /// Reads until `Welcome`, skipping control messages; the hub's `Error`

@@ -82,9 +82,12 @@ pub struct SessionContext {
     pub events: Option<SharedEventLane>,
     /// The types the agent upsyncs (protocol version 3).
     pub upsync_resources: Vec<crate::config::ResourceSpec>,
-    /// Set from every `Welcome` that names the cluster's SyncTarget: the
-    /// upsync watches select by its key.
+    /// Set from every version 3 `Welcome` that names the cluster's
+    /// SyncTarget: the upsync watches select by its key.
     pub sync_target: tokio::sync::watch::Sender<Option<uplink_protocol::SyncTargetLocator>>,
+    /// How many upsync watches have a complete list
+    /// ([`crate::inventory::Inventory::upsync_listed`]).
+    pub upsync_listed: tokio::sync::watch::Receiver<usize>,
 }
 
 /// What the agent remembers about the hub between connections.
@@ -195,6 +198,9 @@ pub async fn run(
 /// The established part of a session.
 struct Steady<'a> {
     ctx: &'a SessionContext,
+    /// The protocol version negotiated: below 3, upsynced objects travel
+    /// as status only.
+    version: u16,
     limits: Limits,
     heartbeat: Duration,
     last_received: Instant,

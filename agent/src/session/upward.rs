@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use uplink_protocol::{
-    Ack, AgentFrame, Delta, Limits, Rejected, SnapshotBegin, SnapshotEnd, Throttle,
+    Ack, AgentFrame, Delta, EVENTS_VERSION, Limits, Rejected, SnapshotBegin, SnapshotEnd, Throttle,
 };
 
 use super::batch::{BatchKind, frame_deltas};
@@ -18,12 +18,15 @@ pub(super) async fn send_snapshot(
     ctx: &SessionContext,
     tx: &mut Sender,
     limits: &Limits,
+    version: u16,
+    upsync_listed: bool,
 ) -> Result<(), SessionError> {
     let snapshot = ctx.outbox.lock().snapshot_entries();
     let seq = snapshot.seq;
     // Frames are built before `SnapshotBegin` so it can announce the exact
     // count (objects the hub would refuse are left out).
-    let framed = frame_deltas(snapshot.into_deltas(), limits, BatchKind::SnapshotChunk)?;
+    let deltas = snapshot.into_deltas().map(|d| for_version(d, version));
+    let framed = frame_deltas(deltas, limits, BatchKind::SnapshotChunk)?;
     report_dropped(ctx, &framed.dropped);
     // Each frame of a snapshot (sent before anything is read back) may take
     // three heartbeat intervals.
@@ -38,14 +41,20 @@ pub(super) async fn send_snapshot(
         tx.bytes(frame.bytes).await?;
     }
     tx.deadline = Instant::now() + per_frame;
-    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd {
-        seq,
-        upsync_listed: false,
-    }))
-    .await?;
+    tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq, upsync_listed }))
+        .await?;
     ctx.metrics.snapshot_objects.inc_by(framed.deltas);
     tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq, "snapshot sent");
     Ok(())
+}
+
+/// `delta` as a session of `version` carries it: below version 3 an
+/// upsynced object's whole state stays behind (its status still goes).
+fn for_version(mut delta: Delta, version: u16) -> Delta {
+    if version < EVENTS_VERSION {
+        delta.object_json = None;
+    }
+    delta
 }
 
 fn report_dropped(ctx: &SessionContext, dropped: &[(Delta, &'static str, String)]) {
@@ -141,6 +150,8 @@ impl Steady<'_> {
         let Some(last_seq) = deltas.last().map(|d| d.seq) else {
             return Ok(());
         };
+        let version = self.version;
+        let deltas = deltas.into_iter().map(|d| for_version(d, version));
         let framed = frame_deltas(deltas, &self.limits, BatchKind::Deltas)?;
         report_dropped(self.ctx, &framed.dropped);
         let frames = framed.frames.len() as u64;
