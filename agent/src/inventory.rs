@@ -621,12 +621,19 @@ fn downstream_ref(
 /// Feeds `events` into `inventory` until the stream ends or `stop` is
 /// cancelled; on stop, events already waiting are still applied, so nothing
 /// the watches saw is lost before the session's final flush.
+///
+/// `downstream_events` (the watch of `events.k8s.io/v1` Events) is read only
+/// while `events` has nothing ready: a burst of Events never holds up the
+/// status changes behind it. It is best effort and not drained on stop.
 pub async fn run(
     mut inventory: Inventory,
     events: impl Stream<Item = WatchEvent>,
+    downstream_events: impl Stream<Item = WatchEvent>,
     stop: CancellationToken,
 ) {
     let mut events = std::pin::pin!(events);
+    let mut downstream_events = std::pin::pin!(downstream_events);
+    let mut downstream_open = true;
     loop {
         tokio::select! {
             biased;
@@ -635,6 +642,10 @@ pub async fn run(
                 None => return,
             },
             () = stop.cancelled() => break,
+            event = downstream_events.next(), if downstream_open => match event {
+                Some(event) => inventory.apply(event),
+                None => downstream_open = false,
+            },
         }
     }
     while let Some(Some(event)) = events.next().now_or_never() {

@@ -323,10 +323,16 @@ impl Agent {
         let sync_target = tokio::sync::watch::Sender::new(None);
         let mut upsync_tasks = tokio::task::JoinSet::new();
 
+        let mut downstream_events: Pin<Box<dyn Stream<Item = WatchEvent> + Send>> =
+            Box::pin(futures::stream::pending());
         let (events, mut watches): (Pin<Box<dyn Stream<Item = WatchEvent> + Send>>, _) =
             match source {
                 EventSource::Kube(client, upsync) => {
                     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+                    // Downstream Events queue apart, behind status.
+                    let (events_tx, events_rx) = mpsc::channel(WATCH_QUEUE);
+                    downstream_events =
+                        Box::pin(queue_stream(events_rx, metrics.event_queue.clone()));
                     watch::spawn_upsync_watches(
                         &mut upsync_tasks,
                         &client,
@@ -346,7 +352,7 @@ impl Agent {
                             &mut tasks,
                             client.clone(),
                             synced.clone(),
-                            tx,
+                            events_tx,
                             watch_stop.clone(),
                         );
                     }
@@ -361,11 +367,19 @@ impl Agent {
                             watch_stop.clone(),
                         );
                     }
-                    (Box::pin(queue_stream(rx, metrics.clone())), tasks)
+                    (
+                        Box::pin(queue_stream(rx, metrics.watch_queue.clone())),
+                        tasks,
+                    )
                 }
                 EventSource::Stream(events) => (events, tokio::task::JoinSet::new()),
             };
-        let pipeline = tokio::spawn(inventory::run(inventory, events, watch_stop.clone()));
+        let pipeline = tokio::spawn(inventory::run(
+            inventory,
+            events,
+            downstream_events,
+            watch_stop.clone(),
+        ));
 
         // Certificate rotation: the files polled, used from the next connection.
         let reload = (!config.tls_reload_interval.is_zero()).then(|| {
@@ -461,16 +475,14 @@ impl Agent {
     }
 }
 
-/// The watch queue as a stream, keeping its depth metric current.
+/// A watch queue as a stream, keeping its depth metric current.
 fn queue_stream(
     mut rx: mpsc::Receiver<WatchEvent>,
-    metrics: Metrics,
+    depth: prometheus::IntGauge,
 ) -> impl Stream<Item = WatchEvent> + Send {
     futures::stream::poll_fn(move |cx| {
         let next = rx.poll_recv(cx);
-        metrics
-            .watch_queue
-            .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+        depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
         next
     })
 }

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// Event series waiting to be sent.
     pub events_pending: IntGauge,
+    /// Downstream Events queued for the pipeline (bounded; read only while
+    /// no status change waits).
+    pub event_queue: IntGauge,
 }
 
 /// Results of `uplink_agent_certificate_reloads_total`.
@@ -212,6 +215,10 @@ impl Metrics {
                 "Events or event reports that went nowhere, by reason: too_many_series, lane_full (the oldest waiting report), unreadable, frame_limit.",
                 &["reason"],
             ),
+            event_queue: gauge(
+                "uplink_agent_event_queue_events",
+                "Downstream Events queued for the pipeline, behind status changes.",
+            ),
             events_pending: gauge(
                 "uplink_agent_events_pending",
                 "Event series waiting to be sent (at most 1,000; past that the oldest waiting report is dropped).",
@@ -226,7 +233,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 29] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.sessions.clone()),
@@ -256,6 +263,7 @@ impl Metrics {
             Box::new(self.events_sent.clone()),
             Box::new(self.events_dropped.clone()),
             Box::new(self.events_pending.clone()),
+            Box::new(self.event_queue.clone()),
         ];
         for collector in collectors {
             // Registration fails only for duplicate or inconsistent
