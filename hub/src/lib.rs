@@ -426,7 +426,7 @@ impl Hub {
             metrics.clone(),
             UpsyncWriterSettings {
                 resources: config.upsync_resources.clone(),
-                concurrency: UPSYNC_WRITE_CONCURRENCY,
+                concurrency: config.upsync_write_concurrency,
                 hold: config.placement_hold,
                 dry_run: config.dry_run,
             },
@@ -549,10 +549,6 @@ impl Hub {
 /// Event writes to KCP in flight at once: events are best effort, and a
 /// few at a time keep them from taking the upstream's attention.
 const EVENT_WRITE_CONCURRENCY: usize = 2;
-
-/// Upsync writes to KCP in flight at once: objects born in clusters are
-/// few beside statuses.
-const UPSYNC_WRITE_CONCURRENCY: usize = 2;
 
 /// Binds the hub from `config` and runs it until `shutdown`.
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {

@@ -17,7 +17,10 @@
 //! `uplink.io/conflicts` the last few changes a write dropped. The hub keeps
 //! those uids in memory too ([`UidMap`], rebuilt at start from a list of
 //! each upsynced type across all workspaces): a snapshot that no longer
-//! names an object its cluster upsyncs deletes it upstream.
+//! names an object its cluster upsyncs deletes it upstream, but only a
+//! snapshot the agent says names every object it upsyncs
+//! (`SnapshotEnd.upsync_listed`, version 3; an agent's first snapshot after
+//! its start names none) and only objects of the types its session upsyncs.
 //!
 //! Writing one report, after judging placement again (a cluster never
 //! touches an object where it does not serve KCP):
@@ -178,16 +181,18 @@ impl Upsync {
     }
 
     /// After `cluster` (SyncTarget key `synctarget_key`) sent a snapshot
-    /// naming `present` of its upsynced objects: every other object it
-    /// upsyncs is gone in the cluster, so its deletion is queued (once the
-    /// UID map is rebuilt, when it is not yet).
+    /// naming `present` of its upsynced objects of `types`, and every one
+    /// it has of them: every other object of those types it upsyncs is gone
+    /// in the cluster, so its deletion is queued (once the UID map is
+    /// rebuilt, when it is not yet). Objects of other types are left alone.
     pub fn snapshot(
         &self,
         cluster: &str,
         synctarget_key: &str,
+        types: &[ResourceSpec],
         present: std::collections::HashSet<ObjectKey>,
     ) {
-        for (key, downstream_uid) in self.uids.snapshot(cluster, synctarget_key, present) {
+        for (key, downstream_uid) in self.uids.snapshot(cluster, synctarget_key, types, present) {
             self.queue.push_now(UpsyncReport {
                 cluster: cluster.to_owned(),
                 key,

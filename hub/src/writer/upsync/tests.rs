@@ -632,9 +632,12 @@ async fn the_uid_map_is_rebuilt_and_a_snapshot_without_an_object_deletes_it() {
         f.metrics.clone(),
         f.writer.settings.clone(),
     );
-    writer
-        .upsync
-        .snapshot("a", &target("a").key, HashSet::new());
+    writer.upsync.snapshot(
+        "a",
+        &target("a").key,
+        &f.writer.settings.resources,
+        HashSet::new(),
+    );
     assert!(writer.upsync.queue.is_empty(), "waits for the rebuild");
     writer.rebuild().await;
     assert_eq!(writer.upsync.uids.len(), 1);
@@ -688,4 +691,41 @@ async fn dry_run_writes_nothing_and_remembers_nothing() {
     assert_eq!(f.writes(upsync_write::CREATED), 0);
     assert!(f.upsync.uids.is_empty());
     assert!(f.status_queue.is_empty());
+}
+
+#[tokio::test]
+async fn a_snapshot_deletes_only_objects_of_the_types_it_lists() {
+    let f = fixture(MergePolicy::default());
+    f.upsync.uids.rebuilt(Vec::new(), HashMap::new());
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    let claim = ObjectKey::new(KeyParts {
+        workspace: WS.into(),
+        resource: "persistentvolumeclaims".into(),
+        kind: "PersistentVolumeClaim".into(),
+        namespace: Some("shop".into()),
+        ..pv_key().parts().clone()
+    });
+    let mut claimed = pv(json!({"a": 1}));
+    claimed["kind"] = json!("PersistentVolumeClaim");
+    claimed["metadata"]["namespace"] = json!("shop");
+    f.write(&UpsyncReport {
+        key: claim.clone(),
+        ..desired("a", "c1", claimed)
+    })
+    .await;
+    assert_eq!(f.upsync.uids.len(), 2);
+
+    // A snapshot that lists only PVCs, and names none: the PVC is gone,
+    // the PV is not the snapshot's to judge.
+    f.upsync.snapshot(
+        "a",
+        &target("a").key,
+        &[spec("persistentvolumeclaims.v1")],
+        HashSet::new(),
+    );
+    let report = f.upsync.queue.next().await;
+    assert_eq!(report.key, claim);
+    assert_eq!(report.change, UpsyncChange::Deleted);
+    f.upsync.queue.done(&report.id(), None);
+    assert!(f.upsync.queue.is_empty(), "the PV is not deleted");
 }
