@@ -377,20 +377,23 @@ impl Hub {
             },
         );
 
-        let writer = Arc::new(Writer::new(
-            queue.clone(),
-            store.clone(),
-            aggregator.clone(),
-            upstream,
-            metrics.clone(),
-            WriterSettings {
-                qps: config.write_qps,
-                burst: config.write_burst,
-                concurrency: config.write_concurrency,
-                status_write: config.status_write,
-                dry_run: config.dry_run,
-            },
-        ));
+        let writer = Arc::new(
+            Writer::new(
+                queue.clone(),
+                store.clone(),
+                aggregator.clone(),
+                upstream,
+                metrics.clone(),
+                WriterSettings {
+                    qps: config.write_qps,
+                    burst: config.write_burst,
+                    concurrency: config.write_concurrency,
+                    status_write: config.status_write,
+                    dry_run: config.dry_run,
+                },
+            )
+            .with_upsync(upsync.clone(), config.upsync_resources.clone()),
+        );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(
             writer

@@ -323,6 +323,58 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
     hub.stop().await
 }
 
+#[tokio::test]
+async fn the_status_of_kcps_own_object_of_an_upsynced_name_is_never_written() -> Result<()> {
+    use uplink_hub::metrics::{upsync_write, write_result};
+    let hub = hub().await?;
+    let upstream = hub.upstream.clone();
+    let taken = pv_ref("taken");
+    let own = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "taken", "uid": "kcp-uid", "resourceVersion": "1"},
+        "spec": {"storageClassName": "kcp"},
+    });
+    upstream
+        .upsynced
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key(&taken), own.clone());
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent
+        .hello_upsync("edge-1", "s", &["persistentvolumes.v1"])
+        .await?;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(1, taken.clone(), "Bound")],
+        }))
+        .await?;
+    let HubFrame::Ack(_) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    let metrics = hub.metrics.clone();
+    eventually("both writers judged the report", || {
+        metrics
+            .kcp_writes
+            .with_label_values(&[write_result::NOT_UPSYNCED])
+            .get()
+            >= 1
+            && metrics
+                .upsync_writes
+                .with_label_values(&[upsync_write::REFUSED])
+                .get()
+                >= 1
+    })
+    .await?;
+    assert!(
+        !upstream.patches().iter().any(|(k, _)| *k == key(&taken)),
+        "{:?}",
+        upstream.patches()
+    );
+    assert_eq!(upstream.upsynced().get(&key(&taken)), Some(&own));
+    hub.stop().await
+}
+
 /// A snapshot of `session` naming no object, that does or does not name
 /// every upsynced one (`upsync_listed`); waits for its Ack.
 async fn empty_snapshot(agent: &mut support::Agent, upsync_listed: bool) -> Result<()> {

@@ -170,6 +170,12 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
 pub struct Upsync {
     pub queue: UpsyncQueue,
     pub uids: UidMap,
+    /// Keys whose upstream object the upsync writer created (anew since the
+    /// status writer last wrote them): the status writer forgets the status
+    /// it wrote of an older object of that name before it writes them
+    /// again. Each is queued for the status writer as it is added, which
+    /// takes it at its next write of the key (so bounded by that queue).
+    created: Mutex<std::collections::HashSet<ObjectKey>>,
 }
 
 impl Upsync {
@@ -177,7 +183,36 @@ impl Upsync {
         Self {
             queue: UpsyncQueue::new(queue_size, metrics.clone()),
             uids: UidMap::new(metrics),
+            created: Mutex::default(),
         }
+    }
+
+    fn created(&self) -> MutexGuard<'_, std::collections::HashSet<ObjectKey>> {
+        // Never held across an await or a call that can panic midway.
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the status writer may write the status of `key`, an object
+    /// of an upsynced type: only when it is an upsynced object (the UID map
+    /// knows it), never KCP's own object of that name; `None` until the map
+    /// is rebuilt. The upsync writer queues the key for the status writer
+    /// again when it creates the object.
+    pub fn status_writable(&self, key: &ObjectKey) -> Option<bool> {
+        self.uids.is_rebuilt().then(|| self.uids.contains(key))
+    }
+
+    /// The upsync writer created `key`'s upstream object (anew): see
+    /// [`Upsync::take_created`]. The key is to be queued for the status
+    /// writer after this.
+    pub fn mark_created(&self, key: &ObjectKey) {
+        self.created().insert(key.clone());
+    }
+
+    /// Whether the upsync writer created `key`'s upstream object since the
+    /// status writer last asked (which it does as it writes the key): what
+    /// the status writer remembers of the key is an older object's.
+    pub fn take_created(&self, key: &ObjectKey) -> bool {
+        self.created().remove(key)
     }
 
     /// After `cluster` (SyncTarget key `synctarget_key`) sent a snapshot
@@ -579,7 +614,10 @@ impl UpsyncWriter {
                     .upsync_conflicts;
                 self.landed(report, &created, None, strategy);
                 // The status writer may have tried (and forgotten) the
-                // object before it existed.
+                // object before it existed, or remember what it wrote to
+                // an older object of that name (deleted and created anew):
+                // it forgets that and writes the status again.
+                self.upsync.mark_created(&report.key);
                 self.status_queue.push(report.key.clone(), &report.cluster);
                 Some(Outcome::Done)
             }

@@ -556,6 +556,10 @@ async fn a_downstream_recreate_makes_a_new_upstream_object() {
     );
     assert_eq!(f.writes(upsync_write::CREATED), 2);
     assert_eq!(f.upsynced("a"), 1);
+    assert!(
+        f.upsync.take_created(&pv_key()),
+        "the status writer forgets what it wrote to the old object"
+    );
 }
 
 #[tokio::test]

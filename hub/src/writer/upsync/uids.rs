@@ -102,6 +102,18 @@ impl UidMap {
         self.recount(&mut inner, before.as_ref(), None);
     }
 
+    /// Whether `key` is an upsynced object (one the upsync writer created,
+    /// wrote, or found marked when it rebuilt the map).
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.lock().objects.contains_key(key)
+    }
+
+    /// Whether the map was rebuilt from what KCP holds (before that it
+    /// knows only what was written since the start).
+    pub fn is_rebuilt(&self) -> bool {
+        self.lock().rebuilt
+    }
+
     /// The upstream uid of `key`, if the map knows it.
     pub fn upstream_uid(&self, key: &ObjectKey) -> Option<String> {
         self.lock().objects.get(key).map(|r| r.uid.clone())
