@@ -28,7 +28,9 @@
 //!   status again (it forgets an object it found missing);
 //! - upstream, carrying another downstream uid for this cluster: the
 //!   cluster's object was deleted and created anew; when the cluster is its
-//!   only upsyncer the upstream one is deleted (precondition: its uid) and
+//!   only upsyncer the upstream one is deleted (preconditions: its uid and
+//!   the resourceVersion read, so a mark another cluster added meanwhile
+//!   makes it read again) and
 //!   created anew, never resurrected; with others only the annotation is
 //!   replaced;
 //! - else the managed content is merged (base, KCP's, the cluster's) under
@@ -36,7 +38,8 @@
 //!   resourceVersion); a change the result drops is recorded in the
 //!   conflict ledger (`UpsyncConflict`) and in `uplink.io/conflicts`;
 //! - deleted in the cluster: its label and annotation go; the last
-//!   upsyncer's deletion deletes the upstream object (precondition: uid).
+//!   upsyncer's deletion deletes the upstream object (preconditions: uid
+//!   and resourceVersion, as above).
 
 mod kube;
 pub mod merge;
@@ -148,12 +151,14 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>>;
 
-    /// Deletes the object if its uid is `uid` (`preconditions.uid`;
-    /// another uid is [`UpstreamError::Conflict`]).
+    /// Deletes the object if its uid is `uid` and it is unchanged since
+    /// `resource_version` (`preconditions`; empty: any version): another
+    /// uid or a change meanwhile is [`UpstreamError::Conflict`].
     fn delete_upsynced<'a>(
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
 
@@ -281,6 +286,17 @@ struct Retry {
 enum Outcome {
     Done,
     RetryAfter(Duration),
+}
+
+/// How a delete of the object as read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletion {
+    /// Deleted, or gone already.
+    Gone,
+    /// Changed or replaced since it was read (409): read it again.
+    Changed,
+    /// The write ends here (dry run, a failure).
+    Ended(Outcome),
 }
 
 impl UpsyncWriter {
@@ -529,8 +545,8 @@ impl UpsyncWriter {
                 // The cluster's object was deleted and created anew, and no
                 // other cluster holds the upstream one: so is it.
                 match self.delete(report, &current).await {
-                    Some(outcome) => return outcome,
-                    None => continue,
+                    Deletion::Ended(outcome) => return outcome,
+                    Deletion::Gone | Deletion::Changed => continue,
                 }
             }
             let strategy = self
@@ -629,33 +645,38 @@ impl UpsyncWriter {
         }
     }
 
-    /// Deletes `current` (precondition: its uid); `None` when it is gone
-    /// (or replaced meanwhile): read again.
-    async fn delete(&self, report: &UpsyncReport, current: &Value) -> Option<Outcome> {
-        let uid = current
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    /// Deletes `current` as it was read (preconditions: its uid and its
+    /// resourceVersion, so that another cluster's mark added meanwhile, by
+    /// a write running beside this one, is never deleted with it).
+    async fn delete(&self, report: &UpsyncReport, current: &Value) -> Deletion {
+        let text = |pointer: &str| {
+            current
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        let uid = text("/metadata/uid");
+        let resource_version = text("/metadata/resourceVersion");
         match self
             .upstream
-            .delete_upsynced(&report.key, uid, self.settings.dry_run)
+            .delete_upsynced(&report.key, uid, resource_version, self.settings.dry_run)
             .await
         {
             Ok(()) if self.settings.dry_run => {
                 self.count(upsync_write::DRY_RUN);
-                Some(Outcome::Done)
+                Deletion::Ended(Outcome::Done)
             }
             Ok(()) | Err(UpstreamError::NotFound) => {
                 self.count(upsync_write::DELETED);
                 tracing::info!(cluster = %report.cluster, object = %report.key, uid, "upsynced object deleted");
                 self.upsync.uids.remove(&report.key);
-                None
+                Deletion::Gone
             }
             Err(UpstreamError::Conflict(_)) => {
                 self.count(upsync_write::CONFLICT);
-                None
+                Deletion::Changed
             }
-            Err(error) => Some(self.failed(report, &error)),
+            Err(error) => Deletion::Ended(self.failed(report, &error)),
         }
     }
 
@@ -691,8 +712,8 @@ impl UpsyncWriter {
             }
             if upsyncers(&current).iter().all(|k| k == synctarget_key) {
                 match self.delete(report, &current).await {
-                    Some(outcome) => return outcome,
-                    None => {
+                    Deletion::Ended(outcome) => return outcome,
+                    Deletion::Gone => {
                         self.aggregator.ledger().record_upsync(
                             key,
                             &report.cluster,
@@ -702,6 +723,9 @@ impl UpsyncWriter {
                         );
                         return Outcome::Done;
                     }
+                    // Changed meanwhile (another cluster's mark, say): read
+                    // again.
+                    Deletion::Changed => continue,
                 }
             }
             let mut object = current.clone();

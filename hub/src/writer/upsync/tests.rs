@@ -30,6 +30,9 @@ struct FakeKcp {
     fail_updates: Mutex<Vec<UpstreamError>>,
     /// Every delete: (key, uid precondition).
     deletes: Mutex<Vec<(ObjectKey, String)>>,
+    /// A cluster (by SyncTarget key) whose write adds its mark to the
+    /// object between the next delete's read and the delete itself.
+    mark_before_delete: Mutex<Option<String>>,
 }
 
 impl FakeKcp {
@@ -129,6 +132,7 @@ impl UpsyncUpstream for FakeKcp {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
@@ -136,12 +140,31 @@ impl UpsyncUpstream for FakeKcp {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((key.clone(), uid.to_owned()));
+            let marking = self
+                .mark_before_delete
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(synctarget_key) = marking {
+                self.edit(key, |object| {
+                    object["metadata"]["labels"][state_label(&synctarget_key)] = json!("Upsync");
+                    object["metadata"]["annotations"]
+                        [format!("{DOWNSTREAM_UID_PREFIX}{synctarget_key}")] = json!("late");
+                });
+            }
             let mut objects = self.objects();
             let Some(stored) = objects.get(key) else {
                 return Err(UpstreamError::NotFound);
             };
             if stored["metadata"]["uid"] != uid {
                 return Err(UpstreamError::Conflict("precondition failed: uid".into()));
+            }
+            if !resource_version.is_empty()
+                && stored["metadata"]["resourceVersion"] != resource_version
+            {
+                return Err(UpstreamError::Conflict(
+                    "precondition failed: resourceVersion".into(),
+                ));
             }
             objects.remove(key);
             Ok(())
@@ -732,4 +755,38 @@ async fn a_snapshot_deletes_only_objects_of_the_types_it_lists() {
     assert_eq!(report.change, UpsyncChange::Deleted);
     f.upsync.queue.done(&report.id(), None);
     assert!(f.upsync.queue.is_empty(), "the PV is not deleted");
+}
+
+#[tokio::test]
+async fn a_mark_added_while_deleting_makes_the_delete_read_again() {
+    let f = fixture(MergePolicy::default());
+    // a lets go of its object; b's write adds b's mark between a's read
+    // and a's delete: the delete must not take b's object with it.
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    let uid = f.kcp.get(&pv_key())["metadata"]["uid"].clone();
+    *f.kcp
+        .mark_before_delete
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(target("b").key);
+    f.write(&deleted("a", "d1")).await;
+    let stored = f.kcp.get(&pv_key());
+    assert_eq!(stored["metadata"]["uid"], uid);
+    assert_eq!(stored["metadata"]["labels"].get(label("a")), None);
+    assert_eq!(stored["metadata"]["labels"][label("b")], "Upsync");
+    assert_eq!(f.writes(upsync_write::CONFLICT), 1);
+    assert_eq!(f.writes(upsync_write::DELETED), 0);
+
+    // The same race on a's recreate: b's mark stays, only a's uid changes.
+    f.write(&desired("a", "d2", pv(json!({"a": 1})))).await;
+    f.write(&deleted("b", "late")).await;
+    assert_eq!(f.kcp.get(&pv_key())["metadata"]["uid"], uid);
+    *f.kcp
+        .mark_before_delete
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(target("b").key);
+    f.write(&desired("a", "d3", pv(json!({"a": 1})))).await;
+    let stored = f.kcp.get(&pv_key());
+    assert_eq!(stored["metadata"]["uid"], uid, "never deleted");
+    assert_eq!(stored["metadata"]["annotations"][uid_annotation("a")], "d3");
+    assert_eq!(stored["metadata"]["labels"][label("b")], "Upsync");
 }
