@@ -25,7 +25,9 @@
 //! Writing one report, after judging placement again (a cluster never
 //! touches an object where it does not serve KCP):
 //! - none upstream: create it, then have the status writer write its
-//!   status again (it forgets an object it found missing);
+//!   status again (it forgets an object it found missing); a create
+//!   answered 404 (no such namespace or type upstream) is dropped, not
+//!   retried, until the cluster reports the object again;
 //! - upstream, carrying another downstream uid for this cluster: the
 //!   cluster's object was deleted and created anew; when the cluster is its
 //!   only upsyncer the upstream one is deleted (preconditions: its uid and
@@ -640,6 +642,23 @@ impl UpsyncWriter {
             Err(UpstreamError::Conflict(_)) => {
                 self.count(upsync_write::CONFLICT);
                 None
+            }
+            Err(UpstreamError::NotFound) => {
+                // Where it is to be created does not exist upstream (its
+                // namespace, or the type there; a cluster-scoped type
+                // reported with a namespace): no retry changes that, and
+                // retrying forever would hold a queue slot. Dropped until
+                // the cluster reports the object again.
+                self.count(upsync_write::REFUSED);
+                let refused = self
+                    .metrics
+                    .upsync_writes
+                    .with_label_values(&[upsync_write::REFUSED])
+                    .get();
+                if super::events::sparingly(refused) {
+                    tracing::warn!(cluster = %report.cluster, object = %report.key, refused, "KCP has nowhere to create the upsynced object (404: its namespace or type is missing); dropped until the cluster reports it again");
+                }
+                Some(Outcome::Done)
             }
             Err(error) => Some(self.failed(report, &error)),
         }

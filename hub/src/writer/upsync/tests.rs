@@ -33,6 +33,8 @@ struct FakeKcp {
     /// A cluster (by SyncTarget key) whose write adds its mark to the
     /// object between the next delete's read and the delete itself.
     mark_before_delete: Mutex<Option<String>>,
+    /// Creates answer 404 (no such namespace upstream).
+    create_not_found: std::sync::atomic::AtomicBool,
 }
 
 impl FakeKcp {
@@ -83,6 +85,9 @@ impl UpsyncUpstream for FakeKcp {
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
+            if self.create_not_found.load(Ordering::SeqCst) {
+                return Err(UpstreamError::NotFound);
+            }
             let version = self.version();
             let mut objects = self.objects();
             if objects.contains_key(key) {
@@ -789,4 +794,17 @@ async fn a_mark_added_while_deleting_makes_the_delete_read_again() {
     assert_eq!(stored["metadata"]["uid"], uid, "never deleted");
     assert_eq!(stored["metadata"]["annotations"][uid_annotation("a")], "d3");
     assert_eq!(stored["metadata"]["labels"][label("b")], "Upsync");
+}
+
+#[tokio::test]
+async fn a_create_with_nowhere_to_go_is_dropped_not_retried() {
+    let f = fixture(MergePolicy::default());
+    f.kcp.create_not_found.store(true, Ordering::SeqCst);
+    // `write` asserts it is done with, not retried.
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    assert!(f.kcp.objects().is_empty());
+    assert_eq!(f.writes(upsync_write::REFUSED), 1);
+    assert_eq!(f.writes(upsync_write::RETRIED), 0);
+    assert!(f.writer.retries().is_empty());
+    assert!(f.status_queue.is_empty());
 }
