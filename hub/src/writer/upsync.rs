@@ -42,6 +42,19 @@
 //! - deleted in the cluster: its label and annotation go; the last
 //!   upsyncer's deletion deletes the upstream object (preconditions: uid
 //!   and resourceVersion, as above).
+//!
+//! Left as it is, deliberately:
+//! - several clusters upsyncing one object share it, and its content is
+//!   not merged across them: each write merges the writing cluster's
+//!   object against `uplink.io/last-applied` (whichever cluster wrote it)
+//!   and KCP's, so the last writer's content applies; its status is merged
+//!   from all of them like any report's;
+//! - a cluster's object deleted and created anew while another cluster
+//!   still upsyncs the upstream one keeps that upstream object (only the
+//!   cluster's uid annotation changes);
+//! - the queue is bounded by reports, not by their bytes, and the objects
+//!   of a snapshot being received are not counted against the cluster's
+//!   memory budget (statuses are).
 
 mod kube;
 pub mod merge;
