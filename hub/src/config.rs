@@ -97,6 +97,9 @@ pub struct HubConfig {
     /// Upsynced objects (cluster, object) waiting for the upsync writer;
     /// at the bound a session waits (and its agent's acks with it).
     pub upsync_queue_size: usize,
+    /// Upsync writes to KCP in flight at once (objects born in clusters are
+    /// few beside statuses).
+    pub upsync_write_concurrency: usize,
     /// How long a report of an object not (yet) placed on its cluster is
     /// held, once that cluster's placement is listed, before it is refused.
     pub placement_hold: Duration,
@@ -194,6 +197,7 @@ impl Default for HubConfig {
             resources: default_resources(),
             upsync_resources: Vec::new(),
             upsync_queue_size: 10_000,
+            upsync_write_concurrency: 2,
             placement_hold: Duration::from_secs(30),
             synctarget_heartbeat_period: Duration::from_secs(30),
             throttle_queue_depth: 10_000,

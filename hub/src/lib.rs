@@ -377,20 +377,23 @@ impl Hub {
             },
         );
 
-        let writer = Arc::new(Writer::new(
-            queue.clone(),
-            store.clone(),
-            aggregator.clone(),
-            upstream,
-            metrics.clone(),
-            WriterSettings {
-                qps: config.write_qps,
-                burst: config.write_burst,
-                concurrency: config.write_concurrency,
-                status_write: config.status_write,
-                dry_run: config.dry_run,
-            },
-        ));
+        let writer = Arc::new(
+            Writer::new(
+                queue.clone(),
+                store.clone(),
+                aggregator.clone(),
+                upstream,
+                metrics.clone(),
+                WriterSettings {
+                    qps: config.write_qps,
+                    burst: config.write_burst,
+                    concurrency: config.write_concurrency,
+                    status_write: config.status_write,
+                    dry_run: config.dry_run,
+                },
+            )
+            .with_upsync(upsync.clone(), config.upsync_resources.clone()),
+        );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(
             writer
@@ -426,7 +429,7 @@ impl Hub {
             metrics.clone(),
             UpsyncWriterSettings {
                 resources: config.upsync_resources.clone(),
-                concurrency: UPSYNC_WRITE_CONCURRENCY,
+                concurrency: config.upsync_write_concurrency,
                 hold: config.placement_hold,
                 dry_run: config.dry_run,
             },
@@ -549,10 +552,6 @@ impl Hub {
 /// Event writes to KCP in flight at once: events are best effort, and a
 /// few at a time keep them from taking the upstream's attention.
 const EVENT_WRITE_CONCURRENCY: usize = 2;
-
-/// Upsync writes to KCP in flight at once: objects born in clusters are
-/// few beside statuses.
-const UPSYNC_WRITE_CONCURRENCY: usize = 2;
 
 /// Binds the hub from `config` and runs it until `shutdown`.
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {

@@ -543,6 +543,7 @@ impl Args {
             resources: self.resources,
             upsync_resources: self.upsync_resources,
             upsync_queue_size: self.upsync_queue_size,
+            upsync_write_concurrency: defaults.upsync_write_concurrency,
             placement_hold: self.placement_hold,
             synctarget_heartbeat_period: self.synctarget_heartbeat_period,
             throttle_queue_depth: self.throttle_queue_depth,

@@ -189,6 +189,9 @@ pub mod write_result {
     pub const THROTTLED: &str = "throttled";
     pub const ERROR: &str = "error";
     pub const DRY_RUN: &str = "dry_run";
+    /// Not written: an object of an upsynced type that no cluster upsyncs
+    /// upstream (KCP's own, or not created yet).
+    pub const NOT_UPSYNCED: &str = "not_upsynced";
 }
 
 /// Labels of `uplink_hub_handshake_failures_total{reason}`.

@@ -48,6 +48,13 @@
 //! never changes them. With the `UpstreamSync` gate off nothing is written
 //! (conflicts are still recorded).
 //!
+//! An object of an upsynced type ([`upsync`]) gets its status written only
+//! when it is an upsynced object upstream (the upsync writer's UID map
+//! knows it; until that map is rebuilt at start such a key waits): a
+//! cluster's report never writes the status of KCP's own object of that
+//! name. When the upsync writer creates such an object (anew) it has the
+//! writer forget what it wrote of the key before and queues it again.
+//!
 //! Outcomes: 404 forgets the object (it is gone upstream), 409 re-reads the
 //! status and writes again (with forced applies a 409 is the server's own
 //! optimistic-concurrency conflict, never another manager's fields; should
@@ -77,6 +84,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uplink_protocol::resource::ResourceSpec;
 
 pub use pace::SettleTimes;
 pub use queue::WriteQueue;
@@ -126,7 +134,21 @@ pub struct Writer {
     memory: Mutex<HashMap<ObjectKey, Memory>>,
     /// Status fields KCP's schemas lack, left out of applies.
     undeclared: undeclared::UndeclaredFields,
+    /// The upsynced types and what the upsync writer knows of their
+    /// objects, when the hub upsyncs any.
+    upsync: Option<UpsyncedStatus>,
 }
+
+/// What the writer needs to write the status of upsynced objects only.
+#[derive(Debug)]
+struct UpsyncedStatus {
+    upsync: Arc<upsync::Upsync>,
+    types: Vec<ResourceSpec>,
+}
+
+/// How long the status of an object of an upsynced type waits for the UID
+/// map to be rebuilt (it cannot tell an upsynced object from KCP's own).
+const UPSYNC_MAP_WAIT: Duration = Duration::from_secs(1);
 
 /// What the writer remembers about one object.
 #[derive(Debug, Default)]
@@ -165,6 +187,47 @@ impl Writer {
             settings,
             memory: Mutex::default(),
             undeclared: undeclared::UndeclaredFields::default(),
+            upsync: None,
+        }
+    }
+
+    /// Writes the status of an object of `types` (the upsynced types) only
+    /// when `upsync`'s UID map says it is an upsynced object: a cluster's
+    /// report of such an object must not write the status of KCP's own
+    /// object of that name, which the upsync writer refused to take over.
+    #[must_use]
+    pub fn with_upsync(mut self, upsync: Arc<upsync::Upsync>, types: Vec<ResourceSpec>) -> Self {
+        self.upsync = Some(UpsyncedStatus { upsync, types });
+        self
+    }
+
+    /// For a key of an upsynced type: `Some` outcome when its status is not
+    /// to be written now (not an upsynced object, or the UID map not
+    /// rebuilt yet). Forgets what was written of an older object of the
+    /// name, if the upsync writer created it anew.
+    fn upsync_gate(&self, key: &ObjectKey) -> Option<Outcome> {
+        let upsynced = self.upsync.as_ref()?;
+        if upsynced.upsync.take_created(key) {
+            self.memory().remove(key);
+        }
+        let of_type = upsynced
+            .types
+            .iter()
+            .any(|t| t.group == key.group && t.resource == key.resource);
+        if !of_type {
+            return None;
+        }
+        match upsynced.upsync.status_writable(key) {
+            Some(true) => None,
+            Some(false) => {
+                // KCP's own object, or none yet: the upsync writer queues the
+                // key again when it creates it.
+                self.count(write_result::NOT_UPSYNCED);
+                self.memory().remove(key);
+                tracing::debug!(object = %key, "not an upsynced object upstream; its status is not written");
+                Some(Outcome::Done)
+            }
+            None => Some(Outcome::RetryAfter(UPSYNC_MAP_WAIT)),
         }
     }
 
@@ -239,6 +302,9 @@ impl Writer {
         let merged = self.aggregator.evaluate(key, &self.store.entries(key));
         if !self.aggregator.gates().upstream_sync {
             return Outcome::Done;
+        }
+        if let Some(outcome) = self.upsync_gate(key) {
+            return outcome;
         }
         let mut known = self
             .memory()
@@ -634,6 +700,96 @@ mod tests {
         upstream: Arc<FakeUpstream>,
         writer: Arc<Writer>,
         metrics: Arc<Metrics>,
+    }
+
+    /// A merge-patching writer that takes Deployments for an upsynced type,
+    /// and the upsync state it consults.
+    fn upsync_fixture() -> (Fixture, Arc<upsync::Upsync>) {
+        let f = fixture();
+        let upsync = Arc::new(upsync::Upsync::new(16, f.metrics.clone()));
+        let writer = Writer::new(
+            f.queue.clone(),
+            f.store.clone(),
+            f.writer.aggregator.clone(),
+            f.upstream.clone(),
+            f.metrics.clone(),
+            f.writer.settings.clone(),
+        )
+        .with_upsync(upsync.clone(), vec![ResourceSpec::deployments()]);
+        (
+            Fixture {
+                writer: Arc::new(writer),
+                ..f
+            },
+            upsync,
+        )
+    }
+
+    /// `key()` as an upsynced object: what the upsync writer records of one
+    /// it wrote, upstream uid `uid`.
+    fn upsynced(upsync: &upsync::Upsync, uid: &str) {
+        let annotation = format!("{}target", upsync::merge::DOWNSTREAM_UID_PREFIX);
+        upsync.uids.set(
+            &key(),
+            &json!({"metadata": {"uid": uid, "annotations": {annotation: "down-1"}}}),
+        );
+    }
+
+    fn writes(f: &Fixture, result: &str) -> u64 {
+        f.metrics.kcp_writes.with_label_values(&[result]).get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_of_an_upsynced_type_is_written_only_to_an_upsynced_object() {
+        let (f, upsync) = upsync_fixture();
+        // KCP holds its own object of that name (the fake answers every
+        // read): a cluster's report must never write its status.
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"ready": 1}))], vec![])
+            .ok();
+        // The UID map is not rebuilt yet: it cannot tell, so it waits.
+        assert!(matches!(
+            f.writer.write(&key()).await,
+            Outcome::RetryAfter(delay) if delay > Duration::ZERO
+        ));
+        upsync.uids.rebuilt(Vec::new(), HashMap::new());
+        settle(&f).await;
+        assert!(f.upstream.patches().is_empty());
+        assert_eq!(f.upstream.gets.load(Ordering::SeqCst), 0);
+        assert_eq!(writes(&f, write_result::NOT_UPSYNCED), 1);
+
+        // Once the upsync writer made it (the map knows it): written.
+        upsynced(&upsync, "up-1");
+        f.queue.push(key(), "c1");
+        settle(&f).await;
+        assert_eq!(f.upstream.patches(), vec![json!({"status": {"ready": 1}})]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_created_anew_gets_its_status_again() {
+        let (f, upsync) = upsync_fixture();
+        upsync.uids.rebuilt(Vec::new(), HashMap::new());
+        upsynced(&upsync, "up-1");
+        f.store
+            .apply("c1", "s", vec![upsert(1, json!({"ready": 1}))], vec![])
+            .ok();
+        settle(&f).await;
+        assert_eq!(f.upstream.patches().len(), 1);
+
+        // The upsync writer deleted the object and created it anew, without
+        // a status; the store's status is the same.
+        upsynced(&upsync, "up-2");
+        upsync.mark_created(&key());
+        f.queue.push(key(), "c1");
+        settle(&f).await;
+        assert_eq!(
+            f.upstream.patches(),
+            vec![
+                json!({"status": {"ready": 1}}),
+                json!({"status": {"ready": 1}})
+            ]
+        );
+        assert!(!upsync.take_created(&key()), "taken by the write");
     }
 
     /// A writer that merge-patches (what the older tests here describe).

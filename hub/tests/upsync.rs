@@ -308,7 +308,7 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
     agent
         .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
             seq: 1,
-            upsync_listed: false,
+            upsync_listed: true,
         }))
         .await?;
     let HubFrame::Ack(ack) = agent.recv().await? else {
@@ -320,6 +320,179 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
         !objects.contains_key(&key(&pv)) && objects.contains_key(&key(&pvc))
     })
     .await?;
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn the_status_of_kcps_own_object_of_an_upsynced_name_is_never_written() -> Result<()> {
+    use uplink_hub::metrics::{upsync_write, write_result};
+    let hub = hub().await?;
+    let upstream = hub.upstream.clone();
+    let taken = pv_ref("taken");
+    let own = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": "taken", "uid": "kcp-uid", "resourceVersion": "1"},
+        "spec": {"storageClassName": "kcp"},
+    });
+    upstream
+        .upsynced
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key(&taken), own.clone());
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent
+        .hello_upsync("edge-1", "s", &["persistentvolumes.v1"])
+        .await?;
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(1, taken.clone(), "Bound")],
+        }))
+        .await?;
+    let HubFrame::Ack(_) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    let metrics = hub.metrics.clone();
+    eventually("both writers judged the report", || {
+        metrics
+            .kcp_writes
+            .with_label_values(&[write_result::NOT_UPSYNCED])
+            .get()
+            >= 1
+            && metrics
+                .upsync_writes
+                .with_label_values(&[upsync_write::REFUSED])
+                .get()
+                >= 1
+    })
+    .await?;
+    assert!(
+        !upstream.patches().iter().any(|(k, _)| *k == key(&taken)),
+        "{:?}",
+        upstream.patches()
+    );
+    assert_eq!(upstream.upsynced().get(&key(&taken)), Some(&own));
+    hub.stop().await
+}
+
+/// A snapshot of `session` naming no object, that does or does not name
+/// every upsynced one (`upsync_listed`); waits for its Ack.
+async fn empty_snapshot(agent: &mut support::Agent, upsync_listed: bool) -> Result<()> {
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 0,
+            upsync_listed,
+        }))
+        .await?;
+    let HubFrame::Ack(_) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    Ok(())
+}
+
+/// Has `agent` (whose session upsyncs PVs) upsync PV `name`, and waits
+/// until it is in KCP: with one upsync write at a time, every write queued
+/// before it (a snapshot's deletions) has landed by then.
+async fn barrier(
+    agent: &mut support::Agent,
+    upstream: &FakeUpstream,
+    seq: u64,
+    name: &str,
+) -> Result<()> {
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![upsync(seq, pv_ref(name), "Available")],
+        }))
+        .await?;
+    let HubFrame::Ack(_) = agent.recv().await? else {
+        bail!("no Ack");
+    };
+    eventually(&format!("PV {name} created"), || {
+        upstream.upsynced().contains_key(&key(&pv_ref(name)))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_a_snapshot_naming_every_upsynced_object_deletes_those_it_does_not_name_of_its_types()
+-> Result<()> {
+    let upsync_resources = vec![
+        "persistentvolumes.v1".parse()?,
+        "persistentvolumeclaims.v1".parse()?,
+    ];
+    let hub = TestHub::start_with(|config| {
+        config.resources = vec![uplink_protocol::resource::ResourceSpec::deployments()];
+        config.upsync_resources = upsync_resources;
+        config.upsync_write_concurrency = 1;
+    })
+    .await?;
+    let upstream = hub.upstream.clone();
+    let types = ["persistentvolumes.v1", "persistentvolumeclaims.v1"];
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello_upsync("edge-1", "s1", &types).await?;
+    let (pv, pvc) = (pv_ref("data"), pvc_ref(SERVED, "claim"));
+    agent
+        .send(&AgentFrame::Deltas(DeltaBatch {
+            deltas: vec![
+                upsync(1, pv.clone(), "Bound"),
+                upsync(2, pvc.clone(), "Bound"),
+            ],
+        }))
+        .await?;
+    eventually("the PV and the PVC created", || {
+        upstream.upsynced().len() == 2
+    })
+    .await?;
+    let before = upstream.upsynced();
+    let both_still_there = || {
+        let now = upstream.upsynced();
+        [key(&pv), key(&pvc)]
+            .iter()
+            .all(|k| now.contains_key(k) && now.get(k) == before.get(k))
+    };
+
+    // The agent restarts: its first snapshot names no upsynced object (its
+    // upsync lists had not completed), and says so.
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello_upsync("edge-1", "s2", &types).await?;
+    empty_snapshot(&mut agent, false).await?;
+    barrier(&mut agent, &upstream, 1, "marker-1").await?;
+    assert!(both_still_there(), "{:?}", upstream.upsynced());
+
+    // A session that upsyncs nothing deletes nothing, whatever it says.
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent.hello("edge-1", "s3", None, 0).await?;
+    empty_snapshot(&mut agent, true).await?;
+    let mut east = hub.connect(&hub.pki.client("east")?).await?;
+    east.hello_upsync("east", "e1", &types).await?;
+    barrier(&mut east, &upstream, 1, "marker-2").await?;
+    assert!(both_still_there(), "{:?}", upstream.upsynced());
+
+    // One that upsyncs PVs only, naming every one (none): its PVs go, the
+    // PVC is not its snapshot's to judge.
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    agent
+        .hello_upsync("edge-1", "s4", &["persistentvolumes.v1"])
+        .await?;
+    empty_snapshot(&mut agent, true).await?;
+    eventually("edge-1's PVs deleted", || {
+        let now = upstream.upsynced();
+        !now.contains_key(&key(&pv)) && !now.contains_key(&key(&pv_ref("marker-1")))
+    })
+    .await?;
+    barrier(&mut east, &upstream, 2, "marker-3").await?;
+    let now = upstream.upsynced();
+    assert_eq!(now.get(&key(&pvc)), before.get(&key(&pvc)), "{now:?}");
+    assert!(
+        now.contains_key(&key(&pv_ref("marker-2"))),
+        "east's PV stays"
+    );
     hub.stop().await
 }
 

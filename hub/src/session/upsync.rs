@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use uplink_protocol::resource::ResourceSpec;
-use uplink_protocol::{Change, Delta, EVENTS_VERSION, ErrorCode, Hello, ObjectRef, Rejected};
+use uplink_protocol::{
+    Change, Delta, EVENTS_VERSION, ErrorCode, Hello, ObjectRef, Rejected, SnapshotEnd,
+};
 
 use super::wire::Violation;
 use super::{Connection, Transport};
@@ -40,6 +42,13 @@ impl<S: Transport> Connection<S> {
             }
         }
         types
+    }
+
+    /// Whether the snapshot `end` ends names every object this session
+    /// upsyncs, so that those it does not name are gone from the cluster:
+    /// version 3, upsync on, and the agent says so (`upsync_listed`).
+    pub(super) fn lists_upsynced(&self, end: &SnapshotEnd) -> bool {
+        self.version >= EVENTS_VERSION && !self.upsync.is_empty() && end.upsync_listed
     }
 
     /// Whether `object` is of a type this session upsyncs.

@@ -240,10 +240,20 @@ impl<S: Transport> Connection<S> {
             let judge = view.judge(&self.cluster);
             // The cluster's upsynced objects the snapshot does not name are
             // gone from it: deleted upstream too (the writer judges each).
-            if let Some(target) = judge.synctarget() {
-                self.shared
-                    .upsync
-                    .snapshot(&self.cluster, &target.key, buffer.upsync_present);
+            // Only when the agent says its snapshot names every object it
+            // upsyncs (its upsync lists completed first; a snapshot taken
+            // at its start names none), and only objects of the types this
+            // session upsyncs: a session that upsyncs nothing (upsync off,
+            // a version 2 agent) deletes nothing.
+            if let Some(target) = judge.synctarget()
+                && self.lists_upsynced(end)
+            {
+                self.shared.upsync.snapshot(
+                    &self.cluster,
+                    &target.key,
+                    &self.upsync,
+                    buffer.upsync_present,
+                );
             }
             for (key, entry) in buffer.entries {
                 match judge.verdict(&key) {

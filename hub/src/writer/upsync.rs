@@ -17,15 +17,22 @@
 //! `uplink.io/conflicts` the last few changes a write dropped. The hub keeps
 //! those uids in memory too ([`UidMap`], rebuilt at start from a list of
 //! each upsynced type across all workspaces): a snapshot that no longer
-//! names an object its cluster upsyncs deletes it upstream.
+//! names an object its cluster upsyncs deletes it upstream, but only a
+//! snapshot the agent says names every object it upsyncs
+//! (`SnapshotEnd.upsync_listed`, version 3; an agent's first snapshot after
+//! its start names none) and only objects of the types its session upsyncs.
 //!
 //! Writing one report, after judging placement again (a cluster never
 //! touches an object where it does not serve KCP):
 //! - none upstream: create it, then have the status writer write its
-//!   status again (it forgets an object it found missing);
+//!   status again (it forgets an object it found missing); a create
+//!   answered 404 (no such namespace or type upstream) is dropped, not
+//!   retried, until the cluster reports the object again;
 //! - upstream, carrying another downstream uid for this cluster: the
 //!   cluster's object was deleted and created anew; when the cluster is its
-//!   only upsyncer the upstream one is deleted (precondition: its uid) and
+//!   only upsyncer the upstream one is deleted (preconditions: its uid and
+//!   the resourceVersion read, so a mark another cluster added meanwhile
+//!   makes it read again) and
 //!   created anew, never resurrected; with others only the annotation is
 //!   replaced;
 //! - else the managed content is merged (base, KCP's, the cluster's) under
@@ -33,7 +40,21 @@
 //!   resourceVersion); a change the result drops is recorded in the
 //!   conflict ledger (`UpsyncConflict`) and in `uplink.io/conflicts`;
 //! - deleted in the cluster: its label and annotation go; the last
-//!   upsyncer's deletion deletes the upstream object (precondition: uid).
+//!   upsyncer's deletion deletes the upstream object (preconditions: uid
+//!   and resourceVersion, as above).
+//!
+//! Left as it is, deliberately:
+//! - several clusters upsyncing one object share it, and its content is
+//!   not merged across them: each write merges the writing cluster's
+//!   object against `uplink.io/last-applied` (whichever cluster wrote it)
+//!   and KCP's, so the last writer's content applies; its status is merged
+//!   from all of them like any report's;
+//! - a cluster's object deleted and created anew while another cluster
+//!   still upsyncs the upstream one keeps that upstream object (only the
+//!   cluster's uid annotation changes);
+//! - the queue is bounded by reports, not by their bytes, and the objects
+//!   of a snapshot being received are not counted against the cluster's
+//!   memory budget (statuses are).
 
 mod kube;
 pub mod merge;
@@ -145,12 +166,14 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
         dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>>;
 
-    /// Deletes the object if its uid is `uid` (`preconditions.uid`;
-    /// another uid is [`UpstreamError::Conflict`]).
+    /// Deletes the object if its uid is `uid` and it is unchanged since
+    /// `resource_version` (`preconditions`; empty: any version): another
+    /// uid or a change meanwhile is [`UpstreamError::Conflict`].
     fn delete_upsynced<'a>(
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
 
@@ -167,6 +190,12 @@ pub trait UpsyncUpstream: Send + Sync + std::fmt::Debug + 'static {
 pub struct Upsync {
     pub queue: UpsyncQueue,
     pub uids: UidMap,
+    /// Keys whose upstream object the upsync writer created (anew since the
+    /// status writer last wrote them): the status writer forgets the status
+    /// it wrote of an older object of that name before it writes them
+    /// again. Each is queued for the status writer as it is added, which
+    /// takes it at its next write of the key (so bounded by that queue).
+    created: Mutex<std::collections::HashSet<ObjectKey>>,
 }
 
 impl Upsync {
@@ -174,20 +203,51 @@ impl Upsync {
         Self {
             queue: UpsyncQueue::new(queue_size, metrics.clone()),
             uids: UidMap::new(metrics),
+            created: Mutex::default(),
         }
     }
 
+    fn created(&self) -> MutexGuard<'_, std::collections::HashSet<ObjectKey>> {
+        // Never held across an await or a call that can panic midway.
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the status writer may write the status of `key`, an object
+    /// of an upsynced type: only when it is an upsynced object (the UID map
+    /// knows it), never KCP's own object of that name; `None` until the map
+    /// is rebuilt. The upsync writer queues the key for the status writer
+    /// again when it creates the object.
+    pub fn status_writable(&self, key: &ObjectKey) -> Option<bool> {
+        self.uids.is_rebuilt().then(|| self.uids.contains(key))
+    }
+
+    /// The upsync writer created `key`'s upstream object (anew): see
+    /// [`Upsync::take_created`]. The key is to be queued for the status
+    /// writer after this.
+    pub fn mark_created(&self, key: &ObjectKey) {
+        self.created().insert(key.clone());
+    }
+
+    /// Whether the upsync writer created `key`'s upstream object since the
+    /// status writer last asked (which it does as it writes the key): what
+    /// the status writer remembers of the key is an older object's.
+    pub fn take_created(&self, key: &ObjectKey) -> bool {
+        self.created().remove(key)
+    }
+
     /// After `cluster` (SyncTarget key `synctarget_key`) sent a snapshot
-    /// naming `present` of its upsynced objects: every other object it
-    /// upsyncs is gone in the cluster, so its deletion is queued (once the
-    /// UID map is rebuilt, when it is not yet).
+    /// naming `present` of its upsynced objects of `types`, and every one
+    /// it has of them: every other object of those types it upsyncs is gone
+    /// in the cluster, so its deletion is queued (once the UID map is
+    /// rebuilt, when it is not yet). Objects of other types are left alone.
     pub fn snapshot(
         &self,
         cluster: &str,
         synctarget_key: &str,
+        types: &[ResourceSpec],
         present: std::collections::HashSet<ObjectKey>,
     ) {
-        for (key, downstream_uid) in self.uids.snapshot(cluster, synctarget_key, present) {
+        for (key, downstream_uid) in self.uids.snapshot(cluster, synctarget_key, types, present) {
             self.queue.push_now(UpsyncReport {
                 cluster: cluster.to_owned(),
                 key,
@@ -241,6 +301,17 @@ struct Retry {
 enum Outcome {
     Done,
     RetryAfter(Duration),
+}
+
+/// How a delete of the object as read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletion {
+    /// Deleted, or gone already.
+    Gone,
+    /// Changed or replaced since it was read (409): read it again.
+    Changed,
+    /// The write ends here (dry run, a failure).
+    Ended(Outcome),
 }
 
 impl UpsyncWriter {
@@ -489,8 +560,8 @@ impl UpsyncWriter {
                 // The cluster's object was deleted and created anew, and no
                 // other cluster holds the upstream one: so is it.
                 match self.delete(report, &current).await {
-                    Some(outcome) => return outcome,
-                    None => continue,
+                    Deletion::Ended(outcome) => return outcome,
+                    Deletion::Gone | Deletion::Changed => continue,
                 }
             }
             let strategy = self
@@ -574,7 +645,10 @@ impl UpsyncWriter {
                     .upsync_conflicts;
                 self.landed(report, &created, None, strategy);
                 // The status writer may have tried (and forgotten) the
-                // object before it existed.
+                // object before it existed, or remember what it wrote to
+                // an older object of that name (deleted and created anew):
+                // it forgets that and writes the status again.
+                self.upsync.mark_created(&report.key);
                 self.status_queue.push(report.key.clone(), &report.cluster);
                 Some(Outcome::Done)
             }
@@ -582,37 +656,59 @@ impl UpsyncWriter {
                 self.count(upsync_write::CONFLICT);
                 None
             }
+            Err(UpstreamError::NotFound) => {
+                // Where it is to be created does not exist upstream (its
+                // namespace, or the type there; a cluster-scoped type
+                // reported with a namespace): no retry changes that, and
+                // retrying forever would hold a queue slot. Dropped until
+                // the cluster reports the object again.
+                self.count(upsync_write::REFUSED);
+                let refused = self
+                    .metrics
+                    .upsync_writes
+                    .with_label_values(&[upsync_write::REFUSED])
+                    .get();
+                if super::events::sparingly(refused) {
+                    tracing::warn!(cluster = %report.cluster, object = %report.key, refused, "KCP has nowhere to create the upsynced object (404: its namespace or type is missing); dropped until the cluster reports it again");
+                }
+                Some(Outcome::Done)
+            }
             Err(error) => Some(self.failed(report, &error)),
         }
     }
 
-    /// Deletes `current` (precondition: its uid); `None` when it is gone
-    /// (or replaced meanwhile): read again.
-    async fn delete(&self, report: &UpsyncReport, current: &Value) -> Option<Outcome> {
-        let uid = current
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    /// Deletes `current` as it was read (preconditions: its uid and its
+    /// resourceVersion, so that another cluster's mark added meanwhile, by
+    /// a write running beside this one, is never deleted with it).
+    async fn delete(&self, report: &UpsyncReport, current: &Value) -> Deletion {
+        let text = |pointer: &str| {
+            current
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        let uid = text("/metadata/uid");
+        let resource_version = text("/metadata/resourceVersion");
         match self
             .upstream
-            .delete_upsynced(&report.key, uid, self.settings.dry_run)
+            .delete_upsynced(&report.key, uid, resource_version, self.settings.dry_run)
             .await
         {
             Ok(()) if self.settings.dry_run => {
                 self.count(upsync_write::DRY_RUN);
-                Some(Outcome::Done)
+                Deletion::Ended(Outcome::Done)
             }
             Ok(()) | Err(UpstreamError::NotFound) => {
                 self.count(upsync_write::DELETED);
                 tracing::info!(cluster = %report.cluster, object = %report.key, uid, "upsynced object deleted");
                 self.upsync.uids.remove(&report.key);
-                None
+                Deletion::Gone
             }
             Err(UpstreamError::Conflict(_)) => {
                 self.count(upsync_write::CONFLICT);
-                None
+                Deletion::Changed
             }
-            Err(error) => Some(self.failed(report, &error)),
+            Err(error) => Deletion::Ended(self.failed(report, &error)),
         }
     }
 
@@ -648,8 +744,8 @@ impl UpsyncWriter {
             }
             if upsyncers(&current).iter().all(|k| k == synctarget_key) {
                 match self.delete(report, &current).await {
-                    Some(outcome) => return outcome,
-                    None => {
+                    Deletion::Ended(outcome) => return outcome,
+                    Deletion::Gone => {
                         self.aggregator.ledger().record_upsync(
                             key,
                             &report.cluster,
@@ -659,6 +755,9 @@ impl UpsyncWriter {
                         );
                         return Outcome::Done;
                     }
+                    // Changed meanwhile (another cluster's mark, say): read
+                    // again.
+                    Deletion::Changed => continue,
                 }
             }
             let mut object = current.clone();

@@ -358,6 +358,7 @@ impl UpsyncUpstream for FakeUpstream {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
@@ -367,6 +368,14 @@ impl UpsyncUpstream for FakeUpstream {
                 None => Err(UpstreamError::NotFound),
                 Some(stored) if stored["metadata"]["uid"] != uid => {
                     Err(UpstreamError::Conflict("precondition failed: uid".into()))
+                }
+                Some(stored)
+                    if !resource_version.is_empty()
+                        && stored["metadata"]["resourceVersion"] != resource_version =>
+                {
+                    Err(UpstreamError::Conflict(
+                        "precondition failed: resourceVersion".into(),
+                    ))
                 }
                 Some(_) => {
                     objects.remove(key);

@@ -57,17 +57,19 @@ fn replace_request(
         .map_err(|e| bad(key, e))
 }
 
-/// The `DELETE` of the object whose uid is `uid`.
+/// The `DELETE` of the object whose uid is `uid`, unchanged since
+/// `resource_version` (empty: any version).
 fn delete_request(
     key: &ObjectKey,
     uid: &str,
+    resource_version: &str,
     dry_run: bool,
 ) -> Result<http::Request<Vec<u8>>, UpstreamError> {
     let params = DeleteParams {
         dry_run,
         preconditions: Some(Preconditions {
             uid: Some(uid.to_owned()),
-            resource_version: None,
+            resource_version: (!resource_version.is_empty()).then(|| resource_version.to_owned()),
         }),
         ..DeleteParams::default()
     };
@@ -122,10 +124,11 @@ impl UpsyncUpstream for KubeUpstream {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            let request = delete_request(key, uid, dry_run)?;
+            let request = delete_request(key, uid, resource_version, dry_run)?;
             self.send(key, request).await.map(drop)
         })
     }
@@ -240,16 +243,18 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_holds_to_the_uid() {
-        let delete = delete_request(&key(None), "up-1", false).unwrap_or_else(|e| panic!("{e}"));
+    fn a_delete_holds_to_the_uid_and_the_version_read() {
+        let delete =
+            delete_request(&key(None), "up-1", "7", false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(delete.method(), http::Method::DELETE);
         assert_eq!(delete.uri().to_string(), "/api/v1/persistentvolumes/data?");
         let body: Value = serde_json::from_slice(delete.body()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body["preconditions"]["uid"], "up-1");
+        assert_eq!(body["preconditions"]["resourceVersion"], "7");
         let bad_name = ObjectKey::new(KeyParts {
             name: "a/b".into(),
             ..key(None).parts().clone()
         });
-        assert!(delete_request(&bad_name, "up-1", false).is_err());
+        assert!(delete_request(&bad_name, "up-1", "7", false).is_err());
     }
 }

@@ -30,6 +30,11 @@ struct FakeKcp {
     fail_updates: Mutex<Vec<UpstreamError>>,
     /// Every delete: (key, uid precondition).
     deletes: Mutex<Vec<(ObjectKey, String)>>,
+    /// A cluster (by SyncTarget key) whose write adds its mark to the
+    /// object between the next delete's read and the delete itself.
+    mark_before_delete: Mutex<Option<String>>,
+    /// Creates answer 404 (no such namespace upstream).
+    create_not_found: std::sync::atomic::AtomicBool,
 }
 
 impl FakeKcp {
@@ -80,6 +85,9 @@ impl UpsyncUpstream for FakeKcp {
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<Value, UpstreamError>> {
         Box::pin(async move {
+            if self.create_not_found.load(Ordering::SeqCst) {
+                return Err(UpstreamError::NotFound);
+            }
             let version = self.version();
             let mut objects = self.objects();
             if objects.contains_key(key) {
@@ -129,6 +137,7 @@ impl UpsyncUpstream for FakeKcp {
         &'a self,
         key: &'a ObjectKey,
         uid: &'a str,
+        resource_version: &'a str,
         _dry_run: bool,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
@@ -136,12 +145,31 @@ impl UpsyncUpstream for FakeKcp {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((key.clone(), uid.to_owned()));
+            let marking = self
+                .mark_before_delete
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(synctarget_key) = marking {
+                self.edit(key, |object| {
+                    object["metadata"]["labels"][state_label(&synctarget_key)] = json!("Upsync");
+                    object["metadata"]["annotations"]
+                        [format!("{DOWNSTREAM_UID_PREFIX}{synctarget_key}")] = json!("late");
+                });
+            }
             let mut objects = self.objects();
             let Some(stored) = objects.get(key) else {
                 return Err(UpstreamError::NotFound);
             };
             if stored["metadata"]["uid"] != uid {
                 return Err(UpstreamError::Conflict("precondition failed: uid".into()));
+            }
+            if !resource_version.is_empty()
+                && stored["metadata"]["resourceVersion"] != resource_version
+            {
+                return Err(UpstreamError::Conflict(
+                    "precondition failed: resourceVersion".into(),
+                ));
             }
             objects.remove(key);
             Ok(())
@@ -556,6 +584,10 @@ async fn a_downstream_recreate_makes_a_new_upstream_object() {
     );
     assert_eq!(f.writes(upsync_write::CREATED), 2);
     assert_eq!(f.upsynced("a"), 1);
+    assert!(
+        f.upsync.take_created(&pv_key()),
+        "the status writer forgets what it wrote to the old object"
+    );
 }
 
 #[tokio::test]
@@ -632,9 +664,12 @@ async fn the_uid_map_is_rebuilt_and_a_snapshot_without_an_object_deletes_it() {
         f.metrics.clone(),
         f.writer.settings.clone(),
     );
-    writer
-        .upsync
-        .snapshot("a", &target("a").key, HashSet::new());
+    writer.upsync.snapshot(
+        "a",
+        &target("a").key,
+        &f.writer.settings.resources,
+        HashSet::new(),
+    );
     assert!(writer.upsync.queue.is_empty(), "waits for the rebuild");
     writer.rebuild().await;
     assert_eq!(writer.upsync.uids.len(), 1);
@@ -687,5 +722,89 @@ async fn dry_run_writes_nothing_and_remembers_nothing() {
     assert_eq!(f.writes(upsync_write::DRY_RUN), 1);
     assert_eq!(f.writes(upsync_write::CREATED), 0);
     assert!(f.upsync.uids.is_empty());
+    assert!(f.status_queue.is_empty());
+}
+
+#[tokio::test]
+async fn a_snapshot_deletes_only_objects_of_the_types_it_lists() {
+    let f = fixture(MergePolicy::default());
+    f.upsync.uids.rebuilt(Vec::new(), HashMap::new());
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    let claim = ObjectKey::new(KeyParts {
+        workspace: WS.into(),
+        resource: "persistentvolumeclaims".into(),
+        kind: "PersistentVolumeClaim".into(),
+        namespace: Some("shop".into()),
+        ..pv_key().parts().clone()
+    });
+    let mut claimed = pv(json!({"a": 1}));
+    claimed["kind"] = json!("PersistentVolumeClaim");
+    claimed["metadata"]["namespace"] = json!("shop");
+    f.write(&UpsyncReport {
+        key: claim.clone(),
+        ..desired("a", "c1", claimed)
+    })
+    .await;
+    assert_eq!(f.upsync.uids.len(), 2);
+
+    // A snapshot that lists only PVCs, and names none: the PVC is gone,
+    // the PV is not the snapshot's to judge.
+    f.upsync.snapshot(
+        "a",
+        &target("a").key,
+        &[spec("persistentvolumeclaims.v1")],
+        HashSet::new(),
+    );
+    let report = f.upsync.queue.next().await;
+    assert_eq!(report.key, claim);
+    assert_eq!(report.change, UpsyncChange::Deleted);
+    f.upsync.queue.done(&report.id(), None);
+    assert!(f.upsync.queue.is_empty(), "the PV is not deleted");
+}
+
+#[tokio::test]
+async fn a_mark_added_while_deleting_makes_the_delete_read_again() {
+    let f = fixture(MergePolicy::default());
+    // a lets go of its object; b's write adds b's mark between a's read
+    // and a's delete: the delete must not take b's object with it.
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    let uid = f.kcp.get(&pv_key())["metadata"]["uid"].clone();
+    *f.kcp
+        .mark_before_delete
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(target("b").key);
+    f.write(&deleted("a", "d1")).await;
+    let stored = f.kcp.get(&pv_key());
+    assert_eq!(stored["metadata"]["uid"], uid);
+    assert_eq!(stored["metadata"]["labels"].get(label("a")), None);
+    assert_eq!(stored["metadata"]["labels"][label("b")], "Upsync");
+    assert_eq!(f.writes(upsync_write::CONFLICT), 1);
+    assert_eq!(f.writes(upsync_write::DELETED), 0);
+
+    // The same race on a's recreate: b's mark stays, only a's uid changes.
+    f.write(&desired("a", "d2", pv(json!({"a": 1})))).await;
+    f.write(&deleted("b", "late")).await;
+    assert_eq!(f.kcp.get(&pv_key())["metadata"]["uid"], uid);
+    *f.kcp
+        .mark_before_delete
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(target("b").key);
+    f.write(&desired("a", "d3", pv(json!({"a": 1})))).await;
+    let stored = f.kcp.get(&pv_key());
+    assert_eq!(stored["metadata"]["uid"], uid, "never deleted");
+    assert_eq!(stored["metadata"]["annotations"][uid_annotation("a")], "d3");
+    assert_eq!(stored["metadata"]["labels"][label("b")], "Upsync");
+}
+
+#[tokio::test]
+async fn a_create_with_nowhere_to_go_is_dropped_not_retried() {
+    let f = fixture(MergePolicy::default());
+    f.kcp.create_not_found.store(true, Ordering::SeqCst);
+    // `write` asserts it is done with, not retried.
+    f.write(&desired("a", "d1", pv(json!({"a": 1})))).await;
+    assert!(f.kcp.objects().is_empty());
+    assert_eq!(f.writes(upsync_write::REFUSED), 1);
+    assert_eq!(f.writes(upsync_write::RETRIED), 0);
+    assert!(f.writer.retries().is_empty());
     assert!(f.status_queue.is_empty());
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
+use uplink_protocol::resource::ResourceSpec;
 
 use super::merge::DOWNSTREAM_UID_PREFIX;
 use crate::metrics::Metrics;
@@ -30,9 +31,19 @@ struct Inner {
     /// The cluster of each SyncTarget key seen (the gauge's label).
     names: HashMap<String, ClusterName>,
     rebuilt: bool,
-    /// Snapshots that arrived before the map was rebuilt: (cluster, key,
-    /// the objects it named).
-    pending: Vec<(ClusterName, String, HashSet<ObjectKey>)>,
+    /// Snapshots that arrived before the map was rebuilt.
+    pending: Vec<Pending>,
+}
+
+/// A snapshot that arrived before the map was rebuilt.
+#[derive(Debug)]
+struct Pending {
+    cluster: ClusterName,
+    synctarget_key: String,
+    /// The types it names every object of.
+    types: Vec<ResourceSpec>,
+    /// The objects it named.
+    present: HashSet<ObjectKey>,
 }
 
 /// One upstream object.
@@ -91,6 +102,18 @@ impl UidMap {
         self.recount(&mut inner, before.as_ref(), None);
     }
 
+    /// Whether `key` is an upsynced object (one the upsync writer created,
+    /// wrote, or found marked when it rebuilt the map).
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.lock().objects.contains_key(key)
+    }
+
+    /// Whether the map was rebuilt from what KCP holds (before that it
+    /// knows only what was written since the start).
+    pub fn is_rebuilt(&self) -> bool {
+        self.lock().rebuilt
+    }
+
     /// The upstream uid of `key`, if the map knows it.
     pub fn upstream_uid(&self, key: &ObjectKey) -> Option<String> {
         self.lock().objects.get(key).map(|r| r.uid.clone())
@@ -121,24 +144,29 @@ impl UidMap {
         self.publish(cluster, count);
     }
 
-    /// The objects `cluster` (SyncTarget key `synctarget_key`) upsyncs that
-    /// are not in `present` (its snapshot's), with their downstream uids;
-    /// nothing yet when the map is not rebuilt (they follow the rebuild).
+    /// The objects of `types` that `cluster` (SyncTarget key
+    /// `synctarget_key`) upsyncs and that are not in `present` (its
+    /// snapshot's), with their downstream uids; nothing yet when the map is
+    /// not rebuilt (they follow the rebuild).
     pub fn snapshot(
         &self,
         cluster: &str,
         synctarget_key: &str,
+        types: &[ResourceSpec],
         present: HashSet<ObjectKey>,
     ) -> Vec<(ObjectKey, String)> {
         let mut inner = self.lock();
         if !inner.rebuilt {
-            inner.pending.retain(|(c, _, _)| c != cluster);
-            inner
-                .pending
-                .push((cluster.to_owned(), synctarget_key.to_owned(), present));
+            inner.pending.retain(|p| p.cluster != cluster);
+            inner.pending.push(Pending {
+                cluster: cluster.to_owned(),
+                synctarget_key: synctarget_key.to_owned(),
+                types: types.to_vec(),
+                present,
+            });
             return Vec::new();
         }
-        missing(&inner, synctarget_key, &present)
+        missing(&inner, synctarget_key, types, &present)
     }
 
     /// Replaces the map with what KCP holds (`objects`, each with its key)
@@ -173,10 +201,16 @@ impl UidMap {
         let pending = std::mem::take(&mut inner.pending);
         pending
             .into_iter()
-            .flat_map(|(cluster, synctarget_key, present)| {
-                missing(&inner, &synctarget_key, &present)
-                    .into_iter()
-                    .map(move |(key, uid)| (cluster.clone(), key, uid))
+            .flat_map(|pending| {
+                let cluster = pending.cluster;
+                missing(
+                    &inner,
+                    &pending.synctarget_key,
+                    &pending.types,
+                    &pending.present,
+                )
+                .into_iter()
+                .map(move |(key, uid)| (cluster.clone(), key, uid))
             })
             .collect()
     }
@@ -220,15 +254,22 @@ impl UidMap {
     }
 }
 
-/// The objects the SyncTarget key upsyncs that are not in `present`.
+/// The objects of `types` the SyncTarget key upsyncs that are not in
+/// `present`.
 fn missing(
     inner: &Inner,
     synctarget_key: &str,
+    types: &[ResourceSpec],
     present: &HashSet<ObjectKey>,
 ) -> Vec<(ObjectKey, String)> {
     inner
         .objects
         .iter()
+        .filter(|(key, _)| {
+            types
+                .iter()
+                .any(|t| t.group == key.group && t.resource == key.resource)
+        })
         .filter(|(key, _)| !present.contains(*key))
         .filter_map(|(key, record)| {
             Some((key.clone(), record.downstream.get(synctarget_key)?.clone()))
