@@ -196,7 +196,8 @@ impl Default for HubConfig {
             synctarget_workspace: "root".to_owned(),
             resources: default_resources(),
             upsync_resources: Vec::new(),
-            upsync_queue_size: 10_000,
+            // Each waiting report holds an object of up to 1.5 MiB.
+            upsync_queue_size: 1_000,
             upsync_write_concurrency: 2,
             placement_hold: Duration::from_secs(30),
             synctarget_heartbeat_period: Duration::from_secs(30),

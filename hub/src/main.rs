@@ -332,8 +332,9 @@ struct Args {
 
     /// Upsynced objects waiting for the upsync writer; at the bound an
     /// agent's upsync reports wait (and its acks with them), nothing is
-    /// dropped.
-    #[arg(long, env = "UPLINK_HUB_UPSYNC_QUEUE_SIZE", default_value_t = 10_000)]
+    /// dropped. Each holds an object of up to 1.5 MiB: the bound is what
+    /// bounds their memory.
+    #[arg(long, env = "UPLINK_HUB_UPSYNC_QUEUE_SIZE", default_value_t = 1_000)]
     upsync_queue_size: usize,
 
     /// How long a report of an object that KCP has not (yet) placed on the

@@ -618,3 +618,67 @@ async fn what_a_cluster_upsyncs_where_it_stops_serving_kcp_is_no_longer_its_to_r
     assert_eq!(refused, [(2, Rejected::NOT_PLACED.to_owned())]);
     hub.stop().await
 }
+
+/// Upsynced objects buffered in a snapshot count against the cluster's
+/// memory budget with their whole state, not only their status: a cluster
+/// cannot make the hub hold a snapshot of huge objects.
+#[tokio::test]
+async fn a_snapshot_of_whole_objects_is_held_to_the_cluster_budget() -> Result<()> {
+    let upsync_resources = vec!["persistentvolumes.v1".parse()?];
+    let hub = TestHub::start_with(|config| {
+        config.resources = vec![uplink_protocol::resource::ResourceSpec::deployments()];
+        config.upsync_resources = upsync_resources;
+        config.memory_budget = uplink_hub::budget::MemoryBudget {
+            cluster_bytes: 256 * 1024,
+            total_bytes: 1024 * 1024,
+        };
+    })
+    .await?;
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    let HubFrame::Welcome(_) = agent
+        .hello_upsync("edge-1", "s", &["persistentvolumes.v1"])
+        .await?
+    else {
+        bail!("no Welcome");
+    };
+    // Three volumes of ~60 KiB each: their statuses are tiny, their whole
+    // state (about twice its text once parsed) is not.
+    let big = |seq: u64, name: &str| {
+        let object = pv_ref(name);
+        let mut whole = manifest(&object);
+        whole["metadata"]["annotations"] = json!({"blob": "x".repeat(60 * 1024)});
+        Delta {
+            object_json: Some(whole.to_string()),
+            ..upsync(seq, object, "Bound")
+        }
+    };
+    agent
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 3 }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
+            deltas: vec![big(1, "a"), big(2, "b"), big(3, "c")],
+        }))
+        .await?;
+    agent
+        .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
+            seq: 3,
+            upsync_listed: true,
+        }))
+        .await?;
+    let refused = loop {
+        match agent.recv().await? {
+            HubFrame::Ack(ack) if ack.seq >= 3 => {
+                break ack
+                    .rejected
+                    .into_iter()
+                    .map(|r| r.reason)
+                    .collect::<Vec<_>>();
+            }
+            HubFrame::Error(error) => bail!("refused: {error:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(refused, vec![Rejected::CLUSTER_MEMORY_BUDGET.to_owned()]);
+    hub.stop().await
+}

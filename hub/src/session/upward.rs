@@ -41,6 +41,8 @@ pub(super) struct SnapshotBuffer {
     /// Every upsynced object the snapshot names as present, refused or
     /// not: the cluster still has it, so it is not deleted upstream.
     upsync_present: HashSet<ObjectKey>,
+    /// What each buffered upsynced object's whole state takes of `bytes`.
+    whole_costs: HashMap<ObjectKey, u64>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -143,6 +145,7 @@ impl<S: Transport> Connection<S> {
             bytes: 0,
             upsync: HashMap::new(),
             upsync_present: HashSet::new(),
+            whole_costs: HashMap::new(),
         });
         Ok(())
     }
@@ -165,6 +168,10 @@ impl<S: Transport> Connection<S> {
                     Change::Deleted => buffer.upsync_present.remove(&key),
                 };
             }
+            // An upsynced object's whole state is held until the snapshot
+            // ends too: it counts against the budget, parsed (about twice
+            // its text).
+            let whole_cost = delta.object_json.as_ref().map_or(0, |j| 2 * j.len() as u64);
             let Some((update, upsync)) = self.accept(delta) else {
                 continue;
             };
@@ -176,10 +183,11 @@ impl<S: Transport> Connection<S> {
             let before = buffer
                 .entries
                 .get(&update.key)
-                .map_or(0, |e| cost(&update.key, e));
+                .map_or(0, |e| cost(&update.key, e))
+                + buffer.whole_costs.get(&update.key).copied().unwrap_or(0);
             match update.entry {
                 Some(entry) => {
-                    let after = cost(&update.key, &entry);
+                    let after = cost(&update.key, &entry) + whole_cost;
                     let budget = self.shared.store.budget().cluster_bytes;
                     if buffer.bytes.saturating_sub(before).saturating_add(after) > budget {
                         self.refuse_report(
@@ -194,10 +202,16 @@ impl<S: Transport> Connection<S> {
                     if let Some(upsync) = upsync {
                         buffer.upsync.insert(update.key.clone(), upsync);
                     }
+                    if whole_cost > 0 {
+                        buffer.whole_costs.insert(update.key.clone(), whole_cost);
+                    } else {
+                        buffer.whole_costs.remove(&update.key);
+                    }
                     buffer.entries.insert(update.key, entry);
                 }
                 None => {
                     buffer.bytes = buffer.bytes.saturating_sub(before);
+                    buffer.whole_costs.remove(&update.key);
                     buffer.entries.remove(&update.key);
                     if let Some(upsync) = upsync {
                         buffer.upsync.insert(update.key.clone(), upsync);
@@ -209,7 +223,10 @@ impl<S: Transport> Connection<S> {
         // Deletions count too: a snapshot that names more objects
         // than a cluster may hold is refused whatever they are.
         let max = self.shared.limits.max_objects_per_cluster;
-        if buffer.entries.len() as u64 > max || buffer.tombstones.len() as u64 > max {
+        if buffer.entries.len() as u64 > max
+            || buffer.tombstones.len() as u64 > max
+            || buffer.upsync_present.len() as u64 > max
+        {
             return Err(Violation::new(
                 "too_many_objects",
                 ErrorCode::LimitExceeded,
