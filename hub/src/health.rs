@@ -35,6 +35,11 @@ pub struct ClusterRecord {
     pub clock_skew_ms: Option<i64>,
     /// The latest cluster summary the agent sent.
     pub summary: Option<ClusterSummary>,
+    /// Deltas received from the cluster since the hub started (as
+    /// `uplink_hub_deltas_received_total`); the hub API shows it so a
+    /// reader can take a rate.
+    #[serde(skip)]
+    pub deltas_received: u64,
 }
 
 /// How a cluster's link looks from the hub.
@@ -152,6 +157,13 @@ impl Health {
             .last_heartbeat
             .with_label_values(&[cluster])
             .set(hub_ms as f64 / 1000.0);
+    }
+
+    /// Counts `n` deltas received from `cluster`.
+    pub fn deltas_received(&self, cluster: &str, n: usize) {
+        let mut records = self.lock();
+        let record = records.entry(cluster.to_owned()).or_default();
+        record.deltas_received = record.deltas_received.saturating_add(n as u64);
     }
 
     /// Keeps the latest summary `cluster` sent with a heartbeat.

@@ -1,9 +1,11 @@
 //! The hub's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and the
 //! read-only hub API:
 //!
-//! - `GET /api/v1/clusters`: every cluster's link, state and summary.
-//! - `GET /api/v1/objects`: every object with its per-cluster entries and
-//!   merged (desired) status.
+//! - `GET /api/v1/clusters`: every cluster's link, state, health,
+//!   allocation and summary; `GET /api/v1/clusters/<name>`: one of them.
+//! - `GET /api/v1/objects[?cluster=<name>]`: every object (or every object
+//!   the cluster reports) with its per-cluster entries and merged (desired)
+//!   status.
 //! - `GET /api/v1/objects/<workspace>/<group or core>/<resource>/<namespace or _>/<name>`:
 //!   one object: merged status, strategy, each cluster's entry with its
 //!   state and age (hub clock, skew-corrected), its conflicts now (open or
@@ -13,6 +15,9 @@
 //!   (at most [`crate::aggregate::ledger::HISTORY_TOTAL`]).
 //! - `GET /api/v1/capacity[/history]`: see [`crate::capacity::api`].
 //!
+//! - `GET /ui/`: the operator's page ([`ui`]), a client of the API above;
+//!   `/` redirects to it.
+//!
 //! The three lists page and stream as Kubernetes lists do ([`list`]):
 //! `{"kind": "ObjectList", "metadata": {"continue": ..}, "items": [..]}`.
 //! Who may ask is [`auth`]'s to decide; `/healthz` and `/readyz` are open.
@@ -20,6 +25,7 @@
 pub mod auth;
 pub mod list;
 mod tls;
+mod ui;
 mod views;
 
 use std::convert::Infallible;
@@ -162,6 +168,9 @@ async fn handle(
 fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let query = request.uri().query();
+    if let Some(response) = ui::route(path) {
+        return response;
+    }
     if let Some(response) = crate::capacity::api::route(&state.capacity, path, query) {
         return response.map(BodyExt::boxed_unsync);
     }
@@ -191,7 +200,17 @@ fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> 
         },
         "/api/v1/objects" => match ListRequest::<ObjectKey>::parse("objects", query) {
             Ok(asked) => {
-                let page = state.store.page_keys(asked.after.as_ref(), asked.limit);
+                let cluster = crate::capacity::api::parse_query(query.unwrap_or_default())
+                    .into_iter()
+                    .find_map(|(name, value)| (name == "cluster").then_some(value));
+                let page = match cluster {
+                    Some(cluster) => {
+                        state
+                            .store
+                            .cluster_page_keys(&cluster, asked.after.as_ref(), asked.limit)
+                    }
+                    None => state.store.page_keys(asked.after.as_ref(), asked.limit),
+                };
                 let state = Arc::clone(state);
                 list::respond("objects", "ObjectList", page, move |key| {
                     views::object(&state, key)
@@ -218,6 +237,17 @@ fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> 
                 "metadata": {},
                 "items": ended,
             }))
+        }
+        path if path.starts_with("/api/v1/clusters/") => {
+            let name =
+                crate::capacity::api::decode_path_segment(&path["/api/v1/clusters/".len()..]);
+            match views::cluster(state, &name) {
+                Some(cluster) => json(&cluster),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no cluster {name:?} in the hub's records\n"),
+                ),
+            }
         }
         path => match path.strip_prefix("/api/v1/objects/") {
             Some(rest) => match views::object_detail(state, rest) {

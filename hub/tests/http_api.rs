@@ -243,6 +243,26 @@ async fn a_big_store_is_served_in_pages_that_add_up_to_it_exactly() -> Result<()
         clusters[0]
     );
 
+    // One cluster's objects page the same way; one cluster by name.
+    let (of_west, _) = all_pages(&hub, "/api/v1/objects?cluster=west", 1000).await?;
+    ensure!(
+        of_west.len() == OBJECTS - OBJECTS / 3,
+        "{} of west's",
+        of_west.len()
+    );
+    ensure!(
+        of_west.iter().all(|o| o["clusters"]["west"].is_object()),
+        "an object west does not report is in west's list"
+    );
+    let east = get(&hub, "/api/v1/clusters/east", None).await?.json()?;
+    ensure!(
+        east["name"] == "east" && east["objects"] == OBJECTS - OBJECTS / 3,
+        "{east:#}"
+    );
+    ensure!(east["connected_since"].is_string(), "{east:#}");
+    let nobody = get(&hub, "/api/v1/clusters/nobody", None).await?;
+    ensure!(nobody.status == StatusCode::NOT_FOUND, "{}", nobody.status);
+
     // A token of another list, or garbage, is a clear 400.
     let token = list["metadata"]["continue"].as_str().unwrap_or_default();
     for bad in [
@@ -337,7 +357,7 @@ async fn reviewing_server(pki: &Pki) -> Result<(ApiServer, std::path::PathBuf)> 
     };
     grant(
         "uplink-hub-api-reader",
-        &["/uplink-hub/api/v1/*"],
+        &["/uplink-hub/api/v1/*", "/uplink-hub/ui/*", "/uplink-hub/"],
         subject("Group", "api-readers"),
     )
     .await?;
@@ -434,6 +454,25 @@ async fn tokens_are_reviewed_and_requests_authorized_by_rbac() -> Result<()> {
             "{path}"
         );
     }
+
+    // The operator's page is behind the same checks as the API it reads.
+    let page = get(&hub, "/ui/", Some(ALICE)).await?;
+    ensure!(
+        page.status == StatusCode::OK,
+        "alice, the page: {}",
+        page.status
+    );
+    ensure!(
+        page.headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/html"))
+            && String::from_utf8_lossy(&page.body).contains("<main id=\"view\""),
+        "not the page: {:?}",
+        page.headers
+    );
+    ensure!(status(&hub, "/", Some(ALICE)).await? == StatusCode::FOUND);
+    ensure!(status(&hub, "/ui/app.js", None).await? == StatusCode::UNAUTHORIZED);
+    ensure!(status(&hub, "/ui/", Some(BOB)).await? == StatusCode::FORBIDDEN);
 
     // The path is what RBAC sees: dave may read team-1's objects only.
     let team_1 = format!(

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::HttpState;
 use crate::aggregate::ledger::{EndedConflict, PresentConflict};
 use crate::aggregate::{Conflict, Strategy};
+use crate::capacity::record::{CapacityRecord, ClusterHealth, Rates};
 use crate::health::{ClusterState, cluster_state, unix_ms};
 use crate::store::{ClusterName, Entry, ObjectKey};
 
@@ -20,8 +21,22 @@ pub(super) struct ClusterView {
     name: String,
     connected: bool,
     state: ClusterState,
+    /// What the cluster's nodes and watches say ([`crate::capacity`]), and why.
+    health: ClusterHealth,
+    health_reason: String,
     /// RFC 3339, hub clock.
     last_heartbeat: Option<String>,
+    /// When the current session began (RFC 3339, hub clock); `None` while
+    /// no agent is connected.
+    connected_since: Option<String>,
+    /// Deltas received from the cluster since the hub started (the
+    /// `uplink_hub_deltas_received_total` counter): two reads a known time
+    /// apart give a rate.
+    deltas_received: u64,
+    /// Requests over allocatable, per resource (0..1).
+    allocation: Rates,
+    /// Use over allocatable, per resource, where metrics are reported.
+    utilization: Rates,
     session: Option<String>,
     agent_version: Option<String>,
     clock_skew_ms: Option<i64>,
@@ -39,18 +54,29 @@ pub(super) struct ClusterView {
 /// is gone.
 pub(super) fn cluster(state: &HttpState, name: &ClusterName) -> Option<ClusterView> {
     let record = state.health.record(name)?;
+    let link = cluster_state(
+        &record,
+        SystemTime::now(),
+        state.heartbeat_interval,
+        state.offline_grace,
+    );
+    let capacity = CapacityRecord::new(name, &record, link);
     Some(ClusterView {
         objects: state.store.cluster_objects(name),
         held: state.store.held(name),
         placement: state.placements.summary(name),
-        state: cluster_state(
-            &record,
-            SystemTime::now(),
-            state.heartbeat_interval,
-            state.offline_grace,
-        ),
+        state: link,
+        health: capacity.health,
+        health_reason: capacity.health_reason,
+        allocation: capacity.allocation,
+        utilization: capacity.utilization,
         connected: record.connected,
         last_heartbeat: record.last_heartbeat.and_then(rfc3339),
+        connected_since: record
+            .connected_at
+            .filter(|_| record.connected)
+            .and_then(rfc3339),
+        deltas_received: record.deltas_received,
         session: record.session_id,
         agent_version: record.agent_version,
         clock_skew_ms: record.clock_skew_ms,

@@ -346,6 +346,7 @@ impl<S: Transport> Connection<S> {
             .deltas_received
             .with_label_values(&[&self.cluster])
             .inc_by(n as u64);
+        self.shared.health.deltas_received(&self.cluster, n);
     }
 
     /// The store update for one delta, or `None` for a delta the hub cannot

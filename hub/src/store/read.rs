@@ -98,6 +98,20 @@ impl Store {
         crate::page::select(self.lock().objects.keys(), after, limit)
     }
 
+    /// [`Store::page_keys`] of the objects `cluster` reports.
+    pub fn cluster_page_keys(
+        &self,
+        cluster: &str,
+        after: Option<&ObjectKey>,
+        limit: usize,
+    ) -> crate::page::Page<ObjectKey> {
+        let inner = self.lock();
+        match inner.clusters.get(cluster) {
+            Some(state) => crate::page::select(state.keys.iter(), after, limit),
+            None => crate::page::select(std::iter::empty(), after, limit),
+        }
+    }
+
     /// Every object with its entries, sorted by key.
     pub fn objects(&self) -> Vec<(ObjectKey, BTreeMap<ClusterName, Entry>)> {
         let mut all: Vec<_> = self
