@@ -7,6 +7,11 @@
 //! packages with the profile of the running executable; cargo does nothing when
 //! they are up to date. Then the binary is taken from beside
 //! [`std::env::current_exe`], which is where cargo put it.
+//!
+//! That cargo must reuse what the first one built: it runs without the
+//! variables cargo set for us ([`is_set_by_cargo_for_crates`]), and the
+//! demo's own packages need no feature the hub and agent do not (checked by
+//! `scripts/one-build.sh`).
 
 use std::{
     ffi::OsString,
@@ -135,6 +140,11 @@ fn build(cargo: &OsString, packages: &[&str], profile: Profile) -> Result<(), Bi
         profile.cargo_name()
     );
     let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_set_by_cargo_for_crates) {
+            command.env_remove(name);
+        }
+    }
     command
         .arg("build")
         .arg("--profile")
@@ -161,6 +171,32 @@ fn build(cargo: &OsString, packages: &[&str], profile: Profile) -> Result<(), Bi
             status,
         })
     }
+}
+
+/// Whether `name` is one of the variables cargo sets for the program it
+/// runs (`cargo run`, `cargo test`: "Environment variables Cargo sets for
+/// crates" in the Cargo book), which a cargo started from here must not
+/// inherit. Build scripts read some of them through
+/// `cargo:rerun-if-env-changed` (ring's reads `CARGO_MANIFEST_DIR` and
+/// `CARGO_PKG_*`); cargo checks those against its own environment, so a
+/// nested `cargo build` that inherits `uplink-e2e`'s values finds them
+/// changed and rebuilds ring and everything above it: rustls, kube, the hub
+/// and the agent, a second time (and again at the next plain `cargo`
+/// command, which sees them changed back).
+fn is_set_by_cargo_for_crates(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// The workspace's `Cargo.toml`, when the source tree this binary was built
@@ -193,6 +229,27 @@ mod tests {
             dir("/w/target/debug/deps/uplink_e2e-0123abcd"),
             Some(PathBuf::from("/w/target/debug"))
         );
+    }
+
+    #[test]
+    fn a_nested_cargo_inherits_no_package_variables_but_keeps_its_settings() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "OUT_DIR",
+        ] {
+            assert!(is_set_by_cargo_for_crates(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "RUSTFLAGS",
+        ] {
+            assert!(!is_set_by_cargo_for_crates(name), "{name}");
+        }
     }
 
     #[test]
