@@ -58,6 +58,11 @@ pub struct DemoArgs {
     /// removed at exit unless `--keep-dir`.
     #[arg(long, env = "UPLINK_DEMO_DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Open the hub's operator page (its URL is printed either way) in a
+    /// browser: `$BROWSER`, else `xdg-open` or `open`, where one exists.
+    #[arg(long, env = "UPLINK_DEMO_OPEN")]
+    pub open: bool,
 }
 
 impl Default for DemoArgs {
@@ -71,6 +76,7 @@ impl Default for DemoArgs {
             agent_bin: None,
             keep_dir: false,
             dir: None,
+            open: false,
         }
     }
 }
@@ -161,5 +167,6 @@ mod tests {
         assert_eq!(parsed.step_pause, default.step_pause);
         assert_eq!(parsed.dir, None);
         assert!(!parsed.keep_dir);
+        assert!(!parsed.open);
     }
 }

@@ -13,7 +13,8 @@
 //! test bed's stand-in Deployment controller, which sets a Deployment's
 //! status from its spec (no pods, no kubelet); that is what "runs" the
 //! workloads. A refreshing table shows both copies of every object and the
-//! latest steps ([`observe`], [`table`]). After `--duration` it stops
+//! latest steps ([`observe`], [`table`]); the hub's operator page shows
+//! the fleet in a browser (`--open`, [`browser`]). After `--duration` it stops
 //! driving, waits for KCP and the clusters to show what KCP last asked,
 //! prints the final table and exits 0, or non-zero if they never did or a
 //! step of the loop was not seen. Ctrl-C stops it early (exit 0). Every
@@ -23,6 +24,7 @@
 //! servers, so nothing writes to a server that is already gone.
 
 mod args;
+mod browser;
 pub mod capacity;
 pub mod connections;
 pub mod driver;

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use kube::Api;
 use uplink_agent::config::DEFAULT_DOWNWARD_RESOURCES;
 
+use super::browser;
 use super::connections::Connections;
 use super::driver::{DrivenObject, Driver};
 use super::launch::{self, Files};
@@ -175,6 +176,14 @@ impl Demo {
             hub_addrs.http,
             hub.log_path().display()
         );
+        let page = browser::page_url(hub_addrs.http);
+        println!("operator page         {page}");
+        if self.args.open {
+            match browser::open(&page) {
+                Ok(how) => println!("                      opened with {how}"),
+                Err(why) => println!("                      not opened: {why}; open it yourself"),
+            }
+        }
         self.children.push(hub);
         // The downward lane is off in the agent by default; the demo is about it.
         let downward = [
