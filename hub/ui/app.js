@@ -223,12 +223,26 @@
   // ---- capacity plots ----------------------------------------------------
 
   const RESOURCES = {
-    cpu: { title: "CPU", amount: (a) => a.cpu_millis / 1000, text: (v) => `${v.toFixed(1)} cores`, perHour: (v) => `${(v / 1000).toFixed(2)} cores` },
-    memory: { title: "Memory", amount: (a) => a.memory_bytes, text: (v) => bytes(v), perHour: (v) => bytes(Math.abs(v)) },
+    cpu: { title: "CPU", unit: "cores", amount: (a) => a.cpu_millis / 1000, text: (v) => `${v.toFixed(1)} cores`, tick: (v) => `${+v.toFixed(2)}`, perHour: (v) => `${(v / 1000).toFixed(2)} cores` },
+    memory: { title: "Memory", unit: "GiB", amount: (a) => a.memory_bytes, text: (v) => bytes(v), tick: (v) => `${+(v / 2 ** 30).toFixed(1)}`, perHour: (v) => bytes(Math.abs(v)) },
   };
 
   function cssVar(name) {
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || "#888";
+  }
+
+  /**
+   * History a trend needs before the page states it: a fit over a few
+   * seconds turns one new Deployment into "hundreds of cores an hour".
+   */
+  const TREND_SPAN_MS = 10 * 60 * 1000;
+
+  /** The trend of `resource`, if the history is long enough to state one. */
+  function trendOf(history, resource) {
+    const points = history.points || [];
+    const span = points.length ? points[points.length - 1].at_ms - points[0].at_ms : 0;
+    if (span < TREND_SPAN_MS) return null;
+    return (history.trends || []).find((t) => t.resource === resource) || null;
   }
 
   /** What a plot shows, in words: its text alternative. */
@@ -248,7 +262,7 @@
     } else if (trend && trend.allocated_per_hour < 0) {
       text += `, falling ${r.perHour(trend.allocated_per_hour)} an hour; no exhaustion forecast.`;
     } else {
-      text += points.length < 2 ? "; too few samples for a trend yet." : ", steady; no exhaustion forecast.";
+      text += trend ? ", steady; no exhaustion forecast." : `; under ${TREND_SPAN_MS / 60000} minutes of history, too little for a trend.`;
     }
     return `${text} ${points.length} samples.`;
   }
@@ -289,7 +303,7 @@
     }
     update(history) {
       const points = history.points || [];
-      const trend = (history.trends || []).find((t) => t.resource === this.resource);
+      const trend = trendOf(history, this.resource);
       const text = describe(this.resource, points, trend);
       this.caption.textContent = text;
       this.plot.setAttribute("aria-label", text);
@@ -308,7 +322,7 @@
           scales: { x: { time: true } },
           axes: [
             { stroke: muted, grid },
-            { stroke: muted, grid, size: 70, values: (u, values) => values.map((v) => r.text(v)) },
+            { stroke: muted, grid, size: 56, label: r.unit, values: (u, values) => values.map((v) => r.tick(v)) },
           ],
           series: [
             {},
@@ -331,8 +345,8 @@
     const pager = new Pager(() => refreshNow());
     const summary = h("ul", { class: "summary", "aria-label": "Fleet totals" });
     const clusters = table("fleet", "Clusters: link state, health, heartbeat, traffic and allocation; live.", [
-      ["Cluster"], ["State"], ["Health"], ["Heartbeat"], ["Connected since", { class: "wide-only" }],
-      ["Objects", { class: "num" }], ["Deltas/s", { class: "num" }], ["CPU allocated"], ["Memory allocated", { class: "wide-only" }],
+      ["Cluster"], ["State"], ["Health"], ["Heartbeat", { class: "wide-only" }], ["Connected for", { class: "wide-only" }],
+      ["Objects", { class: "num wide-only" }], ["Deltas/s", { class: "num wide-only" }], ["CPU allocated"], ["Memory allocated", { class: "wide-only" }],
     ]);
     const previous = new Map();
     const healthOf = new Map();
@@ -365,7 +379,7 @@
         const share = (pick) => (last && pick(last.allocatable) > 0 ? pick(last.allocated) / pick(last.allocatable) : null);
         summary.replaceChildren(
           h("li", {}, h("strong", {}, items.length + ((list.metadata && list.metadata.remainingItemCount) || 0)), "clusters"),
-          ["Ready", "Stale", "Offline", "Healthy", "Degraded", "Unhealthy", "Unknown"]
+          ...["Ready", "Stale", "Offline", "Healthy", "Degraded", "Unhealthy", "Unknown"]
             .filter((k) => counts[k])
             .map((k) => h("li", {}, h("strong", {}, counts[k]), k)),
           h("li", {}, "Fleet CPU ", bar(share((a) => a.cpu_millis), "fleet CPU allocated")),
@@ -378,10 +392,10 @@
             h("th", { scope: "row", dataset: { field: "name" } }, clusterLink(c.name)),
             td("state", badge(c.state)),
             td("health", badge(c.health), { title: c.health_reason }),
-            td("heartbeat", ago(c.last_heartbeat)),
+            td("heartbeat", ago(c.last_heartbeat), { class: "wide-only" }),
             td("connected", c.connected_since ? duration(since(c.connected_since)) : "not connected", { class: "wide-only" }),
-            td("objects", c.objects, { class: "num" }),
-            td("deltas", rate === null ? "–" : Math.max(0, rate).toFixed(1), { class: "num" }),
+            td("objects", c.objects, { class: "num wide-only" }),
+            td("deltas", rate === null ? "–" : Math.max(0, rate).toFixed(1), { class: "num wide-only" }),
             td("cpu", bar(c.allocation && c.allocation.cpu, `${c.name} CPU allocated`)),
             td("memory", bar(c.allocation && c.allocation.memory, `${c.name} memory allocated`), { class: "wide-only" }),
           ];
@@ -436,11 +450,12 @@
           ["Agent", c.agent_version || "–"],
           ["Session", c.session || "–"],
           ["Clock skew", c.clock_skew_ms === null || c.clock_skew_ms === undefined ? "–" : `${c.clock_skew_ms} ms`],
-          ["SyncTarget", c.placement && c.placement.sync_target ? `${c.placement.sync_target.workspace} / ${c.placement.sync_target.name}` : "none (the cluster may report nothing)"],
+          ["SyncTarget", c.placement && c.placement.syncTarget ? `${c.placement.syncTarget.name} in ${c.placement.syncTarget.workspace}` : "none (the cluster may report nothing)"],
           ["Placed objects", c.placement ? c.placement.objects : "–"],
           ["Objects reported", `${c.objects} (${c.held} held until placement can judge them)`],
           ["Nodes", `${nodes.ready || 0} ready of ${nodes.total || 0}${nodes.cordoned ? `, ${nodes.cordoned} cordoned` : ""}`],
           ["Pods", `${pods.running || 0} running, ${pods.pending || 0} pending, ${pods.failed || 0} failed`],
+          ["Watches", (s.watches || []).map((w) => `${w.resource}: ${w.ready ? "listed" : "not listed"}, ${w.objects} objects${w.error ? ` (${w.error})` : ""}`).join("; ") || "–"],
           ["CPU", [bar(c.allocation && c.allocation.cpu, "CPU allocated"), ` ${cores(amounts("requests").cpu_millis || 0)} of ${cores(amounts("allocatable").cpu_millis || 0)} cores allocated`]],
           ["Memory", [bar(c.allocation && c.allocation.memory, "memory allocated"), ` ${bytes(amounts("requests").memory_bytes || 0)} of ${bytes(amounts("allocatable").memory_bytes || 0)} allocated`]],
         ];
@@ -547,7 +562,7 @@
         const perCluster = clusters.map((c) => leaves(o.clusters[c].status, "", new Map()));
         const fields = Array.from(new Set([...merged.keys(), ...perCluster.flatMap((m) => Array.from(m.keys()))])).sort();
         const columns = [["Field"], ...clusters.map((c) => [c]), ["Merged (KCP)"]];
-        const t = table("object-clusters", "Each cluster's status beside the merged status the hub writes to KCP; differing values are marked.", columns);
+        const t = table("object-clusters", "Each cluster's status beside the merged status the hub writes to KCP; fields on which the clusters disagree are marked.", columns);
         const info = (label, pick) =>
           h("tr", {}, h("th", { scope: "row" }, label), clusters.map((c) => h("td", {}, pick(o.clusters[c], c))), h("td", {}, "–"));
         t.body.append(
@@ -557,14 +572,16 @@
         );
         for (const field of fields) {
           const want = merged.get(field);
+          const reported = perCluster.map((m) => m.get(field));
+          // Summed and merged fields differ from each cluster's by design;
+          // what an operator looks for is clusters that disagree.
+          const disagree = new Set(reported).size > 1;
           t.body.append(
-            h("tr", { dataset: { statusField: field } },
+            h("tr", { dataset: { statusField: field }, class: disagree ? "disagree" : null },
               h("th", { scope: "row" }, h("code", {}, field)),
-              perCluster.map((m) => {
-                const got = m.get(field);
-                const differs = got !== want;
-                return h("td", { class: differs ? "differs" : null }, got === undefined ? "–" : got, differs ? h("span", { class: "visually-hidden" }, " (differs from merged)") : null);
-              }),
+              reported.map((got) =>
+                h("td", { class: disagree ? "differs" : null }, got === undefined ? "–" : got,
+                  disagree ? h("span", { class: "visually-hidden" }, " (the clusters disagree)") : null)),
               h("td", {}, want === undefined ? "–" : want)),
           );
         }
