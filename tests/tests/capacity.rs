@@ -3,7 +3,9 @@
 //! and fleet totals equal figures computed by hand, exactly; a node turning
 //! NotReady makes its cluster Degraded in the API, in metrics and in its
 //! SyncTarget; deleting pods lowers the allocation; the CSV and JSON
-//! reports agree.
+//! reports agree. And `kubectl get synctargets` in KCP is a fleet table:
+//! state, health, heartbeat age and CPU allocation from the status the hub
+//! writes.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use uplink_tests::fleet::setup::ready_condition;
 use uplink_tests::fleet::{
     Fleet, SCENARIO_TIMEOUT, STATUS_DEADLINE, bounded, eventually, http_get,
 };
+use uplink_tests::kubectl::{Kubectl, find_kubectl};
 
 const SYNCTARGETS: &str = "root";
 const TEAM_A: &str = "root:org:team-a";
@@ -475,6 +478,179 @@ async fn capacity_totals_health_and_reports() -> Result<()> {
             Ok(())
         })
         .await?;
+
+        fleet.shutdown().await
+    })
+    .await
+}
+
+/// A row of `kubectl get` output: cells by upper-case column name.
+type Row = std::collections::BTreeMap<String, String>;
+
+/// The header and rows of a table `kubectl get` printed.
+/// Columns start where their header starts (kubectl pads with at least
+/// three spaces; a header like `CPU ALLOCATED` has one), so an empty cell
+/// reads as "".
+fn kubectl_table(text: &str) -> Result<(Vec<String>, Vec<Row>)> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().context("kubectl printed nothing")?;
+    let mut starts = Vec::new();
+    let mut spaces = 2;
+    for (i, c) in header.char_indices() {
+        if c != ' ' && spaces >= 2 {
+            starts.push(i);
+        }
+        spaces = if c == ' ' { spaces + 1 } else { 0 };
+    }
+    let cell = |line: &str, k: usize| -> String {
+        let from = starts[k].min(line.len());
+        let to = starts.get(k + 1).map_or(line.len(), |&e| e.min(line.len()));
+        line.get(from..to).unwrap_or_default().trim().to_owned()
+    };
+    let names: Vec<String> = (0..starts.len()).map(|k| cell(header, k)).collect();
+    let rows = lines
+        .map(|line| {
+            names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| (name.clone(), cell(line, k)))
+                .collect()
+        })
+        .collect();
+    Ok((names, rows))
+}
+
+/// Whether `text` reads as kube's `HumanDuration` (`5s`, `2m30s`, `3d`, ...).
+fn is_age(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_digit())
+        && text.ends_with(['s', 'm', 'h', 'd', 'y'])
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || "smhdy".contains(c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_synctargets_is_a_fleet_table() -> Result<()> {
+    if find_kubectl().is_none() {
+        eprintln!("skipping: kubectl not found on PATH");
+        return Ok(());
+    }
+    bounded(SCENARIO_TIMEOUT, async {
+        // A short heartbeat period: new allocation figures ride on it.
+        let fleet = Fleet::builder()
+            .clusters(["east", "west"])
+            .synctargets(SYNCTARGETS, Duration::from_millis(500))
+            .start()
+            .await?;
+        // east: one node, 4 CPUs and 16Gi allocatable; pods request 1700m
+        // (42.5%, printed 42%) and 4Gi (25%).
+        fleet
+            .create_node(
+                "east",
+                "e1",
+                res("4", "16Gi", "100Gi", "110"),
+                res("4", "16Gi", "100Gi", "110"),
+                true,
+            )
+            .await?;
+        fleet.create_cluster_namespace("east", "shop", None).await?;
+        fleet
+            .create_pod(
+                "east",
+                pod("shop", "p1", Some("e1"), &[("1", "2Gi")]),
+                "Running",
+            )
+            .await?;
+        fleet
+            .create_pod(
+                "east",
+                pod("shop", "p2", Some("e1"), &[("700m", "2Gi")]),
+                "Running",
+            )
+            .await?;
+        // west: two nodes, one NotReady (Degraded); 500m of 4 CPUs (12%).
+        for (node, ready) in [("w1", true), ("w2", false)] {
+            fleet
+                .create_node(
+                    "west",
+                    node,
+                    res("2", "8Gi", "50Gi", "110"),
+                    res("2", "8Gi", "50Gi", "110"),
+                    ready,
+                )
+                .await?;
+        }
+        fleet.create_cluster_namespace("west", "shop", None).await?;
+        fleet
+            .create_pod(
+                "west",
+                pod("shop", "q1", Some("w1"), &[("500m", "1Gi")]),
+                "Running",
+            )
+            .await?;
+
+        let kubectl = Kubectl::for_server(fleet.kcp_server(), Some(SYNCTARGETS))?
+            .context("kubectl is on PATH")?;
+        let table = eventually(
+            STATUS_DEADLINE,
+            "kubectl get synctargets to show the fleet",
+            async || {
+                let out = kubectl.ok(&["get", "synctargets"]).await?;
+                let (header, rows) = kubectl_table(&out)?;
+                ensure!(
+                    header
+                        == [
+                            "NAME",
+                            "STATE",
+                            "HEALTH",
+                            "HEARTBEAT",
+                            "CPU ALLOCATED",
+                            "AGE"
+                        ],
+                    "header {header:?}"
+                );
+                let row = |name: &str| {
+                    rows.iter()
+                        .find(|r| r["NAME"] == name)
+                        .with_context(|| format!("no row {name} in\n{out}"))
+                };
+                let (east, west) = (row("east")?, row("west")?);
+                for (r, health, cpu) in [(east, "Healthy", "42%"), (west, "Degraded", "12%")] {
+                    ensure!(r["STATE"] == "Ready", "STATE in\n{out}");
+                    ensure!(r["HEALTH"] == health, "HEALTH in\n{out}");
+                    ensure!(is_age(&r["HEARTBEAT"]), "HEARTBEAT in\n{out}");
+                    ensure!(r["CPU ALLOCATED"] == cpu, "CPU ALLOCATED in\n{out}");
+                    ensure!(is_age(&r["AGE"]), "AGE in\n{out}");
+                }
+                Ok(out)
+            },
+        )
+        .await?;
+        println!("$ kubectl get synctargets\n{table}");
+
+        let wide = kubectl.ok(&["get", "synctargets", "-o", "wide"]).await?;
+        let (header, rows) = kubectl_table(&wide)?;
+        assert_eq!(
+            header,
+            [
+                "NAME",
+                "STATE",
+                "HEALTH",
+                "HEARTBEAT",
+                "CPU ALLOCATED",
+                "AGE",
+                "MEMORY ALLOCATED",
+                "READY"
+            ],
+            "{wide}"
+        );
+        let east = rows
+            .iter()
+            .find(|r| r["NAME"] == "east")
+            .context("no row east")?;
+        assert_eq!(east["MEMORY ALLOCATED"], "25%", "{wide}");
+        assert_eq!(east["READY"], "True", "{wide}");
+        println!("$ kubectl get synctargets -o wide\n{wide}");
 
         fleet.shutdown().await
     })

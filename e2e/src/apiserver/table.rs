@@ -47,25 +47,40 @@ pub(crate) fn partial_metadata(object: &Value) -> Value {
     })
 }
 
+mod jsonpath;
+
+use jsonpath::JsonPath;
+
 type Cell = fn(&Value) -> Value;
 
 struct Column {
     name: String,
-    kind: &'static str,
+    /// The OpenAPI type kube-apiserver declares: `string` for built-in
+    /// columns, the CRD's `type` for printer columns.
+    kind: String,
+    format: String,
     description: String,
-    priority: u8,
+    priority: i64,
     cell: ColumnValue,
 }
 
 enum ColumnValue {
     Computed(Cell),
-    Path(String),
+    /// A CRD printer column: its path (or why it did not parse).
+    Path(Result<JsonPath, String>),
 }
+
+/// `metav1.ObjectMeta{}.SwaggerDoc()["name"]`, the Name column's description.
+const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
+/// `metav1.ObjectMeta{}.SwaggerDoc()["creationTimestamp"]`.
+const CREATION_TIMESTAMP_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
 fn col(name: &str, cell: Cell) -> Column {
     Column {
         name: name.into(),
-        kind: "string",
+        kind: "string".into(),
+        format: String::new(),
         description: String::new(),
         priority: 0,
         cell: ColumnValue::Computed(cell),
@@ -85,7 +100,11 @@ fn str_at(v: &Value, pointer: &str, default: &str) -> Value {
 }
 
 fn columns(target: &Target) -> Vec<Column> {
-    let mut cols = vec![col("Name", |v| str_at(v, "/metadata/name", ""))];
+    let mut cols = vec![Column {
+        format: "name".into(),
+        description: NAME_DESCRIPTION.into(),
+        ..col("Name", |v| str_at(v, "/metadata/name", ""))
+    }];
     let builtin: Vec<Column> = match (target.def.group.as_str(), target.def.plural.as_str()) {
         ("apps", "deployments") => vec![
             col("Ready", |v| {
@@ -209,44 +228,119 @@ fn columns(target: &Target) -> Vec<Column> {
         _ => Vec::new(),
     };
     cols.extend(builtin);
-    let printer_columns = target
-        .def
-        .version(&target.version)
-        .map(|v| v.printer_columns.clone())
-        .unwrap_or_default();
-    if target.def.custom && !printer_columns.is_empty() {
-        for c in printer_columns {
-            let path = c
-                .get("jsonPath")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let is_age = path == ".metadata.creationTimestamp";
-            cols.push(Column {
-                name: c
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                kind: "string",
-                description: c
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                priority: u8::try_from(c.get("priority").and_then(Value::as_u64).unwrap_or(0))
-                    .unwrap_or(0),
-                cell: if is_age {
-                    ColumnValue::Computed(age_cell)
-                } else {
-                    ColumnValue::Path(path)
-                },
-            });
-        }
+    if target.def.custom {
+        let printer_columns = target
+            .def
+            .version(&target.version)
+            .map(|v| v.printer_columns.clone())
+            .unwrap_or_default();
+        cols.extend(crd_columns(&printer_columns));
     } else {
-        cols.push(col("Age", age_cell));
+        cols.push(Column {
+            description: CREATION_TIMESTAMP_DESCRIPTION.into(),
+            ..col("Age", age_cell)
+        });
     }
     cols
+}
+
+/// A CRD's printer columns as kube-apiserver's table convertor makes them
+/// (k8s.io/apiextensions-apiserver/pkg/registry/customresource/tableconvertor,
+/// `New`): the CRD's columns as given, after Name, with their `type`,
+/// `format`, `priority` and `description` (by default "Custom resource
+/// definition column (in JSONPath format): <path>"); no Age is added. A
+/// version without columns gets the one kube-apiserver serves by default
+/// (apiextensions-apiserver's `serveDefaultColumnsIfEmpty`): Age, a `date`
+/// column of `.metadata.creationTimestamp`.
+fn crd_columns(printer_columns: &[Value]) -> Vec<Column> {
+    if printer_columns.is_empty() {
+        return vec![Column {
+            name: "Age".into(),
+            kind: "date".into(),
+            format: String::new(),
+            description: CREATION_TIMESTAMP_DESCRIPTION.into(),
+            priority: 0,
+            cell: ColumnValue::Path(JsonPath::parse(".metadata.creationTimestamp")),
+        }];
+    }
+    printer_columns
+        .iter()
+        .map(|c| {
+            let text = |key: &str| {
+                c.get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let path = text("jsonPath");
+            let description = match text("description") {
+                d if d.is_empty() => {
+                    format!("Custom resource definition column (in JSONPath format): {path}")
+                }
+                d => d,
+            };
+            Column {
+                name: text("name"),
+                kind: text("type"),
+                format: text("format"),
+                description,
+                priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                cell: ColumnValue::Path(JsonPath::parse(&path)),
+            }
+        })
+        .collect()
+}
+
+/// A CRD column's cell, as the table convertor's `ConvertToTable` and
+/// `cellForJSONValue` make it: `null` (kubectl prints nothing) when the path
+/// finds nothing or fails; else the first value found, as text for a
+/// `string` column (Go's printing of it), kept as a JSON integer, number or
+/// boolean for those types (`null` when it is not one), and for a `date`
+/// column the age of the timestamp (`metatable.ConvertToHumanReadableDateType`:
+/// `<unknown>` for an empty or zero time, `<invalid>` when it does not parse).
+fn crd_cell(kind: &str, path: &Result<JsonPath, String>, object: &Value) -> Value {
+    let Ok(path) = path else {
+        return Value::Null;
+    };
+    let value = match path.find(object) {
+        Ok(found) => match found.first() {
+            Some(v) => *v,
+            None => return Value::Null,
+        },
+        Err(_) => return Value::Null,
+    };
+    if kind == "string" {
+        return json!(jsonpath::go_text(value));
+    }
+    match (kind, value) {
+        (_, Value::Null) => Value::Null,
+        ("integer", Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => json!(i),
+            // Go's int64(float64): toward zero, saturating here.
+            (None, Some(f)) => json!(f as i64),
+            (None, None) => Value::Null,
+        },
+        ("number", Value::Number(n)) => n.as_f64().map_or(Value::Null, |f| json!(f)),
+        ("boolean", Value::Bool(b)) => json!(b),
+        ("date", Value::String(s)) => json!(date_cell(s)),
+        _ => Value::Null,
+    }
+}
+
+/// `metatable.ConvertToHumanReadableDateType` of a timestamp parsed as
+/// `metav1.Time.UnmarshalQueryParameter` parses it.
+fn date_cell(text: &str) -> String {
+    if text.is_empty() || text == "null" {
+        return "<unknown>".into();
+    }
+    let Ok(t) = text.parse::<jiff::Timestamp>() else {
+        return "<invalid>".into();
+    };
+    // Go's zero time, 0001-01-01T00:00:00Z.
+    if t.as_second() == -62_135_596_800 {
+        return "<unknown>".into();
+    }
+    human_duration(jiff::Timestamp::now().as_second() - t.as_second())
 }
 
 fn age_cell(v: &Value) -> Value {
@@ -307,39 +401,6 @@ fn human_duration(seconds: i64) -> String {
     }
 }
 
-/// Evaluates a simple JSONPath (`.status.replicas`, `.spec.items[0].name`).
-fn json_path(v: &Value, path: &str) -> Value {
-    let mut cur = v;
-    for part in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|p| !p.is_empty())
-    {
-        let (field, index) = match part.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let next = if field.is_empty() {
-            Some(cur)
-        } else {
-            cur.get(field)
-        };
-        let next = match (next, index) {
-            (Some(n), Some(i)) => n.get(i),
-            (n, None) => n,
-            (None, _) => None,
-        };
-        match next {
-            Some(n) => cur = n,
-            None => return Value::Null,
-        }
-    }
-    match cur {
-        Value::Object(_) | Value::Array(_) => json!(cur.to_string()),
-        other => other.clone(),
-    }
-}
-
 /// Renders objects as a Table. `include` is the `includeObject` parameter.
 pub(crate) fn render(
     target: &Target,
@@ -351,8 +412,7 @@ pub(crate) fn render(
     let definitions: Vec<Value> = cols
         .iter()
         .map(|c| {
-            let format = if c.name == "Name" { "name" } else { "" };
-            json!({ "name": c.name, "type": c.kind, "format": format, "description": c.description, "priority": c.priority })
+            json!({ "name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority })
         })
         .collect();
     let rows: Vec<Value> = objects
@@ -362,7 +422,7 @@ pub(crate) fn render(
                 .iter()
                 .map(|c| match &c.cell {
                     ColumnValue::Computed(f) => f(o),
-                    ColumnValue::Path(p) => json_path(o, p),
+                    ColumnValue::Path(p) => crd_cell(&c.kind, p, o),
                 })
                 .collect();
             let object = match include {
@@ -389,7 +449,7 @@ pub(crate) fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::builtins;
+    use crate::apiserver::resources::{ResourceDef, builtins};
 
     #[test]
     fn kubectl_accept_header_asks_for_a_table() {
@@ -437,11 +497,134 @@ mod tests {
         assert_eq!(human_duration(86400 * 3), "3d");
     }
 
+    /// A cluster-scoped CRD with `columns` in its only version.
+    fn crd_target(columns: Value) -> Target {
+        let crd = json!({
+            "metadata": {"name": "gadgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Cluster",
+                "names": {"plural": "gadgets", "kind": "Gadget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                              "additionalPrinterColumns": columns}],
+            }
+        });
+        let def = ResourceDef::from_crd(&crd).unwrap_or_else(|e| panic!("crd: {e}"));
+        Target {
+            def: Arc::new(def),
+            version: "v1".into(),
+            namespace: String::new(),
+            status: false,
+        }
+    }
+
+    fn rfc3339_ago(seconds: i64) -> String {
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - seconds)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
-    fn json_paths() {
-        let v = json!({"spec": {"items": [{"name": "a"}], "n": 3}});
-        assert_eq!(json_path(&v, ".spec.n"), json!(3));
-        assert_eq!(json_path(&v, ".spec.items[0].name"), json!("a"));
-        assert_eq!(json_path(&v, ".spec.missing"), Value::Null);
+    fn crd_columns_as_kube_apiserver_serves_them() {
+        let t = crd_target(json!([
+            {"name": "State", "type": "string",
+             "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"},
+            {"name": "Heartbeat", "type": "date", "jsonPath": ".status.heartbeat",
+             "description": "When it last beat."},
+            {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
+            {"name": "Ratio", "type": "number", "jsonPath": ".status.ratio", "format": "float"},
+            {"name": "On", "type": "boolean", "jsonPath": ".status.on", "priority": 1},
+            {"name": "Text", "type": "string", "jsonPath": ".status.nodes", "priority": 2},
+            {"name": "Shape", "type": "string", "jsonPath": ".status.shape", "priority": 1},
+        ]));
+        let full = Arc::new(json!({
+            "metadata": {"name": "g1", "creationTimestamp": rfc3339_ago(3600)},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Stale"}],
+                "heartbeat": rfc3339_ago(900),
+                "nodes": 3, "ratio": 0.5, "on": true, "shape": {"b": 2, "a": "x"},
+            },
+        }));
+        let bare = Arc::new(json!({
+            "metadata": {"name": "g2", "creationTimestamp": rfc3339_ago(5)},
+            "status": {"heartbeat": "", "nodes": "three", "on": "yes"},
+        }));
+        let table = render(&t, &[full, bare], None, None);
+        let defs = &table["columnDefinitions"];
+        let names: Vec<&str> = defs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str())
+            .collect();
+        // Name first, then the CRD's columns as given: no Age appended.
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "State",
+                "Heartbeat",
+                "Nodes",
+                "Ratio",
+                "On",
+                "Text",
+                "Shape"
+            ]
+        );
+        assert_eq!(defs[0]["format"], "name");
+        assert_eq!(defs[0]["type"], "string");
+        assert_eq!(defs[2]["type"], "date");
+        assert_eq!(defs[2]["description"], "When it last beat.");
+        assert_eq!(
+            defs[3]["description"],
+            "Custom resource definition column (in JSONPath format): .status.nodes"
+        );
+        assert_eq!(defs[3]["type"], "integer");
+        assert_eq!(defs[4]["format"], "float");
+        assert_eq!(defs[5]["priority"], 1);
+        assert_eq!(defs[6]["priority"], 2);
+
+        let full_cells = &table["rows"][0]["cells"];
+        assert_eq!(full_cells[0], "g1");
+        assert_eq!(full_cells[1], "Stale");
+        assert_eq!(full_cells[2], "15m", "a date column prints the age");
+        assert_eq!(full_cells[3], json!(3), "an integer stays an integer");
+        assert_eq!(full_cells[4], json!(0.5));
+        assert_eq!(full_cells[5], json!(true));
+        assert_eq!(full_cells[6], "3", "a string column prints the number");
+        assert_eq!(full_cells[7], "map[a:x b:2]");
+
+        let bare_cells = &table["rows"][1]["cells"];
+        // Nothing found: null, which kubectl prints as an empty cell.
+        assert_eq!(bare_cells[1], Value::Null);
+        assert_eq!(bare_cells[2], "<unknown>", "an empty time");
+        assert_eq!(bare_cells[3], Value::Null, "not an integer");
+        assert_eq!(bare_cells[4], Value::Null);
+        assert_eq!(bare_cells[5], Value::Null, "not a boolean");
+        assert_eq!(bare_cells[6], "three");
+        assert_eq!(bare_cells[7], Value::Null);
+    }
+
+    #[test]
+    fn crd_date_cells() {
+        assert_eq!(date_cell(""), "<unknown>");
+        assert_eq!(date_cell("0001-01-01T00:00:00Z"), "<unknown>");
+        assert_eq!(date_cell("yesterday"), "<invalid>");
+        assert_eq!(date_cell(&rfc3339_ago(3 * 86400)), "3d");
+        // More than a second in the future.
+        assert_eq!(date_cell(&rfc3339_ago(-60)), "<invalid>");
+    }
+
+    #[test]
+    fn crd_without_columns_gets_name_and_age() {
+        let t = crd_target(json!([]));
+        let o =
+            Arc::new(json!({"metadata": {"name": "g", "creationTimestamp": rfc3339_ago(7200)}}));
+        let table = render(&t, &[o], None, None);
+        let defs = &table["columnDefinitions"];
+        assert_eq!(defs.as_array().map(Vec::len), Some(2));
+        assert_eq!(defs[1]["name"], "Age");
+        assert_eq!(defs[1]["type"], "date");
+        assert_eq!(table["rows"][0]["cells"], json!(["g", "120m"]));
     }
 }

@@ -199,8 +199,13 @@ impl CapacityRecord {
 
     /// Fields for the cluster's `SyncTarget` status: `capacity` and
     /// `allocatable` as Kubernetes quantities (extended resources included),
-    /// as kcp's SyncTarget carried them. Empty when the agent reported no
-    /// node data (nothing is claimed rather than zeros).
+    /// as kcp's SyncTarget carried them, and `allocation`: the share of
+    /// allocatable that pod requests take, per resource, as a whole
+    /// percentage (`"42%"`, rounded down as `kubectl describe node` does;
+    /// over 100% when requests exceed allocatable), for the SyncTarget's
+    /// printer columns. A resource without allocatable is `null` there, which
+    /// a merge patch turns into no key. Empty when the agent reported no node
+    /// data (nothing is claimed rather than zeros).
     pub fn synctarget_status_fields(&self) -> Map<String, Value> {
         let mut fields = Map::new();
         if self.health == ClusterHealth::Unknown && self.nodes.total == 0 {
@@ -219,6 +224,11 @@ impl CapacityRecord {
                 &self.allocatable,
                 self.extended.iter().map(|(n, e)| (n, e.allocatable)),
             ),
+        );
+        // The same ratios as `allocation`, from the amounts.
+        fields.insert(
+            "allocation".into(),
+            percentages(&self.allocated, &self.allocatable),
         );
         fields
     }
@@ -267,6 +277,25 @@ pub fn apply_to_synctarget_patch(
             status.insert("conditions".into(), Value::Array(vec![condition]));
         }
     }
+}
+
+/// `part / whole` per resource as a whole percentage (`"42%"`, rounded
+/// down, in integers so that 290m of 1000m is 29%), `null` where `whole` is
+/// zero.
+fn percentages(part: &ResourceAmounts, whole: &ResourceAmounts) -> Value {
+    let percent = |part: u64, whole: u64| {
+        if whole == 0 {
+            return Value::Null;
+        }
+        let p = u128::from(part) * 100 / u128::from(whole);
+        Value::String(format!("{p}%"))
+    };
+    json!({
+        "cpu": percent(part.cpu_millis, whole.cpu_millis),
+        "memory": percent(part.memory_bytes, whole.memory_bytes),
+        "ephemeral-storage": percent(part.ephemeral_storage_bytes, whole.ephemeral_storage_bytes),
+        "pods": percent(part.pods, whole.pods),
+    })
 }
 
 /// Amounts as Kubernetes quantities: CPU in millicores, the rest in units.
@@ -447,5 +476,24 @@ mod tests {
         let fields = c.synctarget_status_fields();
         assert_eq!(fields["allocatable"]["cpu"], "4000m");
         assert_eq!(fields["allocatable"]["pods"], "110");
+        assert_eq!(
+            fields["allocation"],
+            json!({"cpu": "25%", "memory": "150%", "ephemeral-storage": null, "pods": "10%"})
+        );
+        // Integers: 290m of 1000m is 29%, not 28.999...%; rounded down.
+        let exact = percentages(
+            &ResourceAmounts {
+                cpu_millis: 290,
+                memory_bytes: 2,
+                ..ResourceAmounts::default()
+            },
+            &ResourceAmounts {
+                cpu_millis: 1000,
+                memory_bytes: 3,
+                ..ResourceAmounts::default()
+            },
+        );
+        assert_eq!(exact["cpu"], "29%");
+        assert_eq!(exact["memory"], "66%");
     }
 }

@@ -18,9 +18,12 @@
 //! latest state is what lands, never a history.
 //!
 //! Capacity ([`crate::capacity::record`]): `capacity` and `allocatable`
-//! include extended resources, and a `Healthy` condition carries the
+//! include extended resources, `allocation` is the share of allocatable
+//! that pod requests take (`{"cpu": "42%", ...}`, what the CRD's `CPU
+//! Allocated` printer column shows), and a `Healthy` condition carries the
 //! cluster's health (Healthy / Degraded / Unhealthy / Unknown); a change of
-//! health is written at once, like a change of state.
+//! health is written at once, like a change of state, while new capacity
+//! and allocation figures ride on the next heartbeat write.
 //!
 //! The same tick publishes `uplink_hub_cluster_state{cluster,state}`.
 
@@ -543,6 +546,64 @@ mod tests {
                 .with_label_values(&[write_result::ERROR])
                 .get(),
             2
+        );
+    }
+
+    /// What `kubectl get synctargets` prints comes from the status: the
+    /// `Ready` and `Healthy` reasons, the heartbeat time, and the allocation
+    /// percentages next to capacity and allocatable.
+    #[tokio::test(start_paused = true)]
+    async fn status_carries_what_the_printer_columns_show() {
+        let (mut targets, kcp, health, _) = fixture(Duration::from_secs(30));
+        let t0 = SystemTime::now();
+        health.session_started("c1", 1, "s", "v");
+        health.heartbeat("c1", 0, t0);
+        health.summary(
+            "c1",
+            uplink_protocol::ClusterSummary {
+                watches: vec![uplink_protocol::WatchHealth {
+                    resource: crate::capacity::record::NODES_WATCH.into(),
+                    ready: true,
+                    objects: 2,
+                    error: None,
+                }],
+                nodes: uplink_protocol::NodeCounts {
+                    total: 2,
+                    ready: 2,
+                    ..Default::default()
+                },
+                allocatable: ResourceAmounts {
+                    cpu_millis: 8000,
+                    memory_bytes: 32 << 30,
+                    ephemeral_storage_bytes: 0,
+                    pods: 220,
+                },
+                requests: ResourceAmounts {
+                    cpu_millis: 3380,
+                    memory_bytes: 4 << 30,
+                    ephemeral_storage_bytes: 0,
+                    pods: 11,
+                },
+                ..Default::default()
+            },
+        );
+        targets.tick(t0).await;
+        let status = kcp
+            .status("c1")
+            .unwrap_or_else(|| panic!("no status written"));
+        let condition = |kind: &str| {
+            status["conditions"]
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["type"] == kind))
+                .map(|c| c["reason"].clone())
+        };
+        assert_eq!(condition("Ready"), Some(json!("Ready")));
+        assert_eq!(condition("Healthy"), Some(json!("Healthy")));
+        assert_eq!(status["lastSyncerHeartbeatTime"], json!(rfc3339(t0)));
+        assert_eq!(status["allocatable"]["cpu"], "8000m");
+        assert_eq!(
+            status["allocation"],
+            json!({"cpu": "42%", "memory": "12%", "ephemeral-storage": null, "pods": "5%"})
         );
     }
 }
