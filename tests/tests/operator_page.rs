@@ -44,6 +44,7 @@ async fn an_operator_watches_the_fleet_in_a_browser() -> Result<()> {
     };
     say(&format!("operator_page: {}", browser.version()));
     let shots = screenshots_dir(env!("CARGO_TARGET_TMPDIR"))?;
+    forget_screenshots(&shots)?;
     let page = browser.new_page().await?;
     let outcome = bounded(SCENARIO_TIMEOUT, scenario(&page, &shots)).await;
     if outcome.is_err() {
@@ -56,6 +57,22 @@ async fn an_operator_watches_the_fleet_in_a_browser() -> Result<()> {
     let closed = browser.close().await;
     outcome?;
     closed
+}
+
+/// Removes this test's screenshots of an earlier run, so that what is
+/// there afterwards is all from this one.
+fn forget_screenshots(shots: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(shots)? {
+        let path = entry?.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("operator-") && n.ends_with(".png"));
+        if ours {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn scenario(page: &Page, shots: &Path) -> Result<()> {
