@@ -4,6 +4,7 @@
 //! for one part can grow without tangling with another's.
 
 pub mod apiserver;
+pub mod browser;
 pub mod fleet;
 pub mod flood;
 pub mod forged;
