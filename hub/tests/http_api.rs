@@ -109,10 +109,11 @@ async fn all_pages(hub: &TestHub, path: &str, limit: usize) -> Result<(Vec<Value
     let mut items = Vec::new();
     let mut pages = 0;
     let mut token: Option<String> = None;
+    let join = if path.contains('?') { '&' } else { '?' };
     loop {
         let url = match &token {
-            Some(token) => format!("{path}?limit={limit}&continue={token}"),
-            None => format!("{path}?limit={limit}"),
+            Some(token) => format!("{path}{join}limit={limit}&continue={token}"),
+            None => format!("{path}{join}limit={limit}"),
         };
         let answer = get(hub, &url, None).await?;
         ensure!(
