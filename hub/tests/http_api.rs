@@ -261,6 +261,16 @@ async fn a_big_store_is_served_in_pages_that_add_up_to_it_exactly() -> Result<()
         "{east:#}"
     );
     ensure!(east["connected_since"].is_string(), "{east:#}");
+    // One object, its path escaped as the page escapes it (all but `:`),
+    // or as a client escaping everything would.
+    for path in [
+        "/api/v1/objects/root:team-1/apps/deployments/ns-1/app-000001",
+        "/api/v1/objects/root%3Ateam-1/apps/deployments/ns%2D1/app%2D000001",
+    ] {
+        let one = get(&hub, path, None).await?;
+        ensure!(one.status == StatusCode::OK, "{path}: {}", one.status);
+        ensure!(one.json()?["name"] == "app-000001", "{path}");
+    }
     let nobody = get(&hub, "/api/v1/clusters/nobody", None).await?;
     ensure!(nobody.status == StatusCode::NOT_FOUND, "{}", nobody.status);
 

@@ -14,6 +14,8 @@
 
 (() => {
   const POLL_MS = 2000;
+  /** A request that has not answered by then is given up (and retried). */
+  const FETCH_TIMEOUT_MS = 10000;
   const PAGE = 200;
 
   const view = document.getElementById("view");
@@ -176,10 +178,19 @@
 
   // ---- the API -----------------------------------------------------------
 
+  /** Aborts the requests of the refresh in progress (timeout, new view). */
+  let requests = new AbortController();
+
   async function api(path) {
-    const response = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    const response = await fetch(path, {
+      headers: { Accept: "application/json" },
+      credentials: "same-origin",
+      signal: requests.signal,
+    });
+    // The Date header has whole seconds: take a new skew only when it moved
+    // by more than that, or ages would flicker between polls.
     const date = Date.parse(response.headers.get("Date") || "");
-    if (!isNaN(date)) hubSkewMs = date - Date.now();
+    if (!isNaN(date) && Math.abs(date - Date.now() - hubSkewMs) > 1500) hubSkewMs = date - Date.now();
     if (!response.ok) {
       const detail = (await response.text()).trim();
       throw new Error(`${path}: ${response.status} ${response.statusText}${detail ? `: ${detail}` : ""}`);
@@ -187,11 +198,29 @@
     return response.json();
   }
 
+  /** A path segment, escaped but for `:` (workspace paths, which RBAC grants match as written). */
+  const segment = (text) => encodeURIComponent(text).replace(/%3A/gi, ":");
   const objectPath = (o) =>
-    [o.workspace, o.group || "core", o.resource, o.namespace || "_", o.name].join("/");
+    [o.workspace, o.group || "core", o.resource, o.namespace || "_", o.name].map(segment).join("/");
+
+  /**
+   * A value fetched at most every `ms` (history that changes once a sample
+   * interval need not be read every POLL_MS).
+   */
+  function every(ms, fetcher) {
+    let at = 0;
+    let value = null;
+    return async () => {
+      if (value === null || Date.now() - at >= ms) {
+        value = await fetcher();
+        at = Date.now();
+      }
+      return value;
+    };
+  }
   const objectName = (o) => (o.namespace ? `${o.namespace}/${o.name}` : o.name);
   const objectLink = (o) => h("a", { href: `#/objects/${objectPath(o)}` }, objectName(o));
-  const clusterLink = (name) => h("a", { href: `#/clusters/${encodeURIComponent(name)}` }, name);
+  const clusterLink = (name) => h("a", { href: `#/clusters/${segment(name)}` }, name);
 
   /** Paging through a hub API list with its continue tokens. */
   class Pager {
@@ -205,6 +234,10 @@
       this.prevButton.addEventListener("click", () => { this.tokens.pop(); this.onMove(); });
       this.nextButton.addEventListener("click", () => { this.tokens.push(this.next); this.onMove(); });
       this.el = h("div", { class: "pager" }, this.prevButton, this.nextButton, this.label);
+    }
+    /** Whether the list has more than this one page. */
+    paged(list) {
+      return this.tokens.length > 1 || Boolean(list.metadata && list.metadata.continue);
     }
     query() {
       const token = this.tokens[this.tokens.length - 1];
@@ -277,16 +310,20 @@
     const forecast = points.map(() => null);
     const last = points.length - 1;
     if (trend && trend.allocated_per_hour > 0 && last >= 1) {
-      // The trend line from the last sample to where it meets allocatable
-      // (at most a week ahead, so one far date does not flatten the rest).
-      const horizon = Math.min(trend.allocation_exhausted_in_s ?? 7 * 86400, 7 * 86400);
+      // The trend carried forward as far as the history reaches back, so
+      // the past keeps its width: to allocatable when it runs out within
+      // that, else to where the trend stands then.
+      const span = xs[last] - xs[0];
+      const exhausted = trend.allocation_exhausted_in_s;
       const perSecond = r.amount({ cpu_millis: trend.allocated_per_hour, memory_bytes: trend.allocated_per_hour }) / 3600;
+      const reaches = exhausted !== null && exhausted !== undefined && exhausted <= span;
+      const horizon = reaches ? exhausted : span;
       forecast[last] = allocated[last];
       xs.push(xs[last] + horizon);
       allocatable.push(allocatable[last]);
       allocated.push(null);
       used.push(null);
-      forecast.push(allocated[last] + perSecond * horizon);
+      forecast.push(reaches ? allocatable[last] : allocated[last] + perSecond * horizon);
     }
     return [xs, allocatable, allocated, used, forecast];
   }
@@ -350,6 +387,8 @@
     ]);
     const previous = new Map();
     const healthOf = new Map();
+    const fleetHistory = every(15000, () =>
+      api(`/api/v1/capacity/history?from=${Math.round(Date.now() + hubSkewMs - 10 * 60 * 1000)}`));
     return {
       name: "fleet",
       title: "Fleet",
@@ -363,7 +402,7 @@
       async refresh() {
         const [list, fleet] = await Promise.all([
           api(`/api/v1/clusters?limit=${PAGE}${pager.query()}`),
-          api(`/api/v1/capacity/history?from=${Math.round(Date.now() + hubSkewMs - 10 * 60 * 1000)}`),
+          fleetHistory(),
         ]);
         const now = Date.now();
         const items = list.items || [];
@@ -381,7 +420,7 @@
           h("li", {}, h("strong", {}, items.length + ((list.metadata && list.metadata.remainingItemCount) || 0)), "clusters"),
           ...["Ready", "Stale", "Offline", "Healthy", "Degraded", "Unhealthy", "Unknown"]
             .filter((k) => counts[k])
-            .map((k) => h("li", {}, h("strong", {}, counts[k]), k)),
+            .map((k) => h("li", {}, h("strong", {}, counts[k]), k, pager.paged(list) ? " on this page" : "")),
           h("li", {}, "Fleet CPU ", bar(share((a) => a.cpu_millis), "fleet CPU allocated")),
           h("li", {}, "Fleet memory ", bar(share((a) => a.memory_bytes), "fleet memory allocated")),
         );
@@ -417,6 +456,7 @@
     ]);
     const pager = new Pager(() => refreshNow());
     const heading = h("h1", { tabindex: -1 }, name);
+    const history = every(15000, () => api(`/api/v1/capacity/history?cluster=${segment(name)}`));
     return {
       name: "cluster",
       title: `Cluster ${name}`,
@@ -433,9 +473,9 @@
       },
       async refresh() {
         const encoded = encodeURIComponent(name);
-        const [c, history, list] = await Promise.all([
-          api(`/api/v1/clusters/${encoded}`),
-          api(`/api/v1/capacity/history?cluster=${encoded}`),
+        const [c, points, list] = await Promise.all([
+          api(`/api/v1/clusters/${segment(name)}`),
+          history(),
           api(`/api/v1/objects?cluster=${encoded}&limit=${PAGE}${pager.query()}`),
         ]);
         const s = c.summary || {};
@@ -461,8 +501,8 @@
         ];
         record.replaceChildren(...rows.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
         heading.replaceChildren(`Cluster ${name} `, badge(c.health));
-        cpu.update(history);
-        memory.update(history);
+        cpu.update(points);
+        memory.update(points);
         const items = list.items || [];
         syncRows(objects.body, items, objectPath, (o) => {
           const entry = (o.clusters || {})[name] || {};
@@ -604,6 +644,7 @@
     const pager = new Pager(() => refreshNow());
     const open = table("conflicts", "Conflicts now: where clusters disagree and how the hub settles it.", conflictColumns(false));
     const past = table("conflict-history", "Conflicts that ended, newest first.", conflictColumns(true));
+    const ended = every(10000, () => api("/api/v1/conflicts/history"));
     return {
       name: "conflicts",
       title: "Conflicts",
@@ -618,7 +659,7 @@
       async refresh() {
         const [list, history] = await Promise.all([
           api(`/api/v1/conflicts?limit=${PAGE}${pager.query()}`),
-          api("/api/v1/conflicts/history"),
+          ended(),
         ]);
         const rows = (list.items || []).flatMap((item) => item.conflicts.map((c) => ({ object: item.object, c })));
         syncRows(open.body, rows, (r) => `${objectPath(r.object)}/${r.c.type}/${r.c.subject}`,
@@ -636,7 +677,7 @@
       name: "not-found",
       title: "Not found",
       mount(root) {
-        root.append(h("h1", { tabindex: -1 }, "Not found"), h("p", {}, `Nothing lives at ${hash}. `, h("a", { href: "#/" }, "Back to the fleet.")));
+        root.append(h("h1", { tabindex: -1 }, "Not found"), h("p", {}, "Nothing lives at this address. ", h("a", { href: "#/" }, "Back to the fleet.")));
       },
       async refresh() {},
     };
@@ -644,15 +685,31 @@
 
   // ---- routing and the refresh loop ---------------------------------------
 
+  /** A route's segment as text, or null when it is not one (bad escapes, `.`, `..`). */
+  function decoded(raw) {
+    try {
+      const text = decodeURIComponent(raw);
+      return text === "" || text === "." || text === ".." ? null : text;
+    } catch {
+      return null;
+    }
+  }
+
   function viewFor(hash) {
     const route = hash.replace(/^#/, "") || "/";
     if (route === "/") return fleetView();
     if (route === "/objects") return objectsView();
     if (route === "/conflicts") return conflictsView();
     let m = route.match(/^\/clusters\/([^/]+)$/);
-    if (m) return clusterView(decodeURIComponent(m[1]));
+    const cluster = m && decoded(m[1]);
+    if (cluster !== null && cluster !== undefined) return clusterView(cluster);
     m = route.match(/^\/objects\/([^/]+\/[^/]+\/[^/]+\/[^/]+\/[^/]+)$/);
-    if (m) return objectView(m[1]);
+    if (m) {
+      // Re-escaped from the decoded segments: nothing in the address bar
+      // reaches the API path but five escaped names.
+      const parts = m[1].split("/").map(decoded);
+      if (parts.every((p) => p !== null)) return objectView(parts.map(segment).join("/"));
+    }
     return notFound(hash);
   }
 
@@ -681,6 +738,8 @@
     }
     running = true;
     const mine = generation;
+    requests = new AbortController();
+    const giveUp = setTimeout(() => requests.abort(), FETCH_TIMEOUT_MS);
     try {
       await current.refresh();
       if (mine === generation) {
@@ -691,9 +750,11 @@
       }
     } catch (error) {
       if (mine === generation) {
-        setError(`Could not read the hub API: ${error.message}. Retrying every ${POLL_MS / 1000} s.`);
+        const why = error.name === "AbortError" ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s` : error.message;
+        setError(`Could not read the hub API: ${why}. Retrying every ${POLL_MS / 1000} s.`);
       }
     } finally {
+      clearTimeout(giveUp);
       running = false;
     }
     if (again || mine !== generation) {
@@ -707,6 +768,7 @@
   function show(focus) {
     generation += 1;
     clearTimeout(timer);
+    requests.abort();
     current = viewFor(location.hash);
     view.replaceChildren();
     view.dataset.view = current.name;
@@ -726,7 +788,17 @@
     refreshNow();
   }
 
-  window.addEventListener("hashchange", () => show(true));
+  // Only `#/...` addresses are views; the skip link moves focus instead.
+  window.addEventListener("hashchange", () => {
+    if (location.hash === "" || location.hash.startsWith("#/")) show(true);
+  });
+  const skip = document.querySelector(".skip");
+  if (skip) {
+    skip.addEventListener("click", (event) => {
+      event.preventDefault();
+      view.focus();
+    });
+  }
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) refreshNow();
   });

@@ -230,6 +230,9 @@ impl Browser {
         };
         page.call("Page.enable", json!({})).await?;
         page.call("Runtime.enable", json!({})).await?;
+        // Failed loads and Content-Security-Policy refusals come as log
+        // entries, not exceptions.
+        page.call("Log.enable", json!({})).await?;
         Ok(page)
     }
 
@@ -506,7 +509,8 @@ impl Connection {
 }
 
 /// What an event says went wrong in a page: an uncaught exception, a
-/// `console.error`, a crash. `None` for other events.
+/// `console.error`, a log entry of level error (a failed load, a refusal
+/// by the Content-Security-Policy), a crash. `None` for other events.
 fn page_error(event: &Value) -> Option<String> {
     let params = &event["params"];
     match event["method"].as_str()? {
@@ -524,6 +528,11 @@ fn page_error(event: &Value) -> Option<String> {
                 .collect();
             Some(format!("console.error: {}", args.join(" ")))
         }
+        "Log.entryAdded" if params["entry"]["level"] == "error" => Some(format!(
+            "log ({}): {}",
+            params["entry"]["source"].as_str().unwrap_or("?"),
+            params["entry"]["text"].as_str().unwrap_or("?")
+        )),
         "Inspector.targetCrashed" => Some("the page crashed".to_owned()),
         _ => None,
     }

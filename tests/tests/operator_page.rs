@@ -145,10 +145,32 @@ async fn scenario(page: &Page, shots: &Path) -> Result<()> {
     next_render(page, "fleet").await?;
     page.screenshot(&shots.join("operator-fleet-phone.png"), true)
         .await?;
+    // Nothing but a table's own box scrolls sideways at a phone's width.
+    let widths = page
+        .eval("[document.documentElement.scrollWidth, window.innerWidth]")
+        .await?;
+    ensure!(
+        widths[0].as_f64() <= widths[1].as_f64(),
+        "the page is wider than the phone: {widths}"
+    );
     page.set_viewport(DESKTOP.0, DESKTOP.1, false).await?;
 
     // After the screenshots, which should not show a focus ring.
     keyboard_reaches_the_navigation(page).await?;
+    // The skip link moves focus to the content and leaves the view as it is.
+    let skipped = page
+        .eval(
+            r#"(() => {
+                document.querySelector('a.skip').click();
+                return { focus: document.activeElement?.id, hash: location.hash,
+                         view: document.getElementById('view').dataset.view };
+            })()"#,
+        )
+        .await?;
+    ensure!(
+        skipped["focus"] == "view" && skipped["view"] == "fleet" && skipped["hash"] != "#view",
+        "the skip link: {skipped}"
+    );
 
     // A generation rolled out to east and west but not north: a
     // GenerationSkew conflict on the conflicts page.

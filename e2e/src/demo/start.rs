@@ -179,7 +179,7 @@ impl Demo {
         let page = browser::page_url(hub_addrs.http);
         println!("operator page         {page}");
         if self.args.open {
-            match browser::open(&page) {
+            match browser::open(&page).await {
                 Ok(how) => println!("                      opened with {how}"),
                 Err(why) => println!("                      not opened: {why}; open it yourself"),
             }

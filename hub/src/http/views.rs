@@ -164,15 +164,20 @@ struct ClusterEntryView {
 }
 
 pub(super) fn object_detail(state: &HttpState, path: &str) -> Option<ObjectDetail> {
-    let parts: Vec<&str> = path.split('/').collect();
+    // Each segment percent-decoded: a name may hold characters a path must
+    // escape (the page escapes all but `:`).
+    let parts: Vec<String> = path
+        .split('/')
+        .map(crate::capacity::api::decode_path_segment)
+        .collect();
     let [workspace, group, resource, namespace, name] = parts.as_slice() else {
         return None;
     };
-    let group = if *group == "core" { "" } else { group };
-    let namespace = if *namespace == "_" {
+    let group = if group == "core" { "" } else { group.as_str() };
+    let namespace = if namespace == "_" {
         None
     } else {
-        Some(*namespace)
+        Some(namespace.as_str())
     };
     let (key, entries) = state.store.find(|k| {
         k.workspace == *workspace
