@@ -409,6 +409,41 @@ async fn status(hub: &TestHub, path: &str, token: Option<&str>) -> Result<Status
     Ok(get(hub, path, token).await?.status)
 }
 
+/// With `--http-auth none`, a request addressed to a host name is refused
+/// (a browser page of another site could reach a loopback hub through DNS
+/// rebinding); probes and scrapes by name still work.
+#[tokio::test]
+async fn an_open_hub_answers_only_requests_addressed_to_it_by_address() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hub = TestHub::start_with(|_| {}).await?;
+    let status_for = async |path: &str, host: &str| -> Result<String> {
+        let mut tcp = TcpStream::connect(hub.http).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await?;
+        Ok(answer.lines().next().unwrap_or_default().to_owned())
+    };
+    let by_address = hub.http.to_string();
+    for path in ["/api/v1/clusters", "/ui/"] {
+        let ok = status_for(path, &by_address).await?;
+        ensure!(ok.contains(" 200 "), "{path} by address: {ok}");
+        let refused = status_for(path, "rebind.example:80").await?;
+        ensure!(refused.contains(" 403 "), "{path} by name: {refused}");
+    }
+    let probe = status_for("/readyz", "uplink-hub.uplink-system.svc:9090").await?;
+    ensure!(
+        probe.contains(" 200 ") || probe.contains(" 503 "),
+        "{probe}"
+    );
+    let metrics = hub.metrics.render();
+    ensure!(
+        metrics.contains(r#"uplink_hub_http_auth_total{result="host_refused"} 2"#),
+        "no host_refused count"
+    );
+    hub.stop().await
+}
+
 /// 401 without or with a bad token, 403 known but not allowed, 200 allowed;
 /// health open, `/metrics` open by default; reviews cached.
 #[tokio::test]

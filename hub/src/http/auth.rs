@@ -170,6 +170,9 @@ pub enum Denial {
     },
     /// 503: the API server did not answer.
     Unavailable(String),
+    /// 403: with `--http-auth none`, a request addressed to a host name
+    /// (the `Host` header) rather than an IP address or `localhost`.
+    HostName(String),
 }
 
 impl Denial {
@@ -196,6 +199,15 @@ impl Denial {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot check the request's credentials: {why}\n"),
             ),
+            Denial::HostName(host) => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Forbidden: with --http-auth none the hub answers requests addressed to an IP \
+                     address or localhost only, not Host {host:?}: a web page of another site \
+                     could otherwise read it through DNS rebinding; use the address, or an \
+                     authenticating --http-auth mode\n"
+                ),
+            ),
         };
         let mut response = super::text(status, body);
         if status == StatusCode::UNAUTHORIZED {
@@ -212,8 +224,27 @@ impl Denial {
             Denial::Unauthenticated(_) => "unauthenticated",
             Denial::Forbidden { .. } => "forbidden",
             Denial::Unavailable(_) => "error",
+            Denial::HostName(_) => "host_refused",
         }
     }
+}
+
+/// Whether a `Host` header names an IP address (v4, or v6 in brackets) or
+/// `localhost`, with or without a port.
+fn addressed_by_ip_or_localhost(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// The checks of the HTTP endpoint; see the module docs.
@@ -305,8 +336,22 @@ impl Access {
         cert_user: Option<&UserInfo>,
     ) -> Result<(), Denial> {
         let path = request.uri().path();
-        if self.mode == HttpAuthMode::None || self.is_open(path) {
+        if self.is_open(path) {
             return Ok(());
+        }
+        if self.mode == HttpAuthMode::None {
+            // No credentials to ask for, so the one thing that tells a
+            // browser visiting another site (DNS rebinding) from someone
+            // on this machine is the name the request was addressed to.
+            return match request.headers().get(header::HOST) {
+                Some(host) if !addressed_by_ip_or_localhost(host.as_bytes()) => {
+                    let denial = Denial::HostName(String::from_utf8_lossy(host.as_bytes()).into());
+                    self.outcomes.with_label_values(&[denial.result()]).inc();
+                    Err(denial)
+                }
+                // HTTP/1.0 without Host: no browser sends that.
+                _ => Ok(()),
+            };
         }
         let outcome = self
             .decide(request.method(), request.headers(), path, cert_user)
@@ -486,6 +531,30 @@ mod tests {
         assert_eq!(bearer(&headers("Bearer ")), None);
         assert_eq!(bearer(&headers("Basic abc")), None);
         assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_pass_without_authentication() {
+        for host in [
+            "127.0.0.1:9090",
+            "10.0.0.7",
+            "[::1]:9090",
+            "[fe80::1]",
+            "localhost:8080",
+            "LOCALHOST",
+        ] {
+            assert!(addressed_by_ip_or_localhost(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9090",
+            "127.0.0.1.nip.io",
+            "[not-v6]",
+            "localhost.evil",
+            "",
+        ] {
+            assert!(!addressed_by_ip_or_localhost(host.as_bytes()), "{host}");
+        }
     }
 
     #[test]
