@@ -407,6 +407,10 @@ pub fn observe_whole(
     synctarget_workspace: &str,
 ) -> ObservedObject {
     let metadata = object.metadata.clone();
+    // Cannot fail: a DynamicObject is JSON already (it was decoded from
+    // the API server's JSON; its fields are strings, maps and
+    // serde_json::Values), and serde_json fails only on maps with non-string
+    // keys or a Serialize impl that errors, which it has neither of.
     let mut whole = serde_json::to_value(object).unwrap_or(Value::Null);
     let status = match whole.as_object_mut() {
         Some(map) => map.remove("status").unwrap_or(Value::Null),

@@ -75,8 +75,9 @@ pub struct SessionContext {
     pub metrics: Metrics,
     pub health: AgentHealth,
     pub clock: AgentClock,
-    /// Applies what the hub sends down; `None`: status only (the agent
-    /// offers protocol version 1 only, unless it reports events).
+    /// Applies what the hub sends down; `None`: status only. The versions
+    /// the agent offers follow what it does (`handshake::offered_versions`):
+    /// 1 for status alone, up to 3 when it reports events or upsyncs.
     pub downward: Option<Arc<Applier>>,
     /// The events to report; `None`: not reported.
     pub events: Option<SharedEventLane>,
