@@ -245,13 +245,21 @@ impl Browser {
             self.connection.call(None, "Browser.close", json!({})),
         )
         .await;
-        let status = match tokio::time::timeout(CLOSE_TIMEOUT, self.child.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                self.kill_group();
-                self.child.wait().await
+        // Its helpers (renderers, the zygote) may outlive the main process:
+        // the whole group goes, before the leader is reaped (until then the
+        // group's id cannot be reused, so this reaches Chromium's only).
+        let exited = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            loop {
+                match self.child.try_wait() {
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => return,
+                }
             }
-        };
+        })
+        .await;
+        let _ = exited;
+        self.kill_group();
+        let status = self.child.wait().await;
         // Reaped: the group's id is no longer ours to signal.
         self.reaped = true;
         status.context("waiting for Chromium to exit")?;
@@ -604,6 +612,10 @@ impl Page {
     /// Navigates to `url` and waits until its document has loaded. A change
     /// of the URL's fragment alone navigates within the document.
     pub async fn goto(&self, url: &str) -> Result<()> {
+        // Marks the document we leave: the old one may still say
+        // "complete" until the new one commits. (Fails harmlessly where
+        // nothing is loaded yet.)
+        let _ = self.eval("window.__uplinkLeaving = true").await;
         let navigated = self
             .call("Page.navigate", json!({"url": url}))
             .await
@@ -611,12 +623,19 @@ impl Page {
         if let Some(error) = navigated["errorText"].as_str().filter(|e| !e.is_empty()) {
             bail!("navigating to {url}: {error}");
         }
-        self.wait_for(
-            "document.readyState === 'complete'",
-            NAVIGATION_TIMEOUT,
-            &format!("{url} to load"),
-        )
-        .await?;
+        // A new document has a loader; a same-document navigation (only
+        // the hash changed) has none, and nothing to wait for.
+        if navigated["loaderId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+        {
+            self.wait_for(
+                "window.__uplinkLeaving === undefined && document.readyState === 'complete'",
+                NAVIGATION_TIMEOUT,
+                &format!("{url} to load"),
+            )
+            .await?;
+        }
         Ok(())
     }
 
