@@ -626,7 +626,11 @@
           );
         }
         if (fields.length === 0) t.body.append(h("tr", {}, h("td", { colspan: clusters.length + 2 }, "No status reported.")));
+        // Rebuilt whole (the columns follow the clusters); the reader's
+        // sideways scroll stays where it was.
+        const scrolled = compare.scrollLeft;
         compare.replaceChildren(t.table);
+        compare.scrollLeft = scrolled;
         const present = (o.conflicts || []).map((c) => {
           const recorded = (o.recorded_conflicts || []).find((r) => r.type === c.type && r.subject === c.subject);
           return { ...c, strategy: recorded ? recorded.strategy : o.strategy, since: recorded && recorded.since };
