@@ -625,7 +625,12 @@ impl TestHub {
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut tcp = TcpStream::connect(self.http).await?;
         tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
+            // Addressed by IP, as an open (`--http-auth none`) hub requires.
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.http
+            )
+            .as_bytes(),
         )
         .await?;
         let mut response = String::new();
