@@ -67,6 +67,7 @@ fn start(client: &kube::Client, identity: &str) -> Result<Replica> {
 /// Samples every fence every few milliseconds until stopped; records any
 /// moment a shard was open in two fences.
 struct Sampler {
+    fences: Arc<Mutex<Vec<(String, Fence)>>>,
     overlaps: Arc<Mutex<Vec<String>>>,
     samples: Arc<Mutex<u64>>,
     stop: CancellationToken,
@@ -78,8 +79,10 @@ impl Sampler {
         let overlaps = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0u64));
         let stop = CancellationToken::new();
+        let fences = Arc::new(Mutex::new(fences));
         let task = tokio::spawn({
             let (overlaps, samples, stop) = (overlaps.clone(), samples.clone(), stop.clone());
+            let fences = fences.clone();
             async move {
                 let mut interval = tokio::time::interval(Duration::from_millis(2));
                 loop {
@@ -87,6 +90,10 @@ impl Sampler {
                         () = stop.cancelled() => return,
                         _ = interval.tick() => {}
                     }
+                    let fences = fences
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
                     for shard in 0..SHARDS {
                         let open: Vec<&str> = fences
                             .iter()
@@ -105,11 +112,19 @@ impl Sampler {
             }
         });
         Self {
+            fences,
             overlaps,
             samples,
             stop,
             task,
         }
+    }
+
+    fn watch(&self, replica: &Replica) {
+        self.fences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((replica.identity.clone(), replica.fence.clone()));
     }
 
     async fn finish(self) -> Result<u64> {
@@ -206,6 +221,23 @@ async fn replicas_spread_hand_over_and_never_overlap() -> Result<()> {
     )?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
 
+    // The test bed answers both kinds of lost race with 409, as
+    // kube-apiserver does.
+    let raw = uplink_hub::replicas::LeaseClient::new(client.clone(), NAMESPACE, "race");
+    let first = uplink_hub::replicas::LeaseRecord::acquired_by(None, "x", LEASE);
+    let created = raw.write("race-shard-00", None, &first, "creating").await?;
+    let again = raw.write("race-shard-00", None, &first, "creating").await;
+    assert!(again.as_ref().is_err_and(|e| e.lost_race()), "{again:?}");
+    // (A write that changes nothing keeps the resourceVersion, as in
+    // kube-apiserver; a renewal always carries a new renewTime.)
+    let second = uplink_hub::replicas::LeaseRecord::acquired_by(Some(&first), "y", LEASE);
+    raw.write("race-shard-00", Some(&created), &second, "renewing")
+        .await?;
+    let stale = raw
+        .write("race-shard-00", Some(&created), &first, "renewing")
+        .await;
+    assert!(stale.as_ref().is_err_and(|e| e.lost_race()), "{stale:?}");
+
     let a = start(&client, "hub-a")?;
     let b = start(&client, "hub-b")?;
     let c = start(&client, "hub-c")?;
@@ -268,8 +300,26 @@ async fn replicas_spread_hand_over_and_never_overlap() -> Result<()> {
     let released = b.metrics.transitions.with_label_values(&["released"]).get();
     assert!(released >= 8, "b released {released}");
 
-    a.shutdown.cancel();
-    a.task.await??;
+    // A replica joining takes its share: nothing is free, so only after a
+    // has been over its share for the settle time (one lease duration).
+    let d = start(&client, "hub-d")?;
+    sampler.watch(&d);
+    let joined_at = Instant::now();
+    let pair = [&a, &d];
+    let took = until("d's share", Duration::from_secs(15), || {
+        spread_is(&leases, &pair, &[8, 8])
+    })
+    .await?;
+    eprintln!("a joining replica had its share in {took:?}");
+    assert!(
+        joined_at.elapsed() >= LEASE,
+        "a released before the settle time"
+    );
+
+    for replica in [a, d] {
+        replica.shutdown.cancel();
+        replica.task.await??;
+    }
     let samples = sampler.finish().await?;
     assert!(samples > 100, "only {samples} samples");
     let holders = lease_holders(&leases)
