@@ -16,7 +16,8 @@
 //! [`health`] (cluster records; their states reach KCP as SyncTargets
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
 //! history, trends, reports), [`http`] (`/metrics`, `/healthz`, `/readyz`,
-//! hub API), [`metrics`], [`config`], [`tls`].
+//! hub API), [`metrics`], [`config`], [`tls`]; [`replicas`] (which shards
+//! this replica holds, by Kubernetes Leases; not wired in yet).
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
 //! every agent and close their sessions → abandon waiting event and upsync
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod page;
 pub mod placement;
 pub mod rejection;
+pub mod replicas;
 pub mod server;
 pub mod session;
 pub mod status;

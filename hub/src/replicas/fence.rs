@@ -1,0 +1,161 @@
+//! The fence: whether this replica may write for a shard *now*.
+//!
+//! [`Fence::holds`] is true only while the replica holds the shard's Lease
+//! and the last successful renew (or the acquisition) *started* less than
+//! the renew deadline ago. The start is taken before the request is sent, so
+//! the record the API server stored is younger than it. Another replica may
+//! take the shard only after it has seen that record unchanged for a whole
+//! lease duration on its own clock, from an observation made after the write
+//! was stored; since the renew deadline is shorter than the lease duration,
+//! this replica's fence has closed before the other's can open. (Clock
+//! *rates* must agree within lease duration / renew deadline; clock skew does
+//! not matter, as in client-go.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::shard::ShardId;
+
+/// Cheap to clone: every clone sees the same shards.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    renew_deadline: Duration,
+    /// Held shards → when their last successful renew started.
+    renewed: Mutex<BTreeMap<ShardId, Instant>>,
+    /// The held shards, sent on every acquisition, loss or release (not on
+    /// renewals).
+    changes: watch::Sender<Vec<ShardId>>,
+}
+
+impl Fence {
+    pub fn new(renew_deadline: Duration) -> Self {
+        let (changes, _) = watch::channel(Vec::new());
+        Self {
+            inner: Arc::new(Inner {
+                renew_deadline,
+                renewed: Mutex::new(BTreeMap::new()),
+                changes,
+            }),
+        }
+    }
+
+    /// The renew deadline this fence closes after.
+    pub fn renew_deadline(&self) -> Duration {
+        self.inner.renew_deadline
+    }
+
+    /// May this replica write for `shard` now?
+    pub fn holds(&self, shard: ShardId) -> bool {
+        let renewed = self.lock();
+        renewed
+            .get(&shard)
+            .is_some_and(|started| started.elapsed() < self.inner.renew_deadline)
+    }
+
+    /// The shards held now (within the renew deadline), in order.
+    pub fn held(&self) -> Vec<ShardId> {
+        let renewed = self.lock();
+        renewed
+            .iter()
+            .filter(|(_, started)| started.elapsed() < self.inner.renew_deadline)
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
+    /// The held shards, told on every acquisition, loss and release. A shard
+    /// whose renew deadline passes closes in [`Fence::holds`] at once and is
+    /// told here when the engine next notices (within a retry period).
+    pub fn watch(&self) -> watch::Receiver<Vec<ShardId>> {
+        self.inner.changes.subscribe()
+    }
+
+    /// `shard` was acquired or renewed by a request that started at `started`.
+    pub(crate) fn renewed(&self, shard: ShardId, started: Instant) {
+        let mut renewed = self.lock();
+        let new = renewed.insert(shard, started).is_none();
+        if new {
+            self.publish(&renewed);
+        }
+    }
+
+    /// `shard` is no longer held (lost, expired or being released). Called
+    /// before a release is sent, so the fence closes before others may take
+    /// the shard.
+    pub(crate) fn drop_shard(&self, shard: ShardId) {
+        let mut renewed = self.lock();
+        if renewed.remove(&shard).is_some() {
+            self.publish(&renewed);
+        }
+    }
+
+    /// Every shard is dropped (shutting down).
+    pub(crate) fn drop_all(&self) {
+        let mut renewed = self.lock();
+        if !renewed.is_empty() {
+            renewed.clear();
+            self.publish(&renewed);
+        }
+    }
+
+    fn publish(&self, renewed: &BTreeMap<ShardId, Instant>) {
+        self.inner
+            .changes
+            .send_replace(renewed.keys().copied().collect());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Instant>> {
+        self.inner
+            .renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_until_the_renew_deadline_after_the_last_renew_start() {
+        let fence = Fence::new(Duration::from_secs(10));
+        let shard = ShardId(3);
+        assert!(!fence.holds(shard));
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await; // the request took 1 s
+        fence.renewed(shard, started);
+        assert!(fence.holds(shard));
+        assert_eq!(fence.held(), vec![shard]);
+        tokio::time::advance(Duration::from_millis(8_999)).await;
+        assert!(fence.holds(shard), "9.999 s after the renew started");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!fence.holds(shard), "10 s after the renew started");
+        assert!(fence.held().is_empty());
+        // A renew that starts now opens it again.
+        fence.renewed(shard, Instant::now());
+        assert!(fence.holds(shard));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_told_on_acquire_and_drop_not_on_renew() {
+        let fence = Fence::new(Duration::from_secs(10));
+        let mut changes = fence.watch();
+        fence.renewed(ShardId(1), Instant::now());
+        assert!(changes.has_changed().unwrap_or(false));
+        assert_eq!(*changes.borrow_and_update(), vec![ShardId(1)]);
+        fence.renewed(ShardId(1), Instant::now());
+        assert!(!changes.has_changed().unwrap_or(true));
+        let clone = fence.clone();
+        clone.drop_shard(ShardId(1));
+        assert!(!fence.holds(ShardId(1)));
+        assert!(changes.borrow_and_update().is_empty());
+    }
+}

@@ -1,0 +1,704 @@
+//! Replicas: which shards of the fleet's workspaces this hub replica owns,
+//! decided with Kubernetes' own coordination API (`coordination.k8s.io/v1`
+//! Leases), as kube-controller-manager decides its leader. Phase A of issue
+//! 20: the engine alone, not yet wired into the writers, sessions or flags.
+//!
+//! **Protocol.** Workspaces hash into a fixed number of shards
+//! ([`shard::shard_of`]); each shard is one Lease `<prefix>-shard-<NN>`, and
+//! each replica also holds a member Lease `<prefix>-member-<identity>`. Every
+//! retry period a replica renews what it holds, reads all the Leases with one
+//! LIST, counts the live replicas (member Leases seen to change within their
+//! lease duration), and [`balance`]s: acquire free or expired shards up to its
+//! exact share, release excess after a settle time so shards do not flap. All
+//! writes are conditional on the resourceVersion read, so of two candidates
+//! one wins and the other gets 409. On shutdown it releases everything (holder
+//! cleared), so the others take over in their next retry period.
+//!
+//! **Why the timings are safe** (client-go's argument). A replica may take a
+//! held Lease only after seeing its record unchanged for the lease duration on
+//! its *own* clock, counted from an observation made after the holder's last
+//! write was stored. The holder's [`Fence`] closes the renew deadline after
+//! that write *started*, and renew deadline < lease duration; so the old
+//! holder stops writing before a new holder can start, whatever the clocks'
+//! offsets (their rates must agree within lease duration / renew deadline).
+//! A replica whose renewals fail keeps nothing past the renew deadline.
+
+pub mod balance;
+pub mod fence;
+pub mod lease;
+pub mod shard;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use balance::{Balancer, Plan, ShardState};
+pub use fence::Fence;
+pub use lease::{LeaseClient, LeaseError, LeaseRecord, Observed};
+pub use shard::{ShardId, member_lease_name, shard_lease_name, shard_of};
+
+use crate::server::warn::WarnBudget;
+
+/// How one replica takes part. [`Default`] has client-go's leader-election
+/// timings (15 s / 10 s / 2 s); `identity` must be set (e.g. the pod name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    /// Where the Leases live.
+    pub namespace: String,
+    /// This replica, unique among them (a DNS label: the pod name).
+    pub identity: String,
+    /// The Leases' name prefix and the value of their label.
+    pub prefix: String,
+    /// How many shards the workspaces hash into (1..=1024). Every replica
+    /// must agree.
+    pub shards: u16,
+    /// How long others wait, from seeing a record change, before taking it.
+    pub lease_duration: Duration,
+    /// How long after a renew started the replica stops writing.
+    pub renew_deadline: Duration,
+    /// How often to renew, read and balance.
+    pub retry_period: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            identity: String::new(),
+            prefix: "uplink-hub".into(),
+            shards: 16,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A setting that cannot work, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replica setting {field}: {reason}")]
+pub struct SettingsError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn dns_label(value: &str, max: usize) -> Result<(), String> {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > max {
+        return Err(format!("{value:?} must be 1 to {max} characters"));
+    }
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ends_ok = bytes.first().is_some_and(alnum) && bytes.last().is_some_and(alnum);
+    if !ends_ok || !bytes.iter().all(|b| alnum(b) || *b == b'-') {
+        return Err(format!(
+            "{value:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+impl ReplicaSettings {
+    /// Checks what the protocol's safety and the names rely on.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, reason: String| Err(SettingsError { field, reason });
+        if let Err(reason) = dns_label(&self.namespace, 63) {
+            return invalid("namespace", reason);
+        }
+        if let Err(reason) = dns_label(&self.identity, 63) {
+            return invalid("identity", reason);
+        }
+        // The prefix is also a label value (63 at most); names stay short.
+        if let Err(reason) = dns_label(&self.prefix, 40) {
+            return invalid("prefix", reason);
+        }
+        if !(1..=1024).contains(&self.shards) {
+            return invalid("shards", format!("{} is not within 1..=1024", self.shards));
+        }
+        if self.lease_duration < Duration::from_secs(1) || self.lease_duration.subsec_nanos() != 0 {
+            return invalid(
+                "lease_duration",
+                format!(
+                    "{:?} must be whole seconds, at least 1 (Leases count in seconds)",
+                    self.lease_duration
+                ),
+            );
+        }
+        if self.renew_deadline >= self.lease_duration {
+            return invalid(
+                "renew_deadline",
+                format!(
+                    "{:?} must be shorter than lease_duration {:?}",
+                    self.renew_deadline, self.lease_duration
+                ),
+            );
+        }
+        if self.retry_period.is_zero() || self.retry_period >= self.renew_deadline {
+            return invalid(
+                "retry_period",
+                format!(
+                    "{:?} must be above zero and shorter than renew_deadline {:?}",
+                    self.retry_period, self.renew_deadline
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A fence with these settings' renew deadline, for [`run`].
+    pub fn fence(&self) -> Fence {
+        Fence::new(self.renew_deadline)
+    }
+
+    /// How long a replica stays over its share before releasing the excess
+    /// ([`balance`]): one lease duration, what a crashed replica's shards
+    /// wait anyway.
+    pub fn settle(&self) -> Duration {
+        self.lease_duration
+    }
+}
+
+/// The replicas' metrics.
+#[derive(Debug, Clone)]
+pub struct ReplicaMetrics {
+    /// Shards this replica holds.
+    pub shards_held: IntGauge,
+    /// Shards acquired, lost (not renewed in time, or taken) and released.
+    pub transitions: IntCounterVec,
+}
+
+impl ReplicaMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let shards_held = IntGauge::new("uplink_hub_shards_held", "Shards this replica holds.")?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "uplink_hub_shard_transitions_total",
+                "Shards this replica acquired, lost (not renewed in time or taken) and released.",
+            ),
+            &["change"],
+        )?;
+        registry.register(Box::new(shards_held.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        Ok(Self {
+            shards_held,
+            transitions,
+        })
+    }
+}
+
+/// Takes part in the replicas until `shutdown`, then releases what it holds
+/// (bounded by the renew deadline). `fence` (from
+/// [`ReplicaSettings::fence`]) is kept up to date for whoever writes.
+pub async fn run(
+    client: kube::Client,
+    settings: ReplicaSettings,
+    fence: Fence,
+    metrics: ReplicaMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), SettingsError> {
+    settings.validate()?;
+    if fence.renew_deadline() > settings.renew_deadline {
+        return Err(SettingsError {
+            field: "renew_deadline",
+            reason: "the fence was made with a longer renew deadline; use ReplicaSettings::fence"
+                .into(),
+        });
+    }
+    let mut engine = Engine::new(client, settings, fence, metrics);
+    let mut interval = tokio::time::interval(engine.settings.retry_period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            () = engine.tick() => {}
+        }
+    }
+    engine.release_all().await;
+    Ok(())
+}
+
+/// One replica's state between rounds.
+#[derive(Debug)]
+struct Engine {
+    leases: LeaseClient,
+    settings: ReplicaSettings,
+    fence: Fence,
+    metrics: ReplicaMetrics,
+    /// Every Lease of these replicas as last read or written, by name.
+    observed: BTreeMap<String, Observed>,
+    /// Shards held → when their last successful renew started.
+    held: BTreeMap<ShardId, Instant>,
+    member: String,
+    balancer: Balancer,
+    warnings: WarnBudget,
+    rounds: u64,
+}
+
+/// Concurrent Lease writes in one round.
+const CONCURRENT_WRITES: usize = 16;
+
+impl Engine {
+    fn new(
+        client: kube::Client,
+        settings: ReplicaSettings,
+        fence: Fence,
+        metrics: ReplicaMetrics,
+    ) -> Self {
+        Self {
+            leases: LeaseClient::new(client, &settings.namespace, &settings.prefix),
+            member: member_lease_name(&settings.prefix, &settings.identity),
+            balancer: Balancer::new(settings.settle()),
+            settings,
+            fence,
+            metrics,
+            observed: BTreeMap::new(),
+            held: BTreeMap::new(),
+            warnings: WarnBudget::default(),
+            rounds: 0,
+        }
+    }
+
+    fn shard_name(&self, shard: ShardId) -> String {
+        shard_lease_name(&self.settings.prefix, shard)
+    }
+
+    fn warn(&self, what: &str, error: &LeaseError) {
+        if let Some(suppressed) = self.warnings.allow() {
+            warn!(identity = %self.settings.identity, %error, suppressed, "{what}");
+        }
+    }
+
+    /// One round: renew, read, balance, act.
+    async fn tick(&mut self) {
+        self.rounds += 1;
+        self.renew_member().await;
+        self.renew_shards().await;
+        match self.leases.list().await {
+            Ok(leases) => self.observe(leases),
+            Err(error) => self.warn("reading the replicas' leases failed", &error),
+        }
+        self.drop_stale();
+        // The first round only announces this replica: replicas that start
+        // together see each other before taking shards.
+        if self.rounds > 1 {
+            self.balance().await;
+        }
+        self.metrics.shards_held.set(self.held.len() as i64);
+    }
+
+    async fn renew_member(&mut self) {
+        let current = self.observed.get(&self.member);
+        let me = &self.settings.identity;
+        if let Some(current) = current
+            && current.record.holder != *me
+            && current.held(Instant::now())
+        {
+            if self.warnings.allow().is_some() {
+                warn!(identity = %me, holder = %current.record.holder, lease = %self.member,
+                    "another replica renews this replica's member lease: are two replicas using one identity?");
+            }
+            return;
+        }
+        let record =
+            LeaseRecord::acquired_by(current.map(|c| &c.record), me, self.settings.lease_duration);
+        let result = self
+            .write(
+                &self.member,
+                current.map(|c| &c.lease),
+                &record,
+                "renewing member",
+            )
+            .await;
+        match result {
+            Ok(lease) => {
+                self.observed
+                    .insert(self.member.clone(), Observed::new(lease, Instant::now()));
+            }
+            Err(error) if error.lost_race() => {
+                debug!(identity = %me, %error, "member lease changed underneath; rereading");
+            }
+            Err(error) => self.warn("renewing the member lease failed", &error),
+        }
+    }
+
+    async fn renew_shards(&mut self) {
+        let me = self.settings.identity.clone();
+        let writes: Vec<_> = self
+            .held
+            .keys()
+            .filter_map(|shard| {
+                let name = self.shard_name(*shard);
+                let current = self.observed.get(&name)?;
+                let record = LeaseRecord::acquired_by(
+                    Some(&current.record),
+                    &me,
+                    self.settings.lease_duration,
+                );
+                Some((*shard, name, current.lease.clone(), record))
+            })
+            .collect();
+        let this = &*self;
+        let results: Vec<_> = futures::stream::iter(writes)
+            .map(|(shard, name, lease, record)| async move {
+                let started = Instant::now();
+                let result = this.write(&name, Some(&lease), &record, "renewing").await;
+                (shard, name, started, result)
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        for (shard, name, started, result) in results {
+            match result {
+                Ok(lease) => {
+                    self.observed
+                        .insert(name, Observed::new(lease, Instant::now()));
+                    self.held.insert(shard, started);
+                    self.fence.renewed(shard, started);
+                }
+                Err(error) if error.lost_race() => {
+                    self.lost(shard, "its lease changed underneath (409 on renew)");
+                }
+                Err(error) => self.warn("renewing a shard lease failed", &error),
+            }
+        }
+    }
+
+    /// Takes in one LIST: a record seen to change is observed now.
+    fn observe(&mut self, leases: BTreeMap<String, Lease>) {
+        let now = Instant::now();
+        self.observed.retain(|name, _| leases.contains_key(name));
+        for (name, lease) in leases {
+            match self.observed.get_mut(&name) {
+                Some(seen) => seen.update(lease, now),
+                None => {
+                    self.observed.insert(name, Observed::new(lease, now));
+                }
+            }
+        }
+    }
+
+    /// Held shards not renewed within the renew deadline, or whose record
+    /// names someone else, are lost.
+    fn drop_stale(&mut self) {
+        let deadline = self.settings.renew_deadline;
+        let stale: Vec<(ShardId, &'static str)> = self
+            .held
+            .iter()
+            .filter_map(|(shard, started)| {
+                if started.elapsed() >= deadline {
+                    return Some((*shard, "not renewed within the renew deadline"));
+                }
+                match self.observed.get(&self.shard_name(*shard)) {
+                    None => Some((*shard, "its lease is gone")),
+                    Some(seen) if seen.record.holder != self.settings.identity => {
+                        Some((*shard, "its lease names another holder"))
+                    }
+                    Some(_) => None,
+                }
+            })
+            .collect();
+        for (shard, reason) in stale {
+            self.lost(shard, reason);
+        }
+    }
+
+    fn lost(&mut self, shard: ShardId, reason: &str) {
+        self.fence.drop_shard(shard);
+        if self.held.remove(&shard).is_some() {
+            self.metrics.transitions.with_label_values(&["lost"]).inc();
+            info!(%shard, identity = %self.settings.identity, reason, "shard lost");
+        }
+    }
+
+    async fn balance(&mut self) {
+        let now = Instant::now();
+        let me = self.settings.identity.clone();
+        let mut live = BTreeSet::from([me.clone()]);
+        for (name, seen) in &self.observed {
+            if let Some(identity) = shard::parse_member_lease_name(&self.settings.prefix, name)
+                && seen.held(now)
+                && seen.record.holder == identity
+            {
+                live.insert(identity.to_owned());
+            }
+        }
+        let states: Vec<ShardState> = (0..self.settings.shards)
+            .map(|index| {
+                let shard = ShardId(index);
+                match self.observed.get(&self.shard_name(shard)) {
+                    None => ShardState::Free,
+                    Some(_) if self.held.contains_key(&shard) => ShardState::Mine,
+                    // Ours on record but not counted as held: ours to reclaim.
+                    Some(seen) if seen.record.holder == me => ShardState::Free,
+                    Some(seen) if seen.held(now) => ShardState::HeldBy(seen.record.holder.clone()),
+                    Some(_) => ShardState::Free,
+                }
+            })
+            .collect();
+        let plan = self.balancer.plan(&me, &live, &states, now);
+        for shard in plan.release {
+            self.release(shard).await;
+        }
+        for shard in plan.acquire {
+            self.acquire(shard).await;
+        }
+    }
+
+    async fn acquire(&mut self, shard: ShardId) {
+        let name = self.shard_name(shard);
+        let current = self.observed.get(&name);
+        let record = LeaseRecord::acquired_by(
+            current.map(|c| &c.record),
+            &self.settings.identity,
+            self.settings.lease_duration,
+        );
+        let started = Instant::now();
+        let result = self
+            .write(&name, current.map(|c| &c.lease), &record, "acquiring")
+            .await;
+        match result {
+            Ok(lease) => {
+                self.observed
+                    .insert(name, Observed::new(lease, Instant::now()));
+                self.held.insert(shard, started);
+                self.fence.renewed(shard, started);
+                self.metrics
+                    .transitions
+                    .with_label_values(&["acquired"])
+                    .inc();
+                info!(%shard, identity = %self.settings.identity, "shard acquired");
+            }
+            Err(error) if error.lost_race() => {
+                debug!(%shard, identity = %self.settings.identity, "another replica took the shard first");
+            }
+            Err(error) => self.warn("acquiring a shard lease failed", &error),
+        }
+    }
+
+    /// Closes the fence, then clears the holder.
+    async fn release(&mut self, shard: ShardId) {
+        self.fence.drop_shard(shard);
+        if self.held.remove(&shard).is_none() {
+            return;
+        }
+        let name = self.shard_name(shard);
+        self.metrics
+            .transitions
+            .with_label_values(&["released"])
+            .inc();
+        info!(%shard, identity = %self.settings.identity, "shard released");
+        let Some(current) = self.observed.get(&name) else {
+            return;
+        };
+        let record = current.record.released();
+        match self
+            .write(&name, Some(&current.lease), &record, "releasing")
+            .await
+        {
+            Ok(lease) => {
+                self.observed
+                    .insert(name, Observed::new(lease, Instant::now()));
+            }
+            // Others take it when it expires.
+            Err(error) => self.warn("releasing a shard lease failed", &error),
+        }
+    }
+
+    /// On shutdown: every shard and the member Lease released, within the
+    /// renew deadline.
+    async fn release_all(&mut self) {
+        self.fence.drop_all();
+        let shards: Vec<ShardId> = self.held.keys().copied().collect();
+        let bound = self.settings.renew_deadline;
+        let releases = async {
+            for shard in shards {
+                self.release(shard).await;
+            }
+            if let Some(member) = self.observed.get(&self.member)
+                && member.record.holder == self.settings.identity
+            {
+                let record = member.record.released();
+                if let Err(error) = self
+                    .write(
+                        &self.member,
+                        Some(&member.lease),
+                        &record,
+                        "releasing member",
+                    )
+                    .await
+                {
+                    self.warn("releasing the member lease failed", &error);
+                }
+            }
+        };
+        if tokio::time::timeout(bound, releases).await.is_err() {
+            warn!(identity = %self.settings.identity, "releasing the leases took longer than the renew deadline; the rest expire");
+        }
+        self.held.clear();
+        self.metrics.shards_held.set(0);
+    }
+
+    /// One write, bounded by the renew deadline (as client-go bounds a renew).
+    async fn write(
+        &self,
+        name: &str,
+        current: Option<&Lease>,
+        record: &LeaseRecord,
+        action: &'static str,
+    ) -> Result<Lease, LeaseError> {
+        match tokio::time::timeout(
+            self.settings.renew_deadline,
+            self.leases.write(name, current, record, action),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(LeaseError::Timeout {
+                action,
+                namespace: self.settings.namespace.clone(),
+                name: name.to_owned(),
+                after: self.settings.renew_deadline,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ReplicaSettings {
+        ReplicaSettings {
+            identity: "hub-0".into(),
+            ..ReplicaSettings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_client_go_and_valid() {
+        let settings = valid();
+        assert_eq!(settings.lease_duration, Duration::from_secs(15));
+        assert_eq!(settings.renew_deadline, Duration::from_secs(10));
+        assert_eq!(settings.retry_period, Duration::from_secs(2));
+        assert_eq!(settings.shards, 16);
+        assert_eq!(settings.prefix, "uplink-hub");
+        assert_eq!(settings.validate(), Ok(()));
+    }
+
+    #[test]
+    fn invalid_settings_name_their_field() {
+        let field = |settings: ReplicaSettings| settings.validate().err().map(|e| e.field);
+        assert_eq!(field(ReplicaSettings::default()), Some("identity"));
+        let cases: Vec<(ReplicaSettings, &str)> = vec![
+            (
+                ReplicaSettings {
+                    identity: "Hub_0".into(),
+                    ..valid()
+                },
+                "identity",
+            ),
+            (
+                ReplicaSettings {
+                    namespace: String::new(),
+                    ..valid()
+                },
+                "namespace",
+            ),
+            (
+                ReplicaSettings {
+                    prefix: "-x".into(),
+                    ..valid()
+                },
+                "prefix",
+            ),
+            (
+                ReplicaSettings {
+                    shards: 0,
+                    ..valid()
+                },
+                "shards",
+            ),
+            (
+                ReplicaSettings {
+                    shards: 1025,
+                    ..valid()
+                },
+                "shards",
+            ),
+            (
+                ReplicaSettings {
+                    lease_duration: Duration::from_millis(1500),
+                    ..valid()
+                },
+                "lease_duration",
+            ),
+            (
+                ReplicaSettings {
+                    renew_deadline: Duration::from_secs(15),
+                    ..valid()
+                },
+                "renew_deadline",
+            ),
+            (
+                ReplicaSettings {
+                    retry_period: Duration::from_secs(10),
+                    ..valid()
+                },
+                "retry_period",
+            ),
+            (
+                ReplicaSettings {
+                    retry_period: Duration::ZERO,
+                    ..valid()
+                },
+                "retry_period",
+            ),
+        ];
+        for (settings, expected) in cases {
+            assert_eq!(field(settings.clone()), Some(expected), "{settings:?}");
+        }
+        let error = ReplicaSettings {
+            shards: 0,
+            ..valid()
+        }
+        .validate()
+        .err();
+        assert!(error.is_some_and(|e| e.to_string().starts_with("replica setting shards:")));
+        assert_eq!(
+            ReplicaSettings {
+                shards: 1024,
+                ..valid()
+            }
+            .validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn metrics_register_once() -> Result<(), prometheus::Error> {
+        let registry = Registry::new();
+        let metrics = ReplicaMetrics::register(&registry)?;
+        metrics.transitions.with_label_values(&["acquired"]).inc();
+        metrics.shards_held.set(3);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert!(names.contains(&"uplink_hub_shards_held".to_owned()));
+        assert!(names.contains(&"uplink_hub_shard_transitions_total".to_owned()));
+        assert!(ReplicaMetrics::register(&registry).is_err());
+        Ok(())
+    }
+}
