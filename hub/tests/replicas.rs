@@ -182,6 +182,29 @@ async fn lease_holders(leases: &Api<Lease>) -> Result<BTreeMap<u16, String>> {
     Ok(holders)
 }
 
+/// The identity part of a holder string `<identity>_<uuid>`.
+fn identity_of(holder: &str) -> &str {
+    holder
+        .split_once('_')
+        .map_or(holder, |(identity, _)| identity)
+}
+
+/// A test bed API server and a client for it.
+async fn test_bed() -> Result<(ApiServer, kube::Client, tempfile::TempDir)> {
+    let server = ApiServer::start(ApiServerConfig::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig, None)?;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?,
+    )?;
+    Ok((server, client, dir))
+}
+
 /// Every shard held by exactly one of `replicas`, in the Leases and in the
 /// fences alike, with counts as `expected` (largest first).
 async fn spread_is(leases: &Api<Lease>, replicas: &[&Replica], expected: &[usize]) -> Result<bool> {
@@ -193,7 +216,7 @@ async fn spread_is(leases: &Api<Lease>, replicas: &[&Replica], expected: &[usize
     for replica in replicas {
         let from_leases: BTreeSet<u16> = holders
             .iter()
-            .filter(|(_, holder)| **holder == replica.identity)
+            .filter(|(_, holder)| identity_of(holder) == replica.identity)
             .map(|(shard, _)| *shard)
             .collect();
         let from_fence: BTreeSet<u16> = replica.fence.held().iter().map(|s| s.0).collect();
@@ -208,17 +231,7 @@ async fn spread_is(leases: &Api<Lease>, replicas: &[&Replica], expected: &[usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_spread_hand_over_and_never_overlap() -> Result<()> {
-    let server = ApiServer::start(ApiServerConfig::default()).await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig, None)?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?,
-    )?;
+    let (server, client, _dir) = test_bed().await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
 
     // The test bed answers both kinds of lost race with 409, as
@@ -326,6 +339,70 @@ async fn replicas_spread_hand_over_and_never_overlap() -> Result<()> {
         .await
         .context("leases after shutdown")?;
     assert!(holders.is_empty(), "still held after shutdown: {holders:?}");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Two processes given one identity (a force-deleted pod still running on a
+/// partitioned node): only the one holding the member lease takes shards,
+/// the two never both hold one, and the other takes over once the first
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_identity_never_both_hold_a_shard() -> Result<()> {
+    let (server, client, _dir) = test_bed().await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let first = start(&client, "hub-x")?;
+    let second = start(&client, "hub-x")?;
+    let sampler = Sampler::start(vec![
+        ("first".into(), first.fence.clone()),
+        ("second".into(), second.fence.clone()),
+    ]);
+
+    // All 16 shards end up held by one process, under one holder string.
+    let took = until(
+        "one holder of all shards",
+        Duration::from_secs(20),
+        || async {
+            let holders = lease_holders(&leases).await?;
+            let strings: BTreeSet<&String> = holders.values().collect();
+            let fences = (first.fence.held().len(), second.fence.held().len());
+            Ok(holders.len() == usize::from(SHARDS)
+                && strings.len() == 1
+                && (fences == (16, 0) || fences == (0, 16)))
+        },
+    )
+    .await?;
+    eprintln!("one of two processes with one identity held all shards in {took:?}");
+    // And it stays so for two lease durations (the sampler watches).
+    let (holder, other) = if first.fence.held().is_empty() {
+        (second, first)
+    } else {
+        (first, second)
+    };
+    let watching = Instant::now();
+    while watching.elapsed() < 2 * LEASE {
+        assert!(
+            other.fence.held().is_empty(),
+            "the second process of one identity took shards"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The holder stops: the other process takes its identity over.
+    holder.shutdown.cancel();
+    holder.task.await??;
+    let only = [&other];
+    let took = until(
+        "the other process holding all",
+        Duration::from_secs(20),
+        || spread_is(&leases, &only, &[16]),
+    )
+    .await?;
+    eprintln!("the other process of the identity took over in {took:?}");
+    other.shutdown.cancel();
+    other.task.await??;
+    let samples = sampler.finish().await?;
+    assert!(samples > 100, "only {samples} samples");
     server.shutdown().await;
     Ok(())
 }

@@ -5,7 +5,11 @@
 //!
 //! **Protocol.** Workspaces hash into a fixed number of shards
 //! ([`shard::shard_of`]); each shard is one Lease `<prefix>-shard-<NN>`, and
-//! each replica also holds a member Lease `<prefix>-member-<identity>`. Every
+//! each replica also holds a member Lease `<prefix>-member-<identity>`. A
+//! process writes itself into a Lease as `<identity>_<uuid v4>` (new on every
+//! start) and counts as its own only records carrying that exact string; while
+//! another process holds its identity's member Lease it takes no shards, so
+//! two processes given one identity never both hold a shard. Every
 //! retry period a replica renews what it holds, reads all the Leases with one
 //! LIST, counts the live replicas (member Leases seen to change within their
 //! lease duration), and [`balance`]s: acquire free or expired shards up to its
@@ -240,6 +244,10 @@ struct Engine {
     /// Shards held → when their last successful renew started.
     held: BTreeMap<ShardId, Instant>,
     member: String,
+    /// The holder string this process writes: `<identity>_<uuid v4>`, new
+    /// on every start, so two processes with one identity never take each
+    /// other's records for their own.
+    holder: String,
     balancer: Balancer,
     warnings: WarnBudget,
     rounds: u64,
@@ -258,6 +266,7 @@ impl Engine {
         Self {
             leases: LeaseClient::new(client, &settings.namespace, &settings.prefix),
             member: member_lease_name(&settings.prefix, &settings.identity),
+            holder: holder_string(&settings.identity),
             balancer: Balancer::new(settings.settle()),
             settings,
             fence,
@@ -299,14 +308,15 @@ impl Engine {
 
     async fn renew_member(&mut self) {
         let current = self.observed.get(&self.member);
-        let me = &self.settings.identity;
+        let me = &self.holder;
         if let Some(current) = current
             && current.record.holder != *me
             && current.held(Instant::now())
         {
             if self.warnings.allow().is_some() {
-                warn!(identity = %me, holder = %current.record.holder, lease = %self.member,
-                    "another replica renews this replica's member lease: are two replicas using one identity?");
+                warn!(identity = %self.settings.identity, holder = %me,
+                    other = %current.record.holder, lease = %self.member,
+                    "another process holds this replica's member lease: are two replicas using one identity? Taking no shards while it does");
             }
             return;
         }
@@ -333,7 +343,7 @@ impl Engine {
     }
 
     async fn renew_shards(&mut self) {
-        let me = self.settings.identity.clone();
+        let me = self.holder.clone();
         let writes: Vec<_> = self
             .held
             .keys()
@@ -401,7 +411,7 @@ impl Engine {
                 }
                 match self.observed.get(&self.shard_name(*shard)) {
                     None => Some((*shard, "its lease is gone")),
-                    Some(seen) if seen.record.holder != self.settings.identity => {
+                    Some(seen) if seen.record.holder != self.holder => {
                         Some((*shard, "its lease names another holder"))
                     }
                     Some(_) => None,
@@ -417,36 +427,33 @@ impl Engine {
         self.fence.drop_shard(shard);
         if self.held.remove(&shard).is_some() {
             self.metrics.transitions.with_label_values(&["lost"]).inc();
-            info!(%shard, identity = %self.settings.identity, reason, "shard lost");
+            info!(%shard, holder = %self.holder, reason, "shard lost");
         }
     }
 
     async fn balance(&mut self) {
         let now = Instant::now();
-        let me = self.settings.identity.clone();
-        let mut live = BTreeSet::from([me.clone()]);
-        for (name, seen) in &self.observed {
-            if let Some(identity) = shard::parse_member_lease_name(&self.settings.prefix, name)
-                && seen.held(now)
-                && seen.record.holder == identity
-            {
-                live.insert(identity.to_owned());
-            }
-        }
+        let me = self.holder.clone();
+        let live = live_holders(&self.settings.prefix, &self.observed, now);
         let states: Vec<ShardState> = (0..self.settings.shards)
             .map(|index| {
                 let shard = ShardId(index);
-                match self.observed.get(&self.shard_name(shard)) {
-                    None => ShardState::Free,
-                    Some(_) if self.held.contains_key(&shard) => ShardState::Mine,
-                    // Ours on record but not counted as held: ours to reclaim.
-                    Some(seen) if seen.record.holder == me => ShardState::Free,
-                    Some(seen) if seen.held(now) => ShardState::HeldBy(seen.record.holder.clone()),
-                    Some(_) => ShardState::Free,
-                }
+                shard_state(
+                    self.observed.get(&self.shard_name(shard)),
+                    self.held.contains_key(&shard),
+                    &me,
+                    now,
+                )
             })
             .collect();
-        let plan = self.balancer.plan(&me, &live, &states, now);
+        let mut plan = self.balancer.plan(&me, &live, &states, now);
+        // While another process holds this identity's member lease, take
+        // nothing: two processes with one identity (a force-deleted pod
+        // still running, two deployments with one prefix) must not both
+        // act as that replica. (The warning is in `renew_member`.)
+        if !self.is_member(now) {
+            plan.acquire.clear();
+        }
         for shard in plan.release {
             self.release(shard).await;
         }
@@ -455,12 +462,19 @@ impl Engine {
         }
     }
 
+    /// Is the member lease, as last seen, this process's?
+    fn is_member(&self, now: Instant) -> bool {
+        self.observed
+            .get(&self.member)
+            .is_some_and(|seen| seen.record.holder == self.holder && seen.held(now))
+    }
+
     async fn acquire(&mut self, shard: ShardId) {
         let name = self.shard_name(shard);
         let current = self.observed.get(&name);
         let record = LeaseRecord::acquired_by(
             current.map(|c| &c.record),
-            &self.settings.identity,
+            &self.holder,
             self.settings.lease_duration,
         );
         let started = Instant::now();
@@ -477,10 +491,10 @@ impl Engine {
                     .transitions
                     .with_label_values(&["acquired"])
                     .inc();
-                info!(%shard, identity = %self.settings.identity, "shard acquired");
+                info!(%shard, holder = %self.holder, "shard acquired");
             }
             Err(error) if error.lost_race() => {
-                debug!(%shard, identity = %self.settings.identity, "another replica took the shard first");
+                debug!(%shard, holder = %self.holder, "another replica took the shard first");
             }
             Err(error) => self.warn("acquiring a shard lease failed", &error),
         }
@@ -497,7 +511,7 @@ impl Engine {
             .transitions
             .with_label_values(&["released"])
             .inc();
-        info!(%shard, identity = %self.settings.identity, "shard released");
+        info!(%shard, holder = %self.holder, "shard released");
         let Some(current) = self.observed.get(&name) else {
             return;
         };
@@ -526,7 +540,7 @@ impl Engine {
                 self.release(shard).await;
             }
             if let Some(member) = self.observed.get(&self.member)
-                && member.record.holder == self.settings.identity
+                && member.record.holder == self.holder
             {
                 let record = member.record.released();
                 if let Err(error) = self
@@ -543,7 +557,7 @@ impl Engine {
             }
         };
         if tokio::time::timeout(bound, releases).await.is_err() {
-            warn!(identity = %self.settings.identity, "releasing the leases took longer than the renew deadline; the rest expire");
+            warn!(holder = %self.holder, "releasing the leases took longer than the renew deadline; the rest expire");
         }
         self.held.clear();
         self.metrics.shards_held.set(0);
@@ -571,6 +585,51 @@ impl Engine {
                 after: self.settings.renew_deadline,
             }),
         }
+    }
+}
+
+/// The holder string of one process of `identity`: `<identity>_<uuid v4>`.
+/// The identity part names the replica (and its member Lease); the uuid
+/// tells two processes of one identity apart.
+fn holder_string(identity: &str) -> String {
+    format!("{identity}_{}", uuid::Uuid::new_v4())
+}
+
+/// The identity part of a holder string.
+fn identity_of(holder: &str) -> &str {
+    holder
+        .split_once('_')
+        .map_or(holder, |(identity, _)| identity)
+}
+
+/// The live replicas' holder strings: member Leases held (renewed within
+/// their duration, as observed) by a process of the identity they name.
+fn live_holders(
+    prefix: &str,
+    observed: &BTreeMap<String, Observed>,
+    now: Instant,
+) -> BTreeSet<String> {
+    observed
+        .iter()
+        .filter_map(|(name, seen)| {
+            let identity = shard::parse_member_lease_name(prefix, name)?;
+            (seen.held(now) && identity_of(&seen.record.holder) == identity)
+                .then(|| seen.record.holder.clone())
+        })
+        .collect()
+}
+
+/// One shard as the process whose holder string is `me` sees it. Only a
+/// record naming `me` exactly is this process's to reclaim; one naming
+/// another process of the same identity is someone else's.
+fn shard_state(seen: Option<&Observed>, held: bool, me: &str, now: Instant) -> ShardState {
+    match seen {
+        None => ShardState::Free,
+        Some(_) if held => ShardState::Mine,
+        // Ours on record but not counted as held: ours to reclaim.
+        Some(seen) if seen.record.holder == me => ShardState::Free,
+        Some(seen) if seen.held(now) => ShardState::HeldBy(seen.record.holder.clone()),
+        Some(_) => ShardState::Free,
     }
 }
 
@@ -683,6 +742,84 @@ mod tests {
             .validate(),
             Ok(())
         );
+    }
+
+    fn observed(holder: &str) -> Observed {
+        let record = LeaseRecord::acquired_by(None, holder, Duration::from_secs(15));
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta::default(),
+            spec: None,
+        };
+        let mut seen = Observed::new(lease, Instant::now());
+        seen.record = record;
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_this_process_s_records_are_its_own() {
+        let me = holder_string("hub-0");
+        let twin = holder_string("hub-0");
+        assert_ne!(me, twin, "two processes of one identity differ");
+        assert!(me.starts_with("hub-0_") && me.len() == "hub-0_".len() + 36);
+        assert_eq!(identity_of(&me), "hub-0");
+        let now = Instant::now();
+        // A record naming this process, not counted as held: reclaim it.
+        assert_eq!(
+            shard_state(Some(&observed(&me)), false, &me, now),
+            ShardState::Free
+        );
+        // One naming another process of the same identity is that one's.
+        assert_eq!(
+            shard_state(Some(&observed(&twin)), false, &me, now),
+            ShardState::HeldBy(twin.clone())
+        );
+        assert_eq!(
+            shard_state(Some(&observed(&twin)), true, &me, now),
+            ShardState::Mine
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let now = Instant::now();
+        let expired = observed(&twin);
+        let mut expired = expired;
+        expired.observed_at = now - Duration::from_secs(15);
+        assert_eq!(
+            shard_state(Some(&expired), false, &me, now),
+            ShardState::Free
+        );
+
+        // The live set is holder strings, from member leases held by a
+        // process of the identity they name.
+        let mut leases = BTreeMap::new();
+        leases.insert(member_lease_name("uplink-hub", "hub-0"), observed(&twin));
+        leases.insert(
+            member_lease_name("uplink-hub", "hub-1"),
+            observed(&holder_string("hub-2")),
+        );
+        let live = live_holders("uplink-hub", &leases, now);
+        assert_eq!(live, BTreeSet::from([twin.clone()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_takes_no_shards_while_its_member_lease_is_another_s()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let settings = valid();
+        // Never contacted: the test looks at the engine's state only.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
+        let metrics = ReplicaMetrics::register(&Registry::new())?;
+        let mut engine = Engine::new(client, settings.clone(), settings.fence(), metrics);
+        let now = Instant::now();
+        assert!(!engine.is_member(now), "no member lease seen yet");
+        let twin = holder_string("hub-0");
+        engine
+            .observed
+            .insert(engine.member.clone(), observed(&twin));
+        assert!(!engine.is_member(now));
+        let mine = engine.holder.clone();
+        engine
+            .observed
+            .insert(engine.member.clone(), observed(&mine));
+        assert!(engine.is_member(now));
+        Ok(())
     }
 
     #[test]
