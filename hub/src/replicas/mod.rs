@@ -222,11 +222,11 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             _ = interval.tick() => {}
         }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            () = engine.tick() => {}
-        }
+        // A tick is never dropped midway: a renew or acquire in flight could
+        // land after the release and keep the shard held for a lease. It
+        // stops between writes once shutdown is asked; each write (and the
+        // LIST) is bounded by the renew deadline.
+        engine.tick(&shutdown).await;
     }
     engine.release_all().await;
     Ok(())
@@ -288,22 +288,49 @@ impl Engine {
         }
     }
 
-    /// One round: renew, read, balance, act.
-    async fn tick(&mut self) {
+    /// One round: renew, read, balance, act. Stops between writes once
+    /// `shutdown` is asked (the write in flight finishes: it is bounded).
+    async fn tick(&mut self, shutdown: &CancellationToken) {
         self.rounds += 1;
         self.renew_member().await;
-        self.renew_shards().await;
-        match self.leases.list().await {
-            Ok(leases) => self.observe(leases),
-            Err(error) => self.warn("reading the replicas' leases failed", &error),
+        if !shutdown.is_cancelled() {
+            self.renew_shards().await;
         }
+        let listed = if shutdown.is_cancelled() {
+            false
+        } else {
+            match self.list().await {
+                Ok(leases) => {
+                    self.observe(leases);
+                    true
+                }
+                Err(error) => {
+                    self.warn("reading the replicas' leases failed", &error);
+                    false
+                }
+            }
+        };
         self.drop_stale();
         // The first round only announces this replica: replicas that start
         // together see each other before taking shards.
-        if self.rounds > 1 {
-            self.balance().await;
+        if self.rounds > 1 && listed && !shutdown.is_cancelled() {
+            self.balance(shutdown).await;
         }
         self.metrics.shards_held.set(self.held.len() as i64);
+    }
+
+    /// Every Lease of these replicas, bounded by the renew deadline (kube
+    /// has no read timeout of its own).
+    async fn list(&self) -> Result<BTreeMap<String, Lease>, LeaseError> {
+        let after = self.settings.renew_deadline;
+        match tokio::time::timeout(after, self.leases.list()).await {
+            Ok(result) => result,
+            Err(_) => Err(LeaseError::ListTimeout {
+                namespace: self.settings.namespace.clone(),
+                prefix: self.settings.prefix.clone(),
+                after,
+            }),
+        }
     }
 
     async fn renew_member(&mut self) {
@@ -431,7 +458,7 @@ impl Engine {
         }
     }
 
-    async fn balance(&mut self) {
+    async fn balance(&mut self, shutdown: &CancellationToken) {
         let now = Instant::now();
         let me = self.holder.clone();
         let live = live_holders(&self.settings.prefix, &self.observed, now);
@@ -455,9 +482,15 @@ impl Engine {
             plan.acquire.clear();
         }
         for shard in plan.release {
+            if shutdown.is_cancelled() {
+                return;
+            }
             self.release(shard).await;
         }
         for shard in plan.acquire {
+            if shutdown.is_cancelled() {
+                return;
+            }
             self.acquire(shard).await;
         }
     }
@@ -529,38 +562,72 @@ impl Engine {
         }
     }
 
-    /// On shutdown: every shard and the member Lease released, within the
-    /// renew deadline.
+    /// On shutdown (after the last tick finished): every record naming this
+    /// process, shards and member Lease together, released, all within the
+    /// renew deadline. Re-reads first, so no write carries a resourceVersion
+    /// older than the last renew; a 409 is re-read and retried once.
     async fn release_all(&mut self) {
         self.fence.drop_all();
-        let shards: Vec<ShardId> = self.held.keys().copied().collect();
         let bound = self.settings.renew_deadline;
-        let releases = async {
-            for shard in shards {
-                self.release(shard).await;
-            }
-            if let Some(member) = self.observed.get(&self.member)
-                && member.record.holder == self.holder
-            {
-                let record = member.record.released();
-                if let Err(error) = self
-                    .write(
-                        &self.member,
-                        Some(&member.lease),
-                        &record,
-                        "releasing member",
-                    )
-                    .await
-                {
-                    self.warn("releasing the member lease failed", &error);
-                }
-            }
-        };
-        if tokio::time::timeout(bound, releases).await.is_err() {
+        if tokio::time::timeout(bound, self.release_mine())
+            .await
+            .is_err()
+        {
             warn!(holder = %self.holder, "releasing the leases took longer than the renew deadline; the rest expire");
         }
         self.held.clear();
         self.metrics.shards_held.set(0);
+    }
+
+    async fn release_mine(&mut self) {
+        for attempt in 0..2 {
+            match self.list().await {
+                Ok(leases) => self.observe(leases),
+                // What was last seen is the best left.
+                Err(error) => self.warn("reading the leases to release them failed", &error),
+            }
+            let writes: Vec<(String, Lease, LeaseRecord)> = self
+                .observed
+                .iter()
+                .filter(|(_, seen)| seen.record.holder == self.holder)
+                .map(|(name, seen)| (name.clone(), seen.lease.clone(), seen.record.released()))
+                .collect();
+            if writes.is_empty() {
+                return;
+            }
+            let this = &*self;
+            let results: Vec<_> = futures::stream::iter(writes)
+                .map(|(name, lease, record)| async move {
+                    let result = this.write(&name, Some(&lease), &record, "releasing").await;
+                    (name, result)
+                })
+                .buffer_unordered(CONCURRENT_WRITES)
+                .collect()
+                .await;
+            let mut conflicts = 0;
+            for (name, result) in results {
+                match result {
+                    Ok(lease) => {
+                        if name != self.member {
+                            self.metrics
+                                .transitions
+                                .with_label_values(&["released"])
+                                .inc();
+                            info!(lease = %name, holder = %self.holder, "shard released");
+                        }
+                        self.observed
+                            .insert(name, Observed::new(lease, Instant::now()));
+                    }
+                    Err(error) if error.lost_race() && attempt == 0 => conflicts += 1,
+                    // Others take it when it expires.
+                    Err(error) => self.warn("releasing a lease failed", &error),
+                }
+            }
+            if conflicts == 0 {
+                return;
+            }
+            debug!(holder = %self.holder, conflicts, "leases changed underneath the release; rereading once");
+        }
     }
 
     /// One write, bounded by the renew deadline (as client-go bounds a renew).
