@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -82,6 +82,17 @@ impl Default for ReplicaSettings {
             retry_period: Duration::from_secs(2),
         }
     }
+}
+
+/// client-go's `JitterFactor`: a replica holding no shard waits between
+/// rounds a retry period plus up to this factor of it, at random
+/// (`wait.JitterUntil`, sliding), so replicas started together do not race
+/// in lockstep.
+pub const JITTER_FACTOR: f64 = 1.2;
+
+/// `period` plus up to `factor` of it, at random (client-go's `wait.Jitter`).
+fn jittered(period: Duration, factor: f64) -> Duration {
+    period + period.mul_f64(rand::random::<f64>() * factor)
 }
 
 /// A setting that cannot work, named.
@@ -151,6 +162,17 @@ impl ReplicaSettings {
                 ),
             );
         }
+        // client-go's NewLeaderElector: renewDeadline > JitterFactor (1.2) ×
+        // retryPeriod, in integers: 5 × renew > 6 × retry.
+        if self.renew_deadline.saturating_mul(5) <= self.retry_period.saturating_mul(6) {
+            return invalid(
+                "renew_deadline",
+                format!(
+                    "{:?} must be longer than {JITTER_FACTOR} × retry_period {:?} (as client-go requires)",
+                    self.renew_deadline, self.retry_period
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -214,19 +236,28 @@ pub async fn run(
         });
     }
     let mut engine = Engine::new(client, settings, fence, metrics);
-    let mut interval = tokio::time::interval(engine.settings.retry_period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            _ = interval.tick() => {}
-        }
+    let retry = engine.settings.retry_period;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
         // A tick is never dropped midway: a renew or acquire in flight could
         // land after the release and keep the shard held for a lease. It
         // stops between writes once shutdown is asked; each write (and the
         // LIST) is bounded by the renew deadline.
         engine.tick(&shutdown).await;
+        // As client-go: a candidate holding nothing retries jittered from
+        // the end of its round (JitterUntil, sliding); a holder renews every
+        // retry period from the start of its round (the renew loop), which
+        // keeps renewals well within the renew deadline.
+        let next = if engine.held.is_empty() {
+            Instant::now() + jittered(retry, JITTER_FACTOR)
+        } else {
+            started + retry
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep_until(next) => {}
+        }
     }
     engine.release_all().await;
     Ok(())
@@ -887,6 +918,35 @@ mod tests {
             .insert(engine.member.clone(), observed(&mine));
         assert!(engine.is_member(now));
         Ok(())
+    }
+
+    #[test]
+    fn renew_deadline_exceeds_the_jitter_factor_times_the_retry_period() {
+        let with = |renew_ms, retry_ms| ReplicaSettings {
+            renew_deadline: Duration::from_millis(renew_ms),
+            retry_period: Duration::from_millis(retry_ms),
+            ..valid()
+        };
+        assert_eq!(
+            with(1200, 1000).validate().err().map(|e| e.field),
+            Some("renew_deadline")
+        );
+        assert_eq!(with(1201, 1000).validate(), Ok(()));
+        assert_eq!(with(1500, 200).validate(), Ok(()));
+    }
+
+    #[test]
+    fn jitter_stays_within_client_go_s_bounds() {
+        let period = Duration::from_secs(2);
+        let samples: Vec<Duration> = (0..1000).map(|_| jittered(period, JITTER_FACTOR)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= period && *d < period.mul_f64(2.2))
+        );
+        // Not constant: replicas started together drift apart.
+        let distinct: BTreeSet<Duration> = samples.into_iter().collect();
+        assert!(distinct.len() > 100);
     }
 
     #[test]
