@@ -15,8 +15,9 @@
 //! lease duration), and [`balance`]s: acquire free or expired shards up to its
 //! exact share, release excess after a settle time so shards do not flap. All
 //! writes are conditional on the resourceVersion read, so of two candidates
-//! one wins and the other gets 409. On shutdown it releases everything (holder
-//! cleared), so the others take over in their next retry period.
+//! one wins and the other gets 409. On shutdown it finishes the round in
+//! flight, then re-reads and releases everything naming it (holder cleared),
+//! so the others take over in their next retry period.
 //!
 //! **Why the timings are safe** (client-go's argument). A replica may take a
 //! held Lease only after seeing its record unchanged for the lease duration on
@@ -26,6 +27,23 @@
 //! holder stops writing before a new holder can start, whatever the clocks'
 //! offsets (their rates must agree within lease duration / renew deadline).
 //! A replica whose renewals fail keeps nothing past the renew deadline.
+//!
+//! **Not yet.**
+//! - A deleted Lease is free at once: whoever deletes a held shard's Lease
+//!   lets another replica take it while the holder's fence is still open
+//!   (client-go has the same gap). Only the replicas should touch them.
+//! - Replicas do not check that they agree on the shard count; two counts
+//!   hash one workspace into different shards.
+//! - A round is serial: a slow member write delays the shard renewals behind
+//!   it (each write is bounded by the renew deadline, so a slow API server can
+//!   close the fence of shards whose renewals did not start in time).
+//! - The fence is a yes/no check without a deadline: a writer that asked
+//!   [`Fence::holds`] may still be writing after the fence closed. Writers
+//!   will need `Fence::deadline(shard)` to bound their requests to the margin
+//!   lease_duration - renew_deadline.
+//! - The fence's clock is monotonic and stops during system suspend, while
+//!   the other replicas' clocks run on: a suspended and resumed holder may
+//!   believe its fence open after its lease expired elsewhere.
 
 pub mod balance;
 pub mod fence;
