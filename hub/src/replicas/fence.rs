@@ -55,10 +55,19 @@ impl Fence {
 
     /// May this replica write for `shard` now?
     pub fn holds(&self, shard: ShardId) -> bool {
+        self.holds_at(shard, Instant::now())
+    }
+
+    /// Was `shard` open at `now`, as far as this fence knows: its last
+    /// renew (or acquisition) started at or before `now` and less than the
+    /// renew deadline before it. For comparing several fences at one
+    /// instant; writers ask [`Fence::holds`].
+    pub fn holds_at(&self, shard: ShardId, now: Instant) -> bool {
         let renewed = self.lock();
-        renewed
-            .get(&shard)
-            .is_some_and(|started| started.elapsed() < self.inner.renew_deadline)
+        renewed.get(&shard).is_some_and(|started| {
+            now.checked_duration_since(*started)
+                .is_some_and(|age| age < self.inner.renew_deadline)
+        })
     }
 
     /// The shards held now (within the renew deadline), in order.
@@ -140,8 +149,14 @@ mod tests {
         assert!(!fence.holds(shard), "10 s after the renew started");
         assert!(fence.held().is_empty());
         // A renew that starts now opens it again.
-        fence.renewed(shard, Instant::now());
+        let restarted = Instant::now();
+        fence.renewed(shard, restarted);
         assert!(fence.holds(shard));
+        // At a shared earlier instant, before that renew started, it was not.
+        assert!(!fence.holds_at(shard, restarted - Duration::from_millis(1)));
+        assert!(fence.holds_at(shard, restarted));
+        assert!(fence.holds_at(shard, restarted + Duration::from_millis(9_999)));
+        assert!(!fence.holds_at(shard, restarted + Duration::from_secs(10)));
     }
 
     #[tokio::test(start_paused = true)]

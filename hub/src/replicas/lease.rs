@@ -38,6 +38,14 @@ pub enum LeaseError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "listing the leases of {namespace} labelled {REPLICAS_LABEL}={prefix}: no answer within {after:?}"
+    )]
+    ListTimeout {
+        namespace: String,
+        prefix: String,
+        after: Duration,
+    },
     #[error("{action} lease {namespace}/{name}: {source}")]
     Write {
         action: &'static str,

@@ -5,14 +5,19 @@
 //!
 //! **Protocol.** Workspaces hash into a fixed number of shards
 //! ([`shard::shard_of`]); each shard is one Lease `<prefix>-shard-<NN>`, and
-//! each replica also holds a member Lease `<prefix>-member-<identity>`. Every
+//! each replica also holds a member Lease `<prefix>-member-<identity>`. A
+//! process writes itself into a Lease as `<identity>_<uuid v4>` (new on every
+//! start) and counts as its own only records carrying that exact string; while
+//! another process holds its identity's member Lease it takes no shards, so
+//! two processes given one identity never both hold a shard. Every
 //! retry period a replica renews what it holds, reads all the Leases with one
 //! LIST, counts the live replicas (member Leases seen to change within their
 //! lease duration), and [`balance`]s: acquire free or expired shards up to its
 //! exact share, release excess after a settle time so shards do not flap. All
 //! writes are conditional on the resourceVersion read, so of two candidates
-//! one wins and the other gets 409. On shutdown it releases everything (holder
-//! cleared), so the others take over in their next retry period.
+//! one wins and the other gets 409. On shutdown it finishes the round in
+//! flight, then re-reads and releases everything naming it (holder cleared),
+//! so the others take over in their next retry period.
 //!
 //! **Why the timings are safe** (client-go's argument). A replica may take a
 //! held Lease only after seeing its record unchanged for the lease duration on
@@ -22,6 +27,23 @@
 //! holder stops writing before a new holder can start, whatever the clocks'
 //! offsets (their rates must agree within lease duration / renew deadline).
 //! A replica whose renewals fail keeps nothing past the renew deadline.
+//!
+//! **Not yet.**
+//! - A deleted Lease is free at once: whoever deletes a held shard's Lease
+//!   lets another replica take it while the holder's fence is still open
+//!   (client-go has the same gap). Only the replicas should touch them.
+//! - Replicas do not check that they agree on the shard count; two counts
+//!   hash one workspace into different shards.
+//! - A round is serial: a slow member write delays the shard renewals behind
+//!   it (each write is bounded by the renew deadline, so a slow API server can
+//!   close the fence of shards whose renewals did not start in time).
+//! - The fence is a yes/no check without a deadline: a writer that asked
+//!   [`Fence::holds`] may still be writing after the fence closed. Writers
+//!   will need `Fence::deadline(shard)` to bound their requests to the margin
+//!   lease_duration - renew_deadline.
+//! - The fence's clock is monotonic and stops during system suspend, while
+//!   the other replicas' clocks run on: a suspended and resumed holder may
+//!   believe its fence open after its lease expired elsewhere.
 
 pub mod balance;
 pub mod fence;
@@ -34,7 +56,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -78,6 +100,17 @@ impl Default for ReplicaSettings {
             retry_period: Duration::from_secs(2),
         }
     }
+}
+
+/// client-go's `JitterFactor`: a replica holding no shard waits between
+/// rounds a retry period plus up to this factor of it, at random
+/// (`wait.JitterUntil`, sliding), so replicas started together do not race
+/// in lockstep.
+pub const JITTER_FACTOR: f64 = 1.2;
+
+/// `period` plus up to `factor` of it, at random (client-go's `wait.Jitter`).
+fn jittered(period: Duration, factor: f64) -> Duration {
+    period + period.mul_f64(rand::random::<f64>() * factor)
 }
 
 /// A setting that cannot work, named.
@@ -147,6 +180,17 @@ impl ReplicaSettings {
                 ),
             );
         }
+        // client-go's NewLeaderElector: renewDeadline > JitterFactor (1.2) ×
+        // retryPeriod, in integers: 5 × renew > 6 × retry.
+        if self.renew_deadline.saturating_mul(5) <= self.retry_period.saturating_mul(6) {
+            return invalid(
+                "renew_deadline",
+                format!(
+                    "{:?} must be longer than {JITTER_FACTOR} × retry_period {:?} (as client-go requires)",
+                    self.renew_deadline, self.retry_period
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -210,18 +254,27 @@ pub async fn run(
         });
     }
     let mut engine = Engine::new(client, settings, fence, metrics);
-    let mut interval = tokio::time::interval(engine.settings.retry_period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
+    let retry = engine.settings.retry_period;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        // A tick is never dropped midway: a renew or acquire in flight could
+        // land after the release and keep the shard held for a lease. It
+        // stops between writes once shutdown is asked; each write (and the
+        // LIST) is bounded by the renew deadline.
+        engine.tick(&shutdown).await;
+        // As client-go: a candidate holding nothing retries jittered from
+        // the end of its round (JitterUntil, sliding); a holder renews every
+        // retry period from the start of its round (the renew loop), which
+        // keeps renewals well within the renew deadline.
+        let next = if engine.held.is_empty() {
+            Instant::now() + jittered(retry, JITTER_FACTOR)
+        } else {
+            started + retry
+        };
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = interval.tick() => {}
-        }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            () = engine.tick() => {}
+            () = tokio::time::sleep_until(next) => {}
         }
     }
     engine.release_all().await;
@@ -240,6 +293,10 @@ struct Engine {
     /// Shards held → when their last successful renew started.
     held: BTreeMap<ShardId, Instant>,
     member: String,
+    /// The holder string this process writes: `<identity>_<uuid v4>`, new
+    /// on every start, so two processes with one identity never take each
+    /// other's records for their own.
+    holder: String,
     balancer: Balancer,
     warnings: WarnBudget,
     rounds: u64,
@@ -258,6 +315,7 @@ impl Engine {
         Self {
             leases: LeaseClient::new(client, &settings.namespace, &settings.prefix),
             member: member_lease_name(&settings.prefix, &settings.identity),
+            holder: holder_string(&settings.identity),
             balancer: Balancer::new(settings.settle()),
             settings,
             fence,
@@ -279,34 +337,62 @@ impl Engine {
         }
     }
 
-    /// One round: renew, read, balance, act.
-    async fn tick(&mut self) {
+    /// One round: renew, read, balance, act. Stops between writes once
+    /// `shutdown` is asked (the write in flight finishes: it is bounded).
+    async fn tick(&mut self, shutdown: &CancellationToken) {
         self.rounds += 1;
         self.renew_member().await;
-        self.renew_shards().await;
-        match self.leases.list().await {
-            Ok(leases) => self.observe(leases),
-            Err(error) => self.warn("reading the replicas' leases failed", &error),
+        if !shutdown.is_cancelled() {
+            self.renew_shards().await;
         }
+        let listed = if shutdown.is_cancelled() {
+            false
+        } else {
+            match self.list().await {
+                Ok(leases) => {
+                    self.observe(leases);
+                    true
+                }
+                Err(error) => {
+                    self.warn("reading the replicas' leases failed", &error);
+                    false
+                }
+            }
+        };
         self.drop_stale();
         // The first round only announces this replica: replicas that start
         // together see each other before taking shards.
-        if self.rounds > 1 {
-            self.balance().await;
+        if self.rounds > 1 && listed && !shutdown.is_cancelled() {
+            self.balance(shutdown).await;
         }
         self.metrics.shards_held.set(self.held.len() as i64);
     }
 
+    /// Every Lease of these replicas, bounded by the renew deadline (kube
+    /// has no read timeout of its own).
+    async fn list(&self) -> Result<BTreeMap<String, Lease>, LeaseError> {
+        let after = self.settings.renew_deadline;
+        match tokio::time::timeout(after, self.leases.list()).await {
+            Ok(result) => result,
+            Err(_) => Err(LeaseError::ListTimeout {
+                namespace: self.settings.namespace.clone(),
+                prefix: self.settings.prefix.clone(),
+                after,
+            }),
+        }
+    }
+
     async fn renew_member(&mut self) {
         let current = self.observed.get(&self.member);
-        let me = &self.settings.identity;
+        let me = &self.holder;
         if let Some(current) = current
             && current.record.holder != *me
             && current.held(Instant::now())
         {
             if self.warnings.allow().is_some() {
-                warn!(identity = %me, holder = %current.record.holder, lease = %self.member,
-                    "another replica renews this replica's member lease: are two replicas using one identity?");
+                warn!(identity = %self.settings.identity, holder = %me,
+                    other = %current.record.holder, lease = %self.member,
+                    "another process holds this replica's member lease: are two replicas using one identity? Taking no shards while it does");
             }
             return;
         }
@@ -333,7 +419,7 @@ impl Engine {
     }
 
     async fn renew_shards(&mut self) {
-        let me = self.settings.identity.clone();
+        let me = self.holder.clone();
         let writes: Vec<_> = self
             .held
             .keys()
@@ -401,7 +487,7 @@ impl Engine {
                 }
                 match self.observed.get(&self.shard_name(*shard)) {
                     None => Some((*shard, "its lease is gone")),
-                    Some(seen) if seen.record.holder != self.settings.identity => {
+                    Some(seen) if seen.record.holder != self.holder => {
                         Some((*shard, "its lease names another holder"))
                     }
                     Some(_) => None,
@@ -417,42 +503,52 @@ impl Engine {
         self.fence.drop_shard(shard);
         if self.held.remove(&shard).is_some() {
             self.metrics.transitions.with_label_values(&["lost"]).inc();
-            info!(%shard, identity = %self.settings.identity, reason, "shard lost");
+            info!(%shard, holder = %self.holder, reason, "shard lost");
         }
     }
 
-    async fn balance(&mut self) {
+    async fn balance(&mut self, shutdown: &CancellationToken) {
         let now = Instant::now();
-        let me = self.settings.identity.clone();
-        let mut live = BTreeSet::from([me.clone()]);
-        for (name, seen) in &self.observed {
-            if let Some(identity) = shard::parse_member_lease_name(&self.settings.prefix, name)
-                && seen.held(now)
-                && seen.record.holder == identity
-            {
-                live.insert(identity.to_owned());
-            }
-        }
+        let me = self.holder.clone();
+        let live = live_holders(&self.settings.prefix, &self.observed, now);
         let states: Vec<ShardState> = (0..self.settings.shards)
             .map(|index| {
                 let shard = ShardId(index);
-                match self.observed.get(&self.shard_name(shard)) {
-                    None => ShardState::Free,
-                    Some(_) if self.held.contains_key(&shard) => ShardState::Mine,
-                    // Ours on record but not counted as held: ours to reclaim.
-                    Some(seen) if seen.record.holder == me => ShardState::Free,
-                    Some(seen) if seen.held(now) => ShardState::HeldBy(seen.record.holder.clone()),
-                    Some(_) => ShardState::Free,
-                }
+                shard_state(
+                    self.observed.get(&self.shard_name(shard)),
+                    self.held.contains_key(&shard),
+                    &me,
+                    now,
+                )
             })
             .collect();
-        let plan = self.balancer.plan(&me, &live, &states, now);
+        let mut plan = self.balancer.plan(&me, &live, &states, now);
+        // While another process holds this identity's member lease, take
+        // nothing: two processes with one identity (a force-deleted pod
+        // still running, two deployments with one prefix) must not both
+        // act as that replica. (The warning is in `renew_member`.)
+        if !self.is_member(now) {
+            plan.acquire.clear();
+        }
         for shard in plan.release {
+            if shutdown.is_cancelled() {
+                return;
+            }
             self.release(shard).await;
         }
         for shard in plan.acquire {
+            if shutdown.is_cancelled() {
+                return;
+            }
             self.acquire(shard).await;
         }
+    }
+
+    /// Is the member lease, as last seen, this process's?
+    fn is_member(&self, now: Instant) -> bool {
+        self.observed
+            .get(&self.member)
+            .is_some_and(|seen| seen.record.holder == self.holder && seen.held(now))
     }
 
     async fn acquire(&mut self, shard: ShardId) {
@@ -460,7 +556,7 @@ impl Engine {
         let current = self.observed.get(&name);
         let record = LeaseRecord::acquired_by(
             current.map(|c| &c.record),
-            &self.settings.identity,
+            &self.holder,
             self.settings.lease_duration,
         );
         let started = Instant::now();
@@ -477,10 +573,10 @@ impl Engine {
                     .transitions
                     .with_label_values(&["acquired"])
                     .inc();
-                info!(%shard, identity = %self.settings.identity, "shard acquired");
+                info!(%shard, holder = %self.holder, "shard acquired");
             }
             Err(error) if error.lost_race() => {
-                debug!(%shard, identity = %self.settings.identity, "another replica took the shard first");
+                debug!(%shard, holder = %self.holder, "another replica took the shard first");
             }
             Err(error) => self.warn("acquiring a shard lease failed", &error),
         }
@@ -497,7 +593,7 @@ impl Engine {
             .transitions
             .with_label_values(&["released"])
             .inc();
-        info!(%shard, identity = %self.settings.identity, "shard released");
+        info!(%shard, holder = %self.holder, "shard released");
         let Some(current) = self.observed.get(&name) else {
             return;
         };
@@ -515,38 +611,72 @@ impl Engine {
         }
     }
 
-    /// On shutdown: every shard and the member Lease released, within the
-    /// renew deadline.
+    /// On shutdown (after the last tick finished): every record naming this
+    /// process, shards and member Lease together, released, all within the
+    /// renew deadline. Re-reads first, so no write carries a resourceVersion
+    /// older than the last renew; a 409 is re-read and retried once.
     async fn release_all(&mut self) {
         self.fence.drop_all();
-        let shards: Vec<ShardId> = self.held.keys().copied().collect();
         let bound = self.settings.renew_deadline;
-        let releases = async {
-            for shard in shards {
-                self.release(shard).await;
-            }
-            if let Some(member) = self.observed.get(&self.member)
-                && member.record.holder == self.settings.identity
-            {
-                let record = member.record.released();
-                if let Err(error) = self
-                    .write(
-                        &self.member,
-                        Some(&member.lease),
-                        &record,
-                        "releasing member",
-                    )
-                    .await
-                {
-                    self.warn("releasing the member lease failed", &error);
-                }
-            }
-        };
-        if tokio::time::timeout(bound, releases).await.is_err() {
-            warn!(identity = %self.settings.identity, "releasing the leases took longer than the renew deadline; the rest expire");
+        if tokio::time::timeout(bound, self.release_mine())
+            .await
+            .is_err()
+        {
+            warn!(holder = %self.holder, "releasing the leases took longer than the renew deadline; the rest expire");
         }
         self.held.clear();
         self.metrics.shards_held.set(0);
+    }
+
+    async fn release_mine(&mut self) {
+        for attempt in 0..2 {
+            match self.list().await {
+                Ok(leases) => self.observe(leases),
+                // What was last seen is the best left.
+                Err(error) => self.warn("reading the leases to release them failed", &error),
+            }
+            let writes: Vec<(String, Lease, LeaseRecord)> = self
+                .observed
+                .iter()
+                .filter(|(_, seen)| seen.record.holder == self.holder)
+                .map(|(name, seen)| (name.clone(), seen.lease.clone(), seen.record.released()))
+                .collect();
+            if writes.is_empty() {
+                return;
+            }
+            let this = &*self;
+            let results: Vec<_> = futures::stream::iter(writes)
+                .map(|(name, lease, record)| async move {
+                    let result = this.write(&name, Some(&lease), &record, "releasing").await;
+                    (name, result)
+                })
+                .buffer_unordered(CONCURRENT_WRITES)
+                .collect()
+                .await;
+            let mut conflicts = 0;
+            for (name, result) in results {
+                match result {
+                    Ok(lease) => {
+                        if name != self.member {
+                            self.metrics
+                                .transitions
+                                .with_label_values(&["released"])
+                                .inc();
+                            info!(lease = %name, holder = %self.holder, "shard released");
+                        }
+                        self.observed
+                            .insert(name, Observed::new(lease, Instant::now()));
+                    }
+                    Err(error) if error.lost_race() && attempt == 0 => conflicts += 1,
+                    // Others take it when it expires.
+                    Err(error) => self.warn("releasing a lease failed", &error),
+                }
+            }
+            if conflicts == 0 {
+                return;
+            }
+            debug!(holder = %self.holder, conflicts, "leases changed underneath the release; rereading once");
+        }
     }
 
     /// One write, bounded by the renew deadline (as client-go bounds a renew).
@@ -571,6 +701,51 @@ impl Engine {
                 after: self.settings.renew_deadline,
             }),
         }
+    }
+}
+
+/// The holder string of one process of `identity`: `<identity>_<uuid v4>`.
+/// The identity part names the replica (and its member Lease); the uuid
+/// tells two processes of one identity apart.
+fn holder_string(identity: &str) -> String {
+    format!("{identity}_{}", uuid::Uuid::new_v4())
+}
+
+/// The identity part of a holder string.
+fn identity_of(holder: &str) -> &str {
+    holder
+        .split_once('_')
+        .map_or(holder, |(identity, _)| identity)
+}
+
+/// The live replicas' holder strings: member Leases held (renewed within
+/// their duration, as observed) by a process of the identity they name.
+fn live_holders(
+    prefix: &str,
+    observed: &BTreeMap<String, Observed>,
+    now: Instant,
+) -> BTreeSet<String> {
+    observed
+        .iter()
+        .filter_map(|(name, seen)| {
+            let identity = shard::parse_member_lease_name(prefix, name)?;
+            (seen.held(now) && identity_of(&seen.record.holder) == identity)
+                .then(|| seen.record.holder.clone())
+        })
+        .collect()
+}
+
+/// One shard as the process whose holder string is `me` sees it. Only a
+/// record naming `me` exactly is this process's to reclaim; one naming
+/// another process of the same identity is someone else's.
+fn shard_state(seen: Option<&Observed>, held: bool, me: &str, now: Instant) -> ShardState {
+    match seen {
+        None => ShardState::Free,
+        Some(_) if held => ShardState::Mine,
+        // Ours on record but not counted as held: ours to reclaim.
+        Some(seen) if seen.record.holder == me => ShardState::Free,
+        Some(seen) if seen.held(now) => ShardState::HeldBy(seen.record.holder.clone()),
+        Some(_) => ShardState::Free,
     }
 }
 
@@ -683,6 +858,113 @@ mod tests {
             .validate(),
             Ok(())
         );
+    }
+
+    fn observed(holder: &str) -> Observed {
+        let record = LeaseRecord::acquired_by(None, holder, Duration::from_secs(15));
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta::default(),
+            spec: None,
+        };
+        let mut seen = Observed::new(lease, Instant::now());
+        seen.record = record;
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_this_process_s_records_are_its_own() {
+        let me = holder_string("hub-0");
+        let twin = holder_string("hub-0");
+        assert_ne!(me, twin, "two processes of one identity differ");
+        assert!(me.starts_with("hub-0_") && me.len() == "hub-0_".len() + 36);
+        assert_eq!(identity_of(&me), "hub-0");
+        let now = Instant::now();
+        // A record naming this process, not counted as held: reclaim it.
+        assert_eq!(
+            shard_state(Some(&observed(&me)), false, &me, now),
+            ShardState::Free
+        );
+        // One naming another process of the same identity is that one's.
+        assert_eq!(
+            shard_state(Some(&observed(&twin)), false, &me, now),
+            ShardState::HeldBy(twin.clone())
+        );
+        assert_eq!(
+            shard_state(Some(&observed(&twin)), true, &me, now),
+            ShardState::Mine
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let now = Instant::now();
+        let expired = observed(&twin);
+        let mut expired = expired;
+        expired.observed_at = now - Duration::from_secs(15);
+        assert_eq!(
+            shard_state(Some(&expired), false, &me, now),
+            ShardState::Free
+        );
+
+        // The live set is holder strings, from member leases held by a
+        // process of the identity they name.
+        let mut leases = BTreeMap::new();
+        leases.insert(member_lease_name("uplink-hub", "hub-0"), observed(&twin));
+        leases.insert(
+            member_lease_name("uplink-hub", "hub-1"),
+            observed(&holder_string("hub-2")),
+        );
+        let live = live_holders("uplink-hub", &leases, now);
+        assert_eq!(live, BTreeSet::from([twin.clone()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_takes_no_shards_while_its_member_lease_is_another_s()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let settings = valid();
+        // Never contacted: the test looks at the engine's state only.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
+        let metrics = ReplicaMetrics::register(&Registry::new())?;
+        let mut engine = Engine::new(client, settings.clone(), settings.fence(), metrics);
+        let now = Instant::now();
+        assert!(!engine.is_member(now), "no member lease seen yet");
+        let twin = holder_string("hub-0");
+        engine
+            .observed
+            .insert(engine.member.clone(), observed(&twin));
+        assert!(!engine.is_member(now));
+        let mine = engine.holder.clone();
+        engine
+            .observed
+            .insert(engine.member.clone(), observed(&mine));
+        assert!(engine.is_member(now));
+        Ok(())
+    }
+
+    #[test]
+    fn renew_deadline_exceeds_the_jitter_factor_times_the_retry_period() {
+        let with = |renew_ms, retry_ms| ReplicaSettings {
+            renew_deadline: Duration::from_millis(renew_ms),
+            retry_period: Duration::from_millis(retry_ms),
+            ..valid()
+        };
+        assert_eq!(
+            with(1200, 1000).validate().err().map(|e| e.field),
+            Some("renew_deadline")
+        );
+        assert_eq!(with(1201, 1000).validate(), Ok(()));
+        assert_eq!(with(1500, 200).validate(), Ok(()));
+    }
+
+    #[test]
+    fn jitter_stays_within_client_go_s_bounds() {
+        let period = Duration::from_secs(2);
+        let samples: Vec<Duration> = (0..1000).map(|_| jittered(period, JITTER_FACTOR)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= period && *d < period.mul_f64(2.2))
+        );
+        // Not constant: replicas started together drift apart.
+        let distinct: BTreeSet<Duration> = samples.into_iter().collect();
+        assert!(distinct.len() > 100);
     }
 
     #[test]
