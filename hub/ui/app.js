@@ -205,19 +205,22 @@
 
   /**
    * A value fetched at most every `ms` (history that changes once a sample
-   * interval need not be read every POLL_MS).
+   * interval need not be read every POLL_MS); an answer `worthKeeping` does
+   * not accept (no samples yet) is asked again at the next poll.
    */
-  function every(ms, fetcher) {
+  function every(ms, fetcher, worthKeeping = () => true) {
     let at = 0;
     let value = null;
     return async () => {
       if (value === null || Date.now() - at >= ms) {
-        value = await fetcher();
-        at = Date.now();
+        const fresh = await fetcher();
+        value = fresh;
+        at = worthKeeping(fresh) ? Date.now() : 0;
       }
       return value;
     };
   }
+  const hasPoints = (history) => (history.points || []).length > 0;
   const objectName = (o) => (o.namespace ? `${o.namespace}/${o.name}` : o.name);
   const objectLink = (o) => h("a", { href: `#/objects/${objectPath(o)}` }, objectName(o));
   const clusterLink = (name) => h("a", { href: `#/clusters/${segment(name)}` }, name);
@@ -388,7 +391,7 @@
     const previous = new Map();
     const healthOf = new Map();
     const fleetHistory = every(15000, () =>
-      api(`/api/v1/capacity/history?from=${Math.round(Date.now() + hubSkewMs - 10 * 60 * 1000)}`));
+      api(`/api/v1/capacity/history?from=${Math.round(Date.now() + hubSkewMs - 10 * 60 * 1000)}`), hasPoints);
     return {
       name: "fleet",
       title: "Fleet",
@@ -456,7 +459,7 @@
     ]);
     const pager = new Pager(() => refreshNow());
     const heading = h("h1", { tabindex: -1 }, name);
-    const history = every(15000, () => api(`/api/v1/capacity/history?cluster=${segment(name)}`));
+    const history = every(15000, () => api(`/api/v1/capacity/history?cluster=${segment(name)}`), hasPoints);
     return {
       name: "cluster",
       title: `Cluster ${name}`,
