@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(full_cells[4], json!(0.5));
         assert_eq!(full_cells[5], json!(true));
         assert_eq!(full_cells[6], "3", "a string column prints the number");
-        assert_eq!(full_cells[7], "map[a:x b:2]");
+        assert_eq!(full_cells[7], r#"{"a":"x","b":2}"#);
 
         let bare_cells = &table["rows"][1]["cells"];
         // Nothing found: null, which kubectl prints as an empty cell.

@@ -365,15 +365,41 @@ fn compare(left: &Value, right: &Value, op: Op) -> Result<Ordering, EvalError> {
     }
 }
 
-/// A value as Go's `fmt.Fprint` prints what `encoding/json` decoded it to
-/// (client-go's `PrintResults`): strings bare, `map[k:v ...]` with sorted
-/// keys, `[a b]`, `<nil>` inside them; a `null` result itself is
-/// `<no value>` (text/template's `printableValue` of an invalid value).
+/// A value as client-go's `PrintResults` (util/jsonpath/jsonpath.go)
+/// prints it: a map or a list as `encoding/json` marshals it (compact,
+/// keys sorted, `<`, `>` and `&` escaped); anything else as Go's
+/// `fmt.Fprint` prints what `encoding/json` decoded it to: strings bare,
+/// numbers as Go's `%v`; a `null` result itself is `<no value>`
+/// (text/template's `printableValue` of an invalid value).
 pub(crate) fn go_text(v: &Value) -> String {
     match v {
         Value::Null => "<no value>".into(),
+        Value::Array(_) | Value::Object(_) => go_json(v),
         other => go_fmt(other),
     }
+}
+
+/// `json.Marshal` of a decoded value: compact, map keys sorted (Go sorts
+/// them), and HTML's `<`, `>`, `&` escaped as `encoding/json` does by
+/// default. Those characters only occur inside strings, so escaping the
+/// text is escaping the strings.
+fn go_json(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let ordered: std::collections::BTreeMap<&String, Value> =
+                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(v)
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 fn go_fmt(v: &Value) -> String {
@@ -387,19 +413,7 @@ fn go_fmt(v: &Value) -> String {
             (_, _, Some(f)) => go_float(f),
             _ => n.to_string(),
         },
-        Value::Array(items) => {
-            let parts: Vec<String> = items.iter().map(go_fmt).collect();
-            format!("[{}]", parts.join(" "))
-        }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let parts: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{k}:{}", map.get(k).map(go_fmt).unwrap_or_default()))
-                .collect();
-            format!("map[{}]", parts.join(" "))
-        }
+        Value::Array(_) | Value::Object(_) => go_json(v),
     }
 }
 
@@ -522,8 +536,12 @@ mod tests {
         assert_eq!(go_text(&json!(1.5)), "1.5");
         assert_eq!(go_text(&json!(true)), "true");
         assert_eq!(go_text(&Value::Null), "<no value>");
-        assert_eq!(go_text(&json!({"b": 1, "a": "x"})), "map[a:x b:1]");
-        assert_eq!(go_text(&json!(["a", null, 2])), "[a <nil> 2]");
+        assert_eq!(go_text(&json!({"b": 1, "a": "x"})), r#"{"a":"x","b":1}"#);
+        assert_eq!(go_text(&json!(["x", 2, null])), r#"["x",2,null]"#);
+        assert_eq!(
+            go_text(&json!({"h": "<b>&"})),
+            r#"{"h":"\u003cb\u003e\u0026"}"#
+        );
         assert_eq!(go_float(1e-7), "1e-07");
         assert_eq!(go_float(2.5e22), "2.5e+22");
         assert_eq!(go_float(1_234_567.0), "1.234567e+06");
