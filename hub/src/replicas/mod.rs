@@ -446,12 +446,7 @@ impl Engine {
             .await;
         for (shard, name, started, result) in results {
             match result {
-                Ok(lease) => {
-                    self.observed
-                        .insert(name, Observed::new(lease, Instant::now()));
-                    self.held.insert(shard, started);
-                    self.fence.renewed(shard, started);
-                }
+                Ok(lease) => self.holding(shard, name, lease, started),
                 Err(error) if error.lost_race() => {
                     self.lost(shard, "its lease changed underneath (409 on renew)");
                 }
@@ -497,6 +492,16 @@ impl Engine {
         for (shard, reason) in stale {
             self.lost(shard, reason);
         }
+    }
+
+    /// A write that makes or keeps this replica the holder of `shard`
+    /// landed; it `started` at that instant, which is what the fence counts
+    /// from.
+    fn holding(&mut self, shard: ShardId, name: String, lease: Lease, started: Instant) {
+        self.observed
+            .insert(name, Observed::new(lease, Instant::now()));
+        self.held.insert(shard, started);
+        self.fence.renewed(shard, started);
     }
 
     fn lost(&mut self, shard: ShardId, reason: &str) {
@@ -565,10 +570,7 @@ impl Engine {
             .await;
         match result {
             Ok(lease) => {
-                self.observed
-                    .insert(name, Observed::new(lease, Instant::now()));
-                self.held.insert(shard, started);
-                self.fence.renewed(shard, started);
+                self.holding(shard, name, lease, started);
                 self.metrics
                     .transitions
                     .with_label_values(&["acquired"])
