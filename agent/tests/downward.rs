@@ -104,6 +104,7 @@ async fn welcome(hub: &mut FakeHub) -> HubConn {
         heartbeat_interval_ms: 60_000,
         limits: Limits::default(),
         sync_target: Some(sync_target()),
+        shards: None,
     }))
     .await;
     let AgentFrame::SnapshotBegin(_) = conn.recv().await else {
@@ -481,6 +482,7 @@ async fn a_downward_snapshot_sweeps_what_it_does_not_name() {
 
     conn.send(HubFrame::DownwardSnapshotBegin(SnapshotBegin {
         objects: 1,
+        shards: None,
     }))
     .await;
     conn.send(HubFrame::DownwardSnapshotChunk(DownwardBatch {

@@ -105,6 +105,7 @@ fn welcome(version: u16) -> HubFrame {
         heartbeat_interval_ms: 1_000,
         limits: Limits::default(),
         sync_target: None,
+        shards: None,
     })
 }
 

@@ -93,6 +93,7 @@ fn welcome(version: u16) -> HubFrame {
             uid: "synctarget-uid".into(),
             key: KEY.into(),
         }),
+        shards: None,
     })
 }
 

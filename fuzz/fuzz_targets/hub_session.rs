@@ -266,6 +266,7 @@ fn frame(step: Step) -> Result<AgentFrame, Input> {
         }),
         Step::SnapshotBegin(objects) => AgentFrame::SnapshotBegin(SnapshotBegin {
             objects: u64::from(objects),
+            shards: None,
         }),
         Step::SnapshotChunk(deltas) => AgentFrame::SnapshotChunk(SnapshotChunk {
             deltas: deltas.into_iter().map(delta).collect(),

@@ -65,7 +65,10 @@ async fn connect(hub: &TestHub, cluster: &str) -> Result<support::Agent> {
     let mut agent = hub.connect(&identity).await?;
     agent.hello(cluster, "session-1", None, 0).await?;
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 0,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
@@ -256,7 +259,10 @@ async fn a_snapshot_is_held_to_the_cluster_budget() -> Result<()> {
     let mut agent = hub.connect(&identity).await?;
     agent.hello(FLOODER, "session-1", None, 0).await?;
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 3 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 3,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotChunk(uplink_protocol::SnapshotChunk {

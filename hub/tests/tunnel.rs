@@ -22,7 +22,10 @@ fn welcome(frame: HubFrame) -> Result<uplink_protocol::Welcome> {
 async fn snapshot(agent: &mut Agent, deltas: Vec<Delta>, seq: u64) -> Result<()> {
     let objects = u64::try_from(deltas.len())?;
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotChunk(SnapshotChunk { deltas }))
@@ -429,7 +432,10 @@ async fn a_delta_the_hub_cannot_use_is_skipped_not_fatal() -> Result<()> {
     let mut fresh = hub.connect(&hub.pki.client("west")?).await?;
     welcome(fresh.hello("west", "s2", None, 0).await?)?;
     fresh
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 2 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 2,
+            shards: None,
+        }))
         .await?;
     fresh
         .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
@@ -542,7 +548,10 @@ async fn a_snapshot_naming_more_deletions_than_a_cluster_may_hold_is_refused() -
     welcome(agent.hello("edge-1", "session-a", None, 0).await?)?;
 
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 0,
+            shards: None,
+        }))
         .await?;
     let deleted = |seq: u64| uplink_protocol::Delta {
         change: uplink_protocol::Change::Deleted,

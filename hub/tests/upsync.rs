@@ -298,7 +298,10 @@ async fn a_conflict_shows_in_the_api_and_a_snapshot_without_the_object_deletes_i
     agent.hello_upsync("edge-1", "s2", &types).await?;
     let pvc = pvc_ref(SERVED, "claim");
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 1,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotChunk(SnapshotChunk {
@@ -379,7 +382,10 @@ async fn the_status_of_kcps_own_object_of_an_upsynced_name_is_never_written() ->
 /// every upsynced one (`upsync_listed`); waits for its Ack.
 async fn empty_snapshot(agent: &mut support::Agent, upsync_listed: bool) -> Result<()> {
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 0 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 0,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotEnd(SnapshotEnd {
@@ -653,7 +659,10 @@ async fn a_snapshot_of_whole_objects_is_held_to_the_cluster_budget() -> Result<(
         }
     };
     agent
-        .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 3 }))
+        .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 3,
+            shards: None,
+        }))
         .await?;
     agent
         .send(&AgentFrame::SnapshotChunk(SnapshotChunk {

@@ -160,7 +160,7 @@ fn agent_frames() -> Vec<AgentFrame> {
             upsync_resources: Vec::new(),
         }),
         AgentFrame::Deltas(DeltaBatch { deltas: deltas() }),
-        AgentFrame::SnapshotBegin(SnapshotBegin { objects: 2 }),
+        AgentFrame::SnapshotBegin(SnapshotBegin { objects: 2, shards: None }),
         AgentFrame::SnapshotChunk(SnapshotChunk { deltas: deltas() }),
         AgentFrame::SnapshotEnd(SnapshotEnd { seq: 42, upsync_listed: false, }),
         AgentFrame::Heartbeat(Heartbeat {
@@ -247,6 +247,37 @@ fn hub_frames() -> Vec<HubFrame> {
                 uid: "u-1".into(),
                 key: "2xk3".into(),
             }),
+            shards: None,
+        }),
+        HubFrame::Welcome(Welcome {
+            protocol_version: 4,
+            hub_epoch: 9,
+            mode: SessionMode::Snapshot,
+            heartbeat_interval_ms: 10_000,
+            limits: Limits::default(),
+            sync_target: None,
+            shards: Some(ShardsHeld {
+                count: 16,
+                held: vec![
+                    ShardClaim {
+                        shard: ShardId(2),
+                        term: 3,
+                    },
+                    ShardClaim {
+                        shard: ShardId(7),
+                        term: 1,
+                    },
+                ],
+                snapshot: vec![ShardId(2), ShardId(7)],
+            }),
+        }),
+        HubFrame::Shards(ShardsHeld {
+            count: 16,
+            held: vec![ShardClaim {
+                shard: ShardId(7),
+                term: 1,
+            }],
+            snapshot: Vec::new(),
         }),
         HubFrame::Welcome(Welcome {
             protocol_version: 1,
@@ -255,6 +286,7 @@ fn hub_frames() -> Vec<HubFrame> {
             heartbeat_interval_ms: 10_000,
             limits: Limits::default(),
             sync_target: None,
+            shards: None,
         }),
         HubFrame::Ack(Ack {
             seq: 42,
@@ -276,7 +308,10 @@ fn hub_frames() -> Vec<HubFrame> {
             reason: "hub shutting down".into(),
         }),
         HubFrame::Downward(downward.clone()),
-        HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects: 2 }),
+        HubFrame::DownwardSnapshotBegin(SnapshotBegin {
+            objects: 2,
+            shards: None,
+        }),
         HubFrame::DownwardSnapshotChunk(downward),
         HubFrame::DownwardSnapshotEnd(SnapshotEnd {
             seq: 2,

@@ -13,9 +13,12 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::frame::{AgentFrame, Delta, DownwardDelta, ErrorCode, EventReport, HubFrame};
+use crate::frame::{
+    AgentFrame, Delta, DownwardDelta, ErrorCode, EventReport, HubFrame, ShardsHeld, SnapshotBegin,
+};
 use crate::limits::Limits;
 use crate::precheck;
+use crate::shard::{MAX_SHARDS, ShardId, check_shard_list};
 
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,7 @@ fn validate_agent_frame(frame: &AgentFrame, limits: &Limits) -> Result<(), Decod
         AgentFrame::Deltas(batch) => validate_deltas("Deltas", &batch.deltas, limits),
         AgentFrame::SnapshotChunk(chunk) => validate_deltas("SnapshotChunk", &chunk.deltas, limits),
         AgentFrame::Events(batch) => validate_events(&batch.reports, limits),
+        AgentFrame::SnapshotBegin(begin) => validate_snapshot_begin("SnapshotBegin", begin),
         _ => Ok(()),
     }
 }
@@ -229,6 +233,50 @@ fn validate_hub_frame(frame: &HubFrame, limits: &Limits) -> Result<(), DecodeErr
                 reason: "must be positive",
             })
         }
+        HubFrame::Welcome(welcome) => match &welcome.shards {
+            Some(shards) => validate_shards_held("Welcome.shards", shards),
+            None => Ok(()),
+        },
+        HubFrame::Shards(shards) => validate_shards_held("Shards", shards),
+        HubFrame::DownwardSnapshotBegin(begin) => {
+            validate_snapshot_begin("DownwardSnapshotBegin", begin)
+        }
         _ => Ok(()),
     }
+}
+
+/// A snapshot's shards, when it names them: below [`MAX_SHARDS`], ascending,
+/// at least one (an empty list would be a snapshot of nothing that prunes
+/// nothing: a sender's mistake).
+fn validate_snapshot_begin(frame: &str, begin: &SnapshotBegin) -> Result<(), DecodeError> {
+    let Some(shards) = &begin.shards else {
+        return Ok(());
+    };
+    let invalid = |reason| DecodeError::Invalid {
+        field: format!("{frame}.shards"),
+        reason,
+    };
+    if shards.is_empty() {
+        return Err(invalid("must not be empty when present"));
+    }
+    check_shard_list(shards, MAX_SHARDS).map_err(invalid)
+}
+
+/// What a replica says it holds: a count in `1..=MAX_SHARDS`, held shards
+/// below it in ascending order, snapshot shards among the held ones.
+fn validate_shards_held(frame: &str, held: &ShardsHeld) -> Result<(), DecodeError> {
+    let invalid = |field: &str, reason| DecodeError::Invalid {
+        field: format!("{frame}.{field}"),
+        reason,
+    };
+    if held.count == 0 || held.count > MAX_SHARDS {
+        return Err(invalid("count", "must be between 1 and 1024"));
+    }
+    let shards: Vec<ShardId> = held.held.iter().map(|claim| claim.shard).collect();
+    check_shard_list(&shards, held.count).map_err(|reason| invalid("held", reason))?;
+    check_shard_list(&held.snapshot, held.count).map_err(|reason| invalid("snapshot", reason))?;
+    if held.snapshot.iter().any(|shard| !shards.contains(shard)) {
+        return Err(invalid("snapshot", "names a shard that is not held"));
+    }
+    Ok(())
 }

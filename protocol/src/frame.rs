@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
+use crate::shard::ShardId;
 
 /// Version numbers this implementation speaks. The agent lists its versions in
 /// [`Hello::protocol_versions`]; the hub picks the highest one it also speaks
@@ -31,7 +32,12 @@ use crate::limits::Limits;
 ///   it syncs ([`AgentFrame::Events`]), best effort; and upsync: objects
 ///   born in the cluster travel whole ([`Delta::object_json`]) for the
 ///   types the agent names ([`Hello::upsync_resources`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: adds replicas: a replicated hub says which shards of the workspaces
+///   it holds ([`Welcome::shards`], [`HubFrame::Shards`]); the agent keeps a
+///   session with every replica and sends each object's deltas and events
+///   to the holder of its workspace's shard ([`crate::shard_of`]);
+///   snapshots may cover some shards only ([`SnapshotBegin::shards`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The first version with the downward lane.
 pub const DOWNWARD_VERSION: u16 = 2;
@@ -39,9 +45,12 @@ pub const DOWNWARD_VERSION: u16 = 2;
 /// The first version with events.
 pub const EVENTS_VERSION: u16 = 3;
 
+/// The first version with replicas (shards held, per-shard snapshots).
+pub const REPLICAS_VERSION: u16 = 4;
+
 /// Every protocol version this implementation speaks, [`PROTOCOL_VERSION`]
 /// being the newest. What an agent puts in [`Hello::protocol_versions`].
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, EVENTS_VERSION, PROTOCOL_VERSION];
 
 /// The highest version both this implementation and the peer speak, or `None`
 /// when there is none (the hub then answers [`ErrorCode::UnsupportedVersion`]).
@@ -102,6 +111,9 @@ pub enum HubFrame {
     DownwardSnapshotBegin(SnapshotBegin),
     DownwardSnapshotChunk(DownwardBatch),
     DownwardSnapshotEnd(SnapshotEnd),
+    /// Version 4, from a replicated hub only: the shards it holds now,
+    /// sent whenever they change.
+    Shards(ShardsHeld),
 }
 
 /// Agent → hub, first frame on every connection.
@@ -171,6 +183,43 @@ pub struct Welcome {
     /// recognises the objects it owns by its placement label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_target: Option<SyncTargetLocator>,
+    /// Version 4: the shards this replica of a replicated hub holds. `None`:
+    /// the hub is not replicated and takes every object. With
+    /// [`SessionMode::Snapshot`], `snapshot` names every held shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsHeld>,
+}
+
+/// Hub → agent, version 4: which shards of the workspaces a replica of a
+/// replicated hub holds, in [`Welcome::shards`] and in [`HubFrame::Shards`]
+/// whenever they change.
+///
+/// The agent sends an object's deltas and events only to the replica
+/// holding `shard_of(object.workspace, count)`: the session whose claim on
+/// the shard has the highest `term` (on a tie, the claim received last). A
+/// session whose new `ShardsHeld` no longer lists a shard gives up its route
+/// to it; while no session holds a shard, its changes wait in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsHeld {
+    /// How many shards the workspaces hash into; every replica uses the same.
+    pub count: u16,
+    /// Every shard this replica holds now, in ascending order of shard.
+    pub held: Vec<ShardClaim>,
+    /// Shards (a subset of `held`) the replica has just taken over and knows
+    /// nothing of: the agent sends a snapshot of these only
+    /// ([`SnapshotBegin::shards`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot: Vec<ShardId>,
+}
+
+/// One shard a replica holds, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardClaim {
+    pub shard: ShardId,
+    /// The shard Lease's `leaseTransitions` when this replica acquired it:
+    /// grows with every change of holder, so of two replicas claiming one
+    /// shard (the old holder's news late), the higher term is the holder.
+    pub term: u64,
 }
 
 /// A cluster's SyncTarget, as the hub found it in KCP.
@@ -284,6 +333,11 @@ pub struct DeltaBatch {
 pub struct SnapshotBegin {
     /// How many objects the snapshot will contain.
     pub objects: u64,
+    /// Version 4: the shards the snapshot covers. `None`: everything. `Some`:
+    /// only objects whose workspace is in one of these shards; the receiver
+    /// replaces (the hub) or prunes (the agent, downward) only within them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<ShardId>>,
 }
 
 /// Agent → hub, part of a snapshot, between [`SnapshotBegin`] and

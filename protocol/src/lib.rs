@@ -12,7 +12,9 @@ pub mod limits;
 pub mod names;
 pub mod precheck;
 pub mod resource;
+pub mod shard;
 
 pub use codec::{DecodeError, EncodeError, decode_agent_frame, decode_hub_frame, encode};
 pub use frame::*;
 pub use limits::{Limits, truncate_utf8};
+pub use shard::{MAX_SHARDS, ShardId, shard_of};

@@ -120,6 +120,7 @@ fn session_modes_have_the_documented_shape() {
             heartbeat_interval_ms: 10_000,
             limits: Limits::default(),
             sync_target: None,
+            shards: None,
         }))
     };
     assert_eq!(

@@ -398,6 +398,7 @@ fn a_welcome_that_would_stall_the_agent_is_invalid() {
                 ..Limits::default()
             },
             sync_target: None,
+            shards: None,
         }))
         .unwrap()
     };
@@ -513,4 +514,79 @@ fn errors_map_to_labels_error_codes_and_close_codes() {
     assert_eq!(ErrorCode::UnexpectedFrame.close_code(), 1002);
     assert_eq!(ErrorCode::Internal.close_code(), 1011);
     assert_eq!(close::GOING_AWAY, 1001);
+}
+
+#[test]
+fn shards_a_replica_cannot_hold_are_invalid() {
+    let limits = Limits::default();
+    let claim = |shard, term| ShardClaim {
+        shard: ShardId(shard),
+        term,
+    };
+    let shards = |count, held: Vec<ShardClaim>, snapshot: Vec<u16>| {
+        encode(&HubFrame::Shards(ShardsHeld {
+            count,
+            held,
+            snapshot: snapshot.into_iter().map(ShardId).collect(),
+        }))
+        .unwrap()
+    };
+    let field_of = |bytes: &[u8]| match decode_hub_frame(bytes, &limits) {
+        Err(DecodeError::Invalid { field, .. }) => field,
+        other => format!("not invalid: {other:?}"),
+    };
+    assert!(
+        decode_hub_frame(
+            &shards(16, vec![claim(1, 4), claim(9, 0)], vec![9]),
+            &limits
+        )
+        .is_ok()
+    );
+    assert!(decode_hub_frame(&shards(16, Vec::new(), Vec::new()), &limits).is_ok());
+    assert_eq!(field_of(&shards(0, Vec::new(), Vec::new())), "Shards.count");
+    assert_eq!(
+        field_of(&shards(1025, Vec::new(), Vec::new())),
+        "Shards.count"
+    );
+    assert_eq!(
+        field_of(&shards(16, vec![claim(16, 1)], Vec::new())),
+        "Shards.held"
+    );
+    assert_eq!(
+        field_of(&shards(16, vec![claim(3, 1), claim(2, 1)], Vec::new())),
+        "Shards.held"
+    );
+    assert_eq!(
+        field_of(&shards(16, vec![claim(3, 1), claim(3, 2)], Vec::new())),
+        "Shards.held"
+    );
+    assert_eq!(
+        field_of(&shards(16, vec![claim(3, 1)], vec![4])),
+        "Shards.snapshot"
+    );
+    assert_eq!(
+        field_of(&shards(16, vec![claim(3, 1), claim(4, 1)], vec![4, 3])),
+        "Shards.snapshot"
+    );
+}
+
+#[test]
+fn a_snapshot_of_no_shard_or_of_shards_out_of_order_is_invalid() {
+    let limits = Limits::default();
+    let begin = |shards: Option<Vec<u16>>| {
+        encode(&AgentFrame::SnapshotBegin(SnapshotBegin {
+            objects: 1,
+            shards: shards.map(|s| s.into_iter().map(ShardId).collect()),
+        }))
+        .unwrap()
+    };
+    assert!(decode_agent_frame(&begin(None), &limits).is_ok());
+    assert!(decode_agent_frame(&begin(Some(vec![0, 5, 1023])), &limits).is_ok());
+    for shards in [vec![], vec![5, 1], vec![1024]] {
+        let err = decode_agent_frame(&begin(Some(shards.clone())), &limits).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Invalid { field, .. } if field == "SnapshotBegin.shards"),
+            "{shards:?}: {err}"
+        );
+    }
 }

@@ -732,7 +732,10 @@ async fn snapshot_frames_out_of_place_are_refused() -> Result<()> {
             (
                 "deltas during a snapshot",
                 vec![
-                    AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }),
+                    AgentFrame::SnapshotBegin(SnapshotBegin {
+                        objects: 1,
+                        shards: None,
+                    }),
                     AgentFrame::Deltas(DeltaBatch {
                         deltas: unplaced(1, 1),
                     }),
@@ -741,8 +744,14 @@ async fn snapshot_frames_out_of_place_are_refused() -> Result<()> {
             (
                 "a snapshot begun twice",
                 vec![
-                    AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }),
-                    AgentFrame::SnapshotBegin(SnapshotBegin { objects: 1 }),
+                    AgentFrame::SnapshotBegin(SnapshotBegin {
+                        objects: 1,
+                        shards: None,
+                    }),
+                    AgentFrame::SnapshotBegin(SnapshotBegin {
+                        objects: 1,
+                        shards: None,
+                    }),
                 ],
             ),
         ];
@@ -769,6 +778,7 @@ async fn a_snapshot_of_too_many_objects_is_refused_up_front() -> Result<()> {
         agent
             .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
                 objects: 100_000,
+                shards: None,
             }))
             .await?;
         let ending = agent.ending(ENDING_WAIT).await?;
@@ -786,7 +796,10 @@ async fn a_snapshot_lying_about_its_size_is_refused_at_the_limit() -> Result<()>
         let fleet = scene().await?;
         let mut agent = welcomed(&fleet).await?;
         agent
-            .send(&AgentFrame::SnapshotBegin(SnapshotBegin { objects: 10 }))
+            .send(&AgentFrame::SnapshotBegin(SnapshotBegin {
+                objects: 10,
+                shards: None,
+            }))
             .await?;
         let mut first = 1;
         while first <= MAX_OBJECTS + 1 {

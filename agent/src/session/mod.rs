@@ -309,6 +309,12 @@ impl Steady<'_> {
             HubFrame::Error(e) => return Err(refused(&self.ctx.metrics, e.code, e.message)),
             HubFrame::Bye(bye) => return Ok(Some(SessionEnd::HubBye(bye.reason))),
             HubFrame::Welcome(_) => return Err(SessionError::Protocol("second Welcome".into())),
+            // Issue 20 wiring in progress: the agent does not route by shard yet.
+            HubFrame::Shards(_) => {
+                return Err(SessionError::Protocol(
+                    "Shards from a replicated hub (not supported yet)".into(),
+                ));
+            }
             frame @ (HubFrame::Downward(_)
             | HubFrame::DownwardSnapshotBegin(_)
             | HubFrame::DownwardSnapshotChunk(_)

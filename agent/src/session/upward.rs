@@ -34,6 +34,7 @@ pub(super) async fn send_snapshot(
     tx.deadline = Instant::now() + per_frame;
     tx.frame(&AgentFrame::SnapshotBegin(SnapshotBegin {
         objects: framed.deltas,
+        shards: None,
     }))
     .await?;
     for frame in framed.frames {

@@ -98,5 +98,6 @@ pub(super) fn frame_name(frame: &HubFrame) -> &'static str {
         HubFrame::DownwardSnapshotBegin(_) => "DownwardSnapshotBegin",
         HubFrame::DownwardSnapshotChunk(_) => "DownwardSnapshotChunk",
         HubFrame::DownwardSnapshotEnd(_) => "DownwardSnapshotEnd",
+        HubFrame::Shards(_) => "Shards",
     }
 }

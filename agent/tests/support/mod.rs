@@ -204,6 +204,7 @@ impl HubConn {
             heartbeat_interval_ms: heartbeat_ms,
             limits: Limits::default(),
             sync_target: None,
+            shards: None,
         }))
         .await;
     }

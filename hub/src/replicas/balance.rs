@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::shard::{ShardId, fnv1a64};
+use uplink_protocol::shard::fnv1a64;
+
+use super::shard::ShardId;
 
 /// One shard as this replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

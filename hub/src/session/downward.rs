@@ -111,8 +111,11 @@ impl<S: Transport> Connection<S> {
         };
         tracing::info!(cluster = %self.cluster, ?start, "downward lane open");
         if let LaneStart::Snapshot { objects, .. } = start {
-            self.send_or_end(&HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects }))
-                .await?;
+            self.send_or_end(&HubFrame::DownwardSnapshotBegin(SnapshotBegin {
+                objects,
+                shards: None,
+            }))
+            .await?;
         }
         let limits = self.shared.limits;
         Ok(Some(DownwardLane {

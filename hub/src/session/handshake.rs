@@ -163,6 +163,7 @@ impl<S: Transport> Connection<S> {
                 .unwrap_or(u64::MAX),
             limits: self.shared.limits,
             sync_target,
+            shards: None,
         });
         if let Err(error) = self.send(&welcome).await {
             self.handshake_failed(handshake_reason::WEBSOCKET, &error);

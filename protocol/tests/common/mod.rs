@@ -185,7 +185,9 @@ pub fn agent_frame() -> impl Strategy<Value = AgentFrame> {
     prop_oneof![
         hello().prop_map(AgentFrame::Hello),
         deltas().prop_map(|deltas| AgentFrame::Deltas(DeltaBatch { deltas })),
-        any::<u64>().prop_map(|objects| AgentFrame::SnapshotBegin(SnapshotBegin { objects })),
+        (any::<u64>(), snapshot_shards()).prop_map(|(objects, shards)| {
+            AgentFrame::SnapshotBegin(SnapshotBegin { objects, shards })
+        }),
         deltas().prop_map(|deltas| AgentFrame::SnapshotChunk(SnapshotChunk { deltas })),
         any::<u64>().prop_map(|seq| AgentFrame::SnapshotEnd(SnapshotEnd {
             seq,
@@ -308,6 +310,46 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+/// What a replica may say it holds: valid by construction.
+pub fn shards_held() -> impl Strategy<Value = ShardsHeld> {
+    (1..=MAX_SHARDS)
+        .prop_flat_map(|count| {
+            (
+                Just(count),
+                proptest::collection::btree_map(0..count, any::<u64>(), 0..8),
+                any::<u8>(),
+            )
+        })
+        .prop_map(|(count, held, pick)| {
+            let held: Vec<ShardClaim> = held
+                .into_iter()
+                .map(|(shard, term)| ShardClaim {
+                    shard: ShardId(shard),
+                    term,
+                })
+                .collect();
+            let snapshot = held
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| pick & (1 << (i % 8)) != 0)
+                .map(|(_, claim)| claim.shard)
+                .collect();
+            ShardsHeld {
+                count,
+                held,
+                snapshot,
+            }
+        })
+}
+
+/// A snapshot's shards: everything, or a few in ascending order.
+pub fn snapshot_shards() -> impl Strategy<Value = Option<Vec<ShardId>>> {
+    proptest::option::of(
+        proptest::collection::btree_set(0..MAX_SHARDS, 1..8)
+            .prop_map(|shards| shards.into_iter().map(ShardId).collect()),
+    )
+}
+
 pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
     let mode = prop_oneof![
         any::<u64>().prop_map(|acked| SessionMode::Resume { acked }),
@@ -323,9 +365,11 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
                     heartbeat_interval_ms,
                     limits,
                     sync_target: None,
+                    shards: None,
                 })
             }
         ),
+        shards_held().prop_map(HubFrame::Shards),
         any::<u64>().prop_map(|seq| HubFrame::Ack(Ack::new(seq))),
         (any::<i64>(), any::<i64>()).prop_map(|(agent_time_ms, hub_time_ms)| {
             HubFrame::HeartbeatAck(HeartbeatAck {
@@ -343,7 +387,9 @@ pub fn hub_frame() -> impl Strategy<Value = HubFrame> {
             .prop_map(|(code, message)| HubFrame::Error(ErrorFrame { code, message })),
         text().prop_map(|reason| HubFrame::Bye(Bye { reason })),
         downward_deltas().prop_map(|deltas| HubFrame::Downward(DownwardBatch { deltas })),
-        any::<u64>().prop_map(|objects| HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects })),
+        (any::<u64>(), snapshot_shards()).prop_map(|(objects, shards)| {
+            HubFrame::DownwardSnapshotBegin(SnapshotBegin { objects, shards })
+        }),
         downward_deltas()
             .prop_map(|deltas| HubFrame::DownwardSnapshotChunk(DownwardBatch { deltas })),
         any::<u64>().prop_map(|seq| HubFrame::DownwardSnapshotEnd(SnapshotEnd {
