@@ -3,52 +3,16 @@
 //! hub and the agents need: the hub's certificate lands in the Secret
 //! `deploy/hub` mounts, signed by a CA Issuer; an agent's certificate, with
 //! the per-cluster overlay the kustomization documents, names the cluster in
-//! its URI SAN `uplink://cluster/<name>` (what `hub/src/tls.rs` reads).
+//! its URI SAN `uplink://cluster/<name>` (what `hub/src/tls.rs` reads);
+//! and the name an agent dials to find every hub replica is the hub's
+//! headless Service, on the hub's certificate.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use anyhow::{Context as _, Result, ensure};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::Value;
+#[path = "deploy/kustomize.rs"]
+mod kustomize;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// `kubectl kustomize <dir>`, one value per document.
-fn kustomize(dir: &Path) -> Result<Vec<Value>> {
-    let output = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .context("running kubectl kustomize (is kubectl on PATH?)")?;
-    if !output.status.success() {
-        bail!(
-            "kubectl kustomize {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let text = String::from_utf8(output.stdout)?;
-    serde_saphyr::from_multiple(&text)
-        .with_context(|| format!("kubectl kustomize printed invalid YAML:\n{text}"))
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .with_context(|| format!("no {kind}/{name} in the build"))
-}
-
-fn strings(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .map(|items| items.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
-}
+use kustomize::{deploy, expanded_args, find, flag, kustomize, relative, repo, selects, strings};
 
 #[test]
 fn the_hub_certificate_comes_from_the_tunnel_ca_into_the_secret_the_hub_mounts() -> Result<()> {
@@ -128,12 +92,94 @@ patches:
     Ok(())
 }
 
-/// kustomize wants a relative path to a base outside the overlay's root.
-fn relative(from: &Path, to: &Path) -> Result<String> {
-    let depth = from.components().count().saturating_sub(1);
-    let up = "../".repeat(depth);
-    let to = to
-        .strip_prefix("/")
-        .context("the repository's path is absolute")?;
-    Ok(format!("{up}{}", to.display()))
+/// `wss://host:port[/...]` split into host and port.
+fn host_and_port(url: &str) -> Result<(&str, u16)> {
+    let rest = url
+        .strip_prefix("wss://")
+        .with_context(|| format!("{url} is not a wss:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .with_context(|| format!("{url} names no port"))?;
+    Ok((host, port.parse()?))
+}
+
+#[test]
+fn agents_find_every_hub_replica_by_a_name_on_the_hub_certificate() -> Result<()> {
+    let agent = deploy("agent")?;
+    let hub = deploy("hub")?;
+    let pki = deploy("cert-manager/hub")?;
+
+    let container =
+        &find(&agent, "Deployment", "uplink-agent")?["spec"]["template"]["spec"]["containers"][0];
+    let args = expanded_args(&agent, container)?;
+    ensure!(
+        flag(&args, "--hub-discovery") == Some("dns"),
+        "the agent resolves the hub's replicas: {args:?}"
+    );
+    let url = flag(&args, "--hub-url").context("the agent has no --hub-url")?;
+    ensure!(
+        !url.contains(','),
+        "--hub-discovery=dns takes exactly one URL: {url}"
+    );
+    let (host, port) = host_and_port(url)?;
+
+    // The host is a Service of deploy/hub by its cluster DNS name.
+    let (service, rest) = host
+        .split_once('.')
+        .with_context(|| format!("{host} is no Service DNS name"))?;
+    let namespace = rest
+        .strip_suffix(".svc")
+        .or_else(|| rest.strip_suffix(".svc.cluster.local"))
+        .with_context(|| format!("{host} is no Service DNS name"))?;
+    let replicas = find(&hub, "Service", service)?;
+    ensure!(replicas["metadata"]["namespace"] == namespace);
+    ensure!(
+        replicas["spec"]["clusterIP"] == "None",
+        "{service} is headless, so its name resolves to every replica: {}",
+        replicas["spec"]
+    );
+    let deployment = find(&hub, "Deployment", "uplink-hub")?;
+    ensure!(deployment["metadata"]["namespace"] == namespace);
+    let pod = &deployment["spec"]["template"];
+    ensure!(
+        selects(&replicas["spec"]["selector"], &pod["metadata"]["labels"]),
+        "{service} selects the hub's pods"
+    );
+    let hub_container = &pod["spec"]["containers"][0];
+    let service_port = replicas["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"] == port)
+        .with_context(|| format!("{service} has no port {port}"))?;
+    let target = &service_port["targetPort"];
+    let container_port = hub_container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == *target || p["containerPort"] == *target)
+        .with_context(|| format!("the hub has no port {target}"))?;
+    let hub_args = expanded_args(&hub, hub_container)?;
+    let listen = flag(&hub_args, "--listen").context("the hub has no --listen")?;
+    ensure!(
+        listen.ends_with(&format!(":{}", container_port["containerPort"])),
+        "the tunnel port {} is where the hub listens ({listen})",
+        container_port["containerPort"]
+    );
+
+    // The agent checks each replica's certificate against the URL's host.
+    let serving = find(&pki, "Certificate", "uplink-hub")?;
+    let names = strings(&serving["spec"]["dnsNames"]);
+    for name in [
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ] {
+        ensure!(
+            names.contains(&name.as_str()),
+            "the hub's certificate names {name}: {names:?}"
+        );
+    }
+    ensure!(names.contains(&host), "{host} is on the hub's certificate");
+    Ok(())
 }

@@ -191,6 +191,11 @@ fn columns(target: &Target) -> Vec<Column> {
             }),
         ],
         ("", "namespaces") => vec![col("Status", |v| str_at(v, "/status/phase", "Active"))],
+        // kube's printLease (pkg/printers/internalversion): the holder, or
+        // an empty cell for a Lease nobody holds.
+        ("coordination.k8s.io", "leases") => {
+            vec![col("Holder", |v| str_at(v, "/spec/holderIdentity", ""))]
+        }
         ("", "services") => vec![
             col("Type", |v| str_at(v, "/spec/type", "ClusterIP")),
             col("Cluster-IP", |v| str_at(v, "/spec/clusterIP", "<none>")),
@@ -487,6 +492,34 @@ mod tests {
         assert_eq!(table["rows"][0]["cells"][1], "2/3");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(table["columnDefinitions"][0]["format"], "name");
+    }
+
+    #[test]
+    fn lease_rows_name_the_holder() {
+        let def = builtins()
+            .into_iter()
+            .find(|d| d.plural == "leases")
+            .unwrap_or_else(|| panic!("builtin"));
+        let t = Target {
+            def,
+            version: "v1".into(),
+            namespace: "uplink-system".into(),
+            status: false,
+        };
+        let held = Arc::new(
+            json!({"metadata": {"name": "uplink-hub-shard-3", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"holderIdentity": "uplink-hub-0_1"}}),
+        );
+        let free = Arc::new(json!({"metadata": {"name": "uplink-hub-shard-4"}, "spec": {}}));
+        let table = render(&t, &[held, free], None, None);
+        let names: Vec<&Value> = table["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| &c["name"])
+            .collect();
+        assert_eq!(names, ["Name", "Holder", "Age"]);
+        assert_eq!(table["rows"][0]["cells"][1], "uplink-hub-0_1");
+        assert_eq!(table["rows"][1]["cells"][1], "");
     }
 
     #[test]

@@ -88,6 +88,7 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
             out.contains("clusterrolebinding.rbac.authorization.k8s.io/uplink-agent unchanged"),
             "re-apply: {out}"
         );
+        the_hub_replicas_as_applied(&kubectl).await?;
 
         let agent = "--as=system:serviceaccount:uplink-system:uplink-agent";
         let hub = "--as=system:serviceaccount:uplink-system:uplink-hub";
@@ -149,6 +150,108 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
                 &["impersonate", "serviceaccounts", "-n", "uplink-system", hub],
                 false,
             ),
+            // The replicas' Leases: in the hub's namespace, every verb the
+            // engine uses (and delete, for member Leases of pods long gone).
+            (
+                &[
+                    "get",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "list",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "watch",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "create",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "update",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "patch",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            (
+                &[
+                    "delete",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    hub,
+                ],
+                true,
+            ),
+            // ... and nowhere else.
+            (
+                &[
+                    "create",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "kube-system",
+                    hub,
+                ],
+                false,
+            ),
+            (
+                &[
+                    "list",
+                    "leases.coordination.k8s.io",
+                    "--all-namespaces",
+                    hub,
+                ],
+                false,
+            ),
+            (
+                &[
+                    "create",
+                    "leases.coordination.k8s.io",
+                    "-n",
+                    "uplink-system",
+                    agent,
+                ],
+                false,
+            ),
             (&["*", "*"], true),
         ];
         for (args, expected) in cases {
@@ -173,6 +276,143 @@ async fn kubectl_applies_uplink_deploy_and_can_i_answers_like_kube() -> Result<(
         Ok(())
     })
     .await
+}
+
+/// What `kubectl apply -k deploy/hub` made of the replicas, read back from
+/// the API server as an operator would, and the Lease RBAC at work: the
+/// hub's ServiceAccount writes a shard Lease in its namespace (and may not
+/// elsewhere), and `kubectl get leases -l <label>` (deploy/README.md,
+/// "Replicas") shows its holder.
+async fn the_hub_replicas_as_applied(kubectl: &Kubectl) -> Result<()> {
+    let get = |args: &'static [&'static str]| async move {
+        let text = kubectl.ok(args).await?;
+        serde_json::from_str::<Value>(&text)
+            .with_context(|| format!("kubectl {} printed {text}", args.join(" ")))
+    };
+    let deployment = get(&[
+        "get",
+        "deployment",
+        "uplink-hub",
+        "-n",
+        "uplink-system",
+        "-o",
+        "json",
+    ])
+    .await?;
+    ensure!(
+        deployment["spec"]["replicas"] == 3,
+        "replicas {}",
+        deployment["spec"]["replicas"]
+    );
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let pdb = get(&[
+        "get",
+        "pdb",
+        "uplink-hub",
+        "-n",
+        "uplink-system",
+        "-o",
+        "json",
+    ])
+    .await?;
+    ensure!(
+        pdb["spec"]["maxUnavailable"] == 1,
+        "the hub's PodDisruptionBudget: {}",
+        pdb["spec"]
+    );
+    let selector = pdb["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("the PodDisruptionBudget selects by no labels")?;
+    ensure!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels[k] == *v),
+        "the PodDisruptionBudget ({selector:?}) selects the hub's pods ({pod_labels})"
+    );
+    let service = get(&[
+        "get",
+        "service",
+        "uplink-hub-replicas",
+        "-n",
+        "uplink-system",
+        "-o",
+        "json",
+    ])
+    .await?;
+    ensure!(
+        service["spec"]["clusterIP"] == "None",
+        "uplink-hub-replicas is headless: {}",
+        service["spec"]
+    );
+    let binding = get(&[
+        "get",
+        "rolebinding",
+        "uplink-hub-leases",
+        "-n",
+        "uplink-system",
+        "-o",
+        "json",
+    ])
+    .await?;
+    ensure!(
+        binding["subjects"][0]["kind"] == "ServiceAccount"
+            && binding["subjects"][0]["name"]
+                == deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "the Lease Role is bound to the account the hub runs as: {binding}"
+    );
+
+    // As the hub: a shard Lease as the engine writes it (name, label, holder).
+    let label = uplink_hub::replicas::lease::REPLICAS_LABEL;
+    let name =
+        uplink_hub::replicas::shard_lease_name("uplink-hub", uplink_hub::replicas::ShardId(3));
+    let lease = kubectl.write_file(
+        "lease.json",
+        &serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "labels": {label: "uplink-hub"}},
+            "spec": {"holderIdentity": "uplink-hub-7d9f-abcde_0d4c", "leaseDurationSeconds": 15},
+        })
+        .to_string(),
+    )?;
+    let lease = lease.to_string_lossy();
+    let as_hub = "--as=system:serviceaccount:uplink-system:uplink-hub";
+    let out = kubectl
+        .ok(&["create", "-f", &lease, "-n", "uplink-system", as_hub])
+        .await?;
+    ensure!(
+        out.contains(&format!("lease.coordination.k8s.io/{name} created")),
+        "the hub creates a Lease in its namespace: {out}"
+    );
+    let denied = kubectl
+        .run(&["create", "-f", &lease, "-n", "default", as_hub])
+        .await?;
+    ensure!(
+        !denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "the hub may not create a Lease in default: {}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let selector = format!("{label}=uplink-hub");
+    let table = kubectl
+        .ok(&["get", "leases", "-n", "uplink-system", "-l", &selector])
+        .await?;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "HOLDER", "AGE"],
+        "kubectl get leases:\n{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        row.get(..2) == Some(&[name.as_str(), "uplink-hub-7d9f-abcde_0d4c"][..]),
+        "kubectl get leases:\n{table}"
+    );
+    Ok(())
 }
 
 /// Every `kubectl create <kind>` generator, each of which posts protobuf.
