@@ -35,6 +35,7 @@ pub mod proxy;
 mod scrape;
 pub mod setup;
 pub mod spec_down;
+pub mod writers;
 
 use std::{
     collections::BTreeMap,
