@@ -32,6 +32,7 @@ pub mod convergence;
 mod poll;
 pub mod processes;
 pub mod proxy;
+pub mod replicas;
 mod scrape;
 pub mod setup;
 pub mod spec_down;
