@@ -76,6 +76,9 @@ const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is requi
 /// `metav1.ObjectMeta{}.SwaggerDoc()["creationTimestamp"]`.
 const CREATION_TIMESTAMP_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
+/// `coordinationv1.LeaseSpec{}.SwaggerDoc()["holderIdentity"]` (1.31+).
+const LEASE_HOLDER_DESCRIPTION: &str = "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field.";
+
 fn col(name: &str, cell: Cell) -> Column {
     Column {
         name: name.into(),
@@ -225,6 +228,11 @@ fn columns(target: &Target) -> Vec<Column> {
                 )
             }),
         ],
+        // kube's printLease: the holder, "" when unset.
+        ("coordination.k8s.io", "leases") => vec![Column {
+            description: LEASE_HOLDER_DESCRIPTION.into(),
+            ..col("Holder", |v| str_at(v, "/spec/holderIdentity", ""))
+        }],
         _ => Vec::new(),
     };
     cols.extend(builtin);
@@ -487,6 +495,33 @@ mod tests {
         assert_eq!(table["rows"][0]["cells"][1], "2/3");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(table["columnDefinitions"][0]["format"], "name");
+    }
+
+    #[test]
+    fn lease_rows_show_the_holder() {
+        let def = builtins()
+            .into_iter()
+            .find(|d| d.plural == "leases")
+            .unwrap_or_else(|| panic!("builtin"));
+        let t = Target {
+            def,
+            version: "v1".into(),
+            namespace: "default".into(),
+            status: false,
+        };
+        let held = Arc::new(json!({
+            "metadata": {"name": "uplink-hub-shard-03", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"holderIdentity": "hub-1_0e4c", "leaseDurationSeconds": 15},
+        }));
+        let free = Arc::new(json!({"metadata": {"name": "uplink-hub-shard-04"}, "spec": {}}));
+        let table = render(&t, &[held, free], None, None);
+        let names: Vec<&Value> = table["columnDefinitions"]
+            .as_array()
+            .map(|cols| cols.iter().map(|c| &c["name"]).collect())
+            .unwrap_or_default();
+        assert_eq!(names, [&json!("Name"), &json!("Holder"), &json!("Age")]);
+        assert_eq!(table["rows"][0]["cells"][1], "hub-1_0e4c");
+        assert_eq!(table["rows"][1]["cells"][1], "");
     }
 
     #[test]
