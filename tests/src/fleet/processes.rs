@@ -262,11 +262,16 @@ impl HubProcess {
     pub async fn wait_ready(&mut self) -> Result<()> {
         let http = self.process.http_addr;
         let process = &mut self.process;
+        // A process that exited fails the wait at once (with its log), not
+        // after the timeout.
         eventually(READY_TIMEOUT, "uplink-hub to be ready", async || {
-            process.check_running()?;
-            http_get(http, "/readyz").await.map(drop)
+            if let Err(exited) = process.check_running() {
+                return Ok(Err(exited));
+            }
+            http_get(http, "/readyz").await.map(Ok)
         })
-        .await
+        .await?
+        .map(drop)
     }
 }
 
@@ -371,14 +376,16 @@ impl AgentProcess {
     pub async fn wait_connected(&mut self) -> Result<()> {
         let process = &mut self.process;
         eventually(READY_TIMEOUT, "the agent process to connect", async || {
-            process.check_running()?;
+            if let Err(exited) = process.check_running() {
+                return Ok(Err(exited));
+            }
             let connected = process.metrics().await?.require("uplink_agent_connected")?;
             if connected == 1.0 {
-                Ok(())
+                Ok(Ok(()))
             } else {
                 bail!("uplink_agent_connected {connected}")
             }
         })
-        .await
+        .await?
     }
 }
