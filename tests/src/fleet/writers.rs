@@ -17,12 +17,14 @@
 //!
 //! Writes without a hub's `User-Agent` (the test's own writes) are counted
 //! as [`ShardWriters::foreign`] and otherwise ignored; so are writes of the
-//! physical cluster (no workspace).
+//! physical cluster (no workspace). Writers are told apart by identity
+//! only: two processes of one identity (a replica restarted) are one
+//! writer here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::ops::RangeBounds;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Result, bail};
 use uplink_e2e::apiserver::{ApiServer, StatusWrite};
@@ -54,6 +56,8 @@ pub struct Run {
     /// When its first and last write were stored.
     pub first: Instant,
     pub last: Instant,
+    /// The wall-clock time of its first write (to read logs beside it).
+    pub first_wall: SystemTime,
     /// Their places in the test bed's record ([`StatusWrite::seq`]).
     pub first_seq: u64,
     pub last_seq: u64,
@@ -119,6 +123,7 @@ impl ShardWriters {
                     writer: identity.to_owned(),
                     first: write.at,
                     last: write.at,
+                    first_wall: write.wall,
                     first_seq: write.seq,
                     last_seq: write.seq,
                     writes: 1,
@@ -246,7 +251,11 @@ impl fmt::Display for ShownRun<'_> {
             run.first_seq,
             run.last_seq,
             workspaces.join(", ")
-        )
+        )?;
+        if let Ok(wall) = k8s_openapi::jiff::Timestamp::try_from(run.first_wall) {
+            write!(f, " from {wall:.3}")?;
+        }
+        Ok(())
     }
 }
 
@@ -283,7 +292,7 @@ pub fn assert_one_writer_per_shard(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
 
@@ -388,6 +397,11 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("shard 04"), "{message}");
+        // Wall times, to read the processes' logs beside it.
+        assert!(
+            message.contains("Z\n") || message.ends_with('Z'),
+            "{message}"
+        );
     }
 
     #[test]
