@@ -25,6 +25,29 @@
 //! Until the hub and agent understand the replica flags (issue 20's
 //! wiring), a replica process exits at once with a usage error; starting
 //! one then fails with its log.
+//!
+//! A scenario, once they do:
+//!
+//! ```ignore
+//! let workspaces = workspaces_per_shard("root:org:ws", 16, 2);
+//! let mut fleet = Fleet::builder()
+//!     .clusters(["a", "b", "c"])
+//!     .workspaces(workspaces.clone())
+//!     .without_agents()
+//!     .start()
+//!     .await?;
+//! let mut replicas = HubReplicas::start(&mut fleet, ReplicaOptions::default()).await?;
+//! let agent = AgentProcess::start(&fleet, "a", &replicas.hub_urls()).await?;
+//! replicas.wait_balanced(WITHIN).await?;
+//! // ... changes in the clusters ...
+//! let cut = replicas.leases().busiest().await?;
+//! let from = std::time::Instant::now();
+//! replicas.partition(&cut)?;
+//! // ... more changes; wait until the others hold everything ...
+//! let to = std::time::Instant::now();
+//! replicas.heal(&cut)?;
+//! let writers = assert_one_writer_per_shard(fleet.kcp_server(), from..to, 16)?;
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +71,29 @@ use crate::apiserver::{client_for, start_server};
 /// The identity of replica `index`: `hub-<index>`.
 pub fn replica_identity(index: usize) -> String {
     format!("hub-{index}")
+}
+
+/// `per_shard` workspace names `<prefix>-<n>` in each of `shards` shards
+/// (as the hub hashes them), so a scenario's objects are spread over every
+/// shard and so over every replica.
+pub fn workspaces_per_shard(prefix: &str, shards: u16, per_shard: usize) -> Vec<String> {
+    let shard_of = super::writers::hub_shard(shards);
+    let mut counts = vec![0usize; usize::from(shards.max(1))];
+    let mut names = Vec::new();
+    let wanted = counts.len() * per_shard;
+    for n in 0u64.. {
+        if names.len() == wanted {
+            break;
+        }
+        let name = format!("{prefix}-{n}");
+        if let Some(count) = counts.get_mut(usize::from(shard_of(&name)))
+            && *count < per_shard
+        {
+            *count += 1;
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// The Lease timings, as client-go's leader election names them.
@@ -702,6 +748,19 @@ mod tests {
         assert!(args.contains(&"--kcp-kubeconfig=/f/kcp.kubeconfig".to_owned()));
         assert!(args.contains(&"--replicas-identity=hub-1".to_owned()));
         assert!(args.contains(&"--write-qps=0".to_owned()));
+    }
+
+    #[test]
+    fn workspaces_cover_every_shard_evenly() {
+        let names = workspaces_per_shard("root:org:ws", 16, 2);
+        assert_eq!(names.len(), 32);
+        let shard_of = crate::fleet::writers::hub_shard(16);
+        let mut counts = BTreeMap::new();
+        for name in &names {
+            *counts.entry(shard_of(name)).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 16);
+        assert!(counts.values().all(|c| *c == 2), "{counts:?}");
     }
 
     #[test]
