@@ -124,8 +124,8 @@
 //! snapshot); built-in kinds get no defaulting or schema validation (CRs are
 //! pruned by their schema; field selectors and the pod grace period read
 //! unset fields as their defaults; events.k8s.io Events, CSRs,
-//! TokenRequests, ephemeral containers and CSR approvals are validated as
-//! kube does); strategic merge uses a fixed table of merge keys; server-side
+//! TokenRequests, ephemeral containers, CSR approvals and Leases' specs
+//! (not their `strategy`) are validated as kube does); strategic merge uses a fixed table of merge keys; server-side
 //! apply tracks ownership for appliers only; protobuf request bodies are
 //! decoded for the kinds kubectl's typed commands send (others, and unknown
 //! fields, get 415: send JSON); the `default/kubernetes` Service has no

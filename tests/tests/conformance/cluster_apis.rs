@@ -820,6 +820,58 @@ async fn leases_keep_their_holder() -> Result<()> {
     .await
 }
 
+/// kube's `ValidateLeaseSpec`: a lease duration must be positive, the
+/// transitions not negative, and a preferred holder needs a strategy.
+#[tokio::test]
+async fn invalid_lease_specs_are_refused() -> Result<()> {
+    in_namespace_with_config("leases-invalid", |client, _, ns| async move {
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases");
+        let lease = |name: &str, spec: Value| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name}, "spec": spec})
+        };
+        let refused = [
+            (
+                json!({"holderIdentity": "a", "leaseDurationSeconds": 0}),
+                "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0",
+            ),
+            (
+                json!({"leaseTransitions": -1}),
+                "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                json!({"preferredHolder": "b"}),
+                "spec.preferredHolder: Forbidden: may only be specified if `strategy` is defined",
+            ),
+        ];
+        for (spec, message) in refused {
+            let status = send(
+                &client,
+                Method::POST,
+                &path,
+                Some(&lease("bad", spec.clone())),
+            )
+            .await?
+            .expect_status(422, "Invalid")?;
+            ensure!(
+                status.message
+                    == format!("Lease.coordination.k8s.io \"bad\" is invalid: {message}"),
+                "creating a Lease with {spec}: {:?}",
+                status.message
+            );
+        }
+        // An update is checked too; a valid Lease (no spec fields at all) is fine.
+        let created = create(&client, &path, lease("good", json!({}))).await?;
+        let mut bad = created.clone();
+        bad["spec"] = json!({"leaseDurationSeconds": -5});
+        send(&client, Method::PUT, &format!("{path}/good"), Some(&bad))
+            .await?
+            .expect_status(422, "Invalid")?;
+        Ok(())
+    })
+    .await
+}
+
 /// What hub replicas do with Leases (issue 20): list and watch them by
 /// label, and what an operator sees in `kubectl get leases` (Name, Holder,
 /// Age; kube's printLease).
