@@ -32,9 +32,11 @@ pub mod convergence;
 mod poll;
 pub mod processes;
 pub mod proxy;
+pub mod replicas;
 mod scrape;
 pub mod setup;
 pub mod spec_down;
+pub mod writers;
 
 use std::{
     collections::BTreeMap,

@@ -29,6 +29,7 @@ use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
 use super::special;
 use super::status::{self, ApiError};
+use super::status_writes;
 use super::store::{Filter, ListKey, NameChoice, Scope};
 use super::table::{self, Rendering};
 use super::watch;
@@ -305,6 +306,9 @@ async fn serve_resource(
         let name = name.unwrap_or_default();
         return serve_scale(shared, req, ws, &target, &name, &query).await;
     }
+    // A write of `/status` is recorded once stored (`status_writes`).
+    let status_write = (target.status && matches!(method, Method::PUT | Method::PATCH))
+        .then(|| header_str(&req, header::USER_AGENT).to_owned());
     let answer = match (&method, name) {
         (&Method::GET, Some(name)) => get(shared, ws, &target, &name),
         (&Method::POST, None) if !all_namespaces => {
@@ -337,6 +341,26 @@ async fn serve_resource(
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
     }?;
+    if let Some(user_agent) = status_write
+        && !dry_run(&query)?
+    {
+        shared.status_writes.record(status_writes::Written {
+            workspace: ws.to_owned(),
+            namespace: target.namespace.clone(),
+            group: target.def.group.clone(),
+            resource: target.def.plural.clone(),
+            name: rp.name.clone().unwrap_or_default(),
+            verb: if method == Method::PUT {
+                "update"
+            } else {
+                "patch"
+            },
+            user_agent,
+            resource_version: meta_str(&answer.object, "resourceVersion")
+                .unwrap_or_default()
+                .to_owned(),
+        });
+    }
     if method != Method::GET {
         special::after_write(shared, ws, &target.def);
     }

@@ -66,7 +66,8 @@
 //! `reviews` (TokenReview and the access reviews), `subresources`
 //! (TokenRequest, ephemeral containers, CSR approval), `certificates`,
 //! `componentstatuses`, `apiservices` and `events` (events.k8s.io over core
-//! Events), `status` (errors), [`faults`], [`cli`].
+//! Events), `status` (errors), `status_writes` (who wrote which status),
+//! [`faults`], [`cli`].
 //!
 //! Pods bound to a node are deleted gracefully (`graceful`): a DELETE sets
 //! `deletionTimestamp` and `deletionGracePeriodSeconds` (the
@@ -105,6 +106,9 @@
 //! reads per change), and `GET /metrics` (authenticated, on the whole
 //! server only) serves the same counts as Prometheus text
 //! (`uplink_testbed_requests_total`); faults are never injected into it.
+//! Every stored write to a `/status` subresource is recorded with its time,
+//! object and `User-Agent` ([`ApiServer::status_writes`], `status_writes`):
+//! what kube-apiserver's audit log would tell, kept in memory.
 //!
 //! Known simplifications (each documented where it lives): namespaces and
 //! CRDs are deleted at once with their contents (no Terminating phase);
@@ -120,8 +124,8 @@
 //! snapshot); built-in kinds get no defaulting or schema validation (CRs are
 //! pruned by their schema; field selectors and the pod grace period read
 //! unset fields as their defaults; events.k8s.io Events, CSRs,
-//! TokenRequests, ephemeral containers and CSR approvals are validated as
-//! kube does); strategic merge uses a fixed table of merge keys; server-side
+//! TokenRequests, ephemeral containers, CSR approvals and Leases' specs
+//! (not their `strategy`) are validated as kube does); strategic merge uses a fixed table of merge keys; server-side
 //! apply tracks ownership for appliers only; protobuf request bodies are
 //! decoded for the kinds kubectl's typed commands send (others, and unknown
 //! fields, get 415: send JSON); the `default/kubernetes` Service has no
@@ -169,6 +173,7 @@ mod schema;
 mod selector;
 mod special;
 mod status;
+mod status_writes;
 mod store;
 mod subresources;
 mod table;
@@ -190,6 +195,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::Faults;
 pub use requests::{RequestCounts, RequestKey};
+pub use status_writes::StatusWrite;
 
 /// A line of kube-apiserver's `--token-auth-file`: `token,user,uid,"group1,group2"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +234,9 @@ pub struct ApiServerConfig {
     /// Deployments (see the `deployments` module): their status follows
     /// their spec as after a completed rollout. Off by default.
     pub deployment_controller: bool,
+    /// How many writes to `/status` subresources the in-memory record keeps
+    /// ([`ApiServer::status_writes`]); older ones are dropped and counted.
+    pub status_write_capacity: usize,
 }
 
 impl Default for ApiServerConfig {
@@ -242,6 +251,7 @@ impl Default for ApiServerConfig {
             bookmark_interval: Duration::from_secs(5),
             watcher_buffer: 1024,
             deployment_controller: false,
+            status_write_capacity: 200_000,
         }
     }
 }
@@ -274,6 +284,8 @@ pub(crate) struct Shared {
     pub kubelet: kubelet::Kubelet,
     /// How many requests of each kind the server received.
     pub requests: requests::RequestCounter,
+    /// Who wrote which status, and when (the audit log's stand-in).
+    pub status_writes: status_writes::StatusWriteLog,
     pub faults: Faults,
     pub shutdown: CancellationToken,
 }
@@ -327,6 +339,7 @@ impl ApiServer {
             store.ensure_space(ws);
         }
         rbac::policy::bootstrap(&store);
+        let status_writes = status_writes::StatusWriteLog::new(config.status_write_capacity);
         let shared = Arc::new(Shared {
             config,
             token: token.clone(),
@@ -334,6 +347,7 @@ impl ApiServer {
             tokens: authn::Tokens::default(),
             kubelet: kubelet::Kubelet::default(),
             requests: requests::RequestCounter::default(),
+            status_writes,
             faults: faults.clone(),
             shutdown: shutdown.clone(),
         });
@@ -396,6 +410,13 @@ impl ApiServer {
         tls::kubeconfig_yaml(&server, &self.ca_pem, &self.token)
     }
 
+    /// Like [`ApiServer::kubeconfig_yaml`] (no workspace), but reaching the
+    /// server at `addr`, a loopback proxy in front of it (the serving
+    /// certificate names `127.0.0.1` and `localhost`, whatever the port).
+    pub fn kubeconfig_yaml_via(&self, addr: SocketAddr) -> String {
+        tls::kubeconfig_yaml(&format!("https://{addr}"), &self.ca_pem, &self.token)
+    }
+
     /// Writes [`ApiServer::kubeconfig_yaml`] to `path` (creating parent directories).
     pub fn write_kubeconfig(&self, path: &Path, workspace: Option<&str>) -> std::io::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -413,6 +434,21 @@ impl ApiServer {
     /// [`RequestCounts`]; the same counts are served on `GET /metrics`).
     pub fn requests(&self) -> RequestCounts {
         self.shared.requests.snapshot()
+    }
+
+    /// Every write to a `/status` subresource this server stored, oldest
+    /// first (at most [`ApiServerConfig::status_write_capacity`] of the
+    /// newest): when, in which logical cluster, of which object, by which
+    /// `User-Agent`. A real kube-apiserver keeps this in its audit log; the
+    /// test bed keeps it in memory. See [`StatusWrite`] for what is recorded.
+    pub fn status_writes(&self) -> Vec<StatusWrite> {
+        self.shared.status_writes.snapshot()
+    }
+
+    /// How many status writes were dropped from [`ApiServer::status_writes`]
+    /// to stay within its capacity (0: the record is complete).
+    pub fn status_writes_dropped(&self) -> u64 {
+        self.shared.status_writes.dropped()
     }
 
     /// Stops accepting, ends watches and in-flight connections, and returns

@@ -190,9 +190,60 @@ fn name_causes(def: &ResourceDef, name: &str) -> Vec<Cause> {
     vec![Cause::invalid("metadata.name", name, detail)]
 }
 
-/// Validation beyond names: CRDs must define a resource under their name.
+/// What kube's `ValidateLeaseSpec` refuses (coordination.k8s.io Leases):
+/// a `leaseDurationSeconds` of 0 or less, a negative `leaseTransitions`,
+/// and a `preferredHolder` without a `strategy`. The `strategy` itself is
+/// not checked (kube allows `OldestEmulationVersion` and qualified names).
+fn lease_causes(object: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let int = |field: &str| {
+        object
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_i64)
+    };
+    // field.Invalid prints an integer value bare: `Invalid value: 0: ...`.
+    let invalid = |field: &str, value: i64, detail: &str| Cause {
+        reason: "FieldValueInvalid",
+        field: format!("spec.{field}"),
+        message: format!("Invalid value: {value}: {detail}"),
+    };
+    if let Some(seconds) = int("leaseDurationSeconds").filter(|s| *s <= 0) {
+        causes.push(invalid(
+            "leaseDurationSeconds",
+            seconds,
+            "must be greater than 0",
+        ));
+    }
+    if let Some(transitions) = int("leaseTransitions").filter(|t| *t < 0) {
+        causes.push(invalid(
+            "leaseTransitions",
+            transitions,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let text = |field: &str| {
+        object
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if !text("preferredHolder").is_empty() && text("strategy").is_empty() {
+        causes.push(Cause {
+            reason: "FieldValueForbidden",
+            field: "spec.preferredHolder".into(),
+            message: "Forbidden: may only be specified if `strategy` is defined".into(),
+        });
+    }
+    causes
+}
+
+/// Validation beyond names: CRDs must define a resource under their name;
+/// Leases as kube's `ValidateLeaseSpec` ([`lease_causes`]).
 fn validate(target: &Target, name: &str, object: &Value) -> Result<(), ApiError> {
     let mut causes = name_causes(&target.def, name);
+    if target.def.group == "coordination.k8s.io" && target.def.plural == "leases" {
+        causes.extend(lease_causes(object));
+    }
     if target.def.plural == resources::CRD_PLURAL && target.def.group == resources::CRD_GROUP {
         match ResourceDef::from_crd(object) {
             Ok(def) => {

@@ -76,6 +76,9 @@ const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is requi
 /// `metav1.ObjectMeta{}.SwaggerDoc()["creationTimestamp"]`.
 const CREATION_TIMESTAMP_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
+/// `coordinationv1.LeaseSpec{}.SwaggerDoc()["holderIdentity"]` (1.31+).
+const LEASE_HOLDER_DESCRIPTION: &str = "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field.";
+
 fn col(name: &str, cell: Cell) -> Column {
     Column {
         name: name.into(),
@@ -191,11 +194,6 @@ fn columns(target: &Target) -> Vec<Column> {
             }),
         ],
         ("", "namespaces") => vec![col("Status", |v| str_at(v, "/status/phase", "Active"))],
-        // kube's printLease (pkg/printers/internalversion): the holder, or
-        // an empty cell for a Lease nobody holds.
-        ("coordination.k8s.io", "leases") => {
-            vec![col("Holder", |v| str_at(v, "/spec/holderIdentity", ""))]
-        }
         ("", "services") => vec![
             col("Type", |v| str_at(v, "/spec/type", "ClusterIP")),
             col("Cluster-IP", |v| str_at(v, "/spec/clusterIP", "<none>")),
@@ -230,6 +228,12 @@ fn columns(target: &Target) -> Vec<Column> {
                 )
             }),
         ],
+        // kube's printLease (pkg/printers/internalversion): the holder, or
+        // an empty cell for a Lease nobody holds.
+        ("coordination.k8s.io", "leases") => vec![Column {
+            description: LEASE_HOLDER_DESCRIPTION.into(),
+            ..col("Holder", |v| str_at(v, "/spec/holderIdentity", ""))
+        }],
         _ => Vec::new(),
     };
     cols.extend(builtin);
@@ -495,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn lease_rows_name_the_holder() {
+    fn lease_rows_show_the_holder() {
         let def = builtins()
             .into_iter()
             .find(|d| d.plural == "leases")
@@ -503,22 +507,21 @@ mod tests {
         let t = Target {
             def,
             version: "v1".into(),
-            namespace: "uplink-system".into(),
+            namespace: "default".into(),
             status: false,
         };
-        let held = Arc::new(
-            json!({"metadata": {"name": "uplink-hub-shard-3", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"holderIdentity": "uplink-hub-0_1"}}),
-        );
-        let free = Arc::new(json!({"metadata": {"name": "uplink-hub-shard-4"}, "spec": {}}));
+        let held = Arc::new(json!({
+            "metadata": {"name": "uplink-hub-shard-03", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"holderIdentity": "hub-1_0e4c", "leaseDurationSeconds": 15},
+        }));
+        let free = Arc::new(json!({"metadata": {"name": "uplink-hub-shard-04"}, "spec": {}}));
         let table = render(&t, &[held, free], None, None);
         let names: Vec<&Value> = table["columnDefinitions"]
             .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| &c["name"])
-            .collect();
-        assert_eq!(names, ["Name", "Holder", "Age"]);
-        assert_eq!(table["rows"][0]["cells"][1], "uplink-hub-0_1");
+            .map(|cols| cols.iter().map(|c| &c["name"]).collect())
+            .unwrap_or_default();
+        assert_eq!(names, [&json!("Name"), &json!("Holder"), &json!("Age")]);
+        assert_eq!(table["rows"][0]["cells"][1], "hub-1_0e4c");
         assert_eq!(table["rows"][1]["cells"][1], "");
     }
 

@@ -832,3 +832,150 @@ async fn static_tokens_review_and_non_resource_access() {
         assert_eq!(answer.allowed, allowed, "{groups:?} {verb} {path}");
     }
 }
+
+/// A client of `workspace` that sends `User-Agent: <user_agent>`.
+async fn client_as(server: &ApiServer, workspace: Option<&str>, user_agent: &str) -> Client {
+    let kubeconfig =
+        Kubeconfig::from_yaml(&server.kubeconfig_yaml(workspace)).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let value = http::HeaderValue::from_str(user_agent).unwrap_or_else(|e| panic!("{e}"));
+    config.headers.push((http::header::USER_AGENT, value));
+    Client::try_from(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn status_writes_are_recorded_with_their_writer() {
+    let server = start(ApiServerConfig {
+        workspaces: vec!["root:a".into()],
+        ..ApiServerConfig::default()
+    })
+    .await;
+    let hub = client_as(&server, Some("root:a"), "uplink-hub/1.2.3 (hub-0)").await;
+    let deploys: Api<Deployment> = Api::namespaced(hub, "default");
+    let created = deploys
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = json!({"status": {"readyReplicas": 1}});
+    deploys
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Not recorded: a dry run, a write of the main resource, a refused write.
+    let dry = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    deploys
+        .patch_status("web", &dry, &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    deploys
+        .patch("web", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let missing = deploys
+        .patch_status("absent", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .err()
+        .map(api_error);
+    assert_eq!(missing.map(|e| e.0), Some(404));
+    let stale = deploys
+        .replace_status("web", &PostParams::default(), &created)
+        .await
+        .err()
+        .map(api_error);
+    assert_eq!(stale.map(|e| e.0), Some(409));
+    // A PUT of the current object is recorded as an update.
+    let mut current = deploys.get("web").await.unwrap_or_else(|e| panic!("{e}"));
+    current.metadata.managed_fields = None;
+    let replaced = deploys
+        .replace_status("web", &PostParams::default(), &current)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The physical cluster, a cluster-scoped object, no User-Agent.
+    let admin = client(&server, None).await;
+    let namespaces: Api<Namespace> = Api::all(admin);
+    namespaces
+        .patch_status(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Active"}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let writes = server.status_writes();
+    let seen: Vec<_> = writes
+        .iter()
+        .map(|w| {
+            (
+                w.workspace.as_str(),
+                w.namespace.as_str(),
+                w.group.as_str(),
+                w.resource.as_str(),
+                w.name.as_str(),
+                w.verb.as_str(),
+                w.user_agent.as_str(),
+            )
+        })
+        .collect();
+    let hub_ua = "uplink-hub/1.2.3 (hub-0)";
+    assert_eq!(
+        seen,
+        [
+            (
+                "root:a",
+                "default",
+                "apps",
+                "deployments",
+                "web",
+                "patch",
+                hub_ua
+            ),
+            (
+                "root:a",
+                "default",
+                "apps",
+                "deployments",
+                "web",
+                "update",
+                hub_ua
+            ),
+            ("", "", "", "namespaces", "default", "patch", ""),
+        ]
+    );
+    assert_eq!(writes.iter().map(|w| w.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(writes.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(
+        writes[1].resource_version,
+        replaced.metadata.resource_version.unwrap_or_default()
+    );
+    assert_eq!(server.status_writes_dropped(), 0);
+}
+
+#[tokio::test]
+async fn the_status_write_record_is_bounded() {
+    let server = start(ApiServerConfig {
+        status_write_capacity: 1,
+        ..ApiServerConfig::default()
+    })
+    .await;
+    let deploys: Api<Deployment> = Api::namespaced(client(&server, None).await, "default");
+    deploys
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for ready in 1..=3 {
+        let status = json!({"status": {"readyReplicas": ready}});
+        deploys
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let writes = server.status_writes();
+    assert_eq!(writes.iter().map(|w| w.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(server.status_writes_dropped(), 2);
+}

@@ -8,7 +8,7 @@
 //! when a scenario fails. Children are killed when dropped.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -183,6 +183,12 @@ impl Process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Whether it was started and not killed or terminated since (it may
+    /// have exited on its own: [`Process::check_running`] tells).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// How many times it was started.
     pub fn starts(&self) -> u32 {
         self.starts
@@ -200,40 +206,40 @@ impl HubProcess {
     /// Starts a hub on free loopback ports with the fleet's heartbeat,
     /// unlimited KCP writes and `extra` flags, and waits for `/readyz`.
     pub async fn start(fleet: &Fleet, extra: &[&str]) -> Result<HubProcess> {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut hub = Self::spawn(fleet, "hub", &extra).await?;
+        hub.wait_ready().await?;
+        Ok(hub)
+    }
+
+    /// Starts a hub as [`HubProcess::start`] does, logging to
+    /// `<name>-process.log` in the fleet's directory, without waiting for
+    /// it to be ready ([`HubProcess::wait_ready`]).
+    pub async fn spawn(fleet: &Fleet, name: &str, extra: &[String]) -> Result<HubProcess> {
+        let mut hub = Self::prepare(fleet, name, extra).await?;
+        hub.process.spawn()?;
+        Ok(hub)
+    }
+
+    /// A hub process as [`HubProcess::spawn`] would start it, not started
+    /// yet: its ports are chosen, so its URL can be handed out before it
+    /// runs (start it with `process.spawn()`). Replicas are prepared, then
+    /// started together, as a Deployment's pods are.
+    pub async fn prepare(fleet: &Fleet, name: &str, extra: &[String]) -> Result<HubProcess> {
         let binaries = binaries().await?;
         let tunnel = free_addr()?;
         let http = free_addr()?;
-        let pki = fleet.dir().join("pki");
-        let mut args: Vec<String> = vec![
-            format!("--listen={tunnel}"),
-            format!("--http-listen={http}"),
-            format!("--tls-cert={}", pki.join("hub.crt").display()),
-            format!("--tls-key={}", pki.join("hub.key").display()),
-            format!("--client-ca={}", pki.join("ca.crt").display()),
-            format!(
-                "--kcp-kubeconfig={}",
-                fleet.dir().join("kcp.kubeconfig").display()
-            ),
-            format!("--heartbeat-interval={}ms", fleet.heartbeat().as_millis()),
-            // The API is read on loopback without credentials.
-            "--http-auth=none".to_owned(),
-        ];
-        // Defaults unless `extra` sets them (a flag may be given only once).
-        for default in ["--write-qps=0", "--shutdown-timeout=2s"] {
-            let flag = default.split('=').next().unwrap_or(default);
-            if !extra.iter().any(|e| e.starts_with(flag)) {
-                args.push(default.to_owned());
-            }
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let log = fleet.dir().join("hub-process.log");
-        let mut hub = HubProcess {
-            process: Process::new("uplink-hub", binaries.hub, args, log, http),
-            tunnel,
+        let args = hub_args(fleet.dir(), tunnel, http, fleet.heartbeat(), extra);
+        let log = fleet.dir().join(format!("{name}-process.log"));
+        let program = if name == "hub" {
+            "uplink-hub".to_owned()
+        } else {
+            format!("uplink-hub {name}")
         };
-        hub.process.spawn()?;
-        hub.wait_ready().await?;
-        Ok(hub)
+        Ok(HubProcess {
+            process: Process::new(&program, binaries.hub, args, log, http),
+            tunnel,
+        })
     }
 
     /// `wss://<tunnel>`, the same across restarts.
@@ -247,15 +253,59 @@ impl HubProcess {
         self.wait_ready().await
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    /// The address of its tunnel (agents connect here).
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel
+    }
+
+    /// Waits until it answers `/readyz` (failing at once if it exited).
+    pub async fn wait_ready(&mut self) -> Result<()> {
         let http = self.process.http_addr;
         let process = &mut self.process;
+        // A process that exited fails the wait at once (with its log), not
+        // after the timeout.
         eventually(READY_TIMEOUT, "uplink-hub to be ready", async || {
-            process.check_running()?;
-            http_get(http, "/readyz").await.map(drop)
+            if let Err(exited) = process.check_running() {
+                return Ok(Err(exited));
+            }
+            http_get(http, "/readyz").await.map(Ok)
         })
-        .await
+        .await?
+        .map(drop)
     }
+}
+
+/// The command line of a hub process: the fleet's PKI and KCP kubeconfig
+/// under `dir`, the given addresses and heartbeat, `--write-qps=0` and
+/// `--shutdown-timeout=2s` unless `extra` sets them (a flag may be given
+/// only once), then `extra`.
+pub fn hub_args(
+    dir: &Path,
+    tunnel: SocketAddr,
+    http: SocketAddr,
+    heartbeat: Duration,
+    extra: &[String],
+) -> Vec<String> {
+    let pki = dir.join("pki");
+    let mut args: Vec<String> = vec![
+        format!("--listen={tunnel}"),
+        format!("--http-listen={http}"),
+        format!("--tls-cert={}", pki.join("hub.crt").display()),
+        format!("--tls-key={}", pki.join("hub.key").display()),
+        format!("--client-ca={}", pki.join("ca.crt").display()),
+        format!("--kcp-kubeconfig={}", dir.join("kcp.kubeconfig").display()),
+        format!("--heartbeat-interval={}ms", heartbeat.as_millis()),
+        // The API is read on loopback without credentials.
+        "--http-auth=none".to_owned(),
+    ];
+    for default in ["--write-qps=0", "--shutdown-timeout=2s"] {
+        let flag = default.split('=').next().unwrap_or(default);
+        if !extra.iter().any(|e| e.starts_with(flag)) {
+            args.push(default.to_owned());
+        }
+    }
+    args.extend(extra.iter().cloned());
+    args
 }
 
 /// `uplink-agent` as a process, watching one of the fleet's clusters.
@@ -326,14 +376,16 @@ impl AgentProcess {
     pub async fn wait_connected(&mut self) -> Result<()> {
         let process = &mut self.process;
         eventually(READY_TIMEOUT, "the agent process to connect", async || {
-            process.check_running()?;
+            if let Err(exited) = process.check_running() {
+                return Ok(Err(exited));
+            }
             let connected = process.metrics().await?.require("uplink_agent_connected")?;
             if connected == 1.0 {
-                Ok(())
+                Ok(Ok(()))
             } else {
                 bail!("uplink_agent_connected {connected}")
             }
         })
-        .await
+        .await?
     }
 }

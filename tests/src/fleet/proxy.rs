@@ -1,10 +1,12 @@
-//! A TCP proxy on loopback between an agent and the hub, with a switch that
-//! cuts the link the way a broken network does: silently.
+//! A TCP proxy on loopback between an agent and the hub (or between a hub
+//! replica and the API server holding its Leases, [`super::replicas`]), with
+//! a switch that cuts the link the way a broken network does: silently.
 //!
 //! - [`LinkMode::Forward`]: bytes flow both ways.
 //! - [`LinkMode::Blackhole`]: nothing is forwarded in either direction and
 //!   nothing is closed: established connections and new ones simply go
-//!   quiet, as when a middlebox drops every packet. Bytes already read are
+//!   quiet, as when a middlebox drops every packet (a freeze: what a
+//!   network partition looks like to both ends). Bytes already read are
 //!   held, not lost, and flow on when forwarding resumes.
 //! - [`LinkMode::Refuse`]: new connections are closed right after accept
 //!   (a hub that is down); established ones keep forwarding.

@@ -8,12 +8,14 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use futures::StreamExt as _;
 use http::{Method, header};
 use kube::Client;
 use serde_json::{Value, json};
 use uplink_tests::apiserver::{
     AGGREGATED_DISCOVERY_ACCEPT, EVENT_TIMEOUT, RawResponse, client_impersonating,
-    client_with_token, eventually, in_namespace_with_config, raw_request, send_raw, unique_name,
+    client_with_token, event_type, eventually, in_namespace_with_config, next_event, raw_request,
+    send_raw, unique_name,
 };
 
 use super::{PARTIAL_METADATA_ACCEPT, get_with_accept, write_with_accept};
@@ -813,6 +815,151 @@ async fn leases_keep_their_holder() -> Result<()> {
         send(&client, Method::PUT, &format!("{path}/leader"), Some(&lease))
             .await?
             .expect_status(409, "Conflict")?;
+        Ok(())
+    })
+    .await
+}
+
+/// kube's `ValidateLeaseSpec`: a lease duration must be positive, the
+/// transitions not negative, and a preferred holder needs a strategy.
+#[tokio::test]
+async fn invalid_lease_specs_are_refused() -> Result<()> {
+    in_namespace_with_config("leases-invalid", |client, _, ns| async move {
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases");
+        let lease = |name: &str, spec: Value| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name}, "spec": spec})
+        };
+        let refused = [
+            (
+                json!({"holderIdentity": "a", "leaseDurationSeconds": 0}),
+                "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0",
+            ),
+            (
+                json!({"leaseTransitions": -1}),
+                "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                json!({"preferredHolder": "b"}),
+                "spec.preferredHolder: Forbidden: may only be specified if `strategy` is defined",
+            ),
+        ];
+        for (spec, message) in refused {
+            let status = send(
+                &client,
+                Method::POST,
+                &path,
+                Some(&lease("bad", spec.clone())),
+            )
+            .await?
+            .expect_status(422, "Invalid")?;
+            ensure!(
+                status.message
+                    == format!("Lease.coordination.k8s.io \"bad\" is invalid: {message}"),
+                "creating a Lease with {spec}: {:?}",
+                status.message
+            );
+        }
+        // An update is checked too; a valid Lease (no spec fields at all) is fine.
+        let created = create(&client, &path, lease("good", json!({}))).await?;
+        let mut bad = created.clone();
+        bad["spec"] = json!({"leaseDurationSeconds": -5});
+        send(&client, Method::PUT, &format!("{path}/good"), Some(&bad))
+            .await?
+            .expect_status(422, "Invalid")?;
+        Ok(())
+    })
+    .await
+}
+
+/// What hub replicas do with Leases (issue 20): list and watch them by
+/// label, and what an operator sees in `kubectl get leases` (Name, Holder,
+/// Age; kube's printLease).
+#[tokio::test]
+async fn leases_are_listed_and_watched_by_label_and_printed_with_their_holder() -> Result<()> {
+    in_namespace_with_config("leases-by-label", |client, _, ns| async move {
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases");
+        let lease = |name: &str, set: &str, holder: &str| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "labels": {"uplink.io/hub-replicas": set}},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+        };
+        create(&client, &path, lease("mine-shard-00", "mine", "hub-0_1")).await?;
+        create(&client, &path, lease("other-shard-00", "other", "x_1")).await?;
+        create(&client, &path, lease("mine-shard-01", "mine", "")).await?;
+
+        let selected = format!("{path}?labelSelector=uplink.io%2Fhub-replicas%3Dmine");
+        let list = ok(&client, Method::GET, &selected, None).await?;
+        let names: BTreeSet<&str> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["metadata"]["name"].as_str())
+            .collect();
+        ensure!(
+            names == BTreeSet::from(["mine-shard-00", "mine-shard-01"]),
+            "listed by label: {names:?}"
+        );
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+
+        let table = get_with_accept(&client, &selected, TABLE_THEN_JSON).await?;
+        ensure!(table.status == 200, "GET {selected} as kubectl: {}", table.text());
+        let table = table.json()?;
+        let columns: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        ensure!(columns == ["Name", "Holder", "Age"], "lease columns {columns:?}");
+        let holders: BTreeSet<(&str, &str)> = table["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["cells"][0].as_str()?, r["cells"][1].as_str()?)))
+            .collect();
+        ensure!(
+            holders == BTreeSet::from([("mine-shard-00", "hub-0_1"), ("mine-shard-01", "")]),
+            "lease rows {holders:?}"
+        );
+
+        // A watch by label sees the selected Leases change, not the others.
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), &ns);
+        let mut stream = leases
+            .watch(
+                &kube::api::WatchParams::default()
+                    .labels("uplink.io/hub-replicas=mine")
+                    .timeout(30),
+                &rv,
+            )
+            .await?
+            .boxed();
+        let take = |name: &str, holder: &str| {
+            json!({"spec": {"holderIdentity": holder}, "metadata": {"name": name}})
+        };
+        for (name, holder) in [("other-shard-00", "y_2"), ("mine-shard-01", "hub-1_2")] {
+            let patch = kube::api::Patch::Merge(take(name, holder));
+            leases
+                .patch(name, &kube::api::PatchParams::default(), &patch)
+                .await
+                .with_context(|| format!("taking {name}"))?;
+        }
+        match next_event(&mut stream, EVENT_TIMEOUT).await? {
+            kube::api::WatchEvent::Modified(lease) => {
+                let holder = lease.spec.and_then(|s| s.holder_identity);
+                ensure!(
+                    lease.metadata.name.as_deref() == Some("mine-shard-01")
+                        && holder.as_deref() == Some("hub-1_2"),
+                    "watched {:?} held by {holder:?}",
+                    lease.metadata.name
+                );
+            }
+            other => bail!("expected the selected Lease's change, got {}", event_type(&other)),
+        }
         Ok(())
     })
     .await
