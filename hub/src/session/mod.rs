@@ -95,6 +95,11 @@ pub struct SessionShared {
     pub event_rates: Arc<EventRates>,
     /// The upsync writer's queue and UID map (protocol version 3).
     pub upsync: Arc<crate::writer::upsync::Upsync>,
+    /// Which shards this hub holds (protocol version 4 tells agents).
+    pub ownership: crate::replicas::Ownership,
+    /// `uplink_hub_unheld_shard_items_total{kind}`: reports of shards this
+    /// replica does not hold, acknowledged and dropped.
+    pub unheld: prometheus::IntCounterVec,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
