@@ -43,6 +43,8 @@ struct Inner {
     /// The held shards, sent on every acquisition, loss or release (not on
     /// renewals).
     changes: watch::Sender<Vec<ShardId>>,
+    /// The next acquisition's [`Claim::generation`].
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// One held shard: when its last successful renew (or the acquisition)
@@ -51,6 +53,21 @@ struct Inner {
 struct Held {
     started: Instant,
     term: u64,
+    generation: u64,
+}
+
+/// A shard held, as [`Fence::claims`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub shard: ShardId,
+    /// The Lease's `leaseTransitions` when this replica acquired it (what
+    /// agents are told).
+    pub term: u64,
+    /// Which acquisition of this process it is: new on every acquisition,
+    /// even of a Lease whose record still named this process (its term then
+    /// unchanged) after the fence had closed. What the replica knew of the
+    /// shard before is gone either way.
+    pub generation: u64,
 }
 
 impl Fence {
@@ -61,6 +78,7 @@ impl Fence {
                 renew_deadline,
                 renewed: Mutex::new(BTreeMap::new()),
                 changes,
+                generations: std::sync::atomic::AtomicU64::new(1),
             }),
         }
     }
@@ -98,12 +116,16 @@ impl Fence {
 
     /// The shards held now (within the renew deadline) with their terms
     /// (the Lease's `leaseTransitions` when acquired), in order of shard.
-    pub fn claims(&self) -> Vec<(ShardId, u64)> {
+    pub fn claims(&self) -> Vec<Claim> {
         let renewed = self.lock();
         renewed
             .iter()
             .filter(|(_, held)| held.started.elapsed() < self.inner.renew_deadline)
-            .map(|(shard, held)| (*shard, held.term))
+            .map(|(shard, held)| Claim {
+                shard: *shard,
+                term: held.term,
+                generation: held.generation,
+            })
             .collect()
     }
 
@@ -130,8 +152,24 @@ impl Fence {
     /// acquisition while renewals keep it: a renew does not change it).
     pub fn renewed(&self, shard: ShardId, started: Instant, term: u64) {
         let mut renewed = self.lock();
-        let previous = renewed.insert(shard, Held { started, term });
-        if previous.is_none_or(|held| held.term != term) {
+        let kept = renewed
+            .get(&shard)
+            .filter(|held| held.term == term)
+            .map(|held| held.generation);
+        let generation = kept.unwrap_or_else(|| {
+            self.inner
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        });
+        renewed.insert(
+            shard,
+            Held {
+                started,
+                term,
+                generation,
+            },
+        );
+        if kept.is_none() {
             self.publish(&renewed);
         }
     }
@@ -211,7 +249,11 @@ mod tests {
             fence.deadline(shard),
             Some(started + Duration::from_secs(10))
         );
-        assert_eq!(fence.claims(), vec![(shard, 7)]);
+        let first = fence.claims();
+        assert_eq!(
+            first.iter().map(|c| (c.shard, c.term)).collect::<Vec<_>>(),
+            vec![(shard, 7)]
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(fence.deadline(shard), None, "closed");
         assert!(fence.claims().is_empty());
@@ -219,7 +261,20 @@ mod tests {
         let changes = fence.watch();
         fence.renewed(shard, Instant::now(), 8);
         assert!(changes.has_changed().unwrap_or(false));
-        assert_eq!(fence.claims(), vec![(shard, 8)]);
+        let second = fence.claims();
+        assert_eq!(
+            second.iter().map(|c| (c.shard, c.term)).collect::<Vec<_>>(),
+            vec![(shard, 8)]
+        );
+        assert_ne!(first[0].generation, second[0].generation);
+        // Dropped and taken back under the same term: a new generation.
+        fence.drop_shard(shard);
+        fence.renewed(shard, Instant::now(), 8);
+        let third = fence.claims();
+        assert_ne!(third[0].generation, second[0].generation);
+        // A renewal keeps it.
+        fence.renewed(shard, Instant::now(), 8);
+        assert_eq!(fence.claims(), third);
     }
 
     #[tokio::test(start_paused = true)]

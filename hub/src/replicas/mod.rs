@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use balance::{Balancer, Plan, ShardState};
-pub use fence::Fence;
+pub use fence::{Claim, Fence};
 pub use lease::{LeaseClient, LeaseError, LeaseRecord, Observed};
 pub use ownership::{Ownership, Window};
 pub use shard::{ShardId, member_lease_name, shard_lease_name, shard_of};

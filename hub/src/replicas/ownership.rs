@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uplink_protocol::{ShardClaim, ShardId, shard_of};
 
-use super::fence::Fence;
+use super::fence::{Claim, Fence};
+use crate::cache::LruCache;
 
 /// How long a write for a shard may take, as things stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +55,17 @@ struct Inner {
     fence: Option<Fence>,
     gather_timeout: Duration,
     gathering: Mutex<BTreeMap<ShardId, Gather>>,
+    /// What each cluster's agent was last told held (shard → generation),
+    /// so a resuming session snapshots exactly the shards acquired since.
+    told: Mutex<LruCache<String, Told>>,
 }
+
+/// Shards told held to one agent, with the generation of each.
+pub type Told = BTreeMap<ShardId, u64>;
+
+/// Clusters whose last told shards are remembered; a cluster forgotten
+/// snapshots everything when it resumes.
+const TOLD_CLUSTERS: usize = 65_536;
 
 #[derive(Debug)]
 struct Gather {
@@ -86,6 +97,7 @@ impl Ownership {
                 fence,
                 gather_timeout,
                 gathering: Mutex::new(BTreeMap::new()),
+                told: Mutex::new(LruCache::new(TOLD_CLUSTERS)),
             }),
         }
     }
@@ -133,17 +145,21 @@ impl Ownership {
         }
     }
 
-    /// The shards held now with their terms; `None` for a single hub (which
-    /// tells agents nothing: it holds everything).
-    pub fn claims(&self) -> Option<Vec<ShardClaim>> {
-        let fence = self.inner.fence.as_ref()?;
-        Some(
-            fence
-                .claims()
-                .into_iter()
-                .map(|(shard, term)| ShardClaim { shard, term })
-                .collect(),
-        )
+    /// The shards held now with their terms and generations; `None` for a
+    /// single hub (which tells agents nothing: it holds everything).
+    pub fn claims(&self) -> Option<Vec<Claim>> {
+        Some(self.inner.fence.as_ref()?.claims())
+    }
+
+    /// What agents are told of `claims`.
+    pub fn told(claims: &[Claim]) -> Vec<ShardClaim> {
+        claims
+            .iter()
+            .map(|c| ShardClaim {
+                shard: c.shard,
+                term: c.term,
+            })
+            .collect()
     }
 
     /// Told whenever the held shards change; `None` for a single hub.
@@ -203,6 +219,24 @@ impl Ownership {
         Some(left)
     }
 
+    /// `cluster`'s agent was told `told` held.
+    pub fn remember_told(&self, cluster: &str, told: &Told) {
+        self.inner
+            .told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cluster.to_owned(), told.clone());
+    }
+
+    /// What `cluster`'s agent was last told held, if remembered.
+    pub fn last_told(&self, cluster: &str) -> Option<Told> {
+        self.inner
+            .told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cluster)
+    }
+
     fn gathering(&self) -> MutexGuard<'_, BTreeMap<ShardId, Gather>> {
         self.inner
             .gathering
@@ -240,7 +274,11 @@ mod tests {
             replica.window(shard),
             Window::Until(started + Duration::from_secs(10))
         );
-        assert_eq!(replica.claims(), Some(vec![ShardClaim { shard, term: 3 }]));
+        let claims = replica.claims().unwrap_or_default();
+        assert_eq!(
+            Ownership::told(&claims),
+            vec![ShardClaim { shard, term: 3 }]
+        );
     }
 
     #[tokio::test(start_paused = true)]
