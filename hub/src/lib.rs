@@ -581,6 +581,7 @@ impl Hub {
             max_connections: config.http_max_connections,
             ready: false.into(),
             shutdown: shutdown.clone(),
+            ownership: ownership.clone(),
         });
         // Certificate rotation: both listeners' files polled.
         let reload_task = tls::reload::spawn(
