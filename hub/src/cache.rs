@@ -29,6 +29,11 @@ impl<K: Eq + Hash + Clone, V: Clone> LruCache<K, V> {
         }
     }
 
+    /// How many entries it keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The value of `key`, now the most recently used.
     pub fn get<Q>(&mut self, key: &Q) -> Option<V>
     where

@@ -129,6 +129,137 @@ pub struct HubConfig {
     pub http_max_connections: usize,
     /// How agents' event series reach KCP (protocol version 3).
     pub events: EventSettings,
+    /// Whether this hub is one of several replicas (issue 20), and how many
+    /// shards the workspaces hash into.
+    pub replicas: ReplicasConfig,
+}
+
+/// Replicas: a single hub (no lease namespace) holds every shard; a replica
+/// holds the shards whose Leases it holds ([`crate::replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicasConfig {
+    /// How many shards the workspaces hash into (`--shards`).
+    pub shards: u16,
+    /// `Some`: this hub is a replica (`--replicas-lease-namespace`).
+    pub lease: Option<LeaseConfig>,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            shards: 16,
+            lease: None,
+        }
+    }
+}
+
+/// Where a replica's Leases are and how it takes part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Namespace, identity, prefix, timings; `shards` equals
+    /// [`ReplicasConfig::shards`].
+    pub settings: crate::replicas::ReplicaSettings,
+    /// The API server holding the Leases (`--replicas-kubeconfig`); `None`:
+    /// in-cluster, else the usual kubeconfig rules (kube's `Config::infer`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// A replicas flag that cannot work, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicasConfigError {
+    #[error("--shards {0}: must be within 1..={max}", max = uplink_protocol::MAX_SHARDS)]
+    Shards(u16),
+    #[error(
+        "--replicas-identity is not given, UPLINK_HUB_IDENTITY is not set and the host name could not be read: name this replica"
+    )]
+    NoIdentity,
+    #[error("{flag}: {reason}")]
+    Setting { flag: &'static str, reason: String },
+    #[error("{flag} is given without --replicas-lease-namespace: it only applies to replicas")]
+    WithoutNamespace { flag: &'static str },
+}
+
+/// The replicas flags as given (`main.rs` fills it from the command line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicasFlags {
+    pub lease_namespace: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    /// `--replicas-identity` / `UPLINK_HUB_IDENTITY`.
+    pub identity: Option<String>,
+    pub shards: u16,
+    pub lease_prefix: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl ReplicasConfig {
+    /// Checks the flags; `hostname` is the default identity (the pod name
+    /// in Kubernetes), asked only for a replica given no identity.
+    pub fn from_flags(
+        flags: ReplicasFlags,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<Self, ReplicasConfigError> {
+        if flags.shards == 0 || flags.shards > uplink_protocol::MAX_SHARDS {
+            return Err(ReplicasConfigError::Shards(flags.shards));
+        }
+        let Some(namespace) = flags.lease_namespace else {
+            if flags.kubeconfig.is_some() {
+                return Err(ReplicasConfigError::WithoutNamespace {
+                    flag: "--replicas-kubeconfig",
+                });
+            }
+            return Ok(Self {
+                shards: flags.shards,
+                lease: None,
+            });
+        };
+        let identity = flags
+            .identity
+            .filter(|i| !i.is_empty())
+            .or_else(hostname)
+            .ok_or(ReplicasConfigError::NoIdentity)?;
+        let settings = crate::replicas::ReplicaSettings {
+            namespace,
+            identity,
+            prefix: flags.lease_prefix,
+            shards: flags.shards,
+            lease_duration: flags.lease_duration,
+            renew_deadline: flags.renew_deadline,
+            retry_period: flags.retry_period,
+        };
+        settings
+            .validate()
+            .map_err(|e| ReplicasConfigError::Setting {
+                flag: match e.field {
+                    "namespace" => "--replicas-lease-namespace",
+                    "identity" => "--replicas-identity",
+                    "prefix" => "--replicas-lease-prefix",
+                    "shards" => "--shards",
+                    "lease_duration" => "--replicas-lease-duration",
+                    "renew_deadline" => "--replicas-renew-deadline",
+                    _ => "--replicas-retry-period",
+                },
+                reason: e.reason,
+            })?;
+        Ok(Self {
+            shards: flags.shards,
+            lease: Some(LeaseConfig {
+                settings,
+                kubeconfig: flags.kubeconfig,
+            }),
+        })
+    }
+}
+
+/// This host's name, the default replica identity (a pod's name is its
+/// host name): the kernel's, else `$HOSTNAME`.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
 }
 
 /// The bounds on agents' event series (protocol version 3): best effort,
@@ -209,6 +340,7 @@ impl Default for HubConfig {
             http_auth: crate::http::HttpAuthConfig::default(),
             http_max_connections: 256,
             events: EventSettings::default(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -261,6 +393,99 @@ pub enum StatusWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flags() -> ReplicasFlags {
+        let defaults = crate::replicas::ReplicaSettings::default();
+        ReplicasFlags {
+            lease_namespace: Some("uplink".into()),
+            kubeconfig: None,
+            identity: None,
+            shards: 16,
+            lease_prefix: defaults.prefix,
+            lease_duration: defaults.lease_duration,
+            renew_deadline: defaults.renew_deadline,
+            retry_period: defaults.retry_period,
+        }
+    }
+
+    #[test]
+    fn replicas_flags_are_checked_and_named() {
+        let host = || Some("hub-0".to_owned());
+        let config = ReplicasConfig::from_flags(flags(), host);
+        let identity = config
+            .ok()
+            .and_then(|c| c.lease)
+            .map(|l| l.settings.identity);
+        assert_eq!(identity.as_deref(), Some("hub-0"), "the host name");
+        let given = ReplicasConfig::from_flags(
+            ReplicasFlags {
+                identity: Some("hub-1".into()),
+                ..flags()
+            },
+            host,
+        );
+        assert_eq!(
+            given
+                .ok()
+                .and_then(|c| c.lease)
+                .map(|l| l.settings.identity),
+            Some("hub-1".to_owned())
+        );
+        let single = ReplicasConfig::from_flags(
+            ReplicasFlags {
+                lease_namespace: None,
+                ..flags()
+            },
+            || None,
+        );
+        assert_eq!(
+            single,
+            Ok(ReplicasConfig {
+                shards: 16,
+                lease: None
+            })
+        );
+        let error = |flags| ReplicasConfig::from_flags(flags, host).err();
+        assert_eq!(
+            error(ReplicasFlags {
+                shards: 0,
+                ..flags()
+            }),
+            Some(ReplicasConfigError::Shards(0))
+        );
+        assert_eq!(
+            error(ReplicasFlags {
+                shards: 1025,
+                lease_namespace: None,
+                ..flags()
+            }),
+            Some(ReplicasConfigError::Shards(1025))
+        );
+        assert_eq!(
+            ReplicasConfig::from_flags(flags(), || None).err(),
+            Some(ReplicasConfigError::NoIdentity)
+        );
+        let renew = error(ReplicasFlags {
+            renew_deadline: Duration::from_secs(20),
+            ..flags()
+        });
+        assert!(
+            renew
+                .as_ref()
+                .is_some_and(|e| e.to_string().starts_with("--replicas-renew-deadline: ")),
+            "{renew:?}"
+        );
+        assert_eq!(
+            error(ReplicasFlags {
+                lease_namespace: None,
+                kubeconfig: Some("k".into()),
+                ..flags()
+            }),
+            Some(ReplicasConfigError::WithoutNamespace {
+                flag: "--replicas-kubeconfig"
+            })
+        );
+    }
 
     #[test]
     fn every_default_resource_parses() {

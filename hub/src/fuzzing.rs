@@ -286,6 +286,12 @@ fn shared() -> Arc<SessionShared> {
         )),
         event_rates: Arc::new(crate::session::EventRates::new(20.0, 200)),
         upsync: Arc::new(crate::writer::upsync::Upsync::new(16, metrics_for_upsync)),
+        ownership: crate::replicas::Ownership::single(16),
+        unheld: prometheus::IntCounterVec::new(
+            prometheus::Opts::new("uplink_hub_unheld_shard_items_total", "fuzzing"),
+            &["kind"],
+        )
+        .unwrap_or_else(|_| unreachable!("a valid metric name and label")),
     })
 }
 

@@ -77,6 +77,55 @@ pub struct HttpState {
     pub ready: AtomicBool,
     /// Cancelled when the hub begins shutting down (`/readyz` turns 503).
     pub shutdown: CancellationToken,
+    /// Which shards this hub holds (`/readyz`, `/api/v1/shards`).
+    pub ownership: crate::replicas::Ownership,
+}
+
+/// `/api/v1/shards`: this hub's identity (`single` when not replicated),
+/// the shard count, and the shards it holds with their terms.
+fn shards_view(ownership: &crate::replicas::Ownership) -> serde_json::Value {
+    let held: Vec<serde_json::Value> = match ownership.claims() {
+        Some(claims) => claims
+            .iter()
+            .map(|c| serde_json::json!({"shard": c.shard.0, "term": c.term}))
+            .collect(),
+        None => (0..ownership.count())
+            .map(|shard| serde_json::json!({"shard": shard, "term": 0}))
+            .collect(),
+    };
+    serde_json::json!({
+        "kind": "Shards",
+        "identity": ownership.identity(),
+        "replicated": ownership.is_replicated(),
+        "count": ownership.count(),
+        "held": held,
+    })
+}
+
+/// `/readyz`'s lines after `ok`: `identity`, `shards held/count` and
+/// which, as `shard@term`.
+fn shards_text(ownership: &crate::replicas::Ownership) -> String {
+    match ownership.claims() {
+        None => format!(
+            "identity {}\nshards {}/{} held (a single hub holds every shard)\n",
+            ownership.identity(),
+            ownership.count(),
+            ownership.count()
+        ),
+        Some(claims) => {
+            let held: Vec<String> = claims
+                .iter()
+                .map(|c| format!("{}@{}", c.shard, c.term))
+                .collect();
+            format!(
+                "identity {}\nshards {}/{} held: {}\n",
+                ownership.identity(),
+                claims.len(),
+                ownership.count(),
+                held.join(" ")
+            )
+        }
+    }
 }
 
 /// Serves HTTP (HTTPS when `state.access` has a TLS configuration) until
@@ -183,11 +232,17 @@ fn route(state: &Arc<HttpState>, request: &Request<Incoming>) -> Response<Body> 
             if state.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ok\n")
+                // Ready whatever it holds (agents keep a session to every
+                // replica); which shards, said below for the operator.
+                text(
+                    StatusCode::OK,
+                    format!("ok\n{}", shards_text(&state.ownership)),
+                )
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
         }
+        "/api/v1/shards" => json(&shards_view(&state.ownership)),
         "/api/v1/clusters" => match ListRequest::<String>::parse("clusters", query) {
             Ok(asked) => {
                 let page = state.health.names_page(asked.after.as_ref(), asked.limit);

@@ -17,13 +17,16 @@
 //! through [`writer::synctarget`]), [`capacity`] (health and capacity totals,
 //! history, trends, reports), [`http`] (`/metrics`, `/healthz`, `/readyz`,
 //! hub API), [`metrics`], [`config`], [`tls`]; [`replicas`] (which shards
-//! this replica holds, by Kubernetes Leases; not wired in yet).
+//! this replica holds, by Kubernetes Leases: every KCP write passes
+//! [`writer::fenced`], sessions tell agents the shards held).
 //!
 //! Shutdown order, driven by one token: stop accepting agents → `Bye` to
 //! every agent and close their sessions → abandon waiting event and upsync
 //! writes (agents' snapshots bring every upsynced object to the next hub),
 //! flush pending KCP status writes within
-//! [`HubConfig::shutdown_flush_timeout`] → stop HTTP.
+//! [`HubConfig::shutdown_flush_timeout`] → a replica releases its shards
+//! (writing has stopped; the others take them over within a retry period)
+//! → stop HTTP.
 
 pub mod aggregate;
 pub mod budget;
@@ -45,6 +48,7 @@ pub mod rejection;
 pub mod replicas;
 pub mod server;
 pub mod session;
+mod shards;
 pub mod status;
 pub mod store;
 pub mod tls;
@@ -66,10 +70,12 @@ use crate::downstream::Downstream;
 use crate::health::Health;
 use crate::placement::{PlacementSettings, PlacementSource, Placements};
 use crate::rejection::Rejections;
+use crate::replicas::{Ownership, ReplicaMetrics};
 use crate::session::{Connections, SessionShared};
 use crate::store::Store;
 use crate::tls::reload::{RotationMetrics, ServerTls};
 use crate::writer::events::{EventQueue, EventUpstream, EventWriter, EventWriterSettings};
+use crate::writer::fenced::Fenced;
 use crate::writer::finalizer::{FinalizerUpstream, Finalizers};
 use crate::writer::upsync::{Upsync, UpsyncUpstream, UpsyncWriter, UpsyncWriterSettings};
 use crate::writer::{
@@ -96,6 +102,10 @@ pub enum HubError {
     HttpAccess(#[from] http::auth::AccessError),
     #[error("the {0} task failed: {1}")]
     Task(&'static str, tokio::task::JoinError),
+    #[error("the replicas' Lease client (--replicas-kubeconfig): {0}")]
+    LeaseClient(String),
+    #[error("replicas: {0}")]
+    Replicas(#[from] replicas::SettingsError),
 }
 
 /// A hub with its listeners bound, ready to [`Hub::run`].
@@ -121,6 +131,22 @@ pub struct Hub {
     capacity: Arc<capacity::Capacity>,
     access: Arc<http::Access>,
     upsync: Arc<Upsync>,
+    /// Which shards this hub holds (all, for a single hub).
+    ownership: Ownership,
+    replica_metrics: ReplicaMetrics,
+    /// `uplink_hub_unheld_shard_items_total{kind}`.
+    unheld: prometheus::IntCounterVec,
+    /// Where the Leases are (a replica only).
+    lease_client: Option<LeaseApi>,
+}
+
+/// The Leases' API server (kube's client has no `Debug`).
+struct LeaseApi(kube::Client);
+
+impl std::fmt::Debug for LeaseApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseApi")
+    }
 }
 
 /// KCP as the hub reaches it: where it writes status, where it reads
@@ -157,15 +183,42 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
         // TLS first: a wrong file name is the likelier mistake, and cheap to find.
         let tls = ServerTls::tunnel(&config.tls_cert, &config.tls_key, &config.client_ca)?;
+        let identity = config
+            .replicas
+            .lease
+            .as_ref()
+            .map_or(replicas::ownership::SINGLE, |l| {
+                l.settings.identity.as_str()
+            });
         let upstream = KubeUpstream::load(config.kcp_kubeconfig.as_deref(), config.upstream)
             .await?
+            .with_identity(identity)?
             .with_max_clients(config.max_kcp_clients);
+        let lease_client = match &config.replicas.lease {
+            Some(lease) => Some(lease_client(lease.kubeconfig.as_deref()).await?),
+            None => None,
+        };
         let collectors = upstream.collectors();
-        let hub = Self::bind_parts(config, tls, Kcp::kube(upstream)).await?;
+        let mut hub = Self::bind_parts(config, tls, Kcp::kube(upstream)).await?;
         for collector in collectors {
             hub.metrics().registry().register(collector)?;
         }
+        hub.lease_client = lease_client.map(LeaseApi);
         Ok(hub)
+    }
+
+    /// The API server holding the Leases of a replica (its
+    /// `--replicas-kubeconfig`): [`Hub::bind`] builds it from the
+    /// configuration, an embedding or a test gives its own.
+    #[must_use]
+    pub fn with_lease_client(mut self, client: kube::Client) -> Self {
+        self.lease_client = Some(LeaseApi(client));
+        self
+    }
+
+    /// Which shards this hub holds.
+    pub fn ownership(&self) -> Ownership {
+        self.ownership.clone()
     }
 
     /// Like [`Hub::bind`], reaching KCP through `kcp` instead of a kube
@@ -177,6 +230,41 @@ impl Hub {
 
     async fn bind_parts(config: HubConfig, tls: ServerTls, kcp: Kcp) -> Result<Hub, HubError> {
         let metrics = Arc::new(Metrics::new()?);
+        let ownership = ownership(&config);
+        let replica_metrics = ReplicaMetrics::register(metrics.registry())?;
+        if !ownership.is_replicated() {
+            replica_metrics
+                .shards_held
+                .set(i64::from(ownership.count()));
+        }
+        let fenced = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "uplink_hub_fenced_writes_total",
+                "KCP writes not sent because this replica does not hold the object's shard (not_held), or abandoned when its fence closed (abandoned).",
+            ),
+            &["outcome"],
+        )?;
+        metrics.registry().register(Box::new(fenced.clone()))?;
+        let unheld = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "uplink_hub_unheld_shard_items_total",
+                "Agents' reports (delta, upsync, event, snapshot) of a shard this replica does not hold: acknowledged and dropped (the holder has them).",
+            ),
+            &["kind"],
+        )?;
+        metrics.registry().register(Box::new(unheld.clone()))?;
+        // Every write to KCP passes the fence: the one door.
+        let kcp = Kcp {
+            status: Arc::new(Fenced::new(kcp.status, ownership.clone(), fenced.clone())),
+            placement: kcp.placement,
+            finalizers: Arc::new(Fenced::new(
+                kcp.finalizers,
+                ownership.clone(),
+                fenced.clone(),
+            )),
+            events: Arc::new(Fenced::new(kcp.events, ownership.clone(), fenced.clone())),
+            upsync: Arc::new(Fenced::new(kcp.upsync, ownership.clone(), fenced)),
+        };
         let rotation = RotationMetrics::register(metrics.registry())?;
         let tls = Arc::new(tls.with_metrics(rotation.clone()));
         let placements = Arc::new(Placements::new(
@@ -274,6 +362,10 @@ impl Hub {
             capacity,
             access,
             upsync,
+            ownership,
+            replica_metrics,
+            unheld,
+            lease_client: None,
         })
     }
 
@@ -337,8 +429,32 @@ impl Hub {
             capacity,
             access,
             upsync,
+            ownership,
+            replica_metrics,
+            unheld,
+            lease_client,
             ..
         } = self;
+        // Takes part in the replicas from the start: sessions tell agents
+        // the shards held as they connect.
+        let replicas_stop = CancellationToken::new();
+        let replicas_task = match (&config.replicas.lease, ownership.fence()) {
+            (Some(lease), Some(fence)) => {
+                let client = lease_client.ok_or_else(|| {
+                    HubError::LeaseClient("none given (Hub::with_lease_client)".into())
+                })?;
+                lease.settings.validate()?;
+                tracing::info!(identity = %lease.settings.identity, namespace = %lease.settings.namespace, shards = lease.settings.shards, "taking part in the replicas");
+                Some(tokio::spawn(replicas::run(
+                    client.0,
+                    lease.settings.clone(),
+                    fence.clone(),
+                    replica_metrics,
+                    replicas_stop.clone(),
+                )))
+            }
+            _ => None,
+        };
         let upstream = kcp.status.clone();
 
         // Placement: what each cluster may report. Stopped last among the
@@ -377,7 +493,8 @@ impl Hub {
                 offline_grace: config.offline_grace,
                 heartbeat_period: config.synctarget_heartbeat_period,
             },
-        );
+        )
+        .with_ownership(ownership.clone());
 
         let writer = Arc::new(
             Writer::new(
@@ -394,7 +511,8 @@ impl Hub {
                     dry_run: config.dry_run,
                 },
             )
-            .with_upsync(upsync.clone(), config.upsync_resources.clone()),
+            .with_upsync(upsync.clone(), config.upsync_resources.clone())
+            .with_ownership(ownership.clone()),
         );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(
@@ -463,6 +581,7 @@ impl Hub {
             max_connections: config.http_max_connections,
             ready: false.into(),
             shutdown: shutdown.clone(),
+            ownership: ownership.clone(),
         });
         // Certificate rotation: both listeners' files polled.
         let reload_task = tls::reload::spawn(
@@ -473,6 +592,7 @@ impl Hub {
         let http_stop = CancellationToken::new();
         let http_task = tokio::spawn(http::serve(http, http_state.clone(), http_stop.clone()));
 
+        let store_for_shards = store.clone();
         let shared = Arc::new(SessionShared {
             store,
             downstream,
@@ -499,7 +619,16 @@ impl Hub {
                 config.events.cluster_burst,
             )),
             upsync,
+            ownership: ownership.clone(),
+            unheld,
         });
+        // A shard lost: its entries and what was written of it forgotten.
+        let shards_task = tokio::spawn(shards::follow(
+            ownership.clone(),
+            store_for_shards,
+            writer.clone(),
+            writer_stop.clone(),
+        ));
         http_state.ready.store(true, Ordering::Release);
         tracing::info!(epoch = shared.hub_epoch, "hub running");
 
@@ -530,6 +659,14 @@ impl Hub {
         let states_result = states_task.await;
         let synctargets_result = synctargets_task.await;
         let capacity_result = capacity_task.await;
+        let shards_result = shards_task.await;
+        // Writing has stopped: the shards are released, so the others take
+        // them over within a retry period instead of a lease duration.
+        replicas_stop.cancel();
+        let replicas_result = match replicas_task {
+            Some(task) => task.await,
+            None => Ok(Ok(())),
+        };
         let reload_result = match reload_task {
             Some(task) => task.await,
             None => Ok(()),
@@ -545,6 +682,8 @@ impl Hub {
         states_result.map_err(|e| HubError::Task("cluster state watch", e))?;
         synctargets_result.map_err(|e| HubError::Task("SyncTarget writer", e))?;
         capacity_result.map_err(|e| HubError::Task("capacity", e))?;
+        shards_result.map_err(|e| HubError::Task("shard follower", e))?;
+        replicas_result.map_err(|e| HubError::Task("replicas", e))??;
         reload_result.map_err(|e| HubError::Task("certificate reload", e))?;
         http_result.map_err(|e| HubError::Task("http", e))?;
         Ok(())
@@ -554,6 +693,41 @@ impl Hub {
 /// Event writes to KCP in flight at once: events are best effort, and a
 /// few at a time keep them from taking the upstream's attention.
 const EVENT_WRITE_CONCURRENCY: usize = 2;
+
+/// Which shards a hub of `config` holds: all (single), or its fence's.
+fn ownership(config: &HubConfig) -> Ownership {
+    match &config.replicas.lease {
+        None => Ownership::single(config.replicas.shards),
+        Some(lease) => Ownership::replicated(
+            &lease.settings.identity,
+            config.replicas.shards,
+            lease.settings.fence(),
+            // Agents answer a snapshot request at once; one that has not
+            // within three heartbeat intervals is as good as gone.
+            config.heartbeat_interval * 3,
+        ),
+    }
+}
+
+/// The Leases' API server: `kubeconfig`, else in-cluster, else kube's usual
+/// inference (`KUBECONFIG`, `~/.kube/config`).
+async fn lease_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, HubError> {
+    let failed = |e: &dyn std::fmt::Display| HubError::LeaseClient(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| HubError::LeaseClient(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| HubError::LeaseClient(format!("{}: {e}", path.display())))?
+        }
+        None => match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(_) => kube::Config::infer().await.map_err(|e| failed(&e))?,
+        },
+    };
+    kube::Client::try_from(config).map_err(|e| failed(&e))
+}
 
 /// Binds the hub from `config` and runs it until `shutdown`.
 pub async fn run(config: HubConfig, shutdown: CancellationToken) -> Result<(), HubError> {

@@ -11,7 +11,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use uplink_hub::aggregate::{FeatureGates, MergePolicy};
 use uplink_hub::budget::MemoryBudget;
-use uplink_hub::config::EventSettings;
+use uplink_hub::config::{EventSettings, ReplicasConfig, ReplicasFlags};
 use uplink_hub::{HubConfig, StatusWrite, UpstreamMode};
 use uplink_protocol::Limits;
 use uplink_protocol::resource::ResourceSpec;
@@ -382,6 +382,42 @@ struct Args {
     /// Within it, the hub corrects for the agent's clock offset.
     #[arg(long, env = "UPLINK_HUB_MAX_CLOCK_SKEW", default_value = "24h", value_parser = parse_duration)]
     max_clock_skew: Duration,
+
+    /// Makes this hub one of several replicas: the namespace of the
+    /// coordination.k8s.io Leases by which they share the shards (in the
+    /// cluster the hub runs in, or a KCP workspace via
+    /// --replicas-kubeconfig). Absent: a single hub, holding every shard.
+    #[arg(long, env = "UPLINK_HUB_REPLICAS_LEASE_NAMESPACE")]
+    replicas_lease_namespace: Option<String>,
+    /// The API server holding the Leases; default: in-cluster (else the
+    /// usual kubeconfig rules).
+    #[arg(long, env = "UPLINK_HUB_REPLICAS_KUBECONFIG")]
+    replicas_kubeconfig: Option<PathBuf>,
+    /// This replica's name among them, unique (a DNS label); default: the
+    /// host name (in Kubernetes, the pod name).
+    #[arg(long, env = "UPLINK_HUB_IDENTITY")]
+    replicas_identity: Option<String>,
+    /// How many shards the workspaces hash into (1..=1024); every replica
+    /// must be given the same.
+    #[arg(long, env = "UPLINK_HUB_SHARDS", default_value_t = 16)]
+    shards: u16,
+    /// The Leases' name prefix (and label value).
+    #[arg(
+        long,
+        env = "UPLINK_HUB_REPLICAS_LEASE_PREFIX",
+        default_value = "uplink-hub"
+    )]
+    replicas_lease_prefix: String,
+    /// How long the others wait, from seeing a Lease change, before taking it.
+    #[arg(long, env = "UPLINK_HUB_REPLICAS_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    replicas_lease_duration: Duration,
+    /// How long after a renewal started this replica stops writing the shard
+    /// unless renewed again (shorter than the lease duration).
+    #[arg(long, env = "UPLINK_HUB_REPLICAS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    replicas_renew_deadline: Duration,
+    /// How often the Leases are renewed, read and balanced.
+    #[arg(long, env = "UPLINK_HUB_REPLICAS_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    replicas_retry_period: Duration,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -493,7 +529,21 @@ impl Args {
                 );
             }
         }
+        let replicas = ReplicasConfig::from_flags(
+            ReplicasFlags {
+                lease_namespace: self.replicas_lease_namespace,
+                kubeconfig: self.replicas_kubeconfig,
+                identity: self.replicas_identity,
+                shards: self.shards,
+                lease_prefix: self.replicas_lease_prefix,
+                lease_duration: self.replicas_lease_duration,
+                renew_deadline: self.replicas_renew_deadline,
+                retry_period: self.replicas_retry_period,
+            },
+            uplink_hub::config::hostname,
+        )?;
         Ok(HubConfig {
+            replicas,
             listen: self.listen,
             http_listen: self.http_listen,
             // Required by clap unless a command is given, and a command

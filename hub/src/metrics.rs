@@ -115,6 +115,8 @@ pub struct Metrics {
 pub mod upsync_write {
     /// A new upstream object.
     pub const CREATED: &str = "created";
+    /// Left to the replica holding the object's shard: dropped here.
+    pub const NOT_HELD: &str = "not_held";
     /// An upstream object updated (PUT).
     pub const UPDATED: &str = "updated";
     /// An upstream object deleted: its last upsyncing cluster let go, or
@@ -192,6 +194,9 @@ pub mod write_result {
     /// Not written: an object of an upsynced type that no cluster upsyncs
     /// upstream (KCP's own, or not created yet).
     pub const NOT_UPSYNCED: &str = "not_upsynced";
+    /// Not written: another replica holds the shard of the object's
+    /// workspace (or this one's fence closed meanwhile).
+    pub const NOT_HELD: &str = "not_held";
 }
 
 /// Labels of `uplink_hub_handshake_failures_total{reason}`.

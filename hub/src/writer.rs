@@ -65,6 +65,7 @@
 
 pub mod events;
 mod fair;
+pub mod fenced;
 pub mod finalizer;
 mod owned;
 mod pace;
@@ -99,6 +100,7 @@ pub use upstream::{
 use crate::aggregate::{Aggregator, FieldPath};
 pub use crate::config::StatusWrite;
 use crate::metrics::{Metrics, write_result};
+use crate::replicas::{Ownership, ShardId};
 use crate::status::Status;
 use crate::store::{ObjectKey, Store};
 
@@ -137,7 +139,13 @@ pub struct Writer {
     /// The upsynced types and what the upsync writer knows of their
     /// objects, when the hub upsyncs any.
     upsync: Option<UpsyncedStatus>,
+    /// Which shards this hub writes (all, for a single hub).
+    ownership: Ownership,
 }
+
+/// How often the writes of a shard that gathers its agents' snapshots
+/// look again ([`crate::replicas::ownership`]).
+const GATHER_POLL: Duration = Duration::from_millis(250);
 
 /// What the writer needs to write the status of upsynced objects only.
 #[derive(Debug)]
@@ -188,7 +196,47 @@ impl Writer {
             memory: Mutex::default(),
             undeclared: undeclared::UndeclaredFields::default(),
             upsync: None,
+            ownership: Ownership::single(1),
         }
+    }
+
+    /// Writes only the objects of shards `ownership` holds (and of a shard
+    /// just taken over, only once it gathered its agents' snapshots). The
+    /// upstream itself is fenced too ([`fenced`]): this gate spares the
+    /// reads and keeps partial merges out.
+    #[must_use]
+    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+        self.ownership = ownership;
+        self
+    }
+
+    /// `shard` was lost: what was written of its objects is forgotten (the
+    /// next holder writes them; should this replica take the shard back,
+    /// it reads them from KCP again before writing).
+    pub fn forget_shard(&self, shard: ShardId) {
+        let ownership = &self.ownership;
+        self.memory()
+            .retain(|key, _| ownership.shard_of(&key.workspace) != shard);
+    }
+
+    /// `Some` outcome when `key`'s shard is not this replica's to write now:
+    /// not held (dropped: the holder writes it), or gathering snapshots
+    /// (waits).
+    fn shard_gate(&self, key: &ObjectKey) -> Option<Outcome> {
+        let shard = self.ownership.shard_of(&key.workspace);
+        if !self.ownership.holds(shard) {
+            self.not_held(key);
+            return Some(Outcome::Done);
+        }
+        self.ownership
+            .gathering_for(shard)
+            .map(|left| Outcome::RetryAfter(left.min(GATHER_POLL)))
+    }
+
+    fn not_held(&self, key: &ObjectKey) {
+        self.count(write_result::NOT_HELD);
+        self.memory().remove(key);
+        tracing::debug!(object = %key, outcome = "not held", "status not written: another replica holds the object's shard");
     }
 
     /// Writes the status of an object of `types` (the upsynced types) only
@@ -299,6 +347,9 @@ impl Writer {
 
     /// Brings one object's upstream status to its desired state, once.
     async fn write(&self, key: &ObjectKey) -> Outcome {
+        if let Some(outcome) = self.shard_gate(key) {
+            return outcome;
+        }
         let merged = self.aggregator.evaluate(key, &self.store.entries(key));
         if !self.aggregator.gates().upstream_sync {
             return Outcome::Done;
@@ -403,6 +454,10 @@ impl Writer {
                         memory.remove(key);
                     }
                 }
+                Outcome::Done
+            }
+            Err(UpstreamError::NotHeld { .. }) => {
+                self.not_held(key);
                 Outcome::Done
             }
             Err(UpstreamError::NotFound) => {

@@ -10,6 +10,14 @@
 //! this replica's fence has closed before the other's can open. (Clock
 //! *rates* must agree within lease duration / renew deadline; clock skew does
 //! not matter, as in client-go.)
+//!
+//! [`Fence::deadline`] is when a shard's fence closes as things stand: a
+//! writer bounds each request by it, so no request it sent is still awaited
+//! after the fence closed. What remains: a request abandoned by the client
+//! may still be on the wire or in the API server's queue. The margin
+//! lease_duration - renew_deadline (5 s with client-go's timings) is what
+//! such a straggler has before another replica can hold the shard; one that
+//! takes longer lands late (client-go's leader election has the same gap).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,11 +37,37 @@ pub struct Fence {
 #[derive(Debug)]
 struct Inner {
     renew_deadline: Duration,
-    /// Held shards → when their last successful renew started.
-    renewed: Mutex<BTreeMap<ShardId, Instant>>,
+    /// Held shards → when their last successful renew started, and their
+    /// term.
+    renewed: Mutex<BTreeMap<ShardId, Held>>,
     /// The held shards, sent on every acquisition, loss or release (not on
     /// renewals).
     changes: watch::Sender<Vec<ShardId>>,
+    /// The next acquisition's [`Claim::generation`].
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// One held shard: when its last successful renew (or the acquisition)
+/// started, and the Lease's `leaseTransitions` when this replica acquired it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    started: Instant,
+    term: u64,
+    generation: u64,
+}
+
+/// A shard held, as [`Fence::claims`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub shard: ShardId,
+    /// The Lease's `leaseTransitions` when this replica acquired it (what
+    /// agents are told).
+    pub term: u64,
+    /// Which acquisition of this process it is: new on every acquisition,
+    /// even of a Lease whose record still named this process (its term then
+    /// unchanged) after the fence had closed. What the replica knew of the
+    /// shard before is gone either way.
+    pub generation: u64,
 }
 
 impl Fence {
@@ -44,6 +78,7 @@ impl Fence {
                 renew_deadline,
                 renewed: Mutex::new(BTreeMap::new()),
                 changes,
+                generations: std::sync::atomic::AtomicU64::new(1),
             }),
         }
     }
@@ -64,10 +99,34 @@ impl Fence {
     /// instant; writers ask [`Fence::holds`].
     pub fn holds_at(&self, shard: ShardId, now: Instant) -> bool {
         let renewed = self.lock();
-        renewed.get(&shard).is_some_and(|started| {
-            now.checked_duration_since(*started)
+        renewed.get(&shard).is_some_and(|held| {
+            now.checked_duration_since(held.started)
                 .is_some_and(|age| age < self.inner.renew_deadline)
         })
+    }
+
+    /// When `shard`'s fence closes unless renewed meanwhile; `None` when it
+    /// is closed now. A write for `shard` must be abandoned by then (see the
+    /// module documentation for what remains).
+    pub fn deadline(&self, shard: ShardId) -> Option<Instant> {
+        let renewed = self.lock();
+        let close = renewed.get(&shard)?.started + self.inner.renew_deadline;
+        (Instant::now() < close).then_some(close)
+    }
+
+    /// The shards held now (within the renew deadline) with their terms
+    /// (the Lease's `leaseTransitions` when acquired), in order of shard.
+    pub fn claims(&self) -> Vec<Claim> {
+        let renewed = self.lock();
+        renewed
+            .iter()
+            .filter(|(_, held)| held.started.elapsed() < self.inner.renew_deadline)
+            .map(|(shard, held)| Claim {
+                shard: *shard,
+                term: held.term,
+                generation: held.generation,
+            })
+            .collect()
     }
 
     /// The shards held now (within the renew deadline), in order.
@@ -75,7 +134,7 @@ impl Fence {
         let renewed = self.lock();
         renewed
             .iter()
-            .filter(|(_, started)| started.elapsed() < self.inner.renew_deadline)
+            .filter(|(_, held)| held.started.elapsed() < self.inner.renew_deadline)
             .map(|(shard, _)| *shard)
             .collect()
     }
@@ -87,19 +146,39 @@ impl Fence {
         self.inner.changes.subscribe()
     }
 
-    /// `shard` was acquired or renewed by a request that started at `started`.
-    pub(crate) fn renewed(&self, shard: ShardId, started: Instant) {
+    /// (The engine's; public for tests standing in for it.) `shard` was
+    /// acquired or renewed by a request that started at
+    /// `started`; `term` is its Lease's `leaseTransitions` (kept from the
+    /// acquisition while renewals keep it: a renew does not change it).
+    pub fn renewed(&self, shard: ShardId, started: Instant, term: u64) {
         let mut renewed = self.lock();
-        let new = renewed.insert(shard, started).is_none();
-        if new {
+        let kept = renewed
+            .get(&shard)
+            .filter(|held| held.term == term)
+            .map(|held| held.generation);
+        let generation = kept.unwrap_or_else(|| {
+            self.inner
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        });
+        renewed.insert(
+            shard,
+            Held {
+                started,
+                term,
+                generation,
+            },
+        );
+        if kept.is_none() {
             self.publish(&renewed);
         }
     }
 
-    /// `shard` is no longer held (lost, expired or being released). Called
+    /// (The engine's; public for tests standing in for it.) `shard` is no
+    /// longer held (lost, expired or being released). Called
     /// before a release is sent, so the fence closes before others may take
     /// the shard.
-    pub(crate) fn drop_shard(&self, shard: ShardId) {
+    pub fn drop_shard(&self, shard: ShardId) {
         let mut renewed = self.lock();
         if renewed.remove(&shard).is_some() {
             self.publish(&renewed);
@@ -115,13 +194,13 @@ impl Fence {
         }
     }
 
-    fn publish(&self, renewed: &BTreeMap<ShardId, Instant>) {
+    fn publish(&self, renewed: &BTreeMap<ShardId, Held>) {
         self.inner
             .changes
             .send_replace(renewed.keys().copied().collect());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Held>> {
         self.inner
             .renewed
             .lock()
@@ -140,7 +219,7 @@ mod tests {
         assert!(!fence.holds(shard));
         let started = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await; // the request took 1 s
-        fence.renewed(shard, started);
+        fence.renewed(shard, started, 0);
         assert!(fence.holds(shard));
         assert_eq!(fence.held(), vec![shard]);
         tokio::time::advance(Duration::from_millis(8_999)).await;
@@ -150,7 +229,7 @@ mod tests {
         assert!(fence.held().is_empty());
         // A renew that starts now opens it again.
         let restarted = Instant::now();
-        fence.renewed(shard, restarted);
+        fence.renewed(shard, restarted, 0);
         assert!(fence.holds(shard));
         // At a shared earlier instant, before that renew started, it was not.
         assert!(!fence.holds_at(shard, restarted - Duration::from_millis(1)));
@@ -160,13 +239,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_when_the_fence_closes_and_terms_are_kept() {
+        let fence = Fence::new(Duration::from_secs(10));
+        let shard = ShardId(2);
+        assert_eq!(fence.deadline(shard), None);
+        let started = Instant::now();
+        fence.renewed(shard, started, 7);
+        assert_eq!(
+            fence.deadline(shard),
+            Some(started + Duration::from_secs(10))
+        );
+        let first = fence.claims();
+        assert_eq!(
+            first.iter().map(|c| (c.shard, c.term)).collect::<Vec<_>>(),
+            vec![(shard, 7)]
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(fence.deadline(shard), None, "closed");
+        assert!(fence.claims().is_empty());
+        // Reacquired under a new term: told, even without a drop between.
+        let changes = fence.watch();
+        fence.renewed(shard, Instant::now(), 8);
+        assert!(changes.has_changed().unwrap_or(false));
+        let second = fence.claims();
+        assert_eq!(
+            second.iter().map(|c| (c.shard, c.term)).collect::<Vec<_>>(),
+            vec![(shard, 8)]
+        );
+        assert_ne!(first[0].generation, second[0].generation);
+        // Dropped and taken back under the same term: a new generation.
+        fence.drop_shard(shard);
+        fence.renewed(shard, Instant::now(), 8);
+        let third = fence.claims();
+        assert_ne!(third[0].generation, second[0].generation);
+        // A renewal keeps it.
+        fence.renewed(shard, Instant::now(), 8);
+        assert_eq!(fence.claims(), third);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn changes_are_told_on_acquire_and_drop_not_on_renew() {
         let fence = Fence::new(Duration::from_secs(10));
         let mut changes = fence.watch();
-        fence.renewed(ShardId(1), Instant::now());
+        fence.renewed(ShardId(1), Instant::now(), 0);
         assert!(changes.has_changed().unwrap_or(false));
         assert_eq!(*changes.borrow_and_update(), vec![ShardId(1)]);
-        fence.renewed(ShardId(1), Instant::now());
+        fence.renewed(ShardId(1), Instant::now(), 0);
         assert!(!changes.has_changed().unwrap_or(true));
         let clone = fence.clone();
         clone.drop_shard(ShardId(1));

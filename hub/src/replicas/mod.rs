@@ -37,10 +37,10 @@
 //! - A round is serial: a slow member write delays the shard renewals behind
 //!   it (each write is bounded by the renew deadline, so a slow API server can
 //!   close the fence of shards whose renewals did not start in time).
-//! - The fence is a yes/no check without a deadline: a writer that asked
-//!   [`Fence::holds`] may still be writing after the fence closed. Writers
-//!   will need `Fence::deadline(shard)` to bound their requests to the margin
-//!   lease_duration - renew_deadline.
+//! - A write bounded by [`Fence::deadline`] is abandoned when the fence
+//!   closes, but a request already sent may still reach the API server
+//!   later: it has the margin lease_duration - renew_deadline before another
+//!   replica may hold the shard (see [`fence`]).
 //! - The fence's clock is monotonic and stops during system suspend, while
 //!   the other replicas' clocks run on: a suspended and resumed holder may
 //!   believe its fence open after its lease expired elsewhere.
@@ -48,6 +48,7 @@
 pub mod balance;
 pub mod fence;
 pub mod lease;
+pub mod ownership;
 pub mod shard;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,8 +62,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use balance::{Balancer, Plan, ShardState};
-pub use fence::Fence;
+pub use fence::{Claim, Fence};
 pub use lease::{LeaseClient, LeaseError, LeaseRecord, Observed};
+pub use ownership::{Ownership, Window};
 pub use shard::{ShardId, member_lease_name, shard_lease_name, shard_of};
 
 use crate::server::warn::WarnBudget;
@@ -498,10 +500,12 @@ impl Engine {
     /// landed; it `started` at that instant, which is what the fence counts
     /// from.
     fn holding(&mut self, shard: ShardId, name: String, lease: Lease, started: Instant) {
-        self.observed
-            .insert(name, Observed::new(lease, Instant::now()));
+        let seen = Observed::new(lease, Instant::now());
+        // leaseTransitions is never negative on a Lease this engine wrote.
+        let term = u64::try_from(seen.record.transitions).unwrap_or(0);
+        self.observed.insert(name, seen);
         self.held.insert(shard, started);
-        self.fence.renewed(shard, started);
+        self.fence.renewed(shard, started, term);
     }
 
     fn lost(&mut self, shard: ShardId, reason: &str) {

@@ -81,6 +81,13 @@ impl<S: Transport> Connection<S> {
             batch
                 .reports
                 .into_iter()
+                // The holder of the shard writes its events.
+                .filter(|report| {
+                    self.shard_held(
+                        &report.regarding.workspace,
+                        super::shards::unheld_kind::EVENT,
+                    )
+                })
                 .filter_map(|report| match self.judge_event(&judge, report) {
                     Ok(series) => Some(series),
                     Err((object, reason, detail)) => {

@@ -96,6 +96,12 @@ impl<S: Transport> Connection<S> {
             return None;
         };
 
+        if let Some(violation) = self.refuse_unsharded(version) {
+            self.handshake_failed(violation.reason, &violation.message);
+            self.refuse(violation).await;
+            return None;
+        }
+
         if hello.cluster != self.cluster {
             let message = format!(
                 "the client certificate proves cluster {:?} but Hello claims {:?}",
@@ -155,6 +161,7 @@ impl<S: Transport> Connection<S> {
                 uid: target.uid,
                 key: target.key,
             });
+        let (shards, mode) = self.welcome_shards(version, mode);
         let welcome = HubFrame::Welcome(Welcome {
             protocol_version: version,
             hub_epoch: self.shared.hub_epoch,
@@ -163,7 +170,7 @@ impl<S: Transport> Connection<S> {
                 .unwrap_or(u64::MAX),
             limits: self.shared.limits,
             sync_target,
-            shards: None,
+            shards,
         });
         if let Err(error) = self.send(&welcome).await {
             self.handshake_failed(handshake_reason::WEBSOCKET, &error);

@@ -26,6 +26,7 @@ mod downward;
 mod events;
 mod handshake;
 mod heartbeat;
+mod shards;
 mod throttle;
 mod upsync;
 mod upward;
@@ -95,6 +96,11 @@ pub struct SessionShared {
     pub event_rates: Arc<EventRates>,
     /// The upsync writer's queue and UID map (protocol version 3).
     pub upsync: Arc<crate::writer::upsync::Upsync>,
+    /// Which shards this hub holds (protocol version 4 tells agents).
+    pub ownership: crate::replicas::Ownership,
+    /// `uplink_hub_unheld_shard_items_total{kind}`: reports of shards this
+    /// replica does not hold, acknowledged and dropped.
+    pub unheld: prometheus::IntCounterVec,
 }
 
 /// What the listener hands a new session about its `Hello`: when it is
@@ -128,6 +134,7 @@ pub async fn serve<S>(
         refused_report: None,
         last_sent: Instant::now(),
         upsync: Vec::new(),
+        shards: None,
     };
     let Some((hello, mode)) = Box::pin(conn.handshake(hello, &shutdown)).await else {
         return;
@@ -159,6 +166,8 @@ pub async fn serve<S>(
 
     conn.shared.metrics.agents_connected.dec();
     conn.shared.connections.unregister(&conn.cluster, id);
+    // No snapshot of a shard just taken over is awaited from it any more.
+    conn.shared.ownership.gathered(&conn.cluster, None);
     conn.shared.health.session_ended(&conn.cluster, id);
     tracing::info!(cluster = %conn.cluster, peer = %conn.peer, reason = end, "agent disconnected");
     if end == SILENT {
@@ -192,6 +201,9 @@ struct Connection<S> {
     /// The types this session upsyncs: those its agent names in `Hello`
     /// that the hub accepts (`--upsync-resources`).
     upsync: Vec<ResourceSpec>,
+    /// Version 4 with a replicated hub: the shards told held, and their
+    /// changes to follow (taken by the run loop).
+    shards: Option<self::shards::ShardsTold>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -219,6 +231,7 @@ impl<S: Transport> Connection<S> {
         let ping = tokio::time::sleep(interval);
         tokio::pin!(ping);
         let mut snapshot: Option<SnapshotBuffer> = None;
+        let mut shards = self.shards.take();
         if let Some(lane) = lane
             && let Err(violation) = Box::pin(self.send_downward(lane)).await
         {
@@ -229,6 +242,12 @@ impl<S: Transport> Connection<S> {
             let downward_ready = async {
                 match lane {
                     Some(lane) => lane.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let shards_changed = async {
+                match shards.as_mut() {
+                    Some(told) => told.changed().await,
                     None => std::future::pending().await,
                 }
             };
@@ -252,6 +271,19 @@ impl<S: Transport> Connection<S> {
                     {
                         Box::pin(self.reject(violation)).await;
                         return "protocol violation";
+                    }
+                    continue;
+                }
+                changed = shards_changed => {
+                    match shards.as_mut() {
+                        Some(told) if changed => {
+                            if let Err(violation) = Box::pin(self.send_shards(told)).await {
+                                Box::pin(self.reject(violation)).await;
+                                return "protocol violation";
+                            }
+                        }
+                        // The fence is gone (the hub is stopping).
+                        _ => shards = None,
                     }
                     continue;
                 }

@@ -8,10 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use uplink_protocol::names::invalid_name;
 use uplink_protocol::{
-    Ack, Change, Delta, DeltaBatch, ErrorCode, HubFrame, Rejected, SnapshotBegin, SnapshotChunk,
-    SnapshotEnd,
+    Ack, Change, Delta, DeltaBatch, ErrorCode, HubFrame, REPLICAS_VERSION, Rejected, ShardId,
+    SnapshotBegin, SnapshotChunk, SnapshotEnd,
 };
 
+use super::shards::unheld_kind;
 use super::wire::Violation;
 use super::{Connection, Transport};
 use crate::placement::Verdict;
@@ -43,6 +44,8 @@ pub(super) struct SnapshotBuffer {
     upsync_present: HashSet<ObjectKey>,
     /// What each buffered upsynced object's whole state takes of `bytes`.
     whole_costs: HashMap<ObjectKey, u64>,
+    /// Version 4: the shards the snapshot covers (`None`: everything).
+    shards: Option<Vec<ShardId>>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -58,9 +61,12 @@ impl<S: Transport> Connection<S> {
         }
         self.count_deltas(batch.deltas.len());
         let highest = batch.deltas.iter().map(|d| d.seq).max().unwrap_or(0);
+        // Reports of shards this replica does not hold are acked (within
+        // `highest`) and dropped: their holder has them.
         let updates: Vec<Checked> = batch
             .deltas
             .into_iter()
+            .filter(|delta| self.delta_held(delta, unheld_kind::DELTA))
             .filter_map(|delta| self.accept(delta))
             .collect();
         // Replayed reports (at or below what the store holds) are not
@@ -138,7 +144,12 @@ impl<S: Transport> Connection<S> {
                 ),
             ));
         }
-        tracing::debug!(cluster = %self.cluster, objects = begin.objects, "snapshot begins");
+        if begin.shards.is_some() && self.version < REPLICAS_VERSION {
+            return Err(Violation::unexpected(
+                "SnapshotBegin.shards (protocol version 4) in an older session",
+            ));
+        }
+        tracing::debug!(cluster = %self.cluster, objects = begin.objects, shards = ?begin.shards, "snapshot begins");
         *snapshot = Some(SnapshotBuffer {
             entries: HashMap::new(),
             tombstones: HashSet::new(),
@@ -146,6 +157,7 @@ impl<S: Transport> Connection<S> {
             upsync: HashMap::new(),
             upsync_present: HashSet::new(),
             whole_costs: HashMap::new(),
+            shards: begin.shards.clone(),
         });
         Ok(())
     }
@@ -161,6 +173,14 @@ impl<S: Transport> Connection<S> {
         };
         self.count_deltas(chunk.deltas.len());
         for delta in chunk.deltas {
+            // Outside the snapshot's shards (the agent's mistake) or of a
+            // shard this replica does not hold: dropped.
+            let shard = self.shared.ownership.shard_of(&delta.object.workspace);
+            if buffer.shards.as_ref().is_some_and(|s| !s.contains(&shard))
+                || !self.delta_held(&delta, unheld_kind::SNAPSHOT)
+            {
+                continue;
+            }
             if self.upsyncs(&delta.object) {
                 let key = ObjectKey::from(&delta.object);
                 match delta.change {
@@ -262,8 +282,11 @@ impl<S: Transport> Connection<S> {
             // at its start names none), and only objects of the types this
             // session upsyncs: a session that upsyncs nothing (upsync off,
             // a version 2 agent) deletes nothing.
+            // A snapshot of some shards names only their objects: it says
+            // nothing of the others'.
             if let Some(target) = judge.synctarget()
                 && self.lists_upsynced(end)
+                && buffer.shards.is_none()
             {
                 self.shared.upsync.snapshot(
                     &self.cluster,
@@ -296,10 +319,21 @@ impl<S: Transport> Connection<S> {
             for key in accepted.keys().chain(held.keys()).chain(&deleted) {
                 upsyncs.extend(upsync.remove(key));
             }
+            let ownership = &self.shared.ownership;
+            let within = buffer.shards.as_ref().map(|shards| {
+                move |key: &ObjectKey| shards.contains(&ownership.shard_of(&key.workspace))
+            });
             let applied = self
                 .shared
                 .store
-                .replace_cluster(&self.cluster, session, accepted, held, end.seq)
+                .replace_cluster_within(
+                    &self.cluster,
+                    session,
+                    accepted,
+                    held,
+                    end.seq,
+                    within.as_ref().map(|w| w as &dyn Fn(&ObjectKey) -> bool),
+                )
                 .map_err(store_violation)?;
             for key in deleted {
                 self.shared.write_queue.push(key, &self.cluster);
@@ -311,9 +345,24 @@ impl<S: Transport> Connection<S> {
         for report in upsyncs {
             self.shared.upsync.queue.push(report).await;
         }
-        tracing::info!(cluster = %self.cluster, objects, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
+        // A shard taken over writes once every agent asked sent its part.
+        self.shared
+            .ownership
+            .gathered(&self.cluster, buffer.shards.as_deref());
+        tracing::info!(cluster = %self.cluster, objects, shards = ?buffer.shards, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
         self.send_ack(acked).await?;
         Ok(())
+    }
+
+    /// Whether this replica holds `delta`'s shard (counted as `kind`, or as
+    /// an upsync, when it does not).
+    fn delta_held(&self, delta: &Delta, kind: &'static str) -> bool {
+        let kind = if self.upsyncs(&delta.object) {
+            unheld_kind::UPSYNC
+        } else {
+            kind
+        };
+        self.shard_held(&delta.object.workspace, kind)
     }
 
     /// Acknowledges up to `seq`, with the refusals the agent was not told yet.

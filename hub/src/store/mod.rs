@@ -38,6 +38,7 @@ mod cost;
 mod held;
 mod key;
 mod read;
+mod shards;
 #[cfg(test)]
 mod tests;
 mod unplace;
@@ -307,8 +308,25 @@ impl Store {
         cluster: &str,
         session: &str,
         entries: HashMap<ObjectKey, Entry>,
+        held: HashMap<ObjectKey, Entry>,
+        seq: u64,
+    ) -> Result<Applied, StoreError> {
+        self.replace_cluster_within(cluster, session, entries, held, seq, None)
+    }
+
+    /// [`Store::replace_cluster`] within a part of the objects: `within`
+    /// says which (a snapshot of some shards, protocol version 4); the
+    /// cluster's entries and held reports outside it stay as they are, and
+    /// so does its position when the session is the same (it moves up to
+    /// `seq` at least). `entries` and `held` must be within it.
+    pub fn replace_cluster_within(
+        &self,
+        cluster: &str,
+        session: &str,
+        entries: HashMap<ObjectKey, Entry>,
         mut held: HashMap<ObjectKey, Entry>,
         seq: u64,
+        within: Option<&dyn Fn(&ObjectKey) -> bool>,
     ) -> Result<Applied, StoreError> {
         let objects_count = (entries.len() + held.len()) as u64;
         if objects_count > self.max_objects_per_cluster {
@@ -331,14 +349,42 @@ impl Store {
             .chain(held.values())
             .map(|e| e.seq)
             .fold(seq, u64::max);
-        let (old_keys, old_held, old_bytes) = clusters
-            .remove(cluster)
-            .map(|state| (state.keys, state.held.len(), state.bytes))
-            .unwrap_or_default();
-        // The snapshot replaces everything the cluster held: admitted
-        // report by report against what the snapshot takes so far.
-        *total = total.saturating_sub(old_bytes);
+        let old = clusters.remove(cluster);
+        let old_held = old.as_ref().map_or(0, |state| state.held.len());
+        let old_bytes = old.as_ref().map_or(0, |state| state.bytes);
         let mut state = ClusterEntries::new(session);
+        let mut highest = highest;
+        let old_keys = match (old, within) {
+            (None, _) => HashSet::new(),
+            (Some(old), None) => old.keys,
+            (Some(old), Some(within)) => {
+                // Outside the snapshot's part: kept, entries and held reports.
+                if *old.position.session == *session {
+                    highest = highest.max(old.position.seq);
+                }
+                let (inside, kept): (HashSet<_>, HashSet<_>) =
+                    old.keys.into_iter().partition(|key| within(key));
+                state.bytes = kept
+                    .iter()
+                    .map(|key| stored_cost(objects, key, cluster))
+                    .sum();
+                state.keys = kept;
+                state.held = old
+                    .held
+                    .into_iter()
+                    .filter(|(key, _)| !within(key))
+                    .collect();
+                state.bytes += state
+                    .held
+                    .iter()
+                    .map(|(key, held)| held_cost(key, held.entry.as_ref()))
+                    .sum::<u64>();
+                inside
+            }
+        };
+        // The snapshot replaces everything the cluster held (within its
+        // part): admitted report by report against what it takes so far.
+        *total = total.saturating_sub(old_bytes).saturating_add(state.bytes);
         let mut refused = Vec::new();
         let mut admit = |key: &ObjectKey, cost: u64, seq: u64, bytes: &mut u64| match self
             .budget
@@ -371,18 +417,15 @@ impl Store {
             state.keys.insert(key);
         }
         let now = Instant::now();
-        state.held = held
-            .into_iter()
-            .map(|(key, entry)| {
-                let seq = entry.seq;
-                let held = Held {
-                    entry: Some(entry),
-                    seq,
-                    since: now,
-                };
-                (key, held)
-            })
-            .collect();
+        state.held.extend(held.into_iter().map(|(key, entry)| {
+            let seq = entry.seq;
+            let held = Held {
+                entry: Some(entry),
+                seq,
+                since: now,
+            };
+            (key, held)
+        }));
         self.count_held(old_held, state.held.len());
         self.publish(cluster, &state, *total, objects.len());
         self.log_refused(cluster, &refused);

@@ -486,7 +486,9 @@ fn next_step(create: bool, error: &UpstreamError) -> Next {
         UpstreamError::NotFound
         | UpstreamError::FieldConflict(_)
         | UpstreamError::Refused { .. }
-        | UpstreamError::BadObject { .. } => Next::Drop,
+        | UpstreamError::BadObject { .. }
+        // The shard's holder writes its events (best effort).
+        | UpstreamError::NotHeld { .. } => Next::Drop,
     }
 }
 

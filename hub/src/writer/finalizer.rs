@@ -38,6 +38,10 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long a finalizer whose shard another replica holds waits before it is
+/// tried again (the holder writes it meanwhile; the write is idempotent).
+const NOT_HELD_RETRY: Duration = Duration::from_secs(10);
+
 /// What precedes the SyncTarget key in the hub's finalizer name.
 const FINALIZER_PREFIX: &str = "workload.kcp.io/syncer-";
 
@@ -317,6 +321,15 @@ impl Finalizers {
     }
 
     fn failed(&self, id: &(ObjectKey, String), error: UpstreamError) {
+        if let UpstreamError::NotHeld { .. } = error {
+            // Another replica holds the shard and writes it; kept, and
+            // tried again later in case this replica takes the shard over.
+            self.count(write_result::NOT_HELD);
+            if let Some(want) = self.pending().get_mut(id) {
+                want.retry_at = Some(Instant::now() + NOT_HELD_RETRY);
+            }
+            return;
+        }
         let conflict = matches!(error, UpstreamError::Conflict(_));
         self.count(if conflict {
             write_result::CONFLICT

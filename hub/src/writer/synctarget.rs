@@ -27,6 +27,7 @@
 //!
 //! The same tick publishes `uplink_hub_cluster_state{cluster,state}`.
 
+use crate::replicas::Ownership;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -90,6 +91,8 @@ pub struct SyncTargets {
     metrics: Arc<Metrics>,
     settings: SyncTargetSettings,
     written: HashMap<String, Written>,
+    /// Which SyncTarget workspaces' shards this hub writes.
+    ownership: Ownership,
 }
 
 impl SyncTargets {
@@ -107,7 +110,16 @@ impl SyncTargets {
             metrics,
             settings,
             written: HashMap::new(),
+            ownership: Ownership::single(1),
         }
+    }
+
+    /// Writes only the SyncTargets whose workspace's shard `ownership`
+    /// holds (every one, for a single hub).
+    #[must_use]
+    pub fn with_ownership(mut self, ownership: Ownership) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// Publishes states and writes SyncTargets every tick until `stop`.
@@ -167,6 +179,13 @@ impl SyncTargets {
             };
             if !is_path_segment(&name) {
                 continue; // cannot be a SyncTarget name; the identity check should prevent it
+            }
+            // Every replica tracks every cluster's health; only the holder
+            // of the SyncTarget workspace's shard writes the SyncTarget. What
+            // was written is forgotten meanwhile, so a takeover writes anew.
+            if !self.ownership.holds_workspace(&workspace) {
+                self.written.remove(&name);
+                continue;
             }
             if self.due(&name, state, &record, now) {
                 self.write(&workspace, &name, state, &record, now).await;

@@ -94,6 +94,11 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("cannot address {key}: {reason}")]
     BadObject { key: String, reason: String },
+    /// Not sent, or abandoned: this replica does not hold the shard of the
+    /// object's workspace (or its fence closed while the write was in
+    /// flight). The shard's holder writes it ([`super::fenced`]).
+    #[error("not written: this replica does not hold shard {shard}")]
+    NotHeld { shard: u16 },
 }
 
 /// Why the upstream client could not be configured.
@@ -117,6 +122,13 @@ pub enum UpstreamConfigError {
     Client(#[from] kube::Error),
     #[error("the KCP client cache's metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("User-Agent {value:?}: {reason}")]
+    UserAgent { value: String, reason: String },
+}
+
+/// The hub's `User-Agent` towards KCP: `uplink-hub/<version> (<identity>)`.
+pub fn user_agent(identity: &str) -> String {
+    format!("uplink-hub/{} ({identity})", env!("CARGO_PKG_VERSION"))
 }
 
 /// KCP or Kubernetes, through kube-rs clients.
@@ -210,6 +222,32 @@ impl KubeUpstream {
 
     /// Workspace clients kept unless told otherwise.
     pub const DEFAULT_CLIENTS: usize = 1024;
+
+    /// Sends `User-Agent: uplink-hub/<version> (<identity>)` (the replica
+    /// identity, or `single`) on every request, so the API server's audit
+    /// log tells the replicas' writes apart. kube sets no User-Agent of its
+    /// own (kube-client 5 adds only `Config::headers`), so this is the one.
+    pub fn with_identity(mut self, identity: &str) -> Result<Self, UpstreamConfigError> {
+        let agent = user_agent(identity);
+        let value =
+            http::HeaderValue::from_str(&agent).map_err(|e| UpstreamConfigError::UserAgent {
+                value: agent.clone(),
+                reason: e.to_string(),
+            })?;
+        self.base
+            .headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        self.base.headers.push((http::header::USER_AGENT, value));
+        // Clients built before carry no User-Agent: built again.
+        let capacity = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .capacity();
+        self.clients = Mutex::new(LruCache::new(capacity));
+        self.build_client("")?;
+        Ok(self)
+    }
 
     /// Keeps at most `capacity` workspace clients (at least one).
     pub fn with_max_clients(self, capacity: usize) -> Self {

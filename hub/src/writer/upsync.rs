@@ -853,6 +853,13 @@ impl UpsyncWriter {
                 tracing::debug!(cluster = %report.cluster, object = %report.key, ?delay, "throttled upstream");
                 Outcome::RetryAfter(delay)
             }
+            // The shard's holder writes it: its agents' snapshots bring
+            // every upsynced object of the shard there.
+            UpstreamError::NotHeld { shard } => {
+                self.count(upsync_write::NOT_HELD);
+                tracing::debug!(cluster = %report.cluster, object = %report.key, shard, outcome = "not held", "upsynced object left to the shard's holder");
+                Outcome::Done
+            }
             UpstreamError::Refused { .. }
             | UpstreamError::BadObject { .. }
             | UpstreamError::FieldConflict(_) => {

@@ -168,12 +168,18 @@ pub struct FakeUpstream {
     pub upsynced: Mutex<std::collections::BTreeMap<ObjectKey, Value>>,
     pub upsync_requests: AtomicUsize,
     versions: std::sync::atomic::AtomicU64,
+    /// When each kept status write arrived.
+    pub stamps: Mutex<Vec<(ObjectKey, tokio::time::Instant)>>,
 }
 
 impl FakeUpstream {
     fn record(&self, key: &ObjectKey, patch: Value) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         if !self.discard.load(Ordering::Relaxed) {
+            self.stamps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((key.clone(), tokio::time::Instant::now()));
             self.patches
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -527,6 +533,8 @@ pub struct TestHub {
     pub store: Arc<uplink_hub::store::Store>,
     pub health: Arc<uplink_hub::health::Health>,
     pub upstream: Arc<FakeUpstream>,
+    /// Which shards the hub holds (all, unless it is a replica).
+    pub ownership: uplink_hub::replicas::Ownership,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), uplink_hub::HubError>>,
 }
@@ -555,6 +563,31 @@ impl TestHub {
         adjust: impl FnOnce(&mut HubConfig),
         placement: Arc<dyn PlacementSource>,
     ) -> Result<Self> {
+        Self::start_full(adjust, placement, Arc::new(FakeUpstream::default()), None).await
+    }
+
+    /// A replica (`adjust` sets `config.replicas.lease`) whose Leases are
+    /// in `leases`, writing to `upstream`.
+    pub async fn start_replica(
+        adjust: impl FnOnce(&mut HubConfig),
+        upstream: Arc<FakeUpstream>,
+        leases: kube::Client,
+    ) -> Result<Self> {
+        Self::start_full(
+            adjust,
+            Arc::new(FakePlacement::default()),
+            upstream,
+            Some(leases),
+        )
+        .await
+    }
+
+    async fn start_full(
+        adjust: impl FnOnce(&mut HubConfig),
+        placement: Arc<dyn PlacementSource>,
+        upstream: Arc<FakeUpstream>,
+        leases: Option<kube::Client>,
+    ) -> Result<Self> {
         let pki = Pki::new("uplink test CA")?;
         pki.issue_server()?;
         let mut config = HubConfig {
@@ -571,7 +604,6 @@ impl TestHub {
             ..HubConfig::default()
         };
         adjust(&mut config);
-        let upstream = Arc::new(FakeUpstream::default());
         let kcp = Kcp {
             status: upstream.clone(),
             placement,
@@ -579,7 +611,11 @@ impl TestHub {
             events: upstream.clone(),
             upsync: upstream.clone(),
         };
-        let hub = Hub::bind_with_kcp(config, kcp).await?;
+        let mut hub = Hub::bind_with_kcp(config, kcp).await?;
+        if let Some(leases) = leases {
+            hub = hub.with_lease_client(leases);
+        }
+        let ownership = hub.ownership();
         let shutdown = CancellationToken::new();
         let (tunnel, http, metrics) = (hub.tunnel_addr(), hub.http_addr(), hub.metrics());
         let (store, health) = (hub.store(), hub.health());
@@ -592,6 +628,7 @@ impl TestHub {
             store,
             health,
             upstream,
+            ownership,
             shutdown,
             task,
         })

@@ -1,0 +1,172 @@
+//! The shards lane (protocol version 4, a replicated hub only): which
+//! shards of the workspaces this replica holds, told in `Welcome.shards`
+//! and in a `Shards` frame after every change, each time with the shards
+//! the agent must send a snapshot of (`snapshot`: those acquired since the
+//! session was last told, a new term counting as acquired); and the reports
+//! of shards it does not hold, acknowledged and dropped (the holder's
+//! snapshot covers them) and counted in
+//! `uplink_hub_unheld_shard_items_total{kind}`.
+//!
+//! A replicated hub refuses agents below version 4: they would send every
+//! replica everything, and each would drop what it does not hold.
+
+use tokio::sync::watch;
+use uplink_protocol::{ErrorCode, HubFrame, REPLICAS_VERSION, SessionMode, ShardId, ShardsHeld};
+
+use super::wire::Violation;
+use super::{Connection, Transport};
+use crate::metrics::handshake_reason;
+use crate::replicas::ownership::Told;
+use crate::replicas::{Claim, Ownership};
+
+/// What a session told its agent of the shards, and the changes to follow.
+#[derive(Debug)]
+pub(super) struct ShardsTold {
+    /// Shards told held, with their generations.
+    told: Told,
+    changes: watch::Receiver<Vec<ShardId>>,
+}
+
+impl ShardsTold {
+    /// Waits for the held shards to change; `false` once they never will.
+    pub(super) async fn changed(&mut self) -> bool {
+        self.changes.changed().await.is_ok()
+    }
+}
+
+/// The kinds of `uplink_hub_unheld_shard_items_total`.
+pub(super) mod unheld_kind {
+    pub const DELTA: &str = "delta";
+    pub const UPSYNC: &str = "upsync";
+    pub const SNAPSHOT: &str = "snapshot";
+    pub const EVENT: &str = "event";
+}
+
+impl<S: Transport> Connection<S> {
+    /// A replicated hub's refusal of an agent that cannot be routed by
+    /// shard (below version 4).
+    pub(super) fn refuse_unsharded(&self, version: u16) -> Option<Violation> {
+        (self.shared.ownership.is_replicated() && version < REPLICAS_VERSION).then(|| {
+            Violation::new(
+                handshake_reason::UNSUPPORTED_VERSION,
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "this hub is one of several replicas (each holds some shards of the workspaces): agents must speak protocol version {REPLICAS_VERSION} or later to be routed by shard; this one negotiated {version}"
+                ),
+            )
+        })
+    }
+
+    /// `Welcome.shards` and the session's mode: `None` from a single hub;
+    /// from a replica, the shards held now and those to snapshot: with
+    /// `mode` Snapshot all of them, resuming those acquired since the agent
+    /// was last told (a cluster not remembered snapshots everything). The
+    /// session follows the changes from here on.
+    pub(super) fn welcome_shards(
+        &mut self,
+        version: u16,
+        mode: SessionMode,
+    ) -> (Option<ShardsHeld>, SessionMode) {
+        let ownership = &self.shared.ownership;
+        if version < REPLICAS_VERSION {
+            return (None, mode);
+        }
+        // Subscribed before the claims are read: a change in between is
+        // told again rather than missed.
+        let Some(mut changes) = ownership.watch() else {
+            return (None, mode);
+        };
+        changes.borrow_and_update();
+        let claims = ownership.claims().unwrap_or_default();
+        let last = ownership.last_told(&self.cluster);
+        let (mode, snapshot) = match (mode, last) {
+            (SessionMode::Resume { acked }, Some(last)) => {
+                (SessionMode::Resume { acked }, newly_held(&last, &claims))
+            }
+            _ => (
+                SessionMode::Snapshot,
+                claims.iter().map(|claim| claim.shard).collect(),
+            ),
+        };
+        for shard in &snapshot {
+            ownership.expect(*shard, &self.cluster);
+        }
+        let told = generations(&claims);
+        ownership.remember_told(&self.cluster, &told);
+        self.shards = Some(ShardsTold { told, changes });
+        let held = ShardsHeld {
+            count: ownership.count(),
+            held: Ownership::told(&claims),
+            snapshot,
+        };
+        (Some(held), mode)
+    }
+
+    /// Tells the agent the shards held now, with those acquired since it
+    /// was last told to snapshot.
+    pub(super) async fn send_shards(&mut self, told: &mut ShardsTold) -> Result<(), Violation> {
+        told.changes.borrow_and_update();
+        let Some(claims) = self.shared.ownership.claims() else {
+            return Ok(());
+        };
+        let snapshot = newly_held(&told.told, &claims);
+        if told.told.len() == claims.len() && snapshot.is_empty() {
+            return Ok(()); // nothing this agent was not told already
+        }
+        for shard in &snapshot {
+            self.shared.ownership.expect(*shard, &self.cluster);
+        }
+        told.told = generations(&claims);
+        self.shared
+            .ownership
+            .remember_told(&self.cluster, &told.told);
+        tracing::info!(cluster = %self.cluster, held = claims.len(), snapshot = ?snapshot, outcome = "told", "shards held told to the agent");
+        let frame = HubFrame::Shards(ShardsHeld {
+            count: self.shared.ownership.count(),
+            held: Ownership::told(&claims),
+            snapshot,
+        });
+        self.send_or_end(&frame).await
+    }
+
+    /// Whether this replica holds `workspace`'s shard; a report of one it
+    /// does not hold is counted as `kind` (and dropped by the caller).
+    pub(super) fn shard_held(&self, workspace: &str, kind: &'static str) -> bool {
+        let held = self.shared.ownership.holds_workspace(workspace);
+        if !held {
+            self.shared.unheld.with_label_values(&[kind]).inc();
+        }
+        held
+    }
+}
+
+/// Shards in `claims` that `told` did not have, or had from an earlier
+/// acquisition.
+fn newly_held(told: &Told, claims: &[Claim]) -> Vec<ShardId> {
+    claims
+        .iter()
+        .filter(|claim| told.get(&claim.shard) != Some(&claim.generation))
+        .map(|claim| claim.shard)
+        .collect()
+}
+
+fn generations(claims: &[Claim]) -> Told {
+    claims.iter().map(|c| (c.shard, c.generation)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_new_when_not_told_or_told_from_another_acquisition() {
+        let told = Told::from([(ShardId(1), 3), (ShardId(2), 5)]);
+        let claim = |shard, generation| Claim {
+            shard: ShardId(shard),
+            term: 0,
+            generation,
+        };
+        let claims = [claim(1, 3), claim(2, 6), claim(4, 7)];
+        assert_eq!(newly_held(&told, &claims), vec![ShardId(2), ShardId(4)]);
+    }
+}
