@@ -92,7 +92,7 @@ async fn welcome(hub: &mut FakeHub) -> HubConn {
     let AgentFrame::Hello(hello) = conn.recv().await else {
         panic!("expected Hello")
     };
-    assert_eq!(hello.protocol_versions, [1, 2, 3]);
+    assert_eq!(hello.protocol_versions, [1, 2, 3, 4]);
     assert_eq!(
         hello.downward_resources,
         ["deployments.v1.apps", "configmaps.v1"]

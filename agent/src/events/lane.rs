@@ -225,10 +225,22 @@ impl EventLane {
     /// first; a series whose object is over its limit waits without holding
     /// up the others. Also forgets series past their TTL.
     pub fn take(&mut self, now: Instant, max: usize) -> Vec<EventReport> {
+        self.take_routed(now, max, |_| true)
+    }
+
+    /// [`EventLane::take`] of the series whose `regarding` object `routed`
+    /// accepts (those its hub replica's session takes); the others keep
+    /// waiting, within the lane's bound.
+    pub fn take_routed(
+        &mut self,
+        now: Instant,
+        max: usize,
+        routed: impl Fn(&ObjectRef) -> bool,
+    ) -> Vec<EventReport> {
         let mut reports = Vec::new();
         let mut waiting = VecDeque::with_capacity(self.pending.len());
         while let Some(key) = self.pending.pop_front() {
-            if reports.len() >= max || !self.cluster_allows(now) {
+            if reports.len() >= max || !routed(&key.regarding) || !self.cluster_allows(now) {
                 waiting.push_back(key);
                 continue;
             }
@@ -274,13 +286,24 @@ impl EventLane {
     /// When [`EventLane::take`] may have something to send, if anything
     /// waits.
     pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
-        if self.pending.is_empty() {
+        self.next_due_routed(now, |_| true)
+    }
+
+    /// [`EventLane::next_due`] of the series `routed` accepts (see
+    /// [`EventLane::take_routed`]).
+    pub fn next_due_routed(
+        &mut self,
+        now: Instant,
+        routed: impl Fn(&ObjectRef) -> bool,
+    ) -> Option<Instant> {
+        if !self.pending.iter().any(|key| routed(&key.regarding)) {
             return None;
         }
         let cluster = self.cluster.next_token_at(now);
         let object = self
             .pending
             .iter()
+            .filter(|key| routed(&key.regarding))
             .map(|key| {
                 self.per_object
                     .get_mut(&key.regarding)
