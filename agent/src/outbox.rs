@@ -508,6 +508,14 @@ impl Outbox {
     /// sent after that goes again.
     pub fn resume(&mut self, replica: ReplicaId, acked: u64) {
         self.ack(replica, acked);
+        self.restart(replica);
+    }
+
+    /// A new connection to `replica` starts with a snapshot: what was in
+    /// flight on the old one is acknowledged by nothing this one says, so
+    /// it goes to its shard's holder again (this replica's snapshot covers
+    /// the shards it holds).
+    pub fn restart(&mut self, replica: ReplicaId) {
         let sent: Vec<u64> = self
             .in_flight
             .get(&replica)

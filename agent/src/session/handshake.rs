@@ -155,6 +155,7 @@ pub(super) async fn converse(
             } else {
                 false
             };
+            ctx.outbox.lock().restart(ctx.replica);
             // Everything the replica holds (all of it, from a hub that is
             // not replicated).
             let covered = match shards {
