@@ -937,4 +937,109 @@ mod tests {
         // The state stays as the baseline.
         assert_eq!(o.upsert(object("a"), status("{}", 1), 0), None);
     }
+
+    fn object_in(workspace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            workspace: workspace.into(),
+            ..object(name)
+        }
+    }
+
+    fn shards(count: u16, claims: &[(u16, u64)]) -> Holding {
+        Holding::Shards(uplink_protocol::ShardsHeld {
+            count,
+            held: claims
+                .iter()
+                .map(|(shard, term)| uplink_protocol::ShardClaim {
+                    shard: uplink_protocol::ShardId(*shard),
+                    term: *term,
+                })
+                .collect(),
+            snapshot: Vec::new(),
+        })
+    }
+
+    /// A workspace of `shard` among 2.
+    fn workspace_in(shard: u16) -> String {
+        (0..)
+            .map(|i| format!("root:ws-{i}"))
+            .find(|ws| uplink_protocol::shard_of(ws, 2).0 == shard)
+            .unwrap()
+    }
+
+    #[test]
+    fn acks_remove_only_what_was_sent_to_the_replica_that_acks() {
+        const A: ReplicaId = ReplicaId(1);
+        const B: ReplicaId = ReplicaId(2);
+        let metrics = Metrics::new();
+        let mut o = Outbox::new(10, metrics.clone());
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1)]));
+        o.upsert(object_in(&workspace_in(0), "zero"), status("{}", 1), 0);
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        assert_eq!(send_all(&mut o, A), [1]);
+        assert_eq!(o.unrouted_len(), 1);
+        assert_eq!(metrics.outbox_unrouted.get(), 1);
+        o.hold(B, &"b".into(), &shards(2, &[(1, 1)]));
+        assert_eq!(o.unrouted_len(), 0);
+        assert_eq!(send_all(&mut o, B), [2]);
+        // A's ack past B's entry removes only A's.
+        o.ack(A, 2);
+        assert_eq!(o.pending_len(), 1);
+        o.ack(B, 2);
+        assert_eq!(o.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_moved_shard_sends_what_the_old_holder_did_not_acknowledge() {
+        const A: ReplicaId = ReplicaId(1);
+        const B: ReplicaId = ReplicaId(2);
+        let mut o = Outbox::new(10, Metrics::new());
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1), (1, 1)]));
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        assert_eq!(send_all(&mut o, A), [1]);
+        // A's session ends: the entry stays in flight to A (its ack may
+        // still come on resume) while nobody holds the shard...
+        o.release(A);
+        assert!(!o.has_unsent(A) && !o.has_unsent(B));
+        // ...and goes to B once B holds it.
+        o.hold(B, &"b".into(), &shards(2, &[(1, 2)]));
+        assert_eq!(send_all(&mut o, B), [1]);
+        o.ack(A, 1);
+        assert_eq!(o.pending_len(), 1, "A's ack is not B's");
+        // A snapshot for B of shard 1 covers a newer entry.
+        o.upsert(
+            object_in(&workspace_in(1), "one"),
+            status("{\"x\":1}", 1),
+            0,
+        );
+        let snap = o.snapshot_entries(
+            B,
+            &ShardSet::Shards {
+                count: 2,
+                shards: [1].into(),
+            },
+        );
+        assert_eq!(snap.seq, 2);
+        assert!(!o.has_unsent(B));
+        o.ack(B, 2);
+        assert_eq!(o.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_of_some_shards_holds_only_their_objects() {
+        let mut o = outbox(10);
+        o.upsert(object_in(&workspace_in(0), "zero"), status("{}", 1), 0);
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        let snap = o.snapshot_entries(
+            H,
+            &ShardSet::Shards {
+                count: 2,
+                shards: [1].into(),
+            },
+        );
+        let names: Vec<String> = snap.into_deltas().map(|d| d.object.name).collect();
+        assert_eq!(names, ["one"]);
+        // The other shard's entry is still to be sent.
+        assert_eq!(unsent_seqs(&o), [(1, "zero".into())]);
+    }
 }

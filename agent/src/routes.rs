@@ -63,6 +63,14 @@ impl ShardSet {
         }
     }
 
+    /// Whether the set names no shard at all.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            ShardSet::Everything => false,
+            ShardSet::Shards { shards, .. } => shards.is_empty(),
+        }
+    }
+
     /// As `SnapshotBegin.shards` names it.
     pub fn to_wire(&self) -> Option<Vec<ShardId>> {
         match self {

@@ -523,4 +523,20 @@ mod tests {
         lane.observe(event("b", key("web", "Created"), 1, 1), later);
         assert_eq!(lane.take(later, 10).len(), 1);
     }
+
+    #[test]
+    fn a_report_waits_while_its_object_has_no_route() {
+        let now = Instant::now();
+        let mut lane = lane(now);
+        lane.observe(event("u1", key("web", "Pulled"), 1, 0), now);
+        lane.observe(event("u2", key("db", "Pulled"), 1, 0), now);
+        let routed = |object: &ObjectRef| object.name == "db";
+        assert_eq!(lane.next_due_routed(now, |_| false), None);
+        assert!(lane.next_due_routed(now, routed).is_some());
+        let reports = lane.take_routed(now, 10, routed);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].regarding.name, "db");
+        assert_eq!(lane.pending(), 1, "web's report waits for a route");
+        assert_eq!(lane.take(now, 10)[0].regarding.name, "web");
+    }
 }

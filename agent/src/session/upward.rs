@@ -24,6 +24,12 @@ pub(super) async fn send_snapshot(
     upsync_listed: bool,
     shards: &ShardSet,
 ) -> Result<(), SessionError> {
+    if shards.is_empty() {
+        // A replica that holds nothing asked for a snapshot of it: there is
+        // nothing to send (and protocol version 4 refuses an empty list).
+        tracing::info!(cluster = %ctx.cluster, replica = %ctx.replica_name, "snapshot of no shard: nothing to send");
+        return Ok(());
+    }
     let snapshot = ctx.outbox.lock().snapshot_entries(ctx.replica, shards);
     let seq = snapshot.seq;
     // Frames are built before `SnapshotBegin` so it can announce the exact
