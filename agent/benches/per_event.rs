@@ -20,6 +20,10 @@ use uplink_agent::inventory::Inventory;
 use uplink_agent::mapping::Locator;
 use uplink_agent::metrics::Metrics;
 use uplink_agent::outbox::{Outbox, SharedOutbox};
+use uplink_agent::routes::{Holding, ReplicaId};
+
+/// The one (unreplicated) hub the outbox sends to.
+const HUB: ReplicaId = ReplicaId(0);
 use uplink_agent::watch::{ObservedNamespace, ObservedObject, WatchEvent, WatchedResource};
 
 /// Objects in the namespace; each round changes every one of them.
@@ -60,6 +64,7 @@ fn round(resource: &Arc<WatchedResource>, ready: u64) -> Vec<WatchEvent> {
 fn per_event(c: &mut Criterion) {
     let metrics = Metrics::new();
     let outbox = SharedOutbox::new(Outbox::new(100_000, metrics.clone()));
+    outbox.lock().hold(HUB, &"hub".into(), &Holding::Everything);
     let health = AgentHealth::new(&[ResourceSpec::deployments()]);
     let mut inventory = Inventory::new(
         outbox.clone(),
@@ -93,8 +98,14 @@ fn per_event(c: &mut Criterion) {
                     inventory.apply(black_box(event));
                 }
                 let mut outbox = outbox.lock();
+                let sent: Vec<u64> = outbox
+                    .unsent(HUB, usize::MAX)
+                    .iter()
+                    .map(|d| d.seq)
+                    .collect();
+                outbox.mark_sent(HUB, sent);
                 let last = outbox.last_seq();
-                outbox.ack(last);
+                outbox.ack(HUB, last);
             },
             BatchSize::SmallInput,
         )

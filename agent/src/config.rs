@@ -21,8 +21,15 @@ pub struct AgentConfig {
     pub cluster: String,
     /// Kubeconfig to read; `None` infers it (in-cluster, then `KUBECONFIG`).
     pub kubeconfig: Option<PathBuf>,
-    /// The hub, as `wss://host:port` (the path defaults to `/v1/tunnel`).
+    /// The hub, as `wss://host:port` (the path defaults to `/v1/tunnel`);
+    /// a replicated hub's replicas as a comma-separated list of such URLs
+    /// (one session each), or, with [`HubDiscovery::Dns`], one URL whose
+    /// host is a headless Service name.
     pub hub_url: String,
+    /// How the hub's replicas are found (`--hub-discovery`).
+    pub hub_discovery: HubDiscovery,
+    /// How often a [`HubDiscovery::Dns`] name is resolved again.
+    pub hub_resolve_interval: Duration,
     /// PEM client certificate chain presented to the hub.
     pub tls_cert: PathBuf,
     /// PEM private key of `tls_cert`.
@@ -76,6 +83,8 @@ impl Default for AgentConfig {
             cluster: String::new(),
             kubeconfig: None,
             hub_url: String::new(),
+            hub_discovery: HubDiscovery::Static,
+            hub_resolve_interval: Duration::from_secs(30),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),
@@ -93,6 +102,36 @@ impl Default for AgentConfig {
             capacity: true,
             events: Some(EventSettings::default()),
             upsync_resources: Vec::new(),
+        }
+    }
+}
+
+/// How the agent finds the hub's replicas (`--hub-discovery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HubDiscovery {
+    /// `--hub-url` lists every replica (one URL for a hub that is not
+    /// replicated).
+    #[default]
+    Static,
+    /// `--hub-url` is one URL whose host is a headless Service name: one
+    /// session per address it resolves to, resolved again every
+    /// `--hub-resolve-interval`.
+    Dns,
+}
+
+/// Why a `--hub-discovery` value is not known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hub discovery {0:?} (expected static or dns)")]
+pub struct HubDiscoveryError(pub String);
+
+impl std::str::FromStr for HubDiscovery {
+    type Err = HubDiscoveryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "static" => Ok(HubDiscovery::Static),
+            "dns" => Ok(HubDiscovery::Dns),
+            other => Err(HubDiscoveryError(other.to_owned())),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! [`ClusterSummary`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use uplink_protocol::{ClusterSummary, WatchHealth};
@@ -16,7 +16,8 @@ use crate::watch::WatchId;
 #[derive(Debug, Clone, Default)]
 pub struct AgentHealth {
     watches: Arc<Mutex<BTreeMap<WatchId, WatchHealth>>>,
-    hub_connected: Arc<AtomicBool>,
+    /// Sessions with hub replicas established now.
+    hub_sessions: Arc<AtomicUsize>,
     /// The capacity collector, once attached: the summary's capacity part.
     capacity: Arc<OnceLock<SharedCollector>>,
 }
@@ -58,12 +59,21 @@ impl AgentHealth {
         update(entry);
     }
 
+    /// A session with a hub replica was established (`true`) or ended.
     pub fn set_hub_connected(&self, connected: bool) {
-        self.hub_connected.store(connected, Ordering::Relaxed);
+        if connected {
+            self.hub_sessions.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Every `false` follows its `true` (one guard per session).
+            let _ = self
+                .hub_sessions
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 
+    /// Whether a session with at least one hub replica is established.
     pub fn hub_connected(&self) -> bool {
-        self.hub_connected.load(Ordering::Relaxed)
+        self.hub_sessions.load(Ordering::Relaxed) > 0
     }
 
     /// The watches that have not completed their initial list yet.

@@ -665,6 +665,9 @@ mod tests {
     use crate::outbox::Outbox;
     use crate::watch::WatchedResource;
 
+    /// The one (unreplicated) hub the fixture's outbox sends to.
+    const HUB: crate::routes::ReplicaId = crate::routes::ReplicaId(0);
+
     struct Fixture {
         inventory: Inventory,
         outbox: SharedOutbox,
@@ -675,6 +678,9 @@ mod tests {
     fn fixture() -> Fixture {
         let metrics = Metrics::new();
         let outbox = SharedOutbox::new(Outbox::new(1000, metrics.clone()));
+        outbox
+            .lock()
+            .hold(HUB, &"hub".into(), &crate::routes::Holding::Everything);
         let health = AgentHealth::new(&[ResourceSpec::deployments()]);
         let inventory = Inventory::new(
             outbox.clone(),
@@ -723,10 +729,8 @@ mod tests {
     impl Fixture {
         fn drain(&self) -> Vec<Delta> {
             let mut outbox = self.outbox.lock();
-            let unsent = outbox.unsent(1000);
-            if let Some(last) = unsent.last() {
-                outbox.mark_sent(last.seq);
-            }
+            let unsent = outbox.unsent(HUB, 1000);
+            outbox.mark_sent(HUB, unsent.iter().map(|d| d.seq));
             unsent
         }
     }

@@ -10,7 +10,10 @@
 //! 4. [`mapping`]: downstream → upstream coordinates (namespace locator);
 //! 5. [`outbox`]: latest state per object, sequence numbers, acks;
 //! 6. [`session`]: one TLS WebSocket connection to the hub, kept up by
-//!    [`reconnect`] (with `uplink_ops::backoff`).
+//!    [`reconnect`] (with `uplink_ops::backoff`); with a replicated hub,
+//!    one per replica ([`replicas`]: `--hub-url` lists them, or a Service
+//!    name resolves to them), each sent the entries of the shards its
+//!    replica holds ([`routes`]).
 //!
 //! One placed object travels down (protocol version 2, `--downward-resources`)
 //! through:
@@ -51,6 +54,8 @@ pub mod mapping;
 pub mod metrics;
 pub mod outbox;
 pub mod reconnect;
+pub mod replicas;
+pub mod routes;
 pub mod session;
 pub mod tls;
 pub mod transform;
@@ -76,6 +81,8 @@ use crate::health::AgentHealth;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, SharedOutbox};
+use crate::replicas::Replicas;
+use crate::routes::{ReplicaId, Routes};
 use crate::session::{HubEndpoint, SessionContext};
 use crate::watch::WatchEvent;
 
@@ -130,6 +137,9 @@ pub struct Agent {
     config: AgentConfig,
     source: EventSource,
     tls: Arc<tls::reload::ClientTls>,
+    /// The hub's replicas (one, when it is not replicated).
+    replicas: Replicas,
+    /// The first of them (the session template's; each session has its own).
     hub: HubEndpoint,
     /// The HTTP listener and its address, unless configured off.
     listener: Option<(TcpListener, SocketAddr)>,
@@ -141,7 +151,7 @@ impl fmt::Debug for Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Agent")
             .field("cluster", &self.config.cluster)
-            .field("hub", &self.hub.url)
+            .field("hub", &self.replicas.describe())
             .field("http_addr", &self.http_addr())
             .finish_non_exhaustive()
     }
@@ -225,7 +235,19 @@ impl Agent {
                 reason: "must be greater than zero".into(),
             });
         }
-        let hub = HubEndpoint::parse(&config.hub_url)?;
+        let replicas = Replicas::parse(
+            &config.hub_url,
+            config.hub_discovery,
+            config.hub_resolve_interval,
+        )?;
+        let hub = match &replicas {
+            Replicas::Static(endpoints) => endpoints.first().cloned(),
+            Replicas::Dns { endpoint, .. } => Some(endpoint.clone()),
+        }
+        .ok_or_else(|| session::HubUrlError {
+            url: config.hub_url.clone(),
+            reason: "names no hub".into(),
+        })?;
         let metrics = Metrics::new();
         let tls = Arc::new(
             tls::reload::ClientTls::load(tls::TlsFiles::new(
@@ -252,6 +274,7 @@ impl Agent {
             config,
             source,
             tls,
+            replicas,
             hub,
             listener,
             metrics,
@@ -282,6 +305,7 @@ impl Agent {
             config,
             source,
             tls,
+            replicas,
             hub,
             listener,
             metrics,
@@ -289,9 +313,13 @@ impl Agent {
         } = self;
         let http_addr = listener.as_ref().map(|(_, addr)| *addr);
         let clock = AgentClock::new(config.clock_offset);
-        let outbox = SharedOutbox::new(Outbox::new(config.outbox_limit, metrics.clone()));
+        let outbox = SharedOutbox::new(Outbox::with_routes(
+            config.outbox_limit,
+            metrics.clone(),
+            Routes::new(&config.cluster),
+        ));
         let session_id = uuid::Uuid::new_v4().to_string();
-        tracing::info!(cluster = %config.cluster, hub = %hub.url, http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
+        tracing::info!(cluster = %config.cluster, hub = %replicas.describe(), http_addr = ?http_addr, %session_id, resources = ?config.resources.iter().map(ToString::to_string).collect::<Vec<_>>(), "agent starting");
         // The downward lane needs a cluster to write to.
         let downward = match &source {
             EventSource::Kube(client, _) if !config.downward_resources.is_empty() => {
@@ -392,7 +420,9 @@ impl Agent {
         let ctx = SessionContext {
             cluster: config.cluster.clone(),
             session_id,
+            replica_name: hub.url.to_string().into(),
             hub,
+            replica: ReplicaId(0),
             tls,
             heartbeat_interval: config.heartbeat_interval,
             outbox,
@@ -407,6 +437,7 @@ impl Agent {
         };
         let mut session = tokio::spawn(connect_when_synced(
             ctx,
+            replicas,
             config.reconnect,
             synced,
             session_stop.clone(),
@@ -487,7 +518,7 @@ fn queue_stream(
     })
 }
 
-/// Keeps the hub session up, but connects only once the inventory is synced
+/// Keeps a session with every hub replica up, but connects only once the inventory is synced
 /// (every watch completed its initial list, see [`Inventory::synced`]): the
 /// first thing a hub may ask for is a snapshot, and a snapshot of a partly
 /// listed cluster would make the hub drop every object not listed yet, clear
@@ -496,6 +527,7 @@ fn queue_stream(
 /// lists.
 async fn connect_when_synced(
     ctx: SessionContext,
+    replicas: Replicas,
     settings: ReconnectSettings,
     mut synced: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
@@ -513,7 +545,7 @@ async fn connect_when_synced(
         stop.cancelled().await;
         return;
     }
-    reconnect::run(ctx, settings, stop).await;
+    replicas::run(ctx, replicas, settings, stop).await;
 }
 
 /// Binds and runs an agent until `shutdown` is cancelled.

@@ -10,7 +10,8 @@ use clap::{Parser, ValueEnum};
 use jiff::SignedDuration;
 use tokio_util::sync::CancellationToken;
 use uplink_agent::config::{
-    EventSettings, ResourceSpecError, parse_duration, parse_resource_list, parse_signed_duration,
+    EventSettings, HubDiscovery, ResourceSpecError, parse_duration, parse_resource_list,
+    parse_signed_duration,
 };
 use uplink_agent::{AgentConfig, ReconnectSettings, ResourceSpec};
 
@@ -35,9 +36,22 @@ struct Args {
     #[arg(long, env = "UPLINK_AGENT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
 
-    /// The hub's tunnel endpoint, wss://HOST:PORT (path defaults to /v1/tunnel).
+    /// The hub's tunnel endpoint, wss://HOST:PORT (path defaults to
+    /// /v1/tunnel). A replicated hub: every replica's, comma-separated (one
+    /// session each); or, with --hub-discovery=dns, one URL whose host is a
+    /// headless Service name.
     #[arg(long, env = "UPLINK_AGENT_HUB_URL")]
     hub_url: String,
+
+    /// How the hub's replicas are found: `static` (--hub-url lists them) or
+    /// `dns` (--hub-url's host is resolved, one session per address, again
+    /// every --hub-resolve-interval; the TLS server name stays the host).
+    #[arg(long, env = "UPLINK_AGENT_HUB_DISCOVERY", default_value = "static")]
+    hub_discovery: HubDiscovery,
+
+    /// How often --hub-discovery=dns resolves the hub's name again.
+    #[arg(long, env = "UPLINK_AGENT_HUB_RESOLVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    hub_resolve_interval: Duration,
 
     /// PEM client certificate (chain) presented to the hub.
     #[arg(long, env = "UPLINK_AGENT_TLS_CERT")]
@@ -173,6 +187,8 @@ impl Args {
             cluster: self.cluster,
             kubeconfig: self.kubeconfig,
             hub_url: self.hub_url,
+            hub_discovery: self.hub_discovery,
+            hub_resolve_interval: self.hub_resolve_interval,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             hub_ca: self.hub_ca,

@@ -11,8 +11,16 @@ pub struct Metrics {
     registry: Registry,
     /// Connection attempts after the first one.
     pub reconnects: IntCounter,
-    /// 1 while a session is established (after `Welcome`), else 0.
+    /// Sessions established (after `Welcome`) now, over every hub replica:
+    /// 1 while the one hub's session is up when it is not replicated.
     pub connected: IntGauge,
+    /// 1 while the session with a hub replica (its URL, or its address
+    /// when resolved from a Service name) is established, by replica.
+    pub hub_sessions: IntGaugeVec,
+    /// Shards routed to each replica's session (see [`crate::routes`]).
+    pub routed_shards: IntGaugeVec,
+    /// Outbox entries waiting because no replica holds their shard.
+    pub outbox_unrouted: IntGauge,
     /// Sessions established, by mode (`resume` / `snapshot`).
     pub sessions: IntCounterVec,
     /// Outbox entries waiting for the hub's acknowledgement.
@@ -95,7 +103,21 @@ impl Metrics {
             ),
             connected: gauge(
                 "uplink_agent_connected",
-                "1 while a session with the hub is established.",
+                "Sessions with hub replicas established now (1 with a single hub).",
+            ),
+            hub_sessions: gauge_vec(
+                "uplink_agent_hub_session_connected",
+                "1 while the session with this hub replica is established.",
+                &["replica"],
+            ),
+            routed_shards: gauge_vec(
+                "uplink_agent_routed_shards",
+                "Shards whose changes go to this hub replica's session.",
+                &["replica"],
+            ),
+            outbox_unrouted: gauge(
+                "uplink_agent_outbox_unrouted_entries",
+                "Outbox entries waiting because no hub replica holds their shard.",
             ),
             sessions: counter_vec(
                 "uplink_agent_sessions_total",
@@ -233,9 +255,12 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 33] = [
             Box::new(self.reconnects.clone()),
             Box::new(self.connected.clone()),
+            Box::new(self.hub_sessions.clone()),
+            Box::new(self.routed_shards.clone()),
+            Box::new(self.outbox_unrouted.clone()),
             Box::new(self.sessions.clone()),
             Box::new(self.outbox_entries.clone()),
             Box::new(self.outbox_objects.clone()),

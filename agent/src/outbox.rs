@@ -17,14 +17,15 @@
 //! needs, and dropping it would lose a status change), which keeps memory
 //! bounded anyway: there is at most one entry per watched object.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use uplink_protocol::{Change, Delta, ObjectRef};
 
 use crate::extract::ExtractedStatus;
 use crate::metrics::Metrics;
+use crate::routes::{Holding, ReplicaId, Routes, ShardSet};
 
 /// Identifies an upstream object across its downstream incarnations (the uid
 /// is not part of it: a recreated object replaces the old one's entry).
@@ -140,18 +141,42 @@ impl IntoSharedRef for &ObjectRef {
 /// forgotten first).
 const RECENT_DELETIONS: usize = 10_000;
 
-/// The latest known state of objects, with unacknowledged entries numbered.
+/// Where an unacknowledged entry is on its way to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Its shard has no route: it waits (`uplink_agent_outbox_unrouted`).
+    Unrouted,
+    /// To be sent to the replica holding its shard.
+    Ready(ReplicaId),
+    /// Sent to this replica, not acknowledged by it yet; only its ack
+    /// removes the entry.
+    InFlight(ReplicaId),
+}
+
+#[derive(Debug)]
+struct Pending {
+    key: ObjectKey,
+    place: Place,
+}
+
+/// The latest known state of objects, with unacknowledged entries numbered
+/// and placed: waiting for a route, ready for a replica, or sent to one.
 #[derive(Debug)]
 pub struct Outbox {
     /// Last recorded state per object (acked or not). Deleted objects leave
     /// once their deletion is acknowledged.
     objects: HashMap<ObjectKey, Entry>,
     /// Unacknowledged entries by sequence number; at most one per object.
-    pending: BTreeMap<u64, ObjectKey>,
+    pending: BTreeMap<u64, Pending>,
+    /// `pending`, indexed by place.
+    unrouted: BTreeSet<u64>,
+    ready: HashMap<ReplicaId, BTreeSet<u64>>,
+    in_flight: HashMap<ReplicaId, BTreeSet<u64>>,
+    /// The highest sequence number each replica acknowledged.
+    acked: HashMap<ReplicaId, u64>,
+    /// Which replica each shard goes to.
+    routes: Routes,
     last_seq: u64,
-    acked: u64,
-    /// Highest sequence handed to the current connection.
-    sent: u64,
     limit: usize,
     overflowing: bool,
     metrics: Metrics,
@@ -191,12 +216,20 @@ impl SnapshotEntries {
 
 impl Outbox {
     pub fn new(limit: usize, metrics: Metrics) -> Self {
+        Self::with_routes(limit, metrics, Routes::new(""))
+    }
+
+    /// An outbox routing by `routes` (which names the cluster in its logs).
+    pub fn with_routes(limit: usize, metrics: Metrics, routes: Routes) -> Self {
         Self {
             objects: HashMap::new(),
             pending: BTreeMap::new(),
+            unrouted: BTreeSet::new(),
+            ready: HashMap::new(),
+            in_flight: HashMap::new(),
+            acked: HashMap::new(),
+            routes,
             last_seq: 0,
-            acked: 0,
-            sent: 0,
             limit,
             overflowing: false,
             metrics,
@@ -285,7 +318,7 @@ impl Outbox {
         entry.seq = self.last_seq;
         if let Some(previous) = self.objects.insert(key.clone(), entry) {
             // Coalesce: the object's older unacknowledged entry is superseded.
-            self.pending.remove(&previous.seq);
+            self.unplace(previous.seq);
         }
         if self.pending.len() >= self.limit {
             self.metrics.outbox_overflow.inc();
@@ -298,21 +331,161 @@ impl Outbox {
                 );
             }
         }
-        self.pending.insert(self.last_seq, key);
+        let place = match self.routes.route(&key.0.workspace) {
+            Some(replica) => Place::Ready(replica),
+            None => Place::Unrouted,
+        };
+        self.place(self.last_seq, Pending { key, place });
         self.update_gauges();
         self.last_seq
     }
 
-    /// The hub stored everything up to and including `seq`.
-    pub fn ack(&mut self, seq: u64) {
+    /// Puts a pending entry at `pending.place` (in `pending` and its index).
+    fn place(&mut self, seq: u64, pending: Pending) {
+        match pending.place {
+            Place::Unrouted => {
+                self.unrouted.insert(seq);
+            }
+            Place::Ready(replica) => {
+                self.ready.entry(replica).or_default().insert(seq);
+            }
+            Place::InFlight(replica) => {
+                self.in_flight.entry(replica).or_default().insert(seq);
+            }
+        }
+        self.pending.insert(seq, pending);
+    }
+
+    /// Takes a pending entry out of `pending` and its index.
+    fn unplace(&mut self, seq: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&seq)?;
+        let index = match pending.place {
+            Place::Unrouted => Some(&mut self.unrouted),
+            Place::Ready(replica) => self.ready.get_mut(&replica),
+            Place::InFlight(replica) => self.in_flight.get_mut(&replica),
+        };
+        if let Some(index) = index {
+            index.remove(&seq);
+        }
+        Some(pending)
+    }
+
+    /// Moves a pending entry to `place`.
+    fn move_to(&mut self, seq: u64, place: Place) {
+        if let Some(mut pending) = self.unplace(seq) {
+            pending.place = place;
+            self.place(seq, pending);
+        }
+    }
+
+    /// Where a pending entry at `place` of an object of `workspace` goes
+    /// under the current routes: sent entries stay with their replica while
+    /// it still holds the shard, or while nobody does (its ack may still
+    /// come); anything else goes to the shard's holder, or waits.
+    fn placed(&self, place: Place, workspace: &str) -> Place {
+        let route = self.routes.route(workspace);
+        match (place, route) {
+            (Place::InFlight(sent_to), Some(holder)) if sent_to == holder => place,
+            (Place::InFlight(_), None) => place,
+            (_, Some(holder)) => Place::Ready(holder),
+            (_, None) => Place::Unrouted,
+        }
+    }
+
+    /// Places every pending entry again after the routes changed.
+    fn reroute(&mut self) {
+        let moves: Vec<(u64, Place)> = self
+            .pending
+            .iter()
+            .filter_map(|(seq, p)| {
+                let place = self.placed(p.place, &p.key.0.workspace);
+                (place != p.place).then_some((*seq, place))
+            })
+            .collect();
+        for (seq, place) in moves {
+            self.move_to(seq, place);
+        }
+        self.update_gauges();
+    }
+
+    /// `replica` (named `name` in logs and metrics) holds `holding` now
+    /// (its `Welcome` or a `Shards` frame): entries move to their shard's
+    /// new holder. Whether any route changed.
+    pub fn hold(&mut self, replica: ReplicaId, name: &Arc<str>, holding: &Holding) -> bool {
+        let changed = self.routes.hold(replica, name, holding);
+        if changed {
+            self.reroute();
+        }
+        self.update_route_gauges(replica, name);
+        changed
+    }
+
+    /// `replica`'s session ended: it routes nothing. What it was sent stays
+    /// in flight to it until another replica takes the shard (or it comes
+    /// back and resumes).
+    pub fn release(&mut self, replica: ReplicaId) -> bool {
+        let name = self.routes.name(replica);
+        let changed = self.routes.release(replica);
+        if changed {
+            self.reroute();
+        }
+        if let Some(name) = name {
+            self.update_route_gauges(replica, &name);
+        }
+        changed
+    }
+
+    /// `replica` is gone for good (its address vanished): it routes
+    /// nothing and what was in flight to it goes elsewhere.
+    pub fn forget(&mut self, replica: ReplicaId) {
+        self.release(replica);
+        self.acked.remove(&replica);
+        let sent: Vec<u64> = self
+            .in_flight
+            .remove(&replica)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        for seq in sent {
+            if let Some(p) = self.pending.get(&seq) {
+                let place = match self.routes.route(&p.key.0.workspace) {
+                    Some(holder) => Place::Ready(holder),
+                    None => Place::Unrouted,
+                };
+                // Not in the removed index any more: placed afresh.
+                if let Some(mut pending) = self.pending.remove(&seq) {
+                    pending.place = place;
+                    self.place(seq, pending);
+                }
+            }
+        }
+        self.ready.remove(&replica);
+        self.update_gauges();
+    }
+
+    /// The routes entries follow.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// `replica` stored everything it was sent up to and including `seq`.
+    pub fn ack(&mut self, replica: ReplicaId, seq: u64) {
         let seq = seq.min(self.last_seq);
-        if seq <= self.acked {
+        let acked = self.acked.entry(replica).or_default();
+        if seq <= *acked {
             return;
         }
-        self.acked = seq;
-        let rest = self.pending.split_off(&(seq + 1));
-        let done = std::mem::replace(&mut self.pending, rest);
-        for (entry_seq, key) in done {
+        *acked = seq;
+        let done: Vec<u64> = match self.in_flight.get_mut(&replica) {
+            Some(sent) => {
+                let rest = sent.split_off(&(seq + 1));
+                std::mem::replace(sent, rest).into_iter().collect()
+            }
+            None => Vec::new(),
+        };
+        for entry_seq in done {
+            let Some(Pending { key, .. }) = self.pending.remove(&entry_seq) else {
+                continue;
+            };
             if let Some(d) = self.objects.get(&key)
                 && d.seq == entry_seq
                 && d.is_deleted()
@@ -331,68 +504,117 @@ impl Outbox {
         self.update_gauges();
     }
 
-    /// A new connection resumes after `acked`: everything after it is sent
-    /// again.
-    pub fn resume(&mut self, acked: u64) {
-        self.ack(acked);
-        self.sent = self.acked;
+    /// A new connection to `replica` resumes after `acked`: what it was
+    /// sent after that goes again.
+    pub fn resume(&mut self, replica: ReplicaId, acked: u64) {
+        self.ack(replica, acked);
+        self.restart(replica);
     }
 
-    /// Takes a snapshot of every existing object and every unacknowledged
-    /// deletion (a deleted object stays in `objects` only until its deletion
-    /// is acknowledged); everything queued so far counts as sent (the
-    /// snapshot carries it).
-    pub fn snapshot(&mut self) -> Snapshot {
-        let entries = self.snapshot_entries();
-        Snapshot {
-            seq: entries.seq,
-            deltas: entries.into_deltas().collect(),
+    /// A new connection to `replica` starts with a snapshot: what was in
+    /// flight on the old one is acknowledged by nothing this one says, so
+    /// it goes to its shard's holder again (this replica's snapshot covers
+    /// the shards it holds).
+    pub fn restart(&mut self, replica: ReplicaId) {
+        let sent: Vec<u64> = self
+            .in_flight
+            .get(&replica)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for seq in sent {
+            self.move_to(seq, Place::Ready(replica));
         }
+        self.reroute();
     }
 
-    /// [`Self::snapshot`], its deltas built one at a time as they are read
-    /// (the entries share their object and status with the outbox).
-    pub fn snapshot_entries(&mut self) -> SnapshotEntries {
-        let mut entries: Vec<Entry> = self.objects.values().cloned().collect();
+    /// Takes a snapshot for `replica` of every existing object of `shards`
+    /// and every unacknowledged deletion of them (a deleted object stays in
+    /// `objects` only until its deletion is acknowledged); every entry of
+    /// those shards routed to `replica` (or to nobody) counts as sent to it
+    /// (the snapshot carries it).
+    pub fn snapshot_entries(&mut self, replica: ReplicaId, shards: &ShardSet) -> SnapshotEntries {
+        let mut entries: Vec<Entry> = self
+            .objects
+            .values()
+            .filter(|e| shards.contains(&e.object.workspace))
+            .cloned()
+            .collect();
         // Recent acknowledged deletions too, unless the object is back.
         entries.extend(
             self.recent_deletions
                 .iter()
+                .filter(|d| shards.contains(&d.object.workspace))
                 .filter(|d| !self.objects.contains_key(&ObjectKey(Arc::clone(&d.object))))
                 .cloned(),
         );
         entries.sort_by_key(|d| d.seq);
-        self.sent = self.last_seq;
+        let covered: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| shards.contains(&p.key.0.workspace))
+            .filter(|(_, p)| {
+                self.routes
+                    .route(&p.key.0.workspace)
+                    .is_none_or(|holder| holder == replica)
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in covered {
+            self.move_to(seq, Place::InFlight(replica));
+        }
+        self.update_gauges();
         SnapshotEntries {
             entries,
             seq: self.last_seq,
         }
     }
 
-    /// Up to `max` entries not yet sent on this connection, oldest first.
-    pub fn unsent(&self, max: usize) -> Vec<Delta> {
-        self.pending
-            .range(self.sent + 1..)
+    /// [`Self::snapshot_entries`] of everything, built at once.
+    pub fn snapshot(&mut self, replica: ReplicaId) -> Snapshot {
+        let entries = self.snapshot_entries(replica, &ShardSet::Everything);
+        Snapshot {
+            seq: entries.seq,
+            deltas: entries.into_deltas().collect(),
+        }
+    }
+
+    /// Up to `max` entries ready for `replica`, oldest first.
+    pub fn unsent(&self, replica: ReplicaId, max: usize) -> Vec<Delta> {
+        let Some(ready) = self.ready.get(&replica) else {
+            return Vec::new();
+        };
+        ready
+            .iter()
             .take(max)
-            .filter_map(|(_, key)| self.objects.get(key).map(Entry::to_delta))
+            .filter_map(|seq| self.pending.get(seq))
+            .filter_map(|p| self.objects.get(&p.key).map(Entry::to_delta))
             .collect()
     }
 
-    /// Whether any entry waits to be sent on this connection.
-    pub fn has_unsent(&self) -> bool {
-        self.pending.range(self.sent + 1..).next().is_some()
+    /// Whether any entry is ready for `replica`.
+    pub fn has_unsent(&self, replica: ReplicaId) -> bool {
+        self.ready.get(&replica).is_some_and(|set| !set.is_empty())
     }
 
-    /// Entries up to `seq` were handed to the connection.
-    pub fn mark_sent(&mut self, seq: u64) {
-        self.sent = self.sent.max(seq);
+    /// The entries `seqs` were handed to `replica`'s connection (those still
+    /// ready for it: one superseded or moved meanwhile is not).
+    pub fn mark_sent(&mut self, replica: ReplicaId, seqs: impl IntoIterator<Item = u64>) {
+        for seq in seqs {
+            if self
+                .pending
+                .get(&seq)
+                .is_some_and(|p| p.place == Place::Ready(replica))
+            {
+                self.move_to(seq, Place::InFlight(replica));
+            }
+        }
     }
 
     /// Forgets the unacknowledged entry `seq` without sending it (the hub
     /// would refuse it). A deleted object is forgotten; an existing one keeps
     /// its state as the baseline, so only its next change is tried again.
     pub fn discard(&mut self, seq: u64) {
-        if let Some(key) = self.pending.remove(&seq)
+        if let Some(Pending { key, .. }) = self.unplace(seq)
             && self.objects.get(&key).is_some_and(Entry::is_deleted)
         {
             self.objects.remove(&key);
@@ -405,6 +627,11 @@ impl Outbox {
         self.pending.len()
     }
 
+    /// Unacknowledged entries whose shard has no route.
+    pub fn unrouted_len(&self) -> usize {
+        self.unrouted.len()
+    }
+
     /// Objects the outbox remembers.
     pub fn objects_len(&self) -> usize {
         self.objects.len()
@@ -415,9 +642,9 @@ impl Outbox {
         self.last_seq
     }
 
-    /// The highest sequence number the hub acknowledged.
-    pub fn acked(&self) -> u64 {
-        self.acked
+    /// The highest sequence number `replica` acknowledged.
+    pub fn acked(&self, replica: ReplicaId) -> u64 {
+        self.acked.get(&replica).copied().unwrap_or_default()
     }
 
     fn update_gauges(&self) {
@@ -427,6 +654,17 @@ impl Outbox {
         self.metrics
             .outbox_objects
             .set(gauge_value(self.objects.len()));
+        self.metrics
+            .outbox_unrouted
+            .set(gauge_value(self.unrouted.len()));
+    }
+
+    fn update_route_gauges(&self, replica: ReplicaId, name: &str) {
+        let shards = self.routes.routed_shards(replica).len();
+        self.metrics
+            .routed_shards
+            .with_label_values(&[name])
+            .set(gauge_value(shards));
     }
 }
 
@@ -434,19 +672,35 @@ fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The outbox shared by the pipeline (which fills it) and the session (which
-/// drains it), with a wake-up for the session when entries arrive.
+/// The outbox shared by the pipeline (which fills it) and the sessions
+/// (which drain it), with a wake-up for every session when entries arrive
+/// or routes change.
 #[derive(Debug, Clone)]
 pub struct SharedOutbox {
     inner: Arc<Mutex<Outbox>>,
-    changed: Arc<Notify>,
+    changed: Arc<watch::Sender<()>>,
+}
+
+/// One session's view of [`SharedOutbox`]'s wake-ups.
+#[derive(Debug)]
+pub struct OutboxChanges(watch::Receiver<()>);
+
+impl OutboxChanges {
+    /// Resolves after the next [`SharedOutbox::notify`] (or at once if one
+    /// happened since the last call).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The outbox is gone: nothing will change again.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl SharedOutbox {
     pub fn new(outbox: Outbox) -> Self {
         Self {
             inner: Arc::new(Mutex::new(outbox)),
-            changed: Arc::new(Notify::new()),
+            changed: Arc::new(watch::Sender::new(())),
         }
     }
 
@@ -459,15 +713,14 @@ impl SharedOutbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Wakes the session: entries were queued.
+    /// Wakes every session: entries were queued, or routes changed.
     pub fn notify(&self) {
-        self.changed.notify_one();
+        self.changed.send_replace(());
     }
 
-    /// Resolves after the next [`Self::notify`] (or at once if one happened
-    /// since the last call).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// The wake-ups, for one session.
+    pub fn subscribe(&self) -> OutboxChanges {
+        OutboxChanges(self.changed.subscribe())
     }
 }
 
@@ -497,12 +750,27 @@ mod tests {
         }
     }
 
+    const H: ReplicaId = ReplicaId(0);
+
     fn outbox(limit: usize) -> Outbox {
-        Outbox::new(limit, Metrics::new())
+        let mut o = Outbox::new(limit, Metrics::new());
+        o.hold(H, &"hub".into(), &Holding::Everything);
+        o
+    }
+
+    /// Hands every ready entry to `replica`'s connection.
+    fn send_all(o: &mut Outbox, replica: ReplicaId) -> Vec<u64> {
+        let seqs: Vec<u64> = o
+            .unsent(replica, usize::MAX)
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        o.mark_sent(replica, seqs.clone());
+        seqs
     }
 
     fn unsent_seqs(o: &Outbox) -> Vec<(u64, String)> {
-        o.unsent(100)
+        o.unsent(H, 100)
             .into_iter()
             .map(|d| (d.seq, d.object.name))
             .collect()
@@ -515,7 +783,7 @@ mod tests {
         assert_eq!(o.upsert(object("b"), status(r#"{"r":1}"#, 1), 0), Some(2));
         assert_eq!(o.upsert(object("a"), status(r#"{"r":2}"#, 2), 0), Some(3));
         assert_eq!(o.pending_len(), 2);
-        let unsent = o.unsent(10);
+        let unsent = o.unsent(H, 10);
         assert_eq!(unsent.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(
             unsent[1].change,
@@ -530,7 +798,8 @@ mod tests {
         let mut o = outbox(10);
         o.upsert(object("a"), status(r#"{"r":1}"#, 1), 0);
         assert_eq!(o.upsert(object("a"), status(r#"{"r":1}"#, 1), 99), None);
-        o.ack(1);
+        send_all(&mut o, H);
+        o.ack(H, 1);
         assert_eq!(o.pending_len(), 0);
         assert_eq!(o.upsert(object("a"), status(r#"{"r":1}"#, 1), 100), None);
         // A new generation with the same status text is a change.
@@ -547,14 +816,15 @@ mod tests {
         for name in ["a", "b", "c"] {
             o.upsert(object(name), status("{}", 1), 0);
         }
-        o.ack(2);
+        send_all(&mut o, H);
+        o.ack(H, 2);
         assert_eq!(o.pending_len(), 1);
-        assert_eq!(o.acked(), 2);
+        assert_eq!(o.acked(H), 2);
         // Stale and duplicate acks change nothing; acks beyond last_seq are capped.
-        o.ack(1);
-        assert_eq!(o.acked(), 2);
-        o.ack(1000);
-        assert_eq!((o.acked(), o.pending_len()), (3, 0));
+        o.ack(H, 1);
+        assert_eq!(o.acked(H), 2);
+        o.ack(H, 1000);
+        assert_eq!((o.acked(H), o.pending_len()), (3, 0));
         assert_eq!(o.objects_len(), 3);
     }
 
@@ -565,14 +835,14 @@ mod tests {
             o.upsert(object(name), status("{}", 1), 0);
         }
         assert_eq!(unsent_seqs(&o).len(), 3);
-        o.mark_sent(3);
-        assert!(!o.has_unsent());
-        o.ack(1);
+        send_all(&mut o, H);
+        assert!(!o.has_unsent(H));
+        o.ack(H, 1);
         // Connection lost; the hub says it holds up to 1.
-        o.resume(1);
+        o.resume(H, 1);
         assert_eq!(unsent_seqs(&o), [(2, "b".into()), (3, "c".into())]);
         // A hub that holds less than we know was acked cannot undo the ack.
-        o.resume(0);
+        o.resume(H, 0);
         assert_eq!(unsent_seqs(&o), [(2, "b".into()), (3, "c".into())]);
     }
 
@@ -581,14 +851,15 @@ mod tests {
         let mut o = outbox(10);
         o.upsert(object("a"), status(r#"{"r":1}"#, 1), 0);
         assert_eq!(o.delete(&object("a"), 5), Some(2));
-        let unsent = o.unsent(10);
+        let unsent = o.unsent(H, 10);
         assert_eq!(unsent.len(), 1);
         assert_eq!(unsent[0].change, Change::Deleted);
         assert_eq!(unsent[0].observed_at_ms, 5);
         // Deleting again, or deleting an unknown object, queues nothing.
         assert_eq!(o.delete(&object("a"), 6), None);
         assert_eq!(o.delete(&object("never-seen"), 6), None);
-        o.ack(2);
+        send_all(&mut o, H);
+        o.ack(H, 2);
         assert_eq!((o.pending_len(), o.objects_len()), (0, 0));
     }
 
@@ -598,7 +869,7 @@ mod tests {
         o.upsert(object("a"), status("{}", 1), 0);
         o.upsert(object("b"), status("{}", 1), 0);
         o.delete(&object("a"), 0);
-        let snap = o.snapshot();
+        let snap = o.snapshot(H);
         assert_eq!(snap.seq, 3);
         assert_eq!(
             snap.deltas
@@ -608,12 +879,12 @@ mod tests {
             [("b", false), ("a", true)],
             "existing objects, then the unacknowledged deletion"
         );
-        assert!(!o.has_unsent());
+        assert!(!o.has_unsent(H));
         // Changes after the snapshot are sent as deltas.
         o.upsert(object("c"), status("{}", 1), 0);
         assert_eq!(unsent_seqs(&o), [(4, "c".into())]);
         // The ack of the snapshot's seq settles the deletion.
-        o.ack(3);
+        o.ack(H, 3);
         assert_eq!(o.objects_len(), 2);
         // The next snapshot still names the acknowledged deletion (for a hub
         // that restarted before writing it), unless the object came back.
@@ -624,12 +895,12 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            names(o.snapshot()),
+            names(o.snapshot(H)),
             [("b".into(), false), ("a".into(), true), ("c".into(), false)]
         );
         o.upsert(object("a"), status("{}", 2), 0);
         assert_eq!(
-            names(o.snapshot()),
+            names(o.snapshot(H)),
             [
                 ("b".into(), false),
                 ("c".into(), false),
@@ -642,6 +913,7 @@ mod tests {
     fn over_the_limit_entries_are_admitted_and_counted() {
         let metrics = Metrics::new();
         let mut o = Outbox::new(2, metrics.clone());
+        o.hold(H, &"hub".into(), &Holding::Everything);
         for name in ["a", "b", "c", "d"] {
             o.upsert(object(name), status("{}", 1), 0);
         }
@@ -651,7 +923,8 @@ mod tests {
         // Coalescing an already queued object is still bounded by objects.
         o.upsert(object("a"), status("{\"x\":1}", 1), 0);
         assert_eq!(o.pending_len(), 4);
-        o.ack(5);
+        send_all(&mut o, H);
+        o.ack(H, 5);
         assert_eq!(metrics.outbox_entries.get(), 0);
     }
 
@@ -663,5 +936,110 @@ mod tests {
         assert_eq!(o.pending_len(), 0);
         // The state stays as the baseline.
         assert_eq!(o.upsert(object("a"), status("{}", 1), 0), None);
+    }
+
+    fn object_in(workspace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            workspace: workspace.into(),
+            ..object(name)
+        }
+    }
+
+    fn shards(count: u16, claims: &[(u16, u64)]) -> Holding {
+        Holding::Shards(uplink_protocol::ShardsHeld {
+            count,
+            held: claims
+                .iter()
+                .map(|(shard, term)| uplink_protocol::ShardClaim {
+                    shard: uplink_protocol::ShardId(*shard),
+                    term: *term,
+                })
+                .collect(),
+            snapshot: Vec::new(),
+        })
+    }
+
+    /// A workspace of `shard` among 2.
+    fn workspace_in(shard: u16) -> String {
+        (0..)
+            .map(|i| format!("root:ws-{i}"))
+            .find(|ws| uplink_protocol::shard_of(ws, 2).0 == shard)
+            .unwrap()
+    }
+
+    #[test]
+    fn acks_remove_only_what_was_sent_to_the_replica_that_acks() {
+        const A: ReplicaId = ReplicaId(1);
+        const B: ReplicaId = ReplicaId(2);
+        let metrics = Metrics::new();
+        let mut o = Outbox::new(10, metrics.clone());
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1)]));
+        o.upsert(object_in(&workspace_in(0), "zero"), status("{}", 1), 0);
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        assert_eq!(send_all(&mut o, A), [1]);
+        assert_eq!(o.unrouted_len(), 1);
+        assert_eq!(metrics.outbox_unrouted.get(), 1);
+        o.hold(B, &"b".into(), &shards(2, &[(1, 1)]));
+        assert_eq!(o.unrouted_len(), 0);
+        assert_eq!(send_all(&mut o, B), [2]);
+        // A's ack past B's entry removes only A's.
+        o.ack(A, 2);
+        assert_eq!(o.pending_len(), 1);
+        o.ack(B, 2);
+        assert_eq!(o.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_moved_shard_sends_what_the_old_holder_did_not_acknowledge() {
+        const A: ReplicaId = ReplicaId(1);
+        const B: ReplicaId = ReplicaId(2);
+        let mut o = Outbox::new(10, Metrics::new());
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1), (1, 1)]));
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        assert_eq!(send_all(&mut o, A), [1]);
+        // A's session ends: the entry stays in flight to A (its ack may
+        // still come on resume) while nobody holds the shard...
+        o.release(A);
+        assert!(!o.has_unsent(A) && !o.has_unsent(B));
+        // ...and goes to B once B holds it.
+        o.hold(B, &"b".into(), &shards(2, &[(1, 2)]));
+        assert_eq!(send_all(&mut o, B), [1]);
+        o.ack(A, 1);
+        assert_eq!(o.pending_len(), 1, "A's ack is not B's");
+        // A snapshot for B of shard 1 covers a newer entry.
+        o.upsert(
+            object_in(&workspace_in(1), "one"),
+            status("{\"x\":1}", 1),
+            0,
+        );
+        let snap = o.snapshot_entries(
+            B,
+            &ShardSet::Shards {
+                count: 2,
+                shards: [1].into(),
+            },
+        );
+        assert_eq!(snap.seq, 2);
+        assert!(!o.has_unsent(B));
+        o.ack(B, 2);
+        assert_eq!(o.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_of_some_shards_holds_only_their_objects() {
+        let mut o = outbox(10);
+        o.upsert(object_in(&workspace_in(0), "zero"), status("{}", 1), 0);
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        let snap = o.snapshot_entries(
+            H,
+            &ShardSet::Shards {
+                count: 2,
+                shards: [1].into(),
+            },
+        );
+        let names: Vec<String> = snap.into_deltas().map(|d| d.object.name).collect();
+        assert_eq!(names, ["one"]);
+        // The other shard's entry is still to be sent.
+        assert_eq!(unsent_seqs(&o), [(1, "zero".into())]);
     }
 }

@@ -1,4 +1,4 @@
-//! Keeps a session with the hub for as long as the agent runs: connect, and
+//! Keeps a session with the hub (one replica of it) for as long as the agent runs: connect, and
 //! when the connection ends, wait (exponential backoff, full jitter, capped)
 //! and connect again. A connection that stayed established for
 //! `reset_after` resets the backoff, so a long-lived link that drops
@@ -43,7 +43,7 @@ pub async fn run(ctx: SessionContext, settings: ReconnectSettings, stop: Cancell
                     ctx.metrics.reconnects.inc();
                 }
                 first_attempt = false;
-                tracing::info!(hub = %ctx.hub.url, attempt, "connecting to the hub");
+                tracing::info!(replica = %ctx.replica_name, attempt, "connecting to the hub");
                 let report = session::run(&ctx, &mut resumption, &stop).await;
                 let healthy = report
                     .established_for
@@ -55,14 +55,14 @@ pub async fn run(ctx: SessionContext, settings: ReconnectSettings, stop: Cancell
                 match report.outcome {
                     Ok(SessionEnd::Shutdown) => State::Stopped,
                     Ok(SessionEnd::HubBye(reason)) => {
-                        tracing::info!(%reason, "hub said goodbye");
+                        tracing::info!(replica = %ctx.replica_name, %reason, "hub said goodbye");
                         State::Backoff {
                             delay: backoff.next_delay(),
                             attempt,
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, established_for = ?report.established_for, "session with the hub ended");
+                        tracing::warn!(replica = %ctx.replica_name, error = %e, established_for = ?report.established_for, "session with the hub ended");
                         State::Backoff {
                             delay: backoff.next_delay(),
                             attempt,
@@ -78,7 +78,7 @@ pub async fn run(ctx: SessionContext, settings: ReconnectSettings, stop: Cancell
                 }
             }
             State::Stopped => {
-                tracing::info!("session loop stopped");
+                tracing::info!(replica = %ctx.replica_name, "session loop stopped");
                 return;
             }
         };

@@ -21,8 +21,8 @@ use uplink_agent::mapping::{Locator, NAMESPACE_LOCATOR, NamespaceLocator, SyncTa
 use uplink_agent::{Agent, AgentConfig, ResourceSpec};
 use uplink_protocol::{
     Ack, AgentFrame, ApplyFailure, Change, Delta, DownwardAck, DownwardBatch, DownwardChange,
-    DownwardDelta, HubFrame, Limits, ObjectRef, SessionMode, SnapshotBegin, SnapshotEnd,
-    SyncTargetLocator, Welcome,
+    DownwardDelta, HubFrame, Limits, ObjectRef, SessionMode, ShardClaim, ShardId, ShardsHeld,
+    SnapshotBegin, SnapshotEnd, SyncTargetLocator, Welcome, shard_of,
 };
 
 use support::{Cluster, DEADLINE, FakeHub, HubConn, Pki, cluster, pki, poll_until};
@@ -92,7 +92,7 @@ async fn welcome(hub: &mut FakeHub) -> HubConn {
     let AgentFrame::Hello(hello) = conn.recv().await else {
         panic!("expected Hello")
     };
-    assert_eq!(hello.protocol_versions, [1, 2, 3]);
+    assert_eq!(hello.protocol_versions, [1, 2, 3, 4]);
     assert_eq!(
         hello.downward_resources,
         ["deployments.v1.apps", "configmaps.v1"]
@@ -611,6 +611,131 @@ async fn slow_applies_hold_up_neither_heartbeats_nor_status() {
     }
     assert!(ack.failures.is_empty(), "{ack:?}");
     assert_eq!(metrics.downward_queue.get(), 0);
+
+    stop.cancel();
+    drop(conn);
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The locator of `workspace`/`namespace` on this cluster's SyncTarget.
+fn locator_of(workspace: &str, namespace: &str) -> NamespaceLocator {
+    NamespaceLocator {
+        sync_target: SyncTargetRef {
+            workspace: "root".into(),
+            name: "east".into(),
+            uid: "synctarget-uid".into(),
+        },
+        workspace: workspace.into(),
+        namespace: namespace.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_downward_snapshot_of_some_shards_sweeps_only_within_them() {
+    const COUNT: u16 = 2;
+    let pki = pki();
+    let mut hub = FakeHub::start(pki.server.clone()).await;
+    let cluster = cluster().await;
+    let team_shard = shard_of(TEAM, COUNT);
+    let other = (0..)
+        .map(|i| format!("root:org:other-{i}"))
+        .find(|ws| shard_of(ws, COUNT) != team_shard)
+        .unwrap();
+
+    // An object the agent applied and that has been unplaced since, in a
+    // namespace of each shard.
+    let mut namespaces = Vec::new();
+    for workspace in [TEAM, other.as_str()] {
+        let locator = locator_of(workspace, "shop");
+        let ns_name = locator.downstream_namespace();
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {
+                "name": ns_name,
+                "annotations": { NAMESPACE_LOCATOR: locator.to_annotation() },
+            },
+        }))
+        .unwrap();
+        Api::<Namespace>::all(cluster.client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        let configmap: ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": "stale", "labels": { placement_label(): "Sync" } },
+            "data": { "mode": "old" },
+        }))
+        .unwrap();
+        Api::<ConfigMap>::namespaced(cluster.client.clone(), &ns_name)
+            .create(&PostParams::default(), &configmap)
+            .await
+            .unwrap();
+        namespaces.push(ns_name);
+    }
+
+    let (stop, agent) = start(&pki, &hub, &cluster).await;
+    let running = tokio::spawn(agent.run(stop.clone()));
+    // A replica holding both shards.
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(hello) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    assert!(hello.protocol_versions.contains(&4));
+    let both = ShardsHeld {
+        count: COUNT,
+        held: (0..COUNT)
+            .map(|shard| ShardClaim {
+                shard: ShardId(shard),
+                term: 1,
+            })
+            .collect(),
+        snapshot: Vec::new(),
+    };
+    conn.send(HubFrame::Welcome(Welcome {
+        protocol_version: 4,
+        hub_epoch: 1,
+        mode: SessionMode::Resume { acked: 0 },
+        heartbeat_interval_ms: 60_000,
+        limits: Limits::default(),
+        sync_target: Some(sync_target()),
+        shards: Some(both),
+    }))
+    .await;
+
+    // A downward snapshot of the team's shard only, naming nothing.
+    conn.send(HubFrame::DownwardSnapshotBegin(SnapshotBegin {
+        objects: 0,
+        shards: Some(vec![team_shard]),
+    }))
+    .await;
+    conn.send(HubFrame::DownwardSnapshotEnd(SnapshotEnd {
+        seq: 1,
+        upsync_listed: false,
+    }))
+    .await;
+    let mut reported = Vec::new();
+    assert_eq!(next_ack(&mut conn, &mut reported).await.seq, 1);
+
+    let stale_in = |ns: String| {
+        let client = cluster.client.clone();
+        async move {
+            Api::<ConfigMap>::namespaced(client, &ns)
+                .get_opt("stale")
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(
+        !stale_in(namespaces[0].clone()).await,
+        "swept in the snapshot's shard"
+    );
+    assert!(
+        stale_in(namespaces[1].clone()).await,
+        "left alone in the other shard"
+    );
 
     stop.cancel();
     drop(conn);

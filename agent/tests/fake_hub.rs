@@ -159,7 +159,7 @@ async fn snapshot_deltas_resume_locator_change_and_goodbye() {
         panic!("expected Hello")
     };
     assert_eq!(hello.cluster, "east");
-    assert_eq!(hello.protocol_versions, [1, 2, 3], "it reports events");
+    assert_eq!(hello.protocol_versions, [1, 2, 3, 4], "it reports events");
     assert_eq!((hello.last_hub_epoch, hello.last_ack), (None, 0));
     let session_id = hello.session_id.clone();
     assert!(uuid::Uuid::parse_str(&session_id).is_ok(), "{session_id}");

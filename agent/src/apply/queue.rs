@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uplink_protocol::{ApplyFailure, DownwardChange, ObjectRef};
 
+use crate::routes::ShardSet;
+
 use super::{Applier, ApplyResult, Transient};
 use crate::transform::{DownstreamKey, Target};
 use uplink_ops::backoff::{Backoff, Policy};
@@ -64,6 +66,7 @@ enum Entry {
     Sweep {
         end_seq: u64,
         named: HashSet<DownstreamKey>,
+        shards: ShardSet,
     },
 }
 
@@ -164,10 +167,14 @@ impl ApplyQueue {
     }
 
     /// Queues the sweep after a downward snapshot: once everything queued
-    /// before is done, owned objects not in `named` are deleted and
-    /// [`Done::Swept`] reports it.
-    pub fn sweep(&self, end_seq: u64, named: HashSet<DownstreamKey>) {
-        let _ = self.entries.send(Entry::Sweep { end_seq, named });
+    /// before is done, owned objects of `shards` not in `named` are deleted
+    /// and [`Done::Swept`] reports it.
+    pub fn sweep(&self, end_seq: u64, named: HashSet<DownstreamKey>, shards: ShardSet) {
+        let _ = self.entries.send(Entry::Sweep {
+            end_seq,
+            named,
+            shards,
+        });
     }
 }
 
@@ -208,7 +215,11 @@ async fn dispatch(
                     return;
                 }
             }
-            Entry::Sweep { end_seq, named } => {
+            Entry::Sweep {
+                end_seq,
+                named,
+                shards: swept,
+            } => {
                 let mut waits = Vec::with_capacity(shards.len());
                 for shard in &shards {
                     let (tx, rx) = oneshot::channel();
@@ -221,7 +232,7 @@ async fn dispatch(
                     let _ = wait.await;
                 }
                 match &target {
-                    Some(target) => sweep_until_done(&applier, target, &named).await,
+                    Some(target) => sweep_until_done(&applier, target, &named, &swept).await,
                     None => {
                         tracing::warn!(end_seq, "no SyncTarget: nothing is owned, nothing to sweep")
                     }
@@ -234,11 +245,16 @@ async fn dispatch(
     }
 }
 
-async fn sweep_until_done(applier: &Applier, target: &Target, named: &HashSet<DownstreamKey>) {
+async fn sweep_until_done(
+    applier: &Applier,
+    target: &Target,
+    named: &HashSet<DownstreamKey>,
+    shards: &ShardSet,
+) {
     let mut backoff = retry_backoff();
     let mut attempt = 0u32;
     loop {
-        match applier.sweep(target, named).await {
+        match applier.sweep(target, named, shards).await {
             Ok(report) => {
                 tracing::info!(
                     named = named.len(),

@@ -225,10 +225,22 @@ impl EventLane {
     /// first; a series whose object is over its limit waits without holding
     /// up the others. Also forgets series past their TTL.
     pub fn take(&mut self, now: Instant, max: usize) -> Vec<EventReport> {
+        self.take_routed(now, max, |_| true)
+    }
+
+    /// [`EventLane::take`] of the series whose `regarding` object `routed`
+    /// accepts (those its hub replica's session takes); the others keep
+    /// waiting, within the lane's bound.
+    pub fn take_routed(
+        &mut self,
+        now: Instant,
+        max: usize,
+        routed: impl Fn(&ObjectRef) -> bool,
+    ) -> Vec<EventReport> {
         let mut reports = Vec::new();
         let mut waiting = VecDeque::with_capacity(self.pending.len());
         while let Some(key) = self.pending.pop_front() {
-            if reports.len() >= max || !self.cluster_allows(now) {
+            if reports.len() >= max || !routed(&key.regarding) || !self.cluster_allows(now) {
                 waiting.push_back(key);
                 continue;
             }
@@ -274,13 +286,24 @@ impl EventLane {
     /// When [`EventLane::take`] may have something to send, if anything
     /// waits.
     pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
-        if self.pending.is_empty() {
+        self.next_due_routed(now, |_| true)
+    }
+
+    /// [`EventLane::next_due`] of the series `routed` accepts (see
+    /// [`EventLane::take_routed`]).
+    pub fn next_due_routed(
+        &mut self,
+        now: Instant,
+        routed: impl Fn(&ObjectRef) -> bool,
+    ) -> Option<Instant> {
+        if !self.pending.iter().any(|key| routed(&key.regarding)) {
             return None;
         }
         let cluster = self.cluster.next_token_at(now);
         let object = self
             .pending
             .iter()
+            .filter(|key| routed(&key.regarding))
             .map(|key| {
                 self.per_object
                     .get_mut(&key.regarding)
@@ -499,5 +522,21 @@ mod tests {
         // A new occurrence starts the series again.
         lane.observe(event("b", key("web", "Created"), 1, 1), later);
         assert_eq!(lane.take(later, 10).len(), 1);
+    }
+
+    #[test]
+    fn a_report_waits_while_its_object_has_no_route() {
+        let now = Instant::now();
+        let mut lane = lane(now);
+        lane.observe(event("u1", key("web", "Pulled"), 1, 0), now);
+        lane.observe(event("u2", key("db", "Pulled"), 1, 0), now);
+        let routed = |object: &ObjectRef| object.name == "db";
+        assert_eq!(lane.next_due_routed(now, |_| false), None);
+        assert!(lane.next_due_routed(now, routed).is_some());
+        let reports = lane.take_routed(now, 10, routed);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].regarding.name, "db");
+        assert_eq!(lane.pending(), 1, "web's report waits for a route");
+        assert_eq!(lane.take(now, 10)[0].regarding.name, "web");
     }
 }

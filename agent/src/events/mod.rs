@@ -38,9 +38,9 @@ pub mod read;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use uplink_protocol::EventReport;
+use uplink_protocol::{EventReport, ObjectRef};
 
 pub use lane::{Dropped, EventLane, EventSettings, Observed, SeriesKey};
 pub use read::{EventError, Regarding, read};
@@ -57,8 +57,8 @@ pub struct SharedEventLane {
 #[derive(Debug)]
 struct Shared {
     lane: Mutex<EventLane>,
-    /// Woken when a series starts waiting.
-    changed: Notify,
+    /// Bumped when a series starts waiting; every session watches it.
+    changed: watch::Sender<()>,
     metrics: Metrics,
 }
 
@@ -67,7 +67,7 @@ impl SharedEventLane {
         Self {
             inner: Arc::new(Shared {
                 lane: Mutex::new(EventLane::new(settings, Instant::now())),
-                changed: Notify::new(),
+                changed: watch::Sender::new(()),
                 metrics,
             }),
         }
@@ -97,14 +97,23 @@ impl SharedEventLane {
                 .inc();
         }
         metrics.events_pending.set(gauge(pending));
-        self.inner.changed.notify_one();
+        self.inner.changed.send_replace(());
     }
 
     /// Up to `max` reports the rate limits allow now.
     pub fn take(&self, max: usize) -> Vec<EventReport> {
+        self.take_routed(max, |_| true)
+    }
+
+    /// Up to `max` reports the rate limits allow now, of the objects
+    /// `routed` accepts (see [`EventLane::take_routed`]).
+    pub fn take_routed(&self, max: usize, routed: impl Fn(&ObjectRef) -> bool) -> Vec<EventReport> {
         let (reports, pending) = {
             let mut lane = self.lock();
-            (lane.take(Instant::now(), max), lane.pending())
+            (
+                lane.take_routed(Instant::now(), max, routed),
+                lane.pending(),
+            )
         };
         self.inner.metrics.events_pending.set(gauge(pending));
         reports
@@ -115,10 +124,30 @@ impl SharedEventLane {
         self.lock().next_due(Instant::now())
     }
 
-    /// Resolves once a series starts waiting (at once if one did since the
+    /// [`SharedEventLane::next_due`] of the objects `routed` accepts.
+    pub fn next_due_routed(&self, routed: impl Fn(&ObjectRef) -> bool) -> Option<Instant> {
+        self.lock().next_due_routed(Instant::now(), routed)
+    }
+
+    /// The lane's wake-ups, for one session: [`EventChanges::changed`]
+    /// resolves once a series starts waiting (at once if one did since the
     /// last call).
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await;
+    pub fn subscribe(&self) -> EventChanges {
+        EventChanges(self.inner.changed.subscribe())
+    }
+}
+
+/// One session's view of [`SharedEventLane`]'s wake-ups.
+#[derive(Debug)]
+pub struct EventChanges(watch::Receiver<()>);
+
+impl EventChanges {
+    /// Resolves once a series starts waiting since the last call.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            // The lane is gone: nothing will wait again.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -34,11 +34,11 @@ impl BatchKind {
     }
 }
 
-/// One encoded frame and the highest sequence number in it.
+/// One encoded frame and the sequence numbers in it.
 #[derive(Debug)]
 pub(super) struct Framed {
     pub(super) bytes: Vec<u8>,
-    pub(super) last_seq: u64,
+    pub(super) seqs: Vec<u64>,
 }
 
 /// Deltas packed into frames the hub accepts.
@@ -86,16 +86,17 @@ fn frame_batch(
 ) -> Result<(), SessionError> {
     let mut todo = VecDeque::from([batch]);
     while let Some(batch) = todo.pop_front() {
-        let Some(last_seq) = batch.last().map(|d| d.seq) else {
+        if batch.is_empty() {
             continue;
-        };
+        }
+        let seqs: Vec<u64> = batch.iter().map(|d| d.seq).collect();
         let count = batch.len() as u64;
         let frame = kind.wrap(batch);
         let bytes = encode(&frame)?;
         match decode_agent_frame(&bytes, limits) {
             Ok(_) => {
                 out.deltas += count;
-                out.frames.push(Framed { bytes, last_seq });
+                out.frames.push(Framed { bytes, seqs });
             }
             Err(e) => {
                 let mut batch = BatchKind::unwrap(frame);

@@ -2,6 +2,7 @@
 //! certificate, hub CA as the only root) and the WebSocket handshake with
 //! subprotocol `uplink.v1`, within a time limit.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -31,6 +32,10 @@ pub struct HubEndpoint {
     pub port: u16,
     /// The name the hub's certificate must carry (a DNS name or an IP address).
     pub server_name: ServerName<'static>,
+    /// The address to connect to instead of resolving `host`: one replica
+    /// of a Service name (`--hub-discovery=dns`); the TLS server name and
+    /// the request stay `host`'s.
+    pub address: Option<SocketAddr>,
 }
 
 /// Why `--hub-url` is not usable.
@@ -79,7 +84,35 @@ impl HubEndpoint {
             host,
             port,
             server_name,
+            address: None,
         })
+    }
+
+    /// Parses a comma-separated list of URLs (see [`HubEndpoint::parse`]);
+    /// empty entries are ignored, and the list must name at least one.
+    pub fn parse_list(urls: &str) -> Result<Vec<Self>, HubUrlError> {
+        let endpoints = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(HubUrlError {
+                url: urls.to_owned(),
+                reason: "names no hub".into(),
+            });
+        }
+        Ok(endpoints)
+    }
+
+    /// This endpoint, connecting to `address` (one replica behind the
+    /// host's name).
+    pub fn at(&self, address: SocketAddr) -> Self {
+        Self {
+            address: Some(address),
+            ..self.clone()
+        }
     }
 }
 
@@ -87,13 +120,15 @@ impl HubEndpoint {
 pub(super) async fn connect(ctx: &SessionContext) -> Result<Ws, SessionError> {
     let hub = &ctx.hub;
     let handshake = async {
-        let tcp = TcpStream::connect((hub.host.as_str(), hub.port))
-            .await
-            .map_err(|source| SessionError::Connect {
-                host: hub.host.clone(),
-                port: hub.port,
-                source,
-            })?;
+        let tcp = match hub.address {
+            Some(address) => TcpStream::connect(address).await,
+            None => TcpStream::connect((hub.host.as_str(), hub.port)).await,
+        }
+        .map_err(|source| SessionError::Connect {
+            host: hub.host.clone(),
+            port: hub.port,
+            source,
+        })?;
         // Frames are small and latency matters more than packet count.
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(ctx.tls.config())

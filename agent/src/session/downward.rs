@@ -8,7 +8,8 @@
 //! cluster. Its objects are applied as they come; after its end, once they
 //! are all done, the apply stage deletes the owned objects it did not name
 //! (the sweep), and only then is the end's `seq` acknowledged. No ack goes
-//! out while a snapshot is open.
+//! out while a snapshot is open. A snapshot of some shards (version 4,
+//! `SnapshotBegin.shards`) sweeps only within them.
 //!
 //! Everything here lives as long as one connection: a new connection starts
 //! with nothing pending, since the hub sends again what was not acknowledged
@@ -28,6 +29,7 @@ use super::wire::{Sender, frame_name};
 use super::{SessionError, Steady};
 use crate::apply::Applier;
 use crate::apply::queue::{ApplyQueue, Done, Job};
+use crate::routes::ShardSet;
 use crate::transform::{DownstreamKey, Target, locate};
 
 /// Most [`Done`]s taken from the apply stage before acknowledging.
@@ -39,8 +41,9 @@ pub(super) struct DownwardLane {
     queue: ApplyQueue,
     target: Option<Target>,
     tracker: AckTracker,
-    /// The names of the open snapshot's objects, between begin and end.
-    snapshot: Option<HashSet<DownstreamKey>>,
+    /// The names of the open snapshot's objects, and the shards it covers,
+    /// between begin and end.
+    snapshot: Option<(HashSet<DownstreamKey>, ShardSet)>,
     /// Deltas received and not done above which the hub broke its window.
     max_pending: usize,
     /// Longest failure message the hub takes.
@@ -76,8 +79,13 @@ impl DownwardLane {
         (lane, done_rx)
     }
 
-    /// Takes one downward frame from the hub.
-    pub(super) fn receive(&mut self, frame: HubFrame) -> Result<(), SessionError> {
+    /// Takes one downward frame from the hub; `shard_count` is the count
+    /// the replica announced (a snapshot of some shards needs it).
+    pub(super) fn receive(
+        &mut self,
+        frame: HubFrame,
+        shard_count: Option<u16>,
+    ) -> Result<(), SessionError> {
         match frame {
             HubFrame::Downward(batch) => {
                 if self.snapshot.is_some() {
@@ -93,13 +101,25 @@ impl DownwardLane {
                         "DownwardSnapshotBegin inside a downward snapshot".into(),
                     ));
                 }
-                tracing::info!(objects = begin.objects, "downward snapshot begins");
+                let shards = match (begin.shards, shard_count) {
+                    (None, _) => ShardSet::Everything,
+                    (Some(shards), Some(count)) => ShardSet::Shards {
+                        count,
+                        shards: shards.iter().map(|s| s.0).collect(),
+                    },
+                    (Some(_), None) => {
+                        return Err(SessionError::Protocol(
+                            "a downward snapshot of some shards from a hub that announced no shard count".into(),
+                        ));
+                    }
+                };
+                tracing::info!(objects = begin.objects, shards = ?shards.to_wire(), "downward snapshot begins");
                 self.tracker.snapshot_begun();
-                self.snapshot = Some(HashSet::new());
+                self.snapshot = Some((HashSet::new(), shards));
                 Ok(())
             }
             HubFrame::DownwardSnapshotChunk(chunk) => {
-                let Some(named) = &mut self.snapshot else {
+                let Some((named, _)) = &mut self.snapshot else {
                     return Err(SessionError::Protocol(
                         "DownwardSnapshotChunk without DownwardSnapshotBegin".into(),
                     ));
@@ -116,7 +136,7 @@ impl DownwardLane {
                 self.enqueue(chunk)
             }
             HubFrame::DownwardSnapshotEnd(end) => {
-                let Some(named) = self.snapshot.take() else {
+                let Some((named, shards)) = self.snapshot.take() else {
                     return Err(SessionError::Protocol(
                         "DownwardSnapshotEnd without DownwardSnapshotBegin".into(),
                     ));
@@ -126,7 +146,7 @@ impl DownwardLane {
                     objects = named.len(),
                     "downward snapshot received; sweeping once applied"
                 );
-                self.queue.sweep(end.seq, named);
+                self.queue.sweep(end.seq, named, shards);
                 Ok(())
             }
             other => Err(SessionError::Protocol(format!(

@@ -9,7 +9,7 @@ use uplink_protocol::{AgentFrame, EventBatch, decode_agent_frame, encode, trunca
 
 use super::wire::Sender;
 use super::{SessionError, Steady};
-use crate::events::SharedEventLane;
+use crate::events::EventChanges;
 
 impl Steady<'_> {
     /// Sends one `Events` frame of what the lane lets go now.
@@ -18,7 +18,13 @@ impl Steady<'_> {
             return Ok(());
         };
         let max = (self.limits.max_events_per_batch as usize).max(1);
-        let mut reports = lane.take(max);
+        // Each report goes to the replica holding its object's shard; the
+        // others wait in the lane (within its bound).
+        let routes = self.ctx.outbox.lock().routes().table();
+        let replica = self.ctx.replica;
+        let mut reports = lane.take_routed(max, |object| {
+            routes.route(&object.workspace) == Some(replica)
+        });
         if reports.is_empty() {
             return Ok(());
         }
@@ -53,10 +59,20 @@ pub(super) async fn sleep_until_due(due: Option<Instant>) {
     }
 }
 
-/// Resolves when a series starts waiting in `lane`; never without a lane.
-pub(super) async fn events_changed(lane: Option<&SharedEventLane>) {
-    match lane {
-        Some(lane) => lane.changed().await,
+/// Resolves when a series starts waiting in the lane; never without one.
+pub(super) async fn events_changed(changes: Option<&mut EventChanges>) {
+    match changes {
+        Some(changes) => changes.changed().await,
         None => std::future::pending().await,
+    }
+}
+
+impl Steady<'_> {
+    /// When a report for this session's replica may go, if one waits.
+    pub(super) fn events_due(&self) -> Option<Instant> {
+        let lane = self.events.as_ref()?;
+        let routes = self.ctx.outbox.lock().routes().table();
+        let replica = self.ctx.replica;
+        lane.next_due_routed(|object| routes.route(&object.workspace) == Some(replica))
     }
 }

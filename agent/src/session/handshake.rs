@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uplink_protocol::{
-    AgentFrame, DOWNWARD_VERSION, EVENTS_VERSION, Hello, HubFrame, Limits, SessionMode, Welcome,
+    AgentFrame, DOWNWARD_VERSION, EVENTS_VERSION, Hello, HubFrame, Limits, REPLICAS_VERSION,
+    SessionMode, Welcome,
 };
 
 use super::dial::Ws;
@@ -18,16 +19,22 @@ use super::heartbeat::heartbeat_interval;
 use super::upward::send_snapshot;
 use super::wire::{Sender, frame_name, next_frame, refused};
 use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
+use std::sync::Arc;
+
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
+use crate::outbox::SharedOutbox;
+use crate::routes::{Holding, ReplicaId, ShardSet};
 
 /// The protocol versions an agent that applies or reports events speaks:
-/// status only (1), the downward lane (2) and events (3). Version 3 keeps
-/// version 2's rules: a hub opens the downward lane only for an agent that
-/// names types it applies.
-const FULL_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, EVENTS_VERSION];
-/// The protocol versions a status-only agent speaks.
-const STATUS_VERSIONS: &[u16] = &[1];
+/// status only (1), the downward lane (2), events (3) and replicas (4).
+/// Versions 3 and 4 keep version 2's rules: a hub opens the downward lane
+/// only for an agent that names types it applies.
+const FULL_VERSIONS: &[u16] = &[1, DOWNWARD_VERSION, EVENTS_VERSION, REPLICAS_VERSION];
+/// The protocol versions a status-only agent speaks: 1, and 4, which a
+/// replicated hub requires (it sends no downward or event frames to an
+/// agent that names no types and reports no events).
+const STATUS_VERSIONS: &[u16] = &[1, REPLICAS_VERSION];
 
 /// What this agent offers in `Hello`: more than version 1 only when it
 /// applies, reports events or upsyncs.
@@ -63,7 +70,7 @@ pub(super) async fn converse(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         session_id: ctx.session_id.clone(),
         last_hub_epoch: resumption.last_hub_epoch,
-        last_ack: ctx.outbox.lock().acked(),
+        last_ack: ctx.outbox.lock().acked(ctx.replica),
         downward_resources: ctx
             .downward
             .as_ref()
@@ -105,23 +112,41 @@ pub(super) async fn converse(
         });
     }
     *established_at = Some(Instant::now());
-    let _connected = ConnectedGuard::new(&ctx.metrics, &ctx.health);
+    let _connected = ConnectedGuard::new(ctx);
     let limits = welcome.limits;
     let heartbeat = heartbeat_interval(ctx.heartbeat_interval, welcome.heartbeat_interval_ms);
+
+    // What the replica holds (everything, from a hub that is not
+    // replicated): the routes follow for as long as the session lasts.
+    let shards = welcome
+        .shards
+        .as_ref()
+        .filter(|_| welcome.protocol_version >= REPLICAS_VERSION);
+    let _routes = RoutesGuard::hold(ctx, &Holding::from_welcome(shards));
+    let shard_count = shards.map(|held| held.count);
+    // Shards the replica asks a snapshot of besides a snapshot of all it holds.
+    let mut snapshot_due =
+        shards
+            .filter(|held| !held.snapshot.is_empty())
+            .map(|held| ShardSet::Shards {
+                count: held.count,
+                shards: held.snapshot.iter().map(|s| s.0).collect(),
+            });
 
     match welcome.mode {
         SessionMode::Resume { acked } => {
             ctx.metrics.sessions.with_label_values(&["resume"]).inc();
             let mut outbox = ctx.outbox.lock();
-            if acked < outbox.acked() {
+            let agent_acked = outbox.acked(ctx.replica);
+            if acked < agent_acked {
                 tracing::warn!(
                     hub_acked = acked,
-                    agent_acked = outbox.acked(),
+                    agent_acked,
                     "hub resumes before our last ack; entries in between were already dropped"
                 );
             }
-            outbox.resume(acked);
-            tracing::info!(cluster = %ctx.cluster, hub_epoch = welcome.hub_epoch, acked, pending = outbox.pending_len(), "session resumed");
+            outbox.resume(ctx.replica, acked);
+            tracing::info!(cluster = %ctx.cluster, replica = %ctx.replica_name, hub_epoch = welcome.hub_epoch, acked, pending = outbox.pending_len(), "session resumed");
         }
         SessionMode::Snapshot => {
             ctx.metrics.sessions.with_label_values(&["snapshot"]).inc();
@@ -130,14 +155,26 @@ pub(super) async fn converse(
             } else {
                 false
             };
+            ctx.outbox.lock().restart(ctx.replica);
+            // Everything the replica holds (all of it, from a hub that is
+            // not replicated).
+            let covered = match shards {
+                None => ShardSet::Everything,
+                Some(held) => ShardSet::Shards {
+                    count: held.count,
+                    shards: held.held.iter().map(|claim| claim.shard.0).collect(),
+                },
+            };
             send_snapshot(
                 ctx,
                 &mut tx,
                 &limits,
                 welcome.protocol_version,
                 upsync_listed,
+                &covered,
             )
             .await?;
+            snapshot_due = None;
         }
     }
     ctx.outbox.notify();
@@ -169,6 +206,9 @@ pub(super) async fn converse(
             .events
             .clone()
             .filter(|_| welcome.protocol_version >= EVENTS_VERSION),
+        shard_count,
+        snapshot_due,
+        outbox_changes: ctx.outbox.subscribe(),
     };
     steady.run(&mut tx, &mut stream, stop).await
 }
@@ -217,26 +257,68 @@ async fn read_welcome(
     }
 }
 
-/// Sets the "connected" gauge and readiness for as long as it lives.
+/// Counts the session as connected (gauges, readiness) for as long as it
+/// lives.
 struct ConnectedGuard {
     metrics: Metrics,
     health: AgentHealth,
+    replica: Arc<str>,
 }
 
 impl ConnectedGuard {
-    fn new(metrics: &Metrics, health: &AgentHealth) -> Self {
-        metrics.connected.set(1);
-        health.set_hub_connected(true);
+    fn new(ctx: &SessionContext) -> Self {
+        ctx.metrics.connected.inc();
+        ctx.metrics
+            .hub_sessions
+            .with_label_values(&[&ctx.replica_name])
+            .set(1);
+        ctx.health.set_hub_connected(true);
         Self {
-            metrics: metrics.clone(),
-            health: health.clone(),
+            metrics: ctx.metrics.clone(),
+            health: ctx.health.clone(),
+            replica: Arc::clone(&ctx.replica_name),
         }
     }
 }
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
-        self.metrics.connected.set(0);
+        self.metrics.connected.dec();
+        self.metrics
+            .hub_sessions
+            .with_label_values(&[&self.replica])
+            .set(0);
         self.health.set_hub_connected(false);
+    }
+}
+
+/// Routes the replica's shards to this session for as long as it lives;
+/// they are released when the session ends.
+struct RoutesGuard {
+    outbox: SharedOutbox,
+    replica: ReplicaId,
+}
+
+impl RoutesGuard {
+    fn hold(ctx: &SessionContext, holding: &Holding) -> Self {
+        if ctx
+            .outbox
+            .lock()
+            .hold(ctx.replica, &ctx.replica_name, holding)
+        {
+            ctx.outbox.notify();
+        }
+        Self {
+            outbox: ctx.outbox.clone(),
+            replica: ctx.replica,
+        }
+    }
+}
+
+impl Drop for RoutesGuard {
+    fn drop(&mut self) {
+        if self.outbox.lock().release(self.replica) {
+            self.outbox.notify();
+        }
     }
 }

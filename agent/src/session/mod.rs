@@ -12,7 +12,15 @@
 //! a grace period.
 //!
 //! Reconnecting is not this module's business: [`crate::reconnect`] calls
-//! [`run`] again.
+//! [`run`] again. Nor is finding the replicas: [`crate::replicas`] keeps one
+//! reconnect loop per replica, each with its own [`SessionContext::replica`].
+//!
+//! With replicas (protocol version 4) a session tells the outbox's routes
+//! what its replica holds (`Welcome.shards`, then every `Shards` frame),
+//! sends only the entries routed to it, and sends a snapshot of the shards
+//! the replica asks for (one at a time; a request that comes while one is
+//! waiting is merged into it). When the session ends its replica routes
+//! nothing.
 //!
 //! In flow order: `dial` (TCP, TLS, WebSocket), `handshake` (`Hello` →
 //! `Welcome` → resume or snapshot), then this module's steady state, which
@@ -57,7 +65,8 @@ use crate::clock::AgentClock;
 use crate::events::SharedEventLane;
 use crate::health::AgentHealth;
 use crate::metrics::Metrics;
-use crate::outbox::SharedOutbox;
+use crate::outbox::{OutboxChanges, SharedOutbox};
+use crate::routes::{Holding, ReplicaId, ShardSet};
 
 /// Everything a session needs that outlives one connection.
 #[derive(Debug, Clone)]
@@ -66,6 +75,12 @@ pub struct SessionContext {
     /// Random per agent process; stable across its reconnects.
     pub session_id: String,
     pub hub: HubEndpoint,
+    /// Which replica this session is with (the outbox's routes and acks
+    /// are per replica).
+    pub replica: ReplicaId,
+    /// How logs and metrics name the replica: its URL, or its address when
+    /// resolved from a Service name.
+    pub replica_name: Arc<str>,
     /// The TLS configuration, read at each connection attempt: a rotated
     /// certificate serves the next handshake.
     pub tls: Arc<crate::tls::reload::ClientTls>,
@@ -219,6 +234,12 @@ struct Steady<'a> {
     /// The event lane, when the session speaks version 3 and the agent
     /// reports events.
     events: Option<SharedEventLane>,
+    /// The shard count the replica announced (version 4).
+    shard_count: Option<u16>,
+    /// Shards the replica asked a snapshot of, not sent yet.
+    snapshot_due: Option<ShardSet>,
+    /// Wake-ups from the outbox.
+    outbox_changes: OutboxChanges,
 }
 
 impl Steady<'_> {
@@ -232,13 +253,25 @@ impl Steady<'_> {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let dead_after = self.heartbeat * 3;
         let mut downward_done = self.downward_done.take();
+        let mut event_changes = self.events.as_ref().map(SharedEventLane::subscribe);
         loop {
-            let has_unsent = self.ctx.outbox.lock().has_unsent();
+            if let Some(shards) = self.snapshot_due.take() {
+                match self.send_shard_snapshot(tx, shards).await {
+                    Ok(()) => {}
+                    Err(SessionError::Stopped) => {
+                        self.shut_down(tx, stream).await;
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let replica = self.ctx.replica;
+            let has_unsent = self.ctx.outbox.lock().has_unsent(replica);
             let send_at = self.send_at();
             // Events go only while no status is ready to go (none waits, or
             // the hub paused it).
             let status_ready = has_unsent && send_at <= Instant::now();
-            let events_due = self.events.as_ref().and_then(SharedEventLane::next_due);
+            let events_due = self.events_due();
             tx.deadline = self.last_received + dead_after;
             let sent = tokio::select! {
                 biased;
@@ -264,12 +297,12 @@ impl Steady<'_> {
                 () = tokio::time::sleep_until(send_at), if has_unsent => {
                     self.send_deltas(tx).await
                 }
-                () = self.ctx.outbox.changed(), if !has_unsent => Ok(()),
+                () = self.outbox_changes.changed(), if !has_unsent => Ok(()),
                 done = next_done(&mut downward_done) => self.downward_done(done, tx).await,
                 () = sleep_until_due(events_due), if events_due.is_some() && !status_ready => {
                     self.send_events(tx).await
                 }
-                () = events_changed(self.events.as_ref()), if events_due.is_none() => Ok(()),
+                () = events_changed(event_changes.as_mut()), if events_due.is_none() => Ok(()),
             };
             match sent {
                 Ok(()) => {}
@@ -309,17 +342,12 @@ impl Steady<'_> {
             HubFrame::Error(e) => return Err(refused(&self.ctx.metrics, e.code, e.message)),
             HubFrame::Bye(bye) => return Ok(Some(SessionEnd::HubBye(bye.reason))),
             HubFrame::Welcome(_) => return Err(SessionError::Protocol("second Welcome".into())),
-            // Issue 20 wiring in progress: the agent does not route by shard yet.
-            HubFrame::Shards(_) => {
-                return Err(SessionError::Protocol(
-                    "Shards from a replicated hub (not supported yet)".into(),
-                ));
-            }
+            HubFrame::Shards(held) => self.shards(held)?,
             frame @ (HubFrame::Downward(_)
             | HubFrame::DownwardSnapshotBegin(_)
             | HubFrame::DownwardSnapshotChunk(_)
             | HubFrame::DownwardSnapshotEnd(_)) => match &mut self.downward {
-                Some(lane) => lane.receive(frame)?,
+                Some(lane) => lane.receive(frame, self.shard_count)?,
                 None => {
                     return Err(SessionError::Protocol(format!(
                         "{} in a status-only session",
@@ -329,5 +357,42 @@ impl Steady<'_> {
             },
         }
         Ok(None)
+    }
+}
+
+impl Steady<'_> {
+    /// The replica holds other shards now: routes follow, and the shards
+    /// it asks a snapshot of are due.
+    fn shards(&mut self, held: uplink_protocol::ShardsHeld) -> Result<(), SessionError> {
+        if self.version < uplink_protocol::REPLICAS_VERSION {
+            return Err(SessionError::Protocol(format!(
+                "Shards in a session of protocol version {}",
+                self.version
+            )));
+        }
+        self.shard_count = Some(held.count);
+        let snapshot: std::collections::BTreeSet<u16> = held.snapshot.iter().map(|s| s.0).collect();
+        let count = held.count;
+        let changed = self.ctx.outbox.lock().hold(
+            self.ctx.replica,
+            &self.ctx.replica_name,
+            &Holding::Shards(held),
+        );
+        if changed {
+            // Other sessions may have lost entries to this one or gained
+            // some from it.
+            self.ctx.outbox.notify();
+        }
+        if !snapshot.is_empty() {
+            let asked = ShardSet::Shards {
+                count,
+                shards: snapshot,
+            };
+            match &mut self.snapshot_due {
+                Some(due) => due.merge(asked),
+                None => self.snapshot_due = Some(asked),
+            }
+        }
+        Ok(())
     }
 }

@@ -26,7 +26,7 @@ impl Steady<'_> {
         tx.stop = None;
         tx.deadline = Instant::now() + SHUTDOWN_GRACE;
         let goodbye = async {
-            while self.ctx.outbox.lock().has_unsent() {
+            while self.ctx.outbox.lock().has_unsent(self.ctx.replica) {
                 self.send_deltas(tx).await?;
             }
             let bye = Bye {
@@ -45,7 +45,7 @@ impl Steady<'_> {
                     Message::Binary(bytes) => {
                         if let Ok(HubFrame::Ack(ack)) = decode_hub_frame(&bytes, &Limits::default())
                         {
-                            self.ctx.outbox.lock().ack(ack.seq);
+                            self.ctx.outbox.lock().ack(self.ctx.replica, ack.seq);
                             self.count_rejected(&ack.rejected);
                         }
                     }

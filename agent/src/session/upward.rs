@@ -12,16 +12,25 @@ use uplink_protocol::{
 use super::batch::{BatchKind, frame_deltas};
 use super::wire::Sender;
 use super::{SessionContext, SessionError, Steady};
+use crate::routes::ShardSet;
 
-/// `SnapshotBegin`, chunks with every existing object, `SnapshotEnd`.
+/// `SnapshotBegin`, chunks with every existing object of `shards`,
+/// `SnapshotEnd`.
 pub(super) async fn send_snapshot(
     ctx: &SessionContext,
     tx: &mut Sender,
     limits: &Limits,
     version: u16,
     upsync_listed: bool,
+    shards: &ShardSet,
 ) -> Result<(), SessionError> {
-    let snapshot = ctx.outbox.lock().snapshot_entries();
+    if shards.is_empty() {
+        // A replica that holds nothing asked for a snapshot of it: there is
+        // nothing to send (and protocol version 4 refuses an empty list).
+        tracing::info!(cluster = %ctx.cluster, replica = %ctx.replica_name, "snapshot of no shard: nothing to send");
+        return Ok(());
+    }
+    let snapshot = ctx.outbox.lock().snapshot_entries(ctx.replica, shards);
     let seq = snapshot.seq;
     // Frames are built before `SnapshotBegin` so it can announce the exact
     // count (objects the hub would refuse are left out).
@@ -34,7 +43,7 @@ pub(super) async fn send_snapshot(
     tx.deadline = Instant::now() + per_frame;
     tx.frame(&AgentFrame::SnapshotBegin(SnapshotBegin {
         objects: framed.deltas,
-        shards: None,
+        shards: shards.to_wire(),
     }))
     .await?;
     for frame in framed.frames {
@@ -45,7 +54,7 @@ pub(super) async fn send_snapshot(
     tx.frame(&AgentFrame::SnapshotEnd(SnapshotEnd { seq, upsync_listed }))
         .await?;
     ctx.metrics.snapshot_objects.inc_by(framed.deltas);
-    tracing::info!(cluster = %ctx.cluster, objects = framed.deltas, seq, "snapshot sent");
+    tracing::info!(cluster = %ctx.cluster, replica = %ctx.replica_name, objects = framed.deltas, seq, shards = ?shards.to_wire(), "snapshot sent");
     Ok(())
 }
 
@@ -96,7 +105,7 @@ impl Steady<'_> {
                 "hub acknowledged a sequence never sent"
             );
         }
-        outbox.ack(ack.seq);
+        outbox.ack(self.ctx.replica, ack.seq);
         tracing::debug!(ack = ack.seq, pending = outbox.pending_len(), "ack");
         drop(outbox);
         self.count_rejected(&ack.rejected);
@@ -147,10 +156,12 @@ impl Steady<'_> {
         if self.max_deltas_per_s > 0 {
             max = max.min(self.max_deltas_per_s as usize);
         }
-        let deltas = self.ctx.outbox.lock().unsent(max);
-        let Some(last_seq) = deltas.last().map(|d| d.seq) else {
+        let replica = self.ctx.replica;
+        let deltas = self.ctx.outbox.lock().unsent(replica, max);
+        let sent: Vec<u64> = deltas.iter().map(|d| d.seq).collect();
+        if sent.is_empty() {
             return Ok(());
-        };
+        }
         let version = self.version;
         let deltas = deltas.into_iter().map(|d| for_version(d, version));
         let framed = frame_deltas(deltas, &self.limits, BatchKind::Deltas)?;
@@ -158,9 +169,10 @@ impl Steady<'_> {
         let frames = framed.frames.len() as u64;
         for frame in framed.frames {
             tx.bytes(frame.bytes).await?;
-            self.ctx.outbox.lock().mark_sent(frame.last_seq);
+            self.ctx.outbox.lock().mark_sent(replica, frame.seqs);
         }
-        self.ctx.outbox.lock().mark_sent(last_seq);
+        // What was dropped is discarded; whatever else is marked.
+        self.ctx.outbox.lock().mark_sent(replica, sent);
         tx.metrics.deltas_sent.inc_by(framed.deltas);
         tx.metrics.delta_frames_sent.inc_by(frames);
         if self.max_deltas_per_s > 0 {
@@ -169,5 +181,35 @@ impl Steady<'_> {
             self.next_send_at = Instant::now() + spacing;
         }
         Ok(())
+    }
+}
+
+impl Steady<'_> {
+    /// A snapshot of the shards the replica asked for (a `Shards` frame's
+    /// `snapshot`).
+    pub(super) async fn send_shard_snapshot(
+        &mut self,
+        tx: &mut Sender,
+        shards: ShardSet,
+    ) -> Result<(), SessionError> {
+        let types = self.ctx.upsync_resources.len();
+        let upsync_listed =
+            self.version >= EVENTS_VERSION && *self.ctx.upsync_listed.borrow() >= types;
+        self.ctx
+            .metrics
+            .sessions
+            .with_label_values(&["snapshot"])
+            .inc();
+        // Each frame has its own deadline; the steady state sets its own
+        // again on the next turn.
+        send_snapshot(
+            self.ctx,
+            tx,
+            &self.limits,
+            self.version,
+            upsync_listed,
+            &shards,
+        )
+        .await
     }
 }

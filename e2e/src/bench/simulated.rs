@@ -35,7 +35,10 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// What every simulated agent is configured with.
 #[derive(Debug, Clone)]
 pub struct SimulatedSettings {
-    /// `wss://host:port` of the hub.
+    /// `wss://host:port` of the hub; of a replicated hub, every replica's,
+    /// comma-separated (each agent keeps a session with each and routes by
+    /// shard; note every simulated object lives in one workspace, so one
+    /// shard).
     pub hub_url: String,
     /// Holds `ca.crt` and `<cluster>.crt`/`.key` for every cluster.
     pub pki: std::path::PathBuf,
