@@ -374,16 +374,22 @@ impl AgentProcess {
 
     /// Waits until `uplink_agent_connected` is 1.
     pub async fn wait_connected(&mut self) -> Result<()> {
+        self.wait_sessions(1).await
+    }
+
+    /// Waits until the agent has at least `sessions` sessions established
+    /// (one per hub replica; `uplink_agent_connected`).
+    pub async fn wait_sessions(&mut self, sessions: usize) -> Result<()> {
         let process = &mut self.process;
         eventually(READY_TIMEOUT, "the agent process to connect", async || {
             if let Err(exited) = process.check_running() {
                 return Ok(Err(exited));
             }
             let connected = process.metrics().await?.require("uplink_agent_connected")?;
-            if connected == 1.0 {
+            if connected >= sessions as f64 {
                 Ok(Ok(()))
             } else {
-                bail!("uplink_agent_connected {connected}")
+                bail!("uplink_agent_connected {connected}, waiting for {sessions}")
             }
         })
         .await?
