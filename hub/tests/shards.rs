@@ -181,6 +181,26 @@ async fn a_replica_welcomes_with_its_shards_and_refuses_agents_below_v4() -> Res
     let all: Vec<ShardId> = (0..SHARDS).map(ShardId).collect();
     assert_eq!(shards.held.iter().map(|c| c.shard).collect::<Vec<_>>(), all);
     assert_eq!(shards.snapshot, all, "a new session snapshots every shard");
+    // It sends shard 0's snapshot only, then reconnects: it resumes, and is
+    // asked again for the shard whose snapshot never came.
+    snapshot_of(&mut agent, vec![ShardId(0)], 3).await?;
+    match agent.recv().await? {
+        HubFrame::Ack(ack) => assert_eq!(ack.seq, 3),
+        other => bail!("expected the snapshot's Ack, got {other:?}"),
+    }
+    drop(agent);
+    let mut agent = hub.connect(&hub.pki.client("edge-1")?).await?;
+    let again = welcome(
+        agent
+            .hello("edge-1", "s1", Some(hello.hub_epoch), 3)
+            .await?,
+    )?;
+    assert_eq!(
+        again.mode,
+        uplink_protocol::SessionMode::Resume { acked: 3 }
+    );
+    let shards = again.shards.context("shards in Welcome")?;
+    assert_eq!(shards.snapshot, vec![ShardId(1)]);
 
     let mut old = hub.connect(&hub.pki.client("east")?).await?;
     old.send(&AgentFrame::Hello(Hello {

@@ -1,7 +1,8 @@
 //! Replicas: which shards of the fleet's workspaces this hub replica owns,
 //! decided with Kubernetes' own coordination API (`coordination.k8s.io/v1`
-//! Leases), as kube-controller-manager decides its leader. Phase A of issue
-//! 20: the engine alone, not yet wired into the writers, sessions or flags.
+//! Leases), as kube-controller-manager decides its leader. The hub asks
+//! through [`Ownership`] (single hub or replica); every KCP write passes the
+//! fence in [`crate::writer::fenced`].
 //!
 //! **Protocol.** Workspaces hash into a fixed number of shards
 //! ([`shard::shard_of`]); each shard is one Lease `<prefix>-shard-<NN>`, and

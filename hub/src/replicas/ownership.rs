@@ -55,17 +55,18 @@ struct Inner {
     fence: Option<Fence>,
     gather_timeout: Duration,
     gathering: Mutex<BTreeMap<ShardId, Gather>>,
-    /// What each cluster's agent was last told held (shard → generation),
-    /// so a resuming session snapshots exactly the shards acquired since.
-    told: Mutex<LruCache<String, Told>>,
+    /// For each cluster, the shards (and their generations) whose entries
+    /// the store has from its snapshot: a resuming session snapshots exactly
+    /// the shards held now that are not among them.
+    known: Mutex<LruCache<String, Told>>,
 }
 
-/// Shards told held to one agent, with the generation of each.
+/// Shards with the generation of each (see [`Claim::generation`]).
 pub type Told = BTreeMap<ShardId, u64>;
 
-/// Clusters whose last told shards are remembered; a cluster forgotten
+/// Clusters whose snapshotted shards are remembered; a cluster forgotten
 /// snapshots everything when it resumes.
-const TOLD_CLUSTERS: usize = 65_536;
+const KNOWN_CLUSTERS: usize = 65_536;
 
 #[derive(Debug)]
 struct Gather {
@@ -97,7 +98,7 @@ impl Ownership {
                 fence,
                 gather_timeout,
                 gathering: Mutex::new(BTreeMap::new()),
-                told: Mutex::new(LruCache::new(TOLD_CLUSTERS)),
+                known: Mutex::new(LruCache::new(KNOWN_CLUSTERS)),
             }),
         }
     }
@@ -219,22 +220,36 @@ impl Ownership {
         Some(left)
     }
 
-    /// `cluster`'s agent was told `told` held.
-    pub fn remember_told(&self, cluster: &str, told: &Told) {
-        self.inner
-            .told
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(cluster.to_owned(), told.clone());
+    /// `cluster`'s snapshot of `shards` (`None`: of everything) was
+    /// applied: the store has its entries of those held now.
+    pub fn snapshotted(&self, cluster: &str, shards: Option<&[ShardId]>) {
+        let Some(claims) = self.claims() else {
+            return;
+        };
+        let mut known = self.known_clusters();
+        let mut told = match shards {
+            None => Told::new(),
+            Some(_) => known.get(cluster).unwrap_or_default(),
+        };
+        for claim in claims {
+            if shards.is_none_or(|s| s.contains(&claim.shard)) {
+                told.insert(claim.shard, claim.generation);
+            }
+        }
+        known.insert(cluster.to_owned(), told);
     }
 
-    /// What `cluster`'s agent was last told held, if remembered.
-    pub fn last_told(&self, cluster: &str) -> Option<Told> {
+    /// The shards whose entries the store has from `cluster`'s snapshots,
+    /// if remembered.
+    pub fn known(&self, cluster: &str) -> Option<Told> {
+        self.known_clusters().get(cluster)
+    }
+
+    fn known_clusters(&self) -> MutexGuard<'_, LruCache<String, Told>> {
         self.inner
-            .told
+            .known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(cluster)
     }
 
     fn gathering(&self) -> MutexGuard<'_, BTreeMap<ShardId, Gather>> {
@@ -301,6 +316,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(replica.gathering_for(b), None, "timed out");
         assert_eq!(replica.gathering_for(a), None, "nobody to wait for");
+
+        // What the store knows of a cluster's shards: their snapshots.
+        let fence = Fence::new(Duration::from_secs(10));
+        let replica = Ownership::replicated("hub-0", 4, fence.clone(), Duration::ZERO);
+        fence.renewed(a, Instant::now(), 1);
+        fence.renewed(b, Instant::now(), 1);
+        assert_eq!(replica.known("c1"), None);
+        replica.snapshotted("c1", Some(&[a]));
+        let known = replica.known("c1").unwrap_or_default();
+        assert_eq!(known.keys().copied().collect::<Vec<_>>(), vec![a]);
+        replica.snapshotted("c1", None);
+        let known = replica.known("c1").unwrap_or_default();
+        assert_eq!(known.keys().copied().collect::<Vec<_>>(), vec![a, b]);
         let single = Ownership::single(4);
         single.expect(a, "c1");
         assert_eq!(single.gathering_for(a), None, "a single hub never gathers");

@@ -174,6 +174,8 @@ impl<S: Transport> Connection<S> {
         });
         if let Err(error) = self.send(&welcome).await {
             self.handshake_failed(handshake_reason::WEBSOCKET, &error);
+            // No snapshot of a shard it was asked for will come.
+            self.shared.ownership.gathered(&self.cluster, None);
             return None;
         }
         self.version = version;

@@ -59,9 +59,10 @@ impl<S: Transport> Connection<S> {
 
     /// `Welcome.shards` and the session's mode: `None` from a single hub;
     /// from a replica, the shards held now and those to snapshot: with
-    /// `mode` Snapshot all of them, resuming those acquired since the agent
-    /// was last told (a cluster not remembered snapshots everything). The
-    /// session follows the changes from here on.
+    /// `mode` Snapshot all of them, resuming those whose entries the store
+    /// does not have from an earlier snapshot of the cluster (acquired
+    /// since, or asked for and never sent; a cluster not remembered
+    /// snapshots everything). The session follows the changes from here on.
     pub(super) fn welcome_shards(
         &mut self,
         version: u16,
@@ -78,7 +79,7 @@ impl<S: Transport> Connection<S> {
         };
         changes.borrow_and_update();
         let claims = ownership.claims().unwrap_or_default();
-        let last = ownership.last_told(&self.cluster);
+        let last = ownership.known(&self.cluster);
         let (mode, snapshot) = match (mode, last) {
             (SessionMode::Resume { acked }, Some(last)) => {
                 (SessionMode::Resume { acked }, newly_held(&last, &claims))
@@ -92,7 +93,6 @@ impl<S: Transport> Connection<S> {
             ownership.expect(*shard, &self.cluster);
         }
         let told = generations(&claims);
-        ownership.remember_told(&self.cluster, &told);
         self.shards = Some(ShardsTold { told, changes });
         let held = ShardsHeld {
             count: ownership.count(),
@@ -117,9 +117,6 @@ impl<S: Transport> Connection<S> {
             self.shared.ownership.expect(*shard, &self.cluster);
         }
         told.told = generations(&claims);
-        self.shared
-            .ownership
-            .remember_told(&self.cluster, &told.told);
         tracing::info!(cluster = %self.cluster, held = claims.len(), snapshot = ?snapshot, outcome = "told", "shards held told to the agent");
         let frame = HubFrame::Shards(ShardsHeld {
             count: self.shared.ownership.count(),

@@ -349,6 +349,9 @@ impl<S: Transport> Connection<S> {
         self.shared
             .ownership
             .gathered(&self.cluster, buffer.shards.as_deref());
+        self.shared
+            .ownership
+            .snapshotted(&self.cluster, buffer.shards.as_deref());
         tracing::info!(cluster = %self.cluster, objects, shards = ?buffer.shards, held = self.shared.store.held(&self.cluster), seq = acked, "snapshot applied");
         self.send_ack(acked).await?;
         Ok(())

@@ -473,3 +473,69 @@ fn a_forgotten_cluster_leaves_nothing_behind() {
     );
     assert_eq!(queue.drain_ready(), vec![key("a")], "merged again");
 }
+
+#[test]
+fn a_snapshot_of_some_shards_replaces_only_their_entries() {
+    let (store, queue) = store(100);
+    store
+        .apply(
+            "c1",
+            "s1",
+            vec![
+                upsert("a", 1, json!({"v": 1})),
+                upsert("b", 2, json!({"v": 1})),
+                upsert("c", 3, json!({"v": 1})),
+            ],
+            vec![],
+        )
+        .ok();
+    queue.drain_ready();
+    let before = store.held_bytes("c1");
+    // The snapshot covers "a" and "b" (say, one shard): "a" is gone, "b"
+    // changed; "c" is outside it and stays.
+    let within = |k: &ObjectKey| k.name == "a" || k.name == "b";
+    let snapshot = HashMap::from([(key("b"), entry(4, json!({"v": 2})))]);
+    let applied =
+        store.replace_cluster_within("c1", "s1", snapshot, HashMap::new(), 4, Some(&within));
+    assert_eq!(applied.map(|a| a.seq), Ok(4));
+    let mut dirty = queue.drain_ready();
+    dirty.sort();
+    assert_eq!(dirty, vec![key("a"), key("b")]);
+    assert_eq!(store.entries(&key("a")).len(), 0);
+    assert_eq!(store.entries(&key("c")).len(), 1, "outside the snapshot");
+    assert_eq!(store.cluster_objects("c1"), 2);
+    assert_eq!(store.position("c1").map(|p| p.seq), Some(4));
+    // Bytes: "a" gone, "b" the same size, "c" kept.
+    assert!(store.held_bytes("c1").0 < before.0);
+}
+
+#[test]
+fn forgetting_a_shard_is_silent_and_keeps_the_rest() {
+    let (store, queue) = store(100);
+    store
+        .apply(
+            "c1",
+            "s1",
+            vec![upsert("a", 1, json!({})), upsert("b", 2, json!({}))],
+            vec![],
+        )
+        .ok();
+    store
+        .apply("c2", "s1", vec![upsert("a", 1, json!({}))], vec![])
+        .ok();
+    queue.drain_ready();
+    let forgotten = store.forget_within(|k| k.name == "a");
+    assert_eq!(forgotten, 2);
+    assert!(
+        queue.drain_ready().is_empty(),
+        "no write comes of forgetting"
+    );
+    assert_eq!(store.entries(&key("a")).len(), 0);
+    assert_eq!(store.entries(&key("b")).len(), 1);
+    assert_eq!(store.cluster_objects("c2"), 0);
+    assert_eq!(
+        store.position("c1").map(|p| p.seq),
+        Some(2),
+        "positions stay"
+    );
+}
