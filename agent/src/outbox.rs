@@ -416,7 +416,7 @@ impl Outbox {
         if changed {
             self.reroute();
         }
-        self.update_route_gauges(replica, name);
+        self.update_route_gauges();
         changed
     }
 
@@ -430,8 +430,14 @@ impl Outbox {
             self.reroute();
         }
         if let Some(name) = name {
-            self.update_route_gauges(replica, &name);
+            // It routes nothing now (the series leaves when the replica is
+            // forgotten).
+            self.metrics
+                .routed_shards
+                .with_label_values(&[&name])
+                .set(0);
         }
+        self.update_route_gauges();
         changed
     }
 
@@ -659,12 +665,16 @@ impl Outbox {
             .set(gauge_value(self.unrouted.len()));
     }
 
-    fn update_route_gauges(&self, replica: ReplicaId, name: &str) {
-        let shards = self.routes.routed_shards(replica).len();
-        self.metrics
-            .routed_shards
-            .with_label_values(&[name])
-            .set(gauge_value(shards));
+    /// `uplink_agent_routed_shards` of every replica (a change of routes
+    /// may take shards from one and give them to another).
+    fn update_route_gauges(&self) {
+        for (replica, name) in self.routes.replicas() {
+            let shards = self.routes.routed_shards(replica).len();
+            self.metrics
+                .routed_shards
+                .with_label_values(&[name])
+                .set(gauge_value(shards));
+        }
     }
 }
 

@@ -383,6 +383,15 @@ async fn a_shard_taken_over_with_snapshot_gets_a_snapshot_of_that_shard_only() {
     })
     .await;
 
+    let routed = |hub: &FakeHub| {
+        agent
+            .metrics
+            .routed_shards
+            .with_label_values(&[&format!("wss://{}/v1/tunnel", hub.addr)])
+            .get()
+    };
+    assert_eq!((routed(&a), routed(&b)), (1, 1), "one shard each");
+
     // From now on shard 1 goes to B, shard 0 still to A.
     agent
         .events
