@@ -9,6 +9,15 @@
 //!   cumulative `Ack { seq }` removes every entry up to `seq`.
 //! - Entries sent but not acknowledged stay; after a reconnect the session
 //!   resends them (resume) or a snapshot covers them.
+//! - With a replicated hub (protocol version 4) every unacknowledged entry
+//!   has a place: unrouted (no replica holds its workspace's shard; it
+//!   waits), ready for the replica holding the shard ([`crate::routes`]), or
+//!   in flight to the replica it was sent to. Acks are per replica: a
+//!   replica's cumulative ack removes only entries in flight to it. When
+//!   routes change, an entry in flight to a replica that no longer holds its
+//!   shard while another does is made ready for the other (its snapshot of
+//!   the shard, if it asked for one, covers it); one whose shard nobody
+//!   holds stays in flight (its replica may still acknowledge it, or resume).
 //!
 //! `--outbox-limit` bounds the number of unacknowledged entries *reported as
 //! healthy*: past it, each admitted entry increments

@@ -291,3 +291,43 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_urls_as_replicas() {
+        let interval = Duration::from_secs(30);
+        let Replicas::Static(endpoints) = Replicas::parse(
+            "wss://hub-0:8443, wss://hub-1:8443,",
+            HubDiscovery::Static,
+            interval,
+            None,
+        )
+        .unwrap() else {
+            panic!("expected static replicas")
+        };
+        let hosts: Vec<&str> = endpoints.iter().map(|e| e.host.as_str()).collect();
+        assert_eq!(hosts, ["hub-0", "hub-1"]);
+
+        let dns = Replicas::parse(
+            "wss://uplink-hub.uplink.svc:8443",
+            HubDiscovery::Dns,
+            interval,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(dns, Replicas::Dns { ref endpoint, .. } if endpoint.port == 8443));
+
+        for (urls, discovery) in [
+            ("wss://a:1,wss://b:1", HubDiscovery::Dns),
+            ("", HubDiscovery::Static),
+            ("wss://a:1,ws://b:1", HubDiscovery::Static),
+        ] {
+            let err = Replicas::parse(urls, discovery, interval, None).unwrap_err();
+            assert!(err.to_string().contains("--hub-url"), "{err}");
+        }
+    }
+}
