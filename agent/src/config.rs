@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub hub_discovery: HubDiscovery,
     /// How often a [`HubDiscovery::Dns`] name is resolved again.
     pub hub_resolve_interval: Duration,
+    /// Resolves a [`HubDiscovery::Dns`] name; `None`: the system's
+    /// (tokio's `lookup_host`). For tests and embedding programs.
+    pub hub_resolver: Option<std::sync::Arc<dyn crate::replicas::NameResolver>>,
     /// PEM client certificate chain presented to the hub.
     pub tls_cert: PathBuf,
     /// PEM private key of `tls_cert`.
@@ -85,6 +88,7 @@ impl Default for AgentConfig {
             hub_url: String::new(),
             hub_discovery: HubDiscovery::Static,
             hub_resolve_interval: Duration::from_secs(30),
+            hub_resolver: None,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             hub_ca: PathBuf::new(),

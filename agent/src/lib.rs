@@ -239,6 +239,7 @@ impl Agent {
             &config.hub_url,
             config.hub_discovery,
             config.hub_resolve_interval,
+            config.hub_resolver.clone(),
         )?;
         let hub = match &replicas {
             Replicas::Static(endpoints) => endpoints.first().cloned(),

@@ -189,6 +189,7 @@ impl Args {
             hub_url: self.hub_url,
             hub_discovery: self.hub_discovery,
             hub_resolve_interval: self.hub_resolve_interval,
+            hub_resolver: None,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             hub_ca: self.hub_ca,

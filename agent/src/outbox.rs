@@ -9,6 +9,15 @@
 //!   cumulative `Ack { seq }` removes every entry up to `seq`.
 //! - Entries sent but not acknowledged stay; after a reconnect the session
 //!   resends them (resume) or a snapshot covers them.
+//! - With a replicated hub (protocol version 4) every unacknowledged entry
+//!   has a place: unrouted (no replica holds its workspace's shard; it
+//!   waits), ready for the replica holding the shard ([`crate::routes`]), or
+//!   in flight to the replica it was sent to. Acks are per replica: a
+//!   replica's cumulative ack removes only entries in flight to it. When
+//!   routes change, an entry in flight to a replica that no longer holds its
+//!   shard while another does is made ready for the other (its snapshot of
+//!   the shard, if it asked for one, covers it); one whose shard nobody
+//!   holds stays in flight (its replica may still acknowledge it, or resume).
 //!
 //! `--outbox-limit` bounds the number of unacknowledged entries *reported as
 //! healthy*: past it, each admitted entry increments
@@ -416,7 +425,7 @@ impl Outbox {
         if changed {
             self.reroute();
         }
-        self.update_route_gauges(replica, name);
+        self.update_route_gauges();
         changed
     }
 
@@ -430,8 +439,14 @@ impl Outbox {
             self.reroute();
         }
         if let Some(name) = name {
-            self.update_route_gauges(replica, &name);
+            // It routes nothing now (the series leaves when the replica is
+            // forgotten).
+            self.metrics
+                .routed_shards
+                .with_label_values(&[&name])
+                .set(0);
         }
+        self.update_route_gauges();
         changed
     }
 
@@ -659,12 +674,16 @@ impl Outbox {
             .set(gauge_value(self.unrouted.len()));
     }
 
-    fn update_route_gauges(&self, replica: ReplicaId, name: &str) {
-        let shards = self.routes.routed_shards(replica).len();
-        self.metrics
-            .routed_shards
-            .with_label_values(&[name])
-            .set(gauge_value(shards));
+    /// `uplink_agent_routed_shards` of every replica (a change of routes
+    /// may take shards from one and give them to another).
+    fn update_route_gauges(&self) {
+        for (replica, name) in self.routes.replicas() {
+            let shards = self.routes.routed_shards(replica).len();
+            self.metrics
+                .routed_shards
+                .with_label_values(&[name])
+                .set(gauge_value(shards));
+        }
     }
 }
 

@@ -15,16 +15,47 @@
 //! stop signal: stopping the agent ends them all, each saying `Bye`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HubDiscovery, ReconnectSettings};
 use crate::routes::ReplicaId;
 use crate::session::{HubEndpoint, HubUrlError, SessionContext};
+
+/// Resolves the hub's name to its replicas' addresses
+/// (`--hub-discovery=dns`).
+pub trait NameResolver: fmt::Debug + Send + Sync {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>;
+}
+
+/// The system's resolver (tokio's `lookup_host`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl NameResolver for SystemResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+        let host = host.to_owned();
+        Box::pin(async move {
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(Iterator::collect)
+        })
+    }
+}
 
 /// Where the replicas are, as configured.
 #[derive(Debug, Clone)]
@@ -35,6 +66,7 @@ pub enum Replicas {
     Dns {
         endpoint: HubEndpoint,
         interval: Duration,
+        resolver: Arc<dyn NameResolver>,
     },
 }
 
@@ -44,6 +76,7 @@ impl Replicas {
         urls: &str,
         discovery: HubDiscovery,
         interval: Duration,
+        resolver: Option<Arc<dyn NameResolver>>,
     ) -> Result<Self, HubUrlError> {
         let mut endpoints = HubEndpoint::parse_list(urls)?;
         match discovery {
@@ -62,7 +95,11 @@ impl Replicas {
                     return Err(fail("--hub-resolve-interval must be greater than zero"));
                 }
                 let endpoint = endpoints.pop().ok_or_else(|| fail("names no hub"))?;
-                Ok(Replicas::Dns { endpoint, interval })
+                Ok(Replicas::Dns {
+                    endpoint,
+                    interval,
+                    resolver: resolver.unwrap_or_else(|| Arc::new(SystemResolver)),
+                })
             }
         }
     }
@@ -102,8 +139,12 @@ pub async fn run(
                 }
             }
         }
-        Replicas::Dns { endpoint, interval } => {
-            Resolver::new(ctx, endpoint, settings)
+        Replicas::Dns {
+            endpoint,
+            interval,
+            resolver,
+        } => {
+            Resolver::new(ctx, endpoint, settings, resolver)
                 .run(interval, stop)
                 .await;
         }
@@ -130,6 +171,7 @@ struct Resolver {
     ctx: SessionContext,
     endpoint: HubEndpoint,
     settings: ReconnectSettings,
+    resolver: Arc<dyn NameResolver>,
     /// The live loops, by address: their replica and their own stop.
     live: BTreeMap<SocketAddr, (ReplicaId, CancellationToken)>,
     loops: JoinSet<(ReplicaId, Arc<str>)>,
@@ -137,11 +179,17 @@ struct Resolver {
 }
 
 impl Resolver {
-    fn new(ctx: SessionContext, endpoint: HubEndpoint, settings: ReconnectSettings) -> Self {
+    fn new(
+        ctx: SessionContext,
+        endpoint: HubEndpoint,
+        settings: ReconnectSettings,
+        resolver: Arc<dyn NameResolver>,
+    ) -> Self {
         Self {
             ctx,
             endpoint,
             settings,
+            resolver,
             live: BTreeMap::new(),
             loops: JoinSet::new(),
             next_replica: 0,
@@ -173,10 +221,10 @@ impl Resolver {
         let port = self.endpoint.port;
         let resolved = tokio::select! {
             () = stop.cancelled() => return,
-            resolved = tokio::net::lookup_host((host.as_str(), port)) => resolved,
+            resolved = self.resolver.resolve(&host, port) => resolved,
         };
         let addresses: std::collections::BTreeSet<SocketAddr> = match resolved {
-            Ok(addresses) => addresses.collect(),
+            Ok(addresses) => addresses.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(cluster = %self.ctx.cluster, host = %host, error = %e, sessions = self.live.len(), "resolving the hub's name failed; keeping the sessions");
                 return;
@@ -240,6 +288,46 @@ impl Resolver {
     async fn drain(&mut self) {
         while let Some(ended) = self.loops.join_next().await {
             self.ended(ended);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_urls_as_replicas() {
+        let interval = Duration::from_secs(30);
+        let Replicas::Static(endpoints) = Replicas::parse(
+            "wss://hub-0:8443, wss://hub-1:8443,",
+            HubDiscovery::Static,
+            interval,
+            None,
+        )
+        .unwrap() else {
+            panic!("expected static replicas")
+        };
+        let hosts: Vec<&str> = endpoints.iter().map(|e| e.host.as_str()).collect();
+        assert_eq!(hosts, ["hub-0", "hub-1"]);
+
+        let dns = Replicas::parse(
+            "wss://uplink-hub.uplink.svc:8443",
+            HubDiscovery::Dns,
+            interval,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(dns, Replicas::Dns { ref endpoint, .. } if endpoint.port == 8443));
+
+        for (urls, discovery) in [
+            ("wss://a:1,wss://b:1", HubDiscovery::Dns),
+            ("", HubDiscovery::Static),
+            ("wss://a:1,ws://b:1", HubDiscovery::Static),
+        ] {
+            let err = Replicas::parse(urls, discovery, interval, None).unwrap_err();
+            assert!(err.to_string().contains("--hub-url"), "{err}");
         }
     }
 }

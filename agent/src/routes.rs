@@ -206,6 +206,11 @@ impl Routes {
         self.count
     }
 
+    /// Every replica that told what it holds, and its name.
+    pub fn replicas(&self) -> impl Iterator<Item = (ReplicaId, &Arc<str>)> {
+        self.replicas.iter().map(|(id, r)| (*id, &r.name))
+    }
+
     /// How `replica` is named in logs and metrics.
     pub fn name(&self, replica: ReplicaId) -> Option<Arc<str>> {
         self.replicas.get(&replica).map(|r| Arc::clone(&r.name))

@@ -383,6 +383,15 @@ async fn a_shard_taken_over_with_snapshot_gets_a_snapshot_of_that_shard_only() {
     })
     .await;
 
+    let routed = |hub: &FakeHub| {
+        agent
+            .metrics
+            .routed_shards
+            .with_label_values(&[&format!("wss://{}/v1/tunnel", hub.addr)])
+            .get()
+    };
+    assert_eq!((routed(&a), routed(&b)), (1, 1), "one shard each");
+
     // From now on shard 1 goes to B, shard 0 still to A.
     agent
         .events
@@ -479,4 +488,70 @@ async fn dns_discovery_finds_a_replica_by_name() {
     };
     assert_eq!(batch.deltas[0].object.name, "web-0");
     agent.stop(vec![conn]).await;
+}
+
+/// A name whose addresses the test sets.
+#[derive(Debug, Default)]
+struct TestResolver(std::sync::Mutex<Vec<std::net::SocketAddr>>);
+
+impl TestResolver {
+    fn set(&self, addresses: &[std::net::SocketAddr]) {
+        *self.0.lock().unwrap() = addresses.to_vec();
+    }
+}
+
+impl uplink_agent::replicas::NameResolver for TestResolver {
+    fn resolve(
+        &self,
+        _host: &str,
+        _port: u16,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<Vec<std::net::SocketAddr>>> {
+        let addresses = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(addresses) })
+    }
+}
+
+#[tokio::test]
+async fn dns_discovery_follows_the_addresses_of_the_name() {
+    let pki = pki();
+    let mut a = FakeHub::start(Arc::clone(&pki.server)).await;
+    let mut b = FakeHub::start(Arc::clone(&pki.server)).await;
+    let resolver = Arc::new(TestResolver::default());
+    resolver.set(&[a.addr]);
+    let mut config = config(&pki, "wss://localhost:8443".into());
+    config.hub_discovery = HubDiscovery::Dns;
+    config.hub_resolve_interval = Duration::from_millis(20);
+    config.hub_resolver = Some(resolver.clone());
+    let agent = start(config).await;
+
+    let mut to_a = welcome(&mut a, SessionMode::Snapshot, Some(held(&[(0, 1)], &[0]))).await;
+    let (_, deltas_a) = snapshot(&mut to_a).await;
+    assert_eq!(names(&deltas_a), BTreeSet::from(["web-0".to_owned()]));
+
+    // A second address appears: a session with it starts.
+    resolver.set(&[a.addr, b.addr]);
+    let mut to_b = welcome(&mut b, SessionMode::Snapshot, Some(held(&[(1, 1)], &[1]))).await;
+    let (_, deltas_b) = snapshot(&mut to_b).await;
+    assert_eq!(names(&deltas_b), BTreeSet::from(["web-1".to_owned()]));
+    poll_until("two sessions", || agent.metrics.connected.get() == 2).await;
+
+    // The first disappears: its session says goodbye and ends.
+    resolver.set(&[b.addr]);
+    said_goodbye(to_a).await;
+    poll_until("one session", || agent.metrics.connected.get() == 1).await;
+    let rendered = agent.metrics.render();
+    assert!(
+        !rendered.contains(&format!("({})", a.addr)),
+        "the gone replica's series are removed:\n{rendered}"
+    );
+    // Shard 0 has no holder now: its changes wait.
+    agent
+        .events
+        .unbounded_send(deployment(0, "web-0", 2))
+        .unwrap();
+    poll_until("web-0 waits unrouted", || {
+        agent.metrics.outbox_unrouted.get() == 1
+    })
+    .await;
+    agent.stop(vec![to_b]).await;
 }
