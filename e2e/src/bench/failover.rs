@@ -39,7 +39,7 @@ use uplink_hub::replicas::ReplicaSettings;
 
 use super::connections::raise_fd_limit;
 use super::fleet::{
-    Binaries, MetricsClient, NAMESPACE, deployments_only, hub_metric, metrics_client,
+    Binaries, MetricsClient, NAMESPACE, deployments_only, hub_metrics, metrics_client,
     one_source_fleet, unlimited_writes,
 };
 use super::kcpwatch::KcpWatch;
@@ -50,8 +50,12 @@ use crate::apiserver::{ApiServer, ApiServerConfig};
 use crate::demo::launch::{self, Files, HubAddrs};
 use crate::demo::processes::ChildProcess;
 
-/// How often the hubs' metrics and KCP are looked at.
+/// How often KCP's watch is looked at.
 const SAMPLE: Duration = Duration::from_millis(100);
+/// How often the hubs' `/metrics` are read while waiting (large pages with
+/// thousands of agents; the hubs' time serving them is time not spent
+/// recovering).
+const SCRAPE_EVERY: Duration = Duration::from_millis(250);
 /// How long after the kill the survivors get before what is missing counts
 /// as lost.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -459,18 +463,41 @@ fn exited_hub(hubs: &mut [Hub]) -> Option<String> {
     })
 }
 
-/// A metric of every running hub, in order (`None` where unreadable or
-/// killed).
-async fn per_hub(http: &MetricsClient, hubs: &[Hub], name: &str) -> Vec<Option<f64>> {
+/// The hubs' connected agents, shards held and deltas received.
+const CONNECTED: usize = 0;
+const SHARDS_HELD: usize = 1;
+const DELTAS: usize = 2;
+const SCRAPED: [&str; 3] = [
+    "uplink_hub_agents_connected",
+    "uplink_hub_shards_held",
+    "uplink_hub_deltas_received_total",
+];
+
+/// [`SCRAPED`] of every running hub, in order (`None` where unreadable or
+/// killed), one `/metrics` read per hub.
+async fn scrape(http: &MetricsClient, hubs: &[Hub]) -> Vec<Option<Vec<f64>>> {
     let mut values = Vec::with_capacity(hubs.len());
     for hub in hubs {
         values.push(if hub.process.is_some() {
-            hub_metric(http, hub.addrs.http, name, &[]).await.ok()
+            hub_metrics(http, hub.addrs.http, &SCRAPED, &[]).await.ok()
         } else {
             None
         });
     }
     values
+}
+
+/// Metric `which` of [`SCRAPED`] per hub.
+fn column(scraped: &[Option<Vec<f64>>], which: usize) -> Vec<Option<f64>> {
+    scraped
+        .iter()
+        .map(|hub| hub.as_ref().and_then(|v| v.get(which).copied()))
+        .collect()
+}
+
+/// Metric `which` of [`SCRAPED`], summed over the hubs that answered.
+fn total(scraped: &[Option<Vec<f64>>], which: usize) -> f64 {
+    column(scraped, which).into_iter().flatten().sum()
 }
 
 /// CPU time of every running hub, summed.
@@ -499,12 +526,9 @@ async fn wait_connected(
         if let Some(trouble) = pools.trouble().or_else(|| exited_hub(hubs)) {
             anyhow::bail!("{trouble}");
         }
-        let connected = per_hub(http, hubs, "uplink_hub_agents_connected").await;
-        let held: f64 = per_hub(http, hubs, "uplink_hub_shards_held")
-            .await
-            .into_iter()
-            .flatten()
-            .sum();
+        let scraped = scrape(http, hubs).await;
+        let connected = column(&scraped, CONNECTED);
+        let held = total(&scraped, SHARDS_HELD);
         let all_connected = connected
             .iter()
             .all(|c| c.is_some_and(|c| c as usize >= agents));
@@ -519,7 +543,7 @@ async fn wait_connected(
                 pools.status()
             );
         }
-        tokio::time::sleep(SAMPLE).await;
+        tokio::time::sleep(SCRAPE_EVERY).await;
     }
 }
 
@@ -533,9 +557,8 @@ async fn load(
     agents: usize,
     rounds: u32,
 ) -> anyhow::Result<LoadCost> {
-    let deltas = |values: Vec<Option<f64>>| values.into_iter().flatten().sum::<f64>() as u64;
     let cpu_before = hubs_cpu(hubs)?;
-    let deltas_before = deltas(per_hub(http, hubs, "uplink_hub_deltas_received_total").await);
+    let deltas_before = total(&scrape(http, hubs).await, DELTAS) as u64;
     for round in 1..=i64::from(rounds) {
         let at = Instant::now();
         for index in 0..agents {
@@ -553,7 +576,7 @@ async fn load(
         }
     }
     let cpu = hubs_cpu(hubs)?.saturating_sub(cpu_before);
-    let deltas_after = deltas(per_hub(http, hubs, "uplink_hub_deltas_received_total").await);
+    let deltas_after = total(&scrape(http, hubs).await, DELTAS) as u64;
     Ok(LoadCost {
         cpu_s: cpu.as_secs_f64(),
         deltas: deltas_after.saturating_sub(deltas_before),
@@ -571,8 +594,7 @@ async fn fail_over(
     shards: u16,
     round: i64,
 ) -> anyhow::Result<Failover> {
-    let held: Vec<u64> = per_hub(http, hubs, "uplink_hub_shards_held")
-        .await
+    let held: Vec<u64> = column(&scrape(http, hubs).await, SHARDS_HELD)
         .into_iter()
         .map(|v| v.unwrap_or(0.0) as u64)
         .collect();
@@ -592,14 +614,12 @@ async fn fail_over(
     }
     pools.change(round, CHANGE_TIMEOUT).await?;
     let (mut shards_again, mut all_in_kcp) = (None, None);
+    let mut scraped_at: Option<Instant> = None;
     loop {
         let elapsed = killed_at.elapsed();
-        if shards_again.is_none() {
-            let survivors: f64 = per_hub(http, hubs, "uplink_hub_shards_held")
-                .await
-                .into_iter()
-                .flatten()
-                .sum();
+        if shards_again.is_none() && scraped_at.is_none_or(|at| at.elapsed() >= SCRAPE_EVERY) {
+            scraped_at = Some(Instant::now());
+            let survivors = total(&scrape(http, hubs).await, SHARDS_HELD);
             if survivors as u64 >= u64::from(shards) {
                 shards_again = Some(elapsed.as_secs_f64());
             }

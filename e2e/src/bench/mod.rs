@@ -397,25 +397,25 @@ impl FailoverReport {
         let mut figures = vec![
             Figure::new("agents", self.agents as f64, "10000 at full scale"),
             Figure::new("replicas", self.replicas as f64, "3"),
-            Figure::new("shards", f64::from(self.shards), "16"),
-            Figure::new(
-                "lease_duration_s",
-                self.lease.duration.as_secs_f64(),
-                "the hub's default",
-            ),
-            Figure::new(
-                "renew_deadline_s",
-                self.lease.renew_deadline.as_secs_f64(),
-                "the hub's default",
-            ),
-            Figure::new(
-                "retry_period_s",
-                self.lease.retry_period.as_secs_f64(),
-                "the hub's default",
-            ),
         ];
         if let Some(failover) = &self.failover {
             figures.extend([
+                Figure::new("shards", f64::from(self.shards), "16"),
+                Figure::new(
+                    "lease_duration_s",
+                    self.lease.duration.as_secs_f64(),
+                    "the hub's default",
+                ),
+                Figure::new(
+                    "renew_deadline_s",
+                    self.lease.renew_deadline.as_secs_f64(),
+                    "the hub's default",
+                ),
+                Figure::new(
+                    "retry_period_s",
+                    self.lease.retry_period.as_secs_f64(),
+                    "the hub's default",
+                ),
                 Figure::new("killed_shards", failover.killed_shards as f64, "-"),
                 Figure::new(
                     "shards_held_again_s",
@@ -907,6 +907,7 @@ mod tests {
         let figures = alone.figures();
         assert!(figures.iter().all(|f| f.name != "sharding_overhead"));
         assert!(figures.iter().all(|f| f.name != "recovered_s"));
+        assert!(figures.iter().all(|f| f.name != "lease_duration_s"));
     }
 
     #[test]
