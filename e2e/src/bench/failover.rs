@@ -282,6 +282,15 @@ pub fn busiest(held: &[u64]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// Every shard held, and spread: each replica holds at least its share
+/// rounded down (the first replica up may hold them all until the others
+/// join and it releases its excess).
+pub fn balanced(held: &[u64], shards: u16) -> bool {
+    let replicas = held.len().max(1) as u64;
+    held.iter().sum::<u64>() == u64::from(shards)
+        && held.iter().all(|n| *n >= u64::from(shards) / replicas)
+}
+
 /// Starts KCP, the hubs (`replicas` of them; lease flags when `lease` is
 /// given) and the agents, waits until everything is connected and synced,
 /// runs the load phase and, when replicated, the failover.
@@ -512,7 +521,8 @@ fn hubs_cpu(hubs: &[Hub]) -> anyhow::Result<Duration> {
 }
 
 /// Waits until every hub has every agent connected, KCP shows every
-/// initial status and, when `shards` is given, the hubs hold every shard.
+/// initial status and, when `shards` is given, the hubs hold every shard,
+/// spread ([`balanced`]).
 async fn wait_connected(
     http: &MetricsClient,
     hubs: &mut [Hub],
@@ -528,17 +538,20 @@ async fn wait_connected(
         }
         let scraped = scrape(http, hubs).await;
         let connected = column(&scraped, CONNECTED);
-        let held = total(&scraped, SHARDS_HELD);
+        let held: Vec<u64> = column(&scraped, SHARDS_HELD)
+            .into_iter()
+            .map(|v| v.unwrap_or(0.0) as u64)
+            .collect();
         let all_connected = connected
             .iter()
             .all(|c| c.is_some_and(|c| c as usize >= agents));
-        let all_held = shards.is_none_or(|s| held as u64 >= u64::from(s));
+        let all_held = shards.is_none_or(|s| balanced(&held, s));
         if all_connected && all_held && watch.pending() == 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "before the load: agents connected per hub {connected:?} of {agents}, shards held {held} of {shards:?}, {} initial statuses not in KCP, pools: {:?}",
+                "before the load: agents connected per hub {connected:?} of {agents}, shards held per hub {held:?} of {shards:?}, {} initial statuses not in KCP, pools: {:?}",
                 watch.pending(),
                 pools.status()
             );
@@ -655,6 +668,14 @@ mod tests {
         assert_eq!(busiest(&[0, 0, 1]), Some(2));
         assert_eq!(busiest(&[0, 0]), None);
         assert_eq!(busiest(&[]), None);
+    }
+
+    #[test]
+    fn shards_count_as_balanced_once_all_are_held_and_spread() {
+        assert!(balanced(&[6, 5, 5], 16));
+        assert!(!balanced(&[16, 0, 0], 16));
+        assert!(!balanced(&[6, 5, 4], 16));
+        assert!(!balanced(&[10, 5, 1], 16) && balanced(&[16], 16));
     }
 
     #[test]
