@@ -26,6 +26,9 @@ enum Command {
     /// The `ingest` benchmark's baseline: a bare TLS WebSocket server that reads and discards.
     #[command(hide = true)]
     BenchSink(uplink_e2e::bench::sink::SinkArgs),
+    /// The `failover` benchmark's simulated agents, driven over stdin and stdout.
+    #[command(hide = true)]
+    BenchAgentPool(uplink_e2e::bench::pool::PoolArgs),
 }
 
 /// mimalloc, as in the hub: `bench` runs thousands of simulated agents in
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             Command::Demo(args) => uplink_e2e::demo::run(args).await,
             Command::Bench(args) => uplink_e2e::bench::run(args).await,
             Command::BenchSink(args) => uplink_e2e::bench::sink::serve(args).await,
+            Command::BenchAgentPool(args) => uplink_e2e::bench::pool::serve(args).await,
         }
     })
 }

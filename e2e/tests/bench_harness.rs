@@ -206,3 +206,57 @@ async fn storm_loses_nothing_and_every_agent_reconnects() -> anyhow::Result<()> 
     assert!(report.all_connected_s <= report.all_synced_s, "{report:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_baseline_drives_pooled_agents_over_many_workspaces() -> anyhow::Result<()> {
+    use uplink_e2e::bench::failover::{self, FailoverSettings};
+
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = failover::run(
+        &binaries,
+        FailoverSettings {
+            agents: 6,
+            workspaces: 3,
+            replicas: 1,
+            shards: 16,
+            rounds: 2,
+        },
+    )
+    .await?;
+    assert_eq!(report.agents, 6, "{report:?}");
+    // Each round waits until KCP shows it: one delta per agent per round
+    // reached the hub, no fewer.
+    assert!(report.single.deltas >= 12, "{report:?}");
+    assert!(report.single.cpu_s > 0.0, "{report:?}");
+    assert!(report.replicated.is_none() && report.failover.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs issue 20's wiring: the hub's --replicas-* and --shards flags, the agent's comma-separated --hub-url"]
+async fn failover_moves_every_shard_and_loses_nothing() -> anyhow::Result<()> {
+    use uplink_e2e::bench::failover::{self, FailoverSettings};
+
+    let binaries = find_binaries(&BenchArgs::default()).await?;
+    let report = failover::run(
+        &binaries,
+        FailoverSettings {
+            agents: 8,
+            workspaces: 8,
+            replicas: 3,
+            shards: 16,
+            rounds: 1,
+        },
+    )
+    .await?;
+    let failover = report.failover.clone();
+    assert!(
+        failover.as_ref().is_some_and(|f| f.killed_shards > 0
+            && f.shards_held_again_s.is_some()
+            && f.all_in_kcp_s.is_some()
+            && f.lost == 0),
+        "{report:?}"
+    );
+    assert!(report.overhead().is_some(), "{report:?}");
+    Ok(())
+}

@@ -384,6 +384,18 @@ pub async fn hub_metric(
     name: &str,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<f64> {
+    let sums = hub_metrics(http, addr, &[name], labels).await?;
+    Ok(sums.first().copied().unwrap_or(0.0))
+}
+
+/// [`hub_metric`] for each of `names`, from one read of `/metrics` (with
+/// thousands of agents the page is large: one read, not one per name).
+pub async fn hub_metrics(
+    http: &MetricsClient,
+    addr: SocketAddr,
+    names: &[&str],
+    labels: &[(&str, &str)],
+) -> anyhow::Result<Vec<f64>> {
     let uri: hyper::Uri = format!("http://{addr}/metrics").parse()?;
     let response = tokio::time::timeout(Duration::from_secs(10), http.get(uri))
         .await
@@ -395,11 +407,17 @@ pub async fn hub_metric(
     );
     let body = response.into_body().collect().await?.to_bytes();
     let text = String::from_utf8(body.to_vec())?;
-    Ok(parse_metrics(&text)
+    let samples = parse_metrics(&text);
+    Ok(names
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
-        .map(|s| s.value)
-        .sum())
+        .map(|name| {
+            samples
+                .iter()
+                .filter(|s| s.name == *name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+                .map(|s| s.value)
+                .sum()
+        })
+        .collect())
 }
 
 /// `objects` Deployments `obj-<i>` dealt round-robin over `clusters` clusters.

@@ -12,11 +12,13 @@ pub mod agent;
 pub mod coalesce;
 pub mod connections;
 pub mod downstream;
+pub mod failover;
 pub mod fleet;
 pub mod ingest;
 pub mod kcpwatch;
 pub mod latency;
 pub mod placed;
+pub mod pool;
 pub mod procstat;
 pub mod simulated;
 pub mod sink;
@@ -35,6 +37,7 @@ use agent::{AgentReport, AgentSettings};
 use coalesce::{CoalesceReport, CoalesceSettings};
 use connections::{ConnectionsReport, ConnectionsSettings};
 use downstream::{DownstreamReport, DownstreamSettings};
+use failover::{FailoverReport, FailoverSettings};
 use fleet::Binaries;
 use ingest::{IngestReport, IngestSettings};
 use latency::{LatencyReport, LatencySettings};
@@ -58,10 +61,14 @@ pub enum Scenario {
     Coalesce,
     /// One real agent watching many objects: memory and CPU.
     Agent,
+    /// Hub replicas sharing the shards by Lease, the busiest SIGKILLed:
+    /// time until every shard is held and every change in KCP; hub CPU per
+    /// delta with replicas against one hub.
+    Failover,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Ingest,
         Scenario::Latency,
         Scenario::Downstream,
@@ -69,6 +76,7 @@ impl Scenario {
         Scenario::Storm,
         Scenario::Coalesce,
         Scenario::Agent,
+        Scenario::Failover,
     ];
 
     /// The name in the command line, the table and the JSON.
@@ -81,6 +89,7 @@ impl Scenario {
             Scenario::Storm => "storm",
             Scenario::Coalesce => "coalesce",
             Scenario::Agent => "agent",
+            Scenario::Failover => "failover",
         }
     }
 }
@@ -100,9 +109,14 @@ pub struct BenchArgs {
     #[arg(long, env = "UPLINK_BENCH_JSON")]
     pub json: Option<PathBuf>,
 
-    /// Simulated agents (connections, storm).
+    /// Simulated agents (connections, storm, failover).
     #[arg(long, env = "UPLINK_BENCH_AGENTS")]
     pub agents: Option<usize>,
+
+    /// Hub replicas (failover; default 3); 1 measures the single-hub baseline only,
+    /// with nothing to fail over to.
+    #[arg(long, env = "UPLINK_BENCH_REPLICAS")]
+    pub replicas: Option<usize>,
 
     /// Objects the one agent watches (agent).
     #[arg(long, env = "UPLINK_BENCH_OBJECTS")]
@@ -151,6 +165,12 @@ pub struct Scale {
     pub ingest_window: Duration,
     /// Downstream Events about one object during the latency run.
     pub event_burst: usize,
+    /// Simulated agents of the failover scenario (one object each).
+    pub failover_agents: usize,
+    /// Its load rounds (every status changed once each), per run.
+    pub failover_rounds: u32,
+    /// Its hub replicas.
+    pub replicas: usize,
 }
 
 impl Scale {
@@ -172,6 +192,9 @@ impl Scale {
                 ingest_objects: 500,
                 ingest_window: Duration::from_secs(5),
                 event_burst: 0,
+                failover_agents: 300,
+                failover_rounds: 3,
+                replicas: 3,
             }
         } else {
             Scale {
@@ -190,6 +213,9 @@ impl Scale {
                 ingest_objects: 500,
                 ingest_window: Duration::from_secs(20),
                 event_burst: 0,
+                failover_agents: 10_000,
+                failover_rounds: 5,
+                replicas: 3,
             }
         };
         Scale {
@@ -198,6 +224,8 @@ impl Scale {
             rate: args.rate.unwrap_or(base.rate),
             duration: args.duration.unwrap_or(base.duration),
             event_burst: args.event_burst,
+            failover_agents: args.agents.unwrap_or(base.failover_agents),
+            replicas: args.replicas.unwrap_or(base.replicas).max(1),
             ..base
         }
     }
@@ -363,6 +391,71 @@ impl AgentReport {
     }
 }
 
+impl FailoverReport {
+    pub fn figures(&self) -> Vec<Figure> {
+        let single = self.single.per_million();
+        let mut figures = vec![
+            Figure::new("agents", self.agents as f64, "10000 at full scale"),
+            Figure::new("replicas", self.replicas as f64, "3"),
+        ];
+        if let Some(failover) = &self.failover {
+            figures.extend([
+                Figure::new("shards", f64::from(self.shards), "16"),
+                Figure::new(
+                    "lease_duration_s",
+                    self.lease.duration.as_secs_f64(),
+                    "the hub's default",
+                ),
+                Figure::new(
+                    "renew_deadline_s",
+                    self.lease.renew_deadline.as_secs_f64(),
+                    "the hub's default",
+                ),
+                Figure::new(
+                    "retry_period_s",
+                    self.lease.retry_period.as_secs_f64(),
+                    "the hub's default",
+                ),
+                Figure::new("killed_shards", failover.killed_shards as f64, "-"),
+                Figure::new(
+                    "shards_held_again_s",
+                    failover
+                        .shards_held_again_s
+                        .unwrap_or_else(|| failover.recovered_s()),
+                    "-",
+                ),
+                Figure::new(
+                    "all_in_kcp_s",
+                    failover
+                        .all_in_kcp_s
+                        .unwrap_or_else(|| failover.recovered_s()),
+                    "-",
+                ),
+                Figure::new("recovered_s", failover.recovered_s(), "<= 20"),
+                Figure::new("lost", failover.lost as f64, "0"),
+            ]);
+        }
+        figures.push(Figure::new("single_hub_cpu_s_per_million", single, "-"));
+        figures.push(Figure::new("single_deltas", self.single.deltas as f64, "-"));
+        if let (Some(replicated), Some(overhead)) = (self.replicated, self.overhead()) {
+            figures.extend([
+                Figure {
+                    baseline: Some(single),
+                    ratio: Some(overhead),
+                    ..Figure::new(
+                        "replicated_hub_cpu_s_per_million",
+                        replicated.per_million(),
+                        "-",
+                    )
+                },
+                Figure::new("replicated_deltas", replicated.deltas as f64, "-"),
+                Figure::new("sharding_overhead", overhead, "<= 1.2"),
+            ]);
+        }
+        figures
+    }
+}
+
 impl CoalesceReport {
     pub fn figures(&self) -> Vec<Figure> {
         vec![
@@ -446,6 +539,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The failover scenario's workspaces: many, so that the objects spread
+/// over every shard.
+const FAILOVER_WORKSPACES: usize = 64;
+/// The failover scenario's shard count (the hub's default).
+const FAILOVER_SHARDS: u16 = 16;
+
 /// Runs one scenario; its errors become [`Outcome::Failed`].
 pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale) -> Outcome {
     let measured = match scenario {
@@ -508,6 +607,18 @@ pub async fn run_scenario(scenario: Scenario, binaries: &Binaries, scale: Scale)
                 agents: scale.ingest_agents,
                 objects_per_agent: scale.ingest_objects,
                 duration: scale.ingest_window,
+            },
+        )
+        .await
+        .map(|r| r.figures()),
+        Scenario::Failover => failover::run(
+            binaries,
+            FailoverSettings {
+                agents: scale.failover_agents,
+                workspaces: FAILOVER_WORKSPACES,
+                replicas: scale.replicas,
+                shards: FAILOVER_SHARDS,
+                rounds: scale.failover_rounds,
             },
         )
         .await
@@ -742,6 +853,61 @@ mod tests {
         assert!(quick.agent_objects < full.agent_objects);
         assert_eq!(quick.rate, 7);
         assert_eq!(full.rate, 1_000);
+        assert_eq!((full.failover_agents, full.replicas), (10_000, 3));
+        assert!(quick.failover_agents < full.failover_agents);
+        let baseline_only = Scale::of(&BenchArgs {
+            replicas: Some(1),
+            agents: Some(40),
+            ..BenchArgs::default()
+        });
+        assert_eq!(
+            (baseline_only.failover_agents, baseline_only.replicas),
+            (40, 1)
+        );
+    }
+
+    #[test]
+    fn failover_figures_say_the_overhead_against_its_goal() {
+        use failover::{Failover, LeaseTimings, LoadCost};
+        let report = FailoverReport {
+            agents: 300,
+            replicas: 3,
+            shards: 16,
+            lease: LeaseTimings::hub_defaults(),
+            single: LoadCost {
+                cpu_s: 1.0,
+                deltas: 1_000,
+            },
+            replicated: Some(LoadCost {
+                cpu_s: 1.5,
+                deltas: 1_000,
+            }),
+            failover: Some(Failover {
+                killed: "hub-0".into(),
+                killed_shards: 6,
+                shards_held_again_s: Some(16.0),
+                all_in_kcp_s: None,
+                lost: 3,
+            }),
+        };
+        let figures = report.figures();
+        let value = |name: &str| figures.iter().find(|f| f.name == name).map(|f| f.value);
+        assert_eq!(value("sharding_overhead"), Some(1.5));
+        assert_eq!(value("single_hub_cpu_s_per_million"), Some(1000.0));
+        assert_eq!(value("lease_duration_s"), Some(15.0));
+        assert_eq!(value("lost"), Some(3.0));
+        // Never all in KCP: the recovery timeout, not a number it did not measure.
+        assert_eq!(value("recovered_s"), Some(120.0));
+        let alone = FailoverReport {
+            replicas: 1,
+            replicated: None,
+            failover: None,
+            ..report
+        };
+        let figures = alone.figures();
+        assert!(figures.iter().all(|f| f.name != "sharding_overhead"));
+        assert!(figures.iter().all(|f| f.name != "recovered_s"));
+        assert!(figures.iter().all(|f| f.name != "lease_duration_s"));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! of a Kubernetes API server, so thousands fit on two cores.
 //!
 //! Every simulated cluster has one namespace, [`DOWNSTREAM_NAMESPACE`], whose
-//! locator points at the benchmark's workspace and namespace, and `objects`
-//! Deployments in it named `<cluster>-<i>`. The agents serve no HTTP (one
+//! locator points at the benchmark's namespace in the cluster's workspace
+//! ([`WORKSPACE`] unless [`SimulatedAgents::start_in`] names another per
+//! cluster), and `objects` Deployments in it named `<cluster>-<i>`. The agents serve no HTTP (one
 //! descriptor each: the tunnel); their metrics are read in-process.
 
 use std::path::Path;
@@ -113,10 +114,25 @@ pub struct SimulatedAgents {
 }
 
 impl SimulatedAgents {
-    /// Binds and starts one agent per name in `clusters`. Each first lists
-    /// its objects (status counter 0), so it connects with a full snapshot.
+    /// Binds and starts one agent per name in `clusters`, all in
+    /// [`WORKSPACE`]. Each first lists its objects (status counter 0), so it
+    /// connects with a full snapshot.
     pub async fn start(
         clusters: &[String],
+        settings: &SimulatedSettings,
+    ) -> anyhow::Result<SimulatedAgents> {
+        let placed: Vec<(String, String)> = clusters
+            .iter()
+            .map(|c| (c.clone(), WORKSPACE.to_owned()))
+            .collect();
+        SimulatedAgents::start_in(&placed, settings).await
+    }
+
+    /// [`SimulatedAgents::start`] with a KCP workspace per cluster:
+    /// `(cluster, workspace)`, the workspace its namespace's locator names
+    /// (the hub shards by workspace).
+    pub async fn start_in(
+        clusters: &[(String, String)],
         settings: &SimulatedSettings,
     ) -> anyhow::Result<SimulatedAgents> {
         let spec = ResourceSpec::deployments();
@@ -126,14 +142,14 @@ impl SimulatedAgents {
             namespaced: true,
             upsync: false,
         });
-        let locator = Locator {
-            workspace: WORKSPACE.to_owned(),
-            namespace: NAMESPACE.to_owned(),
-        };
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut agents = Vec::with_capacity(clusters.len());
-        for cluster in clusters {
+        for (cluster, workspace) in clusters {
+            let locator = Locator {
+                workspace: workspace.clone(),
+                namespace: NAMESPACE.to_owned(),
+            };
             let config = AgentConfig {
                 cluster: cluster.clone(),
                 hub_url: settings.hub_url.clone(),
@@ -326,6 +342,57 @@ pub async fn seed_kcp(kcp: &KcpClients, clusters: &[String], objects: usize) -> 
             };
             let api = api.clone();
             async move { create(&api, &placed_deployment(&object), WORKSPACE).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await
+        .context("seeding KCP")
+}
+
+/// [`seed_kcp`] over many workspaces: registers every cluster with KCP
+/// (`root`: the workspace holding the SyncTargets), then creates in each
+/// cluster's workspace (`(cluster, workspace)`, a client per workspace in
+/// `workspaces`) the namespace and the cluster's objects, placed on it.
+pub async fn seed_kcp_in(
+    root: kube::Client,
+    workspaces: &std::collections::BTreeMap<String, kube::Client>,
+    clusters: &[(String, String)],
+    objects: usize,
+) -> anyhow::Result<()> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+
+    use crate::demo::seed::{create, namespace_object, placed_deployment, register_clusters};
+    use crate::demo::topology::DemoObject;
+
+    let names: Vec<String> = clusters.iter().map(|(c, _)| c.clone()).collect();
+    register_clusters(root, &names).await?;
+    for (workspace, client) in workspaces {
+        create(
+            &kube::Api::all(client.clone()),
+            &namespace_object(NAMESPACE, None),
+            workspace,
+        )
+        .await?;
+    }
+    let all = clusters
+        .iter()
+        .flat_map(|(cluster, workspace)| (0..objects).map(move |i| (cluster, workspace, i)));
+    futures::stream::iter(all)
+        .map(|(cluster, workspace, i)| {
+            let client = workspaces.get(workspace).cloned();
+            async move {
+                let client =
+                    client.with_context(|| format!("no client for workspace {workspace}"))?;
+                let object = DemoObject {
+                    workspace: workspace.clone(),
+                    namespace: NAMESPACE.to_owned(),
+                    name: object_name(cluster, i),
+                    cluster: cluster.clone(),
+                };
+                let api = kube::Api::namespaced(client, NAMESPACE);
+                create(&api, &placed_deployment(&object), workspace).await?;
+                anyhow::Ok(())
+            }
         })
         .buffer_unordered(32)
         .try_collect::<()>()

@@ -83,6 +83,17 @@ pub async fn start_hub_with(
     spawn_hub(binary, files, heartbeat_interval, None, &log, extra).await
 }
 
+/// [`start_hub_with`] logging to `log`: one of several hubs (replicas).
+pub async fn start_hub_logged(
+    binary: &Path,
+    files: &Files,
+    heartbeat_interval: Duration,
+    log: &Path,
+    extra: &[String],
+) -> Result<(ChildProcess, HubAddrs), LaunchError> {
+    spawn_hub(binary, files, heartbeat_interval, None, log, extra).await
+}
+
 /// Starts the hub again on the addresses an earlier one chose (its agents
 /// know only those), logging to `log` so the earlier log is kept.
 pub async fn restart_hub_at(
