@@ -233,7 +233,6 @@ async fn failover_baseline_drives_pooled_agents_over_many_workspaces() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs issue 20's wiring: the hub's --replicas-* and --shards flags, the agent's comma-separated --hub-url"]
 async fn failover_moves_every_shard_and_loses_nothing() -> anyhow::Result<()> {
     use uplink_e2e::bench::failover::{self, FailoverSettings};
 

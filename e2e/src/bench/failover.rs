@@ -179,7 +179,13 @@ pub async fn run(
     binaries: &Binaries,
     settings: FailoverSettings,
 ) -> anyhow::Result<FailoverReport> {
-    let dir = std::env::temp_dir().join(format!("uplink-bench-failover-{}", std::process::id()));
+    // One directory per run: a test process may run several at once.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "uplink-bench-failover-{}-{run}",
+        std::process::id()
+    ));
     let files = Files {
         pki: dir.join("pki"),
         kcp_kubeconfig: dir.join("kcp.kubeconfig"),
