@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -423,5 +423,51 @@ async fn two_processes_with_one_identity_never_both_hold_a_shard() -> Result<()>
     let samples = sampler.finish().await?;
     assert!(samples > 100, "only {samples} samples");
     server.shutdown().await;
+    Ok(())
+}
+
+/// A member Lease nobody renews (a replica gone with its pod name) is
+/// deleted once ten of its lease durations passed unrenewed; the live
+/// replicas' member Leases stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_lease_of_a_replica_long_gone_is_deleted() -> Result<()> {
+    let (_server, client, _dir) = test_bed().await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let gone = replicas::member_lease_name(PREFIX, "hub-gone");
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": gone, "labels": {REPLICAS_LABEL: PREFIX}},
+                "spec": {"holderIdentity": "hub-gone_0", "leaseDurationSeconds": 1},
+            }))?,
+        )
+        .await?;
+    let a = start(&client, "hub-a")?;
+    let took = until(
+        "the gone replica's member lease to be deleted",
+        Duration::from_secs(30),
+        || {
+            let (leases, gone) = (leases.clone(), gone.clone());
+            async move { Ok(leases.get_opt(&gone).await?.is_none()) }
+        },
+    )
+    .await?;
+    // Ten lease durations from when the replica first read it (just after
+    // this test's clock started): not at first sight.
+    assert!(
+        took >= Duration::from_secs(9),
+        "deleted after {took:?}, before ten lease durations passed"
+    );
+    assert_eq!(a.metrics.members_deleted.get(), 1);
+    assert!(
+        leases
+            .get_opt(&replicas::member_lease_name(PREFIX, "hub-a"))
+            .await?
+            .is_some(),
+        "the live replica's member lease stays"
+    );
+    a.shutdown.cancel();
+    a.task.await??;
     Ok(())
 }

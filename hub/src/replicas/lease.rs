@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
@@ -233,6 +233,28 @@ impl LeaseClient {
             .into_iter()
             .filter_map(|lease| Some((lease.metadata.name.clone()?, lease)))
             .collect())
+    }
+
+    /// Deletes the Lease `name` if it is still at `resource_version`
+    /// (a precondition: 409 when it changed since, 404 when it is gone).
+    pub async fn delete(&self, name: &str, resource_version: &str) -> Result<(), LeaseError> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(resource_version.to_owned()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        self.api
+            .delete(name, &params)
+            .await
+            .map(drop)
+            .map_err(|source| LeaseError::Write {
+                action: "deleting",
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                source,
+            })
     }
 
     /// Writes `record` to the Lease `name`: creates it when `current` is

@@ -18,7 +18,9 @@
 //! writes are conditional on the resourceVersion read, so of two candidates
 //! one wins and the other gets 409. On shutdown it finishes the round in
 //! flight, then re-reads and releases everything naming it (holder cleared),
-//! so the others take over in their next retry period.
+//! so the others take over in their next retry period. A member Lease left
+//! unrenewed for ten lease durations (a replica gone with its pod name) is
+//! deleted by whichever live replica sees it first ([`members`]).
 //!
 //! **Why the timings are safe** (client-go's argument). A replica may take a
 //! held Lease only after seeing its record unchanged for the lease duration on
@@ -49,6 +51,7 @@
 pub mod balance;
 pub mod fence;
 pub mod lease;
+pub mod members;
 pub mod ownership;
 pub mod shard;
 
@@ -57,7 +60,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -217,6 +220,8 @@ pub struct ReplicaMetrics {
     pub shards_held: IntGauge,
     /// Shards acquired, lost (not renewed in time, or taken) and released.
     pub transitions: IntCounterVec,
+    /// Member Leases of replicas long gone, deleted by this one.
+    pub members_deleted: IntCounter,
 }
 
 impl ReplicaMetrics {
@@ -229,11 +234,17 @@ impl ReplicaMetrics {
             ),
             &["change"],
         )?;
+        let members_deleted = IntCounter::new(
+            "uplink_hub_member_leases_deleted_total",
+            "Member Leases of replicas gone for ten lease durations, deleted by this replica.",
+        )?;
         registry.register(Box::new(shards_held.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(members_deleted.clone()))?;
         Ok(Self {
             shards_held,
             transitions,
+            members_deleted,
         })
     }
 }
@@ -367,8 +378,45 @@ impl Engine {
         // together see each other before taking shards.
         if self.rounds > 1 && listed && !shutdown.is_cancelled() {
             self.balance(shutdown).await;
+            self.delete_gone_members(shutdown).await;
         }
         self.metrics.shards_held.set(self.held.len() as i64);
+    }
+
+    /// Deletes a few member Leases of replicas long gone ([`members`]), each
+    /// request bounded by the retry period.
+    async fn delete_gone_members(&mut self, shutdown: &CancellationToken) {
+        let gone: Vec<(String, String)> = members::gone(
+            &self.observed,
+            &self.settings.prefix,
+            &self.settings.identity,
+            Instant::now(),
+        )
+        .into_iter()
+        .map(|(name, version)| (name.to_owned(), version))
+        .collect();
+        for (name, version) in gone {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let deleting = self.leases.delete(&name, &version);
+            match tokio::time::timeout(self.settings.retry_period, deleting).await {
+                Ok(Ok(())) => {
+                    self.observed.remove(&name);
+                    self.metrics.members_deleted.inc();
+                    info!(identity = %self.settings.identity, lease = %name, "deleted the member lease of a replica gone for ten lease durations");
+                }
+                Ok(Err(error)) if error.lost_race() => {
+                    debug!(identity = %self.settings.identity, lease = %name, "member lease changed or went before it was deleted");
+                }
+                Ok(Err(error)) => {
+                    self.warn("deleting a gone replica's member lease failed", &error)
+                }
+                Err(_) => {
+                    debug!(identity = %self.settings.identity, lease = %name, "deleting a member lease took longer than the retry period")
+                }
+            }
+        }
     }
 
     /// Every Lease of these replicas, bounded by the renew deadline (kube
