@@ -71,7 +71,7 @@ use uplink_e2e::{
 use uplink_hub::placement::key::{STATE_LABEL_PREFIX, STATE_SYNC, state_label, sync_target_key};
 use uplink_hub::{Hub, HubConfig, HubError, health::Health, store::Store};
 
-pub use poll::{bounded, eventually};
+pub use poll::{bounded, eventually, round_reached};
 pub use scrape::{Scrape, http_get};
 pub use setup::HubTweak;
 

@@ -15,8 +15,9 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use uplink_tests::fleet::convergence::Convergence;
+
 use uplink_tests::fleet::processes::{AgentProcess, HubProcess};
-use uplink_tests::fleet::{Fleet, bounded, deployment, eventually};
+use uplink_tests::fleet::{Fleet, bounded, deployment, eventually, round_reached};
 
 const TEAM: &str = "root:org:team-a";
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -212,19 +213,7 @@ async fn killed_hub() -> Result<()> {
 }
 
 async fn wait_for_round(round: &AtomicU32, at_least: u32) -> Result<()> {
-    eventually(
-        WITHIN,
-        &format!("round {at_least} of status changes"),
-        async || {
-            let now = round.load(Ordering::SeqCst);
-            if now >= at_least {
-                Ok(())
-            } else {
-                bail!("round {now}")
-            }
-        },
-    )
-    .await
+    round_reached(round, at_least, WITHIN).await
 }
 
 /// The status of `round`. From the round the hub is killed in on,

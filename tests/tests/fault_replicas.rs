@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -19,10 +19,11 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use uplink_protocol::shard_of;
 use uplink_tests::fleet::convergence::Convergence;
+
 use uplink_tests::fleet::processes::AgentProcess;
 use uplink_tests::fleet::replicas::{HubReplicas, ReplicaOptions, workspaces_per_shard};
 use uplink_tests::fleet::writers::assert_one_writer_per_shard;
-use uplink_tests::fleet::{Fleet, bounded, deployment, eventually};
+use uplink_tests::fleet::{Fleet, bounded, deployment, eventually, round_reached};
 
 const CLUSTERS: [&str; 3] = ["a", "b", "c"];
 const SHARDS: u16 = 16;
@@ -362,19 +363,7 @@ async fn joining() -> Result<()> {
 }
 
 async fn wait_for_round(round: &AtomicU32, at_least: u32) -> Result<()> {
-    eventually(
-        WITHIN,
-        &format!("round {at_least} of status changes"),
-        async || {
-            let now = round.load(Ordering::SeqCst);
-            if now >= at_least {
-                Ok(())
-            } else {
-                bail!("round {now}")
-            }
-        },
-    )
-    .await
+    round_reached(round, at_least, WITHIN).await
 }
 
 fn status(round: u32) -> Value {

@@ -38,3 +38,24 @@ pub async fn bounded<T>(limit: Duration, body: impl Future<Output = Result<T>>) 
         .await
         .map_err(|_| anyhow!("the scenario did not finish within {limit:?}"))?
 }
+
+/// Waits until a change driver's `round` counter reached `at_least`.
+pub async fn round_reached(
+    round: &std::sync::atomic::AtomicU32,
+    at_least: u32,
+    within: Duration,
+) -> Result<()> {
+    eventually(
+        within,
+        &format!("round {at_least} of status changes"),
+        async || {
+            let now = round.load(std::sync::atomic::Ordering::SeqCst);
+            if now >= at_least {
+                Ok(())
+            } else {
+                Err(anyhow!("round {now}"))
+            }
+        },
+    )
+    .await
+}
