@@ -183,6 +183,14 @@ pub struct Outbox {
     in_flight: HashMap<ReplicaId, BTreeSet<u64>>,
     /// The highest sequence number each replica acknowledged.
     acked: HashMap<ReplicaId, u64>,
+    /// The highest sequence number each replica may have recorded: sent
+    /// to it, acknowledged by it, or the end of a snapshot it got. A hub
+    /// skips what it receives at or below that as a replay, so an entry
+    /// ready for a replica with a number not above it (numbered while it
+    /// waited, or while it was another replica's) is numbered anew before
+    /// it is sent: every replica sees strictly increasing numbers, which
+    /// cumulative acks and resume rely on.
+    seen_up_to: HashMap<ReplicaId, u64>,
     /// Which replica each shard goes to.
     routes: Routes,
     last_seq: u64,
@@ -237,6 +245,7 @@ impl Outbox {
             ready: HashMap::new(),
             in_flight: HashMap::new(),
             acked: HashMap::new(),
+            seen_up_to: HashMap::new(),
             routes,
             last_seq: 0,
             limit,
@@ -455,6 +464,7 @@ impl Outbox {
     pub fn forget(&mut self, replica: ReplicaId) {
         self.release(replica);
         self.acked.remove(&replica);
+        self.seen_up_to.remove(&replica);
         let sent: Vec<u64> = self
             .in_flight
             .remove(&replica)
@@ -486,10 +496,8 @@ impl Outbox {
     pub fn ack(&mut self, replica: ReplicaId, seq: u64) {
         let seq = seq.min(self.last_seq);
         let acked = self.acked.entry(replica).or_default();
-        if seq <= *acked {
-            return;
-        }
-        *acked = seq;
+        *acked = (*acked).max(seq);
+        self.saw(replica, seq);
         let done: Vec<u64> = match self.in_flight.get_mut(&replica) {
             Some(sent) => {
                 let rest = sent.split_off(&(seq + 1));
@@ -523,6 +531,11 @@ impl Outbox {
     /// sent after that goes again.
     pub fn resume(&mut self, replica: ReplicaId, acked: u64) {
         self.ack(replica, acked);
+        // The hub's position on this session is what it says it holds (at
+        // least what it acknowledged before): what it was sent after that
+        // goes again under its own numbers.
+        let position = acked.max(self.acked(replica));
+        self.seen_up_to.insert(replica, position);
         self.restart(replica);
     }
 
@@ -577,6 +590,9 @@ impl Outbox {
         for seq in covered {
             self.move_to(seq, Place::InFlight(replica));
         }
+        // The snapshot's end carries `last_seq`: the hub's position jumps
+        // there.
+        self.saw(replica, self.last_seq);
         self.update_gauges();
         SnapshotEntries {
             entries,
@@ -593,8 +609,10 @@ impl Outbox {
         }
     }
 
-    /// Up to `max` entries ready for `replica`, oldest first.
-    pub fn unsent(&self, replica: ReplicaId, max: usize) -> Vec<Delta> {
+    /// Up to `max` entries ready for `replica`, oldest first, each numbered
+    /// above what `replica` may have recorded (see `seen_up_to`).
+    pub fn unsent(&mut self, replica: ReplicaId, max: usize) -> Vec<Delta> {
+        self.renumber_ready(replica);
         let Some(ready) = self.ready.get(&replica) else {
             return Vec::new();
         };
@@ -606,6 +624,35 @@ impl Outbox {
             .collect()
     }
 
+    /// Numbers anew the entries ready for `replica` whose number it may
+    /// already have recorded, in their order.
+    fn renumber_ready(&mut self, replica: ReplicaId) {
+        let floor = self.seen_up_to.get(&replica).copied().unwrap_or_default();
+        let stale: Vec<u64> = match self.ready.get(&replica) {
+            Some(ready) => ready.range(..=floor).copied().collect(),
+            None => return,
+        };
+        for old in stale {
+            let Some(pending) = self.unplace(old) else {
+                continue;
+            };
+            self.last_seq += 1;
+            let new = self.last_seq;
+            if let Some(entry) = self.objects.get_mut(&pending.key)
+                && entry.seq == old
+            {
+                entry.seq = new;
+            }
+            self.place(new, pending);
+        }
+    }
+
+    /// `replica` may have recorded everything up to `seq`.
+    fn saw(&mut self, replica: ReplicaId, seq: u64) {
+        let seen = self.seen_up_to.entry(replica).or_default();
+        *seen = (*seen).max(seq);
+    }
+
     /// Whether any entry is ready for `replica`.
     pub fn has_unsent(&self, replica: ReplicaId) -> bool {
         self.ready.get(&replica).is_some_and(|set| !set.is_empty())
@@ -615,6 +662,7 @@ impl Outbox {
     /// ready for it: one superseded or moved meanwhile is not).
     pub fn mark_sent(&mut self, replica: ReplicaId, seqs: impl IntoIterator<Item = u64>) {
         for seq in seqs {
+            self.saw(replica, seq);
             if self
                 .pending
                 .get(&seq)
@@ -788,7 +836,7 @@ mod tests {
         seqs
     }
 
-    fn unsent_seqs(o: &Outbox) -> Vec<(u64, String)> {
+    fn unsent_seqs(o: &mut Outbox) -> Vec<(u64, String)> {
         o.unsent(H, 100)
             .into_iter()
             .map(|d| (d.seq, d.object.name))
@@ -853,16 +901,16 @@ mod tests {
         for name in ["a", "b", "c"] {
             o.upsert(object(name), status("{}", 1), 0);
         }
-        assert_eq!(unsent_seqs(&o).len(), 3);
+        assert_eq!(unsent_seqs(&mut o).len(), 3);
         send_all(&mut o, H);
         assert!(!o.has_unsent(H));
         o.ack(H, 1);
         // Connection lost; the hub says it holds up to 1.
         o.resume(H, 1);
-        assert_eq!(unsent_seqs(&o), [(2, "b".into()), (3, "c".into())]);
+        assert_eq!(unsent_seqs(&mut o), [(2, "b".into()), (3, "c".into())]);
         // A hub that holds less than we know was acked cannot undo the ack.
         o.resume(H, 0);
-        assert_eq!(unsent_seqs(&o), [(2, "b".into()), (3, "c".into())]);
+        assert_eq!(unsent_seqs(&mut o), [(2, "b".into()), (3, "c".into())]);
     }
 
     #[test]
@@ -901,7 +949,7 @@ mod tests {
         assert!(!o.has_unsent(H));
         // Changes after the snapshot are sent as deltas.
         o.upsert(object("c"), status("{}", 1), 0);
-        assert_eq!(unsent_seqs(&o), [(4, "c".into())]);
+        assert_eq!(unsent_seqs(&mut o), [(4, "c".into())]);
         // The ack of the snapshot's seq settles the deletion.
         o.ack(H, 3);
         assert_eq!(o.objects_len(), 2);
@@ -1044,6 +1092,44 @@ mod tests {
         assert_eq!(o.pending_len(), 0);
     }
 
+    /// A replica that takes a shard over gets its snapshot, whose end
+    /// carries the newest number; entries of its other shards still waiting
+    /// behind have lower numbers, which the hub would skip as replays. They
+    /// are numbered anew above the snapshot's end, and its ack removes them.
+    #[test]
+    fn what_waits_behind_a_snapshot_is_numbered_above_its_end() {
+        const A: ReplicaId = ReplicaId(1);
+        let mut o = Outbox::new(10, Metrics::new());
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1)]));
+        o.upsert(object_in(&workspace_in(0), "zero"), status("{}", 1), 0);
+        o.upsert(object_in(&workspace_in(1), "one"), status("{}", 1), 0);
+        // A takes shard 1 and asks for its snapshot before entry 1 went out.
+        o.hold(A, &"a".into(), &shards(2, &[(0, 1), (1, 2)]));
+        let snap = o.snapshot_entries(
+            A,
+            &ShardSet::Shards {
+                count: 2,
+                shards: [1].into(),
+            },
+        );
+        assert_eq!(snap.seq, 2);
+        let sent = send_all(&mut o, A);
+        assert_eq!(sent, [3], "numbered above the snapshot's end");
+        o.ack(A, 3);
+        assert_eq!(o.pending_len(), 0);
+        // And an ack at or below what was acknowledged still removes what
+        // was sent up to it.
+        o.upsert(
+            object_in(&workspace_in(0), "zero"),
+            status("{\"x\":1}", 1),
+            0,
+        );
+        assert_eq!(send_all(&mut o, A), [4]);
+        o.ack(A, 4);
+        o.ack(A, 4);
+        assert_eq!(o.pending_len(), 0);
+    }
+
     #[test]
     fn a_snapshot_of_some_shards_holds_only_their_objects() {
         let mut o = outbox(10);
@@ -1058,7 +1144,8 @@ mod tests {
         );
         let names: Vec<String> = snap.into_deltas().map(|d| d.object.name).collect();
         assert_eq!(names, ["one"]);
-        // The other shard's entry is still to be sent.
-        assert_eq!(unsent_seqs(&o), [(1, "zero".into())]);
+        // The other shard's entry is still to be sent, numbered above the
+        // snapshot's end (the hub's position jumps there).
+        assert_eq!(unsent_seqs(&mut o), [(3, "zero".into())]);
     }
 }
