@@ -135,6 +135,14 @@ pub struct Routes {
     /// The routes as they are now.
     table: RouteTable,
     next_order: u64,
+    /// The highest term claimed for each shard while it has had claimants
+    /// without a break. Leases' transition counts only grow, so a claim
+    /// below it is a replica that lost the shard and has not said so yet
+    /// (cut from its Leases, it notices late): such a claim never gets the
+    /// route back when the real holder's session ends. Forgotten once
+    /// nobody claims the shard (a Lease deleted and created anew starts
+    /// again from 0).
+    highest: BTreeMap<u16, u64>,
 }
 
 /// The routes at one moment, cheap to copy (for the event lane, which
@@ -171,6 +179,7 @@ impl Routes {
             replicas: BTreeMap::new(),
             table: RouteTable::default(),
             next_order: 0,
+            highest: BTreeMap::new(),
         }
     }
 
@@ -305,14 +314,27 @@ impl Routes {
             };
             return;
         };
+        let replicas = &self.replicas;
+        let highest = &mut self.highest;
         let by_shard = (0..count)
             .map(|shard| {
-                self.replicas
+                let claims: Vec<(Claim, ReplicaId)> = replicas
                     .iter()
                     .filter_map(|(id, r)| match &r.held {
                         Held::Everything(claim) => Some((*claim, *id)),
                         Held::Shards(claims) => claims.get(&shard).map(|claim| (*claim, *id)),
                     })
+                    .collect();
+                let Some(best) = claims.iter().map(|(claim, _)| claim.term).max() else {
+                    highest.remove(&shard);
+                    return None;
+                };
+                let term = highest.entry(shard).or_insert(best);
+                *term = (*term).max(best);
+                let term = *term;
+                claims
+                    .into_iter()
+                    .filter(|(claim, _)| claim.term == term)
                     .max()
                     .map(|(_, id)| id)
             })
@@ -397,6 +419,30 @@ mod tests {
         // A new term does.
         assert!(routes.hold(A, &name("a"), &held(4, &[(0, 1), (1, 2)])));
         assert_eq!(routes.routed_shards(A), [0, 1]);
+    }
+
+    #[test]
+    fn a_claim_beaten_by_a_higher_term_never_gets_the_route_back() {
+        let mut routes = Routes::new("east");
+        // A is cut from its Leases and still claims shard 0 at term 3; B
+        // took it over at term 4.
+        routes.hold(A, &name("a"), &held(4, &[(0, 3)]));
+        routes.hold(B, &name("b"), &held(4, &[(0, 4)]));
+        assert_eq!(routes.routed_shards(B), [0]);
+        // B's session ends: the shard waits rather than going back to A,
+        // which would acknowledge and drop what it no longer holds.
+        assert!(routes.release(B));
+        assert!(routes.routed_shards(A).is_empty());
+        assert_eq!(routes.route_of_shard(0), None);
+        // B back (same term): it has the route again.
+        routes.hold(B, &name("b"), &held(4, &[(0, 4)]));
+        assert_eq!(routes.routed_shards(B), [0]);
+        // Once nobody claims the shard, the memory goes: a Lease created
+        // anew starts from term 0 and is routed.
+        routes.hold(A, &name("a"), &held(4, &[]));
+        routes.hold(B, &name("b"), &held(4, &[]));
+        routes.hold(A, &name("a"), &held(4, &[(0, 0)]));
+        assert_eq!(routes.routed_shards(A), [0]);
     }
 
     #[test]
