@@ -152,9 +152,15 @@ impl Fence {
     /// acquisition while renewals keep it: a renew does not change it).
     pub fn renewed(&self, shard: ShardId, started: Instant, term: u64) {
         let mut renewed = self.lock();
+        // A renewal keeps the generation only while the fence stayed open:
+        // one that lands after the renew deadline passed (the round was
+        // slow, the API server unreachable for a while) reopens a fence
+        // that was closed, during which reports of the shard were dropped;
+        // a new generation makes it a takeover again (agents asked for the
+        // shard's snapshot, writes wait for it).
         let kept = renewed
             .get(&shard)
-            .filter(|held| held.term == term)
+            .filter(|held| held.term == term && held.started.elapsed() < self.inner.renew_deadline)
             .map(|held| held.generation);
         let generation = kept.unwrap_or_else(|| {
             self.inner
@@ -290,5 +296,29 @@ mod tests {
         clone.drop_shard(ShardId(1));
         assert!(!fence.holds(ShardId(1)));
         assert!(changes.borrow_and_update().is_empty());
+    }
+
+    /// The fence closed (the renew deadline passed) and a late renewal of
+    /// the same term reopened it: a new generation, told to the watchers,
+    /// as a takeover is (what was dropped meanwhile is asked for again).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_after_the_fence_closed_is_a_new_generation() {
+        let fence = Fence::new(Duration::from_secs(10));
+        let shard = ShardId(2);
+        let mut changes = fence.watch();
+        fence.renewed(shard, Instant::now(), 4);
+        let first = fence.claims();
+        changes.borrow_and_update();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        fence.renewed(shard, Instant::now(), 4);
+        assert_eq!(fence.claims(), first, "renewed in time: same generation");
+        assert!(!changes.has_changed().unwrap_or(true));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!fence.holds(shard), "closed");
+        fence.renewed(shard, Instant::now(), 4);
+        let reopened = fence.claims();
+        assert_eq!(reopened.len(), 1);
+        assert_ne!(reopened[0].generation, first[0].generation);
+        assert!(changes.has_changed().unwrap_or(false), "told as a takeover");
     }
 }
