@@ -31,13 +31,16 @@ impl Connections {
         (id, token)
     }
 
-    pub(super) fn unregister(&self, cluster: &str, id: u64) {
+    /// Connection `id` of `cluster` ended; whether it was still the
+    /// cluster's current one (not superseded by a newer connection).
+    pub(super) fn unregister(&self, cluster: &str, id: u64) -> bool {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current
+        let was_current = current
             .get(cluster)
-            .is_some_and(|(current, _)| *current == id)
-        {
+            .is_some_and(|(current, _)| *current == id);
+        if was_current {
             current.remove(cluster);
         }
+        was_current
     }
 }

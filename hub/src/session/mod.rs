@@ -165,9 +165,13 @@ pub async fn serve<S>(
     };
 
     conn.shared.metrics.agents_connected.dec();
-    conn.shared.connections.unregister(&conn.cluster, id);
-    // No snapshot of a shard just taken over is awaited from it any more.
-    conn.shared.ownership.gathered(&conn.cluster, None);
+    // No snapshot of a shard just taken over is awaited from it any more;
+    // unless a newer connection of the cluster superseded it: what is
+    // awaited is that one's (asked for in its handshake, before it was
+    // registered).
+    if conn.shared.connections.unregister(&conn.cluster, id) {
+        conn.shared.ownership.gathered(&conn.cluster, None);
+    }
     conn.shared.health.session_ended(&conn.cluster, id);
     tracing::info!(cluster = %conn.cluster, peer = %conn.peer, reason = end, "agent disconnected");
     if end == SILENT {
