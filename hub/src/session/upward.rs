@@ -18,7 +18,7 @@ use super::{Connection, Transport};
 use crate::placement::Verdict;
 use crate::status::Status;
 use crate::store::{Entry, ObjectKey, StoreError, Update};
-use crate::writer::upsync::UpsyncReport;
+use crate::writer::upsync::{SnapshotScope, UpsyncReport};
 
 /// A checked report: its store update, and what it asks of its upsynced
 /// object, when it is of one.
@@ -283,15 +283,22 @@ impl<S: Transport> Connection<S> {
             // session upsyncs: a session that upsyncs nothing (upsync off,
             // a version 2 agent) deletes nothing.
             // A snapshot of some shards names only their objects: it says
-            // nothing of the others'.
+            // nothing of the others', which it leaves alone.
             if let Some(target) = judge.synctarget()
                 && self.lists_upsynced(end)
-                && buffer.shards.is_none()
             {
+                let scope = match &buffer.shards {
+                    None => SnapshotScope::Everything,
+                    Some(shards) => SnapshotScope::Shards {
+                        count: self.shared.ownership.count(),
+                        shards: shards.iter().copied().collect(),
+                    },
+                };
                 self.shared.upsync.snapshot(
                     &self.cluster,
                     &target.key,
                     &self.upsync,
+                    &scope,
                     buffer.upsync_present,
                 );
             }

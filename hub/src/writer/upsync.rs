@@ -80,7 +80,7 @@ use self::merge::{
     STATE_UPSYNC, managed, with_managed,
 };
 pub use self::queue::UpsyncQueue;
-pub use self::uids::UidMap;
+pub use self::uids::{SnapshotScope, UidMap};
 use super::{UpstreamError, WriteQueue};
 use crate::aggregate::ledger::upsync_subject;
 use crate::aggregate::{Aggregator, Conflict, ConflictType, Severity, UpsyncConflicts};
@@ -245,9 +245,13 @@ impl Upsync {
         cluster: &str,
         synctarget_key: &str,
         types: &[ResourceSpec],
+        scope: &SnapshotScope,
         present: std::collections::HashSet<ObjectKey>,
     ) {
-        for (key, downstream_uid) in self.uids.snapshot(cluster, synctarget_key, types, present) {
+        for (key, downstream_uid) in
+            self.uids
+                .snapshot(cluster, synctarget_key, types, scope, present)
+        {
             self.queue.push_now(UpsyncReport {
                 cluster: cluster.to_owned(),
                 key,

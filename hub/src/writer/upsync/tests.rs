@@ -668,6 +668,7 @@ async fn the_uid_map_is_rebuilt_and_a_snapshot_without_an_object_deletes_it() {
         "a",
         &target("a").key,
         &f.writer.settings.resources,
+        &SnapshotScope::Everything,
         HashSet::new(),
     );
     assert!(writer.upsync.queue.is_empty(), "waits for the rebuild");
@@ -747,12 +748,28 @@ async fn a_snapshot_deletes_only_objects_of_the_types_it_lists() {
     .await;
     assert_eq!(f.upsync.uids.len(), 2);
 
+    // A snapshot of shards the PVC's workspace is not in (a replica's
+    // snapshot of what it took over) says nothing of it.
+    let elsewhere = (uplink_protocol::shard_of(&claim.workspace, 16).0 + 1) % 16;
+    f.upsync.snapshot(
+        "a",
+        &target("a").key,
+        &[spec("persistentvolumeclaims.v1")],
+        &SnapshotScope::Shards {
+            count: 16,
+            shards: [uplink_protocol::ShardId(elsewhere)].into(),
+        },
+        HashSet::new(),
+    );
+    assert!(f.upsync.queue.is_empty(), "not the snapshot's shard");
+
     // A snapshot that lists only PVCs, and names none: the PVC is gone,
     // the PV is not the snapshot's to judge.
     f.upsync.snapshot(
         "a",
         &target("a").key,
         &[spec("persistentvolumeclaims.v1")],
+        &SnapshotScope::Everything,
         HashSet::new(),
     );
     let report = f.upsync.queue.next().await;

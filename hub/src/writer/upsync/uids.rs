@@ -6,11 +6,12 @@
 //! checked for objects it no longer has (deleted while the hub was away).
 //! Publishes `uplink_hub_upsynced_objects{cluster}`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
 use uplink_protocol::resource::ResourceSpec;
+use uplink_protocol::{ShardId, shard_of};
 
 use super::merge::DOWNSTREAM_UID_PREFIX;
 use crate::metrics::Metrics;
@@ -35,6 +36,45 @@ struct Inner {
     pending: Vec<Pending>,
 }
 
+/// Which upsynced objects a snapshot speaks for: every one, or those in
+/// some shards of the workspaces (a replica's snapshot of the shards it
+/// took over says nothing of the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotScope {
+    Everything,
+    Shards {
+        count: u16,
+        shards: BTreeSet<ShardId>,
+    },
+}
+
+impl SnapshotScope {
+    /// Does the snapshot speak for objects of `workspace`?
+    pub fn covers(&self, workspace: &str) -> bool {
+        match self {
+            SnapshotScope::Everything => true,
+            SnapshotScope::Shards { count, shards } => {
+                shards.contains(&shard_of(workspace, *count))
+            }
+        }
+    }
+
+    /// Does it speak for everything `other` speaks for?
+    fn includes(&self, other: &SnapshotScope) -> bool {
+        match (self, other) {
+            (SnapshotScope::Everything, _) => true,
+            (SnapshotScope::Shards { .. }, SnapshotScope::Everything) => false,
+            (
+                SnapshotScope::Shards { count, shards },
+                SnapshotScope::Shards {
+                    count: other_count,
+                    shards: other_shards,
+                },
+            ) => count == other_count && other_shards.is_subset(shards),
+        }
+    }
+}
+
 /// A snapshot that arrived before the map was rebuilt.
 #[derive(Debug)]
 struct Pending {
@@ -42,6 +82,8 @@ struct Pending {
     synctarget_key: String,
     /// The types it names every object of.
     types: Vec<ResourceSpec>,
+    /// The objects it speaks for.
+    scope: SnapshotScope,
     /// The objects it named.
     present: HashSet<ObjectKey>,
 }
@@ -153,20 +195,24 @@ impl UidMap {
         cluster: &str,
         synctarget_key: &str,
         types: &[ResourceSpec],
+        scope: &SnapshotScope,
         present: HashSet<ObjectKey>,
     ) -> Vec<(ObjectKey, String)> {
         let mut inner = self.lock();
         if !inner.rebuilt {
-            inner.pending.retain(|p| p.cluster != cluster);
+            inner
+                .pending
+                .retain(|p| p.cluster != cluster || !scope.includes(&p.scope));
             inner.pending.push(Pending {
                 cluster: cluster.to_owned(),
                 synctarget_key: synctarget_key.to_owned(),
                 types: types.to_vec(),
+                scope: scope.clone(),
                 present,
             });
             return Vec::new();
         }
-        missing(&inner, synctarget_key, types, &present)
+        missing(&inner, synctarget_key, types, scope, &present)
     }
 
     /// Replaces the map with what KCP holds (`objects`, each with its key)
@@ -207,6 +253,7 @@ impl UidMap {
                     &inner,
                     &pending.synctarget_key,
                     &pending.types,
+                    &pending.scope,
                     &pending.present,
                 )
                 .into_iter()
@@ -260,11 +307,13 @@ fn missing(
     inner: &Inner,
     synctarget_key: &str,
     types: &[ResourceSpec],
+    scope: &SnapshotScope,
     present: &HashSet<ObjectKey>,
 ) -> Vec<(ObjectKey, String)> {
     inner
         .objects
         .iter()
+        .filter(|(key, _)| scope.covers(&key.workspace))
         .filter(|(key, _)| {
             types
                 .iter()
