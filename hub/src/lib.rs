@@ -627,7 +627,6 @@ impl Hub {
             ownership.clone(),
             store_for_shards,
             writer.clone(),
-            placements.clone(),
             writer_stop.clone(),
         ));
         http_state.ready.store(true, Ordering::Release);
