@@ -22,11 +22,7 @@
 //! replicas would be; a slot not yet started refuses connections, so its
 //! agents keep retrying.
 //!
-//! Until the hub and agent understand the replica flags (issue 20's
-//! wiring), a replica process exits at once with a usage error; starting
-//! one then fails with its log.
-//!
-//! A scenario, once they do:
+//! A scenario (`tests/tests/fault_replicas.rs` plays three):
 //!
 //! ```ignore
 //! let workspaces = workspaces_per_shard("root:org:ws", 16, 2);

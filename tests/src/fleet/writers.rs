@@ -44,7 +44,7 @@ pub fn hub_identity(user_agent: &str) -> Option<&str> {
 /// The hub's shard function with `shards` shards, as the replicas hash
 /// workspaces (for [`ShardWriters::from_writes`]).
 pub fn hub_shard(shards: u16) -> impl Fn(&str) -> u16 {
-    // When the hash moves to the protocol crate, this is the one line to change.
+    // The protocol's hash (agents route by it too), as the hub re-exports it.
     move |workspace| uplink_hub::replicas::shard_of(workspace, shards).0
 }
 
