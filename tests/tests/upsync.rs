@@ -260,10 +260,22 @@ async fn conflict(strategy: &str, tier: &str, team: &str) -> Result<()> {
         },
     )
     .await?;
-    let conflicts = fleet.hub_api("/api/v1/conflicts").await?;
-    ensure!(
-        conflicts.to_string().contains("pv-c"),
-        "the hub's conflicts: {conflicts}"
-    );
+    // The ledger is told after KCP's write returns, so poll; and a later
+    // report of the same object with nothing dropped ends the conflict, so
+    // it may already be in the history.
+    eventually(
+        STATUS_DEADLINE,
+        "the conflict in the hub's ledger",
+        async || {
+            let present = fleet.hub_api("/api/v1/conflicts").await?;
+            let ended = fleet.hub_api("/api/v1/conflicts/history").await?;
+            ensure!(
+                present.to_string().contains("pv-c") || ended.to_string().contains("pv-c"),
+                "present {present}, ended {ended}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
     fleet.shutdown().await
 }
