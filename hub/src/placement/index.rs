@@ -40,6 +40,11 @@ struct Kept {
     keys: Vec<String>,
     /// The slimmed object, as JSON.
     json: Box<str>,
+    /// [`PlacedObject::fingerprint`] of the version `json` holds.
+    fingerprint: u64,
+    /// The latest resourceVersion, newer than `json`'s after a
+    /// [refresh](PlacedIndex::refresh).
+    resource_version: Option<String>,
 }
 
 impl PlacedIndex {
@@ -74,6 +79,22 @@ impl PlacedIndex {
         self.listed = true;
     }
 
+    /// Takes `object`'s resourceVersion when the index keeps it with the
+    /// same [fingerprint](PlacedObject::fingerprint): nothing a cluster's
+    /// placement reads changed (a status write, most often), so nothing
+    /// else need be done with it. `false`: [`put`](Self::put) it.
+    pub(crate) fn refresh(&mut self, address: &Address, object: &PlacedObject) -> bool {
+        let Some(kept) = self.objects.get_mut(address) else {
+            return false;
+        };
+        if kept.fingerprint != object.fingerprint() {
+            return false;
+        }
+        kept.resource_version
+            .clone_from(&object.metadata.resource_version);
+        true
+    }
+
     /// Keeps `object` (a new version, or a new object), or drops it when it
     /// is placed nowhere. Returns the SyncTarget keys whose share may have
     /// changed: those it was placed on before and those it is now.
@@ -90,6 +111,8 @@ impl PlacedIndex {
             let kept = Kept {
                 keys: now.clone(),
                 json,
+                fingerprint: object.fingerprint(),
+                resource_version: object.metadata.resource_version.clone(),
             };
             self.objects.insert(address.clone(), kept)
         };
@@ -143,8 +166,14 @@ impl PlacedIndex {
                 // Written by `put` from a `PlacedObject`, so it reads back;
                 // were it ever not to, the object would look unplaced:
                 // said, not silent.
-                match serde_json::from_str(&kept.json) {
-                    Ok(object) => Some((address, object)),
+                match serde_json::from_str::<PlacedObject>(&kept.json) {
+                    Ok(mut object) => {
+                        object
+                            .metadata
+                            .resource_version
+                            .clone_from(&kept.resource_version);
+                        Some((address, object))
+                    }
                     Err(error) => {
                         tracing::error!(?address, %error, "a placed object kept by the hub does not read back; it is left out of the cluster's placement");
                         None
@@ -263,6 +292,33 @@ mod tests {
         assert_eq!(index.len(), 0);
         // Never placed: nothing to tell anyone.
         assert!(index.put(address("api"), &object("api", &[])).is_empty());
+    }
+
+    #[test]
+    fn a_new_resource_version_alone_is_taken_without_a_put() {
+        let mut index = PlacedIndex::default();
+        let mut web = object("web", &[("k1", "Sync")]);
+        web.metadata.resource_version = Some("10".into());
+        web.rest
+            .insert("spec".into(), serde_json::json!({"replicas": 3}));
+        assert!(!index.refresh(&address("web"), &web), "not kept yet");
+        index.put(address("web"), &web);
+        // A status write: only the resourceVersion moves.
+        web.metadata.resource_version = Some("11".into());
+        assert!(index.refresh(&address("web"), &web));
+        let kept: Vec<PlacedObject> = index.placed_on("k1").map(|(_, o)| o).collect();
+        assert_eq!(
+            kept.first()
+                .and_then(|o| o.metadata.resource_version.as_deref()),
+            Some("11"),
+            "a cluster that follows later starts from the latest version"
+        );
+        // A spec change is a change.
+        web.metadata.resource_version = Some("12".into());
+        web.rest
+            .insert("spec".into(), serde_json::json!({"replicas": 4}));
+        assert!(!index.refresh(&address("web"), &web));
+        assert!(!index.refresh(&address("api"), &web), "another address");
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //! store.
 
 pub mod address;
+mod decode;
 pub(crate) mod index;
 pub mod key;
 pub mod runner;

@@ -250,6 +250,14 @@ impl Runner {
                 let Some(address) = self.address(index, &object) else {
                     return;
                 };
+                // A status write (the hub's own, or another replica's):
+                // no cluster's placement changes, no lock is taken. A
+                // finalizer write pending on the object keeps its older
+                // resourceVersion; should it conflict, it reads the object
+                // again.
+                if placed.refresh(&address, &object) {
+                    return;
+                }
                 let keys = placed.put(address.clone(), &object);
                 if keys.is_empty() {
                     return;

@@ -34,8 +34,9 @@ pub trait PlacementSource: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// An object's metadata: the fields the hub reads by name, the rest kept
-/// as it came.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// as it came, except `managedFields` (dropped as it is read: often the
+/// largest part of the metadata, and never read or sent down).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
@@ -58,16 +59,19 @@ pub struct Metadata {
     pub other: Map<String, Value>,
 }
 
-/// An object that may be placed on a cluster, whole. Serializes back to
-/// what it was read from (the placement index keeps objects as text).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// An object that may be placed on a cluster, without its status and its
+/// `managedFields` (dropped as it is read: the hub writes the status and
+/// never reads it back from KCP, and most watch events of a placed object
+/// are the hub's own status writes). Serializes back to what it was read
+/// from, less those (the placement index keeps objects as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PlacedObject {
     /// Set in watch events and in lists of custom resources; lists of
     /// built-in types leave it out (the list's kind names it).
     #[serde(default)]
     pub kind: Option<String>,
     pub metadata: Metadata,
-    /// Every other top-level field: apiVersion, spec, data, status, ...
+    /// Every other top-level field: apiVersion, spec, data, ...
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
