@@ -53,6 +53,11 @@ pub enum ShardState {
 pub struct Plan {
     /// Free shards to try, in order; each attempt may lose a race (409).
     pub acquire: Vec<ShardId>,
+    /// The other free shards, in order: one is tried in place of each
+    /// shard of `acquire` lost to another replica, so that replicas whose
+    /// preferences overlap still take their share in one round (after a
+    /// replica died, the survivors race for its shards all at once).
+    pub spare: Vec<ShardId>,
     /// Shards of mine to release (holder cleared).
     pub release: Vec<ShardId>,
 }
@@ -139,7 +144,8 @@ impl Balancer {
         let take = (my_need + unwanted).min(free_count);
         if take > 0 {
             free.sort_by_key(|shard| std::cmp::Reverse(preference(me, *shard)));
-            plan.acquire = free.into_iter().take(take).collect();
+            plan.spare = free.split_off(take);
+            plan.acquire = free;
         }
 
         // What the others below quota still want once the free shards I
@@ -224,6 +230,40 @@ mod tests {
             moved
         }
 
+        /// One round in which every replica plans from the same view
+        /// (they all saw the same Leases expire), then acts in turn: an
+        /// acquisition already taken is a lost race, replaced from the
+        /// spares. Returns how many races were lost.
+        fn round_at_once(&mut self) -> usize {
+            let live: BTreeSet<String> = self.replicas.keys().cloned().collect();
+            let names: Vec<String> = live.iter().cloned().collect();
+            let mut plans = Vec::new();
+            for me in &names {
+                let states = self.states(me);
+                if let Some(balancer) = self.replicas.get_mut(me) {
+                    plans.push((me.clone(), balancer.plan(me, &live, &states, self.now)));
+                }
+            }
+            let mut lost = 0;
+            for (me, plan) in plans {
+                let mut spare = plan.spare.into_iter();
+                for shard in plan.acquire {
+                    let mut next = Some(shard);
+                    while let Some(shard) = next {
+                        let slot = &mut self.holders[usize::from(shard.0)];
+                        next = if slot.is_none() {
+                            *slot = Some(me.clone());
+                            None
+                        } else {
+                            lost += 1;
+                            spare.next()
+                        };
+                    }
+                }
+            }
+            lost
+        }
+
         fn advance(&mut self, by: Duration) {
             self.now += by;
         }
@@ -297,6 +337,36 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() > 1, "{firsts:?}");
+    }
+
+    #[test]
+    fn survivors_take_a_dead_replica_s_shards_in_one_round_despite_races() {
+        // Over several seeds of identities, so that some survivors prefer
+        // the same freed shards.
+        let mut races = 0;
+        for seed in 0..8 {
+            let names = [0, 1, 2].map(|i| format!("hub-{seed}-{i}"));
+            let mut sim = Sim::new(16, &names.each_ref().map(String::as_str));
+            sim.settle();
+            let dead = names[0].clone();
+            sim.replicas.remove(&dead);
+            for slot in &mut sim.holders {
+                if slot.as_ref() == Some(&dead) {
+                    *slot = None;
+                }
+            }
+            races += sim.round_at_once();
+            assert!(
+                sim.holders.iter().all(Option::is_some),
+                "seed {seed}: shards left free after one round: {:?}",
+                sim.holders
+            );
+            assert_eq!(sim.sorted_counts(), vec![8, 8], "seed {seed}");
+        }
+        assert!(
+            races > 0,
+            "no survivors ever raced: the test proves nothing"
+        );
     }
 
     #[test]

@@ -188,9 +188,14 @@ impl Observed {
 
     /// Unchanged for its own leaseDurationSeconds, as observed here.
     pub fn expired(&self, now: Instant) -> bool {
+        now >= self.expires_at()
+    }
+
+    /// When it expires unless its record changes meanwhile.
+    pub fn expires_at(&self) -> Instant {
         let duration =
             Duration::from_secs(u64::try_from(self.record.lease_duration_seconds).unwrap_or(0));
-        now.duration_since(self.observed_at) >= duration
+        self.observed_at + duration
     }
 
     /// Held by someone (holder set) and not expired.

@@ -285,6 +285,13 @@ pub async fn run(
         } else {
             started + retry
         };
+        // A Lease another replica stopped renewing is free the moment it
+        // expires: a round then, not up to a jittered retry period later
+        // (a dead replica's shards come back that much sooner; a live
+        // holder renews long before, so this never fires for it).
+        let next = engine
+            .next_expiry()
+            .map_or(next, |expiry| next.min(expiry + EXPIRY_MARGIN));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -314,6 +321,20 @@ struct Engine {
     balancer: Balancer,
     warnings: WarnBudget,
     rounds: u64,
+}
+
+/// How long after a Lease's expiry (as observed) the round that takes it
+/// runs: past the instant, so the Lease is expired when it is looked at.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
+
+/// How one attempt to acquire a shard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquired {
+    Yes,
+    /// Another replica wrote the Lease first (a conflict).
+    LostRace,
+    /// Anything else (logged): the next round tries again.
+    Failed,
 }
 
 /// Concurrent Lease writes in one round.
@@ -594,12 +615,31 @@ impl Engine {
             }
             self.release(shard).await;
         }
+        let mut spare = plan.spare.into_iter();
         for shard in plan.acquire {
-            if shutdown.is_cancelled() {
-                return;
+            let mut next = Some(shard);
+            while let Some(shard) = next {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                next = match self.acquire(shard).await {
+                    Acquired::LostRace => spare.next(),
+                    Acquired::Yes | Acquired::Failed => None,
+                };
             }
-            self.acquire(shard).await;
         }
+    }
+
+    /// When the next Lease held by another replica expires, as observed
+    /// here (`None`: none does): a round then takes its shard at once
+    /// instead of at the next retry period.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.observed
+            .values()
+            .filter(|seen| !seen.record.holder.is_empty() && seen.record.holder != self.holder)
+            .map(Observed::expires_at)
+            .filter(|at| *at > Instant::now())
+            .min()
     }
 
     /// Is the member lease, as last seen, this process's?
@@ -609,7 +649,7 @@ impl Engine {
             .is_some_and(|seen| seen.record.holder == self.holder && seen.held(now))
     }
 
-    async fn acquire(&mut self, shard: ShardId) {
+    async fn acquire(&mut self, shard: ShardId) -> Acquired {
         let name = self.shard_name(shard);
         let current = self.observed.get(&name);
         let record = LeaseRecord::acquired_by(
@@ -629,11 +669,16 @@ impl Engine {
                     .with_label_values(&["acquired"])
                     .inc();
                 info!(%shard, holder = %self.holder, "shard acquired");
+                Acquired::Yes
             }
             Err(error) if error.lost_race() => {
                 debug!(%shard, holder = %self.holder, "another replica took the shard first");
+                Acquired::LostRace
             }
-            Err(error) => self.warn("acquiring a shard lease failed", &error),
+            Err(error) => {
+                self.warn("acquiring a shard lease failed", &error);
+                Acquired::Failed
+            }
         }
     }
 
@@ -990,6 +1035,46 @@ mod tests {
             .observed
             .insert(engine.member.clone(), observed(&mine));
         assert!(engine.is_member(now));
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_round_comes_when_another_replica_s_lease_expires()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let settings = valid();
+        // Never contacted: the test looks at the engine's state only.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
+        let metrics = ReplicaMetrics::register(&Registry::new())?;
+        let mut engine = Engine::new(client, settings.clone(), settings.fence(), metrics);
+        assert_eq!(engine.next_expiry(), None, "nothing observed");
+        let mine = engine.holder.clone();
+        engine
+            .observed
+            .insert(engine.shard_name(ShardId(0)), observed(&mine));
+        assert_eq!(
+            engine.next_expiry(),
+            None,
+            "its own Leases are renewed, not awaited"
+        );
+        let other = holder_string("hub-1");
+        let mut dying = observed(&other);
+        let seen_at = Instant::now();
+        dying.observed_at = seen_at;
+        engine.observed.insert(engine.shard_name(ShardId(1)), dying);
+        let mut later = observed(&other);
+        later.observed_at = seen_at + Duration::from_secs(3);
+        engine.observed.insert(engine.shard_name(ShardId(2)), later);
+        // (The records last for 15 s.)
+        assert_eq!(
+            engine.next_expiry(),
+            Some(seen_at + Duration::from_secs(15))
+        );
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert_eq!(
+            engine.next_expiry(),
+            Some(seen_at + Duration::from_secs(18)),
+            "an expired Lease is due already: the next one counts"
+        );
         Ok(())
     }
 
