@@ -327,16 +327,6 @@ struct Engine {
 /// runs: past the instant, so the Lease is expired when it is looked at.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
 
-/// How one attempt to acquire a shard ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Acquired {
-    Yes,
-    /// Another replica wrote the Lease first (a conflict).
-    LostRace,
-    /// Anything else (logged): the next round tries again.
-    Failed,
-}
-
 /// Concurrent Lease writes in one round.
 const CONCURRENT_WRITES: usize = 16;
 
@@ -615,18 +605,12 @@ impl Engine {
             }
             self.release(shard).await;
         }
+        // Each shard lost to another replica is replaced by the next spare.
         let mut spare = plan.spare.into_iter();
-        for shard in plan.acquire {
-            let mut next = Some(shard);
-            while let Some(shard) = next {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                next = match self.acquire(shard).await {
-                    Acquired::LostRace => spare.next(),
-                    Acquired::Yes | Acquired::Failed => None,
-                };
-            }
+        let mut wanted = plan.acquire;
+        while !wanted.is_empty() && !shutdown.is_cancelled() {
+            let lost = self.acquire(&wanted).await;
+            wanted = spare.by_ref().take(lost).collect();
         }
     }
 
@@ -649,37 +633,55 @@ impl Engine {
             .is_some_and(|seen| seen.record.holder == self.holder && seen.held(now))
     }
 
-    async fn acquire(&mut self, shard: ShardId) -> Acquired {
-        let name = self.shard_name(shard);
-        let current = self.observed.get(&name);
-        let record = LeaseRecord::acquired_by(
-            current.map(|c| &c.record),
-            &self.holder,
-            self.settings.lease_duration,
-        );
-        let started = Instant::now();
-        let result = self
-            .write(&name, current.map(|c| &c.lease), &record, "acquiring")
+    /// Tries to acquire `shards` at once (a dead replica's shards are all
+    /// free at the same moment, and one write after another would hand
+    /// them over one write's latency apart). Returns how many were lost to
+    /// another replica.
+    async fn acquire(&mut self, shards: &[ShardId]) -> usize {
+        let writes: Vec<_> = shards
+            .iter()
+            .map(|shard| {
+                let name = self.shard_name(*shard);
+                let current = self.observed.get(&name);
+                let record = LeaseRecord::acquired_by(
+                    current.map(|c| &c.record),
+                    &self.holder,
+                    self.settings.lease_duration,
+                );
+                (*shard, name, current.map(|c| c.lease.clone()), record)
+            })
+            .collect();
+        let this = &*self;
+        let results: Vec<_> = futures::stream::iter(writes)
+            .map(|(shard, name, lease, record)| async move {
+                let started = Instant::now();
+                let result = this
+                    .write(&name, lease.as_ref(), &record, "acquiring")
+                    .await;
+                (shard, name, started, result)
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
             .await;
-        match result {
-            Ok(lease) => {
-                self.holding(shard, name, lease, started);
-                self.metrics
-                    .transitions
-                    .with_label_values(&["acquired"])
-                    .inc();
-                info!(%shard, holder = %self.holder, "shard acquired");
-                Acquired::Yes
-            }
-            Err(error) if error.lost_race() => {
-                debug!(%shard, holder = %self.holder, "another replica took the shard first");
-                Acquired::LostRace
-            }
-            Err(error) => {
-                self.warn("acquiring a shard lease failed", &error);
-                Acquired::Failed
+        let mut lost = 0;
+        for (shard, name, started, result) in results {
+            match result {
+                Ok(lease) => {
+                    self.holding(shard, name, lease, started);
+                    self.metrics
+                        .transitions
+                        .with_label_values(&["acquired"])
+                        .inc();
+                    info!(%shard, holder = %self.holder, "shard acquired");
+                }
+                Err(error) if error.lost_race() => {
+                    debug!(%shard, holder = %self.holder, "another replica took the shard first");
+                    lost += 1;
+                }
+                Err(error) => self.warn("acquiring a shard lease failed", &error),
             }
         }
+        lost
     }
 
     /// Closes the fence, then clears the holder.
