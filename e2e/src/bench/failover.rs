@@ -25,6 +25,9 @@
 //! workspaces `root:bench:w-NN` (the hub shards by workspace); KCP is
 //! watched in every one of them.
 //!
+//! The processes' logs are deleted after a run that succeeded, unless
+//! `UPLINK_BENCH_KEEP_LOGS` is set (the directory is printed).
+//!
 //! With `replicas` = 1 only the first run happens (a baseline, nothing to
 //! fail over to): that is how the harness runs against a hub without
 //! replication.
@@ -192,7 +195,8 @@ pub async fn run(
         logs: dir.join("logs"),
     };
     let result = measure(binaries, settings, &files).await;
-    if result.is_ok() {
+    let keep = std::env::var_os("UPLINK_BENCH_KEEP_LOGS").is_some();
+    if result.is_ok() && !keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         eprintln!("  logs kept in {}", dir.display());
@@ -576,8 +580,12 @@ async fn load(
     agents: usize,
     rounds: u32,
 ) -> anyhow::Result<LoadCost> {
-    let cpu_before = hubs_cpu(hubs)?;
+    // Scraped before the CPU is read: a `/metrics` page of 10,000
+    // clusters costs each hub a noticeable moment, which is the
+    // benchmark's doing, not the load's (and would count three times
+    // with three replicas).
     let deltas_before = total(&scrape(http, hubs).await, DELTAS) as u64;
+    let cpu_before = hubs_cpu(hubs)?;
     for round in 1..=i64::from(rounds) {
         let at = Instant::now();
         for index in 0..agents {
