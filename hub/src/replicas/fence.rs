@@ -13,7 +13,11 @@
 //!
 //! [`Fence::deadline`] is when a shard's fence closes as things stand: a
 //! writer bounds each request by it, so no request it sent is still awaited
-//! after the fence closed. What remains: a request abandoned by the client
+//! after the fence closed. A renewal of the same acquisition (the same
+//! [`Claim::generation`], so the fence stayed open throughout) moves the
+//! bound of a request in flight to the new deadline ([`Fence::open`]): a
+//! request slower than what was left when it was sent is not dropped while
+//! the shard stays held. What remains: a request abandoned by the client
 //! may still be on the wire or in the API server's queue. The margin
 //! lease_duration - renew_deadline (5 s with client-go's timings) is what
 //! such a straggler has before another replica can hold the shard; one that
@@ -109,9 +113,18 @@ impl Fence {
     /// is closed now. A write for `shard` must be abandoned by then (see the
     /// module documentation for what remains).
     pub fn deadline(&self, shard: ShardId) -> Option<Instant> {
+        self.open(shard).map(|(close, _)| close)
+    }
+
+    /// [`deadline`](Self::deadline) with the generation of the acquisition
+    /// it belongs to: while the generation stays the same the fence has
+    /// been open throughout, so a write sent under it may stay in flight
+    /// until the later deadline a renewal brings.
+    pub fn open(&self, shard: ShardId) -> Option<(Instant, u64)> {
         let renewed = self.lock();
-        let close = renewed.get(&shard)?.started + self.inner.renew_deadline;
-        (Instant::now() < close).then_some(close)
+        let held = renewed.get(&shard)?;
+        let close = held.started + self.inner.renew_deadline;
+        (Instant::now() < close).then_some((close, held.generation))
     }
 
     /// The shards held now (within the renew deadline) with their terms

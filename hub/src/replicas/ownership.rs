@@ -34,8 +34,11 @@ use crate::cache::LruCache;
 pub enum Window {
     /// A single hub: no fence, no bound beyond the request's own timeout.
     Unbounded,
-    /// The fence is open until then: the request is abandoned at that instant.
-    Until(Instant),
+    /// The fence is open until `close`, for the acquisition `generation`:
+    /// the request is abandoned then, unless a renewal of the same
+    /// acquisition moved the close later meanwhile ([`Ownership::window`]
+    /// again tells).
+    Until { close: Instant, generation: u64 },
     /// The shard is not held: nothing may be written for it.
     Closed,
 }
@@ -142,7 +145,12 @@ impl Ownership {
     pub fn window(&self, shard: ShardId) -> Window {
         match &self.inner.fence {
             None => Window::Unbounded,
-            Some(fence) => fence.deadline(shard).map_or(Window::Closed, Window::Until),
+            Some(fence) => fence
+                .open(shard)
+                .map_or(Window::Closed, |(close, generation)| Window::Until {
+                    close,
+                    generation,
+                }),
         }
     }
 
@@ -285,9 +293,16 @@ mod tests {
         let started = Instant::now();
         fence.renewed(shard, started, 3);
         assert!(replica.holds_workspace("root:a"));
+        let generation = replica
+            .claims()
+            .and_then(|claims| claims.first().map(|c| c.generation))
+            .unwrap_or_default();
         assert_eq!(
             replica.window(shard),
-            Window::Until(started + Duration::from_secs(10))
+            Window::Until {
+                close: started + Duration::from_secs(10),
+                generation
+            }
         );
         let claims = replica.claims().unwrap_or_default();
         assert_eq!(

@@ -60,14 +60,32 @@ impl<T: ?Sized> Fenced<T> {
                 tracing::debug!(object = %what, %workspace, %shard, outcome = "not held", "write not sent: this replica does not hold the shard");
                 Err(UpstreamError::NotHeld { shard: shard.0 })
             }
-            Window::Until(deadline) => match tokio::time::timeout_at(deadline, write).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.refused.with_label_values(&["abandoned"]).inc();
-                    tracing::warn!(object = %what, %workspace, %shard, outcome = "abandoned", "write abandoned: the shard's fence closed while it was in flight");
-                    Err(UpstreamError::NotHeld { shard: shard.0 })
+            Window::Until {
+                mut close,
+                generation,
+            } => {
+                let mut write = std::pin::pin!(write);
+                loop {
+                    if let Ok(result) = tokio::time::timeout_at(close, &mut write).await {
+                        return result;
+                    }
+                    // Renewed meanwhile, by the same acquisition: the fence
+                    // stayed open and closes later now, so the write may
+                    // go on (a slow request under load is no reason to drop
+                    // a write no one else will make).
+                    match self.ownership.window(shard) {
+                        Window::Until {
+                            close: later,
+                            generation: now,
+                        } if now == generation && later > close => close = later,
+                        _ => {
+                            self.refused.with_label_values(&["abandoned"]).inc();
+                            tracing::warn!(object = %what, %workspace, %shard, outcome = "abandoned", "write abandoned: the shard's fence closed while it was in flight");
+                            return Err(UpstreamError::NotHeld { shard: shard.0 });
+                        }
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -303,6 +321,60 @@ mod tests {
         );
         assert_eq!(inner.sent.lock().map(|s| s.len()).unwrap_or(0), 1);
         assert_eq!(refused.with_label_values(&["abandoned"]).get(), 1);
+    }
+
+    /// A write slower than what was left of the fence when it was sent,
+    /// while renewals keep the shard (a slow API server under load): it
+    /// goes on; it is abandoned only once the fence closes, and a fence
+    /// that closed and opened again (another acquisition) does not extend it.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_of_the_same_acquisition_keeps_a_slow_write_in_flight() {
+        let fence = Fence::new(Duration::from_secs(10));
+        let ownership = Ownership::replicated("hub-0", 4, fence.clone(), Duration::ZERO);
+        let inner = Arc::new(Slow::default());
+        let refused = counter();
+        let fenced = Fenced::new(inner, ownership.clone(), refused.clone());
+        let key = ObjectKey::deployment("a");
+        let shard = ownership.shard_of("root:a");
+        let started = Instant::now();
+        fence.renewed(shard, started, 1);
+        // Renewed every 2 s for the whole minute the write takes.
+        let renewals = {
+            let fence = fence.clone();
+            tokio::spawn(async move {
+                for tick in 1..=35u32 {
+                    tokio::time::sleep_until(started + Duration::from_secs(2) * tick).await;
+                    fence.renewed(shard, Instant::now(), 1);
+                }
+            })
+        };
+        let result = fenced
+            .patch_status(&key, &serde_json::json!({}), false)
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(Instant::now(), started + Duration::from_secs(60));
+        assert_eq!(refused.with_label_values(&["abandoned"]).get(), 0);
+        renewals.abort();
+
+        // The fence closes (no renewal for 10 s) and opens again under a
+        // new acquisition before the write's deadline is looked at again:
+        // abandoned all the same.
+        let sent = Instant::now();
+        fence.renewed(shard, sent, 1);
+        let reopen = {
+            let fence = fence.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(sent + Duration::from_secs(11)).await;
+                fence.renewed(shard, Instant::now(), 2);
+            })
+        };
+        let result = fenced
+            .patch_status(&key, &serde_json::json!({}), false)
+            .await;
+        assert!(matches!(result, Err(UpstreamError::NotHeld { .. })));
+        assert_eq!(Instant::now(), sent + Duration::from_secs(10));
+        assert_eq!(refused.with_label_values(&["abandoned"]).get(), 1);
+        reopen.await.ok();
     }
 
     #[tokio::test(start_paused = true)]
