@@ -131,6 +131,7 @@ fn held(claims: &[(u16, u64)], snapshot: &[u16]) -> ShardsHeld {
             })
             .collect(),
         snapshot: snapshot.iter().copied().map(ShardId).collect(),
+        heartbeat_interval_ms: None,
     }
 }
 

@@ -98,6 +98,7 @@ impl<S: Transport> Connection<S> {
             count: ownership.count(),
             held: Ownership::told(&claims),
             snapshot,
+            heartbeat_interval_ms: None,
         };
         (Some(held), mode)
     }
@@ -122,6 +123,7 @@ impl<S: Transport> Connection<S> {
             count: self.shared.ownership.count(),
             held: Ownership::told(&claims),
             snapshot,
+            heartbeat_interval_ms: None,
         });
         self.send_or_end(&frame).await
     }
