@@ -56,7 +56,8 @@ pub struct AgentConfig {
     /// [`crate::Agent::metrics`] itself.
     pub http_listen: Option<SocketAddr>,
     /// How often to heartbeat (the agent uses the shorter of this and the
-    /// hub's announced interval).
+    /// hub's announced interval; a hub replica asking for keepalives, a
+    /// longer interval, gets them as asked: per session).
     pub heartbeat_interval: Duration,
     /// Unacknowledged outbox entries above which the agent reports an
     /// overflow (see [`crate::outbox`]).

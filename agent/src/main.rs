@@ -111,7 +111,9 @@ struct Args {
     http_listen: SocketAddr,
 
     /// How often to send heartbeats (the shorter of this and the hub's
-    /// interval is used). A connection silent for 3 intervals is dead.
+    /// interval is used; a hub replica that asks for keepalives gets them
+    /// at the interval it asks for). A connection silent for 3 intervals
+    /// is dead.
     #[arg(long, env = "UPLINK_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
 

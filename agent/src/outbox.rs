@@ -1023,6 +1023,7 @@ mod tests {
                 })
                 .collect(),
             snapshot: Vec::new(),
+            heartbeat_interval_ms: None,
         })
     }
 

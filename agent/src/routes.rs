@@ -394,6 +394,7 @@ mod tests {
                 })
                 .collect(),
             snapshot: Vec::new(),
+            heartbeat_interval_ms: None,
         })
     }
 

@@ -692,6 +692,7 @@ async fn a_downward_snapshot_of_some_shards_sweeps_only_within_them() {
             })
             .collect(),
         snapshot: Vec::new(),
+        heartbeat_interval_ms: None,
     };
     conn.send(HubFrame::Welcome(Welcome {
         protocol_version: 4,

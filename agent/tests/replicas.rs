@@ -131,6 +131,7 @@ fn held(claims: &[(u16, u64)], snapshot: &[u16]) -> ShardsHeld {
             })
             .collect(),
         snapshot: snapshot.iter().copied().map(ShardId).collect(),
+        heartbeat_interval_ms: None,
     }
 }
 
@@ -410,6 +411,79 @@ async fn a_shard_taken_over_with_snapshot_gets_a_snapshot_of_that_shard_only() {
         BTreeSet::from(["web-0".to_owned()])
     );
     agent.stop(vec![to_a, to_b]).await;
+}
+
+/// Answers the agent's heartbeats (other frames are dropped) until `n`
+/// came; when each came.
+async fn heartbeats(conn: &mut HubConn, n: usize) -> Vec<tokio::time::Instant> {
+    let mut at = Vec::new();
+    while at.len() < n {
+        if let AgentFrame::Heartbeat(heartbeat) = conn.recv_any().await {
+            at.push(tokio::time::Instant::now());
+            conn.send(HubFrame::HeartbeatAck(uplink_protocol::HeartbeatAck {
+                agent_time_ms: heartbeat.agent_time_ms,
+                hub_time_ms: heartbeat.agent_time_ms,
+            }))
+            .await;
+        }
+    }
+    at
+}
+
+fn gaps(at: &[tokio::time::Instant]) -> Vec<Duration> {
+    at.windows(2).map(|pair| pair[1] - pair[0]).collect()
+}
+
+#[tokio::test]
+async fn a_session_heartbeats_at_the_interval_its_replica_asked_for() {
+    // Real time (the agent talks TLS over loopback): intervals far apart,
+    // so that scheduling noise cannot blur them.
+    let normal = Duration::from_millis(200);
+    let keepalive = Duration::from_millis(1500);
+    let pki = pki();
+    let mut hub = FakeHub::start(Arc::clone(&pki.server)).await;
+    let agent = start(AgentConfig {
+        heartbeat_interval: normal,
+        ..config(&pki, format!("wss://{}", hub.addr))
+    })
+    .await;
+    let mut conn = hub.next_conn().await;
+    let AgentFrame::Hello(_) = conn.recv().await else {
+        panic!("expected Hello")
+    };
+    conn.send(HubFrame::Welcome(Welcome {
+        protocol_version: 4,
+        hub_epoch: 1,
+        mode: SessionMode::Snapshot,
+        heartbeat_interval_ms: 200,
+        limits: Limits::default(),
+        sync_target: None,
+        shards: Some(ShardsHeld {
+            heartbeat_interval_ms: Some(1500),
+            ..held(&[(0, 1), (1, 1)], &[0, 1])
+        }),
+    }))
+    .await;
+    snapshot(&mut conn).await;
+
+    // Keepalives: nothing in between, though the agent's own interval and
+    // the Welcome's are 200 ms (the session stays up: three keepalive
+    // intervals make it dead, not three of 200 ms).
+    let slow = gaps(&heartbeats(&mut conn, 3).await);
+    assert!(
+        slow.iter().all(|gap| *gap >= keepalive - normal),
+        "heartbeats {slow:?} apart, asked for every {keepalive:?}"
+    );
+
+    // The replica asks for nothing any more: the Welcome's interval again.
+    conn.send(HubFrame::Shards(held(&[(0, 1), (1, 1)], &[])))
+        .await;
+    let fast = gaps(&heartbeats(&mut conn, 5).await);
+    assert!(
+        fast[1..].iter().all(|gap| *gap < keepalive - normal),
+        "heartbeats {fast:?} apart after the interval went back to {normal:?}"
+    );
+    agent.stop(vec![conn]).await;
 }
 
 #[tokio::test]

@@ -31,6 +31,17 @@ pub struct ClusterRecord {
     /// When the last heartbeat arrived, on the hub clock.
     #[serde(skip)]
     pub last_heartbeat: Option<SystemTime>,
+    /// The heartbeat interval told to the current (or last) session, when
+    /// a replica asked for other than the configured one (keepalives from
+    /// an agent whose health another replica writes): the states follow
+    /// it. `None`: the configured interval.
+    #[serde(skip)]
+    pub heartbeat_interval: Option<Duration>,
+    /// When the session was last told a shorter interval: Stale counts
+    /// three of them from no earlier than this (the agent needs time to
+    /// hear of it).
+    #[serde(skip)]
+    pub interval_shrunk_at: Option<SystemTime>,
     /// Estimated `hub clock - agent clock`, in ms (includes half a round trip).
     pub clock_skew_ms: Option<i64>,
     /// The latest cluster summary the agent sent.
@@ -47,7 +58,9 @@ pub struct ClusterRecord {
 pub enum ClusterState {
     /// Heartbeats arrive.
     Ready,
-    /// No heartbeat for three intervals.
+    /// No heartbeat for three intervals: the configured interval, or the
+    /// one the replica asked of the cluster's session
+    /// ([`ClusterRecord::heartbeat_interval`]).
     Stale,
     /// No heartbeat for longer than the offline grace, or never.
     Offline,
@@ -101,6 +114,29 @@ impl Health {
         record.session_id = Some(session_id.to_owned());
         record.agent_version = Some(agent_version.to_owned());
         record.connected_at = Some(SystemTime::now());
+        record.heartbeat_interval = None;
+        record.interval_shrunk_at = None;
+    }
+
+    /// Connection `connection` of `cluster` told its agent to heartbeat
+    /// every `interval` from `at` on (a replica's keepalive, or the
+    /// configured interval again). A superseded connection changes nothing.
+    pub fn interval_told(
+        &self,
+        cluster: &str,
+        connection: u64,
+        interval: Duration,
+        at: SystemTime,
+    ) {
+        let mut records = self.lock();
+        if let Some(record) = records.get_mut(cluster)
+            && record.connection == Some(connection)
+        {
+            if record.heartbeat_interval.is_some_and(|old| interval < old) {
+                record.interval_shrunk_at = Some(at);
+            }
+            record.heartbeat_interval = Some(interval);
+        }
     }
 
     /// Forgets `cluster`'s record (its SyncTarget was deleted); a later
@@ -236,7 +272,9 @@ impl Health {
 }
 
 /// The state of a cluster whose last heartbeat is `record.last_heartbeat`,
-/// at `now`, with heartbeats every `interval` and an Offline grace `grace`.
+/// at `now`, with heartbeats every `interval` (unless its session was told
+/// another, [`ClusterRecord::heartbeat_interval`]) and an Offline grace
+/// `grace`.
 pub fn cluster_state(
     record: &ClusterRecord,
     now: SystemTime,
@@ -246,10 +284,16 @@ pub fn cluster_state(
     let Some(last) = record.last_heartbeat.or(record.connected_at) else {
         return ClusterState::Offline;
     };
+    let interval = record.heartbeat_interval.unwrap_or(interval);
     let silent = now.duration_since(last).unwrap_or_default();
+    // Stale counts from when a shorter interval was told, if later.
+    let quiet = match record.interval_shrunk_at {
+        Some(shrunk) if shrunk > last => now.duration_since(shrunk).unwrap_or_default(),
+        _ => silent,
+    };
     if silent > grace {
         ClusterState::Offline
-    } else if silent > interval * 3 {
+    } else if quiet > interval * 3 {
         ClusterState::Stale
     } else {
         ClusterState::Ready
@@ -324,5 +368,33 @@ mod tests {
             cluster_state(&ClusterRecord::default(), last, h, grace),
             ClusterState::Offline
         );
+    }
+
+    #[test]
+    fn states_follow_the_interval_told_to_the_session() {
+        let health = health();
+        let h = Duration::from_secs(10);
+        let grace = Duration::from_secs(300);
+        health.session_started("c1", 1, "s", "v");
+        let last = UNIX_EPOCH + Duration::from_secs(1000);
+        health.heartbeat("c1", 1_000_000, last);
+        // A keepalive replica: a minute between heartbeats is Ready.
+        health.interval_told("c1", 1, Duration::from_secs(60), last);
+        let state = |at: u64| {
+            let record = health.record("c1").unwrap_or_default();
+            cluster_state(&record, last + Duration::from_secs(at), h, grace)
+        };
+        assert_eq!(state(170), ClusterState::Ready);
+        assert_eq!(state(181), ClusterState::Stale);
+        // A superseded connection's telling changes nothing.
+        health.interval_told("c1", 2, Duration::from_secs(1), last);
+        assert_eq!(state(170), ClusterState::Ready);
+        // Shrunk at 100 s: three of the new intervals count from then.
+        health.interval_told("c1", 1, h, last + Duration::from_secs(100));
+        assert_eq!(state(129), ClusterState::Ready);
+        assert_eq!(state(131), ClusterState::Stale);
+        // A new session starts with the configured interval.
+        health.session_started("c1", 3, "s", "v");
+        assert_eq!(state(31), ClusterState::Stale);
     }
 }

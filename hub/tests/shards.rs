@@ -21,10 +21,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uplink_e2e::apiserver::{ApiServer, ApiServerConfig};
 use uplink_hub::config::{LeaseConfig, ReplicasConfig};
+use uplink_hub::health::{ClusterState, cluster_state};
 use uplink_hub::replicas::ReplicaSettings;
+use uplink_hub::session::KEEPALIVE_FACTOR;
 use uplink_protocol::{
-    Ack, AgentFrame, DeltaBatch, ErrorCode, Hello, HubFrame, ShardId, ShardsHeld, SnapshotBegin,
-    SnapshotChunk, SnapshotEnd, Welcome, shard_of,
+    Ack, AgentFrame, DeltaBatch, ErrorCode, Heartbeat, Hello, HubFrame, ShardId, ShardsHeld,
+    SnapshotBegin, SnapshotChunk, SnapshotEnd, Welcome, shard_of,
 };
 
 const SHARDS: u16 = 2;
@@ -63,8 +65,20 @@ async fn test_bed() -> Result<(ApiServer, kube::Config, tempfile::TempDir)> {
 }
 
 async fn replica(identity: &str, leases: kube::Config) -> Result<TestHub> {
+    replica_with(identity, leases, |_| {}).await
+}
+
+/// A replica whose configuration `adjust` may change further.
+async fn replica_with(
+    identity: &str,
+    leases: kube::Config,
+    adjust: impl FnOnce(&mut uplink_hub::config::HubConfig),
+) -> Result<TestHub> {
     TestHub::start_replica(
-        |config| config.replicas = replicas(identity),
+        |config| {
+            config.replicas = replicas(identity);
+            adjust(config);
+        },
         Arc::new(FakeUpstream::default()),
         kube::Client::try_from(leases)?,
     )
@@ -318,6 +332,99 @@ async fn shards_frames_follow_a_rebalance_and_unheld_reports_are_acked_dropped_a
             .all(|(key, _)| key.workspace != "root" || root_held_by_other),
         "a SyncTarget written by a replica not holding its workspace's shard"
     );
+    a.stop().await?;
+    b.stop().await
+}
+
+/// Sends a heartbeat and waits for its answer (skipping acks and shards);
+/// fails if the hub closed the session.
+async fn heartbeat(agent: &mut Agent) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    agent
+        .send(&AgentFrame::Heartbeat(Heartbeat {
+            agent_time_ms: i64::try_from(now)?,
+            summary: None,
+        }))
+        .await?;
+    loop {
+        match agent.recv().await? {
+            HubFrame::HeartbeatAck(_) => return Ok(()),
+            HubFrame::Ack(_) | HubFrame::Shards(_) => {}
+            other => bail!("expected HeartbeatAck, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_the_replica_holding_the_synctargets_shard_asks_for_full_rate_heartbeats() -> Result<()>
+{
+    // Short intervals, so that three of them pass quickly.
+    let full = Duration::from_millis(300);
+    let keepalive = full * KEEPALIVE_FACTOR;
+    let (_server, leases, _dir) = test_bed().await?;
+    let fast = |config: &mut uplink_hub::config::HubConfig| config.heartbeat_interval = full;
+    let a = replica_with("hub-a", leases.clone(), fast).await?;
+    within("hub-a holding every shard", Duration::from_secs(10), || {
+        held(&a).len() == usize::from(SHARDS)
+    })
+    .await?;
+    let b = replica_with("hub-b", leases, fast).await?;
+    within(
+        "each replica holding one shard",
+        Duration::from_secs(20),
+        || held(&a).len() == 1 && held(&b).len() == 1,
+    )
+    .await?;
+
+    // The fake placement's SyncTargets are in one workspace; its shard's
+    // holder is every cluster's health replica.
+    let mut on_a = a.connect(&a.pki.client("east")?).await?;
+    let to_a = welcome(on_a.hello("east", "s1", None, 0).await?)?;
+    let workspace = to_a
+        .sync_target
+        .as_ref()
+        .context("the Welcome names the SyncTarget")?
+        .workspace
+        .clone();
+    let shard = shard_of(&workspace, SHARDS);
+    let asked_of_a = to_a.shards.context("shards in Welcome")?;
+    let a_holds = asked_of_a.held.iter().any(|claim| claim.shard == shard);
+    let mut on_b = b.connect(&b.pki.client("east")?).await?;
+    let asked_of_b = welcome(on_b.hello("east", "s1", None, 0).await?)?
+        .shards
+        .context("shards in Welcome")?;
+    let b_holds = asked_of_b.held.iter().any(|claim| claim.shard == shard);
+    ensure!(
+        a_holds != b_holds,
+        "exactly one replica holds shard {shard}: {asked_of_a:?} {asked_of_b:?}"
+    );
+    let (health_asked, other_asked, other, mut to_other) = if a_holds {
+        (asked_of_a, asked_of_b, &b, on_b)
+    } else {
+        (asked_of_b, asked_of_a, &a, on_a)
+    };
+    let ms = |d: Duration| u64::try_from(d.as_millis()).ok();
+    assert_eq!(health_asked.heartbeat_interval_ms, ms(full));
+    assert_eq!(other_asked.heartbeat_interval_ms, ms(keepalive));
+
+    // The other replica keeps a session that heartbeats only every four
+    // configured intervals (past the three that would end it), and shows
+    // the cluster Ready between them.
+    let grace = Duration::from_secs(300);
+    for _ in 0..4 {
+        heartbeat(&mut to_other).await?;
+        // Pacing the agent's heartbeats: this wait is what is tested.
+        tokio::time::sleep(full * 4).await;
+        let record = other.health.record("east").context("east's record")?;
+        assert_eq!(
+            cluster_state(&record, std::time::SystemTime::now(), full, grace),
+            ClusterState::Ready,
+            "Ready between keepalives"
+        );
+    }
+    heartbeat(&mut to_other).await?;
     a.stop().await?;
     b.stop().await
 }

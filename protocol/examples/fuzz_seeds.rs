@@ -269,6 +269,7 @@ fn hub_frames() -> Vec<HubFrame> {
                     },
                 ],
                 snapshot: vec![ShardId(2), ShardId(7)],
+                heartbeat_interval_ms: None,
             }),
         }),
         HubFrame::Shards(ShardsHeld {
@@ -278,6 +279,7 @@ fn hub_frames() -> Vec<HubFrame> {
                 term: 1,
             }],
             snapshot: Vec::new(),
+            heartbeat_interval_ms: Some(60_000),
         }),
         HubFrame::Welcome(Welcome {
             protocol_version: 1,

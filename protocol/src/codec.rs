@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::frame::{
-    AgentFrame, Delta, DownwardDelta, ErrorCode, EventReport, HubFrame, ShardsHeld, SnapshotBegin,
+    AgentFrame, Delta, DownwardDelta, ErrorCode, EventReport, HubFrame, MAX_HEARTBEAT_INTERVAL_MS,
+    ShardsHeld, SnapshotBegin,
 };
 use crate::limits::Limits;
 use crate::precheck;
@@ -263,7 +264,9 @@ fn validate_snapshot_begin(frame: &str, begin: &SnapshotBegin) -> Result<(), Dec
 }
 
 /// What a replica says it holds: a count in `1..=MAX_SHARDS`, held shards
-/// below it in ascending order, snapshot shards among the held ones.
+/// below it in ascending order, snapshot shards among the held ones, and a
+/// heartbeat interval, when it asks for one, in
+/// `1..=MAX_HEARTBEAT_INTERVAL_MS`.
 fn validate_shards_held(frame: &str, held: &ShardsHeld) -> Result<(), DecodeError> {
     let invalid = |field: &str, reason| DecodeError::Invalid {
         field: format!("{frame}.{field}"),
@@ -277,6 +280,14 @@ fn validate_shards_held(frame: &str, held: &ShardsHeld) -> Result<(), DecodeErro
     check_shard_list(&held.snapshot, held.count).map_err(|reason| invalid("snapshot", reason))?;
     if held.snapshot.iter().any(|shard| !shards.contains(shard)) {
         return Err(invalid("snapshot", "names a shard that is not held"));
+    }
+    if let Some(interval) = held.heartbeat_interval_ms
+        && (interval == 0 || interval > MAX_HEARTBEAT_INTERVAL_MS)
+    {
+        return Err(invalid(
+            "heartbeat_interval_ms",
+            "must be between 1 and 3600000 (one hour)",
+        ));
     }
     Ok(())
 }

@@ -210,7 +210,22 @@ pub struct ShardsHeld {
     /// ([`SnapshotBegin::shards`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot: Vec<ShardId>,
+    /// How often this replica wants the agent's [`Heartbeat`]s from now on,
+    /// in ms, in place of [`Welcome::heartbeat_interval_ms`]; the
+    /// connection counts as dead after three of these intervals without
+    /// any frame, on both sides. Only the replica that writes the cluster's
+    /// health into KCP (the holder of its SyncTarget workspace's shard)
+    /// needs heartbeats at the full rate; the others ask for a longer
+    /// keepalive interval. `None`: the `Welcome`'s. At most
+    /// [`MAX_HEARTBEAT_INTERVAL_MS`] (one hour); 0 is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
 }
+
+/// The longest heartbeat interval a replica may ask for
+/// ([`ShardsHeld::heartbeat_interval_ms`]): one hour. Longer is refused as
+/// a sender's mistake (a dead connection would go unnoticed for hours).
+pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 3_600_000;
 
 /// One shard a replica holds, and since when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

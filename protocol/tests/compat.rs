@@ -346,3 +346,36 @@ fn acks_have_the_documented_shape() {
         json!({"Ack": {"seq": 44, "rejected": [{"seq": 43, "reason": "not_placed"}]}})
     );
 }
+
+#[test]
+fn a_replicas_heartbeat_interval_is_optional_and_documented() {
+    let held = ShardsHeld {
+        count: 16,
+        held: vec![ShardClaim {
+            shard: ShardId(7),
+            term: 1,
+        }],
+        snapshot: Vec::new(),
+        heartbeat_interval_ms: Some(60_000),
+    };
+    assert_eq!(
+        as_json(&HubFrame::Shards(held.clone())),
+        json!({"Shards": {
+            "count": 16,
+            "held": [{"shard": 7, "term": 1}],
+            "heartbeat_interval_ms": 60_000,
+        }})
+    );
+    // Without the field (a hub before it, or one that asks for the
+    // Welcome's interval): `None`, and nothing sent for it.
+    let without = msgpack(&json!({"Shards": {"count": 16, "held": [{"shard": 7, "term": 1}]}}));
+    let decoded = decode_hub_frame(&without, &Limits::default()).unwrap();
+    assert_eq!(
+        decoded,
+        HubFrame::Shards(ShardsHeld {
+            heartbeat_interval_ms: None,
+            ..held
+        })
+    );
+    assert_eq!(encode(&decoded).unwrap(), without);
+}

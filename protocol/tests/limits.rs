@@ -528,6 +528,7 @@ fn shards_a_replica_cannot_hold_are_invalid() {
             count,
             held,
             snapshot: snapshot.into_iter().map(ShardId).collect(),
+            heartbeat_interval_ms: None,
         }))
         .unwrap()
     };
@@ -568,6 +569,58 @@ fn shards_a_replica_cannot_hold_are_invalid() {
         field_of(&shards(16, vec![claim(3, 1), claim(4, 1)], vec![4, 3])),
         "Shards.snapshot"
     );
+}
+
+#[test]
+fn a_heartbeat_interval_of_zero_or_above_an_hour_is_invalid() {
+    let limits = Limits::default();
+    let held = |interval| ShardsHeld {
+        count: 4,
+        held: vec![ShardClaim {
+            shard: ShardId(1),
+            term: 2,
+        }],
+        snapshot: Vec::new(),
+        heartbeat_interval_ms: interval,
+    };
+    let welcome = |interval| {
+        HubFrame::Welcome(Welcome {
+            protocol_version: 4,
+            hub_epoch: 1,
+            mode: SessionMode::Snapshot,
+            heartbeat_interval_ms: 10_000,
+            limits: Limits::default(),
+            sync_target: None,
+            shards: Some(held(interval)),
+        })
+    };
+    for interval in [None, Some(1), Some(60_000), Some(MAX_HEARTBEAT_INTERVAL_MS)] {
+        for frame in [HubFrame::Shards(held(interval)), welcome(interval)] {
+            assert_eq!(
+                decode_hub_frame(&encode(&frame).unwrap(), &limits).unwrap(),
+                frame
+            );
+        }
+    }
+    for interval in [0, MAX_HEARTBEAT_INTERVAL_MS + 1, u64::MAX] {
+        for (frame, name) in [
+            (
+                HubFrame::Shards(held(Some(interval))),
+                "Shards.heartbeat_interval_ms",
+            ),
+            (
+                welcome(Some(interval)),
+                "Welcome.shards.heartbeat_interval_ms",
+            ),
+        ] {
+            let err = decode_hub_frame(&encode(&frame).unwrap(), &limits).unwrap_err();
+            assert!(
+                matches!(&err, DecodeError::Invalid { field, .. } if field == name),
+                "{interval}: {err}"
+            );
+            assert_eq!(err.error_code(), ErrorCode::Malformed);
+        }
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use uplink_protocol::{
 
 use super::dial::Ws;
 use super::downward::DownwardLane;
-use super::heartbeat::heartbeat_interval;
+use super::heartbeat::{heartbeat_interval, session_interval};
 use super::upward::send_snapshot;
 use super::wire::{Sender, frame_name, next_frame, refused};
 use super::{Resumption, SessionContext, SessionEnd, SessionError, Steady};
@@ -194,6 +194,7 @@ pub(super) async fn converse(
         version: welcome.protocol_version,
         limits,
         heartbeat,
+        welcome_heartbeat_ms: welcome.heartbeat_interval_ms,
         last_received: Instant::now(),
         paused_until: None,
         max_deltas_per_s: 0,
@@ -210,6 +211,12 @@ pub(super) async fn converse(
         snapshot_due,
         outbox_changes: ctx.outbox.subscribe(),
     };
+    // The interval the replica asked for, if it did.
+    steady.set_heartbeat(session_interval(
+        ctx.heartbeat_interval,
+        welcome.heartbeat_interval_ms,
+        shards.and_then(|held| held.heartbeat_interval_ms),
+    ));
     steady.run(&mut tx, &mut stream, stop).await
 }
 

@@ -1,5 +1,6 @@
 //! Heartbeats: one every interval (the shorter of the agent's and the
-//! hub's), with the cluster's summary when it changed (and at least every
+//! hub's, or the keepalive interval a replica asked for:
+//! [`session_interval`]), with the cluster's summary when it changed (and at least every
 //! two minutes), and a WebSocket ping when the hub has been silent; the
 //! hub's answer gives the round trip.
 
@@ -26,7 +27,38 @@ pub fn heartbeat_interval(agent: Duration, hub_ms: u64) -> Duration {
     }
 }
 
+/// The heartbeat interval of a session whose `Welcome` said `welcome_ms`
+/// and whose replica last asked for `asked_ms`
+/// (`ShardsHeld::heartbeat_interval_ms`): an interval longer than the
+/// `Welcome`'s is a keepalive, asked by a replica that does not write the
+/// cluster's health, and is kept as asked (the agent's own shorter interval
+/// would defeat it); a shorter one, or none, is
+/// [`heartbeat_interval`] of it, as before.
+pub fn session_interval(agent: Duration, welcome_ms: u64, asked_ms: Option<u64>) -> Duration {
+    match asked_ms {
+        Some(asked) if asked > welcome_ms => Duration::from_millis(asked),
+        Some(asked) => heartbeat_interval(agent, asked),
+        None => heartbeat_interval(agent, welcome_ms),
+    }
+}
+
 impl Steady<'_> {
+    /// Heartbeats every `interval` from now on (its replica asked for it),
+    /// and judges the hub dead after three of them without anything.
+    pub(super) fn set_heartbeat(&mut self, interval: Duration) {
+        if interval == self.heartbeat {
+            return;
+        }
+        tracing::debug!(
+            cluster = %self.ctx.cluster,
+            replica = %self.ctx.replica_name,
+            previous_ms = self.heartbeat.as_millis(),
+            interval_ms = interval.as_millis(),
+            "the session's heartbeat interval changed"
+        );
+        self.heartbeat = interval;
+    }
+
     pub(super) async fn send_heartbeat(&mut self, tx: &mut Sender) -> Result<(), SessionError> {
         let mut summary = self.ctx.health.summary();
         for watch in &mut summary.watches {
@@ -85,6 +117,25 @@ mod tests {
         assert_eq!(
             heartbeat_interval(Duration::from_secs(7), 0),
             Duration::from_secs(7)
+        );
+    }
+
+    #[test]
+    fn a_replica_asking_for_keepalives_gets_them_as_asked() {
+        let agent = Duration::from_secs(5);
+        // Nothing asked: as before.
+        assert_eq!(session_interval(agent, 10_000, None), agent);
+        // A keepalive, longer than the Welcome's: as asked, even though
+        // the agent's own is shorter.
+        assert_eq!(
+            session_interval(agent, 10_000, Some(60_000)),
+            Duration::from_secs(60)
+        );
+        // The full rate (or faster): the shorter of it and the agent's.
+        assert_eq!(session_interval(agent, 10_000, Some(10_000)), agent);
+        assert_eq!(
+            session_interval(agent, 10_000, Some(2_000)),
+            Duration::from_secs(2)
         );
     }
 }

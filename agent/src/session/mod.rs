@@ -57,7 +57,7 @@ use self::dial::{Ws, connect};
 use self::downward::{DownwardLane, next_done};
 use self::events::{events_changed, sleep_until_due};
 use self::handshake::converse;
-pub use self::heartbeat::heartbeat_interval;
+pub use self::heartbeat::{heartbeat_interval, session_interval};
 use self::wire::{Sender, frame_name, refused};
 use crate::apply::Applier;
 use crate::apply::queue::Done;
@@ -218,7 +218,13 @@ struct Steady<'a> {
     /// as status only.
     version: u16,
     limits: Limits,
+    /// This session's heartbeat interval: the one its replica last asked
+    /// for (`Welcome.shards`, then every `Shards` frame), else the shorter
+    /// of the agent's and the `Welcome`'s ([`session_interval`]). The
+    /// ticker, the pings and the dead-hub timeout follow it.
     heartbeat: Duration,
+    /// `Welcome.heartbeat_interval_ms`, to judge what a replica asks for.
+    welcome_heartbeat_ms: u64,
     last_received: Instant,
     paused_until: Option<Instant>,
     max_deltas_per_s: u32,
@@ -249,9 +255,9 @@ impl Steady<'_> {
         stream: &mut SplitStream<Ws>,
         stop: &CancellationToken,
     ) -> Result<SessionEnd, SessionError> {
-        let mut ticker = tokio::time::interval(self.heartbeat);
+        let mut ticking = self.heartbeat;
+        let mut ticker = tokio::time::interval(ticking);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let dead_after = self.heartbeat * 3;
         let mut downward_done = self.downward_done.take();
         let mut event_changes = self.events.as_ref().map(SharedEventLane::subscribe);
         loop {
@@ -272,6 +278,14 @@ impl Steady<'_> {
             // the hub paused it).
             let status_ready = has_unsent && send_at <= Instant::now();
             let events_due = self.events_due();
+            if self.heartbeat != ticking {
+                // The replica asked for another interval: the next
+                // heartbeat one new interval from now.
+                ticking = self.heartbeat;
+                ticker = tokio::time::interval_at(Instant::now() + ticking, ticking);
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            }
+            let dead_after = self.heartbeat * 3;
             tx.deadline = self.last_received + dead_after;
             let sent = tokio::select! {
                 biased;
@@ -371,6 +385,11 @@ impl Steady<'_> {
             )));
         }
         self.shard_count = Some(held.count);
+        self.set_heartbeat(session_interval(
+            self.ctx.heartbeat_interval,
+            self.welcome_heartbeat_ms,
+            held.heartbeat_interval_ms,
+        ));
         let snapshot: std::collections::BTreeSet<u16> = held.snapshot.iter().map(|s| s.0).collect();
         let count = held.count;
         let changed = self.ctx.outbox.lock().hold(

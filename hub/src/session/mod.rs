@@ -48,6 +48,7 @@ use uplink_protocol::{AgentFrame, Bye, ErrorCode, HubFrame, Limits, close};
 pub use self::connections::Connections;
 use self::downward::DownwardLane;
 pub use self::events::EventRates;
+pub use self::shards::KEEPALIVE_FACTOR;
 pub use self::throttle::ThrottleSettings;
 use self::upward::SnapshotBuffer;
 use self::wire::{ReadError, Violation};
@@ -124,6 +125,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let shared_interval = shared.heartbeat_interval;
     let mut conn = Connection {
         ws,
         peer,
@@ -135,14 +137,28 @@ pub async fn serve<S>(
         last_sent: Instant::now(),
         upsync: Vec::new(),
         shards: None,
+        interval: shared_interval,
+        interval_told_at: Instant::now(),
+        connection: None,
     };
     let Some((hello, mode)) = Box::pin(conn.handshake(hello, &shutdown)).await else {
         return;
     };
     let (id, superseded) = conn.shared.connections.register(&conn.cluster);
+    conn.connection = Some(id);
     conn.shared
         .health
         .session_started(&conn.cluster, id, &hello.session_id, &hello.agent_version);
+    if conn.interval != conn.shared.heartbeat_interval {
+        // A replica that asked for keepalives: the cluster's health
+        // follows them.
+        conn.shared.health.interval_told(
+            &conn.cluster,
+            id,
+            conn.interval,
+            std::time::SystemTime::now(),
+        );
+    }
     conn.shared.metrics.agents_connected.inc();
     tracing::info!(
         cluster = %conn.cluster,
@@ -208,6 +224,17 @@ struct Connection<S> {
     /// Version 4 with a replicated hub: the shards told held, and their
     /// changes to follow (taken by the run loop).
     shards: Option<self::shards::ShardsTold>,
+    /// The heartbeat interval last told to the agent: the configured one,
+    /// unless a replica asked for keepalives
+    /// (`ShardsHeld.heartbeat_interval_ms`). The dead-connection timeout
+    /// and the pings follow it.
+    interval: std::time::Duration,
+    /// When the interval last shrank (or the session began): three
+    /// intervals without a frame count from no earlier than this, since
+    /// the agent needs time to hear of it.
+    interval_told_at: Instant,
+    /// The hub's id of this connection, once registered.
+    connection: Option<u64>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -228,11 +255,11 @@ impl<S: Transport> Connection<S> {
         // sent nothing for a heartbeat interval: a connected agent's
         // heartbeats are answered every interval, so in the steady state
         // there is none (a ping and its pong were a third of the idle CPU
-        // at 10,000 agents).
-        let interval = self.shared.heartbeat_interval;
-        let dead_after = interval * 3;
-        let mut deadline = Instant::now() + dead_after;
-        let ping = tokio::time::sleep(interval);
+        // at 10,000 agents). Both follow the interval last told to the
+        // agent, which a replica may change with its shards.
+        let mut last_frame = Instant::now();
+        let mut deadline = self.dead_at(last_frame);
+        let ping = tokio::time::sleep(self.interval);
         tokio::pin!(ping);
         let mut snapshot: Option<SnapshotBuffer> = None;
         let mut shards = self.shards.take();
@@ -281,9 +308,14 @@ impl<S: Transport> Connection<S> {
                 changed = shards_changed => {
                     match shards.as_mut() {
                         Some(told) if changed => {
+                            let before = self.interval;
                             if let Err(violation) = Box::pin(self.send_shards(told)).await {
                                 Box::pin(self.reject(violation)).await;
                                 return "protocol violation";
+                            }
+                            if self.interval != before {
+                                deadline = self.dead_at(last_frame);
+                                ping.as_mut().reset(self.last_sent + self.interval);
                             }
                         }
                         // The fence is gone (the hub is stopping).
@@ -292,7 +324,7 @@ impl<S: Transport> Connection<S> {
                     continue;
                 }
                 () = &mut ping => {
-                    let due = self.last_sent + interval;
+                    let due = self.last_sent + self.interval;
                     if due > Instant::now() {
                         ping.as_mut().reset(due);
                         continue;
@@ -302,7 +334,7 @@ impl<S: Transport> Connection<S> {
                         return "transport error";
                     }
                     self.last_sent = Instant::now();
-                    ping.as_mut().reset(self.last_sent + interval);
+                    ping.as_mut().reset(self.last_sent + self.interval);
                     continue;
                 }
                 read = tokio::time::timeout_at(deadline, self.read_frame()) => read,
@@ -311,7 +343,7 @@ impl<S: Transport> Connection<S> {
                 Err(_) => {
                     // The close is attempted after the session is marked
                     // ended (see `serve`): a dead peer would hold it up.
-                    tracing::info!(cluster = %self.cluster, peer = %self.peer, silent = ?dead_after, "no frame for three heartbeat intervals");
+                    tracing::info!(cluster = %self.cluster, peer = %self.peer, silent = ?self.interval * 3, "no frame for three heartbeat intervals");
                     return SILENT;
                 }
                 Ok(Err(ReadError::Closed)) => return "closed by agent",
@@ -324,7 +356,8 @@ impl<S: Transport> Connection<S> {
                     return "protocol violation";
                 }
                 Ok(Ok(frame)) => {
-                    deadline = Instant::now() + dead_after;
+                    last_frame = Instant::now();
+                    deadline = self.dead_at(last_frame);
                     frame
                 }
             };
@@ -341,6 +374,13 @@ impl<S: Transport> Connection<S> {
                 }
             }
         }
+    }
+
+    /// When the session counts as dead if no frame arrives after the one
+    /// at `last_frame`: three intervals after it, or after the interval
+    /// last shrank if that was later.
+    fn dead_at(&self, last_frame: Instant) -> Instant {
+        last_frame.max(self.interval_told_at) + self.interval * 3
     }
 
     /// Handles one frame, each in its lane; `Ok(false)` when the session

@@ -9,15 +9,41 @@
 //!
 //! A replicated hub refuses agents below version 4: they would send every
 //! replica everything, and each would drop what it does not hold.
+//!
+//! Every such telling also says how often the replica wants heartbeats
+//! (`ShardsHeld.heartbeat_interval_ms`): the configured interval when it is
+//! the cluster's health replica (it holds the shard of the cluster's
+//! SyncTarget workspace, whose health it writes into KCP, or it knows no
+//! SyncTarget of the cluster), [`KEEPALIVE_FACTOR`] times longer otherwise.
+//! The session's dead-connection timeout, its pings and the cluster's
+//! health record follow the interval last told.
+
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use uplink_protocol::{ErrorCode, HubFrame, REPLICAS_VERSION, SessionMode, ShardId, ShardsHeld};
+use uplink_protocol::{
+    ErrorCode, HubFrame, MAX_HEARTBEAT_INTERVAL_MS, REPLICAS_VERSION, SessionMode, ShardId,
+    ShardsHeld,
+};
 
 use super::wire::Violation;
 use super::{Connection, Transport};
 use crate::metrics::handshake_reason;
 use crate::replicas::ownership::Told;
 use crate::replicas::{Claim, Ownership};
+
+/// How many heartbeat intervals a replica that is not a cluster's health
+/// replica asks for between the agent's heartbeats (a keepalive).
+///
+/// Only the health replica needs heartbeats at the full rate: it writes
+/// the SyncTarget's heartbeat and health into KCP. The others only need to
+/// know the session is alive, and a heartbeat costs a hub about 70 us of
+/// CPU: with every agent keeping a session per replica, heartbeats at the
+/// full rate to every replica multiplied that fixed cost by the number of
+/// replicas. Six intervals (a minute with the default 10 s) cut the others'
+/// share to a sixth while a dead connection is still noticed within three
+/// keepalives (three minutes), well before TCP would notice.
+pub const KEEPALIVE_FACTOR: u32 = 6;
 
 /// What a session told its agent of the shards, and the changes to follow.
 #[derive(Debug)]
@@ -94,12 +120,72 @@ impl<S: Transport> Connection<S> {
         }
         let told = generations(&claims);
         self.shards = Some(ShardsTold { told, changes });
+        let count = ownership.count();
+        let interval = self.interval_for(&claims);
+        self.tell_interval(interval);
         let held = ShardsHeld {
-            count: ownership.count(),
+            count,
             held: Ownership::told(&claims),
             snapshot,
+            heartbeat_interval_ms: Some(interval_ms(interval)),
         };
         (Some(held), mode)
+    }
+
+    /// The heartbeat interval this replica wants from the cluster's agent
+    /// while it holds `claims`: the configured one when it is the health
+    /// replica (it holds the shard of the cluster's SyncTarget workspace,
+    /// or it knows no SyncTarget of the cluster: the conservative choice),
+    /// [`KEEPALIVE_FACTOR`] times longer otherwise. Whole milliseconds
+    /// within the protocol's bounds, as the agent is told.
+    fn interval_for(&self, claims: &[Claim]) -> Duration {
+        let full = self.shared.heartbeat_interval;
+        let workspace = self
+            .shared
+            .placements
+            .read()
+            .synctarget(&self.cluster)
+            .map(|target| target.workspace.clone());
+        let health_replica = workspace.is_none_or(|workspace| {
+            let shard = self.shared.ownership.shard_of(&workspace);
+            claims.iter().any(|claim| claim.shard == shard)
+        });
+        let wanted = if health_replica {
+            full
+        } else {
+            full.saturating_mul(KEEPALIVE_FACTOR)
+        };
+        Duration::from_millis(interval_ms(wanted))
+    }
+
+    /// Records `interval` as told to the agent: the session's timing and
+    /// the cluster's health record follow it from now on. When it shrinks,
+    /// the three intervals without a frame count from now (the agent needs
+    /// the time to hear it).
+    fn tell_interval(&mut self, interval: Duration) {
+        let previous = std::mem::replace(&mut self.interval, interval);
+        if previous == interval {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if interval < previous {
+            self.interval_told_at = now;
+        }
+        if let Some(connection) = self.connection {
+            self.shared.health.interval_told(
+                &self.cluster,
+                connection,
+                interval,
+                SystemTime::now(),
+            );
+        }
+        tracing::debug!(
+            cluster = %self.cluster,
+            replica = %self.shared.ownership.identity(),
+            previous_ms = interval_ms(previous),
+            interval_ms = interval_ms(interval),
+            "the session's heartbeat interval changed"
+        );
     }
 
     /// Tells the agent the shards held now, with those acquired since it
@@ -110,7 +196,8 @@ impl<S: Transport> Connection<S> {
             return Ok(());
         };
         let snapshot = newly_held(&told.told, &claims);
-        if told.told.len() == claims.len() && snapshot.is_empty() {
+        let interval = self.interval_for(&claims);
+        if told.told.len() == claims.len() && snapshot.is_empty() && interval == self.interval {
             return Ok(()); // nothing this agent was not told already
         }
         for shard in &snapshot {
@@ -122,8 +209,12 @@ impl<S: Transport> Connection<S> {
             count: self.shared.ownership.count(),
             held: Ownership::told(&claims),
             snapshot,
+            heartbeat_interval_ms: Some(interval_ms(interval)),
         });
-        self.send_or_end(&frame).await
+        self.send_or_end(&frame).await?;
+        // Only once sent: the agent cannot follow an interval it was not told.
+        self.tell_interval(interval);
+        Ok(())
     }
 
     /// Whether this replica holds `workspace`'s shard; a report of one it
@@ -135,6 +226,14 @@ impl<S: Transport> Connection<S> {
         }
         held
     }
+}
+
+/// `interval` in whole milliseconds, within what the protocol accepts
+/// (`1..=MAX_HEARTBEAT_INTERVAL_MS`).
+fn interval_ms(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_HEARTBEAT_INTERVAL_MS)
 }
 
 /// Shards in `claims` that `told` did not have, or had from an earlier

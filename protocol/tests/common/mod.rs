@@ -318,9 +318,10 @@ pub fn shards_held() -> impl Strategy<Value = ShardsHeld> {
                 Just(count),
                 proptest::collection::btree_map(0..count, any::<u64>(), 0..8),
                 any::<u8>(),
+                proptest::option::of(1..=MAX_HEARTBEAT_INTERVAL_MS),
             )
         })
-        .prop_map(|(count, held, pick)| {
+        .prop_map(|(count, held, pick, heartbeat_interval_ms)| {
             let held: Vec<ShardClaim> = held
                 .into_iter()
                 .map(|(shard, term)| ShardClaim {
@@ -338,6 +339,7 @@ pub fn shards_held() -> impl Strategy<Value = ShardsHeld> {
                 count,
                 held,
                 snapshot,
+                heartbeat_interval_ms,
             }
         })
 }
