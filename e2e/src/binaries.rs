@@ -120,6 +120,19 @@ fn profile_dir(exe: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The target directory the running executable was built into (the one
+/// holding cargo's `CACHEDIR.TAG`): the nested build must put the binaries
+/// where [`locate_all`] looks for them, beside this executable, even when
+/// it is run directly (`target/release/uplink-e2e bench`) from an
+/// environment without the `CARGO_TARGET_DIR` it was built with; without
+/// this, cargo would build into the default `target/` and the binaries
+/// beside this one would be taken stale.
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = profile_dir(&exe)?.parent()?.to_path_buf();
+    dir.join("CACHEDIR.TAG").is_file().then_some(dir)
+}
+
 /// `$CARGO` when set, else `cargo` when it is on `PATH`.
 fn cargo_command() -> Option<OsString> {
     if let Some(cargo) = std::env::var_os("CARGO") {
@@ -152,6 +165,9 @@ fn build(cargo: &OsString, packages: &[&str], profile: Profile) -> Result<(), Bi
         .stdin(Stdio::null());
     if let Some(manifest) = workspace_manifest() {
         command.arg("--manifest-path").arg(manifest);
+    }
+    if let Some(dir) = target_dir() {
+        command.arg("--target-dir").arg(dir);
     }
     for package in packages {
         command.arg("-p").arg(package);
@@ -229,6 +245,20 @@ mod tests {
             dir("/w/target/debug/deps/uplink_e2e-0123abcd"),
             Some(PathBuf::from("/w/target/debug"))
         );
+    }
+
+    /// This test runs from `<target>/debug/deps/`: the nested build is
+    /// pointed at that `<target>`, wherever `CARGO_TARGET_DIR` put it.
+    #[test]
+    fn the_nested_build_goes_to_the_target_dir_of_this_executable() {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let dir = target_dir();
+        assert!(
+            dir.as_ref().is_some_and(|dir| exe.starts_with(dir)),
+            "{dir:?} should hold {}",
+            exe.display()
+        );
+        assert!(dir.is_some_and(|dir| dir.join("CACHEDIR.TAG").is_file()));
     }
 
     #[test]
