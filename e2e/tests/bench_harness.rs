@@ -227,7 +227,9 @@ async fn failover_baseline_drives_pooled_agents_over_many_workspaces() -> anyhow
     // Each round waits until KCP shows it: one delta per agent per round
     // reached the hub, no fewer.
     assert!(report.single.deltas >= 12, "{report:?}");
-    assert!(report.single.cpu_s > 0.0, "{report:?}");
+    // (Its CPU is read in clock ticks of 10 ms: a load this small may
+    // cost the hub less than one, so it is not asserted here; the
+    // arithmetic on it is unit-tested in `bench::failover`.)
     assert!(report.replicated.is_none() && report.failover.is_none());
     Ok(())
 }
@@ -256,6 +258,9 @@ async fn failover_moves_every_shard_and_loses_nothing() -> anyhow::Result<()> {
             && f.lost == 0),
         "{report:?}"
     );
-    assert!(report.overhead().is_some(), "{report:?}");
+    assert!(
+        report.replicated.is_some_and(|r| r.deltas >= 8),
+        "every replica's deltas counted: {report:?}"
+    );
     Ok(())
 }
