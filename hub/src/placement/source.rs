@@ -103,10 +103,11 @@ impl PlacedObject {
 }
 
 impl PlacedObject {
-    /// Drops what no cluster's placement reads (the status, which the hub
-    /// itself keeps writing, and the server's metadata such as
-    /// `managedFields`), so that keeping the object costs what its
-    /// [`downward_manifest`](Self::downward_manifest) needs and no more.
+    /// Drops what no cluster's placement reads: the server's metadata
+    /// ([`SERVER_METADATA`] kept in `metadata.other`), and the status should
+    /// an object built by hand carry one (a read never keeps it, nor
+    /// `managedFields`: `decode.rs`), so that keeping the object costs what
+    /// its [`downward_manifest`](Self::downward_manifest) needs and no more.
     pub fn slim(&mut self) {
         self.rest.remove("status");
         for field in SERVER_METADATA {
